@@ -1,0 +1,1 @@
+//! The iothub reference hub.

@@ -1,0 +1,2 @@
+//! `iothub`: the reference hub binary.
+fn main() {}
