@@ -1,0 +1,210 @@
+//! Durable state of the hub: the thing registry and the shadow documents.
+//!
+//! Everything that must survive a restart goes through the [`Store`] trait, so the rest of the hub
+//! never sees SQL. One implementation exists today, [`sqlite::SqliteStore`]; its statements are
+//! written so that a PostgreSQL implementation can reuse them (differences are noted where they
+//! occur).
+//!
+//! # Durability
+//! SPEC S-3.5 says an accepted update is published only after it is durably stored. The store
+//! therefore never weakens fsync (`synchronous=FULL` on SQLite): when a write method returns `Ok`,
+//! the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
+//! rate, so shadow writes are funnelled through the [`commit::GroupCommitter`], which commits many
+//! queued updates in a single transaction (one fsync) and answers each of them afterwards.
+//!
+//! # Concurrency
+//! Each shadow write carries the version it expects to replace (compare-and-swap). Two concurrent
+//! updates against the same version can never both succeed (S-3.4): the second one finds the
+//! version already moved and gets [`StoreError::VersionConflict`].
+
+pub mod commit;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// The store shared by every service of the hub.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The thing or shadow does not exist (REST 404).
+    #[error("not found")]
+    NotFound,
+    /// A thing with this id exists already (REST 409).
+    #[error("already exists")]
+    AlreadyExists,
+    /// The expected version did not match the stored one; nothing was changed (409).
+    #[error("version conflict")]
+    VersionConflict,
+    /// The database could not be reached or failed; retry later (503).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A thing as the registry shows it. It NEVER carries the password hash: that is only read through
+/// [`Store::password_hash`], by the broker's authentication.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThingRecord {
+    /// The thing's id (S-1.1).
+    pub thing_id: String,
+    /// A disabled thing is refused at CONNECT (S-1.3).
+    pub enabled: bool,
+    /// Free-form tags (S-9.3), never sent to the device.
+    pub tags: Map<String, Value>,
+    /// Version of `tags`, starting at 1 when the thing is created; +1 per [`Store::replace_tags`].
+    pub tags_version: u64,
+    /// Whether the thing has a live MQTT connection (S-8.2).
+    pub connected: bool,
+    /// Time of the last connect, ms since the Unix epoch.
+    pub connected_at: Option<u64>,
+    /// Time of the last disconnect, ms since the Unix epoch.
+    pub disconnected_at: Option<u64>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// A thing to create. The secret is already hashed (see [`crate::auth::hash_password`]).
+#[derive(Debug, Clone)]
+pub struct NewThing {
+    /// The thing's id (S-1.1), validated by the caller.
+    pub thing_id: String,
+    /// argon2id PHC string of the thing's secret.
+    pub password_hash: String,
+    /// Initial tags.
+    pub tags: Map<String, Value>,
+    /// Whether the thing may connect.
+    pub enabled: bool,
+}
+
+/// A shadow as stored.
+#[derive(Debug, Clone)]
+pub struct StoredShadow {
+    /// Owning thing.
+    pub thing_id: String,
+    /// Shadow name (`default` or a named shadow).
+    pub name: String,
+    /// Current version, 1 after the first accepted update (S-3.4).
+    pub version: u64,
+    /// JSON text: `{"state":{"desired":{..},"reported":{..}},"metadata":{"desired":{..},"reported":{..}}}`
+    /// (empty sections may be omitted). Query code relies on this layout.
+    pub body: String,
+    /// Time of the last accepted update, ms since the Unix epoch.
+    pub updated_at: u64,
+}
+
+/// One compare-and-swap write of a shadow, as produced by the shadow pipeline.
+#[derive(Debug, Clone)]
+pub struct ShadowWrite {
+    /// Owning thing; the write fails with [`StoreError::NotFound`] if it does not exist.
+    pub thing_id: String,
+    /// Shadow name.
+    pub name: String,
+    /// The version the write replaces; 0 means "the shadow must not exist yet".
+    pub expected_version: u64,
+    /// The version stored by the write (normally `expected_version + 1`).
+    pub new_version: u64,
+    /// The new body (layout in [`StoredShadow::body`]).
+    pub body: String,
+    /// Time of the update, ms since the Unix epoch.
+    pub updated_at: u64,
+}
+
+/// Durable storage of things and shadows. Every method is durable when it returns `Ok`.
+///
+/// Database failures surface as [`StoreError::Unavailable`]; the other variants are answers about
+/// the data (absent, duplicate, stale version).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a thing with `tags_version` 1 and `created_at = now`.
+    /// [`StoreError::AlreadyExists`] if the id is taken.
+    async fn create_thing(&self, t: &NewThing, now: u64) -> Result<ThingRecord, StoreError>;
+
+    /// Creates many things in ONE transaction (`POST /things/batch`). Each entry gets its own
+    /// result (a duplicate id fails only that entry); the outer error means nothing was stored.
+    async fn create_things(
+        &self,
+        ts: &[NewThing],
+        now: u64,
+    ) -> Result<Vec<Result<ThingRecord, StoreError>>, StoreError>;
+
+    /// The thing with this id, if any.
+    async fn get_thing(&self, id: &str) -> Result<Option<ThingRecord>, StoreError>;
+
+    /// The password hash and the enabled flag of a thing, for CONNECT authentication.
+    async fn password_hash(&self, id: &str) -> Result<Option<(String, bool)>, StoreError>;
+
+    /// One page of things ordered by id, and the total number of things matching `enabled`
+    /// (`None` = all). `page_index` is 0-based; `page_size` is capped at 1000.
+    async fn list_things(
+        &self,
+        page_index: u64,
+        page_size: u64,
+        enabled: Option<bool>,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError>;
+
+    /// Enables or disables a thing and returns it. [`StoreError::NotFound`] if absent.
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError>;
+
+    /// Deletes a thing and, by cascade, its shadows. [`StoreError::NotFound`] if absent.
+    async fn delete_thing(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Replaces all tags if the current tags version equals `expected_version` (CAS) and returns
+    /// the new version. [`StoreError::NotFound`] or [`StoreError::VersionConflict`] otherwise.
+    async fn replace_tags(
+        &self,
+        id: &str,
+        tags: &Map<String, Value>,
+        expected_version: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Records a connect (`connected_at = at`) or disconnect (`disconnected_at = at`) (S-8.2).
+    /// [`StoreError::NotFound`] if the thing does not exist (e.g. deleted while connected).
+    async fn set_connected(&self, id: &str, connected: bool, at: u64) -> Result<(), StoreError>;
+
+    /// Marks every connected thing disconnected at `at`; called at start-up (S-8.2).
+    async fn mark_all_disconnected(&self, at: u64) -> Result<(), StoreError>;
+
+    /// The shadow, if it has ever been written (S-3.2).
+    async fn get_shadow(&self, thing: &str, name: &str)
+    -> Result<Option<StoredShadow>, StoreError>;
+
+    /// Names of the thing's shadows, sorted; empty if the thing has none or does not exist.
+    async fn shadow_names(&self, thing: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes one shadow. [`StoreError::NotFound`] if it does not exist.
+    async fn delete_shadow(&self, thing: &str, name: &str) -> Result<(), StoreError>;
+
+    /// All writes in ONE transaction; each checks its expected_version (CAS). A failed CAS fails
+    /// only that write. Writes are applied in slice order, so a later write may build on an
+    /// earlier one in the same batch. Per write: [`StoreError::VersionConflict`] when the stored
+    /// version differs (or the shadow exists while 0 was expected), [`StoreError::NotFound`] when
+    /// the thing does not exist. The outer error means nothing was stored.
+    async fn write_shadows(
+        &self,
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Flushes and closes the database (graceful shutdown). Later calls fail with
+    /// [`StoreError::Unavailable`].
+    async fn close(&self);
+}
+
+/// Opens the store named by `url` and brings its schema up to date.
+///
+/// Supported: `sqlite://path` (relative) or `sqlite:///abs/path`; the file and its parent
+/// directories are created if missing. See [`sqlite::SqliteStore::open`].
+pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url).await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported store url scheme: {}",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}

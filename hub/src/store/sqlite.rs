@@ -1,0 +1,970 @@
+//! The SQLite implementation of [`Store`].
+//!
+//! # Why these settings
+//! - **WAL journal** so that readers never block the writer and the writer never blocks readers:
+//!   REST reads and shadow `get`s keep flowing while a group commit is being synced.
+//! - **`synchronous=FULL`**: in WAL mode every commit syncs the log before it returns. With
+//!   `NORMAL`, a power cut could lose the last transactions although their `update/accepted` was
+//!   already published, which S-3.5 forbids. Never weaken it; the cost of fsync is amortised by
+//!   [`crate::store::commit::GroupCommitter`] instead.
+//! - **One write connection** (a pool of size 1): SQLite allows one writer at a time, and with a
+//!   single connection writers queue in the pool instead of failing with `SQLITE_BUSY`. The pool's
+//!   acquire timeout bounds that wait; a timeout surfaces as [`StoreError::Unavailable`] (503).
+//! - **A small read pool** with `query_only` connections for concurrent readers.
+//! - **Foreign keys on**, so deleting a thing cascades to its shadows; `busy_timeout` covers the
+//!   rare lock held by a checkpoint or by another process (e.g. a backup).
+//!
+//! # Portability
+//! Statements use `$N` placeholders, `TRUE`/`FALSE`, `ON CONFLICT ... DO NOTHING` and `RETURNING`,
+//! which PostgreSQL also accepts. Differences for a PostgreSQL implementation are noted at each
+//! statement; the schema is in `migrations/`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
+
+/// Largest page [`Store::list_things`] returns.
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+/// How long a statement waits on a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a pooled connection before the store reports itself unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent read connections.
+const READERS: u32 = 4;
+
+/// Schema migrations, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+
+/// Columns of [`ThingRecord`], in the order [`thing_from_row`] reads them.
+macro_rules! thing_cols {
+    () => {
+        "thing_id, enabled, tags, tags_version, connected, connected_at, disconnected_at, created_at"
+    };
+}
+
+/// [`Store`] on a SQLite file. Cheap to share behind an `Arc`; see the module docs for the
+/// connection layout.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Unavailable(format!("migration failed: {e}"))
+    }
+}
+
+/// u64 → SQL INTEGER (i64). Timestamps and versions never come near `i64::MAX`; saturate anyway.
+fn to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// SQL INTEGER → u64. Negative values are never written; clamp to 0 anyway.
+fn from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn thing_from_row(row: &SqliteRow) -> Result<ThingRecord, StoreError> {
+    let thing_id: String = row.try_get(0)?;
+    let tags_text: String = row.try_get(2)?;
+    let tags = serde_json::from_str::<Map<String, Value>>(&tags_text)
+        .map_err(|e| StoreError::Unavailable(format!("corrupt tags of thing {thing_id}: {e}")))?;
+    Ok(ThingRecord {
+        enabled: row.try_get(1)?,
+        tags,
+        tags_version: from_db(row.try_get(3)?),
+        connected: row.try_get(4)?,
+        connected_at: row.try_get::<Option<i64>, _>(5)?.map(from_db),
+        disconnected_at: row.try_get::<Option<i64>, _>(6)?.map(from_db),
+        created_at: from_db(row.try_get(7)?),
+        thing_id,
+    })
+}
+
+fn tags_json(tags: &Map<String, Value>) -> Result<String, StoreError> {
+    serde_json::to_string(tags).map_err(|e| StoreError::Unavailable(format!("tags: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://relative/path` or
+    /// `sqlite:///absolute/path`, optionally with SQLite URI parameters) and runs the embedded
+    /// migrations. In-memory databases are refused: the hub's data must be durable.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Unavailable(
+                "in-memory sqlite is not durable; use a file".into(),
+            ));
+        }
+        let base = SqliteConnectOptions::from_str(url)?
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        if let Some(parent) = base.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+
+        let write_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(write_options)
+            .await?;
+        MIGRATOR.run(&writer).await?;
+
+        // Readers are opened after the writer created the file and switched it to WAL (a
+        // persistent property of the file). `query_only` guards against a write slipping onto a
+        // reader connection, where it would compete with the single writer.
+        let read_options = base.pragma("query_only", "ON");
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(read_options)
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Whether the thing exists, inside the write transaction `tx`.
+    async fn thing_exists(tx: &mut Transaction<'_, Sqlite>, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM things WHERE thing_id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Inserts one thing inside `tx`; `Ok(None)` if the id is taken.
+    ///
+    /// `ON CONFLICT DO NOTHING` instead of catching a unique violation: on PostgreSQL an error
+    /// would abort the whole batch transaction.
+    async fn insert_thing(
+        tx: &mut Transaction<'_, Sqlite>,
+        t: &NewThing,
+        now: u64,
+    ) -> Result<Option<ThingRecord>, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO things \
+               (thing_id, password_hash, enabled, tags, tags_version, connected, created_at) \
+             VALUES ($1, $2, $3, $4, 1, FALSE, $5) \
+             ON CONFLICT (thing_id) DO NOTHING",
+        )
+        .bind(&t.thing_id)
+        .bind(&t.password_hash)
+        .bind(t.enabled)
+        .bind(tags_json(&t.tags)?)
+        .bind(to_db(now))
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(ThingRecord {
+            thing_id: t.thing_id.clone(),
+            enabled: t.enabled,
+            tags: t.tags.clone(),
+            tags_version: 1,
+            connected: false,
+            connected_at: None,
+            disconnected_at: None,
+            created_at: now,
+        }))
+    }
+
+    /// Applies one CAS write inside `tx`. A per-write failure is returned as `Ok(Err(..))` and
+    /// leaves the transaction usable; only database errors come back as the outer `Err`.
+    async fn apply_write(
+        tx: &mut Transaction<'_, Sqlite>,
+        w: &ShadowWrite,
+    ) -> Result<Result<(), StoreError>, StoreError> {
+        let affected = if w.expected_version == 0 {
+            // The EXISTS guard avoids a foreign-key error (which would abort the transaction on
+            // PostgreSQL); the WHERE clause is also required by SQLite to parse an upsert on a
+            // SELECT. PostgreSQL: cast the placeholders ($3::BIGINT, $5::BIGINT), as it types
+            // SELECT-list parameters as text.
+            sqlx::query(
+                "INSERT INTO shadows (thing_id, name, version, body, updated_at) \
+                 SELECT $1, $2, $3, $4, $5 \
+                 WHERE EXISTS (SELECT 1 FROM things WHERE thing_id = $1) \
+                 ON CONFLICT (thing_id, name) DO NOTHING",
+            )
+            .bind(&w.thing_id)
+            .bind(&w.name)
+            .bind(to_db(w.new_version))
+            .bind(&w.body)
+            .bind(to_db(w.updated_at))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+        } else {
+            sqlx::query(
+                "UPDATE shadows SET version = $3, body = $4, updated_at = $5 \
+                 WHERE thing_id = $1 AND name = $2 AND version = $6",
+            )
+            .bind(&w.thing_id)
+            .bind(&w.name)
+            .bind(to_db(w.new_version))
+            .bind(&w.body)
+            .bind(to_db(w.updated_at))
+            .bind(to_db(w.expected_version))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+        };
+        if affected == 1 {
+            return Ok(Ok(()));
+        }
+        // Nothing written: only now pay for finding out why.
+        if Self::thing_exists(tx, &w.thing_id).await? {
+            Ok(Err(StoreError::VersionConflict))
+        } else {
+            Ok(Err(StoreError::NotFound))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_thing(&self, t: &NewThing, now: u64) -> Result<ThingRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let created = Self::insert_thing(&mut tx, t, now).await?;
+        tx.commit().await?;
+        created.ok_or(StoreError::AlreadyExists)
+    }
+
+    async fn create_things(
+        &self,
+        ts: &[NewThing],
+        now: u64,
+    ) -> Result<Vec<Result<ThingRecord, StoreError>>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut out = Vec::with_capacity(ts.len());
+        for t in ts {
+            let created = Self::insert_thing(&mut tx, t, now).await?;
+            out.push(created.ok_or(StoreError::AlreadyExists));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_thing(&self, id: &str) -> Result<Option<ThingRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            thing_cols!(),
+            " FROM things WHERE thing_id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(thing_from_row).transpose()
+    }
+
+    async fn password_hash(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let row = sqlx::query("SELECT password_hash, enabled FROM things WHERE thing_id = $1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_things(
+        &self,
+        page_index: u64,
+        page_size: u64,
+        enabled: Option<bool>,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        let size = page_size.min(MAX_PAGE_SIZE);
+        let offset = page_index.saturating_mul(size);
+        // One read transaction: the total and the page come from the same snapshot.
+        let mut tx = self.reader.begin().await?;
+        let (total, rows) = match enabled {
+            None => {
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    thing_cols!(),
+                    " FROM things ORDER BY thing_id LIMIT $1 OFFSET $2"
+                ))
+                .bind(to_db(size))
+                .bind(to_db(offset))
+                .fetch_all(&mut *tx)
+                .await?;
+                (total, rows)
+            }
+            Some(enabled) => {
+                let total: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM things WHERE enabled = $1")
+                        .bind(enabled)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    thing_cols!(),
+                    " FROM things WHERE enabled = $3 ORDER BY thing_id LIMIT $1 OFFSET $2"
+                ))
+                .bind(to_db(size))
+                .bind(to_db(offset))
+                .bind(enabled)
+                .fetch_all(&mut *tx)
+                .await?;
+                (total, rows)
+            }
+        };
+        tx.commit().await?;
+        let things = rows
+            .iter()
+            .map(thing_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((from_db(total), things))
+    }
+
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE things SET enabled = $2 WHERE thing_id = $1 RETURNING ",
+            thing_cols!()
+        ))
+        .bind(id)
+        .bind(enabled)
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(row) => thing_from_row(&row),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn delete_thing(&self, id: &str) -> Result<(), StoreError> {
+        // Shadows go by ON DELETE CASCADE (foreign keys are enabled on every connection).
+        let done = sqlx::query("DELETE FROM things WHERE thing_id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn replace_tags(
+        &self,
+        id: &str,
+        tags: &Map<String, Value>,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        // PostgreSQL: `tags = $2::jsonb`.
+        let row = sqlx::query(
+            "UPDATE things SET tags = $2, tags_version = tags_version + 1 \
+             WHERE thing_id = $1 AND tags_version = $3 RETURNING tags_version",
+        )
+        .bind(id)
+        .bind(tags_json(tags)?)
+        .bind(to_db(expected_version))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(row) => Ok(from_db(row.try_get(0)?)),
+            None if Self::thing_exists(&mut tx, id).await? => Err(StoreError::VersionConflict),
+            None => Err(StoreError::NotFound),
+        };
+        tx.commit().await?;
+        result
+    }
+
+    async fn set_connected(&self, id: &str, connected: bool, at: u64) -> Result<(), StoreError> {
+        let sql = if connected {
+            "UPDATE things SET connected = TRUE, connected_at = $2 WHERE thing_id = $1"
+        } else {
+            // A disconnect older than the last connect (session takeover: the old connection's
+            // disconnect may be reported after the new one's connect) must not mark the thing
+            // offline; it still records the time.
+            "UPDATE things SET disconnected_at = $2, connected = CASE \
+               WHEN connected_at IS NOT NULL AND connected_at > $2 THEN connected ELSE FALSE END \
+             WHERE thing_id = $1"
+        };
+        let done = sqlx::query(sql)
+            .bind(id)
+            .bind(to_db(at))
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn mark_all_disconnected(&self, at: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE things SET connected = FALSE, disconnected_at = $1 WHERE connected = TRUE",
+        )
+        .bind(to_db(at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_shadow(
+        &self,
+        thing: &str,
+        name: &str,
+    ) -> Result<Option<StoredShadow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, body, updated_at FROM shadows WHERE thing_id = $1 AND name = $2",
+        )
+        .bind(thing)
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(StoredShadow {
+                thing_id: thing.to_owned(),
+                name: name.to_owned(),
+                version: from_db(row.try_get(0)?),
+                body: row.try_get(1)?,
+                updated_at: from_db(row.try_get(2)?),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn shadow_names(&self, thing: &str) -> Result<Vec<String>, StoreError> {
+        let names =
+            sqlx::query_scalar("SELECT name FROM shadows WHERE thing_id = $1 ORDER BY name")
+                .bind(thing)
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(names)
+    }
+
+    async fn delete_shadow(&self, thing: &str, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM shadows WHERE thing_id = $1 AND name = $2")
+            .bind(thing)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn write_shadows(
+        &self,
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction, hence one fsync, for the whole batch. Individual failures are detected
+        // by affected-row counts rather than by SQL errors, so they never poison the transaction
+        // (no savepoints needed, and the same holds on PostgreSQL).
+        let mut tx = self.writer.begin().await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(Self::apply_write(&mut tx, w).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        self.reader.close().await;
+        // Fold the WAL back into the main file so the database is a single file at rest. Best
+        // effort: every commit is already durable.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+        {
+            tracing::debug!(error = %e, "wal checkpoint at close failed");
+        }
+        self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    fn url(dir: &TempDir) -> String {
+        format!("sqlite://{}/nested/dir/hub.db", dir.path().display())
+    }
+
+    async fn temp_store() -> (TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        (dir, store)
+    }
+
+    fn tags(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn new_thing(id: &str) -> NewThing {
+        NewThing {
+            thing_id: id.to_owned(),
+            password_hash: format!("$argon2id$fake${id}"),
+            tags: tags(json!({"site": "b1"})),
+            enabled: true,
+        }
+    }
+
+    fn write(thing: &str, name: &str, expected: u64) -> ShadowWrite {
+        ShadowWrite {
+            thing_id: thing.to_owned(),
+            name: name.to_owned(),
+            expected_version: expected,
+            new_version: expected + 1,
+            body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
+            updated_at: 1000 + expected,
+        }
+    }
+
+    #[tokio::test]
+    async fn open_creates_parent_dirs_with_durable_pragmas() {
+        let (dir, store) = temp_store().await;
+        assert!(dir.path().join("nested/dir/hub.db").exists());
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous must be FULL");
+        for pool in [&store.writer, &store.reader] {
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(fk, 1);
+        }
+        // Readers are query-only.
+        let err = sqlx::query("DELETE FROM things")
+            .execute(&store.reader)
+            .await;
+        assert!(err.is_err());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn open_refuses_memory_and_other_schemes() {
+        assert!(matches!(
+            SqliteStore::open("sqlite::memory:").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            crate::store::open("postgres://localhost/x").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let shared = crate::store::open(&url(&dir)).await.unwrap();
+        assert!(shared.get_thing("a").await.unwrap().is_none());
+        shared.close().await;
+    }
+
+    #[tokio::test]
+    async fn create_get_and_duplicate_thing() {
+        let (_dir, store) = temp_store().await;
+        let rec = store.create_thing(&new_thing("t1"), 42).await.unwrap();
+        assert_eq!(rec.thing_id, "t1");
+        assert!(rec.enabled);
+        assert_eq!(rec.tags_version, 1);
+        assert!(!rec.connected);
+        assert_eq!(rec.created_at, 42);
+
+        let got = store.get_thing("t1").await.unwrap().unwrap();
+        assert_eq!(got.tags, tags(json!({"site": "b1"})));
+        assert_eq!(got.tags_version, 1);
+        assert_eq!(got.created_at, 42);
+        assert_eq!((got.connected_at, got.disconnected_at), (None, None));
+        assert!(store.get_thing("nope").await.unwrap().is_none());
+
+        assert_eq!(
+            store.create_thing(&new_thing("t1"), 43).await.unwrap_err(),
+            StoreError::AlreadyExists
+        );
+        // The record never carries the hash.
+        let text = serde_json::to_string(&got).unwrap();
+        assert!(!text.contains("argon2"));
+    }
+
+    #[tokio::test]
+    async fn batch_create_with_duplicates_in_the_middle() {
+        let (_dir, store) = temp_store().await;
+        store.create_thing(&new_thing("b"), 1).await.unwrap();
+        let batch = ["a", "b", "c", "a", "d"].map(new_thing);
+        let results = store.create_things(&batch, 2).await.unwrap();
+        assert_eq!(results.len(), 5);
+        assert!(results[0].is_ok());
+        assert_eq!(results[1].as_ref().unwrap_err(), &StoreError::AlreadyExists);
+        assert!(results[2].is_ok());
+        assert_eq!(results[3].as_ref().unwrap_err(), &StoreError::AlreadyExists);
+        assert_eq!(results[4].as_ref().unwrap().thing_id, "d");
+        let (total, page) = store.list_things(0, 10, None).await.unwrap();
+        assert_eq!(total, 4);
+        let ids: Vec<_> = page.iter().map(|t| t.thing_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert_eq!(page[1].created_at, 1, "the existing thing is untouched");
+        assert!(store.create_things(&[], 3).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn password_hash_and_enabled_flag() {
+        let (_dir, store) = temp_store().await;
+        store.create_thing(&new_thing("t1"), 1).await.unwrap();
+        assert_eq!(
+            store.password_hash("t1").await.unwrap(),
+            Some(("$argon2id$fake$t1".to_owned(), true))
+        );
+        let rec = store.set_enabled("t1", false).await.unwrap();
+        assert!(!rec.enabled);
+        assert_eq!(rec.tags, tags(json!({"site": "b1"})));
+        assert_eq!(store.password_hash("t1").await.unwrap().unwrap().1, false);
+        assert_eq!(store.password_hash("nope").await.unwrap(), None);
+        assert_eq!(
+            store.set_enabled("nope", true).await.unwrap_err(),
+            StoreError::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn list_things_pages_filters_and_caps() {
+        let (_dir, store) = temp_store().await;
+        let batch: Vec<_> = (0..1005)
+            .map(|i| {
+                let mut t = new_thing(&format!("t{i:04}"));
+                t.enabled = i % 3 != 0;
+                t
+            })
+            .collect();
+        assert!(
+            store
+                .create_things(&batch, 1)
+                .await
+                .unwrap()
+                .iter()
+                .all(Result::is_ok)
+        );
+
+        let (total, page) = store.list_things(0, 10, None).await.unwrap();
+        assert_eq!(total, 1005);
+        assert_eq!(page.len(), 10);
+        assert_eq!(page[0].thing_id, "t0000");
+        let (_, page) = store.list_things(2, 10, None).await.unwrap();
+        assert_eq!(page[0].thing_id, "t0020");
+        assert_eq!(page[9].thing_id, "t0029");
+        let (_, last) = store.list_things(100, 10, None).await.unwrap();
+        assert_eq!(last.len(), 5);
+        let (_, past) = store.list_things(101, 10, None).await.unwrap();
+        assert!(past.is_empty());
+        let (_, huge) = store.list_things(u64::MAX, u64::MAX, None).await.unwrap();
+        assert!(huge.is_empty());
+
+        let (_, capped) = store.list_things(0, 5000, None).await.unwrap();
+        assert_eq!(capped.len(), MAX_PAGE_SIZE as usize);
+
+        let (disabled_total, disabled) = store.list_things(0, 3, Some(false)).await.unwrap();
+        assert_eq!(disabled_total, 335);
+        let ids: Vec<_> = disabled.iter().map(|t| t.thing_id.as_str()).collect();
+        assert_eq!(ids, ["t0000", "t0003", "t0006"]);
+        assert!(disabled.iter().all(|t| !t.enabled));
+        let (enabled_total, enabled) = store.list_things(1, 2, Some(true)).await.unwrap();
+        assert_eq!(enabled_total, 670);
+        let ids: Vec<_> = enabled.iter().map(|t| t.thing_id.as_str()).collect();
+        assert_eq!(ids, ["t0004", "t0005"]);
+    }
+
+    #[tokio::test]
+    async fn replace_tags_is_compare_and_swap() {
+        let (_dir, store) = temp_store().await;
+        store.create_thing(&new_thing("t1"), 1).await.unwrap();
+        let v = store
+            .replace_tags("t1", &tags(json!({"floor": 3})), 1)
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(
+            store
+                .replace_tags("t1", &tags(json!({"floor": 4})), 1)
+                .await
+                .unwrap_err(),
+            StoreError::VersionConflict
+        );
+        let got = store.get_thing("t1").await.unwrap().unwrap();
+        assert_eq!(got.tags, tags(json!({"floor": 3})));
+        assert_eq!(got.tags_version, 2);
+        assert_eq!(
+            store
+                .replace_tags("nope", &Map::new(), 1)
+                .await
+                .unwrap_err(),
+            StoreError::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_columns_and_restart_reset() {
+        let (_dir, store) = temp_store().await;
+        store
+            .create_things(&[new_thing("a"), new_thing("b")], 1)
+            .await
+            .unwrap();
+        store.set_connected("a", true, 100).await.unwrap();
+        store.set_connected("b", true, 100).await.unwrap();
+        let a = store.get_thing("a").await.unwrap().unwrap();
+        assert!(a.connected);
+        assert_eq!(a.connected_at, Some(100));
+
+        // Session takeover: the new connection (t=200) is reported before the old one's
+        // disconnect (t=150); the thing stays connected.
+        store.set_connected("a", true, 200).await.unwrap();
+        store.set_connected("a", false, 150).await.unwrap();
+        let a = store.get_thing("a").await.unwrap().unwrap();
+        assert!(a.connected);
+        assert_eq!(a.disconnected_at, Some(150));
+        store.set_connected("a", false, 300).await.unwrap();
+        let a = store.get_thing("a").await.unwrap().unwrap();
+        assert!(!a.connected);
+        assert_eq!((a.connected_at, a.disconnected_at), (Some(200), Some(300)));
+
+        store.mark_all_disconnected(400).await.unwrap();
+        let b = store.get_thing("b").await.unwrap().unwrap();
+        assert!(!b.connected);
+        assert_eq!(b.disconnected_at, Some(400));
+        let a = store.get_thing("a").await.unwrap().unwrap();
+        assert_eq!(
+            a.disconnected_at,
+            Some(300),
+            "only connected things are touched"
+        );
+
+        assert_eq!(
+            store.set_connected("nope", true, 1).await.unwrap_err(),
+            StoreError::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn shadow_cas_get_names_and_delete() {
+        let (_dir, store) = temp_store().await;
+        store.create_thing(&new_thing("t1"), 1).await.unwrap();
+        assert!(store.get_shadow("t1", "default").await.unwrap().is_none());
+
+        let r = store
+            .write_shadows(&[write("t1", "default", 0), write("t1", "cfg", 0)])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![Ok(()), Ok(())]);
+        let s = store.get_shadow("t1", "default").await.unwrap().unwrap();
+        assert_eq!((s.version, s.updated_at), (1, 1000));
+        assert_eq!(s.body, r#"{"state":{"reported":{"v":1}}}"#);
+        assert_eq!((s.thing_id.as_str(), s.name.as_str()), ("t1", "default"));
+
+        // Creating again, or updating from a stale or future version, conflicts.
+        let r = store
+            .write_shadows(&[
+                write("t1", "default", 0),
+                write("t1", "default", 2),
+                write("t1", "missing", 1),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![Err(StoreError::VersionConflict); 3]);
+        assert_eq!(
+            store
+                .get_shadow("t1", "default")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+
+        assert_eq!(
+            store
+                .write_shadows(&[write("t1", "default", 1)])
+                .await
+                .unwrap(),
+            vec![Ok(())]
+        );
+        let s = store.get_shadow("t1", "default").await.unwrap().unwrap();
+        assert_eq!(s.version, 2);
+        assert_eq!(s.body, r#"{"state":{"reported":{"v":2}}}"#);
+
+        assert_eq!(store.shadow_names("t1").await.unwrap(), ["cfg", "default"]);
+        assert!(store.shadow_names("nope").await.unwrap().is_empty());
+
+        store.delete_shadow("t1", "cfg").await.unwrap();
+        assert_eq!(
+            store.delete_shadow("t1", "cfg").await.unwrap_err(),
+            StoreError::NotFound
+        );
+        assert_eq!(store.shadow_names("t1").await.unwrap(), ["default"]);
+        assert!(store.write_shadows(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn write_shadows_mixed_batch_fails_only_bad_writes() {
+        let (_dir, store) = temp_store().await;
+        store
+            .create_things(&[new_thing("a"), new_thing("b")], 1)
+            .await
+            .unwrap();
+        store
+            .write_shadows(&[write("b", "default", 0)])
+            .await
+            .unwrap();
+
+        let batch = [
+            write("a", "default", 0),     // ok: create
+            write("b", "default", 0),     // conflict: exists
+            write("a", "default", 1),     // ok: builds on the first write of this batch
+            write("ghost", "default", 0), // no such thing
+            write("b", "default", 5),     // conflict: stale
+            write("ghost", "default", 3), // no such thing
+            write("b", "default", 1),     // ok
+            write("a", "default", 1),     // conflict: now at 2
+        ];
+        let r = store.write_shadows(&batch).await.unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Ok(()),
+                Err(StoreError::VersionConflict),
+                Ok(()),
+                Err(StoreError::NotFound),
+                Err(StoreError::VersionConflict),
+                Err(StoreError::NotFound),
+                Ok(()),
+                Err(StoreError::VersionConflict),
+            ]
+        );
+        assert_eq!(
+            store
+                .get_shadow("a", "default")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        assert_eq!(
+            store
+                .get_shadow("b", "default")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        assert!(
+            store
+                .get_shadow("ghost", "default")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_thing_cascades_to_shadows() {
+        let (_dir, store) = temp_store().await;
+        store
+            .create_things(&[new_thing("a"), new_thing("b")], 1)
+            .await
+            .unwrap();
+        store
+            .write_shadows(&[
+                write("a", "default", 0),
+                write("a", "x", 0),
+                write("b", "default", 0),
+            ])
+            .await
+            .unwrap();
+        store.delete_thing("a").await.unwrap();
+        assert!(store.get_thing("a").await.unwrap().is_none());
+        assert!(store.get_shadow("a", "default").await.unwrap().is_none());
+        assert!(store.shadow_names("a").await.unwrap().is_empty());
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM shadows")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "only b's shadow remains");
+        assert_eq!(
+            store.delete_thing("a").await.unwrap_err(),
+            StoreError::NotFound
+        );
+        // Re-created with the same id, the thing starts without shadows.
+        store.create_thing(&new_thing("a"), 2).await.unwrap();
+        assert!(store.get_shadow("a", "default").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn data_survives_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(&url(&dir)).await.unwrap();
+            store.create_thing(&new_thing("t1"), 7).await.unwrap();
+            store
+                .write_shadows(&[write("t1", "default", 0), write("t1", "default", 1)])
+                .await
+                .unwrap();
+            store
+                .replace_tags("t1", &tags(json!({"k": "v"})), 1)
+                .await
+                .unwrap();
+            store.close().await;
+            assert!(matches!(
+                store.get_thing("t1").await,
+                Err(StoreError::Unavailable(_))
+            ));
+        }
+        // Reopening runs the migrations again (a no-op) and sees everything.
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        let t = store.get_thing("t1").await.unwrap().unwrap();
+        assert_eq!((t.created_at, t.tags_version), (7, 2));
+        assert_eq!(t.tags, tags(json!({"k": "v"})));
+        let s = store.get_shadow("t1", "default").await.unwrap().unwrap();
+        assert_eq!(s.version, 2);
+        store.close().await;
+    }
+}
