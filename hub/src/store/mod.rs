@@ -146,6 +146,16 @@ pub trait Store: Send + Sync + 'static {
         enabled: Option<bool>,
     ) -> Result<(u64, Vec<ThingRecord>), StoreError>;
 
+    /// One page of the things matching the S-9.4 query `q`, in the query's `ORDER BY` and then by
+    /// id, and the total number of matches. The SQL comes from [`crate::query::render_sqlite`]
+    /// (every value bound, nothing spliced). `page_index` is 0-based; `page_size` is capped at 1000.
+    async fn query_things(
+        &self,
+        q: &crate::query::ThingQuery,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError>;
+
     /// Enables or disables a thing and returns it. [`StoreError::NotFound`] if absent.
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError>;
 

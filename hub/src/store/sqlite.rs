@@ -98,6 +98,21 @@ fn thing_from_row(row: &SqliteRow) -> Result<ThingRecord, StoreError> {
     })
 }
 
+/// Binds the parameters of a rendered thing query ([`crate::query::render_sqlite`]) in order.
+fn bind_query_params<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    params: &'q [crate::query::QueryParam],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for p in params {
+        query = match p {
+            crate::query::QueryParam::Text(s) => query.bind(s.as_str()),
+            crate::query::QueryParam::Int(i) => query.bind(*i),
+            crate::query::QueryParam::Real(f) => query.bind(*f),
+        };
+    }
+    query
+}
+
 fn tags_json(tags: &Map<String, Value>) -> Result<String, StoreError> {
     serde_json::to_string(tags).map_err(|e| StoreError::Unavailable(format!("tags: {e}")))
 }
@@ -341,6 +356,36 @@ impl Store for SqliteStore {
                 (total, rows)
             }
         };
+        tx.commit().await?;
+        let things = rows
+            .iter()
+            .map(thing_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((from_db(total), things))
+    }
+
+    async fn query_things(
+        &self,
+        q: &crate::query::ThingQuery,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        let size = page_size.min(MAX_PAGE_SIZE);
+        let offset = page_index.saturating_mul(size);
+        let (count_sql, count_params) = crate::query::render_sqlite_count(q);
+        let (page_sql, page_params) = crate::query::render_sqlite(q);
+        let page_sql = format!("{page_sql} LIMIT ? OFFSET ?");
+        // One read transaction: the total and the page come from the same snapshot.
+        let mut tx = self.reader.begin().await?;
+        let total: i64 = bind_query_params(sqlx::query(&count_sql), &count_params)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let rows = bind_query_params(sqlx::query(&page_sql), &page_params)
+            .bind(to_db(size))
+            .bind(to_db(offset))
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         let things = rows
             .iter()

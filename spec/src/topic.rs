@@ -1,0 +1,1120 @@
+//! Topic names and filters of S-2: a parser ([`Topic::parse`]), builders ([`Topic::write_to`],
+//! [`Filter::write_to`], `Display`) and the per-thing allow-list of S-2.1
+//! ([`Topic::thing_may_publish`], [`thing_may_subscribe`]).
+//!
+//! With `T = $iothub/things/{thingId}` and `S = T/shadows/name/{shadowName}`:
+//!
+//! | variant | topic |
+//! | --- | --- |
+//! | [`Topic::ShadowGet`] · `Accepted` · `Rejected` | `S/get` · `S/get/accepted` · `S/get/rejected` |
+//! | [`Topic::ShadowUpdate`] · `Accepted` · `Rejected` | `S/update` · `S/update/accepted` · `S/update/rejected` |
+//! | [`Topic::ShadowUpdateDelta`] · [`Topic::ShadowUpdateDocuments`] | `S/update/delta` · `S/update/documents` |
+//! | [`Topic::MethodRequest`] · [`Topic::MethodResponse`] | `T/methods/{method}/req` · `T/methods/{method}/resp` |
+//! | [`Topic::NtpRequest`] · [`Topic::NtpResponse`] | `T/ntp/req` · `T/ntp/resp` |
+//! | [`Topic::OtaTask`] · [`Topic::OtaTaskResult`] | `T/ota/task` · `T/ota/task/result` |
+//! | [`Topic::Property`] | `T/messages/property` |
+//! | [`Topic::Will`] | `T/messages/will` or `T/messages/will/{rest}` |
+//! | [`Topic::Presence`] | `T/presence` |
+//! | [`Topic::PresenceEvent`] · [`Topic::LifecycleEvent`] | `$iothub/events/things/{thingId}/presence` · `.../lifecycle` |
+//! | [`Topic::User`] | `$iothub/user/things/{thingId}/{rest}` |
+//!
+//! The free-form `rest` of [`Topic::Will`] and [`Topic::User`] holds one or more non-empty levels
+//! without `+`, `#` or NUL; `Will` also accepts an empty `rest` (the bare `T/messages/will`),
+//! `User` does not.
+
+use core::fmt::{self, Write as _};
+
+use crate::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
+use crate::limits::MAX_TOPIC_LEN;
+
+/// The first level of every topic of this spec.
+pub const PREFIX: &str = "$iothub";
+
+/// A topic string held without allocation; [`MAX_TOPIC_LEN`] bytes always suffice for a valid
+/// topic or filter of this spec.
+pub type TopicString = heapless::String<MAX_TOPIC_LEN>;
+
+/// Why a topic or filter was refused or could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The topic does not start with `$iothub/`.
+    NotIothub,
+    /// The topic starts with `$iothub/` but has no shape of S-2.
+    UnknownShape,
+    /// The thing id level is not a valid thing id (S-1.1).
+    InvalidThingId,
+    /// The shadow name level is not a valid shadow name (S-2).
+    InvalidShadowName,
+    /// The method level is not a valid method name (S-5.1).
+    InvalidMethodName,
+    /// A free-form `will/` or `user/` tail is empty where it must not be, has an empty level, or
+    /// holds `+`, `#` or NUL.
+    InvalidLevel,
+    /// The topic is longer than [`MAX_TOPIC_LEN`] bytes.
+    TooLong,
+    /// The caller's buffer cannot hold the topic.
+    BufferTooSmall,
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TopicError::NotIothub => "topic is not under $iothub/",
+            TopicError::UnknownShape => "unknown $iothub topic",
+            TopicError::InvalidThingId => "invalid thing id in topic",
+            TopicError::InvalidShadowName => "invalid shadow name in topic",
+            TopicError::InvalidMethodName => "invalid method name in topic",
+            TopicError::InvalidLevel => "invalid free-form topic level",
+            TopicError::TooLong => "topic too long",
+            TopicError::BufferTooSmall => "buffer too small for topic",
+        })
+    }
+}
+
+impl core::error::Error for TopicError {}
+
+/// A topic of S-2, parsed or about to be built; every field borrows from the topic string or
+/// from the caller.
+///
+/// Hubs parse every PUBLISH topic with [`Topic::parse`] and route on the variant; devices and hubs
+/// build the topics they publish with [`Topic::write_to`] (no heap) or `Display`/`to_string()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Topic<'a> {
+    /// `S/get`: a thing asks for its shadow document (thing → hub).
+    ShadowGet {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/get/accepted`: the shadow document (hub → thing).
+    ShadowGetAccepted {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/get/rejected`: an error answering a get (hub → thing).
+    ShadowGetRejected {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update`: an update request (thing → hub).
+    ShadowUpdate {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update/accepted`: an update was stored (hub → thing).
+    ShadowUpdateAccepted {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update/rejected`: an error answering an update (hub → thing).
+    ShadowUpdateRejected {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update/delta`: the current delta after a change of desired (hub → thing).
+    ShadowUpdateDelta {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update/documents`: previous and current documents (hub → thing and service users).
+    ShadowUpdateDocuments {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `T/methods/{method}/req`: a direct-method call (hub → thing).
+    MethodRequest {
+        /// The thing id.
+        thing: &'a str,
+        /// The method name.
+        method: &'a str,
+    },
+    /// `T/methods/{method}/resp`: the device's answer (thing → hub).
+    MethodResponse {
+        /// The thing id.
+        thing: &'a str,
+        /// The method name.
+        method: &'a str,
+    },
+    /// `T/ntp/req`: a time request (thing → hub).
+    NtpRequest {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/ntp/resp`: the time answer (hub → thing).
+    NtpResponse {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/ota/task`: an OTA task (hub → thing).
+    OtaTask {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/ota/task/result`: an OTA status report (thing → hub).
+    OtaTaskResult {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/messages/property`: telemetry (thing → hub → service users).
+    Property {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/messages/will` or `T/messages/will/{rest}`: the thing's MQTT Will, forwarded.
+    Will {
+        /// The thing id.
+        thing: &'a str,
+        /// Everything after `will/`, `""` for the bare `T/messages/will`.
+        rest: &'a str,
+    },
+    /// `T/presence`: retained presence (hub → service users, S-8.1).
+    Presence {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `$iothub/events/things/{thingId}/presence`: presence event, not retained (S-8.1).
+    PresenceEvent {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `$iothub/events/things/{thingId}/lifecycle`: lifecycle event (S-8.3).
+    LifecycleEvent {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `$iothub/user/things/{thingId}/{rest}`: application-defined, both ways.
+    User {
+        /// The thing id.
+        thing: &'a str,
+        /// Everything after the id level; never empty.
+        rest: &'a str,
+    },
+}
+
+/// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("a", None)` for `"a"`.
+fn split1(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    }
+}
+
+/// Whether `rest` is a valid free-form tail: non-empty levels without wildcards or NUL.
+fn valid_rest(rest: &str) -> bool {
+    !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|l| !l.is_empty() && !l.bytes().any(|b| matches!(b, b'+' | b'#' | 0)))
+}
+
+fn thing_id(s: &str) -> Result<&str, TopicError> {
+    if is_valid_thing_id(s) {
+        Ok(s)
+    } else {
+        Err(TopicError::InvalidThingId)
+    }
+}
+
+/// Writes into a byte slice, failing once it is full.
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Counts the bytes that would be written.
+struct Counter(usize);
+
+impl fmt::Write for Counter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = self.0.saturating_add(s.len());
+        Ok(())
+    }
+}
+
+/// Writes `value`'s `Display` into `buf` after checking its length against [`MAX_TOPIC_LEN`].
+fn write_display<'b>(value: &dyn fmt::Display, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
+    let mut counter = Counter(0);
+    write!(counter, "{value}").map_err(|_| TopicError::BufferTooSmall)?;
+    if counter.0 > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    let mut w = SliceWriter { buf, len: 0 };
+    write!(w, "{value}").map_err(|_| TopicError::BufferTooSmall)?;
+    let SliceWriter { buf, len } = w;
+    core::str::from_utf8(&buf[..len]).map_err(|_| TopicError::BufferTooSmall)
+}
+
+fn to_topic_string(value: &dyn fmt::Display) -> Result<TopicString, TopicError> {
+    let mut buf = [0u8; MAX_TOPIC_LEN];
+    let s = write_display(value, &mut buf)?;
+    TopicString::try_from(s).map_err(|_| TopicError::TooLong)
+}
+
+impl<'a> Topic<'a> {
+    /// Parses a PUBLISH topic name.
+    ///
+    /// Fails on anything that is not exactly one of the shapes of S-2 with valid ids and names,
+    /// and on any topic longer than [`MAX_TOPIC_LEN`] bytes. Never panics, whatever the input.
+    pub fn parse(topic: &'a str) -> Result<Topic<'a>, TopicError> {
+        if topic.len() > MAX_TOPIC_LEN {
+            return Err(TopicError::TooLong);
+        }
+        let (first, rest) = split1(topic);
+        if first != PREFIX {
+            return Err(TopicError::NotIothub);
+        }
+        let rest = rest.ok_or(TopicError::UnknownShape)?;
+        let (kind, rest) = split1(rest);
+        let rest = rest.ok_or(TopicError::UnknownShape)?;
+        match kind {
+            "things" => Self::parse_thing(rest),
+            "events" => {
+                let (things, rest) = split1(rest);
+                if things != "things" {
+                    return Err(TopicError::UnknownShape);
+                }
+                let (id, rest) = split1(rest.ok_or(TopicError::UnknownShape)?);
+                let thing = thing_id(id)?;
+                match rest {
+                    Some("presence") => Ok(Topic::PresenceEvent { thing }),
+                    Some("lifecycle") => Ok(Topic::LifecycleEvent { thing }),
+                    _ => Err(TopicError::UnknownShape),
+                }
+            }
+            "user" => {
+                let (things, rest) = split1(rest);
+                if things != "things" {
+                    return Err(TopicError::UnknownShape);
+                }
+                let (id, rest) = split1(rest.ok_or(TopicError::UnknownShape)?);
+                let thing = thing_id(id)?;
+                let rest = rest.ok_or(TopicError::UnknownShape)?;
+                if !valid_rest(rest) {
+                    return Err(TopicError::InvalidLevel);
+                }
+                Ok(Topic::User { thing, rest })
+            }
+            _ => Err(TopicError::UnknownShape),
+        }
+    }
+
+    /// Parses what follows `$iothub/things/`.
+    fn parse_thing(s: &'a str) -> Result<Topic<'a>, TopicError> {
+        let (id, rest) = split1(s);
+        let thing = thing_id(id)?;
+        let rest = rest.ok_or(TopicError::UnknownShape)?;
+        if let Some(will) = rest.strip_prefix("messages/will") {
+            if will.is_empty() {
+                return Ok(Topic::Will { thing, rest: "" });
+            }
+            if let Some(tail) = will.strip_prefix('/') {
+                if !valid_rest(tail) {
+                    return Err(TopicError::InvalidLevel);
+                }
+                return Ok(Topic::Will { thing, rest: tail });
+            }
+            return Err(TopicError::UnknownShape);
+        }
+        let mut levels: [&str; 5] = [""; 5];
+        let mut n = 0;
+        for level in rest.split('/') {
+            let slot = levels.get_mut(n).ok_or(TopicError::UnknownShape)?;
+            *slot = level;
+            n += 1;
+        }
+        match &levels[..n] {
+            ["shadows", "name", shadow, tail @ ..] => {
+                let shadow = *shadow;
+                if !is_valid_shadow_name(shadow) {
+                    return Err(TopicError::InvalidShadowName);
+                }
+                match tail {
+                    ["get"] => Ok(Topic::ShadowGet { thing, shadow }),
+                    ["get", "accepted"] => Ok(Topic::ShadowGetAccepted { thing, shadow }),
+                    ["get", "rejected"] => Ok(Topic::ShadowGetRejected { thing, shadow }),
+                    ["update"] => Ok(Topic::ShadowUpdate { thing, shadow }),
+                    ["update", "accepted"] => Ok(Topic::ShadowUpdateAccepted { thing, shadow }),
+                    ["update", "rejected"] => Ok(Topic::ShadowUpdateRejected { thing, shadow }),
+                    ["update", "delta"] => Ok(Topic::ShadowUpdateDelta { thing, shadow }),
+                    ["update", "documents"] => Ok(Topic::ShadowUpdateDocuments { thing, shadow }),
+                    _ => Err(TopicError::UnknownShape),
+                }
+            }
+            ["methods", method, dir] => {
+                let method = *method;
+                if !is_valid_method_name(method) {
+                    return Err(TopicError::InvalidMethodName);
+                }
+                match *dir {
+                    "req" => Ok(Topic::MethodRequest { thing, method }),
+                    "resp" => Ok(Topic::MethodResponse { thing, method }),
+                    _ => Err(TopicError::UnknownShape),
+                }
+            }
+            ["ntp", "req"] => Ok(Topic::NtpRequest { thing }),
+            ["ntp", "resp"] => Ok(Topic::NtpResponse { thing }),
+            ["ota", "task"] => Ok(Topic::OtaTask { thing }),
+            ["ota", "task", "result"] => Ok(Topic::OtaTaskResult { thing }),
+            ["messages", "property"] => Ok(Topic::Property { thing }),
+            ["presence"] => Ok(Topic::Presence { thing }),
+            _ => Err(TopicError::UnknownShape),
+        }
+    }
+
+    /// The thing the topic belongs to.
+    pub fn thing(&self) -> &'a str {
+        match *self {
+            Topic::ShadowGet { thing, .. }
+            | Topic::ShadowGetAccepted { thing, .. }
+            | Topic::ShadowGetRejected { thing, .. }
+            | Topic::ShadowUpdate { thing, .. }
+            | Topic::ShadowUpdateAccepted { thing, .. }
+            | Topic::ShadowUpdateRejected { thing, .. }
+            | Topic::ShadowUpdateDelta { thing, .. }
+            | Topic::ShadowUpdateDocuments { thing, .. }
+            | Topic::MethodRequest { thing, .. }
+            | Topic::MethodResponse { thing, .. }
+            | Topic::NtpRequest { thing }
+            | Topic::NtpResponse { thing }
+            | Topic::OtaTask { thing }
+            | Topic::OtaTaskResult { thing }
+            | Topic::Property { thing }
+            | Topic::Will { thing, .. }
+            | Topic::Presence { thing }
+            | Topic::PresenceEvent { thing }
+            | Topic::LifecycleEvent { thing }
+            | Topic::User { thing, .. } => thing,
+        }
+    }
+
+    /// The shadow name, for the eight shadow topics.
+    pub fn shadow(&self) -> Option<&'a str> {
+        match *self {
+            Topic::ShadowGet { shadow, .. }
+            | Topic::ShadowGetAccepted { shadow, .. }
+            | Topic::ShadowGetRejected { shadow, .. }
+            | Topic::ShadowUpdate { shadow, .. }
+            | Topic::ShadowUpdateAccepted { shadow, .. }
+            | Topic::ShadowUpdateRejected { shadow, .. }
+            | Topic::ShadowUpdateDelta { shadow, .. }
+            | Topic::ShadowUpdateDocuments { shadow, .. } => Some(shadow),
+            _ => None,
+        }
+    }
+
+    /// The method name, for method requests and responses.
+    pub fn method(&self) -> Option<&'a str> {
+        match *self {
+            Topic::MethodRequest { method, .. } | Topic::MethodResponse { method, .. } => {
+                Some(method)
+            }
+            _ => None,
+        }
+    }
+
+    /// The variant's name (`"ShadowUpdate"`, `"Will"`, ...), as used by `spec/vectors/topics.json`
+    /// and handy for metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::ShadowGet { .. } => "ShadowGet",
+            Topic::ShadowGetAccepted { .. } => "ShadowGetAccepted",
+            Topic::ShadowGetRejected { .. } => "ShadowGetRejected",
+            Topic::ShadowUpdate { .. } => "ShadowUpdate",
+            Topic::ShadowUpdateAccepted { .. } => "ShadowUpdateAccepted",
+            Topic::ShadowUpdateRejected { .. } => "ShadowUpdateRejected",
+            Topic::ShadowUpdateDelta { .. } => "ShadowUpdateDelta",
+            Topic::ShadowUpdateDocuments { .. } => "ShadowUpdateDocuments",
+            Topic::MethodRequest { .. } => "MethodRequest",
+            Topic::MethodResponse { .. } => "MethodResponse",
+            Topic::NtpRequest { .. } => "NtpRequest",
+            Topic::NtpResponse { .. } => "NtpResponse",
+            Topic::OtaTask { .. } => "OtaTask",
+            Topic::OtaTaskResult { .. } => "OtaTaskResult",
+            Topic::Property { .. } => "Property",
+            Topic::Will { .. } => "Will",
+            Topic::Presence { .. } => "Presence",
+            Topic::PresenceEvent { .. } => "PresenceEvent",
+            Topic::LifecycleEvent { .. } => "LifecycleEvent",
+            Topic::User { .. } => "User",
+        }
+    }
+
+    /// The `accepted` reply topic of a shadow request (`S/get` → `S/get/accepted`,
+    /// `S/update` → `S/update/accepted`); `None` for any other topic.
+    pub fn accepted(&self) -> Option<Topic<'a>> {
+        match *self {
+            Topic::ShadowGet { thing, shadow } => Some(Topic::ShadowGetAccepted { thing, shadow }),
+            Topic::ShadowUpdate { thing, shadow } => {
+                Some(Topic::ShadowUpdateAccepted { thing, shadow })
+            }
+            _ => None,
+        }
+    }
+
+    /// The `rejected` reply topic of a shadow request (`S/get` → `S/get/rejected`,
+    /// `S/update` → `S/update/rejected`); `None` for any other topic.
+    pub fn rejected(&self) -> Option<Topic<'a>> {
+        match *self {
+            Topic::ShadowGet { thing, shadow } => Some(Topic::ShadowGetRejected { thing, shadow }),
+            Topic::ShadowUpdate { thing, shadow } => {
+                Some(Topic::ShadowUpdateRejected { thing, shadow })
+            }
+            _ => None,
+        }
+    }
+
+    /// The topic that answers this request topic: `S/get`/`S/update` → their `accepted` topic (use
+    /// [`Topic::rejected`] for errors), `T/methods/{m}/req` → `T/methods/{m}/resp`, and
+    /// `T/ntp/req` → `T/ntp/resp`; `None` for any other topic.
+    pub fn reply(&self) -> Option<Topic<'a>> {
+        match *self {
+            Topic::MethodRequest { thing, method } => Some(Topic::MethodResponse { thing, method }),
+            Topic::NtpRequest { thing } => Some(Topic::NtpResponse { thing }),
+            _ => self.accepted(),
+        }
+    }
+
+    /// Whether the thing `thing_id` may publish on this topic (S-2.1 allow-list).
+    ///
+    /// True only for the thing's own `S/get`, `S/update`, `T/methods/+/resp`, `T/ntp/req`,
+    /// `T/ota/task/result`, `T/messages/property`, `T/messages/will/#` and
+    /// `$iothub/user/things/{ownId}/#`. Service users ([`crate::ids::is_service_user`]) are not
+    /// subject to it; the hub checks that first.
+    pub fn thing_may_publish(&self, thing_id: &str) -> bool {
+        let allowed = matches!(
+            self,
+            Topic::ShadowGet { .. }
+                | Topic::ShadowUpdate { .. }
+                | Topic::MethodResponse { .. }
+                | Topic::NtpRequest { .. }
+                | Topic::OtaTaskResult { .. }
+                | Topic::Property { .. }
+                | Topic::Will { .. }
+                | Topic::User { .. }
+        );
+        allowed && self.thing() == thing_id
+    }
+
+    /// Builds the topic into `buf` and returns it as a `&str` borrowed from `buf`.
+    ///
+    /// Validates the ids, names and free-form tails as [`Topic::parse`] does, so
+    /// `Topic::parse(t.write_to(buf)?) == Ok(t)`. Fails with [`TopicError::TooLong`] over
+    /// [`MAX_TOPIC_LEN`] and [`TopicError::BufferTooSmall`] when `buf` is short; a buffer of
+    /// [`MAX_TOPIC_LEN`] bytes always suffices.
+    pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
+        self.validate()?;
+        write_display(self, buf)
+    }
+
+    /// Builds the topic into a [`TopicString`], validating it as [`Topic::write_to`] does.
+    pub fn to_topic_string(&self) -> Result<TopicString, TopicError> {
+        self.validate()?;
+        to_topic_string(self)
+    }
+
+    /// Checks the ids, names and free-form tails of a topic built by hand.
+    pub fn validate(&self) -> Result<(), TopicError> {
+        thing_id(self.thing())?;
+        if let Some(shadow) = self.shadow()
+            && !is_valid_shadow_name(shadow)
+        {
+            return Err(TopicError::InvalidShadowName);
+        }
+        if let Some(method) = self.method()
+            && !is_valid_method_name(method)
+        {
+            return Err(TopicError::InvalidMethodName);
+        }
+        match *self {
+            Topic::Will { rest, .. } if !rest.is_empty() && !valid_rest(rest) => {
+                Err(TopicError::InvalidLevel)
+            }
+            Topic::User { rest, .. } if !valid_rest(rest) => Err(TopicError::InvalidLevel),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Topic<'_> {
+    /// Writes the topic string without validating it; use [`Topic::write_to`] to build a topic
+    /// from untrusted parts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Topic::ShadowGet { thing, shadow } => {
+                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/get")
+            }
+            Topic::ShadowGetAccepted { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/accepted"
+                )
+            }
+            Topic::ShadowGetRejected { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/rejected"
+                )
+            }
+            Topic::ShadowUpdate { thing, shadow } => {
+                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/update")
+            }
+            Topic::ShadowUpdateAccepted { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/accepted"
+                )
+            }
+            Topic::ShadowUpdateRejected { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/rejected"
+                )
+            }
+            Topic::ShadowUpdateDelta { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/delta"
+                )
+            }
+            Topic::ShadowUpdateDocuments { thing, shadow } => {
+                write!(
+                    f,
+                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/documents"
+                )
+            }
+            Topic::MethodRequest { thing, method } => {
+                write!(f, "{PREFIX}/things/{thing}/methods/{method}/req")
+            }
+            Topic::MethodResponse { thing, method } => {
+                write!(f, "{PREFIX}/things/{thing}/methods/{method}/resp")
+            }
+            Topic::NtpRequest { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/req"),
+            Topic::NtpResponse { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/resp"),
+            Topic::OtaTask { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task"),
+            Topic::OtaTaskResult { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task/result"),
+            Topic::Property { thing } => write!(f, "{PREFIX}/things/{thing}/messages/property"),
+            Topic::Will { thing, rest: "" } => {
+                write!(f, "{PREFIX}/things/{thing}/messages/will")
+            }
+            Topic::Will { thing, rest } => {
+                write!(f, "{PREFIX}/things/{thing}/messages/will/{rest}")
+            }
+            Topic::Presence { thing } => write!(f, "{PREFIX}/things/{thing}/presence"),
+            Topic::PresenceEvent { thing } => write!(f, "{PREFIX}/events/things/{thing}/presence"),
+            Topic::LifecycleEvent { thing } => {
+                write!(f, "{PREFIX}/events/things/{thing}/lifecycle")
+            }
+            Topic::User { thing, rest } => write!(f, "{PREFIX}/user/things/{thing}/{rest}"),
+        }
+    }
+}
+
+/// The subscription filters a device needs (S-2), built without allocation.
+///
+/// A device subscribes to these after every (re)connect, before its first request, so that no
+/// reply is lost. `ShadowUpdateReplies` covers accepted, rejected, delta and documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Filter<'a> {
+    /// `S/get/+`: get/accepted and get/rejected of one shadow.
+    ShadowGetReplies {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `S/update/+`: update/accepted, rejected, delta and documents of one shadow.
+    ShadowUpdateReplies {
+        /// The thing id.
+        thing: &'a str,
+        /// The shadow name.
+        shadow: &'a str,
+    },
+    /// `T/methods/+/req`: every direct-method call.
+    MethodRequests {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/ntp/resp`: NTP answers.
+    NtpResponse {
+        /// The thing id.
+        thing: &'a str,
+    },
+    /// `T/ota/task`: OTA tasks.
+    OtaTask {
+        /// The thing id.
+        thing: &'a str,
+    },
+}
+
+impl<'a> Filter<'a> {
+    /// The filters a device subscribes to for one shadow plus methods, NTP and OTA, in the order
+    /// the SDKs subscribe.
+    pub fn all_for(thing: &'a str, shadow: &'a str) -> [Filter<'a>; 5] {
+        [
+            Filter::ShadowGetReplies { thing, shadow },
+            Filter::ShadowUpdateReplies { thing, shadow },
+            Filter::MethodRequests { thing },
+            Filter::NtpResponse { thing },
+            Filter::OtaTask { thing },
+        ]
+    }
+
+    /// The thing the filter belongs to.
+    pub fn thing(&self) -> &'a str {
+        match *self {
+            Filter::ShadowGetReplies { thing, .. }
+            | Filter::ShadowUpdateReplies { thing, .. }
+            | Filter::MethodRequests { thing }
+            | Filter::NtpResponse { thing }
+            | Filter::OtaTask { thing } => thing,
+        }
+    }
+
+    /// Whether the filter matches `topic` (MQTT matching for these fixed shapes).
+    pub fn matches(&self, topic: &Topic<'_>) -> bool {
+        match (*self, *topic) {
+            (
+                Filter::ShadowGetReplies { thing, shadow },
+                Topic::ShadowGetAccepted {
+                    thing: t,
+                    shadow: s,
+                }
+                | Topic::ShadowGetRejected {
+                    thing: t,
+                    shadow: s,
+                },
+            ) => thing == t && shadow == s,
+            (
+                Filter::ShadowUpdateReplies { thing, shadow },
+                Topic::ShadowUpdateAccepted {
+                    thing: t,
+                    shadow: s,
+                }
+                | Topic::ShadowUpdateRejected {
+                    thing: t,
+                    shadow: s,
+                }
+                | Topic::ShadowUpdateDelta {
+                    thing: t,
+                    shadow: s,
+                }
+                | Topic::ShadowUpdateDocuments {
+                    thing: t,
+                    shadow: s,
+                },
+            ) => thing == t && shadow == s,
+            (Filter::MethodRequests { thing }, Topic::MethodRequest { thing: t, .. })
+            | (Filter::NtpResponse { thing }, Topic::NtpResponse { thing: t })
+            | (Filter::OtaTask { thing }, Topic::OtaTask { thing: t }) => thing == t,
+            _ => false,
+        }
+    }
+
+    /// Builds the filter into `buf`, validating the id and shadow name; see [`Topic::write_to`].
+    pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
+        self.validate()?;
+        write_display(self, buf)
+    }
+
+    /// Builds the filter into a [`TopicString`], validating it.
+    pub fn to_topic_string(&self) -> Result<TopicString, TopicError> {
+        self.validate()?;
+        to_topic_string(self)
+    }
+
+    fn validate(&self) -> Result<(), TopicError> {
+        thing_id(self.thing())?;
+        match *self {
+            Filter::ShadowGetReplies { shadow, .. }
+            | Filter::ShadowUpdateReplies { shadow, .. }
+                if !is_valid_shadow_name(shadow) =>
+            {
+                Err(TopicError::InvalidShadowName)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Filter<'_> {
+    /// Writes the filter without validating it; use [`Filter::write_to`] for untrusted parts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Filter::ShadowGetReplies { thing, shadow } => {
+                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/+")
+            }
+            Filter::ShadowUpdateReplies { thing, shadow } => {
+                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/+")
+            }
+            Filter::MethodRequests { thing } => write!(f, "{PREFIX}/things/{thing}/methods/+/req"),
+            Filter::NtpResponse { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/resp"),
+            Filter::OtaTask { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task"),
+        }
+    }
+}
+
+/// Whether `filter` is a well-formed MQTT topic filter: non-empty, at most [`MAX_TOPIC_LEN`]
+/// bytes, no NUL, `#` only as the whole last level and `+` only as a whole level.
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        if level.contains('#') && (level != "#" || !is_last) {
+            return false;
+        }
+        if level.contains('+') && level != "+" {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the thing `thing_id` may subscribe to `filter` (S-2.1).
+///
+/// True when `filter` is a well-formed MQTT filter ([`is_valid_filter`]) that lies strictly
+/// inside `$iothub/things/{thing_id}/...` or `$iothub/user/things/{thing_id}/...`, with no
+/// wildcard in or before the id level and no empty level after it; `+` and `#` are allowed after
+/// the id (so `$iothub/things/{thing_id}/#` is allowed). Service users are not subject to it.
+pub fn thing_may_subscribe(filter: &str, thing_id: &str) -> bool {
+    if !is_valid_thing_id(thing_id) || !is_valid_filter(filter) {
+        return false;
+    }
+    let Some(rest) = filter
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return false;
+    };
+    let below = if let Some(r) = rest.strip_prefix("things/") {
+        r
+    } else if let Some(r) = rest.strip_prefix("user/things/") {
+        r
+    } else {
+        return false;
+    };
+    let (id, tail) = split1(below);
+    match tail {
+        Some(tail) if id == thing_id => !tail.is_empty() && tail.split('/').all(|l| !l.is_empty()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::{String, ToString};
+
+    fn all_topics<'a>(t: &'a str, s: &'a str, m: &'a str, r: &'a str) -> [Topic<'a>; 21] {
+        [
+            Topic::ShadowGet {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowGetAccepted {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowGetRejected {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowUpdate {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowUpdateAccepted {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowUpdateRejected {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowUpdateDelta {
+                thing: t,
+                shadow: s,
+            },
+            Topic::ShadowUpdateDocuments {
+                thing: t,
+                shadow: s,
+            },
+            Topic::MethodRequest {
+                thing: t,
+                method: m,
+            },
+            Topic::MethodResponse {
+                thing: t,
+                method: m,
+            },
+            Topic::NtpRequest { thing: t },
+            Topic::NtpResponse { thing: t },
+            Topic::OtaTask { thing: t },
+            Topic::OtaTaskResult { thing: t },
+            Topic::Property { thing: t },
+            Topic::Will { thing: t, rest: r },
+            Topic::Will { thing: t, rest: "" },
+            Topic::Presence { thing: t },
+            Topic::PresenceEvent { thing: t },
+            Topic::LifecycleEvent { thing: t },
+            Topic::User { thing: t, rest: r },
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_variant() {
+        let mut buf = [0u8; MAX_TOPIC_LEN];
+        for t in all_topics("dev-1", "cfg:a", "re.boot", "a/b") {
+            let s = t.write_to(&mut buf).unwrap();
+            assert_eq!(Topic::parse(s), Ok(t), "{s}");
+            assert_eq!(t.to_string(), s);
+            assert_eq!(t.to_topic_string().unwrap().as_str(), s);
+            assert_eq!(t.thing(), "dev-1");
+        }
+    }
+
+    #[test]
+    fn exact_strings() {
+        let t = Topic::ShadowUpdateDelta {
+            thing: "t1",
+            shadow: "default",
+        };
+        assert_eq!(
+            t.to_string(),
+            "$iothub/things/t1/shadows/name/default/update/delta"
+        );
+        assert_eq!(
+            Topic::parse("$iothub/things/t1/messages/will").unwrap(),
+            Topic::Will {
+                thing: "t1",
+                rest: ""
+            }
+        );
+        assert_eq!(
+            Topic::parse("$iothub/user/things/t1/x/y").unwrap(),
+            Topic::User {
+                thing: "t1",
+                rest: "x/y"
+            }
+        );
+        assert_eq!(
+            Topic::parse("$iothub/events/things/t1/lifecycle").unwrap(),
+            Topic::LifecycleEvent { thing: "t1" }
+        );
+    }
+
+    #[test]
+    fn parse_errors() {
+        use TopicError::*;
+        let cases: &[(&str, TopicError)] = &[
+            ("", NotIothub),
+            ("iothub/things/t1/ntp/req", NotIothub),
+            ("$iothubx/things/t1/ntp/req", NotIothub),
+            ("$iothub", UnknownShape),
+            ("$iothub/", UnknownShape),
+            ("$iothub/things", UnknownShape),
+            ("$iothub/things/t1", UnknownShape),
+            ("$iothub/things/t1/", UnknownShape),
+            ("$iothub/things/t1/ntp", UnknownShape),
+            ("$iothub/things/t1/ntp/req/x", UnknownShape),
+            ("$iothub/things/t 1/ntp/req", InvalidThingId),
+            ("$iothub/things//ntp/req", InvalidThingId),
+            ("$iothub/things/+/ntp/req", InvalidThingId),
+            ("$iothub/things/t1/shadows/name/a.b/get", InvalidShadowName),
+            ("$iothub/things/t1/shadows/name//get", InvalidShadowName),
+            ("$iothub/things/t1/shadows/name/default/get/x", UnknownShape),
+            ("$iothub/things/t1/methods/a:b/req", InvalidMethodName),
+            ("$iothub/things/t1/methods/m/foo", UnknownShape),
+            ("$iothub/things/t1/messages/will/", InvalidLevel),
+            ("$iothub/things/t1/messages/will/a//b", InvalidLevel),
+            ("$iothub/things/t1/messages/will/#", InvalidLevel),
+            ("$iothub/things/t1/messages/willy", UnknownShape),
+            ("$iothub/user/things/t1", UnknownShape),
+            ("$iothub/user/things/t1/", InvalidLevel),
+            ("$iothub/user/things/t1/+", InvalidLevel),
+            ("$iothub/events/things/t1/foo", UnknownShape),
+        ];
+        for (topic, err) in cases {
+            assert_eq!(Topic::parse(topic), Err(*err), "{topic}");
+        }
+        let long = String::from("$iothub/user/things/t1/") + &"a".repeat(300);
+        assert_eq!(Topic::parse(&long), Err(TooLong));
+    }
+
+    #[test]
+    fn write_errors() {
+        let mut small = [0u8; 10];
+        let t = Topic::NtpRequest { thing: "t1" };
+        assert_eq!(t.write_to(&mut small), Err(TopicError::BufferTooSmall));
+        let mut buf = [0u8; 512];
+        assert_eq!(
+            Topic::NtpRequest { thing: "a/b" }.write_to(&mut buf),
+            Err(TopicError::InvalidThingId)
+        );
+        let rest = "a".repeat(250);
+        assert_eq!(
+            Topic::User {
+                thing: "t1",
+                rest: &rest
+            }
+            .write_to(&mut buf),
+            Err(TopicError::TooLong)
+        );
+        assert_eq!(
+            Filter::ShadowGetReplies {
+                thing: "t1",
+                shadow: "a b"
+            }
+            .write_to(&mut buf),
+            Err(TopicError::InvalidShadowName)
+        );
+    }
+
+    #[test]
+    fn publish_acl() {
+        let me = "t1";
+        let mut allowed = 0;
+        for t in all_topics(me, "default", "m", "x") {
+            if t.thing_may_publish(me) {
+                allowed += 1;
+            }
+            assert!(!t.thing_may_publish("t2"));
+        }
+        // get, update, method resp, ntp req, ota result, property, will x2, user.
+        assert_eq!(allowed, 9);
+    }
+
+    #[test]
+    fn subscribe_acl() {
+        for f in [
+            "$iothub/things/t1/#",
+            "$iothub/things/t1/shadows/name/default/update/+",
+            "$iothub/things/t1/shadows/name/+/get/accepted",
+            "$iothub/things/t1/methods/+/req",
+            "$iothub/things/t1/+/+",
+            "$iothub/user/things/t1/#",
+            "$iothub/user/things/t1/a/+/b",
+        ] {
+            assert!(thing_may_subscribe(f, "t1"), "{f}");
+        }
+        for f in [
+            "#",
+            "$iothub/#",
+            "$iothub/things/+/ntp/resp",
+            "$iothub/things/#",
+            "$iothub/+/t1/#",
+            "$iothub/things/t2/#",
+            "$iothub/things/t1",
+            "$iothub/things/t1/",
+            "$iothub/things/t1//x",
+            "$iothub/things/t1/a#",
+            "$iothub/things/t1/#/x",
+            "$iothub/things/t1/a+",
+            "$iothub/things/t10/#",
+            "$iothub/user/things/t1",
+            "$iothub/events/things/t1/presence",
+            "$iothub/user/things/+/x",
+        ] {
+            assert!(!thing_may_subscribe(f, "t1"), "{f}");
+        }
+        assert!(!thing_may_subscribe("$iothub/things/+/#", "+"));
+    }
+
+    #[test]
+    fn filters() {
+        let mut buf = [0u8; MAX_TOPIC_LEN];
+        let expected = [
+            "$iothub/things/t1/shadows/name/default/get/+",
+            "$iothub/things/t1/shadows/name/default/update/+",
+            "$iothub/things/t1/methods/+/req",
+            "$iothub/things/t1/ntp/resp",
+            "$iothub/things/t1/ota/task",
+        ];
+        for (f, e) in Filter::all_for("t1", "default").iter().zip(expected) {
+            assert_eq!(f.write_to(&mut buf).unwrap(), e);
+            assert_eq!(f.to_string(), e);
+            assert!(thing_may_subscribe(e, "t1"));
+            assert!(is_valid_filter(e));
+        }
+        let f = Filter::ShadowUpdateReplies {
+            thing: "t1",
+            shadow: "default",
+        };
+        assert!(f.matches(&Topic::ShadowUpdateDelta {
+            thing: "t1",
+            shadow: "default"
+        }));
+        assert!(!f.matches(&Topic::ShadowGetAccepted {
+            thing: "t1",
+            shadow: "default"
+        }));
+        assert!(!f.matches(&Topic::ShadowUpdateDelta {
+            thing: "t1",
+            shadow: "other"
+        }));
+    }
+
+    #[test]
+    fn replies() {
+        let g = Topic::ShadowGet {
+            thing: "t1",
+            shadow: "s",
+        };
+        assert_eq!(
+            g.rejected(),
+            Some(Topic::ShadowGetRejected {
+                thing: "t1",
+                shadow: "s"
+            })
+        );
+        assert_eq!(
+            g.reply(),
+            Some(Topic::ShadowGetAccepted {
+                thing: "t1",
+                shadow: "s"
+            })
+        );
+        let m = Topic::MethodRequest {
+            thing: "t1",
+            method: "m",
+        };
+        assert_eq!(
+            m.reply(),
+            Some(Topic::MethodResponse {
+                thing: "t1",
+                method: "m"
+            })
+        );
+        assert_eq!(Topic::OtaTask { thing: "t1" }.reply(), None);
+    }
+}
