@@ -2,13 +2,155 @@
 //! shadows, direct methods, NTP, presence, the REST API and storage, behind one entry point.
 //!
 //! Data flows one way: connection (broker) → router → service → store → publish (bus).
+//! [`run`] is the single entry point; `main.rs` only parses flags.
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod bus;
 pub mod clock;
+pub mod config;
+pub mod method;
 pub mod metrics;
+pub mod ntp;
+pub mod presence;
 pub mod query;
+pub mod router;
 pub mod shadow;
 pub mod store;
 pub mod things;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+use broker::{BrokerConfig, EmbeddedBroker, HookDeps, RmqttBus};
+use bus::Bus;
+
+/// A hub that is serving; returned by [`start`].
+pub struct RunningHub {
+    /// Where MQTT listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// The admin bearer token in force.
+    pub admin_token: String,
+    broker: EmbeddedBroker,
+    http: JoinHandle<()>,
+    http_stop: tokio::sync::oneshot::Sender<()>,
+    router_stop: tokio::sync::oneshot::Sender<()>,
+    router: JoinHandle<()>,
+    presence: JoinHandle<()>,
+    shadows: shadow::service::ShadowService,
+    store: store::SharedStore,
+}
+
+/// Serves until `shutdown` completes, then shuts down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let hub = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Starts every part of the hub and returns once both listeners accept connections.
+pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
+    let limits = config.limits();
+    let url = config.database_url();
+    let store = store::open(&url).await.with_context(|| format!("cannot open the database {url}"))?;
+    store
+        .mark_all_disconnected(clock::now_ms())
+        .await
+        .context("cannot reset presence in the registry")?;
+    let committer = store::commit::GroupCommitter::spawn(store.clone(), config.commit_batch.max(1), 8192);
+
+    let (presence, presence_queue) = presence::Presence::new();
+    let scx = EmbeddedBroker::context().await;
+    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(scx.clone(), presence.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let shadows = shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
+    let methods = method::Methods::new(bus.clone());
+    let credentials = Arc::new(auth::CredentialCache::new(100_000));
+
+    let (router_handle, router_queue) = router::channel();
+    let (router_stop, router_stop_rx) = tokio::sync::oneshot::channel();
+    let router = tokio::spawn(router::run(
+        router_queue,
+        router_stop_rx,
+        router::Services { shadows: shadows.clone(), methods: methods.clone(), bus: bus.clone(), metrics: metrics.clone() },
+    ));
+    let presence_task = tokio::spawn(presence::run(presence_queue, bus.clone(), store.clone()));
+
+    let authenticator = broker::authn::Authenticator::new(
+        store.clone(),
+        credentials.clone(),
+        config.service_users.iter().cloned().collect(),
+    );
+    let broker = EmbeddedBroker::start(
+        scx,
+        &BrokerConfig { addr: config.mqtt_addr, max_connections: config.max_connections, max_packet_size: 1024 * 1024 },
+        HookDeps { authenticator, presence: presence.clone(), router: router_handle },
+    )
+    .await?;
+
+    let admin_token = config.admin_token.clone().unwrap_or_else(auth::generate_secret);
+    let things = things::Things::new(store.clone(), bus.clone(), shadows.clone(), credentials.clone(), metrics.clone());
+    let state = api::AppState::new(
+        store.clone(),
+        shadows.clone(),
+        methods,
+        things,
+        limits,
+        admin_token.clone(),
+        metrics,
+    );
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(state);
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stop_rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    Ok(RunningHub {
+        mqtt_addr: broker.local_addr(),
+        http_addr,
+        admin_token,
+        broker,
+        http,
+        http_stop,
+        router_stop,
+        router,
+        presence: presence_task,
+        shadows,
+        store,
+    })
+}
+
+impl RunningHub {
+    /// Stops accepting, finishes in-flight updates, flushes storage, closes.
+    pub async fn shutdown(self) {
+        let _ = self.http_stop.send(());
+        let _ = self.http.await;
+        self.broker.stop().await;
+        let _ = self.router_stop.send(());
+        let _ = self.router.await;
+        self.shadows.shutdown().await;
+        self.presence.abort();
+        let _ = self.presence.await;
+        self.store.close().await;
+    }
+}

@@ -1,6 +1,16 @@
-//! `iothub-sim`: thousands of virtual things for load tests.
+//! `iothub-sim`: load runs against an iothub hub.
 //!
-//! Not built yet: tracked by issue 6. Until then `hub/src/bin/iothub-bench.rs` measures
-//! durable shadow update throughput against the reference hub.
+//! Today it runs one scenario, the shadow-update load: N things, each with its own MQTT
+//! connection, report ~200-byte states at a fixed total rate with QoS 1, and the run measures
+//! durable update → `update/accepted` latency, throughput, rejections, lost and out-of-order
+//! versions. With no `--mqtt`/`--api` it starts the reference hub itself (in-process, on its own
+//! runtime threads, with a temporary data directory), so it needs no setup.
+//!
+//! The full simulator of issue 6 (declarative scenarios, methods, NTP, OTA, churn, virtual things
+//! driven by the sans-IO device core) grows from here; the virtual things below speak the wire
+//! contract directly because that core does not exist yet.
 
-pub use iothub_spec as spec;
+pub mod embedded;
+pub mod provision;
+pub mod report;
+pub mod shadow_load;

@@ -1,0 +1,85 @@
+//! CONNECT authentication (S-1.2, S-1.3, S-1.5): things against the registry, service users
+//! against the configured list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::auth::{CredentialCache, verify_password};
+use crate::store::SharedStore;
+
+/// The outcome of checking a thing's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// Known, enabled, right secret.
+    Valid,
+    /// Unknown thing or wrong secret (CONNACK 4 / 0x86).
+    Invalid,
+    /// Known and right secret, but disabled (CONNACK 5 / 0x87).
+    Disabled,
+    /// The registry could not be read; refuse rather than guess.
+    Unavailable,
+}
+
+/// Checks credentials presented in CONNECT.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: SharedStore,
+    cache: Arc<CredentialCache>,
+    service_users: Arc<HashMap<String, String>>,
+}
+
+impl Authenticator {
+    /// `service_users` maps `$name` to its secret (from the hub's configuration).
+    pub fn new(
+        store: SharedStore,
+        cache: Arc<CredentialCache>,
+        service_users: HashMap<String, String>,
+    ) -> Self {
+        Authenticator { store, cache, service_users: Arc::new(service_users) }
+    }
+
+    /// Whether `name`/`secret` is a configured service user (constant-time secret compare).
+    pub fn check_service_user(&self, name: &str, secret: &[u8]) -> bool {
+        self.service_users
+            .get(name)
+            .is_some_and(|expected| constant_time_eq(expected.as_bytes(), secret))
+    }
+
+    /// Checks a thing's secret. The slow password hash runs on the blocking pool, and a secret
+    /// verified once is remembered (as a keyed digest) so reconnect storms stay cheap.
+    pub async fn check_thing(&self, thing: &str, secret: &[u8]) -> CredentialCheck {
+        let record = match self.store.password_hash(thing).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return CredentialCheck::Invalid,
+            Err(e) => {
+                tracing::warn!(%thing, error = %e, "registry unavailable during CONNECT");
+                return CredentialCheck::Unavailable;
+            }
+        };
+        let (phc, enabled) = record;
+        let valid = if self.cache.check(thing, secret) {
+            true
+        } else {
+            let secret_owned = secret.to_vec();
+            let ok = tokio::task::spawn_blocking(move || verify_password(&secret_owned, &phc))
+                .await
+                .unwrap_or(false);
+            if ok {
+                self.cache.remember(thing, secret);
+            }
+            ok
+        };
+        match (valid, enabled) {
+            (false, _) => CredentialCheck::Invalid,
+            (true, false) => CredentialCheck::Disabled,
+            (true, true) => CredentialCheck::Valid,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

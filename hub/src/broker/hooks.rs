@@ -1,0 +1,140 @@
+//! The hub's rmqtt hook handlers: authentication, allow-lists, presence and request hand-off.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rmqtt::acl::AuthInfo;
+use rmqtt::codec::types::MQTT_LEVEL_5;
+use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
+use rmqtt::session::Session;
+use rmqtt::types::{
+    AuthResult, ConnectInfo, Publish, PublishAclResult, Subscribe, SubscribeReturn,
+};
+use iothub_spec::ids::is_service_user;
+use iothub_spec::topic::{Topic, thing_may_subscribe};
+
+use super::HookDeps;
+use super::authn::CredentialCheck;
+use crate::clock::now_ms;
+use crate::router::Inbound;
+
+/// Every `$iothub/...` topic and filter belongs to the hub's namespace (S-1.5).
+const SERVICE_NAMESPACE: &str = "$iothub/";
+
+/// Registers once per hook type; all share one [`HubHooks`].
+pub(super) struct SharedHooks(pub Arc<HubHooks>);
+
+#[async_trait]
+impl Handler for SharedHooks {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        self.0.hook(param, acc).await
+    }
+}
+
+pub(super) struct HubHooks {
+    deps: HookDeps,
+}
+
+impl HubHooks {
+    pub(super) fn new(deps: HookDeps) -> Self {
+        HubHooks { deps }
+    }
+
+    async fn hook(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(info) => {
+                let result = self.authenticate(info).await;
+                (false, Some(HookResult::AuthResult(result)))
+            }
+            Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
+                let result = subscribe_acl(session, subscribe);
+                (false, Some(HookResult::SubscribeAclResult(result)))
+            }
+            Parameter::MessagePublishCheckAcl(session, publish) => {
+                let result = self.publish_acl(session, publish).await;
+                (false, Some(HookResult::PublishAclResult(result)))
+            }
+            Parameter::ClientConnected(session) => {
+                self.deps.presence.connected(session).await;
+                (true, acc)
+            }
+            Parameter::ClientDisconnected(session, reason) => {
+                self.deps.presence.disconnected(session, &reason.to_string()).await;
+                (true, acc)
+            }
+            _ => (true, acc),
+        }
+    }
+
+    /// S-1.2, S-1.3: client identifier = username = thingId, password = the thing's secret.
+    async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
+        let Some(username) = info.username() else {
+            return AuthResult::BadUsernameOrPassword;
+        };
+        let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
+        let username: &str = username.as_ref();
+        if is_service_user(username) {
+            return match self.deps.authenticator.check_service_user(username, password) {
+                true => AuthResult::Allow(false, None::<AuthInfo>),
+                false => AuthResult::BadUsernameOrPassword,
+            };
+        }
+        let client_id: &str = info.client_id().as_ref();
+        if client_id != username {
+            tracing::debug!(%client_id, %username, "refused: client id differs from username");
+            return AuthResult::BadUsernameOrPassword;
+        }
+        match self.deps.authenticator.check_thing(username, password).await {
+            CredentialCheck::Valid => AuthResult::Allow(false, None),
+            CredentialCheck::Invalid => AuthResult::BadUsernameOrPassword,
+            CredentialCheck::Disabled | CredentialCheck::Unavailable => AuthResult::NotAuthorized,
+        }
+    }
+
+    /// S-2.1 publish allow-list; S-2.2 denial. Allowed requests go to the router from here, the
+    /// only place where the allow-list decision is known.
+    async fn publish_acl(&self, session: &Session, publish: &Publish) -> PublishAclResult {
+        let received_at = now_ms();
+        let sender = session.id.username_ref();
+        let topic: &str = publish.topic.as_ref();
+        let allowed = if is_service_user(sender) {
+            topic.starts_with(SERVICE_NAMESPACE)
+        } else {
+            Topic::parse(topic).is_ok_and(|t| t.thing_may_publish(sender))
+        };
+        if !allowed {
+            tracing::debug!(%sender, %topic, "publish denied by the allow-list");
+            let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
+            // MQTT 5 answers PUBACK 0x87; MQTT 3.1.1 has no way to say no but closing.
+            return PublishAclResult::rejected(!mqtt5, None);
+        }
+        self.deps
+            .router
+            .offer(Inbound {
+                sender: sender.into(),
+                topic: topic.into(),
+                payload: publish.payload.clone(),
+                received_at,
+            })
+            .await;
+        PublishAclResult::allow()
+    }
+}
+
+/// S-2.1 subscribe allow-list (S-2.2: 0x80 in 3.1.1, 0x87 in MQTT 5).
+fn subscribe_acl(session: &Session, subscribe: &Subscribe) -> SubscribeReturn {
+    let sender = session.id.username_ref();
+    let filter: &str = subscribe.topic_filter.as_ref();
+    let allowed = if is_service_user(sender) {
+        filter.starts_with(SERVICE_NAMESPACE)
+    } else {
+        thing_may_subscribe(filter, sender)
+    };
+    if allowed {
+        SubscribeReturn::new_success(subscribe.opts.qos(), None)
+    } else {
+        tracing::debug!(%sender, %filter, "subscribe denied by the allow-list");
+        SubscribeReturn::new_failure(SubscribeAckReason::NotAuthorized)
+    }
+}

@@ -1,0 +1,202 @@
+//! The embedded MQTT broker: `rmqtt` used as a library (MQTT 3.1.1 and 5 on one port).
+//!
+//! rmqtt owns sockets, sessions, QoS flows and routing between clients. The hub plugs in through
+//! rmqtt's hooks ([`hooks`]): CONNECT authentication (S-1), the subscribe and publish allow-lists
+//! (S-2.1, S-2.2), connect/disconnect events for presence (S-8) and the hand-off of authorized
+//! requests to the [`crate::router`]. The hub publishes through [`RmqttBus`], its [`Bus`].
+//!
+//! Two rmqtt facts shape this module:
+//! - rmqtt runs its `message_publish` hook *before* the ACL check, so the hub takes requests in the
+//!   `message_publish_check_acl` hook, where the allow-list decision is made: a request is routed
+//!   only if it passed S-2.1.
+//! - superusers skip rmqtt's ACL hooks altogether, so service users (S-1.5) are ordinary users whose
+//!   allow-list is "any `$iothub/...` topic"; that keeps their requests flowing through the router.
+
+pub mod authn;
+mod hooks;
+mod retain;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rmqtt::codec::types::Publish as CodecPublish;
+use rmqtt::codec::types::QoS;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::Type;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::types::{From, Id, Publish};
+use tokio::task::JoinHandle;
+
+use authn::Authenticator;
+use crate::bus::Bus;
+use crate::presence::Presence;
+use crate::router::RouterHandle;
+
+/// Settings of the MQTT listener.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Most concurrent connections the listener accepts.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes. Shadow payload limits are enforced separately
+    /// (S-3.9) so that an oversized request still gets its 413 reply.
+    pub max_packet_size: u32,
+}
+
+/// Everything the hooks need to decide and to hand messages on.
+pub(crate) struct HookDeps {
+    pub authenticator: Authenticator,
+    pub presence: Presence,
+    pub router: RouterHandle,
+}
+
+/// A running embedded broker.
+pub struct EmbeddedBroker {
+    scx: ServerContext,
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Builds the broker context (hooks not yet attached). Call [`EmbeddedBroker::start`] next.
+    pub async fn context() -> ServerContext {
+        let scx = ServerContext::new().build().await;
+        *scx.extends.retain_mut().await = Box::new(retain::PresenceRetainer::default());
+        scx
+    }
+
+    /// Attaches the hub's hooks and starts listening.
+    pub(crate) async fn start(
+        scx: ServerContext,
+        config: &BrokerConfig,
+        deps: HookDeps,
+    ) -> anyhow::Result<EmbeddedBroker> {
+        let handler = Arc::new(hooks::HubHooks::new(deps));
+        let register = scx.extends.hook_mgr().register();
+        for typ in [
+            Type::ClientAuthenticate,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
+            Type::ClientConnected,
+            Type::ClientDisconnected,
+        ] {
+            register.add(typ, Box::new(hooks::SharedHooks(handler.clone()))).await;
+        }
+        register.start().await;
+
+        let listener = Builder::new()
+            .name("external/tcp")
+            .laddr(config.addr)
+            .nodelay(true)
+            .allow_anonymous(false)
+            .allow_zero_keepalive(true)
+            .max_connections(config.max_connections)
+            .max_handshaking_limit(config.max_connections.clamp(1_000, 20_000))
+            .max_packet_size(config.max_packet_size)
+            .backlog(4096)
+            .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
+            .handshake_timeout(Duration::from_secs(15))
+            .bind()
+            .map_err(|e| anyhow::anyhow!("cannot listen for MQTT on {}: {e}", config.addr))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| anyhow::anyhow!("MQTT listener has no address: {e}"))?;
+        let listener = listener.tcp().map_err(|e| anyhow::anyhow!("MQTT listener: {e}"))?;
+        let server = MqttServer::new(scx.clone())
+            .listener_by_id(listener, local_addr.port())
+            .build();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "MQTT server stopped");
+            }
+        });
+        Ok(EmbeddedBroker { scx, local_addr, task })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections and drops the live ones.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        let ids: Vec<Id> = self.scx.extends.shared().await.iter().map(|e| e.id()).collect();
+        for id in ids {
+            kick(&self.scx, id).await;
+        }
+    }
+}
+
+/// The hub's [`Bus`] over the embedded broker.
+#[derive(Clone)]
+pub struct RmqttBus {
+    scx: ServerContext,
+    presence: Presence,
+    hub_id: Id,
+}
+
+impl RmqttBus {
+    /// A bus that publishes into `scx` as the hub itself.
+    pub fn new(scx: ServerContext, presence: Presence) -> Self {
+        let hub_id = Id::new(scx.node.id(), 0, None, None, "$iothub".into(), None);
+        RmqttBus { scx, presence, hub_id }
+    }
+}
+
+#[async_trait]
+impl Bus for RmqttBus {
+    async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        let publish = CodecPublish {
+            dup: false,
+            retain,
+            qos: QoS::AtLeastOnce,
+            topic: topic.into(),
+            packet_id: None,
+            payload,
+            properties: None,
+        };
+        let publish = Publish::new(Box::new(publish), None, None, Some(rmqtt::utils::timestamp_millis()));
+        let from = From::from_system(self.hub_id.clone());
+        if retain {
+            let retainer = self.scx.extends.retain().await;
+            let topic_name = publish.topic.clone();
+            let value = rmqtt::types::Retain { msg_id: None, from: from.clone(), publish: publish.clone() };
+            if let Err(e) = retainer.set(&topic_name, value, None).await {
+                tracing::warn!(%topic, error = %e, "cannot retain message");
+            }
+        }
+        // Err only lists subscribers the message could not reach (none, or a full queue);
+        // rmqtt already reported those through its message_dropped hook.
+        if let Err((_, dropped)) = self.scx.extends.shared().await.forwards(None, from, publish).await {
+            tracing::trace!(%topic, dropped = dropped.len(), "hub publish not delivered to some subscribers");
+        }
+    }
+
+    async fn disconnect(&self, client_id: &str) {
+        let id = Id::new(self.scx.node.id(), 0, None, None, client_id.into(), None);
+        kick(&self.scx, id).await;
+    }
+
+    fn is_connected(&self, client_id: &str) -> bool {
+        self.presence.is_connected(client_id)
+    }
+}
+
+async fn kick(scx: &ServerContext, id: Id) {
+    let entry = scx.extends.shared().await.entry(id.clone());
+    match entry.try_lock().await {
+        Ok(mut locked) => {
+            if let Err(e) = locked.kick(true, true, true).await {
+                tracing::warn!(client = %id.client_id, error = %e, "kick failed");
+            }
+        }
+        Err(e) => tracing::warn!(client = %id.client_id, error = %e, "kick: session busy"),
+    }
+}

@@ -1,0 +1,122 @@
+//! The hub's configuration: every port, path, limit and credential, from flags or environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use iothub_spec::limits::Limits;
+
+/// Configuration of one hub process. Every field has a flag and an `IOTHUB_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the MQTT listener (MQTT 3.1.1 and 5 on the same port). Port 0 picks a free one.
+    #[arg(long, env = "IOTHUB_MQTT_ADDR", default_value = "0.0.0.0:1883")]
+    pub mqtt_addr: SocketAddr,
+
+    /// Address of the REST API, `/healthz` and `/metrics`. Port 0 picks a free one.
+    #[arg(long, env = "IOTHUB_HTTP_ADDR", default_value = "0.0.0.0:9000")]
+    pub http_addr: SocketAddr,
+
+    /// Directory for the embedded SQLite database (`iothub.db`), created if missing.
+    #[arg(long, env = "IOTHUB_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL; overrides --data-dir. Example: `sqlite:///var/lib/iothub/iothub.db`.
+    #[arg(long, env = "IOTHUB_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Bearer token for the admin REST API. When absent, a random development token is
+    /// generated and printed at start-up.
+    #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// A service user as `$name:secret` (S-1.5); repeat the flag or separate with commas.
+    /// Service users may publish and subscribe on any `$iothub/...` topic.
+    #[arg(long = "service-user", env = "IOTHUB_SERVICE_USERS", value_delimiter = ',',
+          value_parser = parse_service_user, hide_env_values = true)]
+    pub service_users: Vec<(String, String)>,
+
+    /// Most concurrent MQTT connections.
+    #[arg(long, env = "IOTHUB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most shadow writes committed in one storage transaction (group commit).
+    #[arg(long, env = "IOTHUB_COMMIT_BATCH", default_value_t = 512)]
+    pub commit_batch: usize,
+
+    /// Largest shadow request payload in bytes (S-3.9); larger requests get 413.
+    #[arg(long, env = "IOTHUB_MAX_REQUEST_PAYLOAD", default_value_t = Limits::DEFAULT.max_request_payload)]
+    pub max_request_payload: usize,
+
+    /// Largest whole shadow state in bytes (S-3.9); updates that would exceed it get 413.
+    #[arg(long, env = "IOTHUB_MAX_STATE_BYTES", default_value_t = Limits::DEFAULT.max_state_bytes)]
+    pub max_state_bytes: usize,
+
+    /// Deepest JSON nesting accepted in a request (S-3.9); deeper gets 400.
+    #[arg(long, env = "IOTHUB_MAX_JSON_DEPTH", default_value_t = Limits::DEFAULT.max_json_depth)]
+    pub max_json_depth: usize,
+
+    /// Longest clientToken in bytes (S-4.1).
+    #[arg(long, env = "IOTHUB_MAX_CLIENT_TOKEN", default_value_t = Limits::DEFAULT.max_client_token)]
+    pub max_client_token: usize,
+
+    /// Shadow requests per second allowed per thing (S-3.9); more get 429.
+    #[arg(long, env = "IOTHUB_SHADOW_REQUESTS_PER_SEC", default_value_t = Limits::DEFAULT.shadow_requests_per_sec)]
+    pub shadow_requests_per_sec: u32,
+
+    /// Shadow requests in flight per thing (S-3.9); more get 429.
+    #[arg(long, env = "IOTHUB_MAX_IN_FLIGHT", default_value_t = Limits::DEFAULT.max_in_flight)]
+    pub max_in_flight: u32,
+
+    /// Named shadows per thing (S-3.9).
+    #[arg(long, env = "IOTHUB_MAX_NAMED_SHADOWS", default_value_t = Limits::DEFAULT.max_named_shadows)]
+    pub max_named_shadows: u32,
+}
+
+impl Config {
+    /// The limits of S-3.9 as configured.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_payload: self.max_request_payload,
+            max_state_bytes: self.max_state_bytes,
+            max_json_depth: self.max_json_depth,
+            max_client_token: self.max_client_token,
+            shadow_requests_per_sec: self.shadow_requests_per_sec,
+            max_in_flight: self.max_in_flight,
+            max_named_shadows: self.max_named_shadows,
+        }
+    }
+
+    /// The database URL: `--database-url`, or the SQLite file in `--data-dir`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("iothub.db").display()),
+        }
+    }
+}
+
+fn parse_service_user(s: &str) -> Result<(String, String), String> {
+    let (name, secret) = s
+        .split_once(':')
+        .ok_or_else(|| format!("service user {s:?} is not of the form $name:secret"))?;
+    if !iothub_spec::ids::is_service_user(name) || name.len() < 2 {
+        return Err(format!("service user name {name:?} must start with '$'"));
+    }
+    if secret.is_empty() {
+        return Err(format!("service user {name:?} has an empty secret"));
+    }
+    Ok((name.to_owned(), secret.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_users_need_dollar_names_and_secrets() {
+        assert_eq!(parse_service_user("$app:s3"), Ok(("$app".into(), "s3".into())));
+        assert!(parse_service_user("app:s3").is_err());
+        assert!(parse_service_user("$app").is_err());
+        assert!(parse_service_user("$app:").is_err());
+    }
+}

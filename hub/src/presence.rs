@@ -1,0 +1,156 @@
+//! Presence (S-8.1, S-8.2): who is connected, events for service users, the registry's record.
+//!
+//! The broker hooks call [`Presence::connected`] and [`Presence::disconnected`]; they only update
+//! the live map and queue a change, so a CONNECT never waits for storage. One task publishes the
+//! events and writes the registry, in order, batching registry writes.
+//!
+//! Session takeover (S-1.4): the new connection's `connected` can be seen before the old one's
+//! `disconnected`. The live map remembers which connection is current, so the old connection's
+//! disconnect is still announced on the (non-retained) event topic but neither overwrites the
+//! retained `T/presence` nor marks the thing disconnected in the registry.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use iothub_spec::code::PresenceEventType;
+use iothub_spec::ids::is_service_user;
+use iothub_spec::payload::PresenceEvent;
+use iothub_spec::topic::Topic;
+use rmqtt::session::Session;
+use rmqtt::types::Id;
+use tokio::sync::mpsc;
+
+use crate::bus::Bus;
+use crate::clock::now_ms;
+use crate::store::SharedStore;
+
+/// Changes waiting for the presence task; senders wait when it is full (backpressure on CONNECT).
+const QUEUE: usize = 8192;
+/// Registry writes per transaction.
+const BATCH: usize = 512;
+
+/// Live connection state of things, shared by the broker hooks, the bus and direct methods.
+#[derive(Clone)]
+pub struct Presence {
+    live: Arc<DashMap<String, Id>>,
+    tx: mpsc::Sender<Change>,
+}
+
+/// The receiving end, handed to [`run`].
+pub struct PresenceQueue(mpsc::Receiver<Change>);
+
+#[derive(Debug)]
+struct Change {
+    thing: String,
+    event: PresenceEventType,
+    at: u64,
+    remote_addr: String,
+    reason: Option<String>,
+    /// False for the disconnect of a connection that was already taken over.
+    current: bool,
+}
+
+impl Presence {
+    /// A presence tracker and the queue its task consumes.
+    pub fn new() -> (Presence, PresenceQueue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Presence { live: Arc::new(DashMap::new()), tx }, PresenceQueue(rx))
+    }
+
+    /// Whether the thing has a live connection.
+    pub fn is_connected(&self, thing: &str) -> bool {
+        self.live.contains_key(thing)
+    }
+
+    /// How many things are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Called by the broker once a connection is fully established.
+    pub(crate) async fn connected(&self, session: &Session) {
+        let thing = session.id.client_id.to_string();
+        if is_service_user(session.id.username_ref()) {
+            return;
+        }
+        self.live.insert(thing.clone(), session.id.clone());
+        self.send(Change {
+            thing,
+            event: PresenceEventType::Connected,
+            at: now_ms(),
+            remote_addr: remote_addr(&session.id),
+            reason: None,
+            current: true,
+        })
+        .await;
+    }
+
+    /// Called by the broker when a connection ends, for whatever reason.
+    pub(crate) async fn disconnected(&self, session: &Session, reason: &str) {
+        if is_service_user(session.id.username_ref()) {
+            return;
+        }
+        let thing = session.id.client_id.to_string();
+        let current = self.live.remove_if(&thing, |_, live| *live == session.id).is_some();
+        self.send(Change {
+            thing,
+            event: PresenceEventType::Disconnected,
+            at: now_ms(),
+            remote_addr: remote_addr(&session.id),
+            reason: Some(reason.to_owned()),
+            current,
+        })
+        .await;
+    }
+
+    async fn send(&self, change: Change) {
+        if self.tx.send(change).await.is_err() {
+            tracing::debug!("presence task gone (shutting down)");
+        }
+    }
+}
+
+fn remote_addr(id: &Id) -> String {
+    id.remote_addr.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// Publishes presence events and records them in the registry until the queue closes.
+pub async fn run(queue: PresenceQueue, bus: Arc<dyn Bus>, store: SharedStore) {
+    let mut rx = queue.0;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        for change in &batch {
+            publish(bus.as_ref(), change).await;
+        }
+        for change in batch.drain(..).filter(|c| c.current) {
+            let connected = change.event == PresenceEventType::Connected;
+            if let Err(e) = store.set_connected(&change.thing, connected, change.at).await {
+                tracing::warn!(thing = %change.thing, error = %e, "cannot record presence");
+            }
+        }
+    }
+}
+
+async fn publish(bus: &dyn Bus, change: &Change) {
+    let event = PresenceEvent {
+        thing_id: &change.thing,
+        client_id: &change.thing,
+        event_type: change.event,
+        timestamp: change.at,
+        remote_addr: &change.remote_addr,
+        disconnect_reason: change.reason.as_deref(),
+    };
+    let payload = match serde_json::to_vec(&event) {
+        Ok(p) => Bytes::from(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode presence event");
+            return;
+        }
+    };
+    let thing = change.thing.as_str();
+    if change.current {
+        bus.publish(&Topic::Presence { thing }.to_string(), payload.clone(), true).await;
+    }
+    bus.publish(&Topic::PresenceEvent { thing }.to_string(), payload, false).await;
+}
