@@ -1,0 +1,199 @@
+//! The REST API (S-9): axum routes under `/api/v1`, plus `/healthz` and `/metrics`.
+//!
+//! Every body is the S-9.1 envelope `{"code","message","data"}` with `code` equal to the HTTP
+//! status, errors included: bad JSON and wrong field types (400), missing or wrong bearer token
+//! (401), unknown routes (404), wrong HTTP method (405), bodies over the limit (413). The one
+//! exception is `/metrics`, which speaks the Prometheus text format.
+//!
+//! Every `/api/v1` route, `limits` and `openapi.json` included, needs `Authorization: Bearer
+//! <admin token>`; `/healthz` and `/metrics` are open (probes and scrapers carry no token).
+//!
+//! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
+//! [`system`] (health, metrics, limits, OpenAPI).
+
+pub mod error;
+pub mod methods;
+pub mod query;
+pub mod schema;
+pub mod shadows;
+pub mod system;
+pub mod things;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use iothub_spec::limits::Limits;
+
+use crate::method::Methods;
+use crate::metrics::Metrics;
+use crate::shadow::ShadowService;
+use crate::store::SharedStore;
+
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, envelope};
+
+/// Largest request body on most routes.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest request body of `POST /things/batch` (up to 1000 things with tags).
+pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
+
+/// What every handler needs. Cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct AppState {
+    /// The store (read paths such as existence checks).
+    pub store: SharedStore,
+    /// The shadow pipeline (S-9.3 shadow routes).
+    pub shadows: ShadowService,
+    /// Direct methods (S-9.5).
+    pub methods: Methods,
+    /// The registry service (S-9.2, tags, query).
+    pub things: crate::things::Things,
+    /// The configured limits (reported by `GET /api/v1/limits`).
+    pub limits: Limits,
+    /// The admin bearer token.
+    pub admin_token: Arc<str>,
+    /// Hub metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Bundles the services the API drives.
+    pub fn new(
+        store: SharedStore,
+        shadows: ShadowService,
+        methods: Methods,
+        things: crate::things::Things,
+        limits: Limits,
+        admin_token: impl Into<Arc<str>>,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
+        AppState {
+            store,
+            shadows,
+            methods,
+            things,
+            limits,
+            admin_token: admin_token.into(),
+            metrics,
+        }
+    }
+}
+
+/// The whole HTTP application: `/api/v1/...` (bearer token), `/healthz`, `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/things", post(things::create).get(things::list))
+        .route(
+            "/things/batch",
+            post(things::create_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
+        )
+        .route("/things/query", post(query::query))
+        .route(
+            "/things/{id}",
+            get(things::get_thing)
+                .patch(things::patch)
+                .delete(things::delete),
+        )
+        .route("/things/{id}/tags", put(things::put_tags))
+        .route(
+            "/things/{id}/shadows/{name}",
+            get(shadows::get_shadow).delete(shadows::delete_shadow),
+        )
+        .route(
+            "/things/{id}/shadows/{name}/state/desired",
+            put(shadows::put_desired),
+        )
+        .route("/things/{id}/methods/{method}", post(methods::invoke))
+        .route("/limits", get(system::limits))
+        .route("/openapi.json", get(system::openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            envelope_and_count,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+/// Checks `Authorization: Bearer <token>` against the admin token in constant time.
+async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if bearer_ok(req.headers(), &state.admin_token) {
+        next.run(req).await
+    } else {
+        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
+            .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        resp
+    }
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit on the first differing byte (only the length leaks).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Outermost layer: counts every answer by status class, and wraps any error that is not yet
+/// an envelope (a rejection from a layer, such as a body limit) into one.
+async fn envelope_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    state.metrics.inc_rest_request(status.as_u16());
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut wrapped = ApiError::from_status(status).into_response();
+        if let Some(v) = resp.headers().get(header::WWW_AUTHENTICATE) {
+            wrapped
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, v.clone());
+        }
+        return wrapped;
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! API tests: real SQLite store in a tempdir, recording fake bus, `tower::ServiceExt::oneshot`.

@@ -1,0 +1,245 @@
+//! Hub metrics: lock-free counters and gauges, rendered by hand in the Prometheus text
+//! exposition format (version 0.0.4) at `GET /metrics` (S-9.7).
+//!
+//! Every service gets an `Arc<Metrics>` and calls the `inc_*`/`set_*` methods on its hot path;
+//! each is one relaxed atomic operation (ordering between counters does not matter for metrics).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Shadow error codes that get their own `code` label (S-3.8); any other code is counted as
+/// `code="other"`.
+const SHADOW_CODES: [u16; 10] = [400, 403, 404, 409, 413, 415, 429, 500, 503, 504];
+
+/// The hub's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connected_things: AtomicI64,
+    mqtt_messages_in: AtomicU64,
+    mqtt_messages_out: AtomicU64,
+    shadow_updates_accepted: AtomicU64,
+    shadow_updates_rejected: [AtomicU64; SHADOW_CODES.len()],
+    shadow_updates_rejected_other: AtomicU64,
+    group_commit_batches: AtomicU64,
+    group_commit_writes: AtomicU64,
+    method_invocations: AtomicU64,
+    lifecycle_events: AtomicU64,
+    /// Index 0 = 1xx … 4 = 5xx.
+    rest_requests: [AtomicU64; 5],
+}
+
+impl Metrics {
+    /// A fresh set of zeroed metrics, shared by the whole hub.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// A thing connected (presence).
+    pub fn inc_connected(&self) {
+        self.connected_things.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A thing disconnected (presence).
+    pub fn dec_connected(&self) {
+        self.connected_things.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sets the connected-things gauge outright (e.g. 0 at start-up).
+    pub fn set_connected(&self, n: u64) {
+        self.connected_things
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// An MQTT PUBLISH from a thing or service user reached the hub.
+    pub fn inc_mqtt_messages_in(&self) {
+        self.mqtt_messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The hub published a message (through the bus).
+    pub fn inc_mqtt_messages_out(&self) {
+        self.mqtt_messages_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A shadow update was accepted (and durably stored).
+    pub fn inc_shadow_update_accepted(&self) {
+        self.shadow_updates_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A shadow update was rejected with the S-3.8 `code`.
+    pub fn inc_shadow_update_rejected(&self, code: u16) {
+        match SHADOW_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.shadow_updates_rejected[i].fetch_add(1, Ordering::Relaxed),
+            None => self
+                .shadow_updates_rejected_other
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// The group committer committed one transaction holding `writes` shadow writes.
+    pub fn inc_group_commit_batch(&self, writes: usize) {
+        self.group_commit_batches.fetch_add(1, Ordering::Relaxed);
+        self.group_commit_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// A direct method was invoked over REST.
+    pub fn inc_method_invocation(&self) {
+        self.method_invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A lifecycle event (S-8.3) was published.
+    pub fn inc_lifecycle_event(&self) {
+        self.lifecycle_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A REST request was answered with HTTP `status`.
+    pub fn inc_rest_request(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.rest_requests[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current connected-things gauge.
+    pub fn connected(&self) -> i64 {
+        self.connected_things.load(Ordering::Relaxed)
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut out,
+            "iothub_connected_things",
+            "Things with a live MQTT connection.",
+            self.connected_things.load(Ordering::Relaxed).max(0),
+        );
+        counter(
+            &mut out,
+            "iothub_mqtt_messages_in_total",
+            "MQTT PUBLISH packets received by the hub.",
+            get(&self.mqtt_messages_in),
+        );
+        counter(
+            &mut out,
+            "iothub_mqtt_messages_out_total",
+            "Messages published by the hub.",
+            get(&self.mqtt_messages_out),
+        );
+        counter(
+            &mut out,
+            "iothub_shadow_updates_accepted_total",
+            "Shadow updates accepted and durably stored.",
+            get(&self.shadow_updates_accepted),
+        );
+        header(
+            &mut out,
+            "iothub_shadow_updates_rejected_total",
+            "Shadow updates rejected, by S-3.8 code.",
+            "counter",
+        );
+        for (code, n) in SHADOW_CODES.iter().zip(&self.shadow_updates_rejected) {
+            let _ = writeln!(
+                out,
+                "iothub_shadow_updates_rejected_total{{code=\"{code}\"}} {}",
+                get(n)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "iothub_shadow_updates_rejected_total{{code=\"other\"}} {}",
+            get(&self.shadow_updates_rejected_other)
+        );
+        counter(
+            &mut out,
+            "iothub_group_commit_batches_total",
+            "Shadow write transactions committed by the group committer.",
+            get(&self.group_commit_batches),
+        );
+        counter(
+            &mut out,
+            "iothub_group_commit_writes_total",
+            "Shadow writes committed by the group committer.",
+            get(&self.group_commit_writes),
+        );
+        counter(
+            &mut out,
+            "iothub_method_invocations_total",
+            "Direct methods invoked over REST.",
+            get(&self.method_invocations),
+        );
+        counter(
+            &mut out,
+            "iothub_lifecycle_events_total",
+            "Thing lifecycle events published (S-8.3).",
+            get(&self.lifecycle_events),
+        );
+        header(
+            &mut out,
+            "iothub_rest_requests_total",
+            "REST requests answered, by status class.",
+            "counter",
+        );
+        for (i, n) in self.rest_requests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "iothub_rest_requests_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                get(n)
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.inc_connected();
+        m.inc_connected();
+        m.dec_connected();
+        m.inc_mqtt_messages_in();
+        m.inc_shadow_update_accepted();
+        m.inc_shadow_update_rejected(409);
+        m.inc_shadow_update_rejected(418);
+        m.inc_group_commit_batch(7);
+        m.inc_rest_request(200);
+        m.inc_rest_request(404);
+        m.inc_rest_request(404);
+        m.inc_rest_request(999);
+        let text = m.render();
+        assert!(text.contains("iothub_connected_things 1\n"));
+        assert!(text.contains("iothub_mqtt_messages_in_total 1\n"));
+        assert!(text.contains("iothub_shadow_updates_rejected_total{code=\"409\"} 1\n"));
+        assert!(text.contains("iothub_shadow_updates_rejected_total{code=\"other\"} 1\n"));
+        assert!(text.contains("iothub_group_commit_writes_total 7\n"));
+        assert!(text.contains("iothub_rest_requests_total{class=\"4xx\"} 2\n"));
+        assert!(text.contains("iothub_rest_requests_total{class=\"5xx\"} 1\n"));
+        // Every sample line is `name{labels} value` or a comment.
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ") || line.split(' ').count() == 2,
+                "{line}"
+            );
+        }
+    }
+}

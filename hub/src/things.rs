@@ -1,0 +1,585 @@
+//! The thing registry service (S-1, S-8.3, S-9.2): creates, lists, enables, disables and deletes
+//! things and edits their tags, on top of the [`Store`](crate::store::Store).
+//!
+//! Side effects happen only after the store has committed, in this order:
+//! 1. forget cached credentials ([`CredentialCache::forget`]) and, on delete, cached shadow state
+//!    ([`ShadowService::forget_thing`]);
+//! 2. close the thing's live connection ([`Bus::disconnect`], S-1.3) on disable and delete;
+//! 3. publish the S-8.3 lifecycle event.
+//!
+//! Secrets (S-1.6) are generated here when the caller gives none, hashed with
+//! [`crate::auth::hash_password`] on the blocking pool (argon2 is slow by design), returned once
+//! in [`CreatedThing::password`] and never logged or stored in clear.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iothub_spec::code::LifecycleOp;
+use iothub_spec::ids::is_valid_thing_id;
+use iothub_spec::payload::LifecycleEvent;
+use iothub_spec::topic::Topic;
+use serde_json::{Map, Value};
+
+use crate::auth::{self, CredentialCache};
+use crate::bus::Bus;
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+use crate::shadow::ShadowService;
+use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
+
+/// Most things in one `POST /things/batch` (S-9.2).
+pub const MAX_BATCH: usize = iothub_spec::limits::MAX_BATCH_CREATE;
+/// Longest secret accepted from a caller, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 256;
+/// Largest tags object, as compact JSON, in bytes.
+pub const MAX_TAGS_BYTES: usize = 16 * 1024;
+/// Deepest nesting of a tags object (the object itself is depth 1).
+pub const MAX_TAGS_DEPTH: usize = 8;
+/// Largest page of things (`pageSize`).
+pub const MAX_PAGE_SIZE: u64 = 1000;
+/// Length of generated thing ids.
+const GENERATED_ID_LEN: usize = 20;
+/// A disable or delete that raced with a CONNECT being authenticated could leave a connection
+/// that was accepted just before the store commit; it is closed again after this delay.
+const SECOND_DISCONNECT_AFTER: Duration = Duration::from_millis(500);
+/// How often an unversioned tags update retries after losing a compare-and-swap race.
+const TAGS_CAS_RETRIES: usize = 8;
+
+/// Why a registry operation failed. [`ThingsError::status`] gives the HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ThingsError {
+    /// The thingId does not match `^[0-9A-Za-z_-]{1,64}$` (S-1.1).
+    #[error("invalid thingId: must match ^[0-9A-Za-z_-]{{1,64}}$")]
+    InvalidId,
+    /// The supplied secret is empty or too long.
+    #[error("invalid password: must be 1 to {MAX_PASSWORD_LEN} bytes")]
+    InvalidPassword,
+    /// Tags are too large or too deep.
+    #[error("invalid tags: {0}")]
+    InvalidTags(String),
+    /// More than [`MAX_BATCH`] things in one batch.
+    #[error("batch larger than {MAX_BATCH} things")]
+    BatchTooLarge,
+    /// No such thing.
+    #[error("thing not found")]
+    NotFound,
+    /// The thingId is taken (or repeated within a batch).
+    #[error("thing already exists")]
+    AlreadyExists,
+    /// The tags version given is not the current one.
+    #[error("tags version conflict")]
+    VersionConflict,
+    /// Paging parameters out of range.
+    #[error("invalid paging: {0}")]
+    InvalidPaging(String),
+    /// The storage is unavailable; retry later.
+    #[error("storage unavailable")]
+    Unavailable,
+    /// Hashing the secret failed (internal).
+    #[error("password hashing failed")]
+    Hash,
+}
+
+impl ThingsError {
+    /// The HTTP status of this error (S-9.1): never a blanket 500.
+    pub fn status(&self) -> u16 {
+        match self {
+            ThingsError::InvalidId
+            | ThingsError::InvalidPassword
+            | ThingsError::InvalidTags(_)
+            | ThingsError::BatchTooLarge
+            | ThingsError::InvalidPaging(_) => 400,
+            ThingsError::NotFound => 404,
+            ThingsError::AlreadyExists | ThingsError::VersionConflict => 409,
+            ThingsError::Unavailable => 503,
+            ThingsError::Hash => 500,
+        }
+    }
+}
+
+impl From<StoreError> for ThingsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ThingsError::NotFound,
+            StoreError::AlreadyExists => ThingsError::AlreadyExists,
+            StoreError::VersionConflict => ThingsError::VersionConflict,
+            other => {
+                tracing::warn!(error = %other, "registry store failure");
+                ThingsError::Unavailable
+            }
+        }
+    }
+}
+
+/// What to create (one item of `POST /things` or `/things/batch`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateThing {
+    /// The id; generated when `None`.
+    pub thing_id: Option<String>,
+    /// The secret; generated when `None`.
+    pub password: Option<String>,
+    /// Initial tags.
+    pub tags: Map<String, Value>,
+}
+
+/// A created thing and its secret, shown this one time (S-1.6).
+#[derive(Clone)]
+pub struct CreatedThing {
+    /// The stored thing.
+    pub thing: ThingRecord,
+    /// The secret in clear: hand it to the caller, never log it.
+    pub password: String,
+}
+
+impl std::fmt::Debug for CreatedThing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedThing")
+            .field("thing", &self.thing)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The tags of a thing after an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tags {
+    /// All tags.
+    pub tags: Map<String, Value>,
+    /// Their version (for the next compare-and-swap).
+    pub version: u64,
+}
+
+/// The registry service. Cheap to clone; share one per hub.
+#[derive(Clone)]
+pub struct Things {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    bus: Arc<dyn Bus>,
+    shadows: ShadowService,
+    credentials: Arc<CredentialCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Things {
+    /// The registry over `store`, publishing lifecycle events and disconnecting through `bus`,
+    /// and telling `shadows` and `credentials` about deleted and disabled things.
+    pub fn new(
+        store: SharedStore,
+        bus: Arc<dyn Bus>,
+        shadows: ShadowService,
+        credentials: Arc<CredentialCache>,
+        metrics: Arc<Metrics>,
+    ) -> Things {
+        Things {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                shadows,
+                credentials,
+                metrics,
+            }),
+        }
+    }
+
+    /// Creates one thing (`POST /things`). Publishes `create` (S-8.3).
+    pub async fn create(&self, req: CreateThing) -> Result<CreatedThing, ThingsError> {
+        let (thing_id, password) = prepare(&req)?;
+        let hash = hash_blocking(password.clone()).await?;
+        let new = NewThing {
+            thing_id,
+            password_hash: hash,
+            tags: req.tags,
+            enabled: true,
+        };
+        let thing = self.inner.store.create_thing(&new, now_ms()).await?;
+        self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
+        Ok(CreatedThing { thing, password })
+    }
+
+    /// Creates up to [`MAX_BATCH`] things in one transaction (`POST /things/batch`), with one
+    /// result per item, in order: an invalid or duplicate item (also a repeat within the batch)
+    /// fails alone. The outer error means nothing was created.
+    pub async fn create_batch(
+        &self,
+        reqs: Vec<CreateThing>,
+    ) -> Result<Vec<Result<CreatedThing, ThingsError>>, ThingsError> {
+        if reqs.len() > MAX_BATCH {
+            return Err(ThingsError::BatchTooLarge);
+        }
+        // Validate and detect repeats within the batch (the first occurrence wins).
+        let mut seen = std::collections::HashSet::new();
+        let mut results: Vec<Option<Result<CreatedThing, ThingsError>>> = Vec::new();
+        let mut pending: Vec<(usize, String, String, Map<String, Value>)> = Vec::new();
+        for (i, req) in reqs.into_iter().enumerate() {
+            match prepare(&req) {
+                Ok((id, password)) if seen.insert(id.clone()) => {
+                    results.push(None);
+                    pending.push((i, id, password, req.tags));
+                }
+                Ok(_) => results.push(Some(Err(ThingsError::AlreadyExists))),
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let hashes = hash_many(pending.iter().map(|p| p.2.clone()).collect()).await?;
+        let news: Vec<NewThing> = pending
+            .iter()
+            .zip(hashes)
+            .map(|((_, id, _, tags), hash)| NewThing {
+                thing_id: id.clone(),
+                password_hash: hash,
+                tags: tags.clone(),
+                enabled: true,
+            })
+            .collect();
+        let stored = if news.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.store.create_things(&news, now_ms()).await?
+        };
+        for ((i, _, password, _), outcome) in pending.into_iter().zip(stored) {
+            let r = match outcome {
+                Ok(thing) => {
+                    self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
+                    Ok(CreatedThing { thing, password })
+                }
+                Err(e) => Err(ThingsError::from(e)),
+            };
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+        Ok(results
+            .into_iter()
+            // A slot left empty means the store answered fewer results than writes.
+            .map(|r| r.unwrap_or(Err(ThingsError::Unavailable)))
+            .collect())
+    }
+
+    /// The thing, with its connection status (never its secret).
+    pub async fn get(&self, id: &str) -> Result<ThingRecord, ThingsError> {
+        if !is_valid_thing_id(id) {
+            return Err(ThingsError::NotFound);
+        }
+        self.inner
+            .store
+            .get_thing(id)
+            .await?
+            .ok_or(ThingsError::NotFound)
+    }
+
+    /// One page of things in id order and the total matching `enabled` (`None` = all).
+    /// `page_index` is 0-based; `page_size` is 1 to [`MAX_PAGE_SIZE`].
+    pub async fn list(
+        &self,
+        page_index: u64,
+        page_size: u64,
+        enabled: Option<bool>,
+    ) -> Result<(u64, Vec<ThingRecord>), ThingsError> {
+        check_page(page_index, page_size)?;
+        Ok(self
+            .inner
+            .store
+            .list_things(page_index, page_size, enabled)
+            .await?)
+    }
+
+    /// Enables or disables a thing (`PATCH /things/{id}`). Disabling forgets cached credentials
+    /// and closes the live connection (S-1.3). The lifecycle event is published only when the
+    /// flag actually changes.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, ThingsError> {
+        let before = self.get(id).await?;
+        let thing = self.inner.store.set_enabled(id, enabled).await?;
+        if !enabled {
+            self.inner.credentials.forget(id);
+            self.kick(id).await;
+        }
+        if before.enabled != enabled {
+            let op = if enabled {
+                LifecycleOp::Enable
+            } else {
+                LifecycleOp::Disable
+            };
+            self.lifecycle(id, op).await;
+        }
+        Ok(thing)
+    }
+
+    /// Deletes a thing and its shadows (`DELETE /things/{id}`), closes its live connection and
+    /// publishes `delete`.
+    pub async fn delete(&self, id: &str) -> Result<(), ThingsError> {
+        if !is_valid_thing_id(id) {
+            return Err(ThingsError::NotFound);
+        }
+        self.inner.store.delete_thing(id).await?;
+        self.inner.credentials.forget(id);
+        self.inner.shadows.forget_thing(id);
+        self.kick(id).await;
+        self.lifecycle(id, LifecycleOp::Delete).await;
+        Ok(())
+    }
+
+    /// Applies a tags patch (`PUT /things/{id}/tags`): each key of `patch` replaces that tag,
+    /// `null` deletes it, other tags are untouched. With `version`, the update applies only if
+    /// it is the current tags version ([`ThingsError::VersionConflict`] otherwise); without, it
+    /// is retried over concurrent updates.
+    pub async fn update_tags(
+        &self,
+        id: &str,
+        patch: Map<String, Value>,
+        version: Option<u64>,
+    ) -> Result<Tags, ThingsError> {
+        for _ in 0..TAGS_CAS_RETRIES {
+            let current = self.get(id).await?;
+            if version.is_some_and(|v| v != current.tags_version) {
+                return Err(ThingsError::VersionConflict);
+            }
+            let mut tags = current.tags;
+            for (k, v) in &patch {
+                if v.is_null() {
+                    tags.remove(k);
+                } else {
+                    tags.insert(k.clone(), v.clone());
+                }
+            }
+            check_tags(&tags)?;
+            match self
+                .inner
+                .store
+                .replace_tags(id, &tags, current.tags_version)
+                .await
+            {
+                Ok(version) => return Ok(Tags { tags, version }),
+                Err(StoreError::VersionConflict) if version.is_none() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ThingsError::VersionConflict)
+    }
+
+    /// One page of the things matching `q` (S-9.4) and the total number of matches.
+    pub async fn query(
+        &self,
+        q: &crate::query::ThingQuery,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), ThingsError> {
+        check_page(page_index, page_size)?;
+        Ok(self
+            .inner
+            .store
+            .query_things(q, page_index, page_size)
+            .await?)
+    }
+
+    /// Closes the thing's connection now and once more a little later (see
+    /// [`SECOND_DISCONNECT_AFTER`]).
+    async fn kick(&self, id: &str) {
+        self.inner.bus.disconnect(id).await;
+        let bus = self.inner.bus.clone();
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(SECOND_DISCONNECT_AFTER).await;
+            if !bus.is_connected(&id) {
+                return;
+            }
+            // Only if the thing is still disabled or gone: it may have been re-enabled since.
+            let still_barred = match store.get_thing(&id).await {
+                Ok(Some(t)) => !t.enabled,
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if still_barred {
+                bus.disconnect(&id).await;
+            }
+        });
+    }
+
+    async fn lifecycle(&self, thing: &str, op: LifecycleOp) {
+        let event = LifecycleEvent {
+            thing_id: thing,
+            op,
+            timestamp: now_ms(),
+        };
+        match serde_json::to_vec(&event) {
+            Ok(payload) => {
+                let topic = Topic::LifecycleEvent { thing }.to_string();
+                self.inner
+                    .bus
+                    .publish(&topic, Bytes::from(payload), false)
+                    .await;
+                self.inner.metrics.inc_lifecycle_event();
+            }
+            Err(e) => tracing::error!(%thing, error = %e, "lifecycle event not serializable"),
+        }
+    }
+}
+
+fn check_page(page_index: u64, page_size: u64) -> Result<(), ThingsError> {
+    if page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(ThingsError::InvalidPaging(format!(
+            "pageSize must be 1 to {MAX_PAGE_SIZE}"
+        )));
+    }
+    if page_index
+        .checked_mul(page_size)
+        .is_none_or(|o| o > i64::MAX as u64)
+    {
+        return Err(ThingsError::InvalidPaging("pageIndex too large".into()));
+    }
+    Ok(())
+}
+
+/// Validates one create request and picks its id and secret.
+fn prepare(req: &CreateThing) -> Result<(String, String), ThingsError> {
+    let id = match &req.thing_id {
+        Some(id) if is_valid_thing_id(id) => id.clone(),
+        Some(_) => return Err(ThingsError::InvalidId),
+        None => generate_id(),
+    };
+    let password = match &req.password {
+        Some(p) if !p.is_empty() && p.len() <= MAX_PASSWORD_LEN => p.clone(),
+        Some(_) => return Err(ThingsError::InvalidPassword),
+        None => auth::generate_secret(),
+    };
+    check_tags(&req.tags)?;
+    Ok((id, password))
+}
+
+fn check_tags(tags: &Map<String, Value>) -> Result<(), ThingsError> {
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+            Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let d = 1 + tags.values().map(depth).max().unwrap_or(0);
+    if d > MAX_TAGS_DEPTH {
+        return Err(ThingsError::InvalidTags(format!(
+            "nested deeper than {MAX_TAGS_DEPTH}"
+        )));
+    }
+    let size = serde_json::to_vec(tags)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_TAGS_BYTES {
+        return Err(ThingsError::InvalidTags(format!(
+            "larger than {MAX_TAGS_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A random thingId matching S-1.1 (`[0-9a-z]`, [`GENERATED_ID_LEN`] characters, ~103 bits).
+fn generate_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..GENERATED_ID_LEN)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+async fn hash_blocking(secret: String) -> Result<String, ThingsError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&secret))
+        .await
+        .map_err(|_| ThingsError::Hash)?
+        .map_err(|_| ThingsError::Hash)
+}
+
+/// Hashes many secrets on the blocking pool, in as many chunks as there are cores.
+async fn hash_many(secrets: Vec<String>) -> Result<Vec<String>, ThingsError> {
+    if secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+        .clamp(1, 16);
+    let chunk = secrets.len().div_ceil(workers);
+    let mut tasks = Vec::new();
+    for part in secrets.chunks(chunk) {
+        let part = part.to_vec();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            part.iter()
+                .map(|s| auth::hash_password(s))
+                .collect::<Result<Vec<_>, _>>()
+        }));
+    }
+    let mut out = Vec::with_capacity(secrets.len());
+    for t in tasks {
+        let hashes = t
+            .await
+            .map_err(|_| ThingsError::Hash)?
+            .map_err(|_| ThingsError::Hash)?;
+        out.extend(hashes);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = generate_id();
+        let b = generate_id();
+        assert!(is_valid_thing_id(&a) && is_valid_thing_id(&b));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn prepare_validates() {
+        let bad_id = CreateThing {
+            thing_id: Some("a/b".into()),
+            ..Default::default()
+        };
+        assert_eq!(prepare(&bad_id).err(), Some(ThingsError::InvalidId));
+        let dollar = CreateThing {
+            thing_id: Some("$svc".into()),
+            ..Default::default()
+        };
+        assert_eq!(prepare(&dollar).err(), Some(ThingsError::InvalidId));
+        let empty_pw = CreateThing {
+            password: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(prepare(&empty_pw).err(), Some(ThingsError::InvalidPassword));
+        let given = CreateThing {
+            thing_id: Some("t-1".into()),
+            password: Some("s3cret".into()),
+            ..Default::default()
+        };
+        assert_eq!(prepare(&given).ok(), Some(("t-1".into(), "s3cret".into())));
+    }
+
+    #[test]
+    fn tags_bounds() {
+        let mut deep = Value::from(1);
+        for _ in 0..MAX_TAGS_DEPTH {
+            deep = serde_json::json!({ "x": deep });
+        }
+        let mut m = Map::new();
+        m.insert("d".into(), deep);
+        assert!(check_tags(&m).is_err());
+        let mut big = Map::new();
+        big.insert("b".into(), Value::String("x".repeat(MAX_TAGS_BYTES)));
+        assert!(check_tags(&big).is_err());
+        assert!(check_tags(&Map::new()).is_ok());
+    }
+
+    #[test]
+    fn paging_bounds() {
+        assert!(check_page(0, 0).is_err());
+        assert!(check_page(0, MAX_PAGE_SIZE + 1).is_err());
+        assert!(check_page(u64::MAX, 10).is_err());
+        assert!(check_page(3, 50).is_ok());
+    }
+}
