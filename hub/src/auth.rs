@@ -231,3 +231,104 @@ impl CredentialCache {
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_verify_round_trip() {
+        let secret = generate_secret();
+        let phc = hash_password(&secret).unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=4096,t=2,p=1$"), "{phc}");
+        assert!(verify_password(secret.as_bytes(), &phc));
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage_hash_fail() {
+        let phc = hash_password("right-secret").unwrap();
+        assert!(!verify_password(b"wrong-secret", &phc));
+        assert!(!verify_password(b"", &phc));
+        assert!(!verify_password(b"right-secret", "not a phc string"));
+        assert!(!verify_password(b"right-secret", ""));
+    }
+
+    #[test]
+    fn phc_string_is_salted_and_never_contains_the_secret() {
+        let secret = "s3cr3t-s3cr3t-s3cr3t";
+        let a = hash_password(secret).unwrap();
+        let b = hash_password(secret).unwrap();
+        assert_ne!(a, b, "each hash gets its own salt");
+        for phc in [&a, &b] {
+            assert!(!phc.contains(secret));
+            assert!(verify_password(secret.as_bytes(), phc));
+        }
+    }
+
+    #[test]
+    fn generated_secrets_are_long_url_safe_and_distinct() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn cache_remembers_checks_and_forgets() {
+        let cache = CredentialCache::new(10);
+        assert!(cache.is_empty());
+        assert!(!cache.check("t1", b"pw"));
+        cache.remember("t1", b"pw");
+        assert!(cache.check("t1", b"pw"));
+        assert!(!cache.check("t1", b"other"));
+        assert!(!cache.check("t2", b"pw"), "keyed by thing");
+
+        cache.remember("t1", b"new"); // secret changed
+        assert!(!cache.check("t1", b"pw"));
+        assert!(cache.check("t1", b"new"));
+        assert_eq!(cache.len(), 1);
+
+        cache.forget("t1"); // deleted or disabled
+        assert!(!cache.check("t1", b"new"));
+        assert!(cache.is_empty());
+
+        cache.remember("t3", b"x");
+        cache.clear();
+        assert!(!cache.check("t3", b"x"));
+        // Debug output reveals nothing.
+        assert!(!format!("{cache:?}").contains("key:"));
+    }
+
+    #[test]
+    fn cache_is_bounded_and_evicts_oldest_first() {
+        let cache = CredentialCache::new(3);
+        for t in ["a", "b", "c"] {
+            cache.remember(t, t.as_bytes());
+        }
+        cache.forget("b");
+        cache.remember("b", b"b"); // now the newest
+        cache.remember("d", b"d"); // evicts "a", the oldest live entry
+        assert_eq!(cache.len(), 3);
+        assert!(!cache.check("a", b"a"));
+        for t in ["b", "c", "d"] {
+            assert!(cache.check(t, t.as_bytes()), "{t}");
+        }
+        // Churn through forget/remember keeps the bookkeeping bounded.
+        for i in 0..1000 {
+            let t = format!("x{i}");
+            cache.remember(&t, b"s");
+            cache.forget(&t);
+        }
+        assert!(cache.len() <= 3);
+        assert!(cache.entries().order.len() <= 6);
+    }
+
+    #[test]
+    fn caches_do_not_share_digests() {
+        let a = CredentialCache::default();
+        let b = CredentialCache::default();
+        assert_ne!(a.digest(b"pw"), b.digest(b"pw"), "per-process random key");
+    }
+}

@@ -215,3 +215,190 @@ async fn commit(
     }
     writes.clear();
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewThing, Store};
+    use tempfile::TempDir;
+
+    async fn store_with_things(n: usize) -> (TempDir, String, SharedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/hub.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let things: Vec<_> = (0..n)
+            .map(|i| NewThing {
+                thing_id: format!("t{i:04}"),
+                password_hash: "x".into(),
+                tags: Default::default(),
+                enabled: true,
+            })
+            .collect();
+        let created = store.create_things(&things, 1).await.unwrap();
+        assert!(created.iter().all(Result::is_ok));
+        (dir, url, Arc::new(store))
+    }
+
+    fn write(thing: &str, expected: u64) -> ShadowWrite {
+        ShadowWrite {
+            thing_id: thing.to_owned(),
+            name: "default".into(),
+            expected_version: expected,
+            new_version: expected + 1,
+            body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
+            updated_at: expected + 1,
+        }
+    }
+
+    /// 20 shadows × 100 versions, each shadow's versions submitted back to back without waiting
+    /// for durability: every CAS succeeds only if the committer keeps FIFO order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_pipelined_writes_are_durable_and_fifo() {
+        const THINGS: usize = 20;
+        const VERSIONS: u64 = 100;
+        let (_dir, url, store) = store_with_things(THINGS).await;
+        let committer = GroupCommitter::spawn(Arc::clone(&store), 512, 1024);
+
+        let mut producers = Vec::new();
+        for i in 0..THINGS {
+            let committer = committer.clone();
+            producers.push(tokio::spawn(async move {
+                let thing = format!("t{i:04}");
+                let mut pending = Vec::new();
+                for v in 0..VERSIONS {
+                    pending.push(committer.submit(write(&thing, v)).await);
+                }
+                let mut results = Vec::new();
+                for rx in pending {
+                    results.push(rx.await.unwrap());
+                }
+                results
+            }));
+        }
+        for p in producers {
+            let results = p.await.unwrap();
+            assert_eq!(results.len(), VERSIONS as usize);
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        }
+
+        let stats = committer.stats();
+        assert_eq!(stats.writes, THINGS as u64 * VERSIONS);
+        assert_eq!(stats.failed_batches, 0);
+        assert!(stats.batches < stats.writes, "no batching: {stats:?}");
+        assert!(stats.largest_batch > 1, "{stats:?}");
+        assert!(stats.largest_batch <= 512);
+
+        committer.shutdown().await;
+        store.close().await;
+        let reopened = SqliteStore::open(&url).await.unwrap();
+        for i in 0..THINGS {
+            let s = reopened
+                .get_shadow(&format!("t{i:04}"), "default")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.version, VERSIONS);
+            assert_eq!(
+                s.body,
+                format!(r#"{{"state":{{"reported":{{"v":{VERSIONS}}}}}}}"#)
+            );
+        }
+        reopened.close().await;
+    }
+
+    /// 2,000 independent writers each awaiting its own write: all durable, few transactions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_concurrent_writers_share_transactions() {
+        const N: usize = 2000;
+        let (_dir, _url, store) = store_with_things(N).await;
+        let committer = GroupCommitter::spawn(Arc::clone(&store), 512, 256);
+        let tasks: Vec<_> = (0..N)
+            .map(|i| {
+                let committer = committer.clone();
+                tokio::spawn(async move { committer.write(write(&format!("t{i:04}"), 0)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(()));
+        }
+        let stats = committer.stats();
+        assert_eq!(stats.writes, N as u64);
+        assert!(stats.batches < N as u64, "{stats:?}");
+        for i in (0..N).step_by(97) {
+            let s = store
+                .get_shadow(&format!("t{i:04}"), "default")
+                .await
+                .unwrap();
+            assert_eq!(s.map(|s| s.version), Some(1));
+        }
+        committer.shutdown().await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn per_write_errors_reach_their_writer_only() {
+        let (_dir, _url, store) = store_with_things(1).await;
+        let committer = GroupCommitter::spawn(Arc::clone(&store), 8, 8);
+        let a = committer.submit(write("t0000", 0)).await;
+        let b = committer.submit(write("t0000", 0)).await; // exists by now
+        let c = committer.submit(write("ghost", 0)).await;
+        let d = committer.submit(write("t0000", 1)).await;
+        assert_eq!(a.await.unwrap(), Ok(()));
+        assert_eq!(b.await.unwrap(), Err(StoreError::VersionConflict));
+        assert_eq!(c.await.unwrap(), Err(StoreError::NotFound));
+        assert_eq!(d.await.unwrap(), Ok(()));
+        assert_eq!(committer.stats().failed_batches, 0);
+        committer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn failed_transaction_answers_every_write_unavailable() {
+        let (_dir, _url, store) = store_with_things(1).await;
+        let committer = GroupCommitter::spawn(Arc::clone(&store), 8, 8);
+        store.close().await;
+        let err = committer.write(write("t0000", 0)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(committer.stats().failed_batches, 1);
+        committer.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_then_refuses() {
+        let (_dir, url, store) = store_with_things(1).await;
+        let committer = GroupCommitter::spawn(Arc::clone(&store), 4, 64);
+        let mut pending = Vec::new();
+        for v in 0..50 {
+            pending.push(committer.submit(write("t0000", v)).await);
+        }
+        let other = committer.clone();
+        committer.shutdown().await;
+        // Everything queued before shutdown was committed and answered.
+        for rx in pending {
+            assert_eq!(rx.try_recv_result(), Some(Ok(())));
+        }
+        assert_eq!(committer.stats().writes, 50);
+        assert!(matches!(
+            other.write(write("t0000", 50)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        other.shutdown().await; // idempotent
+        assert_eq!(committer.queued(), 0);
+        store.close().await;
+        let reopened = SqliteStore::open(&url).await.unwrap();
+        let s = reopened.get_shadow("t0000", "default").await.unwrap();
+        assert_eq!(s.map(|s| s.version), Some(50));
+        reopened.close().await;
+    }
+
+    trait TryRecvResult {
+        fn try_recv_result(self) -> Option<Result<(), StoreError>>;
+    }
+
+    impl TryRecvResult for oneshot::Receiver<Result<(), StoreError>> {
+        fn try_recv_result(mut self) -> Option<Result<(), StoreError>> {
+            self.try_recv().ok()
+        }
+    }
+}

@@ -703,7 +703,7 @@ mod tests {
         let rec = store.set_enabled("t1", false).await.unwrap();
         assert!(!rec.enabled);
         assert_eq!(rec.tags, tags(json!({"site": "b1"})));
-        assert_eq!(store.password_hash("t1").await.unwrap().unwrap().1, false);
+        assert!(!store.password_hash("t1").await.unwrap().unwrap().1);
         assert_eq!(store.password_hash("nope").await.unwrap(), None);
         assert_eq!(
             store.set_enabled("nope", true).await.unwrap_err(),
@@ -981,6 +981,45 @@ mod tests {
         // Re-created with the same id, the thing starts without shadows.
         store.create_thing(&new_thing("a"), 2).await.unwrap();
         assert!(store.get_shadow("a", "default").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn query_things_filters_pages_and_counts() {
+        let (_dir, store) = temp_store().await;
+        let batch: Vec<_> = (0..6)
+            .map(|i| {
+                let mut t = new_thing(&format!("q{i}"));
+                t.tags = tags(json!({"site": if i % 2 == 0 { "b1" } else { "b2" }}));
+                t
+            })
+            .collect();
+        store.create_things(&batch, 1).await.unwrap();
+        // q0 and q2 get a default shadow with reported.v = 1, q4 has none.
+        store
+            .write_shadows(&[write("q0", "default", 0), write("q2", "default", 0)])
+            .await
+            .unwrap();
+
+        let q = crate::query::ThingQuery::parse(
+            "SELECT * FROM things WHERE tags.site = 'b1' ORDER BY thingId DESC",
+        )
+        .unwrap();
+        let (total, page) = store.query_things(&q, 0, 2).await.unwrap();
+        assert_eq!(total, 3);
+        let ids: Vec<_> = page.iter().map(|t| t.thing_id.as_str()).collect();
+        assert_eq!(ids, ["q4", "q2"]);
+        let (_, page) = store.query_things(&q, 1, 2).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].thing_id, "q0");
+
+        let q = crate::query::ThingQuery::parse(
+            "SELECT * FROM things WHERE state.reported.v = 1 AND tags.site = 'b1'",
+        )
+        .unwrap();
+        let (total, page) = store.query_things(&q, 0, 10).await.unwrap();
+        assert_eq!(total, 2);
+        let ids: Vec<_> = page.iter().map(|t| t.thing_id.as_str()).collect();
+        assert_eq!(ids, ["q0", "q2"]);
     }
 
     #[tokio::test]
