@@ -294,7 +294,7 @@ impl ThingQuery {
         bare.order_by = None;
         let mut bare_select = select.as_ref().clone();
         bare_select.selection = None;
-        bare.body = Box::new(SetExpr::Select(Box::new(bare_select)));
+        *bare.body = SetExpr::Select(Box::new(bare_select));
         if !bare
             .to_string()
             .eq_ignore_ascii_case("SELECT * FROM things")
@@ -390,12 +390,10 @@ fn lexical_gate(dialect: &GenericDialect, text: &str) -> Result<(), QueryError> 
                 }
             }
             Token::RParen => depth = depth.saturating_sub(1),
-            Token::Minus | Token::Plus => {
-                if !matches!(next, Some(Token::Number(..))) {
-                    return Err(QueryError::Unsupported(
-                        "a sign must directly precede a number".into(),
-                    ));
-                }
+            Token::Minus | Token::Plus if !matches!(next, Some(Token::Number(..))) => {
+                return Err(QueryError::Unsupported(
+                    "a sign must directly precede a number".into(),
+                ));
             }
             Token::Word(w) => {
                 if matches!(prev, Some(Token::Period)) {
@@ -642,7 +640,7 @@ pub fn render_sqlite(q: &ThingQuery) -> (String, Vec<QueryParam>) {
     r.sql.push_str("SELECT ");
     r.sql.push_str(schema::THING_COLUMNS);
     r.sql.push(' ');
-    r.from_where(q);
+    r.push_from_where(q);
     r.sql.push_str(" ORDER BY ");
     for key in &q.order {
         r.field(&key.field);
@@ -665,7 +663,7 @@ pub fn render_sqlite(q: &ThingQuery) -> (String, Vec<QueryParam>) {
 pub fn render_sqlite_count(q: &ThingQuery) -> (String, Vec<QueryParam>) {
     let mut r = Renderer::default();
     r.sql.push_str("SELECT COUNT(*) ");
-    r.from_where(q);
+    r.push_from_where(q);
     (r.sql, r.params)
 }
 
@@ -681,7 +679,7 @@ impl Renderer {
         self.params.push(p);
     }
 
-    fn from_where(&mut self, q: &ThingQuery) {
+    fn push_from_where(&mut self, q: &ThingQuery) {
         use schema::*;
         self.sql.push_str(&format!(
             "FROM {THINGS} t LEFT JOIN {SHADOWS} s ON s.{SHADOW_THING} = t.{THING_ID} AND s.{SHADOW_NAME} = "

@@ -1,1 +1,748 @@
-//! API tests: real SQLite store in a tempdir, recording fake bus, `tower::ServiceExt::oneshot`.
+//! API tests: the real router over a real SQLite store in a tempdir, the real shadow service
+//! and a recording fake [`Bus`], driven with `tower::ServiceExt::oneshot` (no sockets).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use iothub_spec::limits::Limits;
+use iothub_spec::topic::Topic;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::auth::CredentialCache;
+use crate::bus::Bus;
+use crate::method::Methods;
+use crate::metrics::Metrics;
+use crate::shadow::ShadowService;
+use crate::store::commit::GroupCommitter;
+use crate::things::Things;
+
+const TOKEN: &str = "test-admin-token";
+
+/// Records everything the hub sends out.
+#[derive(Default)]
+struct FakeBus {
+    published: Mutex<Vec<(String, Vec<u8>, bool)>>,
+    disconnected: Mutex<Vec<String>>,
+    connected: Mutex<HashSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl Bus for FakeBus {
+    async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        self.published
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), payload.to_vec(), retain));
+    }
+    async fn disconnect(&self, client_id: &str) {
+        self.connected.lock().unwrap().remove(client_id);
+        self.disconnected.lock().unwrap().push(client_id.to_owned());
+    }
+    fn is_connected(&self, client_id: &str) -> bool {
+        self.connected.lock().unwrap().contains(client_id)
+    }
+}
+
+impl FakeBus {
+    /// Lifecycle events published for `thing`, as their JSON bodies.
+    fn lifecycle(&self, thing: &str) -> Vec<Value> {
+        let topic = Topic::LifecycleEvent { thing }.to_string();
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _, _)| *t == topic)
+            .map(|(_, p, _)| serde_json::from_slice(p).unwrap())
+            .collect()
+    }
+}
+
+struct Harness {
+    app: Router,
+    bus: Arc<FakeBus>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let store = crate::store::open(&url).await.unwrap();
+    let bus = Arc::new(FakeBus::default());
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let committer = GroupCommitter::spawn(store.clone(), 64, 1024);
+    let limits = Limits::default();
+    let shadows = ShadowService::spawn(store.clone(), committer, dyn_bus.clone(), limits);
+    let metrics = Metrics::new();
+    let things = Things::new(
+        store.clone(),
+        dyn_bus.clone(),
+        shadows.clone(),
+        Arc::new(CredentialCache::new(16)),
+        metrics.clone(),
+    );
+    let state = AppState::new(
+        store,
+        shadows,
+        Methods::new(dyn_bus),
+        things,
+        limits,
+        TOKEN,
+        metrics,
+    );
+    Harness {
+        app: router(state),
+        bus,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn raw(&self, req: Request<Body>) -> (StatusCode, Option<String>, Bytes) {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, ctype, body)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(body.unwrap_or_else(Body::empty)).unwrap();
+        let (status, ctype, bytes) = self.raw(req).await;
+        assert_eq!(
+            ctype.as_deref(),
+            Some("application/json"),
+            "{method} {path}: not JSON"
+        );
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_envelope(status, &v);
+        (status, v)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(
+            method,
+            path,
+            Some(TOKEN),
+            body.map(|b| Body::from(b.to_string())),
+        )
+        .await
+    }
+
+    async fn create(&self, id: &str) -> Value {
+        let (s, b) = self
+            .call("POST", "/api/v1/things", Some(json!({ "thingId": id })))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["data"].clone()
+    }
+}
+
+/// S-9.1: `{"code","message","data"}` with `code` == HTTP status.
+fn assert_envelope(status: StatusCode, v: &Value) {
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.len(), 3, "envelope has exactly code/message/data: {v}");
+    assert_eq!(v["code"], json!(status.as_u16()), "{v}");
+    assert!(v["message"].is_string(), "{v}");
+    assert!(obj.contains_key("data"), "{v}");
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["thingId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn create_generates_id_and_shows_password_once() {
+    let h = harness().await;
+    let (s, b) = h.call("POST", "/api/v1/things", Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = b["data"]["thingId"].as_str().unwrap().to_owned();
+    let password = b["data"]["password"].as_str().unwrap().to_owned();
+    assert!(iothub_spec::ids::is_valid_thing_id(&id));
+    assert!(password.len() >= 16, "generated secret: {password}");
+    assert_eq!(b["data"]["enabled"], json!(true));
+
+    let (s, got) = h.call("GET", &format!("/api/v1/things/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["data"]["thingId"], json!(id));
+    assert_eq!(got["data"]["connected"], json!(false));
+    assert!(got["data"].get("password").is_none(), "{got}");
+    assert!(!got.to_string().contains(&password), "secret shown again");
+    let (_, list) = h.call("GET", "/api/v1/things", None).await;
+    assert!(!list.to_string().contains(&password), "secret in list");
+
+    let events = h.bus.lifecycle(&id);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["thingId"], json!(id));
+    assert_eq!(events[0]["op"], json!("create"));
+    assert!(events[0]["timestamp"].as_u64().unwrap() > 0);
+
+    // A caller-chosen secret is echoed once too.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things",
+            Some(json!({"thingId": "mine", "password": "pw-1", "tags": {"a": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["data"]["password"], json!("pw-1"));
+    assert_eq!(b["data"]["tags"], json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn duplicate_create_is_409() {
+    let h = harness().await;
+    h.create("dup").await;
+    let (s, b) = h
+        .call("POST", "/api/v1/things", Some(json!({"thingId": "dup"})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(b["data"].is_null());
+    assert_eq!(
+        h.bus.lifecycle("dup").len(),
+        1,
+        "no event for the refused create"
+    );
+}
+
+#[tokio::test]
+async fn batch_reports_per_item_results() {
+    let h = harness().await;
+    h.create("old").await;
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/batch",
+            Some(json!({"things": [
+                {"thingId": "b1"},
+                {"thingId": "b1"},
+                {"thingId": "old"},
+                {"thingId": "bad id"},
+                {},
+                {"thingId": "b2", "password": "x"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let codes: Vec<u64> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes, [201, 409, 409, 400, 201, 201], "{b}");
+    assert_eq!(b["data"][0]["data"]["thingId"], json!("b1"));
+    assert!(b["data"][0]["data"]["password"].is_string());
+    assert_eq!(b["data"][5]["data"]["password"], json!("x"));
+    assert!(b["data"][1]["data"].is_null());
+    let (_, list) = h.call("GET", "/api/v1/things?pageSize=100", None).await;
+    assert_eq!(list["data"]["total"], json!(4), "{list}");
+    assert_eq!(h.bus.lifecycle("b1").len(), 1);
+
+    // The bare-array form, and more than 1000 items refused whole.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/batch",
+            Some(json!([{"thingId": "b3"}])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"thingId": format!("m{i}")}))
+        .collect();
+    let (s, _) = h
+        .call(
+            "POST",
+            "/api/v1/things/batch",
+            Some(json!({"things": many})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = h.call("GET", "/api/v1/things/m0", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn list_pages_and_filters() {
+    let h = harness().await;
+    for i in 0..5 {
+        h.create(&format!("t{i}")).await;
+    }
+    let (s, _) = h
+        .call(
+            "PATCH",
+            "/api/v1/things/t1",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, p0) = h
+        .call("GET", "/api/v1/things?pageIndex=0&pageSize=2", None)
+        .await;
+    assert_eq!(p0["data"]["total"], json!(5));
+    assert_eq!(ids(&p0["data"]), ["t0", "t1"]);
+    let (_, p2) = h
+        .call("GET", "/api/v1/things?pageIndex=2&pageSize=2", None)
+        .await;
+    assert_eq!(ids(&p2["data"]), ["t4"]);
+    let (_, off) = h.call("GET", "/api/v1/things?enabled=false", None).await;
+    assert_eq!(off["data"]["total"], json!(1));
+    assert_eq!(ids(&off["data"]), ["t1"]);
+    for bad in [
+        "pageSize=0",
+        "pageSize=1001",
+        "pageSize=x",
+        "pageIndex=-1",
+        "enabled=maybe",
+    ] {
+        let (s, b) = h.call("GET", &format!("/api/v1/things?{bad}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn disable_publishes_lifecycle_and_disconnects() {
+    let h = harness().await;
+    h.create("d1").await;
+    h.bus.connected.lock().unwrap().insert("d1".into());
+    let (s, b) = h
+        .call(
+            "PATCH",
+            "/api/v1/things/d1",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["enabled"], json!(false));
+    assert_eq!(*h.bus.disconnected.lock().unwrap(), ["d1"]);
+    let ops: Vec<Value> = h
+        .bus
+        .lifecycle("d1")
+        .iter()
+        .map(|e| e["op"].clone())
+        .collect();
+    assert_eq!(ops, [json!("create"), json!("disable")]);
+
+    // Disabling again changes nothing: no new event.
+    h.call(
+        "PATCH",
+        "/api/v1/things/d1",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(h.bus.lifecycle("d1").len(), 2);
+    let (s, _) = h
+        .call("PATCH", "/api/v1/things/d1", Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h.bus.lifecycle("d1")[2]["op"], json!("enable"));
+    let (s, _) = h
+        .call(
+            "PATCH",
+            "/api/v1/things/ghost",
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn delete_kicks_and_then_404s() {
+    let h = harness().await;
+    h.create("x1").await;
+    let (s, _) = h.call("DELETE", "/api/v1/things/x1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(*h.bus.disconnected.lock().unwrap(), ["x1"]);
+    assert_eq!(h.bus.lifecycle("x1")[1]["op"], json!("delete"));
+    let (s, _) = h.call("DELETE", "/api/v1/things/x1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.call("GET", "/api/v1/things/x1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.call("DELETE", "/api/v1/things/$bad", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tags_merge_and_compare_and_swap() {
+    let h = harness().await;
+    h.create("g1").await;
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/api/v1/things/g1/tags",
+            Some(json!({"tags": {"loc": {"b": "b1"}, "owner": "ops"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = b["data"]["version"].as_u64().unwrap();
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/api/v1/things/g1/tags",
+            Some(json!({"tags": {"owner": null}, "version": v})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["tags"], json!({"loc": {"b": "b1"}}));
+    assert_eq!(b["data"]["version"], json!(v + 1));
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/api/v1/things/g1/tags",
+            Some(json!({"tags": {"owner": "late"}, "version": v})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (_, t) = h.call("GET", "/api/v1/things/g1", None).await;
+    assert_eq!(t["data"]["tags"], json!({"loc": {"b": "b1"}}));
+    assert_eq!(t["data"]["tagsVersion"], json!(v + 1));
+    let (s, _) = h
+        .call("PUT", "/api/v1/things/none/tags", Some(json!({"tags": {}})))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn query_happy_path_and_errors() {
+    let h = harness().await;
+    for (id, building, temp) in [("q1", "b1", 25), ("q2", "b1", 15), ("q3", "b2", 30)] {
+        h.create(id).await;
+        let (s, b) = h
+            .call(
+                "PUT",
+                &format!("/api/v1/things/{id}/tags"),
+                Some(json!({"tags": {"location": {"building": building}}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = h
+            .call(
+                "PUT",
+                &format!("/api/v1/things/{id}/shadows/default/state/desired"),
+                Some(json!({"state": {"desired": {"temp": temp, "fw": "1.5"}}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    h.create("q4").await;
+    let q = |text: &str| json!({ "query": text });
+    let cases = [
+        (
+            "SELECT * FROM things WHERE tags.location.building = 'b1'",
+            vec!["q1", "q2"],
+        ),
+        (
+            "SELECT * FROM things WHERE state.desired.temp > 20",
+            vec!["q1", "q3"],
+        ),
+        (
+            "SELECT * FROM things WHERE tags.location.building = 'b1' AND state.desired.fw < '2.0' AND state.desired.temp >= 20",
+            vec!["q1"],
+        ),
+        (
+            "SELECT * FROM things WHERE NOT (tags.location.building = 'b1') AND tags.location IS NOT NULL",
+            vec!["q3"],
+        ),
+        (
+            "SELECT * FROM things WHERE tags.location IS NULL",
+            vec!["q4"],
+        ),
+        (
+            "SELECT * FROM things WHERE thingId = 'q2' OR thingId = 'q4'",
+            vec!["q2", "q4"],
+        ),
+        (
+            "SELECT * FROM things WHERE enabled = true AND connected = false",
+            vec!["q1", "q2", "q3", "q4"],
+        ),
+        (
+            "SELECT * FROM things ORDER BY state.desired.temp DESC NULLS LAST",
+            vec!["q3", "q1", "q2", "q4"],
+        ),
+    ];
+    for (text, want) in cases {
+        let (s, b) = h.call("POST", "/api/v1/things/query", Some(q(text))).await;
+        assert_eq!(s, StatusCode::OK, "{text}: {b}");
+        assert_eq!(ids(&b["data"]), want, "{text}: {b}");
+        assert_eq!(b["data"]["total"], json!(want.len()));
+    }
+    // Paging from the query string and from the body.
+    let (_, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/query?pageIndex=1&pageSize=1",
+            Some(q(
+                "SELECT * FROM things WHERE tags.location.building = 'b1'",
+            )),
+        )
+        .await;
+    assert_eq!(ids(&b["data"]), ["q2"]);
+    assert_eq!(b["data"]["total"], json!(2));
+    let (_, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/query",
+            Some(json!({"query": "SELECT * FROM things", "pageIndex": 1, "pageSize": 3})),
+        )
+        .await;
+    assert_eq!(ids(&b["data"]), ["q4"]);
+
+    for bad in [
+        "SELEKT * FROM things",
+        "SELECT * FROM users",
+        "SELECT * FROM things WHERE thingId = 'a'; DROP TABLE things",
+        "SELECT * FROM things WHERE tags.\"x') OR 1=1 --\" = 1",
+        "SELECT * FROM things WHERE password_hash = 'x'",
+    ] {
+        let (s, b) = h.call("POST", "/api/v1/things/query", Some(q(bad))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+    }
+    // A quote inside a literal is data.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/query",
+            Some(q(
+                "SELECT * FROM things WHERE thingId = 'q1'' OR ''1''=''1'",
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["total"], json!(0));
+    let (_, all) = h.call("GET", "/api/v1/things", None).await;
+    assert_eq!(all["data"]["total"], json!(4), "things survive");
+}
+
+#[tokio::test]
+async fn shadow_routes_keep_their_codes() {
+    let h = harness().await;
+    h.create("s1").await;
+    let base = "/api/v1/things/s1/shadows/default";
+    let (s, _) = h.call("GET", base, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = h
+        .call(
+            "PUT",
+            &format!("{base}/state/desired"),
+            Some(json!({"state": {"desired": {"led": "on"}}, "clientToken": "c1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["version"], json!(1));
+    let (s, b) = h.call("GET", base, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["state"]["desired"], json!({"led": "on"}));
+    let (s, _) = h
+        .call(
+            "PUT",
+            &format!("{base}/state/desired"),
+            Some(json!({"state": {"desired": {"led": "off"}}, "version": 7})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let big = "x".repeat(Limits::default().max_request_payload + 1);
+    let (s, _) = h
+        .call(
+            "PUT",
+            &format!("{base}/state/desired"),
+            Some(json!({"state": {"desired": {"b": big}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/api/v1/things/s1/shadows/bad.name/state/desired",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = h.call("DELETE", base, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.call("DELETE", base, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn method_errors() {
+    let h = harness().await;
+    h.create("m1").await;
+    let (s, _) = h
+        .call(
+            "POST",
+            "/api/v1/things/ghost/methods/reboot",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h
+        .call(
+            "POST",
+            "/api/v1/things/m1/methods/bad:name",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for t in [0, 301] {
+        let (s, _) = h
+            .call(
+                "POST",
+                "/api/v1/things/m1/methods/reboot",
+                Some(json!({"timeout": t})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "timeout {t}");
+    }
+    let (s, _) = h
+        .call(
+            "POST",
+            "/api/v1/things/m1/methods/reboot",
+            Some(json!({"connectTimeout": 301})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/m1/methods/reboot",
+            Some(json!({"data": {"x": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "offline: {b}");
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_envelopes() {
+    let h = harness().await;
+    h.create("b1").await;
+    let raw = |s: &'static str| Some(Body::from(s));
+    for (method, path, body) in [
+        ("POST", "/api/v1/things", raw("{not json")),
+        ("POST", "/api/v1/things", raw("")),
+        ("POST", "/api/v1/things", raw("{\"thingId\": 5}")),
+        ("POST", "/api/v1/things", raw("{\"tags\": \"x\"}")),
+        ("PATCH", "/api/v1/things/b1", raw("{}")),
+        ("PATCH", "/api/v1/things/b1", raw("{\"enabled\": \"yes\"}")),
+        ("PUT", "/api/v1/things/b1/tags", raw("{\"tags\": [1]}")),
+        (
+            "PUT",
+            "/api/v1/things/b1/tags",
+            raw("{\"tags\": {}, \"version\": \"1\"}"),
+        ),
+        ("POST", "/api/v1/things/query", raw("{\"query\": 5}")),
+        ("POST", "/api/v1/things/batch", raw("{\"things\": \"x\"}")),
+        (
+            "POST",
+            "/api/v1/things/b1/methods/m",
+            raw("{\"timeout\": \"x\"}"),
+        ),
+    ] {
+        let (s, b) = h.send(method, path, Some(TOKEN), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn auth_routes_and_limits() {
+    let h = harness().await;
+    // Missing and wrong token → 401 envelope, on every /api/v1 route.
+    for path in ["/api/v1/things", "/api/v1/limits", "/api/v1/openapi.json"] {
+        let (s, _) = h.send("GET", path, None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        let (s, _) = h.send("GET", path, Some("nope"), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let (s, _) = h
+        .send("POST", "/api/v1/things", None, Some(Body::from("{}")))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Unknown route and wrong method → envelopes.
+    let (s, _) = h.call("GET", "/api/v1/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.send("GET", "/nope", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.call("PUT", "/api/v1/things", None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    // Body over the limit → 413 envelope.
+    let big = format!("{{\"thingId\":\"{}\"}}", "x".repeat(super::MAX_BODY));
+    let (s, _) = h
+        .send("POST", "/api/v1/things", Some(TOKEN), Some(Body::from(big)))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    // Limits.
+    let (s, b) = h.call("GET", "/api/v1/limits", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["data"], serde_json::to_value(Limits::default()).unwrap());
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi() {
+    let h = harness().await;
+    let (s, b) = h.send("GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["data"]["status"], json!("ok"));
+
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let (s, ctype, text) = h.raw(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(ctype.unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert!(text.contains("# TYPE iothub_rest_requests_total counter"));
+    assert!(
+        text.contains("iothub_rest_requests_total{class=\"2xx\"} 1"),
+        "{text}"
+    );
+
+    let req = Request::get("/api/v1/openapi.json")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, bytes) = h.raw(req).await;
+    assert_eq!(s, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/things",
+        "/api/v1/things/batch",
+        "/api/v1/things/query",
+        "/api/v1/things/{id}",
+        "/api/v1/things/{id}/tags",
+        "/api/v1/things/{id}/shadows/{name}",
+        "/api/v1/things/{id}/shadows/{name}/state/desired",
+        "/api/v1/things/{id}/methods/{method}",
+        "/api/v1/limits",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "OpenAPI lacks {p}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
