@@ -44,39 +44,55 @@ impl EmbeddedHub {
             data.path().display().to_string(),
         ];
         args.extend(extra.iter().cloned());
-        let config = HubArgs::try_parse_from(args).context("bad hub flags")?.config;
+        let config = HubArgs::try_parse_from(args)
+            .context("bad hub flags")?
+            .config;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("embedded-hub".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(HUB_WORKERS)
-                .thread_name("hub")
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("cannot build the hub runtime: {e}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match iothub_hub::start(config).await {
-                    Ok(hub) => {
-                        let _ = ready_tx.send(Ok((hub.mqtt_addr, hub.http_addr, hub.admin_token.clone())));
-                        let _ = stop_rx.await;
-                        hub.shutdown().await;
-                    }
+        let thread = std::thread::Builder::new()
+            .name("embedded-hub".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(HUB_WORKERS)
+                    .thread_name("hub")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        let _ = ready_tx
+                            .send(Err(anyhow::anyhow!("cannot build the hub runtime: {e}")));
+                        return;
                     }
-                }
-            });
-        })?;
+                };
+                runtime.block_on(async move {
+                    match iothub_hub::start(config).await {
+                        Ok(hub) => {
+                            let _ = ready_tx.send(Ok((
+                                hub.mqtt_addr,
+                                hub.http_addr,
+                                hub.admin_token.clone(),
+                            )));
+                            let _ = stop_rx.await;
+                            hub.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
         let (mqtt_addr, http_addr, admin_token) = ready_rx
             .recv()
             .context("the embedded hub thread ended before it was ready")??;
-        Ok(EmbeddedHub { mqtt_addr, http_addr, admin_token, stop: Some(stop_tx), thread: Some(thread), _data: data })
+        Ok(EmbeddedHub {
+            mqtt_addr,
+            http_addr,
+            admin_token,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _data: data,
+        })
     }
 
     /// Shuts the hub down gracefully and waits for it.

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use iothub_sim::embedded::EmbeddedHub;
 use iothub_sim::provision::{Api, Credentials};
 use iothub_sim::report::Report;
-use iothub_sim::shadow_load::{LoadPlan, Live, run_thing};
+use iothub_sim::shadow_load::{Live, LoadPlan, Schedule, run_thing};
 use tracing_subscriber::EnvFilter;
 
 /// Load runs against an iothub hub: virtual things, each with its own MQTT connection, keep
@@ -76,7 +76,9 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let Command::Run(args) = Cli::parse().command;
@@ -97,7 +99,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         None => Some(EmbeddedHub::start(&args.hub_args)?),
     };
     let (mqtt, api_base, token) = match &embedded {
-        Some(hub) => (hub.mqtt_addr, format!("http://{}", hub.http_addr), hub.admin_token.clone()),
+        Some(hub) => (
+            hub.mqtt_addr,
+            format!("http://{}", hub.http_addr),
+            hub.admin_token.clone(),
+        ),
         None => {
             let mqtt = args.mqtt.as_deref().unwrap_or_default();
             let addr = tokio::net::lookup_host(mqtt)
@@ -105,12 +111,19 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 .with_context(|| format!("cannot resolve --mqtt {mqtt}"))?
                 .next()
                 .with_context(|| format!("--mqtt {mqtt} resolves to nothing"))?;
-            (addr, args.api.clone().unwrap_or_default(), args.token.clone().unwrap_or_default())
+            (
+                addr,
+                args.api.clone().unwrap_or_default(),
+                args.token.clone().unwrap_or_default(),
+            )
         }
     };
     let api = Api::new(&api_base, &token)?;
     let things: Vec<Credentials> = (0..args.things)
-        .map(|i| Credentials { thing_id: format!("{}-{i:06}", args.id_prefix), secret: format!("sim-secret-{i:06}-{}", std::process::id()) })
+        .map(|i| Credentials {
+            thing_id: format!("{}-{i:06}", args.id_prefix),
+            secret: format!("sim-secret-{i:06}-{}", std::process::id()),
+        })
         .collect();
     eprintln!("provisioning {} things ...", things.len());
     api.create_things(&things).await?;
@@ -132,8 +145,18 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let stop = reporting_start + plan.duration;
     let mut tasks = Vec::with_capacity(things.len());
     for (i, creds) in things.iter().cloned().enumerate() {
-        let start = now + Duration::from_secs_f64(i as f64 / args.ramp as f64);
-        tasks.push(tokio::spawn(run_thing(creds, plan.clone(), live.clone(), start, stop, interval)));
+        let schedule = Schedule {
+            connect_at: now + Duration::from_secs_f64(i as f64 / args.ramp as f64),
+            report_from: reporting_start,
+            stop,
+            interval,
+        };
+        tasks.push(tokio::spawn(run_thing(
+            creds,
+            plan.clone(),
+            live.clone(),
+            schedule,
+        )));
     }
     let progress = tokio::spawn(progress(live.clone()));
     let mut outcomes = Vec::with_capacity(tasks.len());
@@ -150,7 +173,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     );
     println!("{}", report.table());
     if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if embedded.is_none() && !args.keep {
         api.delete_things(&things).await?;

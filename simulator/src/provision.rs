@@ -29,7 +29,11 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()?;
-        Ok(Api { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() })
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
     }
 
     /// Creates `things` with batch requests of at most [`MAX_BATCH_CREATE`].
@@ -39,7 +43,13 @@ impl Api {
                 .iter()
                 .map(|c| json!({ "thingId": c.thing_id, "password": c.secret }))
                 .collect();
-            let body = self.send(self.http.post(self.url("/api/v1/things/batch")).json(&json!({ "things": items }))).await?;
+            let body = self
+                .send(
+                    self.http
+                        .post(self.url("/api/v1/things/batch"))
+                        .json(&json!({ "things": items })),
+                )
+                .await?;
             let failures = count_failed_items(&body);
             if failures > 0 {
                 bail!("{failures} things of a batch were not created: {body}");
@@ -52,8 +62,15 @@ impl Api {
     pub async fn delete_things(&self, things: &[Credentials]) -> anyhow::Result<()> {
         for c in things {
             let url = self.url(&format!("/api/v1/things/{}", c.thing_id));
-            let response = self.http.delete(url).bearer_auth(&self.token).send().await?;
-            if !(response.status().is_success() || response.status() == reqwest::StatusCode::NOT_FOUND) {
+            let response = self
+                .http
+                .delete(url)
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            if !(response.status().is_success()
+                || response.status() == reqwest::StatusCode::NOT_FOUND)
+            {
                 bail!("deleting {} failed: {}", c.thing_id, response.status());
             }
         }
@@ -65,9 +82,16 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.bearer_auth(&self.token).send().await.context("hub API unreachable")?;
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("hub API unreachable")?;
         let status = response.status();
-        let body: Value = response.json().await.context("hub API answered with a non-JSON body")?;
+        let body: Value = response
+            .json()
+            .await
+            .context("hub API answered with a non-JSON body")?;
         if !status.is_success() {
             bail!("hub API answered {status}: {body}");
         }
@@ -85,7 +109,11 @@ fn count_failed_items(body: &Value) -> usize {
         .map(|items| {
             items
                 .iter()
-                .filter(|item| item.get("code").and_then(Value::as_u64).is_some_and(|c| !(200..300).contains(&c)))
+                .filter(|item| {
+                    item.get("code")
+                        .and_then(Value::as_u64)
+                        .is_some_and(|c| !(200..300).contains(&c))
+                })
                 .count()
         })
         .unwrap_or(0)

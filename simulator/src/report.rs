@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::shadow_load::ThingOutcome;
+use crate::shadow_load::{ThingOutcome, histogram};
 
 /// Percentiles of one interaction, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +77,7 @@ pub struct Report {
 impl Report {
     /// Folds the outcomes of every thing into one report.
     pub fn build(outcomes: &[ThingOutcome], duration_s: f64, sent: u64, throttled: u64) -> Report {
-        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_default());
+        let mut latency = histogram();
         let mut connect = latency.clone();
         let mut rejected = BTreeMap::new();
         let (mut unanswered, mut out_of_order, mut disconnects) = (0, 0, 0);
@@ -130,16 +130,35 @@ impl Report {
     /// The human table.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "things            {} ({} connected, {} failed)", self.things, self.connected, self.connect_failures);
-        let _ = writeln!(s, "updates           {} sent, {} accepted ({:.0}/s over {:.1} s)", self.sent, self.accepted, self.accepted_per_sec, self.duration_s);
+        let _ = writeln!(
+            s,
+            "things            {} ({} connected, {} failed)",
+            self.things, self.connected, self.connect_failures
+        );
+        let _ = writeln!(
+            s,
+            "updates           {} sent, {} accepted ({:.0}/s over {:.1} s)",
+            self.sent, self.accepted, self.accepted_per_sec, self.duration_s
+        );
         let _ = writeln!(s, "rejected          {:?}", self.rejected);
         let _ = writeln!(s, "unanswered        {}", self.unanswered);
         let _ = writeln!(s, "out of order      {}", self.out_of_order);
         let _ = writeln!(s, "disconnects       {}", self.disconnects);
         let _ = writeln!(s, "throttled ticks   {}", self.throttled);
-        let _ = writeln!(s, "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}", "interaction (ms)", "count", "p50", "p90", "p99", "p99.9", "max");
-        for (name, p) in [("connect+subscribe", &self.connect), ("update->accepted", &self.update_to_accepted)] {
-            let _ = writeln!(s, "{:<22}{:>9}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}", name, p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms);
+        let _ = writeln!(
+            s,
+            "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "interaction (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (name, p) in [
+            ("connect+subscribe", &self.connect),
+            ("update->accepted", &self.update_to_accepted),
+        ] {
+            let _ = writeln!(
+                s,
+                "{:<22}{:>9}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}",
+                name, p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+            );
         }
         for e in &self.connect_errors {
             let _ = writeln!(s, "connect error: {e}");

@@ -78,20 +78,37 @@ pub struct ThingOutcome {
     pub disconnects: u64,
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_default())
+/// A latency histogram in µs: 1 µs .. 60 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-/// Runs one virtual thing; `start` is when it connects, `stop` when it stops reporting.
+/// When a thing connects, reports and stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// When it connects (paced by the ramp).
+    pub connect_at: Instant,
+    /// When every thing starts reporting (after the whole ramp).
+    pub report_from: Instant,
+    /// When reporting stops.
+    pub stop: Instant,
+    /// Time between two reports of this thing.
+    pub interval: Duration,
+}
+
+/// Runs one virtual thing along its [`Schedule`].
 pub async fn run_thing(
     creds: Credentials,
     plan: Arc<LoadPlan>,
     live: Arc<Live>,
-    start: Instant,
-    stop: Instant,
-    interval: Duration,
+    schedule: Schedule,
 ) -> ThingOutcome {
+    let Schedule {
+        connect_at: start,
+        report_from,
+        stop,
+        interval,
+    } = schedule;
     let mut outcome = ThingOutcome {
         connected: false,
         error: None,
@@ -106,9 +123,21 @@ pub async fn run_thing(
     let began = Instant::now();
     let (client, mut events) = connect(&creds, &plan);
     let thing = creds.thing_id.as_str();
-    let accepted_topic = Topic::ShadowUpdateAccepted { thing, shadow: DEFAULT_SHADOW }.to_string();
-    let rejected_topic = Topic::ShadowUpdateRejected { thing, shadow: DEFAULT_SHADOW }.to_string();
-    let update_topic = Topic::ShadowUpdate { thing, shadow: DEFAULT_SHADOW }.to_string();
+    let accepted_topic = Topic::ShadowUpdateAccepted {
+        thing,
+        shadow: DEFAULT_SHADOW,
+    }
+    .to_string();
+    let rejected_topic = Topic::ShadowUpdateRejected {
+        thing,
+        shadow: DEFAULT_SHADOW,
+    }
+    .to_string();
+    let update_topic = Topic::ShadowUpdate {
+        thing,
+        shadow: DEFAULT_SHADOW,
+    }
+    .to_string();
 
     if let Err(e) = handshake(&client, &mut events, &[&accepted_topic, &rejected_topic]).await {
         outcome.error = Some(e);
@@ -121,7 +150,8 @@ pub async fn run_thing(
     let mut in_flight: HashMap<u64, Instant> = HashMap::new();
     let mut seq: u64 = 0;
     let mut last_version: Option<u64> = None;
-    let mut ticker = tokio::time::interval_at(Instant::now() + jitter(interval), interval);
+    let mut ticker =
+        tokio::time::interval_at(report_from.max(Instant::now()) + jitter(interval), interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let padding = "x".repeat(plan.payload_bytes.saturating_sub(90));
     let deadline = stop + plan.drain;
@@ -190,7 +220,11 @@ pub async fn run_thing(
 }
 
 fn connect(creds: &Credentials, plan: &LoadPlan) -> (AsyncClient, EventLoop) {
-    let mut options = MqttOptions::new(&creds.thing_id, plan.mqtt.ip().to_string(), plan.mqtt.port());
+    let mut options = MqttOptions::new(
+        &creds.thing_id,
+        plan.mqtt.ip().to_string(),
+        plan.mqtt.port(),
+    );
     options.set_credentials(&creds.thing_id, &creds.secret);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
@@ -203,7 +237,11 @@ fn connect(creds: &Credentials, plan: &LoadPlan) -> (AsyncClient, EventLoop) {
     (client, events)
 }
 
-async fn handshake(client: &AsyncClient, events: &mut EventLoop, filters: &[&str]) -> Result<(), String> {
+async fn handshake(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    filters: &[&str],
+) -> Result<(), String> {
     for filter in filters {
         client
             .subscribe(*filter, QoS::AtLeastOnce)
@@ -216,7 +254,11 @@ async fn handshake(client: &AsyncClient, events: &mut EventLoop, filters: &[&str
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {}
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
                         return Err("subscription refused".to_owned());
                     }
                     acks += 1;
