@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn service_users_need_dollar_names_and_secrets() {
-        assert_eq!(parse_service_user("$app:s3"), Ok(("$app".into(), "s3".into())));
+        assert_eq!(
+            parse_service_user("$app:s3"),
+            Ok(("$app".into(), "s3".into()))
+        );
         assert!(parse_service_user("app:s3").is_err());
         assert!(parse_service_user("$app").is_err());
         assert!(parse_service_user("$app:").is_err());

@@ -63,18 +63,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let limits = config.limits();
     let url = config.database_url();
-    let store = store::open(&url).await.with_context(|| format!("cannot open the database {url}"))?;
+    let store = store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))?;
     store
         .mark_all_disconnected(clock::now_ms())
         .await
         .context("cannot reset presence in the registry")?;
-    let committer = store::commit::GroupCommitter::spawn(store.clone(), config.commit_batch.max(1), 8192);
+    let committer =
+        store::commit::GroupCommitter::spawn(store.clone(), config.commit_batch.max(1), 8192);
 
     let (presence, presence_queue) = presence::Presence::new();
     let scx = EmbeddedBroker::context().await;
     let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(scx.clone(), presence.clone()));
     let metrics = Arc::new(metrics::Metrics::default());
-    let shadows = shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
+    let shadows =
+        shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
     let methods = method::Methods::new(bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
 
@@ -83,7 +87,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let router = tokio::spawn(router::run(
         router_queue,
         router_stop_rx,
-        router::Services { shadows: shadows.clone(), methods: methods.clone(), bus: bus.clone(), metrics: metrics.clone() },
+        router::Services {
+            shadows: shadows.clone(),
+            methods: methods.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+        },
     ));
     let presence_task = tokio::spawn(presence::run(presence_queue, bus.clone(), store.clone()));
 
@@ -94,13 +103,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let broker = EmbeddedBroker::start(
         scx,
-        &BrokerConfig { addr: config.mqtt_addr, max_connections: config.max_connections, max_packet_size: 1024 * 1024 },
-        HookDeps { authenticator, presence: presence.clone(), router: router_handle },
+        &BrokerConfig {
+            addr: config.mqtt_addr,
+            max_connections: config.max_connections,
+            max_packet_size: 1024 * 1024,
+        },
+        HookDeps {
+            authenticator,
+            presence: presence.clone(),
+            router: router_handle,
+        },
     )
     .await?;
 
-    let admin_token = config.admin_token.clone().unwrap_or_else(auth::generate_secret);
-    let things = things::Things::new(store.clone(), bus.clone(), shadows.clone(), credentials.clone(), metrics.clone());
+    let admin_token = config
+        .admin_token
+        .clone()
+        .unwrap_or_else(auth::generate_secret);
+    let things = things::Things::new(
+        store.clone(),
+        bus.clone(),
+        shadows.clone(),
+        credentials.clone(),
+        metrics.clone(),
+    );
     let state = api::AppState::new(
         store.clone(),
         shadows.clone(),

@@ -60,7 +60,10 @@ pub struct Methods {
 impl Methods {
     /// A method service publishing through `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Methods { bus, pending: Arc::new(DashMap::new()) }
+        Methods {
+            bus,
+            pending: Arc::new(DashMap::new()),
+        }
     }
 
     /// Calls `method` on `thing` and waits for its response (S-5.3).
@@ -82,7 +85,10 @@ impl Methods {
         let key = (thing.to_owned(), method.to_owned(), token.clone());
         let (tx, rx) = oneshot::channel();
         self.pending.insert(key.clone(), tx);
-        let request = MethodRequest { client_token: &token, data: &data };
+        let request = MethodRequest {
+            client_token: &token,
+            data: &data,
+        };
         let payload = match serde_json::to_vec(&request) {
             Ok(p) => Bytes::from(p),
             Err(_) => {
@@ -91,7 +97,11 @@ impl Methods {
             }
         };
         self.bus
-            .publish(&Topic::MethodRequest { thing, method }.to_string(), payload, false)
+            .publish(
+                &Topic::MethodRequest { thing, method }.to_string(),
+                payload,
+                false,
+            )
             .await;
         let outcome = tokio::time::timeout(timeout, rx).await;
         self.pending.remove(&key);
@@ -119,7 +129,11 @@ impl Methods {
                 return;
             }
         };
-        let key = (thing.to_owned(), method.to_owned(), response.client_token.to_owned());
+        let key = (
+            thing.to_owned(),
+            method.to_owned(),
+            response.client_token.to_owned(),
+        );
         match self.pending.remove(&key) {
             Some((_, waiter)) => {
                 let _ = waiter.send(MethodReply {

@@ -18,7 +18,14 @@ pub async fn respond(bus: &dyn Bus, thing: &str, payload: &[u8], received_at: u6
     };
     let reply = response(&request, received_at, now_ms());
     match serde_json::to_vec(&reply) {
-        Ok(body) => bus.publish(&Topic::NtpResponse { thing }.to_string(), Bytes::from(body), false).await,
+        Ok(body) => {
+            bus.publish(
+                &Topic::NtpResponse { thing }.to_string(),
+                Bytes::from(body),
+                false,
+            )
+            .await
+        }
         Err(e) => tracing::error!(error = %e, "cannot encode NTP response"),
     }
 }
@@ -38,7 +45,13 @@ mod tests {
 
     #[test]
     fn echoes_client_time_and_orders_server_times() {
-        let r = response(&NtpRequest { client_send_time: 42 }, 1_000, 999);
+        let r = response(
+            &NtpRequest {
+                client_send_time: 42,
+            },
+            1_000,
+            999,
+        );
         assert_eq!(r.client_send_time, 42);
         assert_eq!(r.server_recv_time, 1_000);
         assert!(r.server_send_time >= r.server_recv_time);

@@ -55,7 +55,13 @@ impl Presence {
     /// A presence tracker and the queue its task consumes.
     pub fn new() -> (Presence, PresenceQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Presence { live: Arc::new(DashMap::new()), tx }, PresenceQueue(rx))
+        (
+            Presence {
+                live: Arc::new(DashMap::new()),
+                tx,
+            },
+            PresenceQueue(rx),
+        )
     }
 
     /// Whether the thing has a live connection.
@@ -92,7 +98,10 @@ impl Presence {
             return;
         }
         let thing = session.id.client_id.to_string();
-        let current = self.live.remove_if(&thing, |_, live| *live == session.id).is_some();
+        let current = self
+            .live
+            .remove_if(&thing, |_, live| *live == session.id)
+            .is_some();
         self.send(Change {
             thing,
             event: PresenceEventType::Disconnected,
@@ -125,7 +134,10 @@ pub async fn run(queue: PresenceQueue, bus: Arc<dyn Bus>, store: SharedStore) {
         }
         for change in batch.drain(..).filter(|c| c.current) {
             let connected = change.event == PresenceEventType::Connected;
-            if let Err(e) = store.set_connected(&change.thing, connected, change.at).await {
+            if let Err(e) = store
+                .set_connected(&change.thing, connected, change.at)
+                .await
+            {
                 tracing::warn!(thing = %change.thing, error = %e, "cannot record presence");
             }
         }
@@ -150,7 +162,13 @@ async fn publish(bus: &dyn Bus, change: &Change) {
     };
     let thing = change.thing.as_str();
     if change.current {
-        bus.publish(&Topic::Presence { thing }.to_string(), payload.clone(), true).await;
+        bus.publish(
+            &Topic::Presence { thing }.to_string(),
+            payload.clone(),
+            true,
+        )
+        .await;
     }
-    bus.publish(&Topic::PresenceEvent { thing }.to_string(), payload, false).await;
+    bus.publish(&Topic::PresenceEvent { thing }.to_string(), payload, false)
+        .await;
 }

@@ -94,16 +94,30 @@ async fn dispatch(services: &Services, message: Inbound) {
     };
     match topic {
         Topic::ShadowGet { thing, shadow } => {
-            services.shadows.handle_mqtt(thing, shadow, ShadowOp::Get, message.payload).await
+            services
+                .shadows
+                .handle_mqtt(thing, shadow, ShadowOp::Get, message.payload)
+                .await
         }
         Topic::ShadowUpdate { thing, shadow } => {
-            services.shadows.handle_mqtt(thing, shadow, ShadowOp::Update, message.payload).await
+            services
+                .shadows
+                .handle_mqtt(thing, shadow, ShadowOp::Update, message.payload)
+                .await
         }
         Topic::MethodResponse { thing, method } => {
-            services.methods.handle_response(thing, method, &message.payload)
+            services
+                .methods
+                .handle_response(thing, method, &message.payload)
         }
         Topic::NtpRequest { thing } => {
-            ntp::respond(services.bus.as_ref(), thing, &message.payload, message.received_at).await
+            ntp::respond(
+                services.bus.as_ref(),
+                thing,
+                &message.payload,
+                message.received_at,
+            )
+            .await
         }
         // Telemetry, wills, user topics and OTA results travel as plain MQTT to subscribers.
         _ => {}

@@ -35,7 +35,11 @@ impl Authenticator {
         cache: Arc<CredentialCache>,
         service_users: HashMap<String, String>,
     ) -> Self {
-        Authenticator { store, cache, service_users: Arc::new(service_users) }
+        Authenticator {
+            store,
+            cache,
+            service_users: Arc::new(service_users),
+        }
     }
 
     /// Whether `name`/`secret` is a configured service user (constant-time secret compare).

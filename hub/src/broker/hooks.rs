@@ -3,16 +3,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use iothub_spec::ids::is_service_user;
+use iothub_spec::topic::{Topic, thing_may_subscribe};
 use rmqtt::acl::AuthInfo;
 use rmqtt::codec::types::MQTT_LEVEL_5;
 use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, Publish, PublishAclResult, Subscribe, SubscribeReturn,
+    AuthResult, ConnectInfo, LastWill, Publish, PublishAclResult, Subscribe, SubscribeReturn,
 };
-use iothub_spec::ids::is_service_user;
-use iothub_spec::topic::{Topic, thing_may_subscribe};
 
 use super::HookDeps;
 use super::authn::CredentialCheck;
@@ -60,7 +60,10 @@ impl HubHooks {
                 (true, acc)
             }
             Parameter::ClientDisconnected(session, reason) => {
-                self.deps.presence.disconnected(session, &reason.to_string()).await;
+                self.deps
+                    .presence
+                    .disconnected(session, &reason.to_string())
+                    .await;
                 (true, acc)
             }
             _ => (true, acc),
@@ -75,7 +78,11 @@ impl HubHooks {
         let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
         let username: &str = username.as_ref();
         if is_service_user(username) {
-            return match self.deps.authenticator.check_service_user(username, password) {
+            return match self
+                .deps
+                .authenticator
+                .check_service_user(username, password)
+            {
                 true => AuthResult::Allow(false, None::<AuthInfo>),
                 false => AuthResult::BadUsernameOrPassword,
             };
@@ -85,7 +92,20 @@ impl HubHooks {
             tracing::debug!(%client_id, %username, "refused: client id differs from username");
             return AuthResult::BadUsernameOrPassword;
         }
-        match self.deps.authenticator.check_thing(username, password).await {
+        if let Some(will_topic) = will_topic(info)
+            && !Topic::parse(will_topic).is_ok_and(|t| t.thing_may_publish(username))
+        {
+            // The broker publishes a Will without asking the ACL hooks, so the allow-list
+            // (S-2.1: `T/messages/will/#` and the thing's other own topics) is applied here.
+            tracing::debug!(thing = %username, %will_topic, "refused: Will topic outside the allow-list");
+            return AuthResult::NotAuthorized;
+        }
+        match self
+            .deps
+            .authenticator
+            .check_thing(username, password)
+            .await
+        {
             CredentialCheck::Valid => AuthResult::Allow(false, None),
             CredentialCheck::Invalid => AuthResult::BadUsernameOrPassword,
             CredentialCheck::Disabled | CredentialCheck::Unavailable => AuthResult::NotAuthorized,
@@ -119,6 +139,13 @@ impl HubHooks {
             })
             .await;
         PublishAclResult::allow()
+    }
+}
+
+fn will_topic(info: &ConnectInfo) -> Option<&str> {
+    match info.last_will()? {
+        LastWill::V3(will) => Some(will.topic.as_ref()),
+        LastWill::V5(will) => Some(will.topic.as_ref()),
     }
 }
 

@@ -31,10 +31,10 @@ use rmqtt::server::MqttServer;
 use rmqtt::types::{From, Id, Publish};
 use tokio::task::JoinHandle;
 
-use authn::Authenticator;
 use crate::bus::Bus;
 use crate::presence::Presence;
 use crate::router::RouterHandle;
+use authn::Authenticator;
 
 /// Settings of the MQTT listener.
 #[derive(Debug, Clone)]
@@ -85,7 +85,9 @@ impl EmbeddedBroker {
             Type::ClientConnected,
             Type::ClientDisconnected,
         ] {
-            register.add(typ, Box::new(hooks::SharedHooks(handler.clone()))).await;
+            register
+                .add(typ, Box::new(hooks::SharedHooks(handler.clone())))
+                .await;
         }
         register.start().await;
 
@@ -106,7 +108,9 @@ impl EmbeddedBroker {
         let local_addr = listener
             .local_addr()
             .map_err(|e| anyhow::anyhow!("MQTT listener has no address: {e}"))?;
-        let listener = listener.tcp().map_err(|e| anyhow::anyhow!("MQTT listener: {e}"))?;
+        let listener = listener
+            .tcp()
+            .map_err(|e| anyhow::anyhow!("MQTT listener: {e}"))?;
         let server = MqttServer::new(scx.clone())
             .listener_by_id(listener, local_addr.port())
             .build();
@@ -115,7 +119,11 @@ impl EmbeddedBroker {
                 tracing::error!(error = %e, "MQTT server stopped");
             }
         });
-        Ok(EmbeddedBroker { scx, local_addr, task })
+        Ok(EmbeddedBroker {
+            scx,
+            local_addr,
+            task,
+        })
     }
 
     /// The address the listener is bound to.
@@ -127,7 +135,14 @@ impl EmbeddedBroker {
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
-        let ids: Vec<Id> = self.scx.extends.shared().await.iter().map(|e| e.id()).collect();
+        let ids: Vec<Id> = self
+            .scx
+            .extends
+            .shared()
+            .await
+            .iter()
+            .map(|e| e.id())
+            .collect();
         for id in ids {
             kick(&self.scx, id).await;
         }
@@ -146,7 +161,11 @@ impl RmqttBus {
     /// A bus that publishes into `scx` as the hub itself.
     pub fn new(scx: ServerContext, presence: Presence) -> Self {
         let hub_id = Id::new(scx.node.id(), 0, None, None, "$iothub".into(), None);
-        RmqttBus { scx, presence, hub_id }
+        RmqttBus {
+            scx,
+            presence,
+            hub_id,
+        }
     }
 }
 
@@ -162,19 +181,35 @@ impl Bus for RmqttBus {
             payload,
             properties: None,
         };
-        let publish = Publish::new(Box::new(publish), None, None, Some(rmqtt::utils::timestamp_millis()));
+        let publish = Publish::new(
+            Box::new(publish),
+            None,
+            None,
+            Some(rmqtt::utils::timestamp_millis()),
+        );
         let from = From::from_system(self.hub_id.clone());
         if retain {
             let retainer = self.scx.extends.retain().await;
             let topic_name = publish.topic.clone();
-            let value = rmqtt::types::Retain { msg_id: None, from: from.clone(), publish: publish.clone() };
+            let value = rmqtt::types::Retain {
+                msg_id: None,
+                from: from.clone(),
+                publish: publish.clone(),
+            };
             if let Err(e) = retainer.set(&topic_name, value, None).await {
                 tracing::warn!(%topic, error = %e, "cannot retain message");
             }
         }
         // Err only lists subscribers the message could not reach (none, or a full queue);
         // rmqtt already reported those through its message_dropped hook.
-        if let Err((_, dropped)) = self.scx.extends.shared().await.forwards(None, from, publish).await {
+        if let Err((_, dropped)) = self
+            .scx
+            .extends
+            .shared()
+            .await
+            .forwards(None, from, publish)
+            .await
+        {
             tracing::trace!(%topic, dropped = dropped.len(), "hub publish not delivered to some subscribers");
         }
     }

@@ -29,12 +29,20 @@ impl RetainStorage for PresenceRetainer {
         true
     }
 
-    async fn set(&self, topic: &TopicName, retain: Retain, _expiry: Option<Duration>) -> Result<()> {
+    async fn set(
+        &self,
+        topic: &TopicName,
+        retain: Retain,
+        _expiry: Option<Duration>,
+    ) -> Result<()> {
         if !matches!(SpecTopic::parse(topic), Ok(SpecTopic::Presence { .. })) {
             return Ok(());
         }
         let parsed = Topic::from_str(topic)?;
-        let mut tree = self.tree.write().map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
+        let mut tree = self
+            .tree
+            .write()
+            .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
         if retain.publish.payload.is_empty() {
             tree.remove(&parsed);
         } else {
@@ -45,7 +53,10 @@ impl RetainStorage for PresenceRetainer {
 
     async fn get(&self, topic_filter: &TopicFilter) -> Result<Vec<(TopicName, Retain)>> {
         let filter = Topic::from_str(topic_filter)?;
-        let tree = self.tree.read().map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
+        let tree = self
+            .tree
+            .read()
+            .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
         Ok(tree
             .matches(&filter)
             .into_iter()
@@ -54,7 +65,10 @@ impl RetainStorage for PresenceRetainer {
     }
 
     async fn count(&self) -> isize {
-        self.tree.read().map(|t| t.values_size() as isize).unwrap_or(0)
+        self.tree
+            .read()
+            .map(|t| t.values_size() as isize)
+            .unwrap_or(0)
     }
 
     async fn max(&self) -> isize {
