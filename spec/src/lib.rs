@@ -61,9 +61,18 @@
 //! 12. **Named shadow quota** ([`limits::Limits::max_named_shadows`], `default` included): an
 //!     update that would create one shadow too many is refused with 403 (as Azure answers an
 //!     exceeded quota); a `get` of a missing shadow stays 404.
-//! 13. **Emptied sections**: an update that leaves `desired` or `reported` empty (by deleting its
-//!     last key or by `null`) still counts as accepted and adds 1 to the version; the shadow keeps
-//!     existing with that section omitted (as AWS).
+//! 13. **Versions**: every accepted update adds 1 to the version, even one that changes nothing
+//!     (`{"state":{"desired":{}}}`, a `null` for a missing key), as AWS. A shadow that does not
+//!     exist is at version 0, so `"version":0` is accepted when creating it and any other version
+//!     gets 409. An update that leaves `desired` or `reported` empty keeps the shadow, with that
+//!     section omitted.
+//! 14. **Empty objects**: an object that is empty after the merge is removed, whether emptied by
+//!     deletions or written as `{}` (metadata has no leaf for it); `{}` merged onto an existing
+//!     object changes nothing. `null` inside an array is a value, not a deletion.
+//! 15. **Request validation order** (S-3.8): size 413, UTF-8 415, depth 400, JSON syntax 400,
+//!     types and required fields 400. A `clientToken` is echoed in the error only when the payload
+//!     parsed as JSON and the token is a string within the limit. `state` must be an object with
+//!     `desired` and/or `reported`, each an object or `null`; anything else is 400.
 #![no_std]
 
 #[cfg(test)]
