@@ -36,7 +36,7 @@ pub const MAX_PREDICATES: usize = 64;
 pub const MAX_DEPTH: usize = 32;
 /// Most `ORDER BY` keys.
 pub const MAX_ORDER_KEYS: usize = 8;
-/// Deepest parenthesis nesting accepted (checked before parsing, see [`lexical_gate`]).
+/// Deepest parenthesis nesting accepted (checked on the tokens, before parsing).
 pub const MAX_PAREN_DEPTH: usize = 8;
 /// Most `NOT`s in one query (checked before parsing).
 pub const MAX_NOTS: usize = 16;

@@ -44,7 +44,7 @@ const GENERATED_ID_LEN: usize = 20;
 /// that was accepted just before the store commit; it is closed again after this delay.
 const SECOND_DISCONNECT_AFTER: Duration = Duration::from_millis(500);
 /// How often an unversioned tags update retries after losing a compare-and-swap race.
-const TAGS_CAS_RETRIES: usize = 8;
+const TAGS_CAS_RETRIES: usize = 32;
 
 /// Why a registry operation failed. [`ThingsError::status`] gives the HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! `POST /api/v1/things/query` (S-9.4): the query text is parsed into a typed
-//! [`ThingQuery`](crate::query::ThingQuery) and rendered with bound parameters, never spliced.
+//! [`ThingQuery`] and rendered with bound parameters, never spliced.
 
 use axum::extract::State;
 use axum::response::Response;

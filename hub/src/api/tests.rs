@@ -288,6 +288,18 @@ async fn batch_reports_per_item_results() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = h.call("GET", "/api/v1/things/m0", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The batch route takes bodies over the general 1 MiB limit (items invalid on purpose so
+    // nothing is hashed).
+    let tags = json!({"pad": "p".repeat(2048)});
+    let big: Vec<Value> = (0..600)
+        .map(|_| json!({"thingId": "bad id", "tags": tags}))
+        .collect();
+    let body = json!({ "things": big });
+    assert!(body.to_string().len() > super::MAX_BODY);
+    let (s, b) = h.call("POST", "/api/v1/things/batch", Some(body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["data"][599]["code"], json!(400));
 }
 
 #[tokio::test]
@@ -428,6 +440,32 @@ async fn tags_merge_and_compare_and_swap() {
         .call("PUT", "/api/v1/things/none/tags", Some(json!({"tags": {}})))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_unversioned_tag_updates_all_land() {
+    let h = Arc::new(harness().await);
+    h.create("c1").await;
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(
+                    "PUT",
+                    "/api/v1/things/c1/tags",
+                    Some(json!({ "tags": { format!("k{i}"): i } })),
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (_, t) = h.call("GET", "/api/v1/things/c1", None).await;
+    assert_eq!(t["data"]["tags"].as_object().unwrap().len(), 10, "{t}");
+    assert_eq!(t["data"]["tagsVersion"], json!(11));
 }
 
 #[tokio::test]
