@@ -30,8 +30,11 @@
 //!   (a delete is a write).
 //! - **`update/documents`** omits `previous` when the update created the shadow.
 
+mod apply;
 pub mod document;
 pub mod merge;
+mod pipeline;
+mod reply;
 pub mod request;
 pub mod service;
 

@@ -1,0 +1,228 @@
+//! The messages that flow through the shadow pipeline (see [`service`](super::service) for the
+//! picture) and the helpers its tasks share: per-thing admission, store error mapping, reply
+//! topics and publishing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use iothub_spec::code::ErrorCode;
+use iothub_spec::limits::Limits;
+use iothub_spec::topic::Topic;
+
+use crate::bus::Bus;
+use crate::clock::now_ms;
+use crate::store::StoreError;
+
+use super::document::{UpdateReplies, error_payload};
+use super::request::UpdateRequest;
+use super::{ShadowError, ShadowOp};
+
+/// One shadow: (thing, shadow name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    pub(super) thing: String,
+    pub(super) shadow: String,
+}
+
+impl Key {
+    pub(super) fn new(thing: &str, shadow: &str) -> Key {
+        Key {
+            thing: thing.to_owned(),
+            shadow: shadow.to_owned(),
+        }
+    }
+}
+
+/// Where an answer goes.
+pub(super) enum ReplyTo {
+    /// Publish on the request's `accepted`/`rejected` topic and free its in-flight slot.
+    Mqtt { key: Key, op: ShadowOp },
+    /// Hand it to the waiting REST call.
+    Rest(oneshot::Sender<Result<Value, ShadowError>>),
+}
+
+/// Work for the apply task, in arrival order.
+pub(super) enum Job {
+    Update {
+        key: Key,
+        req: UpdateRequest,
+        to: ReplyTo,
+    },
+    Get {
+        key: Key,
+        client_token: Option<String>,
+        to: ReplyTo,
+    },
+    Delete {
+        key: Key,
+        done: oneshot::Sender<Result<(), ShadowError>>,
+    },
+    /// The thing was deleted: drop its cached shadows.
+    Forget(String),
+    /// Stop after everything queued before it.
+    Shutdown,
+}
+
+/// Work for the reply task, in the apply task's order.
+pub(super) enum Reply {
+    /// An accepted update, to be answered once `durable` resolves.
+    Written {
+        durable: oneshot::Receiver<Result<(), StoreError>>,
+        key: Key,
+        generation: u64,
+        client_token: Option<String>,
+        replies: UpdateReplies,
+        to: ReplyTo,
+    },
+    /// An answer that needs no storage: a get, or an error. `depends` names the cache generation
+    /// whose not-yet-durable writes the answer shows, if any.
+    Ready {
+        result: Result<Value, ShadowError>,
+        depends: Option<(Key, u64)>,
+        to: ReplyTo,
+    },
+    /// Resolved once every earlier reply is out (all earlier writes are durable or failed).
+    Barrier(oneshot::Sender<()>),
+}
+
+/// What the reply task tells the apply task about a submitted write.
+pub(super) enum Feedback {
+    Durable { key: Key, generation: u64 },
+    Failed { key: Key, generation: u64 },
+}
+
+/// Per-thing admission of MQTT requests (S-3.9): a token bucket of `shadow_requests_per_sec`
+/// (burst = one second's worth) and a count of unanswered requests.
+#[derive(Default)]
+pub(super) struct Gates {
+    things: Mutex<HashMap<String, Gate>>,
+}
+
+struct Gate {
+    tokens: f64,
+    refilled: Instant,
+    in_flight: u32,
+}
+
+impl Gates {
+    /// Takes a token and an in-flight slot for one request of `thing`, or says why not (429).
+    /// Every `Ok` must be matched by one [`Gates::release`].
+    pub(super) fn admit(&self, thing: &str, limits: &Limits, now: Instant) -> Result<(), String> {
+        let rate = f64::from(limits.shadow_requests_per_sec.max(1));
+        let mut things = self
+            .things
+            .lock()
+            .map_err(|_| "internal error".to_owned())?;
+        let gate = things.entry(thing.to_owned()).or_insert(Gate {
+            tokens: rate,
+            refilled: now,
+            in_flight: 0,
+        });
+        let elapsed = now.saturating_duration_since(gate.refilled).as_secs_f64();
+        gate.tokens = (gate.tokens + elapsed * rate).min(rate);
+        gate.refilled = now;
+        if gate.in_flight >= limits.max_in_flight {
+            return Err(format!(
+                "more than {} shadow requests in flight",
+                limits.max_in_flight
+            ));
+        }
+        if gate.tokens < 1.0 {
+            return Err(format!(
+                "more than {} shadow requests per second",
+                limits.shadow_requests_per_sec
+            ));
+        }
+        gate.tokens -= 1.0;
+        gate.in_flight += 1;
+        Ok(())
+    }
+
+    /// Frees the in-flight slot of an answered request. Idle gates (nothing in flight, bucket
+    /// refilled) are dropped lazily here so the map does not keep every thing ever seen.
+    pub(super) fn release(&self, thing: &str, limits: &Limits, now: Instant) {
+        let Ok(mut things) = self.things.lock() else {
+            return;
+        };
+        let rate = f64::from(limits.shadow_requests_per_sec.max(1));
+        let idle = match things.get_mut(thing) {
+            None => return,
+            Some(gate) => {
+                gate.in_flight = gate.in_flight.saturating_sub(1);
+                let elapsed = now.saturating_duration_since(gate.refilled).as_secs_f64();
+                gate.in_flight == 0 && gate.tokens + elapsed * rate >= rate
+            }
+        };
+        if idle {
+            things.remove(thing);
+        }
+    }
+
+    /// Forgets `thing` (deleted).
+    pub(super) fn forget(&self, thing: &str) {
+        if let Ok(mut things) = self.things.lock() {
+            things.remove(thing);
+        }
+    }
+}
+
+pub(super) fn shutting_down() -> ShadowError {
+    ShadowError::new(ErrorCode::Unavailable, "shadow service is shutting down")
+}
+
+pub(super) fn not_found(key: &Key) -> ShadowError {
+    ShadowError::new(
+        ErrorCode::NotFound,
+        format!("no shadow {:?} for thing {:?}", key.shadow, key.thing),
+    )
+}
+
+/// The S-3.8 error for a failed store call.
+pub(super) fn store_error(e: &StoreError) -> ShadowError {
+    match e {
+        StoreError::VersionConflict | StoreError::AlreadyExists => ShadowError::new(
+            ErrorCode::Conflict,
+            "version conflict in storage; get the shadow and retry",
+        ),
+        // A write for a thing deleted meanwhile (the store's foreign key).
+        StoreError::NotFound => ShadowError::new(ErrorCode::NotFound, "no such thing"),
+        other => ShadowError::new(ErrorCode::Unavailable, format!("storage: {other}")),
+    }
+}
+
+fn reply_topic(key: &Key, op: ShadowOp, ok: bool) -> String {
+    let (thing, shadow) = (key.thing.as_str(), key.shadow.as_str());
+    match (op, ok) {
+        (ShadowOp::Get, true) => Topic::ShadowGetAccepted { thing, shadow }.to_string(),
+        (ShadowOp::Get, false) => Topic::ShadowGetRejected { thing, shadow }.to_string(),
+        (ShadowOp::Update, true) => Topic::ShadowUpdateAccepted { thing, shadow }.to_string(),
+        (ShadowOp::Update, false) => Topic::ShadowUpdateRejected { thing, shadow }.to_string(),
+    }
+}
+
+/// Publishes `payload` at QoS 1 without retain (S-2.3).
+pub(super) async fn publish_json(bus: &dyn Bus, topic: &str, payload: &Value) {
+    bus.publish(topic, Bytes::from(payload.to_string()), false)
+        .await;
+}
+
+/// Publishes the accepted or rejected reply of an MQTT request.
+pub(super) async fn publish_result(
+    bus: &dyn Bus,
+    key: &Key,
+    op: ShadowOp,
+    result: Result<Value, ShadowError>,
+) {
+    match result {
+        Ok(payload) => publish_json(bus, &reply_topic(key, op, true), &payload).await,
+        Err(err) => {
+            let payload = error_payload(&err, now_ms());
+            publish_json(bus, &reply_topic(key, op, false), &payload).await;
+        }
+    }
+}

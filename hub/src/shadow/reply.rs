@@ -1,0 +1,146 @@
+//! The reply task: answers every request in the apply task's order, each accepted update only
+//! once it is durable (S-3.5), and reports write outcomes back to the apply task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use iothub_spec::code::ErrorCode;
+use iothub_spec::limits::Limits;
+use iothub_spec::payload::field;
+use iothub_spec::topic::Topic;
+
+use crate::bus::Bus;
+use crate::store::StoreError;
+
+use super::ShadowError;
+use super::pipeline::{
+    Feedback, Gates, Key, Reply, ReplyTo, publish_json, publish_result, store_error,
+};
+
+pub(super) struct Replier {
+    bus: Arc<dyn Bus>,
+    gates: Arc<Gates>,
+    limits: Limits,
+    feedback: mpsc::UnboundedSender<Feedback>,
+    /// Cache generations with a lost write: answers built on them are not trustworthy.
+    poisoned: HashMap<Key, u64>,
+}
+
+impl Replier {
+    /// A reply task publishing on `bus` and reporting write outcomes on `feedback`.
+    pub(super) fn new(
+        bus: Arc<dyn Bus>,
+        gates: Arc<Gates>,
+        limits: Limits,
+        feedback: mpsc::UnboundedSender<Feedback>,
+    ) -> Replier {
+        Replier {
+            bus,
+            gates,
+            limits,
+            feedback,
+            poisoned: HashMap::new(),
+        }
+    }
+}
+
+impl Replier {
+    /// Runs until the apply task is gone and every queued reply is out.
+    pub(super) async fn run(mut self, mut replies: mpsc::Receiver<Reply>) {
+        while let Some(reply) = replies.recv().await {
+            match reply {
+                Reply::Written {
+                    durable,
+                    key,
+                    generation,
+                    client_token,
+                    replies,
+                    to,
+                } => {
+                    let stored = match durable.await {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::Unavailable("group committer stopped".into())),
+                    };
+                    match stored {
+                        Ok(()) => {
+                            if self.poisoned.get(&key).is_some_and(|g| *g != generation) {
+                                self.poisoned.remove(&key);
+                            }
+                            let _ = self.feedback.send(Feedback::Durable {
+                                key: key.clone(),
+                                generation,
+                            });
+                            self.answer(to, Ok(replies.accepted)).await;
+                            if let Some(delta) = &replies.delta {
+                                let topic = Topic::ShadowUpdateDelta {
+                                    thing: &key.thing,
+                                    shadow: &key.shadow,
+                                };
+                                publish_json(&*self.bus, &topic.to_string(), delta).await;
+                            }
+                            let topic = Topic::ShadowUpdateDocuments {
+                                thing: &key.thing,
+                                shadow: &key.shadow,
+                            };
+                            publish_json(&*self.bus, &topic.to_string(), &replies.documents).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(thing = %key.thing, shadow = %key.shadow, "shadow write failed: {e}");
+                            self.poisoned.insert(key.clone(), generation);
+                            let _ = self.feedback.send(Feedback::Failed { key, generation });
+                            let err = store_error(&e).with_client_token(client_token);
+                            self.answer(to, Err(err)).await;
+                        }
+                    }
+                }
+                Reply::Ready {
+                    result,
+                    depends,
+                    to,
+                } => {
+                    let result = match depends {
+                        Some((key, generation)) if self.poisoned.get(&key) == Some(&generation) => {
+                            // The answer shows a write that was lost: do not show it.
+                            Err(ShadowError::new(
+                                ErrorCode::Unavailable,
+                                "storage unavailable; retry later",
+                            )
+                            .with_client_token(client_token_in(&result)))
+                        }
+                        _ => result,
+                    };
+                    self.answer(to, result).await;
+                }
+                Reply::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    async fn answer(&self, to: ReplyTo, result: Result<Value, ShadowError>) {
+        match to {
+            ReplyTo::Mqtt { key, op } => {
+                publish_result(&*self.bus, &key, op, result).await;
+                self.gates.release(&key.thing, &self.limits, Instant::now());
+            }
+            ReplyTo::Rest(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// The clientToken inside a built reply payload (a get document), for re-answering it as an error.
+fn client_token_in(result: &Result<Value, ShadowError>) -> Option<String> {
+    result
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get(field::CLIENT_TOKEN))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}

@@ -1,0 +1,834 @@
+//! Tests of the shadow pipeline against the real SQLite store (optionally wrapped to block or
+//! fail writes) and a recording bus.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tempfile::TempDir;
+use tokio::sync::Semaphore;
+
+use iothub_spec::code::ErrorCode;
+use iothub_spec::limits::Limits;
+use iothub_spec::payload::field;
+use iothub_spec::topic::Topic;
+
+use super::ShadowService;
+use crate::bus::Bus;
+use crate::shadow::ShadowOp;
+use crate::store::commit::GroupCommitter;
+use crate::store::{
+    NewThing, ShadowWrite, SharedStore, Store, StoreError, StoredShadow, ThingRecord,
+};
+
+// ---- fakes ------------------------------------------------------------------------------------
+
+/// Records every publish in order.
+#[derive(Default)]
+struct RecordingBus {
+    messages: Mutex<Vec<(String, Value, bool)>>,
+}
+
+#[async_trait]
+impl Bus for RecordingBus {
+    async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        let value = serde_json::from_slice(&payload).unwrap();
+        self.messages
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), value, retain));
+    }
+    async fn disconnect(&self, _client_id: &str) {}
+    fn is_connected(&self, _client_id: &str) -> bool {
+        true
+    }
+}
+
+impl RecordingBus {
+    fn all(&self) -> Vec<(String, Value, bool)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits (real time, at most 10 s) until at least `n` messages were published.
+    async fn wait_for(&self, n: usize) -> Vec<(String, Value, bool)> {
+        for _ in 0..2000 {
+            let all = self.all();
+            if all.len() >= n {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("expected {n} messages, got {:#?}", self.all());
+    }
+
+    /// Messages on `topic`.
+    fn on(&self, topic: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, v, _)| v)
+            .collect()
+    }
+}
+
+/// The real store, with switches: hold `write_shadows` until permits are added, or fail the next
+/// `fail_next` calls of it as a whole transaction.
+struct Switchable {
+    inner: SharedStore,
+    hold: AtomicBool,
+    permits: Semaphore,
+    fail_next: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for Switchable {
+    async fn create_thing(&self, t: &NewThing, now: u64) -> Result<ThingRecord, StoreError> {
+        self.inner.create_thing(t, now).await
+    }
+    async fn create_things(
+        &self,
+        ts: &[NewThing],
+        now: u64,
+    ) -> Result<Vec<Result<ThingRecord, StoreError>>, StoreError> {
+        self.inner.create_things(ts, now).await
+    }
+    async fn get_thing(&self, id: &str) -> Result<Option<ThingRecord>, StoreError> {
+        self.inner.get_thing(id).await
+    }
+    async fn password_hash(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+        self.inner.password_hash(id).await
+    }
+    async fn list_things(
+        &self,
+        page_index: u64,
+        page_size: u64,
+        enabled: Option<bool>,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        self.inner.list_things(page_index, page_size, enabled).await
+    }
+    async fn query_things(
+        &self,
+        q: &crate::query::ThingQuery,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        self.inner.query_things(q, page_index, page_size).await
+    }
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError> {
+        self.inner.set_enabled(id, enabled).await
+    }
+    async fn delete_thing(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_thing(id).await
+    }
+    async fn replace_tags(
+        &self,
+        id: &str,
+        tags: &Map<String, Value>,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.replace_tags(id, tags, expected_version).await
+    }
+    async fn set_connected(&self, id: &str, connected: bool, at: u64) -> Result<(), StoreError> {
+        self.inner.set_connected(id, connected, at).await
+    }
+    async fn mark_all_disconnected(&self, at: u64) -> Result<(), StoreError> {
+        self.inner.mark_all_disconnected(at).await
+    }
+    async fn get_shadow(
+        &self,
+        thing: &str,
+        name: &str,
+    ) -> Result<Option<StoredShadow>, StoreError> {
+        self.inner.get_shadow(thing, name).await
+    }
+    async fn shadow_names(&self, thing: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.shadow_names(thing).await
+    }
+    async fn delete_shadow(&self, thing: &str, name: &str) -> Result<(), StoreError> {
+        self.inner.delete_shadow(thing, name).await
+    }
+    async fn write_shadows(
+        &self,
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if self.hold.load(Ordering::SeqCst) {
+            self.permits.acquire().await.unwrap().forget();
+        }
+        let fail = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(StoreError::Unavailable("injected failure".into()));
+        }
+        self.inner.write_shadows(writes).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+struct Hub {
+    _dir: TempDir,
+    store: Arc<Switchable>,
+    bus: Arc<RecordingBus>,
+    shadows: ShadowService,
+}
+
+const THING: &str = "t1";
+
+async fn hub_with(limits: Limits) -> Hub {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let inner = crate::store::open(&url).await.unwrap();
+    for id in [THING, "t2"] {
+        inner
+            .create_thing(
+                &NewThing {
+                    thing_id: id.into(),
+                    password_hash: "x".into(),
+                    tags: Map::new(),
+                    enabled: true,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+    }
+    let store = Arc::new(Switchable {
+        inner,
+        hold: AtomicBool::new(false),
+        permits: Semaphore::new(0),
+        fail_next: AtomicUsize::new(0),
+    });
+    let shared: SharedStore = store.clone();
+    let committer = GroupCommitter::spawn(shared.clone(), 64, 256);
+    let bus = Arc::new(RecordingBus::default());
+    let shadows = ShadowService::spawn(shared, committer, bus.clone(), limits);
+    Hub {
+        _dir: dir,
+        store,
+        bus,
+        shadows,
+    }
+}
+
+async fn hub() -> Hub {
+    hub_with(Limits {
+        shadow_requests_per_sec: 10_000,
+        max_in_flight: 10_000,
+        ..Limits::default()
+    })
+    .await
+}
+
+fn topic(kind: &str, shadow: &str) -> String {
+    let (thing, s) = (THING, shadow);
+    match kind {
+        "get/accepted" => Topic::ShadowGetAccepted { thing, shadow: s },
+        "get/rejected" => Topic::ShadowGetRejected { thing, shadow: s },
+        "update/accepted" => Topic::ShadowUpdateAccepted { thing, shadow: s },
+        "update/rejected" => Topic::ShadowUpdateRejected { thing, shadow: s },
+        "update/delta" => Topic::ShadowUpdateDelta { thing, shadow: s },
+        "update/documents" => Topic::ShadowUpdateDocuments { thing, shadow: s },
+        other => panic!("{other}"),
+    }
+    .to_string()
+}
+
+impl Hub {
+    async fn update(&self, shadow: &str, payload: Value) {
+        self.shadows
+            .handle_mqtt(
+                THING,
+                shadow,
+                ShadowOp::Update,
+                Bytes::from(payload.to_string()),
+            )
+            .await;
+    }
+
+    async fn get(&self, shadow: &str, payload: &str) {
+        self.shadows
+            .handle_mqtt(
+                THING,
+                shadow,
+                ShadowOp::Get,
+                Bytes::from(payload.to_owned()),
+            )
+            .await;
+    }
+
+    async fn stored_version(&self, shadow: &str) -> Option<u64> {
+        self.store
+            .inner
+            .get_shadow(THING, shadow)
+            .await
+            .unwrap()
+            .map(|s| s.version)
+    }
+}
+
+fn code(v: &Value) -> u64 {
+    v[field::CODE].as_u64().unwrap()
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn update_publishes_accepted_then_delta_then_documents_after_durability() {
+    let h = hub().await;
+    h.update(
+        "default",
+        json!({"state": {"desired": {"color": "red"}, "reported": {"color": "blue"}}, "clientToken": "c1"}),
+    )
+    .await;
+    let msgs = h.bus.wait_for(3).await;
+    let topics: Vec<&str> = msgs.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            topic("update/accepted", "default"),
+            topic("update/delta", "default"),
+            topic("update/documents", "default")
+        ]
+    );
+    assert!(msgs.iter().all(|(_, _, retain)| !retain));
+    let (accepted, delta, documents) = (&msgs[0].1, &msgs[1].1, &msgs[2].1);
+    assert_eq!(accepted[field::VERSION], json!(1));
+    assert_eq!(accepted[field::CLIENT_TOKEN], json!("c1"));
+    assert_eq!(
+        accepted[field::STATE],
+        json!({"desired": {"color": "red"}, "reported": {"color": "blue"}})
+    );
+    assert!(accepted[field::METADATA][field::DESIRED]["color"][field::TIMESTAMP].is_u64());
+    assert_eq!(delta[field::STATE], json!({"color": "red"}));
+    assert_eq!(delta[field::VERSION], json!(1));
+    assert_eq!(delta[field::CLIENT_TOKEN], json!("c1"));
+    assert!(documents.get(field::PREVIOUS).is_none());
+    assert_eq!(documents[field::CURRENT][field::VERSION], json!(1));
+    // Published means durable (S-3.5).
+    assert_eq!(h.stored_version("default").await, Some(1));
+
+    // A reported-only update: accepted and documents, no delta.
+    h.update("default", json!({"state": {"reported": {"x": 1}}}))
+        .await;
+    let msgs = h.bus.wait_for(5).await;
+    assert_eq!(msgs[3].0, topic("update/accepted", "default"));
+    assert_eq!(msgs[4].0, topic("update/documents", "default"));
+    assert_eq!(msgs[4].1[field::PREVIOUS][field::VERSION], json!(1));
+    assert_eq!(msgs[4].1[field::CURRENT][field::VERSION], json!(2));
+    h.shadows.shutdown().await;
+    assert_eq!(h.bus.all().len(), 5);
+}
+
+#[tokio::test]
+async fn get_is_404_when_missing_and_sees_an_update_sent_just_before() {
+    let h = hub().await;
+    h.get("default", r#"{"clientToken":"g1"}"#).await;
+    let msgs = h.bus.wait_for(1).await;
+    assert_eq!(msgs[0].0, topic("get/rejected", "default"));
+    assert_eq!(code(&msgs[0].1), 404);
+    assert_eq!(msgs[0].1[field::CLIENT_TOKEN], json!("g1"));
+
+    // No waiting in between: the get is queued behind the update.
+    h.update("default", json!({"state": {"desired": {"a": 1}}}))
+        .await;
+    h.get("default", "").await;
+    let msgs = h.bus.wait_for(5).await;
+    let get = &msgs[4];
+    assert_eq!(get.0, topic("get/accepted", "default"));
+    assert_eq!(get.1[field::VERSION], json!(1));
+    assert_eq!(
+        get.1[field::STATE],
+        json!({"desired": {"a": 1}, "delta": {"a": 1}})
+    );
+    assert!(get.1.get(field::CLIENT_TOKEN).is_none());
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_conflict_is_409_and_changes_nothing() {
+    let h = hub().await;
+    h.update("default", json!({"state": {"reported": {"a": 1}}}))
+        .await;
+    h.update(
+        "default",
+        json!({"state": {"reported": {"a": 2}}, "version": 0, "clientToken": "v"}),
+    )
+    .await;
+    let msgs = h.bus.wait_for(3).await;
+    assert_eq!(msgs[2].0, topic("update/rejected", "default"));
+    assert_eq!(code(&msgs[2].1), 409);
+    assert_eq!(msgs[2].1[field::CLIENT_TOKEN], json!("v"));
+    let doc = h.shadows.get(THING, "default").await.unwrap();
+    assert_eq!(doc[field::STATE], json!({"reported": {"a": 1}}));
+    assert_eq!(doc[field::VERSION], json!(1));
+    h.update(
+        "default",
+        json!({"state": {"reported": {"a": 2}}, "version": 1}),
+    )
+    .await;
+    let msgs = h.bus.wait_for(5).await;
+    assert_eq!(msgs[3].0, topic("update/accepted", "default"));
+    assert_eq!(msgs[3].1[field::VERSION], json!(2));
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_answered_never_silent() {
+    let h = hub().await;
+    for payload in [
+        "",
+        "{",
+        r#"{"state":5,"clientToken":"m"}"#,
+        r#"{"state":{}}"#,
+    ] {
+        h.shadows
+            .handle_mqtt(
+                THING,
+                "default",
+                ShadowOp::Update,
+                Bytes::from(payload.to_owned()),
+            )
+            .await;
+    }
+    let msgs = h.bus.wait_for(4).await;
+    assert!(
+        msgs.iter()
+            .all(|(t, v, _)| *t == topic("update/rejected", "default") && code(v) == 400)
+    );
+    assert_eq!(msgs[2].1[field::CLIENT_TOKEN], json!("m"));
+    h.shadows
+        .handle_mqtt(
+            THING,
+            "default",
+            ShadowOp::Update,
+            Bytes::from_static(b"{\"state\":{\"reported\":{\"a\":\"\xff\"}}}"),
+        )
+        .await;
+    let msgs = h.bus.wait_for(5).await;
+    assert_eq!(code(&msgs[4].1), 415);
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_per_thing_is_429() {
+    let h = hub_with(Limits {
+        shadow_requests_per_sec: 3,
+        max_in_flight: 100,
+        ..Limits::default()
+    })
+    .await;
+    // The bucket holds 3; a burst of 5 well within a second gets two 429s.
+    for i in 0..5 {
+        h.get("default", &format!(r#"{{"clientToken":"r{i}"}}"#))
+            .await;
+    }
+    let msgs = h.bus.wait_for(5).await;
+    let limited: Vec<&Value> = msgs
+        .iter()
+        .filter(|(_, v, _)| v.get(field::CODE) == Some(&json!(429)))
+        .map(|(_, v, _)| v)
+        .collect();
+    assert_eq!(limited.len(), 2, "{msgs:#?}");
+    assert!(limited.iter().all(|v| v[field::CLIENT_TOKEN].is_string()));
+    // Another thing has its own bucket.
+    h.shadows
+        .handle_mqtt("t2", "default", ShadowOp::Get, Bytes::new())
+        .await;
+    let msgs = h.bus.wait_for(6).await;
+    assert_eq!(code(&msgs[5].1), 404);
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_limit_per_thing_is_429() {
+    let h = hub_with(Limits {
+        shadow_requests_per_sec: 1000,
+        max_in_flight: 2,
+        ..Limits::default()
+    })
+    .await;
+    h.store.hold.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        h.update(
+            "default",
+            json!({"state": {"reported": {"i": i}}, "clientToken": format!("f{i}")}),
+        )
+        .await;
+    }
+    let msgs = h.bus.wait_for(1).await;
+    assert_eq!(msgs[0].0, topic("update/rejected", "default"));
+    assert_eq!(code(&msgs[0].1), 429);
+    assert_eq!(msgs[0].1[field::CLIENT_TOKEN], json!("f2"));
+    h.store.hold.store(false, Ordering::SeqCst);
+    h.store.permits.add_permits(100);
+    let msgs = h.bus.wait_for(5).await;
+    assert_eq!(
+        h.bus.on(&topic("update/accepted", "default")).len(),
+        2,
+        "{msgs:#?}"
+    );
+    // Slots are free again.
+    h.update("default", json!({"state": {"reported": {"i": 9}}}))
+        .await;
+    h.bus.wait_for(7).await;
+    assert_eq!(h.bus.on(&topic("update/accepted", "default")).len(), 3);
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_rest_and_mqtt_writers_never_both_win_one_version() {
+    let h = Arc::new(hub().await);
+    h.update("default", json!({"state": {"desired": {"w": "init"}}}))
+        .await;
+    h.bus.wait_for(3).await;
+    let mut expected_version = 1u64;
+    let mut total_accepted_mqtt = 0;
+    for round in 0..10 {
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let h = h.clone();
+            let body = json!({"state": {"desired": {"w": format!("{round}-{w}")}},
+                              "version": expected_version, "clientToken": format!("{round}-{w}")});
+            tasks.push(tokio::spawn(async move {
+                if w % 2 == 0 {
+                    let r = h
+                        .shadows
+                        .update_desired(THING, "default", body.to_string().as_bytes())
+                        .await;
+                    match r {
+                        Ok(_) => Some(true),
+                        Err(e) => {
+                            assert_eq!(e.code, ErrorCode::Conflict, "{e}");
+                            Some(false)
+                        }
+                    }
+                } else {
+                    h.update("default", body).await;
+                    None
+                }
+            }));
+        }
+        let mut rest_wins = 0;
+        for t in tasks {
+            if t.await.unwrap() == Some(true) {
+                rest_wins += 1;
+            }
+        }
+        // Wait until all four MQTT writers of this round are answered.
+        let answered = |h: &Hub| {
+            h.bus
+                .all()
+                .iter()
+                .filter(|(t, v, _)| {
+                    (t.ends_with("/update/accepted") || t.ends_with("/update/rejected"))
+                        && v[field::CLIENT_TOKEN]
+                            .as_str()
+                            .is_some_and(|c| c.starts_with(&format!("{round}-")))
+                })
+                .count()
+        };
+        for _ in 0..2000 {
+            if answered(&h) == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(answered(&h), 4);
+        let mqtt_wins = h
+            .bus
+            .on(&topic("update/accepted", "default"))
+            .iter()
+            .filter(|v| {
+                v[field::CLIENT_TOKEN]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(&format!("{round}-")))
+            })
+            .count();
+        total_accepted_mqtt += mqtt_wins;
+        assert_eq!(rest_wins + mqtt_wins, 1, "round {round}");
+        expected_version += 1;
+        assert_eq!(h.stored_version("default").await, Some(expected_version));
+    }
+    assert!(total_accepted_mqtt <= 10);
+    // Versions of the delta messages strictly increase: one accepted update per version.
+    let versions: Vec<u64> = h
+        .bus
+        .on(&topic("update/documents", "default"))
+        .iter()
+        .map(|v| v[field::CURRENT][field::VERSION].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_unversioned_writers_all_land_in_order() {
+    let h = Arc::new(hub().await);
+    let mut tasks = Vec::new();
+    for w in 0..40 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"state": {"desired": {format!("k{w}"): w}}});
+            if w % 2 == 0 {
+                h.shadows
+                    .update_desired(THING, "default", body.to_string().as_bytes())
+                    .await
+                    .map(|v| v[field::VERSION].as_u64().unwrap())
+                    .unwrap();
+            } else {
+                h.update("default", body).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for _ in 0..2000 {
+        if h.bus.on(&topic("update/accepted", "default")).len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.shadows.shutdown().await;
+    assert_eq!(h.stored_version("default").await, Some(40));
+    let doc = h.shadows.get(THING, "default").await;
+    // After shutdown the service refuses; read the store instead.
+    assert_eq!(doc.map_err(|e| e.code), Err(ErrorCode::Unavailable));
+    let stored = h
+        .store
+        .inner
+        .get_shadow(THING, "default")
+        .await
+        .unwrap()
+        .unwrap();
+    let body: Value = serde_json::from_str(&stored.body).unwrap();
+    assert_eq!(
+        body[field::STATE][field::DESIRED]
+            .as_object()
+            .unwrap()
+            .len(),
+        40
+    );
+}
+
+#[tokio::test]
+async fn failed_write_is_503_and_the_shadow_reloads_from_the_store() {
+    let h = hub().await;
+    h.update("default", json!({"state": {"reported": {"a": 1}}}))
+        .await;
+    h.bus.wait_for(2).await;
+
+    // Hold the store; queue an update, a get that shows it, and an update built on it.
+    h.store.hold.store(true, Ordering::SeqCst);
+    h.update(
+        "default",
+        json!({"state": {"reported": {"a": 2}}, "clientToken": "lost"}),
+    )
+    .await;
+    h.get("default", r#"{"clientToken":"g"}"#).await;
+    h.update(
+        "default",
+        json!({"state": {"reported": {"b": 3}}, "clientToken": "chained"}),
+    )
+    .await;
+    // Let the committer pick up the first write before failing it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.store.fail_next.store(1, Ordering::SeqCst);
+    h.store.hold.store(false, Ordering::SeqCst);
+    h.store.permits.add_permits(100);
+    let msgs = h.bus.wait_for(5).await;
+    let rest = &msgs[2..5];
+    assert_eq!(rest[0].0, topic("update/rejected", "default"));
+    assert_eq!(code(&rest[0].1), 503);
+    assert_eq!(rest[0].1[field::CLIENT_TOKEN], json!("lost"));
+    // The get showed the lost write: it is answered 503, not with state that was never stored.
+    assert_eq!(rest[1].0, topic("get/rejected", "default"));
+    assert_eq!(code(&rest[1].1), 503);
+    assert_eq!(rest[1].1[field::CLIENT_TOKEN], json!("g"));
+    // Built on the lost version: refused by the store's CAS (or the same failed batch).
+    assert_eq!(rest[2].0, topic("update/rejected", "default"));
+    assert!([409, 503].contains(&code(&rest[2].1)), "{:?}", rest[2]);
+    assert_eq!(h.stored_version("default").await, Some(1));
+
+    // The next update starts from the store (version 1), not from the lost version 3.
+    h.update("default", json!({"state": {"reported": {"c": 4}}}))
+        .await;
+    let msgs = h.bus.wait_for(7).await;
+    assert_eq!(msgs[5].0, topic("update/accepted", "default"));
+    assert_eq!(msgs[5].1[field::VERSION], json!(2));
+    let doc = h.shadows.get(THING, "default").await.unwrap();
+    assert_eq!(doc[field::STATE], json!({"reported": {"a": 1, "c": 4}}));
+    assert_eq!(doc[field::VERSION], json!(2));
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn rest_update_get_and_delete() {
+    let h = hub().await;
+    assert_eq!(
+        h.shadows.get(THING, "default").await.map_err(|e| e.code),
+        Err(ErrorCode::NotFound)
+    );
+    let accepted = h
+        .shadows
+        .update_desired(
+            THING,
+            "default",
+            br#"{"state":{"desired":{"fan":"on"}},"clientToken":"rest-1"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted[field::VERSION], json!(1));
+    assert_eq!(accepted[field::CLIENT_TOKEN], json!("rest-1"));
+    assert_eq!(accepted[field::STATE], json!({"desired": {"fan": "on"}}));
+    // The thing hears delta and documents, not the REST caller's accepted.
+    let msgs = h.bus.wait_for(2).await;
+    assert_eq!(msgs[0].0, topic("update/delta", "default"));
+    assert_eq!(msgs[0].1[field::STATE], json!({"fan": "on"}));
+    assert_eq!(msgs[1].0, topic("update/documents", "default"));
+    assert_eq!(h.bus.all().len(), 2);
+
+    let doc = h.shadows.get(THING, "default").await.unwrap();
+    assert_eq!(
+        doc[field::STATE],
+        json!({"desired": {"fan": "on"}, "delta": {"fan": "on"}})
+    );
+    for (body, want) in [
+        (
+            &br#"{"state":{"reported":{"a":1}}}"#[..],
+            ErrorCode::BadRequest,
+        ),
+        (
+            br#"{"state":{"desired":{"a":1}},"version":7}"#,
+            ErrorCode::Conflict,
+        ),
+        (b"{", ErrorCode::BadRequest),
+    ] {
+        assert_eq!(
+            h.shadows
+                .update_desired(THING, "default", body)
+                .await
+                .map_err(|e| e.code),
+            Err(want)
+        );
+    }
+
+    h.shadows.delete(THING, "default").await.unwrap();
+    assert_eq!(
+        h.shadows.delete(THING, "default").await.map_err(|e| e.code),
+        Err(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        h.shadows.get(THING, "default").await.map_err(|e| e.code),
+        Err(ErrorCode::NotFound)
+    );
+    assert_eq!(h.stored_version("default").await, None);
+    let accepted = h
+        .shadows
+        .update_desired(THING, "default", br#"{"state":{"desired":{"fan":"off"}}}"#)
+        .await
+        .unwrap();
+    assert_eq!(accepted[field::VERSION], json!(1));
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_waits_for_queued_writes() {
+    let h = hub().await;
+    h.store.hold.store(true, Ordering::SeqCst);
+    h.update("default", json!({"state": {"reported": {"a": 1}}}))
+        .await;
+    let shadows = h.shadows.clone();
+    let delete = tokio::spawn(async move { shadows.delete(THING, "default").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!delete.is_finished());
+    h.store.hold.store(false, Ordering::SeqCst);
+    h.store.permits.add_permits(100);
+    delete.await.unwrap().unwrap();
+    assert_eq!(h.stored_version("default").await, None);
+    assert_eq!(
+        h.bus.on(&topic("update/accepted", "default")).len(),
+        1,
+        "the update was accepted before the delete"
+    );
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn shadow_quota_counts_default_and_is_403() {
+    let h = hub_with(Limits {
+        max_named_shadows: 2,
+        shadow_requests_per_sec: 1000,
+        max_in_flight: 1000,
+        ..Limits::default()
+    })
+    .await;
+    for name in ["default", "a", "b"] {
+        h.update(
+            name,
+            json!({"state": {"reported": {"x": 1}}, "clientToken": name}),
+        )
+        .await;
+    }
+    h.bus.wait_for(5).await;
+    let rejected = h.bus.on(&topic("update/rejected", "b"));
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(code(&rejected[0]), 403);
+    assert_eq!(rejected[0][field::CLIENT_TOKEN], json!("b"));
+    // Existing shadows stay writable; a get of the missing one stays 404.
+    h.update("a", json!({"state": {"reported": {"x": 2}}}))
+        .await;
+    h.get("b", "").await;
+    h.bus.wait_for(8).await;
+    assert_eq!(h.bus.on(&topic("update/accepted", "a")).len(), 2);
+    assert_eq!(code(&h.bus.on(&topic("get/rejected", "b"))[0]), 404);
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_everything_queued_then_refuses() {
+    let h = hub().await;
+    for i in 0..20 {
+        h.update("default", json!({"state": {"reported": {"i": i}}}))
+            .await;
+    }
+    h.shadows.shutdown().await;
+    assert_eq!(h.bus.on(&topic("update/accepted", "default")).len(), 20);
+    assert_eq!(h.stored_version("default").await, Some(20));
+    h.update("default", json!({"state": {"reported": {"i": 99}}}))
+        .await;
+    let last = h.bus.all().pop().unwrap();
+    assert_eq!(last.0, topic("update/rejected", "default"));
+    assert_eq!(code(&last.1), 503);
+    h.shadows.shutdown().await;
+}
+
+#[tokio::test]
+async fn forget_thing_drops_cached_shadows() {
+    let h = hub().await;
+    h.update("default", json!({"state": {"reported": {"a": 1}}}))
+        .await;
+    h.bus.wait_for(2).await;
+    h.store.inner.delete_thing(THING).await.unwrap();
+    h.shadows.forget_thing(THING);
+    assert_eq!(
+        h.shadows.get(THING, "default").await.map_err(|e| e.code),
+        Err(ErrorCode::NotFound)
+    );
+    // A write for the deleted thing is refused by the store, answered 404.
+    h.update("default", json!({"state": {"reported": {"a": 2}}}))
+        .await;
+    let msgs = h.bus.wait_for(3).await;
+    assert_eq!(msgs[2].0, topic("update/rejected", "default"));
+    assert_eq!(code(&msgs[2].1), 404);
+    h.shadows.shutdown().await;
+}
