@@ -251,25 +251,28 @@ async fn s8_takeover_stays_connected(proto: Proto) {
         .await;
     let second = hub.connect_thing(proto, &id, &secret).await;
     assert!(first.is_disconnected(STEP).await, "S-1.4 takeover");
-    // Let every event of the takeover arrive; the last one must say connected.
-    let mut last = None;
+    // Let every event of the takeover arrive.
+    let mut events = Vec::new();
     while let Some(m) = svc.next_message(Duration::from_millis(1500)).await {
-        last = Some(m.json());
-    }
-    if let Some(last) = &last {
-        assert_eq!(
-            last["eventType"], "connected",
-            "S-8.1 last event after takeover: {last}"
-        );
+        events.push(m.json());
     }
     let (_, t) = hub.rest_thing(&id).await;
-    assert_eq!(t["connected"], true, "S-8.2 after takeover: {t}");
+    assert_eq!(
+        t["connected"], true,
+        "S-8.2 registry after takeover: {t}; events: {events:?}"
+    );
     let mut late = hub.connect_service(Proto::V311).await;
     assert!(late.subscribe(&presence_topic(&id)).await.expect("sub") < 0x80);
     let retained = late.expect_message(&presence_topic(&id), STEP).await;
     assert_eq!(
         retained["eventType"], "connected",
-        "S-8.1 retained after takeover: {retained}"
+        "S-8.1 retained presence after takeover: {retained}; events: {events:?}"
+    );
+    // The new connection's connect is reported (the old one's disconnect, if reported at all,
+    // may come before or after it on the non-retained events topic).
+    assert!(
+        events.iter().any(|e| e["eventType"] == "connected"),
+        "S-8.1: no connected event for the new connection: {events:?}"
     );
     drop(second);
 }
