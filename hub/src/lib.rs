@@ -73,11 +73,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let committer =
         store::commit::GroupCommitter::spawn(store.clone(), config.commit_batch.max(1), 8192);
 
-    let (presence, presence_queue) = presence::Presence::new();
+    let metrics = metrics::Metrics::new();
+    let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     let scx = EmbeddedBroker::context().await;
-    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(scx.clone(), presence.clone()));
-    let metrics = Arc::new(metrics::Metrics::default());
-    let shadows =
+    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(
+        scx.clone(),
+        presence.clone(),
+        metrics.clone(),
+    ));
+        let shadows =
         shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
     let methods = method::Methods::new(bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));

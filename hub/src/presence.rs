@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::Bus;
 use crate::clock::now_ms;
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
 /// Changes waiting for the presence task; senders wait when it is full (backpressure on CONNECT).
@@ -35,6 +36,7 @@ const BATCH: usize = 512;
 pub struct Presence {
     live: Arc<DashMap<String, Id>>,
     tx: mpsc::Sender<Change>,
+    metrics: Arc<Metrics>,
 }
 
 /// The receiving end, handed to [`run`].
@@ -53,12 +55,13 @@ struct Change {
 
 impl Presence {
     /// A presence tracker and the queue its task consumes.
-    pub fn new() -> (Presence, PresenceQueue) {
+    pub fn new(metrics: Arc<Metrics>) -> (Presence, PresenceQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (
             Presence {
                 live: Arc::new(DashMap::new()),
                 tx,
+                metrics,
             },
             PresenceQueue(rx),
         )
@@ -80,7 +83,13 @@ impl Presence {
         if is_service_user(session.id.username_ref()) {
             return;
         }
-        self.live.insert(thing.clone(), session.id.clone());
+        if self
+            .live
+            .insert(thing.clone(), session.id.clone())
+            .is_none()
+        {
+            self.metrics.inc_connected();
+        }
         self.send(Change {
             thing,
             event: PresenceEventType::Connected,
@@ -102,6 +111,9 @@ impl Presence {
             .live
             .remove_if(&thing, |_, live| *live == session.id)
             .is_some();
+        if current {
+            self.metrics.dec_connected();
+        }
         self.send(Change {
             thing,
             event: PresenceEventType::Disconnected,

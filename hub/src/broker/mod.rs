@@ -32,6 +32,7 @@ use rmqtt::types::{From, Id, Publish};
 use tokio::task::JoinHandle;
 
 use crate::bus::Bus;
+use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::router::RouterHandle;
 use authn::Authenticator;
@@ -154,16 +155,18 @@ impl EmbeddedBroker {
 pub struct RmqttBus {
     scx: ServerContext,
     presence: Presence,
+    metrics: Arc<Metrics>,
     hub_id: Id,
 }
 
 impl RmqttBus {
     /// A bus that publishes into `scx` as the hub itself.
-    pub fn new(scx: ServerContext, presence: Presence) -> Self {
+    pub fn new(scx: ServerContext, presence: Presence, metrics: Arc<Metrics>) -> Self {
         let hub_id = Id::new(scx.node.id(), 0, None, None, "$iothub".into(), None);
         RmqttBus {
             scx,
             presence,
+            metrics,
             hub_id,
         }
     }
@@ -172,6 +175,7 @@ impl RmqttBus {
 #[async_trait]
 impl Bus for RmqttBus {
     async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        self.metrics.inc_mqtt_messages_out();
         let publish = CodecPublish {
             dup: false,
             retain,
