@@ -1,5 +1,32 @@
-//! `iothub-conformance`: checks a hub, and a device, against SPEC.md.
+//! `iothub-conformance`: an independent checker of SPEC.md, in the manner of h2spec or Autobahn.
 //!
-//! Not built yet: tracked by issue 5. It will read the golden vectors in `spec/vectors/`.
+//! The hub side plays devices (MQTT 3.1.1 and 5, several at once, via rumqttc) and the business
+//! side (REST) against any hub that implements SPEC.md, and checks every clause the hub owns.
+//! Expected results come from SPEC.md and the hand-written golden vectors in `spec/vectors/`,
+//! never from a hub's code. Each implementation has a committed expected-results file
+//! (`expected/reference-hub.json`); `--expect` diffs a run against it.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`case`] | the case type, filtering, running, outcomes |
+//! | [`cases`] | every case, one module per clause (`s1` .. `s9`) |
+//! | [`check`] | pure checking functions (unit-tested with fabricated observations) |
+//! | [`mqtt`], [`raw`] | device connections (rumqttc) and hand-written packets for malformed input |
+//! | [`api`] | the REST client, checking the S-9.1 envelope |
+//! | [`ctx`] | the hub under test and helpers to create and connect things |
+//! | [`spawn`] | `--spawn-hub` |
+//! | [`report`] | table, JSON report, expected-results diff |
+//! | [`vectors`] | the golden vectors, compiled in |
 
 pub use iothub_spec as spec;
+
+pub mod api;
+pub mod case;
+pub mod cases;
+pub mod check;
+pub mod ctx;
+pub mod mqtt;
+pub mod raw;
+pub mod report;
+pub mod spawn;
+pub mod vectors;

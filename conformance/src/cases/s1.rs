@@ -1,0 +1,8 @@
+//! S-1 cases.
+
+use crate::case::Case;
+
+/// The S-1 cases.
+pub fn cases() -> Vec<Case> {
+    vec![]
+}

@@ -1,0 +1,218 @@
+//! `iothub-conformance`: runs the conformance suite against a hub (`hub`) or lists its cases
+//! (`list`). See the crate README for usage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use iothub_conformance::case::{Case, Outcome};
+use iothub_conformance::cases;
+use iothub_conformance::ctx::Ctx;
+use iothub_conformance::report::{self, CaseResult};
+use iothub_conformance::spawn::SpawnedHub;
+
+#[derive(Parser)]
+#[command(version, about = "Conformance suite for iothub hubs (SPEC.md)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// The human table (default).
+    Table,
+    /// JSON with the same content.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check a hub: play devices over MQTT and the business side over REST.
+    Hub {
+        /// MQTT address of the hub, `mqtt://HOST:PORT`.
+        #[arg(long, required_unless_present = "spawn_hub")]
+        mqtt: Option<String>,
+        /// REST address of the hub, `http://HOST:PORT`.
+        #[arg(long, required_unless_present = "spawn_hub")]
+        api: Option<String>,
+        /// Admin bearer token.
+        #[arg(long, required_unless_present = "spawn_hub")]
+        token: Option<String>,
+        /// A service user of the hub, `$name:secret` (cases that need one are skipped without).
+        #[arg(long)]
+        service_user: Option<String>,
+        /// Run only cases checking a clause with this prefix (`S-3`, `S-3.4`), or this case id;
+        /// repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Skip a case: `CASE=reason`; repeatable.
+        #[arg(long)]
+        skip: Vec<String>,
+        /// Start this hub binary on 127.0.0.1:0 with a temporary data dir, a generated admin
+        /// token and service user (instead of --mqtt/--api/--token).
+        #[arg(long)]
+        spawn_hub: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        report: Format,
+        /// Diff the run against this expected-results file; any change makes the exit code
+        /// non-zero.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Write the run's results as an expected-results file.
+        #[arg(long)]
+        write_expected: Option<PathBuf>,
+        /// Name of the implementation recorded by --write-expected.
+        #[arg(long, default_value = "reference hub (hub/, binary iothub)")]
+        implementation: String,
+    },
+    /// Print the coverage list: every case with the clauses it checks.
+    List,
+}
+
+fn list() {
+    let all = cases::all();
+    for c in &all {
+        let note = c
+            .pending
+            .as_deref()
+            .map(|p| format!("  [skipped: {p}]"))
+            .unwrap_or_default();
+        println!(
+            "{:<22} {:<48} {}{}",
+            c.clauses.join(","),
+            c.id,
+            c.title,
+            note
+        );
+    }
+    let mut clauses: Vec<&String> = all.iter().flat_map(|c| &c.clauses).collect();
+    clauses.sort();
+    clauses.dedup();
+    println!("{} cases over {} clauses", all.len(), clauses.len());
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Cmd::Hub {
+        mqtt,
+        api,
+        token,
+        service_user,
+        only,
+        skip,
+        spawn_hub,
+        report: format,
+        expect,
+        write_expected,
+        implementation,
+    } = cli.cmd
+    else {
+        list();
+        return Ok(());
+    };
+    let mut skips = Vec::new();
+    for s in &skip {
+        let Some((id, reason)) = s.split_once('=') else {
+            bail!("--skip wants CASE=reason, got {s:?}");
+        };
+        skips.push((id.to_string(), reason.to_string()));
+    }
+    let expected = match &expect {
+        Some(p) => Some(report::parse_expected(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
+        None => None,
+    };
+    let ctx = match spawn_hub {
+        Some(bin) => {
+            let hub = SpawnedHub::start(&bin).await?;
+            let (m, h, t, s) = (
+                hub.mqtt.clone(),
+                format!("http://{}", hub.http),
+                hub.token.clone(),
+                hub.service.clone(),
+            );
+            Ctx::new(&m, &h, &t, Some(s), Some(hub)).await?
+        }
+        None => {
+            let service = match service_user {
+                Some(s) => {
+                    let Some((u, p)) = s.split_once(':') else {
+                        bail!("--service-user wants '$name:secret'");
+                    };
+                    Some((u.to_string(), p.to_string()))
+                }
+                None => None,
+            };
+            Ctx::new(
+                mqtt.as_deref().unwrap_or_default(),
+                api.as_deref().unwrap_or_default(),
+                token.as_deref().unwrap_or_default(),
+                service,
+                None,
+            )
+            .await?
+        }
+    };
+    let ctx = Arc::new(ctx);
+    let selected: Vec<Case> = cases::all()
+        .into_iter()
+        .filter(|c| c.selected(&only))
+        .collect();
+    let mut results = Vec::new();
+    for c in &selected {
+        let (outcome, elapsed) = match skips.iter().find(|(id, _)| id == &c.id) {
+            Some((_, reason)) => (Outcome::Skip(reason.clone()), Default::default()),
+            None => c.execute(ctx.clone()).await,
+        };
+        if format == Format::Table {
+            eprintln!("{:<6} {}", outcome.word(), c.id);
+        }
+        results.push(CaseResult {
+            id: c.id.clone(),
+            clauses: c.clauses.clone(),
+            outcome,
+            elapsed,
+        });
+    }
+    let mut failed = results
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Fail(_)));
+    let mut out = match format {
+        Format::Table => report::table(&results),
+        Format::Json => String::new(),
+    };
+    let mut json = report::json_report(&results);
+    if let Some(exp) = &expected {
+        let changes = report::diff(&results, exp, !only.is_empty() || !skips.is_empty());
+        if format == Format::Table {
+            out.push_str(&format!(
+                "expected-results diff: {} change(s)\n",
+                changes.len()
+            ));
+            for c in &changes {
+                out.push_str(&format!("  {c}\n"));
+            }
+        }
+        json["expectedDiff"] = serde_json::json!(changes);
+        // An expected failure is not a surprise: with --expect only changes fail the run.
+        failed = !changes.is_empty();
+    }
+    if format == Format::Json {
+        out = serde_json::to_string_pretty(&json)? + "\n";
+    }
+    print!("{out}");
+    if let Some(p) = write_expected {
+        let v = report::expected_file(&implementation, &results);
+        std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
