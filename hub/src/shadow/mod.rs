@@ -130,7 +130,7 @@ pub enum ShadowOp {
 /// A rejected shadow request: the S-3.8 error with its code, for MQTT `*/rejected` replies and
 /// REST errors alike.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message} ({code:?})")]
+#[error("{code}: {message}")]
 pub struct ShadowError {
     /// The SPEC code (400, 404, 409, 413, 415, 429, 500, 503).
     pub code: ErrorCode,

@@ -24,6 +24,9 @@
 //!   unanswered requests per thing, both answered 429. REST calls are admin calls and skip both.
 //!   Creating a shadow when the thing has `max_named_shadows` already (`default` included) is a
 //!   403 (spec crate decision 12).
+//! - **Early rejections** (429, a malformed payload, shutting down) are published by
+//!   `handle_mqtt` at once, so they may overtake replies to the same thing's earlier requests;
+//!   clients match replies by clientToken (S-4.1), and every accepted reply stays in order.
 //! - **Cache bound:** at most [`CACHE_CAPACITY`] shadows; past that the least recently used
 //!   shadows without pending writes are evicted (an eighth at a time, to amortize the scan).
 //! - **Delete** (REST) waits until every earlier write is durable (a barrier through the reply
