@@ -489,3 +489,77 @@ async fn s2_user_topics_both_ways(proto: Proto) {
     assert_eq!(a.expect_message(&down, STEP).await, json!({"go": true}));
 }
 both!(s2_user_topics_both_ways);
+
+/// S-1.6: secrets are never logged (hub at RUST_LOG=debug) and never stored in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_6_secret_never_logged_nor_stored_in_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut hub = Hub::start_with_env(dir.path(), &[], &[("RUST_LOG", "debug")]);
+    let id = unique("t");
+    let chosen = "chosen-Secret-4711-abcdef";
+    let (status, body) = hub
+        .post("/things", json!({"thingId": id, "password": chosen}))
+        .await;
+    assert!((200..300).contains(&status), "{body}");
+    let generated = hub.create_thing(&unique("g")).await;
+    let c = hub.connect_thing(Proto::V5, &id, chosen).await;
+    c.disconnect().await;
+    let near_miss = format!("{chosen}-typo");
+    let _ = Client::connect(Proto::V311, hub.mqtt, &id, &id, &near_miss).await;
+    let _ = Client::connect(Proto::V5, hub.mqtt, &unique("svc"), SVC_USER, SVC_SECRET).await;
+    tokio::task::block_in_place(|| {
+        hub.terminate(std::time::Duration::from_secs(15));
+    });
+    let log = hub.stderr();
+    for secret in [chosen, generated.as_str(), near_miss.as_str(), SVC_SECRET] {
+        assert!(
+            !log.contains(secret),
+            "S-1.6: secret {secret:?} appears in the hub's log"
+        );
+    }
+    for entry in std::fs::read_dir(dir.path()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n == "hub-stderr.log") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for secret in [chosen, generated.as_str()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "S-1.6: secret stored in clear in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// S-2: a thing's MQTT Will on `T/messages/will/{anything}` is forwarded to service users when
+/// the connection drops without DISCONNECT.
+async fn s2_will_forwarded(proto: Proto) {
+    let hub = Hub::start();
+    let id = unique("t");
+    let secret = hub.create_thing(&id).await;
+    let mut svc = hub.connect_service(proto).await;
+    assert!(
+        svc.subscribe("$iothub/things/+/messages/will/#")
+            .await
+            .expect("sub")
+            < 0x80
+    );
+    let will_topic = format!("{}/messages/will/lost", thing_topic(&id));
+    let c = Client::connect_with_will(
+        proto,
+        hub.mqtt,
+        &id,
+        &id,
+        &secret,
+        true,
+        Some((&will_topic, br#"{"bye":true}"#)),
+    )
+    .await
+    .expect("connect with a Will");
+    drop(c); // abrupt close: the Will is published
+    let got = svc.expect_message(&will_topic, STEP).await;
+    assert_eq!(got, json!({"bye": true}));
+}
+both!(s2_will_forwarded);

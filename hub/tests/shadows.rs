@@ -71,6 +71,91 @@ async fn s3_2_get_never_written_404(proto: Proto) {
 }
 both!(s3_2_get_never_written_404);
 
+/// S-3.8: a malformed `get` payload gets a 400 on `get/rejected`, never silence.
+async fn s3_8_malformed_get_400(proto: Proto) {
+    let hub = Hub::start();
+    let (id, _s, mut c) = hub.new_thing(proto, "t").await;
+    for payload in [&b"{"[..], b"[1]", br#"{"clientToken":5}"#] {
+        c.publish(&shadow_topic(&id, "default", "get"), payload.to_vec())
+            .await
+            .expect("publish");
+        let reply = c
+            .expect_message(&shadow_topic(&id, "default", "get/rejected"), STEP)
+            .await;
+        assert_eq!(
+            reply["code"],
+            400,
+            "S-3.8 malformed get {:?}: {reply}",
+            String::from_utf8_lossy(payload)
+        );
+    }
+}
+both!(s3_8_malformed_get_400);
+
+/// S-2.3: the hub's replies are QoS 1 and not retained.
+async fn s2_3_replies_qos1_not_retained(proto: Proto) {
+    let hub = Hub::start();
+    let (id, _s, mut c) = hub.new_thing(proto, "t").await;
+    let (ok, _) = c
+        .update(&id, "default", json!({"state":{"desired":{"a":1}}}))
+        .await;
+    assert!(ok);
+    let (ok, _) = c.get(&id, "default").await;
+    assert!(ok);
+    let (ok, _) = c
+        .update(
+            &id,
+            "default",
+            json!({"state":{"reported":{"a":1}},"version":9}),
+        )
+        .await;
+    assert!(!ok);
+    // Everything received so far (accepted, rejected, delta, documents) and one more reply.
+    c.publish(&shadow_topic(&id, "default", "get"), Vec::new())
+        .await
+        .expect("publish");
+    let mut seen = 0;
+    let presence = format!("{}/presence", thing_topic(&id));
+    while let Some(m) = c.next_message(QUIET).await {
+        if m.topic == presence {
+            continue; // the one retained topic (S-2.3)
+        }
+        assert_eq!(m.qos, 1, "S-2.3: {} at QoS {}", m.topic, m.qos);
+        assert!(!m.retain, "S-2.3: {} retained", m.topic);
+        seen += 1;
+    }
+    assert!(seen >= 3, "only {seen} messages");
+}
+both!(s2_3_replies_qos1_not_retained);
+
+/// S-3.9: at most 10 named shadows per thing (plus `default`); the 11th is refused and the
+/// others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_9_named_shadow_quota() {
+    let hub = Hub::start_args(&["--shadow-requests-per-sec", "1000"]);
+    let (id, _s, mut c) = hub.new_thing(Proto::V5, "t").await;
+    let (ok, r) = c
+        .update(&id, "default", json!({"state":{"reported":{"d":1}}}))
+        .await;
+    assert!(ok, "{r}");
+    for i in 0..10 {
+        let (ok, r) = c
+            .update(&id, &format!("n{i}"), json!({"state":{"reported":{"i":i}}}))
+            .await;
+        assert!(ok, "named shadow {i} of 10: {r}");
+    }
+    let (ok, r) = c
+        .update(&id, "n10", json!({"state":{"reported":{"i":10}}}))
+        .await;
+    assert!(!ok, "S-3.9: an 11th named shadow must be refused: {r}");
+    let code = r["code"].as_u64().expect("code");
+    assert!((400..500).contains(&code), "S-3.8 code for the quota: {r}");
+    let (status, _) = hub.rest_shadow(&id, "n10").await;
+    assert_eq!(status, 404);
+    let (status, doc) = hub.rest_shadow(&id, "n9").await;
+    assert_eq!(status, 200, "{doc}");
+}
+
 /// S-3.5 then S-3.2: an update is accepted at version 1 with its state echoed and metadata
 /// timestamps; `get` then returns the whole document with the delta.
 async fn s3_5_update_accepted_then_get(proto: Proto) {

@@ -62,6 +62,7 @@ pub struct Hub {
     _tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     /// The MQTT listener.
     pub mqtt: SocketAddr,
     /// The HTTP listener.
@@ -85,8 +86,17 @@ impl Hub {
 
     /// Starts a hub on `dir` (kept by the caller) with extra flags.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Hub {
+        Hub::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts a hub on `dir` with extra flags and environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Hub {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, mqtt, http) = spawn_hub(dir, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, mqtt, http) = spawn_hub(dir, &extra, &env);
         let http_client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
@@ -97,6 +107,7 @@ impl Hub {
             _tmp: None,
             dir: dir.to_path_buf(),
             extra,
+            env,
             mqtt,
             http,
             http_client,
@@ -152,7 +163,7 @@ impl Hub {
     /// runs). Ports change.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, mqtt, http) = spawn_hub(&self.dir, &self.extra);
+        let (child, mqtt, http) = spawn_hub(&self.dir, &self.extra, &self.env);
         self.child = Some(child);
         self.mqtt = mqtt;
         self.http = http;
@@ -352,7 +363,11 @@ fn stderr_tail(dir: &Path) -> String {
     text
 }
 
-fn spawn_hub(dir: &Path, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+fn spawn_hub(
+    dir: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Child, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).expect("create data dir");
     let log = OpenOptions::new()
         .create(true)
@@ -376,6 +391,9 @@ fn spawn_hub(dir: &Path, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
         .stderr(Stdio::from(log));
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn iothub");
     let stdout = child.stdout.take().expect("hub stdout");
@@ -459,6 +477,8 @@ pub struct Msg {
     pub payload: Vec<u8>,
     /// Its retain flag.
     pub retain: bool,
+    /// Its QoS (0, 1 or 2).
+    pub qos: u8,
 }
 
 impl Msg {
@@ -536,6 +556,19 @@ impl Client {
         password: &str,
         clean: bool,
     ) -> Result<Client, ConnectError> {
+        Client::connect_with_will(proto, addr, client_id, username, password, clean, None).await
+    }
+
+    /// Like [`Client::connect_opts`], with an optional MQTT Will `(topic, payload)` at QoS 1.
+    pub async fn connect_with_will(
+        proto: Proto,
+        addr: SocketAddr,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        clean: bool,
+        will: Option<(&str, &[u8])>,
+    ) -> Result<Client, ConnectError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = addr.ip().to_string();
         let (handle, task) = match proto {
@@ -546,6 +579,14 @@ impl Client {
                     .set_credentials(username, password)
                     .set_max_packet_size(CLIENT_MAX_PACKET, CLIENT_MAX_PACKET)
                     .set_inflight(200);
+                if let Some((topic, payload)) = will {
+                    opts.set_last_will(rumqttc::LastWill::new(
+                        topic,
+                        payload.to_vec(),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                    ));
+                }
                 let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1024);
                 (Handle::V4(client), tokio::spawn(drive_v4(eventloop, tx)))
             }
@@ -555,6 +596,15 @@ impl Client {
                     .set_clean_start(clean)
                     .set_credentials(username, password)
                     .set_max_packet_size(Some(CLIENT_MAX_PACKET as u32));
+                if let Some((topic, payload)) = will {
+                    opts.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+                        topic,
+                        payload.to_vec(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        None,
+                    ));
+                }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, 1024);
                 (Handle::V5(client), tokio::spawn(drive_v5(eventloop, tx)))
             }
@@ -923,6 +973,7 @@ async fn drive_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<E
                 topic: p.topic.clone(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
+                qos: p.qos as u8,
             }),
             Ok(Event::Incoming(Packet::PubAck(a))) => Ev::PubAck(a.pkid, 0),
             Ok(Event::Incoming(Packet::SubAck(s))) => Ev::SubAck(
@@ -966,6 +1017,7 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::UnboundedSend
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
+                qos: p.qos as u8,
             }),
             Ok(Event::Incoming(Packet::PubAck(a))) => Ev::PubAck(
                 a.pkid,
