@@ -1,8 +1,24 @@
-//! Sans-IO device core for iothub things on `no_std` targets.
-//!
-//! Not built yet: the device state machine is tracked by issue 3 ("Device core (sans-IO) and the
-//! async std SDK"). This crate exists so the workspace layout is final and so CI proves, from the
-//! first commit on, that it builds without `std`. It re-exports the wire contract it will speak.
+#![doc = include_str!("../README.md")]
 #![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+#[cfg(test)]
+extern crate std;
+
+mod device;
+mod fmt;
+pub mod json;
+mod patch;
+mod time;
+mod token;
+mod types;
+
+pub use device::{Device, MIN_TX_BUFFER};
 pub use iothub_spec as spec;
+pub use patch::Patch;
+pub use time::Instant;
+pub use types::{
+    Config, ConfigError, DeltaEvent, Error, Event, Ignored, MethodCall, NtpSample, OtaReport, QoS,
+    RawJson, RequestId, ShadowEvent, ShadowId, SubscriptionId, Transmit,
+};

@@ -1,0 +1,1388 @@
+//! The sans-IO device state machine.
+
+use heapless::{Deque, String, Vec};
+use iothub_spec::code::{OtaErrorCode, OtaStatus, method_code};
+use iothub_spec::ids::{MAX_ID_LEN, is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
+use iothub_spec::limits::{MAX_TOPIC_LEN, json_depth_exceeds};
+use iothub_spec::payload::{self, field};
+use iothub_spec::topic::{Filter, Topic, TopicError};
+use serde::Serialize;
+
+use crate::fmt::{debug, warning};
+use crate::json::{self, JsonError};
+use crate::time::Instant;
+use crate::token;
+use crate::types::*;
+
+/// The smallest transmit buffer [`Device::new`] accepts: one topic plus a small payload.
+/// Size it for the largest report or telemetry message the application sends, plus
+/// [`MAX_TOPIC_LEN`] per message queued.
+pub const MIN_TX_BUFFER: usize = MAX_TOPIC_LEN + 256;
+
+/// Filters the device subscribes to besides two per shadow: methods, NTP, OTA.
+const COMMON_FILTERS: usize = 3;
+/// Most shadows a device may follow (the subscription set is a 64-bit mask).
+const MAX_SHADOWS: usize = 30;
+/// Most samples one NTP exchange takes.
+const MAX_NTP_SAMPLES: u8 = 16;
+
+/// The device's own `get` of one shadow (connection state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GetState {
+    Idle,
+    /// Send a get once `not_before` has passed; `attempt` counts retries (for the backoff).
+    Wanted {
+        not_before: Instant,
+        attempt: u8,
+    },
+    InFlight {
+        attempt: u8,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A get; `internal` when the device sent it itself (after connecting).
+    Get {
+        internal: bool,
+    },
+    Update,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqState {
+    /// In the transmit queue.
+    Queued,
+    /// Sent; fails at `deadline`.
+    Sent { deadline: Instant },
+    /// Timed out or lost with its connection; reported by `poll_event`, then forgotten.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    id: u32,
+    kind: Kind,
+    shadow: u8,
+    state: ReqState,
+}
+
+/// One message in the transmit queue: its topic then its payload, at the front of `tx`.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    topic_len: usize,
+    payload_len: usize,
+    qos: QoS,
+    request: Option<u32>,
+}
+
+/// A running best-of-N NTP exchange.
+#[derive(Debug, Clone, Copy)]
+struct NtpRun {
+    id: u32,
+    /// Requests still to send.
+    attempts_left: u8,
+    best: Option<NtpSample>,
+    /// The `clientSendTime` of the request awaiting its answer, and its deadline.
+    outstanding: Option<(u64, Instant)>,
+    finished: bool,
+}
+
+/// The OTA task the device is working on (session state, S-7.2).
+#[derive(Debug, Clone)]
+struct OtaState {
+    task_id: String<MAX_ID_LEN>,
+    token: String<MAX_ID_LEN>,
+    /// The last final status reported, re-sent when the hub sends the task again.
+    last_final: Option<(OtaStatus, Option<u16>)>,
+}
+
+/// State that outlives a connection.
+#[derive(Debug, Clone)]
+struct Session<const SHADOWS: usize> {
+    /// Per shadow, the version of the last delta or document handed to the application.
+    applied: [Option<u64>; SHADOWS],
+    /// Whether the device has connected since it started (the first connect always resyncs).
+    started: bool,
+    next_id: u32,
+    clock: Option<NtpSample>,
+    ota: Option<OtaState>,
+}
+
+/// State of one MQTT connection.
+#[derive(Debug)]
+struct Connection<const SHADOWS: usize, const QUEUE: usize> {
+    up: bool,
+    /// Subscriptions still to send (bit `i` = [`SubscriptionId`] `i`).
+    subs_pending: u64,
+    /// Subscriptions refused and not yet reported.
+    subs_failed: u64,
+    gets: [GetState; SHADOWS],
+    queue: Deque<Queued, QUEUE>,
+    /// Bytes of `tx` used by `queue`.
+    tx_len: usize,
+}
+
+impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
+    fn new() -> Self {
+        Connection {
+            up: false,
+            subs_pending: 0,
+            subs_failed: 0,
+            gets: [GetState::Idle; SHADOWS],
+            queue: Deque::new(),
+            tx_len: 0,
+        }
+    }
+}
+
+/// A thing's protocol logic, without I/O: subscriptions, shadow gets and updates with
+/// clientTokens and timeouts, deltas in version order, direct methods, NTP and OTA.
+///
+/// Capacities are in the type: `SHADOWS` shadows followed (default 2), `IN_FLIGHT` shadow
+/// requests awaiting an answer (default 10, and never more than the hub's
+/// [`iothub_spec::limits::Limits::max_in_flight`]), `QUEUE` messages waiting in the transmit
+/// queue (default 8), whose bytes live in the caller's `tx` buffer.
+///
+/// # Driving contract
+///
+/// The device never does I/O and never reads a clock: every input carries `now`, a reading of the
+/// driver's monotonic clock ([`Instant`]), which must never go backwards.
+///
+/// 1. Create it with [`Device::new`], then connect MQTT with client id = username =
+///    [`Config::thing_id`] (S-1.2).
+/// 2. On CONNACK call [`Device::handle_connected`] with the session-present flag; when the
+///    connection ends (error, close, keep-alive) call [`Device::handle_disconnected`].
+/// 3. For every PUBLISH received call [`Device::handle_publish`]; it returns at once the event
+///    the message produced, borrowing the topic and payload (zero-copy): handle it before the
+///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped.
+/// 4. Optionally report SUBACKs with [`Device::handle_suback`].
+/// 5. After **every** `handle_*` call and every application command, drain the outputs:
+///    loop on [`Device::poll_transmit`] until `Ok(None)`, sending each [`Transmit`] in order on
+///    the connection (subscriptions come first, so replies are never missed), and loop on
+///    [`Device::poll_event`] until `None`.
+/// 6. Arm one timer for [`Device::poll_timeout`] (re-read after step 5; `None` = no timer). When
+///    it fires call [`Device::handle_timeout`], then step 5.
+///
+/// Application commands ([`Device::report`], [`Device::update`], [`Device::get_shadow`],
+/// [`Device::respond`], [`Device::request_ntp`], [`Device::report_ota`],
+/// [`Device::publish_telemetry`]) serialize their message into the transmit queue and are refused
+/// with [`Error::NotConnected`] while disconnected. Requests return a [`RequestId`]; exactly one
+/// event answers each: [`Event::Accepted`], [`Event::Rejected`], [`Event::Shadow`],
+/// [`Event::Ntp`] or [`Event::TimedOut`], the latter at most [`Config::request_timeout_ms`]
+/// after the request was sent, or as soon as its connection ends.
+///
+/// # What it does by itself
+///
+/// - On the first connection, and on every connection that did not resume a session, it
+///   subscribes to the replies of each shadow, to method calls, NTP answers and OTA tasks, then
+///   `get`s every shadow, retrying with backoff until a document (or 404) arrives.
+/// - It hands the application a delta or document only when its version is not older than the
+///   last applied one (deltas: strictly newer), so state is applied in version order whatever the
+///   network does.
+/// - It answers 404 to calls of unregistered methods, keeps the best of N NTP samples, keeps the
+///   OTA task's ids and re-sends the final result when the hub sends the same task again.
+///
+/// Session state (applied versions, OTA task, NTP clock, token counter) survives reconnects;
+/// connection state (subscriptions, gets, transmit queue, requests in flight) does not.
+pub struct Device<'a, const SHADOWS: usize = 2, const IN_FLIGHT: usize = 10, const QUEUE: usize = 8>
+{
+    config: Config<'a>,
+    tx: &'a mut [u8],
+    session: Session<SHADOWS>,
+    conn: Connection<SHADOWS, QUEUE>,
+    requests: Vec<Request, IN_FLIGHT>,
+    ntp: Option<NtpRun>,
+}
+
+impl<const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize> core::fmt::Debug
+    for Device<'_, SHADOWS, IN_FLIGHT, QUEUE>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Device")
+            .field("thing_id", &self.config.thing_id)
+            .field("connected", &self.conn.up)
+            .field("applied", &self.session.applied)
+            .field("in_flight", &self.requests.len())
+            .field("queued", &self.conn.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_topic_err(e: TopicError) -> Error {
+    match e {
+        TopicError::BufferTooSmall => Error::BufferTooSmall,
+        _ => Error::InvalidArgument,
+    }
+}
+
+/// Writes a publish (topic, then payload) into `buf`.
+fn write_publish<'b, P: Serialize>(
+    buf: &'b mut [u8],
+    topic: Topic<'_>,
+    payload: &P,
+    qos: QoS,
+) -> Result<Transmit<'b>, Error> {
+    let t = topic.write_to(buf).map_err(map_topic_err)?.len();
+    let (tb, rest) = buf.split_at_mut_checked(t).ok_or(Error::BufferTooSmall)?;
+    let p = serde_json_core::to_slice(payload, rest).map_err(|_| Error::BufferTooSmall)?;
+    let tb: &'b [u8] = tb;
+    let rest: &'b [u8] = rest;
+    Ok(Transmit::Publish {
+        topic: core::str::from_utf8(tb).map_err(|_| Error::BufferTooSmall)?,
+        payload: rest.get(..p).ok_or(Error::BufferTooSmall)?,
+        qos,
+    })
+}
+
+/// `base` doubled `attempt` times, capped at `max`.
+fn backoff_ms(base: u64, max: u64, attempt: u8) -> u64 {
+    let factor = 1u64 << u32::from(attempt.min(20));
+    base.saturating_mul(factor).min(max)
+}
+
+fn raw_str(raw: &[u8]) -> Option<RawJson<'_>> {
+    core::str::from_utf8(raw).ok().map(RawJson)
+}
+
+/// A clientToken the device can echo: a plain string within the hub's limit.
+fn plain_token(raw: Option<&[u8]>, max: usize) -> Option<&str> {
+    json::as_plain_str(raw?).filter(|t| t.len() <= max.min(MAX_ID_LEN))
+}
+
+impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
+    Device<'a, SHADOWS, IN_FLIGHT, QUEUE>
+{
+    /// A disconnected device for `config`, queueing its messages in `tx` (at least
+    /// [`MIN_TX_BUFFER`] bytes).
+    pub fn new(config: Config<'a>, tx: &'a mut [u8]) -> Result<Self, ConfigError> {
+        if !is_valid_thing_id(config.thing_id) {
+            return Err(ConfigError::InvalidThingId);
+        }
+        let n = config.shadows.len();
+        if n == 0 || n > SHADOWS || n > MAX_SHADOWS {
+            return Err(ConfigError::ShadowCount);
+        }
+        for (i, s) in config.shadows.iter().enumerate() {
+            let repeated = config.shadows.iter().take(i).any(|o| o == s);
+            if !is_valid_shadow_name(s) || repeated {
+                return Err(ConfigError::InvalidShadowName);
+            }
+        }
+        if !config.methods.iter().all(|m| is_valid_method_name(m)) {
+            return Err(ConfigError::InvalidMethodName);
+        }
+        if IN_FLIGHT == 0 || QUEUE == 0 {
+            return Err(ConfigError::ZeroCapacity);
+        }
+        if tx.len() < MIN_TX_BUFFER {
+            return Err(ConfigError::BufferTooSmall);
+        }
+        Ok(Device {
+            config,
+            tx,
+            session: Session {
+                applied: [None; SHADOWS],
+                started: false,
+                next_id: 0,
+                clock: None,
+                ota: None,
+            },
+            conn: Connection::new(),
+            requests: Vec::new(),
+            ntp: None,
+        })
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// The MQTT connection is up (CONNACK accepted). `session_present` is the CONNACK flag.
+    ///
+    /// On the first connection, or when the broker kept no session, the device queues its
+    /// subscriptions and a `get` of every shadow.
+    pub fn handle_connected(&mut self, now: Instant, session_present: bool) {
+        if self.conn.up {
+            self.handle_disconnected(now);
+        }
+        self.conn = Connection::new();
+        self.conn.up = true;
+        if !session_present || !self.session.started {
+            let filters = self.filter_count();
+            self.conn.subs_pending = if filters >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << filters) - 1
+            };
+            for g in self.conn.gets.iter_mut().take(self.config.shadows.len()) {
+                *g = GetState::Wanted {
+                    not_before: now,
+                    attempt: 0,
+                };
+            }
+        }
+        self.session.started = true;
+        debug!("connected at {} ms", now.as_millis());
+    }
+
+    /// The MQTT connection ended. Requests in flight fail ([`Event::TimedOut`]), the transmit
+    /// queue is dropped, and a running NTP exchange ends with the samples it has.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        let _ = now;
+        for r in self.requests.iter_mut() {
+            if r.kind != (Kind::Get { internal: true }) {
+                r.state = ReqState::Failed;
+            }
+        }
+        self.requests
+            .retain(|r| r.kind != (Kind::Get { internal: true }));
+        if let Some(ntp) = self.ntp.as_mut() {
+            ntp.outstanding = None;
+            ntp.finished = true;
+        }
+        self.conn = Connection::new();
+    }
+
+    /// The broker answered a SUBSCRIBE: `granted` is false for a SUBACK failure (reported as
+    /// [`Event::SubscribeFailed`]). Optional: a driver that cannot tell may skip it.
+    pub fn handle_suback(&mut self, now: Instant, id: SubscriptionId, granted: bool) {
+        let _ = now;
+        if !granted && id.index() < 64 {
+            self.conn.subs_failed |= 1u64 << id.index();
+        }
+    }
+
+    /// Time has reached the instant [`Device::poll_timeout`] gave (or later): requests without
+    /// an answer fail, the device's own gets are retried with backoff, NTP moves on.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let (base, max) = (
+            self.config.retry_backoff_ms,
+            self.config.max_retry_backoff_ms,
+        );
+        let backoff = |attempt: u8| backoff_ms(base, max, attempt);
+        let mut retry: u64 = 0;
+        for r in self.requests.iter_mut() {
+            if let ReqState::Sent { deadline } = r.state
+                && deadline <= now
+            {
+                if r.kind == (Kind::Get { internal: true }) {
+                    retry |= 1u64 << (r.shadow as u32 % 64);
+                }
+                r.state = ReqState::Failed;
+            }
+        }
+        self.requests
+            .retain(|r| !(r.kind == (Kind::Get { internal: true }) && r.state == ReqState::Failed));
+        for (i, g) in self.conn.gets.iter_mut().enumerate() {
+            if retry & (1u64 << (i % 64)) != 0
+                && let GetState::InFlight { attempt } = *g
+            {
+                *g = GetState::Wanted {
+                    not_before: now.add_millis(backoff(attempt)),
+                    attempt: attempt.saturating_add(1),
+                };
+            }
+        }
+        if let Some(ntp) = self.ntp.as_mut()
+            && let Some((_, deadline)) = ntp.outstanding
+            && deadline <= now
+        {
+            ntp.outstanding = None;
+            if ntp.attempts_left == 0 {
+                ntp.finished = true;
+            }
+        }
+    }
+
+    /// A PUBLISH arrived on `topic` with `payload`.
+    ///
+    /// Returns the event it produced, borrowing `topic` and `payload`; `Ok(None)` when the
+    /// message was consumed without one (an NTP sample that is not the last, a call of an
+    /// unknown method answered 404); `Err` when it was dropped, with the reason. Never panics,
+    /// whatever the bytes.
+    pub fn handle_publish<'p>(
+        &mut self,
+        now: Instant,
+        topic: &'p str,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let topic = Topic::parse(topic).map_err(Ignored::Topic)?;
+        if topic.thing() != self.config.thing_id {
+            return Err(Ignored::OtherThing);
+        }
+        if core::str::from_utf8(payload).is_err() {
+            return Err(Ignored::NotUtf8);
+        }
+        if json_depth_exceeds(payload, self.config.max_input_depth) {
+            return Err(Ignored::Json(JsonError::TooDeep));
+        }
+        let depth = self.config.max_input_depth;
+        let shadow = match topic.shadow() {
+            Some(name) => Some(self.shadow_id(name).ok_or(Ignored::UnknownShadow)?),
+            None => None,
+        };
+        match (topic, shadow) {
+            (Topic::ShadowGetAccepted { .. }, Some(s)) => self.on_get_accepted(now, s, payload),
+            (Topic::ShadowGetRejected { .. }, Some(s)) => self.on_get_rejected(now, s, payload),
+            (Topic::ShadowUpdateAccepted { .. }, Some(s)) => {
+                let [version, tok] =
+                    json::split(payload, [field::VERSION, field::CLIENT_TOKEN], depth)
+                        .map_err(Ignored::Json)?;
+                let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let request = self.take_request(tok, s, Kind::Update)?;
+                Ok(Some(Event::Accepted {
+                    request,
+                    shadow: s,
+                    version,
+                }))
+            }
+            (Topic::ShadowUpdateRejected { .. }, Some(s)) => {
+                let [code, tok] = json::split(payload, [field::CODE, field::CLIENT_TOKEN], depth)
+                    .map_err(Ignored::Json)?;
+                let code = code.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let request = self.take_request(tok, s, Kind::Update)?;
+                Ok(Some(Event::Rejected {
+                    request,
+                    shadow: s,
+                    code: u16::try_from(code).unwrap_or(u16::MAX),
+                }))
+            }
+            (Topic::ShadowUpdateDelta { .. }, Some(s)) => {
+                let [state, version] = json::split(payload, [field::STATE, field::VERSION], depth)
+                    .map_err(Ignored::Json)?;
+                let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let state = state
+                    .filter(|v| json::is_object(v))
+                    .and_then(raw_str)
+                    .ok_or(Ignored::Malformed)?;
+                let slot = self
+                    .session
+                    .applied
+                    .get_mut(s.index())
+                    .ok_or(Ignored::UnknownShadow)?;
+                if slot.is_some_and(|a| version <= a) {
+                    return Err(Ignored::Stale);
+                }
+                *slot = Some(version);
+                Ok(Some(Event::Delta(DeltaEvent {
+                    shadow: s,
+                    version,
+                    state,
+                })))
+            }
+            (Topic::ShadowUpdateDocuments { .. }, Some(_)) => Err(Ignored::Echo),
+            (Topic::MethodRequest { method, .. }, _) => self.on_method(method, payload),
+            (Topic::NtpResponse { .. }, _) => self.on_ntp(now, payload),
+            (Topic::OtaTask { .. }, _) => self.on_ota_task(now, payload),
+            _ => Err(Ignored::NotForDevice),
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    /// The next message to send, written into `buf` (topic then payload); `Ok(None)` when there
+    /// is nothing to send (always while disconnected).
+    ///
+    /// Call it in a loop after every input and command. A `buf` of [`MAX_TOPIC_LEN`] bytes plus
+    /// the largest payload always suffices; when it is too small the message stays queued and
+    /// [`Error::BufferTooSmall`] is returned. A request's timeout starts when it is returned here.
+    pub fn poll_transmit<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Result<Option<Transmit<'b>>, Error> {
+        if !self.conn.up {
+            return Ok(None);
+        }
+        if self.conn.subs_pending != 0 {
+            let i = self.conn.subs_pending.trailing_zeros() as usize;
+            let bit = 1u64 << i;
+            let Some(filter) = self.filter(i) else {
+                self.conn.subs_pending &= !bit;
+                return Ok(None);
+            };
+            let filter = filter.write_to(buf).map_err(map_topic_err)?;
+            self.conn.subs_pending &= !bit;
+            return Ok(Some(Transmit::Subscribe {
+                id: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
+                filter,
+                qos: QoS::AtLeastOnce,
+            }));
+        }
+        if let Some(t) = self.poll_get(now)? {
+            // Reborrow dance: the get is written into `buf` below to keep one borrow.
+            return self.transmit_get(now, t, buf).map(Some);
+        }
+        if let Some(ntp) = self.ntp.as_mut()
+            && !ntp.finished
+            && ntp.outstanding.is_none()
+            && ntp.attempts_left > 0
+        {
+            let thing = self.config.thing_id;
+            let send = now.as_millis();
+            let t = write_publish(
+                buf,
+                Topic::NtpRequest { thing },
+                &payload::NtpRequest {
+                    client_send_time: send,
+                },
+                QoS::AtLeastOnce,
+            )?;
+            ntp.attempts_left -= 1;
+            ntp.outstanding = Some((send, now.add_millis(self.config.request_timeout_ms)));
+            return Ok(Some(t));
+        }
+        self.pop_queued(now, buf)
+    }
+
+    /// The next event caused by time or the connection: a request that timed out or lost its
+    /// connection, an NTP exchange that ended on a timeout, a refused subscription. Call it in a
+    /// loop until `None`. (Events caused by a message come from [`Device::handle_publish`].)
+    pub fn poll_event(&mut self) -> Option<Event<'static>> {
+        if self.conn.subs_failed != 0 {
+            let i = self.conn.subs_failed.trailing_zeros();
+            self.conn.subs_failed &= !(1u64 << i);
+            return Some(Event::SubscribeFailed {
+                subscription: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
+            });
+        }
+        if let Some(ntp) = self.ntp
+            && ntp.finished
+        {
+            self.ntp = None;
+            return Some(self.finish_ntp(ntp));
+        }
+        let pos = self
+            .requests
+            .iter()
+            .position(|r| r.state == ReqState::Failed)?;
+        let r = self.requests.swap_remove(pos);
+        Some(Event::TimedOut {
+            request: RequestId(r.id),
+        })
+    }
+
+    /// When [`Device::handle_timeout`] must be called next, `None` when no timer is needed.
+    ///
+    /// May be in the past; then call `handle_timeout` right away.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        for r in &self.requests {
+            if let ReqState::Sent { deadline } = r.state {
+                consider(deadline);
+            }
+        }
+        if let Some((_, deadline)) = self.ntp.and_then(|n| n.outstanding) {
+            consider(deadline);
+        }
+        if self.conn.up {
+            for g in &self.conn.gets {
+                if let GetState::Wanted {
+                    not_before,
+                    attempt,
+                } = *g
+                    && attempt > 0
+                {
+                    // A retry waiting for its backoff; first attempts go out on the next poll.
+                    consider(not_before);
+                }
+            }
+        }
+        next
+    }
+
+    // ----- application commands -----------------------------------------------------------
+
+    /// Reports `reported` as the shadow's `state.reported` (S-3.3), a partial update merged by the
+    /// hub (use [`crate::Patch`] fields to delete keys).
+    pub fn report<R: Serialize>(
+        &mut self,
+        now: Instant,
+        shadow: ShadowId,
+        reported: &R,
+    ) -> Result<RequestId, Error> {
+        let state: payload::ShadowState<(), &R, ()> = payload::ShadowState {
+            desired: None,
+            reported: Some(reported),
+            delta: None,
+        };
+        self.update(now, shadow, &state, None)
+    }
+
+    /// Sends an update request with `state` as its `state` object (for example a
+    /// [`iothub_spec::payload::ShadowState`] with desired and/or reported), and `version` for an
+    /// optimistic-concurrency check (S-3.4). Answered by [`Event::Accepted`],
+    /// [`Event::Rejected`] or [`Event::TimedOut`].
+    pub fn update<S: Serialize>(
+        &mut self,
+        now: Instant,
+        shadow: ShadowId,
+        state: &S,
+        version: Option<u64>,
+    ) -> Result<RequestId, Error> {
+        let _ = now;
+        let name = self.request_checks(shadow)?;
+        let id = self.session.next_id;
+        let tok = token::format(self.config.token_seed, id);
+        let body = payload::UpdateRequest {
+            state,
+            client_token: Some(tok.as_str()),
+            version,
+        };
+        let topic = Topic::ShadowUpdate {
+            thing: self.config.thing_id,
+            shadow: name,
+        };
+        self.enqueue(topic, &body, QoS::AtLeastOnce, Some(id))?;
+        self.push_request(id, Kind::Update, shadow)
+    }
+
+    /// Asks for the shadow's document; answered by [`Event::Shadow`] (or [`Event::Accepted`]
+    /// when the document is older than what was applied), [`Event::Rejected`] or
+    /// [`Event::TimedOut`].
+    pub fn get_shadow(&mut self, now: Instant, shadow: ShadowId) -> Result<RequestId, Error> {
+        let _ = now;
+        let name = self.request_checks(shadow)?;
+        let id = self.session.next_id;
+        let tok = token::format(self.config.token_seed, id);
+        let topic = Topic::ShadowGet {
+            thing: self.config.thing_id,
+            shadow: name,
+        };
+        let body = payload::GetRequest {
+            client_token: Some(tok.as_str()),
+        };
+        self.enqueue(topic, &body, QoS::AtLeastOnce, Some(id))?;
+        self.push_request(id, Kind::Get { internal: false }, shadow)
+    }
+
+    /// Answers a direct-method call (S-5.2) with `code` (see
+    /// [`iothub_spec::code::method_code`]), an optional `message` and optional `data`.
+    pub fn respond<D: Serialize>(
+        &mut self,
+        now: Instant,
+        method: &str,
+        client_token: &str,
+        code: u16,
+        message: Option<&str>,
+        data: Option<&D>,
+    ) -> Result<(), Error> {
+        let _ = now;
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        if client_token.is_empty() || client_token.len() > self.config.limits.max_client_token {
+            return Err(Error::InvalidArgument);
+        }
+        let topic = Topic::MethodResponse {
+            thing: self.config.thing_id,
+            method,
+        };
+        let body = payload::MethodResponse {
+            client_token,
+            code,
+            message,
+            data,
+        };
+        self.enqueue(topic, &body, QoS::AtLeastOnce, None)
+    }
+
+    /// Starts an NTP exchange of `samples` requests (1 to 16), one after the other, keeping the
+    /// answer with the smallest round trip (S-6.2). Answered by [`Event::Ntp`], or
+    /// [`Event::TimedOut`] when no answer came. The result also sets [`Device::unix_time_ms`].
+    pub fn request_ntp(&mut self, now: Instant, samples: u8) -> Result<RequestId, Error> {
+        let _ = now;
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        if self.ntp.is_some() {
+            return Err(Error::Busy);
+        }
+        let id = self.take_id();
+        self.ntp = Some(NtpRun {
+            id,
+            attempts_left: samples.clamp(1, MAX_NTP_SAMPLES),
+            best: None,
+            outstanding: None,
+            finished: false,
+        });
+        Ok(RequestId(id))
+    }
+
+    /// Reports the state of the current OTA task (S-7.2). The timestamp is the NTP-corrected
+    /// Unix time when known, else `now`. After `Done`, `Failed` or `Canceled` the task is over and
+    /// further reports fail with [`Error::NoOtaTask`].
+    pub fn report_ota(&mut self, now: Instant, report: OtaReport<'_>) -> Result<(), Error> {
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        let ota = self.session.ota.as_ref().ok_or(Error::NoOtaTask)?;
+        if ota.last_final.is_some() {
+            return Err(Error::NoOtaTask);
+        }
+        let (task_id, tok) = (ota.task_id.clone(), ota.token.clone());
+        let (status, progress, err_code, err_msg) = match report {
+            OtaReport::Ongoing { progress } => (
+                OtaStatus::Ongoing,
+                Some(progress.min(iothub_spec::limits::OTA_PROGRESS_MAX)),
+                None,
+                None,
+            ),
+            OtaReport::Done => (OtaStatus::Done, None, None, None),
+            OtaReport::Failed { code, message } => {
+                (OtaStatus::Failed, None, Some(code.as_u16()), message)
+            }
+            OtaReport::Canceled => (OtaStatus::Canceled, None, None, None),
+        };
+        let body = payload::OtaResult {
+            client_token: &tok,
+            task_id: &task_id,
+            status,
+            progress,
+            err_code,
+            err_msg,
+            timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
+        };
+        let topic = Topic::OtaTaskResult {
+            thing: self.config.thing_id,
+        };
+        self.enqueue(topic, &body, QoS::AtLeastOnce, None)?;
+        if status.is_final()
+            && let Some(ota) = self.session.ota.as_mut()
+        {
+            ota.last_final = Some((status, err_code));
+        }
+        Ok(())
+    }
+
+    /// Publishes `value` as telemetry on `T/messages/property`.
+    pub fn publish_telemetry<T: Serialize>(
+        &mut self,
+        now: Instant,
+        value: &T,
+        qos: QoS,
+    ) -> Result<(), Error> {
+        let _ = now;
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        let topic = Topic::Property {
+            thing: self.config.thing_id,
+        };
+        self.enqueue(topic, value, qos, None)
+    }
+
+    // ----- queries ------------------------------------------------------------------------
+
+    /// The id of the shadow named `name`, if the device follows it.
+    pub fn shadow_id(&self, name: &str) -> Option<ShadowId> {
+        let i = self.config.shadows.iter().position(|s| *s == name)?;
+        u8::try_from(i).ok().map(ShadowId)
+    }
+
+    /// The name of a shadow.
+    pub fn shadow_name(&self, shadow: ShadowId) -> Option<&'a str> {
+        self.config.shadows.get(shadow.index()).copied()
+    }
+
+    /// The version of the last delta or document handed to the application for `shadow`.
+    pub fn applied_version(&self, shadow: ShadowId) -> Option<u64> {
+        self.session.applied.get(shadow.index()).copied().flatten()
+    }
+
+    /// Forgets the applied version of `shadow`, so the next document or delta is taken whatever
+    /// its version. Call it when the application knows the shadow was deleted and created again
+    /// (versions restart at 1, S-3.4).
+    pub fn forget_version(&mut self, shadow: ShadowId) {
+        if let Some(v) = self.session.applied.get_mut(shadow.index()) {
+            *v = None;
+        }
+    }
+
+    /// Whether the device is connected.
+    pub fn is_connected(&self) -> bool {
+        self.conn.up
+    }
+
+    /// Shadow requests awaiting an answer (or an event), the device's own gets included.
+    pub fn in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The Unix time in ms at `now`, from the last NTP result; `None` before one.
+    pub fn unix_time_ms(&self, now: Instant) -> Option<u64> {
+        self.session.clock.map(|c| c.unix_time_ms(now))
+    }
+
+    /// The id of the OTA task in progress, if any.
+    pub fn ota_task_id(&self) -> Option<&str> {
+        self.session
+            .ota
+            .as_ref()
+            .filter(|o| o.last_final.is_none())
+            .map(|o| o.task_id.as_str())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config<'a> {
+        &self.config
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    fn filter_count(&self) -> usize {
+        self.config
+            .shadows
+            .len()
+            .saturating_mul(2)
+            .saturating_add(COMMON_FILTERS)
+    }
+
+    /// Subscription `i`: two per shadow (get replies, update replies), then methods, NTP, OTA.
+    fn filter(&self, i: usize) -> Option<Filter<'a>> {
+        let thing = self.config.thing_id;
+        let n = self.config.shadows.len().saturating_mul(2);
+        if i < n {
+            let shadow = *self.config.shadows.get(i / 2)?;
+            return Some(if i.is_multiple_of(2) {
+                Filter::ShadowGetReplies { thing, shadow }
+            } else {
+                Filter::ShadowUpdateReplies { thing, shadow }
+            });
+        }
+        match i.checked_sub(n)? {
+            0 => Some(Filter::MethodRequests { thing }),
+            1 => Some(Filter::NtpResponse { thing }),
+            2 => Some(Filter::OtaTask { thing }),
+            _ => None,
+        }
+    }
+
+    fn backoff(&self, attempt: u8) -> u64 {
+        backoff_ms(
+            self.config.retry_backoff_ms,
+            self.config.max_retry_backoff_ms,
+            attempt,
+        )
+    }
+
+    fn capacity(&self) -> usize {
+        let hub = usize::try_from(self.config.limits.max_in_flight).unwrap_or(usize::MAX);
+        IN_FLIGHT.min(hub).max(1)
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.session.next_id;
+        self.session.next_id = id.wrapping_add(1);
+        id
+    }
+
+    fn request_checks(&self, shadow: ShadowId) -> Result<&'a str, Error> {
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        let name = self.shadow_name(shadow).ok_or(Error::UnknownShadow)?;
+        if self.requests.len() >= self.capacity() {
+            return Err(Error::TooManyInFlight);
+        }
+        Ok(name)
+    }
+
+    /// Records a queued request; its message is already in the queue (capacity was checked).
+    fn push_request(&mut self, id: u32, kind: Kind, shadow: ShadowId) -> Result<RequestId, Error> {
+        let req = Request {
+            id,
+            kind,
+            shadow: shadow.0,
+            state: ReqState::Queued,
+        };
+        if self.requests.push(req).is_err() {
+            // Unreachable after `request_checks`; undo the queued message to stay consistent.
+            self.drop_last_queued();
+            return Err(Error::TooManyInFlight);
+        }
+        let _ = self.take_id();
+        Ok(RequestId(id))
+    }
+
+    fn drop_last_queued(&mut self) {
+        if let Some(q) = self.conn.queue.pop_back() {
+            let len = q.topic_len.saturating_add(q.payload_len);
+            self.conn.tx_len = self.conn.tx_len.saturating_sub(len);
+        }
+    }
+
+    /// Serializes a message at the end of the transmit queue.
+    fn enqueue<P: Serialize>(
+        &mut self,
+        topic: Topic<'_>,
+        payload: &P,
+        qos: QoS,
+        request: Option<u32>,
+    ) -> Result<(), Error> {
+        if self.conn.queue.is_full() {
+            return Err(Error::QueueFull);
+        }
+        let start = self.conn.tx_len;
+        let free = self.tx.get_mut(start..).ok_or(Error::QueueFull)?;
+        let topic_len = match topic.write_to(free) {
+            Ok(t) => t.len(),
+            Err(TopicError::BufferTooSmall) => return Err(Error::QueueFull),
+            Err(_) => return Err(Error::InvalidArgument),
+        };
+        let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
+        let payload_len = match serde_json_core::to_slice(payload, rest) {
+            Ok(n) => n,
+            // Too big for the free space: full if it would fit an empty buffer, else too large.
+            Err(_) if start > 0 => return Err(Error::QueueFull),
+            Err(_) => return Err(Error::PayloadTooLarge),
+        };
+        if payload_len > self.config.limits.max_request_payload {
+            return Err(Error::PayloadTooLarge);
+        }
+        let item = Queued {
+            topic_len,
+            payload_len,
+            qos,
+            request,
+        };
+        self.conn
+            .queue
+            .push_back(item)
+            .map_err(|_| Error::QueueFull)?;
+        self.conn.tx_len = start.saturating_add(topic_len).saturating_add(payload_len);
+        Ok(())
+    }
+
+    fn pop_queued<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Result<Option<Transmit<'b>>, Error> {
+        let Some(item) = self.conn.queue.front().copied() else {
+            return Ok(None);
+        };
+        let total = item.topic_len.saturating_add(item.payload_len);
+        let src = self.tx.get(..total).ok_or(Error::BufferTooSmall)?;
+        let dst = buf.get_mut(..total).ok_or(Error::BufferTooSmall)?;
+        dst.copy_from_slice(src);
+        let (tb, pb) = dst
+            .split_at_mut_checked(item.topic_len)
+            .ok_or(Error::BufferTooSmall)?;
+        let tb: &'b [u8] = tb;
+        let pb: &'b [u8] = pb;
+        let topic = core::str::from_utf8(tb).map_err(|_| Error::BufferTooSmall)?;
+        self.conn.queue.pop_front();
+        let used = self.conn.tx_len;
+        if total <= used {
+            self.tx.copy_within(total..used, 0);
+        }
+        self.conn.tx_len = used.saturating_sub(total);
+        if let Some(id) = item.request
+            && let Some(r) = self.requests.iter_mut().find(|r| r.id == id)
+            && r.state == ReqState::Queued
+        {
+            r.state = ReqState::Sent {
+                deadline: now.add_millis(self.config.request_timeout_ms),
+            };
+        }
+        Ok(Some(Transmit::Publish {
+            topic,
+            payload: pb,
+            qos: item.qos,
+        }))
+    }
+
+    /// The shadow whose own get is due, if a request slot is free.
+    fn poll_get(&self, now: Instant) -> Result<Option<usize>, Error> {
+        if self.requests.len() >= self.capacity() {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .gets
+            .iter()
+            .position(|g| matches!(*g, GetState::Wanted { not_before, .. } if not_before <= now)))
+    }
+
+    fn transmit_get<'b>(
+        &mut self,
+        now: Instant,
+        index: usize,
+        buf: &'b mut [u8],
+    ) -> Result<Transmit<'b>, Error> {
+        let shadow = *self.config.shadows.get(index).ok_or(Error::UnknownShadow)?;
+        let attempt = match self.conn.gets.get(index) {
+            Some(GetState::Wanted { attempt, .. }) => *attempt,
+            _ => 0,
+        };
+        let id = self.session.next_id;
+        let tok = token::format(self.config.token_seed, id);
+        let t = write_publish(
+            buf,
+            Topic::ShadowGet {
+                thing: self.config.thing_id,
+                shadow,
+            },
+            &payload::GetRequest {
+                client_token: Some(tok.as_str()),
+            },
+            QoS::AtLeastOnce,
+        )?;
+        let req = Request {
+            id,
+            kind: Kind::Get { internal: true },
+            shadow: u8::try_from(index).map_err(|_| Error::UnknownShadow)?,
+            state: ReqState::Sent {
+                deadline: now.add_millis(self.config.request_timeout_ms),
+            },
+        };
+        self.requests
+            .push(req)
+            .map_err(|_| Error::TooManyInFlight)?;
+        let _ = self.take_id();
+        if let Some(g) = self.conn.gets.get_mut(index) {
+            *g = GetState::InFlight { attempt };
+        }
+        Ok(t)
+    }
+
+    /// Removes the request a reply's clientToken names, if it is in flight with this shadow and
+    /// kind; a reply to anything else is [`Ignored::Unmatched`].
+    fn take_request_raw(
+        &mut self,
+        tok: Option<&[u8]>,
+        shadow: ShadowId,
+        get: bool,
+    ) -> Result<Request, Ignored> {
+        let tok = tok.and_then(json::as_plain_str).ok_or(Ignored::Unmatched)?;
+        let id = token::parse(self.config.token_seed, tok).ok_or(Ignored::Unmatched)?;
+        let pos = self
+            .requests
+            .iter()
+            .position(|r| {
+                r.id == id
+                    && r.shadow == shadow.0
+                    && matches!(r.state, ReqState::Sent { .. })
+                    && matches!(r.kind, Kind::Get { .. }) == get
+            })
+            .ok_or(Ignored::Unmatched)?;
+        Ok(self.requests.swap_remove(pos))
+    }
+
+    fn take_request(
+        &mut self,
+        tok: Option<&[u8]>,
+        shadow: ShadowId,
+        kind: Kind,
+    ) -> Result<RequestId, Ignored> {
+        let get = matches!(kind, Kind::Get { .. });
+        self.take_request_raw(tok, shadow, get)
+            .map(|r| RequestId(r.id))
+    }
+
+    /// A get of `shadow` finished (answered): the device's own get is done.
+    fn finish_get(&mut self, req: &Request) {
+        if req.kind == (Kind::Get { internal: true })
+            && let Some(g) = self.conn.gets.get_mut(usize::from(req.shadow))
+        {
+            *g = GetState::Idle;
+        }
+    }
+
+    fn on_get_accepted<'p>(
+        &mut self,
+        _now: Instant,
+        s: ShadowId,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let depth = self.config.max_input_depth;
+        let [state, version, tok] = json::split(
+            payload,
+            [field::STATE, field::VERSION, field::CLIENT_TOKEN],
+            depth,
+        )
+        .map_err(Ignored::Json)?;
+        let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+        let [desired, reported, delta] = match state {
+            Some(st) if json::is_object(st) => json::split(
+                st,
+                [field::DESIRED, field::REPORTED, field::DELTA],
+                depth.saturating_sub(1),
+            )
+            .map_err(Ignored::Json)?,
+            Some(_) => return Err(Ignored::Malformed),
+            None => [None, None, None],
+        };
+        let section = |raw: Option<&'p [u8]>| raw.filter(|v| json::is_object(v)).and_then(raw_str);
+        let req = self.take_request_raw(tok, s, true)?;
+        self.finish_get(&req);
+        self.document(
+            req,
+            s,
+            version,
+            section(desired),
+            section(reported),
+            section(delta),
+        )
+    }
+
+    fn document<'p>(
+        &mut self,
+        req: Request,
+        s: ShadowId,
+        version: u64,
+        desired: Option<RawJson<'p>>,
+        reported: Option<RawJson<'p>>,
+        delta: Option<RawJson<'p>>,
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let app = req.kind == (Kind::Get { internal: false });
+        let slot = self
+            .session
+            .applied
+            .get_mut(s.index())
+            .ok_or(Ignored::UnknownShadow)?;
+        if slot.is_some_and(|a| version < a) {
+            return if app {
+                Ok(Some(Event::Accepted {
+                    request: RequestId(req.id),
+                    shadow: s,
+                    version,
+                }))
+            } else {
+                Err(Ignored::Stale)
+            };
+        }
+        *slot = Some(version);
+        Ok(Some(Event::Shadow(ShadowEvent {
+            shadow: s,
+            version,
+            request: app.then_some(RequestId(req.id)),
+            desired,
+            reported,
+            delta,
+        })))
+    }
+
+    fn on_get_rejected<'p>(
+        &mut self,
+        now: Instant,
+        s: ShadowId,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let [code, tok] = json::split(
+            payload,
+            [field::CODE, field::CLIENT_TOKEN],
+            self.config.max_input_depth,
+        )
+        .map_err(Ignored::Json)?;
+        let code = code.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+        let code = u16::try_from(code).unwrap_or(u16::MAX);
+        let req = self.take_request_raw(tok, s, true)?;
+        if code == iothub_spec::code::ErrorCode::NotFound.as_u16() {
+            // S-3.2: a shadow never written is an empty shadow at version 0.
+            self.finish_get(&req);
+            return self.document(req, s, 0, None, None, None);
+        }
+        if req.kind == (Kind::Get { internal: true }) {
+            warning!("get of shadow {} rejected with {}", s.index(), code);
+            let backoff = match self.conn.gets.get(s.index()) {
+                Some(GetState::InFlight { attempt }) => *attempt,
+                _ => 0,
+            };
+            let delay = self.backoff(backoff);
+            if let Some(g) = self.conn.gets.get_mut(s.index()) {
+                *g = GetState::Wanted {
+                    not_before: now.add_millis(delay),
+                    attempt: backoff.saturating_add(1),
+                };
+            }
+            return Ok(None);
+        }
+        Ok(Some(Event::Rejected {
+            request: RequestId(req.id),
+            shadow: s,
+            code,
+        }))
+    }
+
+    fn on_method<'p>(
+        &mut self,
+        method: &'p str,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let [tok, data] = json::split(
+            payload,
+            [field::CLIENT_TOKEN, field::DATA],
+            self.config.max_input_depth,
+        )
+        .map_err(Ignored::Json)?;
+        let client_token =
+            plain_token(tok, self.config.limits.max_client_token).ok_or(Ignored::Malformed)?;
+        if self.config.methods.contains(&method) {
+            let data = data.and_then(raw_str).unwrap_or(RawJson("null"));
+            return Ok(Some(Event::MethodCall(MethodCall {
+                method,
+                client_token,
+                data,
+            })));
+        }
+        if !self.conn.up {
+            return Err(Ignored::QueueFull);
+        }
+        let topic = Topic::MethodResponse {
+            thing: self.config.thing_id,
+            method,
+        };
+        let body: payload::MethodResponse<'_, ()> = payload::MethodResponse {
+            client_token,
+            code: method_code::NOT_FOUND,
+            message: Some("no such method"),
+            data: None,
+        };
+        self.enqueue(topic, &body, QoS::AtLeastOnce, None)
+            .map_err(|_| Ignored::QueueFull)?;
+        Ok(None)
+    }
+
+    fn on_ntp<'p>(
+        &mut self,
+        now: Instant,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let (resp, _): (payload::NtpResponse, usize) =
+            serde_json_core::from_slice(payload).map_err(|_| Ignored::Malformed)?;
+        let ntp = self.ntp.as_mut().ok_or(Ignored::Unmatched)?;
+        match ntp.outstanding {
+            Some((send, _)) if send == resp.client_send_time && !ntp.finished => {}
+            _ => return Err(Ignored::Unmatched),
+        }
+        ntp.outstanding = None;
+        let recv = now.as_millis();
+        let sample = NtpSample {
+            server_time_ms: resp.now_ms(recv),
+            round_trip_ms: resp.round_trip_ms(recv),
+            local: now,
+        };
+        if ntp
+            .best
+            .is_none_or(|b| sample.round_trip_ms < b.round_trip_ms)
+        {
+            ntp.best = Some(sample);
+        }
+        if ntp.attempts_left > 0 {
+            return Ok(None);
+        }
+        let run = *ntp;
+        self.ntp = None;
+        Ok(Some(self.finish_ntp(run)))
+    }
+
+    fn finish_ntp(&mut self, run: NtpRun) -> Event<'static> {
+        match run.best {
+            Some(sample) => {
+                self.session.clock = Some(sample);
+                Event::Ntp {
+                    request: RequestId(run.id),
+                    sample,
+                }
+            }
+            None => Event::TimedOut {
+                request: RequestId(run.id),
+            },
+        }
+    }
+
+    fn on_ota_task<'p>(
+        &mut self,
+        now: Instant,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let max = self.config.limits.max_client_token;
+        let task = match serde_json_core::from_slice::<payload::OtaTask<'p>>(payload) {
+            Ok((t, _))
+                if t.task_id.len() <= MAX_ID_LEN
+                    && !t.task_id.is_empty()
+                    && t.client_token.len() <= max.min(MAX_ID_LEN)
+                    && !t.task_id.contains('\\')
+                    && !t.client_token.contains('\\') =>
+            {
+                t
+            }
+            _ => return self.refuse_ota_task(now, payload),
+        };
+        if let Some(ota) = self.session.ota.as_ref()
+            && ota.task_id.as_str() == task.task_id
+        {
+            if let Some((status, err_code)) = ota.last_final {
+                // The hub missed our final result (it re-sends pending tasks on reconnect).
+                let (tid, tok) = (ota.task_id.clone(), ota.token.clone());
+                let body = payload::OtaResult {
+                    client_token: &tok,
+                    task_id: &tid,
+                    status,
+                    progress: None,
+                    err_code,
+                    err_msg: None,
+                    timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
+                };
+                let topic = Topic::OtaTaskResult {
+                    thing: self.config.thing_id,
+                };
+                if self.conn.up {
+                    let _ = self.enqueue(topic, &body, QoS::AtLeastOnce, None);
+                }
+            }
+            return Err(Ignored::Duplicate);
+        }
+        let (Ok(task_id), Ok(tok)) = (
+            String::<MAX_ID_LEN>::try_from(task.task_id),
+            String::<MAX_ID_LEN>::try_from(task.client_token),
+        ) else {
+            return Err(Ignored::BadOtaTask);
+        };
+        self.session.ota = Some(OtaState {
+            task_id,
+            token: tok,
+            last_final: None,
+        });
+        Ok(Some(Event::OtaTask(task)))
+    }
+
+    /// Answers a malformed OTA task `failed` 400 when its task id and token are readable.
+    fn refuse_ota_task<'p>(
+        &mut self,
+        now: Instant,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let max = self.config.limits.max_client_token;
+        let Ok([tid, tok]) = json::split(
+            payload,
+            [field::TASK_ID, field::CLIENT_TOKEN],
+            self.config.max_input_depth,
+        ) else {
+            return Err(Ignored::BadOtaTask);
+        };
+        if let (Some(task_id), Some(client_token)) =
+            (plain_token(tid, MAX_ID_LEN), plain_token(tok, max))
+            && self.conn.up
+        {
+            let body = payload::OtaResult {
+                client_token,
+                task_id,
+                status: OtaStatus::Failed,
+                progress: None,
+                err_code: Some(OtaErrorCode::BadTask.as_u16()),
+                err_msg: Some("bad task"),
+                timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
+            };
+            let topic = Topic::OtaTaskResult {
+                thing: self.config.thing_id,
+            };
+            let _ = self.enqueue(topic, &body, QoS::AtLeastOnce, None);
+        }
+        Err(Ignored::BadOtaTask)
+    }
+}

@@ -1,0 +1,422 @@
+//! A bounded, non-recursive JSON scanner that splits message envelopes.
+//!
+//! The device never builds a tree: it walks the top-level members of an object, keeps the raw
+//! value slices of the few keys it cares about (`clientToken`, `version`, `code`, `state`, ...)
+//! and hands the application the raw `state` slice to deserialize with `serde-json-core`
+//! ([`crate::RawJson::parse`]).
+//!
+//! The scanner is iterative: nesting is tracked in a 64-bit stack (one bit per open container), so
+//! a hostile payload costs at most one pass and never recursion. It checks the structure
+//! (brackets match, strings close, members are `"key": value` separated by commas, scalars are
+//! plausible tokens); the exact grammar of numbers and literals inside skipped values is left to
+//! `serde-json-core` when the application parses a slice.
+
+/// Why the scanner refused a JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JsonError {
+    /// The text is not a JSON object where one was required.
+    NotAnObject,
+    /// Brackets, strings, separators or tokens are malformed, or the text ends early.
+    Syntax,
+    /// The text nests deeper than the limit given to the scanner.
+    TooDeep,
+}
+
+impl core::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            JsonError::NotAnObject => "json is not an object",
+            JsonError::Syntax => "malformed json",
+            JsonError::TooDeep => "json nests too deep",
+        })
+    }
+}
+
+impl core::error::Error for JsonError {}
+
+/// The deepest nesting the scanner can track (the width of its bracket stack).
+pub const MAX_SCAN_DEPTH: usize = 64;
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(&b) = bytes.get(pos) {
+        if !is_ws(b) {
+            break;
+        }
+        pos = pos.saturating_add(1);
+    }
+    pos
+}
+
+/// Skips a string whose opening quote is at `pos`; returns the index just past the closing quote.
+fn skip_string(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
+    if bytes.get(pos) != Some(&b'"') {
+        return Err(JsonError::Syntax);
+    }
+    let mut i = pos.saturating_add(1);
+    loop {
+        match bytes.get(i) {
+            None => return Err(JsonError::Syntax),
+            Some(b'"') => return Ok(i.saturating_add(1)),
+            Some(b'\\') => {
+                // Any escaped byte; `serde-json-core` validates the escape itself.
+                if bytes.get(i.saturating_add(1)).is_none() {
+                    return Err(JsonError::Syntax);
+                }
+                i = i.saturating_add(2);
+            }
+            Some(&b) if b < 0x20 => return Err(JsonError::Syntax),
+            Some(_) => i = i.saturating_add(1),
+        }
+    }
+}
+
+fn is_scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')
+}
+
+/// Skips a scalar (`true`, `false`, `null` or a number) starting at `pos`.
+fn skip_scalar(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
+    let mut end = pos;
+    while let Some(&b) = bytes.get(end) {
+        if !is_scalar_byte(b) {
+            break;
+        }
+        end = end.saturating_add(1);
+    }
+    let token = bytes.get(pos..end).ok_or(JsonError::Syntax)?;
+    match token {
+        b"true" | b"false" | b"null" => Ok(end),
+        [first, ..] if first.is_ascii_digit() || *first == b'-' => Ok(end),
+        _ => Err(JsonError::Syntax),
+    }
+}
+
+/// Skips one JSON value starting at or after `pos` (leading whitespace allowed) that may open at
+/// most `max_depth` nested containers; returns `(start, end)` of the value.
+///
+/// Iterative: containers are tracked in a bit stack, and inside them the member/element grammar
+/// (`"key": value`, commas) is checked with a small state machine.
+pub fn skip_value(bytes: &[u8], pos: usize, max_depth: usize) -> Result<(usize, usize), JsonError> {
+    let start = skip_ws(bytes, pos);
+    let max_depth = max_depth.min(MAX_SCAN_DEPTH);
+    match bytes.get(start) {
+        None => Err(JsonError::Syntax),
+        Some(b'"') => Ok((start, skip_string(bytes, start)?)),
+        Some(b'{') | Some(b'[') => Ok((start, skip_container(bytes, start, max_depth)?)),
+        Some(_) => Ok((start, skip_scalar(bytes, start)?)),
+    }
+}
+
+/// What the container state machine expects next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A value, or the closing bracket of an empty container.
+    ValueOrClose,
+    /// A key, or the closing brace of an empty object.
+    KeyOrClose,
+    /// A key (after a comma in an object).
+    Key,
+    /// A colon after a key.
+    Colon,
+    /// A value (after a colon or a comma in an array).
+    Value,
+    /// A comma or the closing bracket.
+    CommaOrClose,
+}
+
+fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, JsonError> {
+    // Bit `d` of `stack` is 1 when the container at depth `d + 1` is an object.
+    let mut stack: u64 = 0;
+    let mut depth: usize = 0;
+    let mut expect = Expect::Value;
+    let mut i = start;
+    loop {
+        i = skip_ws(bytes, i);
+        let b = *bytes.get(i).ok_or(JsonError::Syntax)?;
+        let in_object = depth > 0 && (stack >> (depth - 1)) & 1 == 1;
+        match (expect, b) {
+            (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
+                if depth >= max_depth {
+                    return Err(JsonError::TooDeep);
+                }
+                let bit = 1u64 << depth;
+                if b == b'{' {
+                    stack |= bit;
+                    expect = Expect::KeyOrClose;
+                } else {
+                    stack &= !bit;
+                    expect = Expect::ValueOrClose;
+                }
+                depth += 1;
+                i += 1;
+            }
+            (Expect::ValueOrClose | Expect::KeyOrClose | Expect::CommaOrClose, b'}' | b']') => {
+                let closes_object = b == b'}';
+                if depth == 0 || closes_object != in_object {
+                    return Err(JsonError::Syntax);
+                }
+                if expect == Expect::ValueOrClose && in_object {
+                    return Err(JsonError::Syntax);
+                }
+                if expect == Expect::KeyOrClose && !in_object {
+                    return Err(JsonError::Syntax);
+                }
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return Ok(i);
+                }
+                expect = Expect::CommaOrClose;
+            }
+            (Expect::CommaOrClose, b',') => {
+                expect = if in_object {
+                    Expect::Key
+                } else {
+                    Expect::Value
+                };
+                i += 1;
+            }
+            (Expect::Key | Expect::KeyOrClose, b'"') => {
+                i = skip_string(bytes, i)?;
+                expect = Expect::Colon;
+            }
+            (Expect::Colon, b':') => {
+                expect = Expect::Value;
+                i += 1;
+            }
+            (Expect::Value | Expect::ValueOrClose, b'"') => {
+                i = skip_string(bytes, i)?;
+                expect = Expect::CommaOrClose;
+            }
+            (Expect::Value | Expect::ValueOrClose, _) => {
+                i = skip_scalar(bytes, i)?;
+                expect = Expect::CommaOrClose;
+            }
+            _ => return Err(JsonError::Syntax),
+        }
+    }
+}
+
+/// An iterator over the top-level members of a JSON object: `(raw key, raw value)` pairs.
+///
+/// Keys are returned as written between the quotes (escapes are not decoded; the keys of this
+/// protocol never need any). Values are the exact byte range of the value, whitespace trimmed.
+/// Create it with [`Members::new`]; iteration stops at the first error, which it yields once.
+#[derive(Debug, Clone)]
+pub struct Members<'j> {
+    bytes: &'j [u8],
+    pos: usize,
+    max_depth: usize,
+    first: bool,
+    done: bool,
+}
+
+impl<'j> Members<'j> {
+    /// Starts scanning `bytes`, which must hold one JSON object nesting at most `max_depth` levels
+    /// (the object itself is level 1, as in [`iothub_spec::limits::json_depth`]).
+    pub fn new(bytes: &'j [u8], max_depth: usize) -> Result<Self, JsonError> {
+        let pos = skip_ws(bytes, 0);
+        if bytes.get(pos) != Some(&b'{') {
+            return Err(JsonError::NotAnObject);
+        }
+        if max_depth == 0 {
+            return Err(JsonError::TooDeep);
+        }
+        Ok(Members {
+            bytes,
+            pos: pos.saturating_add(1),
+            max_depth,
+            first: true,
+            done: false,
+        })
+    }
+
+    fn step(&mut self) -> Result<Option<(&'j str, &'j [u8])>, JsonError> {
+        let mut i = skip_ws(self.bytes, self.pos);
+        match self.bytes.get(i) {
+            Some(b'}') => {
+                let end = skip_ws(self.bytes, i.saturating_add(1));
+                if end != self.bytes.len() {
+                    return Err(JsonError::Syntax);
+                }
+                return Ok(None);
+            }
+            Some(b',') if !self.first => {
+                i = skip_ws(self.bytes, i.saturating_add(1));
+            }
+            Some(b'"') if self.first => {}
+            _ => return Err(JsonError::Syntax),
+        }
+        self.first = false;
+        let key_end = skip_string(self.bytes, i)?;
+        let key = self
+            .bytes
+            .get(i.saturating_add(1)..key_end.saturating_sub(1))
+            .ok_or(JsonError::Syntax)?;
+        let key = core::str::from_utf8(key).map_err(|_| JsonError::Syntax)?;
+        let colon = skip_ws(self.bytes, key_end);
+        if self.bytes.get(colon) != Some(&b':') {
+            return Err(JsonError::Syntax);
+        }
+        let (vs, ve) = skip_value(
+            self.bytes,
+            colon.saturating_add(1),
+            self.max_depth.saturating_sub(1),
+        )?;
+        self.pos = ve;
+        let value = self.bytes.get(vs..ve).ok_or(JsonError::Syntax)?;
+        Ok(Some((key, value)))
+    }
+}
+
+impl<'j> Iterator for Members<'j> {
+    type Item = Result<(&'j str, &'j [u8]), JsonError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(m)) => Some(Ok(m)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Scans the whole object in `bytes` once and returns the raw values of `keys`, in order
+/// (`None` for a key that is absent; for a repeated key the last value wins, as in
+/// `serde_json`).
+///
+/// Fails when `bytes` is not one well-formed object within `max_depth`, so a caller never acts on
+/// a truncated envelope.
+pub fn split<'j, const N: usize>(
+    bytes: &'j [u8],
+    keys: [&str; N],
+    max_depth: usize,
+) -> Result<[Option<&'j [u8]>; N], JsonError> {
+    let mut out: [Option<&'j [u8]>; N] = [None; N];
+    for member in Members::new(bytes, max_depth)? {
+        let (key, value) = member?;
+        for (slot, want) in out.iter_mut().zip(keys.iter()) {
+            if key == *want {
+                *slot = Some(value);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The contents of a raw JSON string value without escapes, or `None` when `raw` is not a string
+/// or holds a backslash (client tokens, ids and names never need escapes).
+pub fn as_plain_str(raw: &[u8]) -> Option<&str> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        return None;
+    }
+    core::str::from_utf8(inner).ok()
+}
+
+/// A raw JSON value as a `u64`, or `None` when it is not a plain non-negative integer that fits.
+pub fn as_u64(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in raw {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    // JSON forbids leading zeros.
+    if raw.len() > 1 && raw.first() == Some(&b'0') {
+        return None;
+    }
+    Some(n)
+}
+
+/// Whether a raw JSON value is the literal `null`.
+pub fn is_null(raw: &[u8]) -> bool {
+    raw == b"null"
+}
+
+/// Whether a raw JSON value is an object (starts with `{`).
+pub fn is_object(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_envelopes() {
+        let j = br#" {"state": {"a":{"b":[1,2,{"c":"}"}]}}, "version":7 ,"clientToken":"t-1","x":null} "#;
+        let [s, v, t, m] = split(j, ["state", "version", "clientToken", "missing"], 8).unwrap();
+        assert_eq!(s.unwrap(), br#"{"a":{"b":[1,2,{"c":"}"}]}}"#);
+        assert_eq!(as_u64(v.unwrap()), Some(7));
+        assert_eq!(as_plain_str(t.unwrap()), Some("t-1"));
+        assert!(m.is_none());
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"{",
+            b"{\"a\"}",
+            b"{\"a\":}",
+            b"{\"a\":1,}",
+            b"{,\"a\":1}",
+            b"{\"a\":1 \"b\":2}",
+            b"{\"a\":[1,]}",
+            b"{\"a\":[1}",
+            b"{\"a\":{\"b\"]}",
+            b"{\"a\":{1:2}}",
+            b"{\"a\":\"x}",
+            b"{\"a\":1} x",
+            b"{\"a\":nope}",
+            b"{\"a\":\"\x01\"}",
+        ] {
+            assert!(
+                split(bad, ["a"], 8).is_err(),
+                "{:?}",
+                core::str::from_utf8(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn depth_limit() {
+        let j = br#"{"a":{"b":{"c":1}}}"#;
+        assert!(split(j, ["a"], 3).is_ok());
+        assert_eq!(split(j, ["a"], 2), Err(JsonError::TooDeep));
+        assert_eq!(split(b"{}", ["a"], 0), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(as_u64(b"0"), Some(0));
+        assert_eq!(as_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(as_u64(b"18446744073709551616"), None);
+        assert_eq!(as_u64(b"01"), None);
+        assert_eq!(as_u64(b"-1"), None);
+        assert_eq!(as_u64(b"1.0"), None);
+        assert_eq!(as_plain_str(br#""a\"b""#), None);
+        assert_eq!(as_plain_str(b"1"), None);
+        assert!(is_null(b"null"));
+    }
+}
