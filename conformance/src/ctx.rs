@@ -122,8 +122,13 @@ impl Ctx {
     }
 
     /// Creates a thing with extra fields in the body (`tags`, ...).
-    pub async fn create_thing_with(&self, mut body: Value) -> anyhow::Result<Thing> {
-        let id = self.fresh_id();
+    pub async fn create_thing_with(&self, body: Value) -> anyhow::Result<Thing> {
+        self.create_thing_named(&self.fresh_id(), body).await
+    }
+
+    /// Creates the thing `id` with extra fields in the body.
+    pub async fn create_thing_named(&self, id: &str, mut body: Value) -> anyhow::Result<Thing> {
+        let id = id.to_string();
         body["thingId"] = json!(id);
         let r = self.api.post("/api/v1/things", body).await?;
         r.expect("S-9.2 POST /api/v1/things", &[200, 201])?;
@@ -340,6 +345,13 @@ impl Device {
     pub async fn recv_on(&mut self, topic: &str, within: Duration) -> Option<Msg> {
         self.conn.recv_on(topic, within).await
     }
+}
+
+/// The filter `T/#` of a thing's own tree (always allowed by S-2.1).
+pub fn own_filter(thing: &str) -> String {
+    Topic::NtpResponse { thing }
+        .to_string()
+        .replace("/ntp/resp", "/#")
 }
 
 /// A pseudo-random `u32` (std's randomly keyed hasher; good enough for tokens and secrets).
