@@ -532,6 +532,14 @@ pub struct Client {
     suback: HashMap<u16, Vec<u8>>,
 }
 
+/// TCP_NODELAY: without it, Nagle's algorithm and delayed ACKs hold small packets back ~40 ms,
+/// which skews round trips (S-6) and slows every request/reply exchange.
+fn nodelay() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}
+
 /// Largest packet the test clients send or accept.
 const CLIENT_MAX_PACKET: usize = 4 * 1024 * 1024;
 
@@ -587,7 +595,8 @@ impl Client {
                         false,
                     ));
                 }
-                let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+                let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+                eventloop.set_network_options(nodelay());
                 (Handle::V4(client), tokio::spawn(drive_v4(eventloop, tx)))
             }
             Proto::V5 => {
@@ -595,7 +604,8 @@ impl Client {
                 opts.set_keep_alive(Duration::from_secs(10))
                     .set_clean_start(clean)
                     .set_credentials(username, password)
-                    .set_max_packet_size(Some(CLIENT_MAX_PACKET as u32));
+                    .set_max_packet_size(Some(CLIENT_MAX_PACKET as u32))
+                    .set_network_options(nodelay());
                 if let Some((topic, payload)) = will {
                     opts.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
                         topic,
