@@ -212,56 +212,145 @@ impl SqliteStore {
         }))
     }
 
-    /// Applies one CAS write inside `tx`. A per-write failure is returned as `Ok(Err(..))` and
-    /// leaves the transaction usable; only database errors come back as the outer `Err`.
-    async fn apply_write(
+    /// Applies `writes` inside `tx` with a few multi-row statements instead of one statement
+    /// per write: with sqlx every statement is a round trip to SQLite's worker thread, which
+    /// dominated the cost of a group commit.
+    ///
+    /// A batch may hold several writes to one shadow (v1→v2, then v2→v3), so it runs in rounds
+    /// in which each shadow appears at most once, in submission order; a write that builds on a
+    /// failed one then fails its own version check, as it would alone. Per-write failures are
+    /// detected from the `RETURNING` rows, never from SQL errors, so they leave the transaction
+    /// usable (on PostgreSQL too). Only database errors come back as the outer `Err`.
+    async fn apply_writes(
         tx: &mut Transaction<'_, Sqlite>,
-        w: &ShadowWrite,
-    ) -> Result<Result<(), StoreError>, StoreError> {
-        let affected = if w.expected_version == 0 {
-            // The EXISTS guard avoids a foreign-key error (which would abort the transaction on
-            // PostgreSQL); the WHERE clause is also required by SQLite to parse an upsert on a
-            // SELECT. PostgreSQL: cast the placeholders ($3::BIGINT, $5::BIGINT), as it types
-            // SELECT-list parameters as text.
-            sqlx::query(
-                "INSERT INTO shadows (thing_id, name, version, body, updated_at) \
-                 SELECT $1, $2, $3, $4, $5 \
-                 WHERE EXISTS (SELECT 1 FROM things WHERE thing_id = $1) \
-                 ON CONFLICT (thing_id, name) DO NOTHING",
-            )
-            .bind(&w.thing_id)
-            .bind(&w.name)
-            .bind(to_db(w.new_version))
-            .bind(&w.body)
-            .bind(to_db(w.updated_at))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-        } else {
-            sqlx::query(
-                "UPDATE shadows SET version = $3, body = $4, updated_at = $5 \
-                 WHERE thing_id = $1 AND name = $2 AND version = $6",
-            )
-            .bind(&w.thing_id)
-            .bind(&w.name)
-            .bind(to_db(w.new_version))
-            .bind(&w.body)
-            .bind(to_db(w.updated_at))
-            .bind(to_db(w.expected_version))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-        };
-        if affected == 1 {
-            return Ok(Ok(()));
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut out: Vec<Option<Result<(), StoreError>>> = vec![None; writes.len()];
+        let mut pending: Vec<usize> = (0..writes.len()).collect();
+        while !pending.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = pending
+                .iter()
+                .partition(|&&i| seen.insert((&writes[i].thing_id, &writes[i].name)));
+            pending = later;
+            for chunk in round.chunks(ROWS_PER_STATEMENT) {
+                let (creates, updates): (Vec<usize>, Vec<usize>) =
+                    chunk.iter().partition(|&&i| writes[i].expected_version == 0);
+                let mut written = Self::insert_shadows(tx, writes, &creates).await?;
+                written.extend(Self::update_shadows(tx, writes, &updates).await?);
+                for &i in chunk {
+                    let w = &writes[i];
+                    out[i] = Some(if written.contains(&(w.thing_id.clone(), w.name.clone())) {
+                        Ok(())
+                    } else if Self::thing_exists(tx, &w.thing_id).await? {
+                        Err(StoreError::VersionConflict)
+                    } else {
+                        Err(StoreError::NotFound)
+                    });
+                }
+            }
         }
-        // Nothing written: only now pay for finding out why.
-        if Self::thing_exists(tx, &w.thing_id).await? {
-            Ok(Err(StoreError::VersionConflict))
-        } else {
-            Ok(Err(StoreError::NotFound))
-        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Unavailable("write not attempted".into()))))
+            .collect())
     }
+
+    /// Creates the shadows at `rows` (expected version 0); returns the keys written.
+    ///
+    /// The EXISTS guard avoids a foreign-key error (which would abort the transaction on
+    /// PostgreSQL); the WHERE clause is also required by SQLite to parse an upsert on a SELECT.
+    /// PostgreSQL: name the VALUES columns (`AS v(thing_id, ...)`) and cast the numbers.
+    async fn insert_shadows(
+        tx: &mut Transaction<'_, Sqlite>,
+        writes: &[ShadowWrite],
+        rows: &[usize],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "INSERT INTO shadows (thing_id, name, version, body, updated_at) \
+             SELECT column1, column2, column3, column4, column5 FROM (VALUES {}) \
+             WHERE EXISTS (SELECT 1 FROM things WHERE things.thing_id = column1) \
+             ON CONFLICT (thing_id, name) DO NOTHING RETURNING thing_id, name",
+            placeholders(rows.len(), 5)
+        );
+        let mut query = sqlx::query(&sql);
+        for &i in rows {
+            let w = &writes[i];
+            query = query
+                .bind(&w.thing_id)
+                .bind(&w.name)
+                .bind(to_db(w.new_version))
+                .bind(&w.body)
+                .bind(to_db(w.updated_at));
+        }
+        Self::written_keys(query.fetch_all(&mut **tx).await?)
+    }
+
+    /// Moves the shadows at `rows` from their expected version to the new one (CAS); returns
+    /// the keys written. PostgreSQL: name the VALUES columns and cast the numbers.
+    async fn update_shadows(
+        tx: &mut Transaction<'_, Sqlite>,
+        writes: &[ShadowWrite],
+        rows: &[usize],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "UPDATE shadows SET version = v.column3, body = v.column4, updated_at = v.column5 \
+             FROM (VALUES {}) AS v \
+             WHERE shadows.thing_id = v.column1 AND shadows.name = v.column2 \
+               AND shadows.version = v.column6 \
+             RETURNING thing_id, name",
+            placeholders(rows.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for &i in rows {
+            let w = &writes[i];
+            query = query
+                .bind(&w.thing_id)
+                .bind(&w.name)
+                .bind(to_db(w.new_version))
+                .bind(&w.body)
+                .bind(to_db(w.updated_at))
+                .bind(to_db(w.expected_version));
+        }
+        Self::written_keys(query.fetch_all(&mut **tx).await?)
+    }
+
+    fn written_keys(
+        rows: Vec<SqliteRow>,
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+}
+
+/// Rows per multi-row statement: 6 parameters each stays far below SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// `($1, $2, $3), ($4, $5, $6), ...` for `rows` rows of `columns` parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * columns + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 #[async_trait::async_trait]
@@ -535,10 +624,7 @@ impl Store for SqliteStore {
         // by affected-row counts rather than by SQL errors, so they never poison the transaction
         // (no savepoints needed, and the same holds on PostgreSQL).
         let mut tx = self.writer.begin().await?;
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            out.push(Self::apply_write(&mut tx, w).await?);
-        }
+        let out = Self::apply_writes(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(out)
     }
