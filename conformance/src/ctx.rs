@@ -9,11 +9,11 @@ use iothub_spec::ids::DEFAULT_SHADOW;
 use iothub_spec::limits::Limits;
 use iothub_spec::topic::{Filter, Topic};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::api::Api;
 use crate::mqtt::{Conn, ConnectOpts, Msg, Proto, STEP};
 use crate::spawn::SpawnedHub;
+use std::path::PathBuf;
 
 /// A thing created for a case.
 #[derive(Debug, Clone)]
@@ -36,8 +36,9 @@ pub struct Ctx {
     pub service: Option<(String, String)>,
     /// The limits the hub reports at `GET /api/v1/limits`.
     pub limits: Limits,
-    /// The spawned hub, when the suite started it (lets cases restart it).
-    pub hub: Option<Mutex<SpawnedHub>>,
+    /// The hub binary, when the suite was asked to spawn one (lets cases start and crash
+    /// their own instance).
+    pub hub_bin: Option<PathBuf>,
     run: String,
     counter: AtomicU32,
 }
@@ -84,7 +85,7 @@ impl Ctx {
         api: &str,
         token: &str,
         service: Option<(String, String)>,
-        hub: Option<SpawnedHub>,
+        hub_bin: Option<PathBuf>,
     ) -> anyhow::Result<Ctx> {
         let (host, port) = parse_mqtt(mqtt)?;
         let api = Api::new(api, token)?;
@@ -104,7 +105,7 @@ impl Ctx {
             api,
             service,
             limits,
-            hub: hub.map(Mutex::new),
+            hub_bin,
             run: format!("cf{:x}", t % 0xFF_FFFF),
             counter: AtomicU32::new(0),
         })
@@ -150,7 +151,9 @@ impl Ctx {
         proto: Proto,
         pre_subscribe: Vec<String>,
     ) -> anyhow::Result<Device> {
-        let conn = Conn::connect(
+        // The SUBACKs of `pre_subscribe` are awaited before returning.
+        let n = pre_subscribe.len();
+        let mut conn = Conn::connect(
             &self.mqtt_host,
             self.mqtt_port,
             proto,
@@ -164,6 +167,15 @@ impl Ctx {
         )
         .await
         .map_err(|e| anyhow!("S-1.2 connecting thing {} ({}): {e}", thing.id, proto.tag()))?;
+        for _ in 0..n {
+            match conn
+                .wait_ev(STEP, |e| matches!(e, crate::mqtt::Ev::SubAck(_)))
+                .await
+            {
+                Some(crate::mqtt::Ev::SubAck(c)) if c.iter().all(|x| *x <= 2) => {}
+                other => bail!("S-2.1 SUBSCRIBE sent with CONNECT not granted: {other:?}"),
+            }
+        }
         Ok(Device {
             thing: thing.clone(),
             conn,
@@ -345,6 +357,18 @@ impl Device {
     pub async fn recv_on(&mut self, topic: &str, within: Duration) -> Option<Msg> {
         self.conn.recv_on(topic, within).await
     }
+}
+
+/// Builds a context for a hub the suite spawned.
+pub async fn for_spawned(hub: &SpawnedHub, bin: Option<PathBuf>) -> anyhow::Result<Ctx> {
+    Ctx::new(
+        &hub.mqtt,
+        &format!("http://{}", hub.http),
+        &hub.token,
+        Some(hub.service.clone()),
+        bin,
+    )
+    .await
 }
 
 /// The filter `T/#` of a thing's own tree (always allowed by S-2.1).

@@ -127,16 +127,13 @@ async fn main() -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let mut _hub = None;
     let ctx = match spawn_hub {
         Some(bin) => {
             let hub = SpawnedHub::start(&bin).await?;
-            let (m, h, t, s) = (
-                hub.mqtt.clone(),
-                format!("http://{}", hub.http),
-                hub.token.clone(),
-                hub.service.clone(),
-            );
-            Ctx::new(&m, &h, &t, Some(s), Some(hub)).await?
+            let ctx = iothub_conformance::ctx::for_spawned(&hub, Some(bin)).await?;
+            _hub = Some(hub);
+            ctx
         }
         None => {
             let service = match service_user {

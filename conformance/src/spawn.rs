@@ -63,37 +63,26 @@ impl SpawnedHub {
     }
 
     /// Kills the hub with SIGKILL (a crash: no graceful shutdown) and starts it again on the
-    /// same ports and data directory.
+    /// same data directory. It listens on fresh ports (the old ones may still be held by
+    /// closing connections); read [`SpawnedHub::mqtt`] and [`SpawnedHub::http`] again.
     pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
         self.child.start_kill().context("killing the hub")?;
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .context("hub did not die within 10 s")??;
-        let mut last = None;
-        // The ports were just released; binding them again may briefly fail.
-        for _ in 0..50 {
-            match launch(
-                &self.bin,
-                self.dir.path(),
-                &self.mqtt,
-                &self.http,
-                &self.token,
-                &self.service,
-            )
-            .await
-            {
-                Ok((child, mqtt, http)) => {
-                    if mqtt != self.mqtt || http != self.http {
-                        bail!("restarted hub moved to mqtt={mqtt} http={http}");
-                    }
-                    self.child = child;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last.unwrap_or_else(|| anyhow!("restart failed")))
+        let (child, mqtt, http) = launch(
+            &self.bin,
+            self.dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &self.token,
+            &self.service,
+        )
+        .await?;
+        self.child = child;
+        self.mqtt = mqtt;
+        self.http = http;
+        Ok(())
     }
 }
 
@@ -172,6 +161,15 @@ async fn launch(
 
 fn tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
+    // The panic or error line says more than a backtrace's tail.
+    let key: Vec<&str> = s
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains("ERROR") || l.contains("Error"))
+        .take(5)
+        .collect();
+    if !key.is_empty() {
+        return key.join(" | ");
+    }
     let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
+    lines[lines.len().saturating_sub(10)..].join(" | ")
 }

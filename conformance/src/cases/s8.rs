@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 
 use crate::case::{Case, skip};
 use crate::cases::s3::setup_update;
-use crate::ctx::{Ctx, Reply};
+use crate::ctx::{Ctx, Reply, for_spawned};
 use crate::ensure;
 use crate::mqtt::{Conn, Msg, Proto, STEP};
+use crate::spawn::SpawnedHub;
 
 /// The S-8 cases.
 pub fn cases() -> Vec<Case> {
@@ -198,10 +199,13 @@ async fn lifecycle(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 }
 
 async fn restart(ctx: Arc<Ctx>) -> anyhow::Result<()> {
-    let Some(hub) = &ctx.hub else {
-        return skip("needs --spawn-hub (the suite must be able to kill and restart the hub)");
+    let Some(bin) = &ctx.hub_bin else {
+        return skip("needs --spawn-hub (the suite must be able to kill and restart a hub)");
     };
-    let mut d = ctx.shadow_device(Proto::V5).await?;
+    // A hub instance of its own, so the crash does not disturb the other cases.
+    let mut hub = SpawnedHub::start(bin).await?;
+    let c1 = for_spawned(&hub, None).await?;
+    let mut d = c1.shadow_device(Proto::V5).await?;
     let id = d.thing.id.clone();
     setup_update(
         &mut d,
@@ -213,19 +217,18 @@ async fn restart(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         .update_ok(DEFAULT_SHADOW, &json!({"state": {"reported": {"b": 2}}}))
         .await?;
     ensure!(acc["version"] == 2, "S-3.4 version {}", acc["version"]);
-    wait_connected(&ctx, &id, true).await?;
-    hub.lock()
+    wait_connected(&c1, &id, true).await?;
+    hub.crash_and_restart()
         .await
-        .crash_and_restart()
-        .await
-        .context("restarting the hub")?;
-    let v = thing_field(&ctx, &id).await?;
+        .context("restarting the hub after SIGKILL")?;
+    let c2 = for_spawned(&hub, None).await?;
+    let v = thing_field(&c2, &id).await?;
     ensure!(
         v["connected"] == false,
         "S-8.2 after a restart the thing shows connected = {}",
         v["connected"]
     );
-    let mut d2 = ctx.connect(&d.thing, Proto::V311, vec![]).await?;
+    let mut d2 = c2.connect(&d.thing, Proto::V311, vec![]).await?;
     d2.subscribe_shadow(DEFAULT_SHADOW).await?;
     match d2.get(DEFAULT_SHADOW).await? {
         Reply::Accepted(doc) => ensure!(
@@ -234,6 +237,5 @@ async fn restart(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         ),
         Reply::Rejected(r) => bail!("S-3.5 after a crash get was rejected: {r}"),
     }
-    drop(d);
     Ok(())
 }
