@@ -28,6 +28,7 @@ enum Format {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
     /// Check a hub: play devices over MQTT and the business side over REST.
     Hub {
