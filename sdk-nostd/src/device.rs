@@ -1221,7 +1221,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         .map_err(Ignored::Json)?;
         let client_token =
             plain_token(tok, self.config.limits.max_client_token).ok_or(Ignored::Malformed)?;
-        if self.config.methods.contains(&method) {
+        if self.config.all_methods || self.config.methods.contains(&method) {
             let data = data.and_then(raw_str).unwrap_or(RawJson("null"));
             return Ok(Some(Event::MethodCall(MethodCall {
                 method,

@@ -177,7 +177,8 @@ pub struct ShadowEvent<'p> {
     pub delta: Option<RawJson<'p>>,
 }
 
-/// A direct-method call (S-5.1) for a method listed in [`Config::methods`].
+/// A direct-method call (S-5.1) for a method listed in [`Config::methods`] (or any method with
+/// [`Config::all_methods`]).
 ///
 /// Answer it with [`crate::Device::respond`] using `method` and `client_token`. Calls of any
 /// other method are answered 404 by the device itself (S-5.2) and never reach the application.
@@ -282,6 +283,10 @@ pub struct Config<'a> {
     pub shadows: &'a [&'a str],
     /// The direct methods the application answers; calls of others get 404 (S-5.2).
     pub methods: &'a [&'a str],
+    /// Hand calls of *every* method to the application, listed in `methods` or not (default
+    /// false). For drivers that register handlers at run time (the std SDK): the application
+    /// then answers each call itself, 404 for methods it does not know (S-5.2).
+    pub all_methods: bool,
     /// Different on every boot (a random number or a boot counter), so that replies to a previous
     /// boot's requests are never mistaken for this one's.
     pub token_seed: u32,
@@ -306,6 +311,7 @@ impl<'a> Config<'a> {
             thing_id,
             shadows,
             methods: &[],
+            all_methods: false,
             token_seed: 0,
             request_timeout_ms: 10_000,
             retry_backoff_ms: 1_000,

@@ -296,6 +296,30 @@ fn several_requests_in_flight_matched_by_token_capped_at_ten() {
 }
 
 #[test]
+fn all_methods_hands_every_call_to_the_app() {
+    let mut tx = [0u8; 1024];
+    let mut c = Config::new(T, &SHADOWS);
+    c.all_methods = true;
+    let mut d = Device::<'_>::new(c, &mut tx).unwrap();
+    d.handle_connected(at(0), false);
+    let _ = drain(&mut d, 0);
+    let (t, p) = publish(
+        Topic::MethodRequest {
+            thing: T,
+            method: "anything",
+        },
+        json!({field::CLIENT_TOKEN: "c1", field::DATA: [1]}),
+    );
+    let Ok(Some(Event::MethodCall(call))) = d.handle_publish(at(1), &t, &p) else {
+        panic!("call not handed over")
+    };
+    assert_eq!((call.method, call.client_token), ("anything", "c1"));
+    assert_eq!(call.data.as_str(), "[1]");
+    // Nothing is answered by the device itself.
+    assert_eq!(drain(&mut d, 1), vec![]);
+}
+
+#[test]
 fn unknown_methods_get_404_known_ones_reach_the_app() {
     let mut tx = [0u8; 1024];
     let mut d = synced(&mut tx, 1);

@@ -1,5 +1,28 @@
-//! Async device SDK for std targets (tokio + rumqttc).
-//!
-//! Not built yet: tracked by issue 3. It will drive the sans-IO core of `iothub-sdk-nostd`.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub use iothub_spec as spec;
+mod driver;
+mod error;
+mod method;
+mod ntp;
+mod options;
+mod ota;
+mod shadow;
+mod thing;
+mod transport;
+
+pub use error::{Error, Result};
+pub use futures_util::{Stream, StreamExt};
+pub use iothub_sdk_nostd as core;
+pub use iothub_sdk_nostd::spec;
+pub use iothub_sdk_nostd::spec::code::OtaErrorCode;
+pub use method::{MethodError, MethodRequest, MethodResult};
+pub use ntp::{Ntp, NtpResult};
+pub use options::{Backoff, Protocol, ThingOptions};
+pub use ota::{Ota, OtaTask};
+pub use shadow::{Delta, Document, Shadow, SyncedState, merge_json};
+pub use thing::{ConnectionState, Thing, UserMessage};
+
+#[cfg(feature = "tls")]
+pub use rumqttc::TlsConfiguration;

@@ -1,0 +1,228 @@
+//! [`ThingOptions`]: how to reach the hub and how the device behaves.
+
+use std::time::Duration;
+
+/// The MQTT protocol version (S-1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// MQTT 3.1.1 (the default).
+    #[default]
+    V311,
+    /// MQTT 5, through `rumqttc::v5`.
+    V5,
+}
+
+/// Reconnection policy: exponential backoff with jitter.
+///
+/// The n-th consecutive failed attempt waits `min(max, initial * 2^n)` scaled by a random
+/// factor in `[1 - jitter, 1]`, so a fleet restarted together does not reconnect in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// Fraction of the delay that is random, 0.0 to 1.0.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0 = the first retry), with `random` in `[0, 1)`.
+    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let factor = 2f64.powi(i32::try_from(attempt.min(30)).unwrap_or(30));
+        let base = (self.initial.as_secs_f64() * factor).min(self.max.as_secs_f64());
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        Duration::from_secs_f64(base * (1.0 - jitter * random.clamp(0.0, 1.0)))
+    }
+}
+
+/// Everything [`crate::Thing::connect`] needs. Build with [`ThingOptions::new`], then chain the
+/// setters.
+#[derive(Clone)]
+pub struct ThingOptions {
+    pub(crate) thing_id: String,
+    pub(crate) secret: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) protocol: Protocol,
+    pub(crate) shadows: Vec<String>,
+    pub(crate) keep_alive: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_concurrent_methods: usize,
+    pub(crate) user_topics: bool,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<rumqttc::TlsConfiguration>,
+}
+
+impl std::fmt::Debug for ThingOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret (S-1.6).
+        f.debug_struct("ThingOptions")
+            .field("thing_id", &self.thing_id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("protocol", &self.protocol)
+            .field("shadows", &self.shadows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThingOptions {
+    /// Options for `thing_id` with its `secret` (S-1.2), reaching the hub's MQTT listener at
+    /// `host:port`. Defaults: MQTT 3.1.1 over TCP, the `default` shadow, keep-alive 30 s,
+    /// request timeout 10 s, connect timeout 10 s, [`Backoff::default`].
+    pub fn new(
+        thing_id: impl Into<String>,
+        secret: impl Into<String>,
+        host: impl Into<String>,
+        port: u16,
+    ) -> Self {
+        ThingOptions {
+            thing_id: thing_id.into(),
+            secret: secret.into(),
+            host: host.into(),
+            port,
+            protocol: Protocol::V311,
+            shadows: vec!["default".to_owned()],
+            keep_alive: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_concurrent_methods: 32,
+            user_topics: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Like [`ThingOptions::new`] with the address as one `host:port` string (or a
+    /// `SocketAddr`'s text).
+    pub fn with_addr(
+        thing_id: impl Into<String>,
+        secret: impl Into<String>,
+        addr: &str,
+    ) -> Result<Self, crate::Error> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or(crate::Error::InvalidArgument("address must be host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| crate::Error::InvalidArgument("address must be host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(ThingOptions::new(thing_id, secret, host, port))
+    }
+
+    /// The MQTT version to speak.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Shorthand for `protocol(Protocol::V5)`.
+    pub fn mqtt5(self) -> Self {
+        self.protocol(Protocol::V5)
+    }
+
+    /// The shadows the thing follows (S-2: `default` and named shadows, at most 16). Only these
+    /// can be used with [`crate::Thing::shadow`]: the device subscribes to their replies and
+    /// resynchronizes them after every connect.
+    pub fn shadows<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shadows = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// MQTT keep-alive interval.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
+    /// How long a shadow request or NTP sample waits for its answer.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long [`crate::Thing::connect`] keeps trying before it gives up.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The reconnection policy.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Most method handlers running at once; further calls are answered 503 at once.
+    pub fn max_concurrent_methods(mut self, n: usize) -> Self {
+        self.max_concurrent_methods = n.max(1);
+        self
+    }
+
+    /// Subscribe to `$iothub/user/things/{thingId}/#` after every connect, for
+    /// [`crate::Thing::user_messages`] (off by default).
+    pub fn user_topics(mut self, on: bool) -> Self {
+        self.user_topics = on;
+        self
+    }
+
+    /// Connect with TLS (rustls), for example
+    /// `rumqttc::TlsConfiguration::Simple { ca, alpn: None, client_auth: None }`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: rumqttc::TlsConfiguration) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The thing id.
+    pub fn thing_id(&self) -> &str {
+        &self.thing_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_down() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: 0.5,
+        };
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(100));
+        assert_eq!(b.delay(2, 0.0), Duration::from_millis(400));
+        assert_eq!(b.delay(10, 0.0), Duration::from_secs(1));
+        assert_eq!(b.delay(10, 1.0), Duration::from_millis(500));
+        assert!(b.delay(1, 0.3) < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn addr_parsing() {
+        let o = ThingOptions::with_addr("t", "s", "127.0.0.1:1883").expect("addr");
+        assert_eq!((o.host.as_str(), o.port), ("127.0.0.1", 1883));
+        let o = ThingOptions::with_addr("t", "s", "[::1]:1").expect("addr");
+        assert_eq!(o.host, "::1");
+        assert!(ThingOptions::with_addr("t", "s", "nope").is_err());
+    }
+}

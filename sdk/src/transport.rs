@@ -1,0 +1,235 @@
+//! The two rumqttc flavours (MQTT 3.1.1 and 5) behind one small interface: the driver only
+//! subscribes, publishes, and reads normalized events.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5;
+
+use crate::options::{Protocol, ThingOptions};
+
+/// Largest MQTT packet accepted or sent: a whole shadow document with metadata (S-3.9 limits
+/// the state to 32 KiB; metadata roughly doubles it) fits with room to spare.
+const MAX_PACKET: usize = 256 * 1024;
+/// Requests the rumqttc channel holds; the driver keeps at most one more aside when it is full.
+const CHANNEL: usize = 256;
+
+/// What the driver learns from the connection.
+#[derive(Debug)]
+pub(crate) enum NetEvent {
+    ConnAck,
+    Publish {
+        topic: String,
+        payload: Bytes,
+    },
+    /// A SUBSCRIBE left with this packet id (in the order they were requested).
+    Subscribed(u16),
+    SubAck {
+        pkid: u16,
+        granted: bool,
+    },
+    /// The DISCONNECT asked for by a clean close has been written.
+    DisconnectSent,
+    Other,
+}
+
+/// Why the connection failed or ended.
+#[derive(Debug)]
+pub(crate) enum NetError {
+    /// CONNACK refused (S-1.3).
+    Refused(String),
+    /// Network or protocol error.
+    Other(String),
+}
+
+/// A message to hand to rumqttc.
+#[derive(Debug, Clone)]
+pub(crate) enum Out {
+    Subscribe(String),
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        qos: iothub_sdk_nostd::QoS,
+    },
+    Disconnect,
+}
+
+pub(crate) enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+pub(crate) enum Loop {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+pub(crate) type PollFuture =
+    Pin<Box<dyn Future<Output = (Loop, Result<NetEvent, NetError>)> + Send>>;
+
+fn qos4(q: iothub_sdk_nostd::QoS) -> rumqttc::QoS {
+    match q {
+        iothub_sdk_nostd::QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        _ => rumqttc::QoS::AtLeastOnce,
+    }
+}
+
+fn qos5(q: iothub_sdk_nostd::QoS) -> v5::mqttbytes::QoS {
+    match q {
+        iothub_sdk_nostd::QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        _ => v5::mqttbytes::QoS::AtLeastOnce,
+    }
+}
+
+/// Creates the client and its event loop; nothing is connected until the loop is polled.
+pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
+    match opts.protocol {
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(&opts.thing_id, &opts.host, opts.port);
+            o.set_credentials(&opts.thing_id, &opts.secret)
+                .set_keep_alive(opts.keep_alive)
+                .set_clean_start(true)
+                .set_max_packet_size(Some(MAX_PACKET as u32))
+                .set_request_channel_capacity(CHANNEL)
+                .set_network_options(net);
+            #[cfg(feature = "tls")]
+            if let Some(tls) = opts.tls.clone() {
+                o.set_transport(rumqttc::Transport::tls_with_config(tls));
+            }
+            let (c, l) = v5::AsyncClient::new(o, CHANNEL);
+            (Client::V5(c), Loop::V5(Box::new(l)))
+        }
+        _ => {
+            let mut o = rumqttc::MqttOptions::new(&opts.thing_id, &opts.host, opts.port);
+            o.set_credentials(&opts.thing_id, &opts.secret)
+                .set_keep_alive(opts.keep_alive)
+                .set_clean_session(true)
+                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+                .set_request_channel_capacity(CHANNEL);
+            #[cfg(feature = "tls")]
+            if let Some(tls) = opts.tls.clone() {
+                o.set_transport(rumqttc::Transport::tls_with_config(tls));
+            }
+            let (c, mut l) = rumqttc::AsyncClient::new(o, CHANNEL);
+            l.set_network_options(net);
+            (Client::V4(c), Loop::V4(Box::new(l)))
+        }
+    }
+}
+
+impl Client {
+    /// Hands `out` to rumqttc without waiting; gives it back when the channel is full.
+    pub(crate) fn send(&self, out: Out) -> Result<(), Out> {
+        let r = match (self, &out) {
+            (Client::V4(c), Out::Subscribe(f)) => c
+                .try_subscribe(f.as_str(), rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            (
+                Client::V4(c),
+                Out::Publish {
+                    topic,
+                    payload,
+                    qos,
+                },
+            ) => c
+                .try_publish(topic.as_str(), qos4(*qos), false, payload.clone())
+                .map_err(|e| e.to_string()),
+            (Client::V4(c), Out::Disconnect) => c.try_disconnect().map_err(|e| e.to_string()),
+            (Client::V5(c), Out::Subscribe(f)) => c
+                .try_subscribe(f.as_str(), v5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            (
+                Client::V5(c),
+                Out::Publish {
+                    topic,
+                    payload,
+                    qos,
+                },
+            ) => c
+                .try_publish(topic.as_str(), qos5(*qos), false, payload.clone())
+                .map_err(|e| e.to_string()),
+            (Client::V5(c), Out::Disconnect) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) => Err(out),
+        }
+    }
+}
+
+/// Polls the loop once, after waiting `delay` (the reconnect backoff). The future owns the loop
+/// and gives it back, so it can live across the driver's `select!` without being cancelled
+/// half-way through a write.
+pub(crate) fn poll(l: Loop, delay: Duration) -> PollFuture {
+    Box::pin(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match l {
+            Loop::V4(mut el) => {
+                let r = poll4(&mut el).await;
+                (Loop::V4(el), r)
+            }
+            Loop::V5(mut el) => {
+                let r = poll5(&mut el).await;
+                (Loop::V5(el), r)
+            }
+        }
+    })
+}
+
+async fn poll4(el: &mut rumqttc::EventLoop) -> Result<NetEvent, NetError> {
+    use rumqttc::{Event, Outgoing, Packet};
+    match el.poll().await {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(NetEvent::ConnAck),
+        Ok(Event::Incoming(Packet::Publish(p))) => Ok(NetEvent::Publish {
+            topic: p.topic,
+            payload: p.payload,
+        }),
+        Ok(Event::Incoming(Packet::SubAck(s))) => Ok(NetEvent::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+        }),
+        Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => Ok(NetEvent::Subscribed(pkid)),
+        Ok(Event::Outgoing(Outgoing::Disconnect)) => Ok(NetEvent::DisconnectSent),
+        Ok(_) => Ok(NetEvent::Other),
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            Err(NetError::Refused(format!("{code:?}")))
+        }
+        Err(e) => Err(NetError::Other(e.to_string())),
+    }
+}
+
+async fn poll5(el: &mut v5::EventLoop) -> Result<NetEvent, NetError> {
+    use v5::mqttbytes::v5::Packet;
+    use v5::{Event, mqttbytes::v5::SubscribeReasonCode};
+    match el.poll().await {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(NetEvent::ConnAck),
+        Ok(Event::Incoming(Packet::Publish(p))) => Ok(NetEvent::Publish {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload,
+        }),
+        Ok(Event::Incoming(Packet::SubAck(s))) => Ok(NetEvent::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .iter()
+                .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+        }),
+        Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => Ok(NetEvent::Subscribed(pkid)),
+        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(NetEvent::DisconnectSent),
+        Ok(_) => Ok(NetEvent::Other),
+        Err(v5::ConnectionError::ConnectionRefused(code)) => {
+            Err(NetError::Refused(format!("{code:?}")))
+        }
+        Err(e) => Err(NetError::Other(e.to_string())),
+    }
+}
