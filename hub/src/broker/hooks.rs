@@ -1,6 +1,7 @@
 //! The hub's rmqtt hook handlers: authentication, allow-lists, presence and request hand-off.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use iothub_spec::ids::is_service_user;
@@ -8,10 +9,11 @@ use iothub_spec::topic::{Topic, thing_may_subscribe};
 use rmqtt::acl::AuthInfo;
 use rmqtt::codec::types::MQTT_LEVEL_5;
 use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, LastWill, Publish, PublishAclResult, Subscribe, SubscribeReturn,
+    AuthResult, ConnectInfo, Id, LastWill, Publish, PublishAclResult, Subscribe, SubscribeReturn,
 };
 
 use super::HookDeps;
@@ -34,11 +36,12 @@ impl Handler for SharedHooks {
 
 pub(super) struct HubHooks {
     deps: HookDeps,
+    scx: ServerContext,
 }
 
 impl HubHooks {
-    pub(super) fn new(deps: HookDeps) -> Self {
-        HubHooks { deps }
+    pub(super) fn new(deps: HookDeps, scx: ServerContext) -> Self {
+        HubHooks { deps, scx }
     }
 
     async fn hook(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
@@ -106,7 +109,10 @@ impl HubHooks {
             .check_thing(username, password)
             .await
         {
-            CredentialCheck::Valid => AuthResult::Allow(false, None),
+            CredentialCheck::Valid => {
+                settle_previous_session(&self.scx, info.id()).await;
+                AuthResult::Allow(false, None)
+            }
             CredentialCheck::Invalid => AuthResult::BadUsernameOrPassword,
             CredentialCheck::Disabled | CredentialCheck::Unavailable => AuthResult::NotAuthorized,
         }
@@ -139,6 +145,40 @@ impl HubHooks {
             })
             .await;
         PublishAclResult::allow()
+    }
+}
+
+/// Longest time spent taking over a previous connection of the same client.
+const SETTLE_LIMIT: Duration = Duration::from_millis(500);
+
+/// Takes over a previous clean-session connection of this client before rmqtt tries to.
+///
+/// rmqtt takes over a session (S-1.4) by sending the old one a kick and awaiting its answer; a
+/// session task that is already ending drops the kick unanswered and rmqtt then refuses the new
+/// CONNECT with "server unavailable" (3 / 0x88). A device that reconnects at once after losing
+/// its connection hits exactly that window. A clean session keeps no state worth handing over, so
+/// the hub kicks it here and retries (bounded) until it is gone; rmqtt then finds no session.
+/// Persistent sessions are left to rmqtt, whose kick carries their state over.
+async fn settle_previous_session(scx: &ServerContext, id: &Id) {
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    loop {
+        let entry = scx.extends.shared().await.entry(id.clone());
+        let Some(old) = entry.session() else { return };
+        let persistent = old
+            .connect_info()
+            .await
+            .is_ok_and(|info| !info.clean_start());
+        if persistent {
+            return;
+        }
+        let kicked = match entry.try_lock().await {
+            Ok(mut locked) => locked.kick(true, true, false).await.is_ok(),
+            Err(_) => false,
+        };
+        if kicked || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

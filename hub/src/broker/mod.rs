@@ -77,7 +77,7 @@ impl EmbeddedBroker {
         config: &BrokerConfig,
         deps: HookDeps,
     ) -> anyhow::Result<EmbeddedBroker> {
-        let handler = Arc::new(hooks::HubHooks::new(deps));
+        let handler = Arc::new(hooks::HubHooks::new(deps, scx.clone()));
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
@@ -102,6 +102,7 @@ impl EmbeddedBroker {
             .max_handshaking_limit(config.max_connections.clamp(1_000, 20_000))
             .max_packet_size(config.max_packet_size)
             .backlog(4096)
+            .reuseaddr(Some(true))
             .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
             .handshake_timeout(Duration::from_secs(15))
             .bind()
