@@ -58,9 +58,10 @@
 //!     buffer (`from_slice_escaped`); with `serde_json` a borrowed `&str` field fails on escapes.
 //!     Client tokens, ids and enum strings never need escapes.
 //! 11. **Timestamps** are milliseconds since the Unix epoch, `u64`.
-//! 12. **Named shadow quota** ([`limits::Limits::max_named_shadows`], `default` included): an
-//!     update that would create one shadow too many is refused with 403 (as Azure answers an
-//!     exceeded quota); a `get` of a missing shadow stays 404.
+//! 12. **Named shadow quota** ([`limits::Limits::max_named_shadows`]): counts named shadows
+//!     only; `default` is the classic shadow (S-2) and is always allowed. An update that would
+//!     create one named shadow too many is refused with 403 (as Azure answers an exceeded
+//!     quota); a `get` of a missing shadow stays 404.
 //! 13. **Versions**: every accepted update adds 1 to the version, even one that changes nothing
 //!     (`{"state":{"desired":{}}}`, a `null` for a missing key), as AWS. A shadow that does not
 //!     exist is at version 0, so `"version":0` is accepted when creating it and any other version

@@ -835,12 +835,14 @@ async fn named_quota(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     for n in &names {
         d.subscribe_shadow(n).await?;
     }
-    for n in &names[..max] {
+    // `default` is not a named shadow (S-2): it and `max` named ones fit, one more does not.
+    for n in &names {
         setup_update(&mut d, n, &json!({"state": {"reported": {"a": 1}}}))
             .await
             .with_context(|| format!("shadow {n} within the quota"))?;
     }
-    let extra = &names[max];
+    let extra = &format!("n{}", max + 1);
+    d.subscribe_shadow(extra).await?;
     match d
         .request(
             extra,
@@ -860,7 +862,7 @@ async fn named_quota(ctx: Arc<Ctx>) -> anyhow::Result<()> {
             );
         }
         Reply::Accepted(_) => bail!(
-            "S-3.9 shadow {} was created although maxNamedShadows is {max}",
+            "S-3.9 named shadow {} was created although maxNamedShadows is {max}",
             max + 1
         ),
     }

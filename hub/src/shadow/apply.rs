@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use iothub_spec::code::ErrorCode;
+use iothub_spec::ids::DEFAULT_SHADOW;
 use iothub_spec::limits::Limits;
 
 use crate::clock::now_ms;
@@ -308,10 +309,14 @@ impl Applier {
         Ok((previous, next, entry.generation))
     }
 
-    /// Refuses to create one more shadow when the thing has `max_named_shadows` already,
-    /// `default` included (spec crate decision 12). Counts what the store has plus created
-    /// shadows whose write is still queued (they are in the cache).
+    /// Refuses to create one more named shadow when the thing has `max_named_shadows` already
+    /// (S-3.9; `default` is the classic shadow, not a named one, and is always allowed: spec
+    /// crate decision 12). Counts what the store has plus created shadows whose write is still
+    /// queued (they are in the cache).
     async fn check_shadow_quota(&mut self, key: &Key) -> Result<(), ShadowError> {
+        if key.shadow == DEFAULT_SHADOW {
+            return Ok(());
+        }
         let stored = self
             .store
             .shadow_names(&key.thing)
@@ -321,12 +326,15 @@ impl Applier {
         names.extend(self.cache.existing_names(&key.thing));
         names.sort_unstable();
         names.dedup();
-        let others = names.iter().filter(|n| **n != key.shadow).count();
+        let others = names
+            .iter()
+            .filter(|n| **n != key.shadow && **n != DEFAULT_SHADOW)
+            .count();
         if others >= self.limits.max_named_shadows as usize {
             return Err(ShadowError::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "thing already has {} shadows, the limit",
+                    "thing already has {} named shadows, the limit",
                     self.limits.max_named_shadows
                 ),
             ));

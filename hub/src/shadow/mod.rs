@@ -21,7 +21,7 @@
 //! - **Unknown keys** in a request, top level or inside `state`, are ignored (spec crate decision
 //!   9); `update/accepted` echoes `state` as sent but stamps only `desired` and `reported`.
 //! - **Named shadow quota** (spec crate decision 12): creating a shadow when the thing already has
-//!   `max_named_shadows` shadows, `default` included, is a 403. Enforced by the [`service`].
+//!   `max_named_shadows` named shadows (`default` not counted) is a 403. Enforced by the [`service`].
 //! - **State size (413).** "Whole shadow state" is the compact JSON of
 //!   `{"desired":..,"reported":..}` after the merge, metadata excluded.
 //! - **Delta publication.** `update/delta` goes out when the request carried a `desired`

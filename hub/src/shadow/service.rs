@@ -22,8 +22,8 @@
 //! - **Limits** (S-3.9) on MQTT requests, checked before anything is queued: a token bucket of
 //!   `shadow_requests_per_sec` per thing (burst = one second's worth) and at most `max_in_flight`
 //!   unanswered requests per thing, both answered 429. REST calls are admin calls and skip both.
-//!   Creating a shadow when the thing has `max_named_shadows` already (`default` included) is a
-//!   403 (spec crate decision 12).
+//!   Creating a named shadow when the thing has `max_named_shadows` already (`default` is not
+//!   counted) is a 403 (spec crate decision 12).
 //! - **Early rejections** (429, a malformed payload, shutting down) are published by
 //!   `handle_mqtt` at once, so they may overtake replies to the same thing's earlier requests;
 //!   clients match replies by clientToken (S-4.1), and every accepted reply stays in order.

@@ -764,7 +764,7 @@ async fn delete_waits_for_queued_writes() {
 }
 
 #[tokio::test]
-async fn shadow_quota_counts_default_and_is_403() {
+async fn named_shadow_quota_leaves_default_out_and_is_403() {
     let h = hub_with(Limits {
         max_named_shadows: 2,
         shadow_requests_per_sec: 1000,
@@ -772,25 +772,27 @@ async fn shadow_quota_counts_default_and_is_403() {
         ..Limits::default()
     })
     .await;
-    for name in ["default", "a", "b"] {
+    for name in ["default", "a", "b", "c"] {
         h.update(
             name,
             json!({"state": {"reported": {"x": 1}}, "clientToken": name}),
         )
         .await;
     }
-    h.bus.wait_for(5).await;
-    let rejected = h.bus.on(&topic("update/rejected", "b"));
+    h.bus.wait_for(7).await;
+    assert_eq!(h.bus.on(&topic("update/accepted", "default")).len(), 1);
+    assert_eq!(h.bus.on(&topic("update/accepted", "b")).len(), 1);
+    let rejected = h.bus.on(&topic("update/rejected", "c"));
     assert_eq!(rejected.len(), 1);
     assert_eq!(code(&rejected[0]), 403);
-    assert_eq!(rejected[0][field::CLIENT_TOKEN], json!("b"));
+    assert_eq!(rejected[0][field::CLIENT_TOKEN], json!("c"));
     // Existing shadows stay writable; a get of the missing one stays 404.
     h.update("a", json!({"state": {"reported": {"x": 2}}}))
         .await;
-    h.get("b", "").await;
-    h.bus.wait_for(8).await;
+    h.get("c", "").await;
+    h.bus.wait_for(10).await;
     assert_eq!(h.bus.on(&topic("update/accepted", "a")).len(), 2);
-    assert_eq!(code(&h.bus.on(&topic("get/rejected", "b"))[0]), 404);
+    assert_eq!(code(&h.bus.on(&topic("get/rejected", "c"))[0]), 404);
     h.shadows.shutdown().await;
 }
 
