@@ -277,7 +277,12 @@ async fn s6_ntp(proto: Proto) {
     let hub = Hub::start();
     let (id, _s, mut c) = hub.new_thing(proto, "t").await;
     let mut best: Option<(i64, i64)> = None; // (round trip, offset)
-    for _ in 0..5 {
+    // Best of N, as S-6.2 suggests; stop early once a sample's round trip is tight, so a loaded
+    // CI machine (long scheduling delays) still gets a clean sample.
+    for _ in 0..30 {
+        if best.is_some_and(|(rtt, _)| rtt <= 2) {
+            break;
+        }
         let t0 = now_ms();
         c.publish_json(
             &format!("{}/ntp/req", thing_topic(&id)),
