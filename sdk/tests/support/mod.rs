@@ -1,0 +1,355 @@
+//! Starts the real `iothub` binary on loopback for the SDK's integration tests, and talks to
+//! it as a business system would: REST with the admin token, MQTT as a service user.
+//!
+//! Nothing sleeps to synchronize: waits poll with a deadline.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use iothub_sdk::{Backoff, ThingOptions};
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "sdk-test-token";
+pub const SVC_USER: &str = "$svc";
+pub const SVC_SECRET: &str = "secret";
+/// How long to wait for something that must happen.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A process-unique thing id.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// The `iothub` binary: `$IOTHUB_BIN`, else `target/<profile>/iothub` next to this test's
+/// executable (`cargo test --workspace` builds it first), built with cargo when missing.
+fn hub_bin() -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.as_ref() {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("IOTHUB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/iothub
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = profile_dir.join("iothub");
+    if bin.exists() {
+        *built = Some(bin.clone());
+        return bin;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "iothub-hub", "--bin", "iothub"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build for the hub");
+    assert!(status.success(), "building the iothub binary failed");
+    assert!(bin.exists(), "no hub binary at {}", bin.display());
+    *built = Some(bin.clone());
+    bin
+}
+
+/// A running hub with its own data directory.
+pub struct Hub {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    http_client: reqwest::Client,
+}
+
+fn spawn(dir: &Path, mqtt: &str, http: &str) -> (Child, SocketAddr, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("hub.log"))
+        .expect("hub log");
+    let mut child = Command::new(hub_bin())
+        .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
+        .arg(format!("{SVC_USER}:{SVC_SECRET}"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn iothub");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    // Drain stdout for the life of the process so the hub never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("hub did not print its ready line");
+        if let Some(rest) = line.strip_prefix("iothub ready ") {
+            let mut addrs = rest.split_whitespace();
+            let mqtt = addrs.next().and_then(|a| a.strip_prefix("mqtt="));
+            let http = addrs.next().and_then(|a| a.strip_prefix("http="));
+            return (
+                child,
+                mqtt.and_then(|a| a.parse().ok()).expect("mqtt addr"),
+                http.and_then(|a| a.parse().ok()).expect("http addr"),
+            );
+        }
+    }
+}
+
+impl Hub {
+    /// Starts a hub on free loopback ports.
+    pub fn start() -> Hub {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (child, mqtt, http) = spawn(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+        Hub {
+            child: Some(child),
+            dir,
+            mqtt,
+            http,
+            http_client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// Kills the hub (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes the hub (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill -STOP");
+        assert!(ok.success());
+    }
+
+    /// Starts the hub again on the same data directory and the same ports.
+    pub fn start_again(&mut self) {
+        self.kill();
+        let (child, mqtt, http) = spawn(
+            self.dir.path(),
+            &self.mqtt.to_string(),
+            &self.http.to_string(),
+        );
+        assert_eq!((mqtt, http), (self.mqtt, self.http));
+        self.child = Some(child);
+    }
+
+    /// The hub's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+
+    /// A REST call under `/api/v1` with the admin token: status and parsed body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("http://{}/api/v1{path}", self.http);
+        let mut req = self
+            .http_client
+            .request(method, url)
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("http body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates a thing and returns its secret.
+    pub async fn create_thing(&self, id: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/things",
+                Some(json!({"thingId": id})),
+            )
+            .await;
+        assert!((200..300).contains(&status), "create {id}: {status} {body}");
+        body["data"]["password"]
+            .as_str()
+            .expect("password")
+            .to_owned()
+    }
+
+    /// Sets desired state through REST (S-9.3); returns status and body.
+    pub async fn set_desired(&self, id: &str, shadow: &str, desired: Value) -> (u16, Value) {
+        let path = format!("/things/{id}/shadows/{shadow}/state/desired");
+        self.call(
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({"state": {"desired": desired}})),
+        )
+        .await
+    }
+
+    /// The shadow document through REST (`data`).
+    pub async fn shadow(&self, id: &str, shadow: &str) -> (u16, Value) {
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/things/{id}/shadows/{shadow}"),
+                None,
+            )
+            .await;
+        (s, b["data"].clone())
+    }
+
+    /// Invokes a direct method through REST (S-9.5).
+    pub async fn invoke(&self, id: &str, method: &str, data: Value) -> (u16, Value) {
+        let path = format!("/things/{id}/methods/{method}");
+        self.call(
+            reqwest::Method::POST,
+            &path,
+            Some(json!({"data": data, "timeout": 10})),
+        )
+        .await
+    }
+
+    /// Options for a thing of this hub, with a short backoff so tests reconnect quickly.
+    pub fn options(&self, id: &str, secret: &str) -> ThingOptions {
+        ThingOptions::new(id, secret, "127.0.0.1", self.mqtt.port())
+            .request_timeout(Duration::from_secs(5))
+            .backoff(Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(500),
+                jitter: 0.5,
+            })
+    }
+
+    /// A new thing and its options.
+    pub async fn new_thing(&self, prefix: &str) -> (String, ThingOptions) {
+        let id = unique(prefix);
+        let secret = self.create_thing(&id).await;
+        let opts = self.options(&id, &secret);
+        (id, opts)
+    }
+
+    /// An MQTT 3.1.1 client logged in as the service user, with its event loop running; every
+    /// PUBLISH it receives goes to the returned channel.
+    pub async fn service(
+        &self,
+        filters: &[String],
+    ) -> (
+        rumqttc::AsyncClient,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+    ) {
+        let mut o = rumqttc::MqttOptions::new(unique("svc"), "127.0.0.1", self.mqtt.port());
+        o.set_credentials(SVC_USER, SVC_SECRET);
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let mut subs = filters.len();
+        for f in filters {
+            client
+                .subscribe(f.as_str(), rumqttc::QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+        }
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        subs = subs.saturating_sub(1);
+                        if subs == 0
+                            && let Some(r) = ready_tx.take()
+                        {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v = serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&p.payload).into())
+                        });
+                        if tx.send((p.topic, v)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        if !filters.is_empty() {
+            tokio::time::timeout(STEP, ready_rx)
+                .await
+                .expect("suback")
+                .expect("suback");
+        }
+        (client, rx)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for the next item of `stream`, at most [`STEP`].
+pub async fn next<S: iothub_sdk::Stream + Unpin>(stream: &mut S) -> S::Item {
+    use iothub_sdk::StreamExt as _;
+    tokio::time::timeout(STEP, stream.next())
+        .await
+        .expect("timed out waiting for a stream item")
+        .expect("stream ended")
+}
+
+/// Waits for a message on `topic` from a service client's channel, at most [`STEP`].
+pub async fn recv_on(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+    topic: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (t, v) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing on {topic}"))
+            .expect("service client ended");
+        if t == topic {
+            return v;
+        }
+    }
+}
