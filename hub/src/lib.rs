@@ -70,10 +70,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         .mark_all_disconnected(clock::now_ms())
         .await
         .context("cannot reset presence in the registry")?;
-    let committer =
-        store::commit::GroupCommitter::spawn(store.clone(), config.commit_batch.max(1), 8192);
-
     let metrics = metrics::Metrics::new();
+    let committer = store::commit::GroupCommitter::spawn_with_metrics(
+        store.clone(),
+        config.commit_batch.max(1),
+        8192,
+        Some(metrics.clone()),
+    );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     let scx = EmbeddedBroker::context().await;
     let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(
@@ -81,7 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         presence.clone(),
         metrics.clone(),
     ));
-        let shadows =
+    let shadows =
         shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
     let methods = method::Methods::new(bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));

@@ -688,3 +688,40 @@ async fn s9_1_error_envelopes() {
         assert_envelope(status, &resp);
     }
 }
+
+/// S-9.7: `/metrics` counts real traffic: connected things, accepted and rejected shadow
+/// updates by code, and group-commit transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_7_metrics_count_traffic() {
+    let hub = Hub::start();
+    let (id, _secret, mut c) = hub.new_thing(Proto::V5, "m").await;
+    let (ok, reply) = c
+        .update(&id, "default", json!({"state": {"reported": {"x": 1}}}))
+        .await;
+    assert!(ok, "{reply}");
+    let (ok, reply) = c
+        .update(
+            &id,
+            "default",
+            json!({"state": {"reported": {"x": 2}}, "version": 9}),
+        )
+        .await;
+    assert!(!ok && reply["code"] == 409, "{reply}");
+
+    let (status, _ctype, text) = hub.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    };
+    assert_eq!(sample("iothub_connected_things"), 1.0);
+    assert_eq!(sample("iothub_shadow_updates_accepted_total"), 1.0);
+    assert_eq!(
+        sample("iothub_shadow_updates_rejected_total{code=\"409\"}"),
+        1.0
+    );
+    assert!(sample("iothub_group_commit_batches_total") >= 1.0);
+    assert!(sample("iothub_group_commit_writes_total") >= 1.0);
+    assert!(sample("iothub_mqtt_messages_in_total") >= 2.0);
+}

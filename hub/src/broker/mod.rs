@@ -36,6 +36,8 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::router::RouterHandle;
 use authn::Authenticator;
+use iothub_spec::payload::ErrorResponse;
+use iothub_spec::topic::Topic as SpecTopic;
 
 /// Settings of the MQTT listener.
 #[derive(Debug, Clone)]
@@ -173,10 +175,26 @@ impl RmqttBus {
     }
 }
 
+impl RmqttBus {
+    /// Counts what leaves the hub; shadow update replies by outcome.
+    fn count(&self, topic: &str, payload: &[u8]) {
+        self.metrics.inc_mqtt_messages_out();
+        match SpecTopic::parse(topic) {
+            Ok(SpecTopic::ShadowUpdateAccepted { .. }) => self.metrics.inc_shadow_update_accepted(),
+            Ok(SpecTopic::ShadowUpdateRejected { .. }) => {
+                let code =
+                    serde_json::from_slice::<ErrorResponse<'_>>(payload).map_or(0, |e| e.code);
+                self.metrics.inc_shadow_update_rejected(code);
+            }
+            _ => {}
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for RmqttBus {
     async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
-        self.metrics.inc_mqtt_messages_out();
+        self.count(topic, &payload);
         let publish = CodecPublish {
             dup: false,
             retain,

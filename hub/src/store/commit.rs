@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
+
 use super::{ShadowWrite, SharedStore, StoreError};
 
 /// The answer to one queued write.
@@ -81,9 +83,25 @@ impl GroupCommitter {
     /// `max_batch` bounds the writes per transaction (e.g. 512); `queue` bounds the writes waiting
     /// for a batch. Both are clamped to at least 1.
     pub fn spawn(store: SharedStore, max_batch: usize, queue: usize) -> Self {
+        Self::spawn_with_metrics(store, max_batch, queue, None)
+    }
+
+    /// [`GroupCommitter::spawn`], also counting every transaction in the hub's `metrics`.
+    pub fn spawn_with_metrics(
+        store: SharedStore,
+        max_batch: usize,
+        queue: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(store, rx, max_batch.max(1), Arc::clone(&counters)));
+        tokio::spawn(run(
+            store,
+            rx,
+            max_batch.max(1),
+            Arc::clone(&counters),
+            metrics,
+        ));
         GroupCommitter { tx, counters }
     }
 
@@ -148,6 +166,7 @@ async fn run(
     mut rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     counters: Arc<Counters>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut acks = Vec::new();
     let mut writes = Vec::with_capacity(max_batch);
@@ -174,6 +193,9 @@ async fn run(
         }
         if writes.is_empty() {
             continue;
+        }
+        if let Some(m) = &metrics {
+            m.inc_group_commit_batch(writes.len());
         }
         commit(&*store, &mut writes, &mut replies, &counters).await;
     }

@@ -234,8 +234,9 @@ impl SqliteStore {
                 .partition(|&&i| seen.insert((&writes[i].thing_id, &writes[i].name)));
             pending = later;
             for chunk in round.chunks(ROWS_PER_STATEMENT) {
-                let (creates, updates): (Vec<usize>, Vec<usize>) =
-                    chunk.iter().partition(|&&i| writes[i].expected_version == 0);
+                let (creates, updates): (Vec<usize>, Vec<usize>) = chunk
+                    .iter()
+                    .partition(|&&i| writes[i].expected_version == 0);
                 let mut written = Self::insert_shadows(tx, writes, &creates).await?;
                 written.extend(Self::update_shadows(tx, writes, &updates).await?);
                 for &i in chunk {
