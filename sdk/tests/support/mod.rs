@@ -2,7 +2,12 @@
 //! it as a business system would: REST with the admin token, MQTT as a service user.
 //!
 //! Nothing sleeps to synchronize: waits poll with a deadline.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::zombie_processes
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
