@@ -28,7 +28,7 @@ const USER_MESSAGES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ConnectionState {
-    /// Whether the thing is connected now.
+    /// Whether the thing is connected now (and its subscriptions acknowledged).
     pub connected: bool,
     /// How many times it connected (1 after [`Thing::connect`], +1 per reconnect).
     pub connects: u64,
@@ -87,7 +87,8 @@ impl std::fmt::Debug for Thing {
 
 impl Thing {
     /// Connects to the hub and starts the driver task. Returns once the hub accepted the
-    /// connection; the first shadow resynchronization goes on in the background.
+    /// connection and acknowledged every subscription (so no method call or delta sent from
+    /// then on is missed); the first shadow resynchronization goes on in the background.
     ///
     /// Fails with [`Error::Refused`] when the hub refuses the credentials (not retried), with
     /// [`Error::Connect`] when no connection was made within the connect timeout, and with
