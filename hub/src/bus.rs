@@ -14,4 +14,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn disconnect(&self, client_id: &str);
     /// Whether `client_id` has a live connection now.
     fn is_connected(&self, client_id: &str) -> bool;
+    /// Whether any subscription matches `topic`, so that a costly payload nobody would receive
+    /// can be skipped. When unsure, say `true`.
+    async fn has_subscribers(&self, _topic: &str) -> bool {
+        true
+    }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::auth::{CredentialCache, verify_password};
 use crate::store::SharedStore;
 
@@ -26,6 +28,9 @@ pub struct Authenticator {
     store: SharedStore,
     cache: Arc<CredentialCache>,
     service_users: Arc<HashMap<String, String>>,
+    /// Password hashes verified at once. Each argon2 verification holds its memory cost (MiBs)
+    /// on a blocking thread; unbounded, a connect storm would start hundreds of them.
+    verify_slots: Arc<Semaphore>,
 }
 
 impl Authenticator {
@@ -35,10 +40,12 @@ impl Authenticator {
         cache: Arc<CredentialCache>,
         service_users: HashMap<String, String>,
     ) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             store,
             cache,
             service_users: Arc::new(service_users),
+            verify_slots: Arc::new(Semaphore::new(parallelism)),
         }
     }
 
@@ -64,6 +71,9 @@ impl Authenticator {
         let valid = if self.cache.check(thing, secret) {
             true
         } else {
+            let Ok(_slot) = self.verify_slots.acquire().await else {
+                return CredentialCheck::Unavailable;
+            };
             let secret_owned = secret.to_vec();
             let ok = tokio::task::spawn_blocking(move || verify_password(&secret_owned, &phc))
                 .await

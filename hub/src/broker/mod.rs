@@ -245,6 +245,16 @@ impl Bus for RmqttBus {
     fn is_connected(&self, client_id: &str) -> bool {
         self.presence.is_connected(client_id)
     }
+
+    async fn has_subscribers(&self, topic: &str) -> bool {
+        self.scx
+            .extends
+            .router()
+            .await
+            .get(topic)
+            .await
+            .map_or(true, |routes| !routes.is_empty())
+    }
 }
 
 async fn kick(scx: &ServerContext, id: Id) {

@@ -16,8 +16,8 @@ use crate::clock::now_ms;
 use crate::store::commit::GroupCommitter;
 use crate::store::{ShadowWrite, SharedStore, StoreError};
 
-use super::document::{get_document, update_replies};
-use super::pipeline::{Feedback, Job, Key, Reply, ReplyTo, not_found, store_error};
+use super::document::get_document;
+use super::pipeline::{AcceptedUpdate, Feedback, Job, Key, Reply, ReplyTo, not_found, store_error};
 use super::request::UpdateRequest;
 use super::{Shadow, ShadowError, apply_update};
 
@@ -267,14 +267,18 @@ impl Applier {
                     body: current.to_body(),
                     updated_at: now,
                 };
-                let replies = update_replies(&previous, &current, &req, now);
                 let durable = self.committer.submit(write).await;
                 self.reply(Reply::Written {
                     durable,
                     key,
                     generation,
                     client_token: token,
-                    replies,
+                    update: Box::new(AcceptedUpdate {
+                        previous,
+                        current,
+                        req,
+                        now,
+                    }),
                     to,
                 })
                 .await

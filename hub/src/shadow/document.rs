@@ -100,6 +100,18 @@ pub fn update_replies(
     req: &UpdateRequest,
     now: u64,
 ) -> UpdateReplies {
+    update_replies_with(previous, current, req, now, true)
+}
+
+/// [`update_replies`], building `update/documents` only when `with_documents` (otherwise it is
+/// `Null`): the hub skips it when nobody subscribes to that topic.
+pub fn update_replies_with(
+    previous: &Shadow,
+    current: &Shadow,
+    req: &UpdateRequest,
+    now: u64,
+    with_documents: bool,
+) -> UpdateReplies {
     let client_token = req.client_token.as_deref();
 
     let mut metadata = Map::new();
@@ -128,12 +140,16 @@ pub fn update_replies(
         })
     });
 
-    let documents = to_value(&Documents {
-        previous: previous.exists().then(|| snapshot(previous)),
-        current: snapshot(current),
-        timestamp: now,
-        client_token,
-    });
+    let documents = if with_documents {
+        to_value(&Documents {
+            previous: previous.exists().then(|| snapshot(previous)),
+            current: snapshot(current),
+            timestamp: now,
+            client_token,
+        })
+    } else {
+        Value::Null
+    };
 
     UpdateReplies {
         accepted,

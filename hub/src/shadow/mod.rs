@@ -44,7 +44,9 @@ use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::Limits;
 use iothub_spec::payload::field;
 
-pub use document::{UpdateReplies, error_payload, get_document, update_replies};
+pub use document::{
+    UpdateReplies, error_payload, get_document, update_replies, update_replies_with,
+};
 pub use merge::{delta, json_eq};
 pub use request::{GetRequest, SectionPatch, UpdateRequest, parse_get, parse_update};
 pub use service::ShadowService;

@@ -18,9 +18,9 @@ use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::store::StoreError;
 
-use super::document::{UpdateReplies, error_payload};
+use super::document::error_payload;
 use super::request::UpdateRequest;
-use super::{ShadowError, ShadowOp};
+use super::{Shadow, ShadowError, ShadowOp};
 
 /// One shadow: (thing, shadow name).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +69,14 @@ pub(super) enum Job {
 }
 
 /// Work for the reply task, in the apply task's order.
+/// An update the apply task accepted: the shadow before and after, and the request.
+pub(super) struct AcceptedUpdate {
+    pub previous: Shadow,
+    pub current: Shadow,
+    pub req: UpdateRequest,
+    pub now: u64,
+}
+
 pub(super) enum Reply {
     /// An accepted update, to be answered once `durable` resolves.
     Written {
@@ -76,7 +84,9 @@ pub(super) enum Reply {
         key: Key,
         generation: u64,
         client_token: Option<String>,
-        replies: UpdateReplies,
+        /// What the replies are built from, once durable: building them in the reply task keeps
+        /// that work off the single apply task, and off writes that fail.
+        update: Box<AcceptedUpdate>,
         to: ReplyTo,
     },
     /// An answer that needs no storage: a get, or an error. `depends` names the cache generation
@@ -207,8 +217,10 @@ fn reply_topic(key: &Key, op: ShadowOp, ok: bool) -> String {
 
 /// Publishes `payload` at QoS 1 without retain (S-2.3).
 pub(super) async fn publish_json(bus: &dyn Bus, topic: &str, payload: &Value) {
-    bus.publish(topic, Bytes::from(payload.to_string()), false)
-        .await;
+    match serde_json::to_vec(payload) {
+        Ok(bytes) => bus.publish(topic, Bytes::from(bytes), false).await,
+        Err(e) => tracing::error!(%topic, error = %e, "cannot encode a shadow reply"),
+    }
 }
 
 /// Publishes the accepted or rejected reply of an MQTT request.

@@ -17,8 +17,9 @@ use crate::bus::Bus;
 use crate::store::StoreError;
 
 use super::ShadowError;
+use super::document::update_replies_with;
 use super::pipeline::{
-    Feedback, Gates, Key, Reply, ReplyTo, publish_json, publish_result, store_error,
+    AcceptedUpdate, Feedback, Gates, Key, Reply, ReplyTo, publish_json, publish_result, store_error,
 };
 
 pub(super) struct Replier {
@@ -58,7 +59,7 @@ impl Replier {
                     key,
                     generation,
                     client_token,
-                    replies,
+                    update,
                     to,
                 } => {
                     let stored = match durable.await {
@@ -74,6 +75,21 @@ impl Replier {
                                 key: key.clone(),
                                 generation,
                             });
+                            let AcceptedUpdate {
+                                previous,
+                                current,
+                                req,
+                                now,
+                            } = *update;
+                            let documents_topic = Topic::ShadowUpdateDocuments {
+                                thing: &key.thing,
+                                shadow: &key.shadow,
+                            }
+                            .to_string();
+                            // S-3.7's documents carry two whole shadows; nobody may be listening.
+                            let with_documents = self.bus.has_subscribers(&documents_topic).await;
+                            let replies =
+                                update_replies_with(&previous, &current, &req, now, with_documents);
                             self.answer(to, Ok(replies.accepted)).await;
                             if let Some(delta) = &replies.delta {
                                 let topic = Topic::ShadowUpdateDelta {
@@ -82,11 +98,10 @@ impl Replier {
                                 };
                                 publish_json(&*self.bus, &topic.to_string(), delta).await;
                             }
-                            let topic = Topic::ShadowUpdateDocuments {
-                                thing: &key.thing,
-                                shadow: &key.shadow,
-                            };
-                            publish_json(&*self.bus, &topic.to_string(), &replies.documents).await;
+                            if with_documents {
+                                publish_json(&*self.bus, &documents_topic, &replies.documents)
+                                    .await;
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(thing = %key.thing, shadow = %key.shadow, "shadow write failed: {e}");

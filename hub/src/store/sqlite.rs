@@ -233,7 +233,7 @@ impl SqliteStore {
                 .iter()
                 .partition(|&&i| seen.insert((&writes[i].thing_id, &writes[i].name)));
             pending = later;
-            for chunk in round.chunks(ROWS_PER_STATEMENT) {
+            for chunk in statement_chunks(&round) {
                 let (creates, updates): (Vec<usize>, Vec<usize>) = chunk
                     .iter()
                     .partition(|&&i| writes[i].expected_version == 0);
@@ -331,27 +331,36 @@ impl SqliteStore {
     }
 }
 
-/// Rows per multi-row statement: 6 parameters each stays far below SQLite's 32,766.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Most rows in one multi-row statement.
+const MAX_ROWS_PER_STATEMENT: usize = 256;
 
-/// `($1, $2, $3), ($4, $5, $6), ...` for `rows` rows of `columns` parameters.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..columns {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(r * columns + c + 1).to_string());
-        }
-        sql.push(')');
+/// Splits `rows` into chunks whose sizes are powers of two (256, 128, ..., 1), so that only a
+/// handful of distinct statements exist and sqlx's prepared-statement cache keeps them all;
+/// preparing a fresh 500-row statement for every batch cost more than executing it.
+fn statement_chunks(rows: &[usize]) -> Vec<&[usize]> {
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = if rest.len() >= MAX_ROWS_PER_STATEMENT {
+            MAX_ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
     }
-    sql
+    chunks
+}
+
+/// `(?, ?, ?), (?, ?, ?), ...` for `rows` rows of `columns` parameters.
+///
+/// Anonymous `?` rather than `$N`: sqlx looks each parameter's name up, and SQLite finds a
+/// name by scanning all of them, which made binding a large statement quadratic. PostgreSQL
+/// needs `$N` here.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
 }
 
 #[async_trait::async_trait]
