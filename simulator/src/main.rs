@@ -145,15 +145,13 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let live = Arc::new(Live::default());
     let interval = Duration::from_secs_f64(things.len() as f64 / args.rate);
     let now = tokio::time::Instant::now();
-    let ramp = Duration::from_secs_f64(things.len() as f64 / args.ramp as f64);
-    let reporting_start = now + ramp + Duration::from_secs(1);
-    let stop = reporting_start + plan.duration;
+    let all_connected = Arc::new(tokio::sync::Barrier::new(things.len()));
     let mut tasks = Vec::with_capacity(things.len());
     for (i, creds) in things.iter().cloned().enumerate() {
         let schedule = Schedule {
             connect_at: now + Duration::from_secs_f64(i as f64 / args.ramp as f64),
-            report_from: reporting_start,
-            stop,
+            all_connected: all_connected.clone(),
+            duration: plan.duration,
             interval,
         };
         tasks.push(tokio::spawn(run_thing(

@@ -19,6 +19,7 @@ use iothub_spec::payload::{ErrorResponse, UpdateAccepted};
 use iothub_spec::topic::Topic;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::de::IgnoredAny;
+use tokio::sync::Barrier;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::provision::Credentials;
@@ -83,15 +84,19 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// Pause between the last connect and the first report.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// When a thing connects, reports and stops.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     /// When it connects (paced by the ramp).
     pub connect_at: Instant,
-    /// When every thing starts reporting (after the whole ramp).
-    pub report_from: Instant,
-    /// When reporting stops.
-    pub stop: Instant,
+    /// Every thing waits here once its connect has succeeded or failed, so that reporting
+    /// starts after the whole ramp and connect work never overlaps the measured period.
+    pub all_connected: Arc<Barrier>,
+    /// How long reporting lasts once everyone is connected.
+    pub duration: Duration,
     /// Time between two reports of this thing.
     pub interval: Duration,
 }
@@ -105,8 +110,8 @@ pub async fn run_thing(
 ) -> ThingOutcome {
     let Schedule {
         connect_at: start,
-        report_from,
-        stop,
+        all_connected,
+        duration,
         interval,
     } = schedule;
     let mut outcome = ThingOutcome {
@@ -141,11 +146,15 @@ pub async fn run_thing(
 
     if let Err(e) = handshake(&client, &mut events, &[&accepted_topic, &rejected_topic]).await {
         outcome.error = Some(e);
+        all_connected.wait().await;
         return outcome;
     }
     outcome.connected = true;
     outcome.connect_us = Some(began.elapsed().as_micros() as u64);
     live.connected.fetch_add(1, Ordering::Relaxed);
+    all_connected.wait().await;
+    let report_from = Instant::now() + SETTLE;
+    let stop = report_from + duration;
 
     let mut in_flight: HashMap<u64, Instant> = HashMap::new();
     let mut seq: u64 = 0;
