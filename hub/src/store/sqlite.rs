@@ -57,6 +57,7 @@ macro_rules! thing_cols {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpointer: SqlitePool,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -142,7 +143,10 @@ impl SqliteStore {
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Checkpoints run on their own connection (see `checkpoint_loop`), not inside a
+            // commit, where copying the WAL into the file stalled every waiting update.
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -156,14 +160,24 @@ impl SqliteStore {
         // Readers are opened after the writer created the file and switched it to WAL (a
         // persistent property of the file). `query_only` guards against a write slipping onto a
         // reader connection, where it would compete with the single writer.
-        let read_options = base.pragma("query_only", "ON");
+        let read_options = base.clone().pragma("query_only", "ON");
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(read_options)
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(base.synchronous(SqliteSynchronous::Full))
+            .await?;
+        tokio::spawn(checkpoint_loop(checkpointer.clone()));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            checkpointer,
+        })
     }
 
     /// Whether the thing exists, inside the write transaction `tx`.
@@ -328,6 +342,32 @@ impl SqliteStore {
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies committed WAL frames into the database file in the background (PASSIVE: it never
+/// blocks the writer or readers), so the WAL stays small without a commit ever doing it.
+/// Ends when the store is closed.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(error = %e, "background WAL checkpoint failed");
+        }
     }
 }
 
@@ -641,6 +681,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.reader.close().await;
+        self.checkpointer.close().await;
         // Fold the WAL back into the main file so the database is a single file at rest. Best
         // effort: every commit is already durable.
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
