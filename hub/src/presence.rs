@@ -1,6 +1,6 @@
 //! Presence (S-8.1, S-8.2): who is connected, events for service users, the registry's record.
 //!
-//! The broker hooks call [`Presence::connected`] and [`Presence::disconnected`]; they only update
+//! The broker hooks call `Presence::connected` and `Presence::disconnected`; they only update
 //! the live map and queue a change, so a CONNECT never waits for storage. One task publishes the
 //! events and writes the registry, in order, batching registry writes.
 //!

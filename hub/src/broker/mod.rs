@@ -1,7 +1,7 @@
 //! The embedded MQTT broker: `rmqtt` used as a library (MQTT 3.1.1 and 5 on one port).
 //!
 //! rmqtt owns sockets, sessions, QoS flows and routing between clients. The hub plugs in through
-//! rmqtt's hooks ([`hooks`]): CONNECT authentication (S-1), the subscribe and publish allow-lists
+//! rmqtt's hooks (`hooks.rs`): CONNECT authentication (S-1), the subscribe and publish allow-lists
 //! (S-2.1, S-2.2), connect/disconnect events for presence (S-8) and the hand-off of authorized
 //! requests to the [`crate::router`]. The hub publishes through [`RmqttBus`], its [`Bus`].
 //!
@@ -66,7 +66,7 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Builds the broker context (hooks not yet attached). Call [`EmbeddedBroker::start`] next.
+    /// Builds the broker context (hooks not yet attached). Then the hub starts it with its hooks attached.
     pub async fn context() -> ServerContext {
         let scx = ServerContext::new().build().await;
         *scx.extends.retain_mut().await = Box::new(retain::PresenceRetainer::default());
