@@ -86,33 +86,7 @@ impl Default for Limits {
 /// `"\"{"`) do not count. The scan does not validate the JSON otherwise: unbalanced closers are
 /// ignored and invalid text is left for the parser to reject.
 pub fn json_depth_exceeds(bytes: &[u8], max_depth: usize) -> bool {
-    let mut depth: usize = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max_depth {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
+    deepest(bytes, max_depth) > max_depth
 }
 
 /// The nesting depth of the JSON text in `bytes`, counted as in [`json_depth_exceeds`].
@@ -120,6 +94,12 @@ pub fn json_depth_exceeds(bytes: &[u8], max_depth: usize) -> bool {
 /// Use it for diagnostics (an error message naming the depth); to enforce a limit prefer
 /// [`json_depth_exceeds`], which stops early.
 pub fn json_depth(bytes: &[u8]) -> usize {
+    deepest(bytes, usize::MAX)
+}
+
+/// The deepest nesting in `bytes`, stopping as soon as it passes `stop_above`. One
+/// non-recursive, allocation-free scan shared by [`json_depth_exceeds`] and [`json_depth`].
+fn deepest(bytes: &[u8], stop_above: usize) -> usize {
     let mut depth: usize = 0;
     let mut max: usize = 0;
     let mut in_string = false;
@@ -140,6 +120,9 @@ pub fn json_depth(bytes: &[u8]) -> usize {
             b'{' | b'[' => {
                 depth += 1;
                 max = max.max(depth);
+                if max > stop_above {
+                    return max;
+                }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
