@@ -228,7 +228,12 @@ impl CredentialCache {
     }
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+/// Compares secrets without an early exit on the first differing byte (only the length leaks).
+/// Every secret comparison of the hub (credential cache, service users, admin token) uses it.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

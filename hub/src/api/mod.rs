@@ -184,15 +184,7 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
     };
     scheme.eq_ignore_ascii_case("bearer")
         && !token.is_empty()
-        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-/// Compares without an early exit on the first differing byte (only the length leaks).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        && crate::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// Outermost layer: counts every answer by status class, and wraps any error that is not yet

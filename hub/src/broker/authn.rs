@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::auth::{CredentialCache, verify_password};
+use crate::auth::{CredentialCache, constant_time_eq, verify_password};
 use crate::store::SharedStore;
 
 /// The outcome of checking a thing's credentials.
@@ -89,11 +89,4 @@ impl Authenticator {
             (true, true) => CredentialCheck::Valid,
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

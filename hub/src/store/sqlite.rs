@@ -253,15 +253,21 @@ impl SqliteStore {
                     .partition(|&&i| writes[i].expected_version == 0);
                 let mut written = Self::insert_shadows(tx, writes, &creates).await?;
                 written.extend(Self::update_shadows(tx, writes, &updates).await?);
+                let written: std::collections::HashSet<(&str, &str)> = written
+                    .iter()
+                    .map(|(thing, name)| (thing.as_str(), name.as_str()))
+                    .collect();
                 for &i in chunk {
                     let w = &writes[i];
-                    out[i] = Some(if written.contains(&(w.thing_id.clone(), w.name.clone())) {
-                        Ok(())
-                    } else if Self::thing_exists(tx, &w.thing_id).await? {
-                        Err(StoreError::VersionConflict)
-                    } else {
-                        Err(StoreError::NotFound)
-                    });
+                    out[i] = Some(
+                        if written.contains(&(w.thing_id.as_str(), w.name.as_str())) {
+                            Ok(())
+                        } else if Self::thing_exists(tx, &w.thing_id).await? {
+                            Err(StoreError::VersionConflict)
+                        } else {
+                            Err(StoreError::NotFound)
+                        },
+                    );
                 }
             }
         }
