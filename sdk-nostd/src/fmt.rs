@@ -1,28 +1,36 @@
-//! Logging shim: routes the crate's diagnostics to `log` when the `log` feature is on, and to
-//! nothing otherwise (the arguments are still type-checked, never evaluated).
+//! Logging shim: routes the crate's diagnostics to `defmt` (feature `defmt`), to `log` (feature
+//! `log`), or to nothing (the arguments are still type-checked, never evaluated).
+//!
+//! Messages use only `{}` with integers and `&str` so that one format string suits both
+//! backends (defmt has its own format syntax; `{}` of primitives is the common subset).
 #![allow(unused_macros)]
 
-macro_rules! debug {
-    ($($arg:tt)*) => {{
-        #[cfg(feature = "log")]
-        ::log::debug!($($arg)*);
-        #[cfg(not(feature = "log"))]
+macro_rules! log_at {
+    ($defmt:ident, $log:ident, $($arg:tt)*) => {{
+        #[cfg(feature = "defmt")]
+        ::defmt::$defmt!($($arg)*);
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
+        ::log::$log!($($arg)*);
+        #[cfg(not(any(feature = "log", feature = "defmt")))]
         if false {
             let _ = ::core::format_args!($($arg)*);
         }
     }};
+}
+
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::fmt::log_at!(debug, debug, $($arg)*) };
+}
+
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::fmt::log_at!(info, info, $($arg)*) };
 }
 
 macro_rules! warning {
-    ($($arg:tt)*) => {{
-        #[cfg(feature = "log")]
-        ::log::warn!($($arg)*);
-        #[cfg(not(feature = "log"))]
-        if false {
-            let _ = ::core::format_args!($($arg)*);
-        }
-    }};
+    ($($arg:tt)*) => { $crate::fmt::log_at!(warn, warn, $($arg)*) };
 }
 
 pub(crate) use debug;
+pub(crate) use info;
+pub(crate) use log_at;
 pub(crate) use warning;

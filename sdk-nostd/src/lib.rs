@@ -9,6 +9,8 @@ extern crate std;
 mod device;
 mod fmt;
 pub mod json;
+#[cfg(feature = "minimq")]
+pub mod minimq;
 mod patch;
 mod time;
 mod token;

@@ -402,9 +402,16 @@ pub enum Ignored {
 
 macro_rules! display {
     ($t:ty { $($p:pat => $s:expr),* $(,)? }) => {
+        impl $t {
+            /// A short lowercase description (what `Display` writes), for loggers such as
+            /// `defmt` that take a `&str`.
+            pub const fn as_str(&self) -> &'static str {
+                match self { $($p => $s),* }
+            }
+        }
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(match self { $($p => $s),* })
+                f.write_str(self.as_str())
             }
         }
         impl core::error::Error for $t {}

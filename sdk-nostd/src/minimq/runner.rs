@@ -1,0 +1,370 @@
+//! The runner: owns the MQTT connection and feeds the core.
+
+use embassy_futures::select::{Either3, select3};
+use embassy_sync::blocking_mutex::raw::RawMutex;
+use embassy_time::{Duration, Timer, with_timeout};
+use minimq::{
+    ConfigBuilder, ConnectEvent, Connection, Error as MqttError, Io, PubError, Publication,
+    Session, SubscriptionOptions, TopicFilter,
+};
+
+use super::client::{Client, State};
+use super::{Buffers, Transport, now};
+use crate::fmt::{debug, info, warning};
+use crate::{QoS, Transmit};
+
+/// Connection settings of the [`Runner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MqttConfig<'r> {
+    /// The MQTT user name: the thing id (S-1.2).
+    pub username: &'r str,
+    /// The thing's secret.
+    pub password: &'r [u8],
+    /// MQTT keepalive in seconds (default 30).
+    pub keepalive_s: u16,
+    /// Longest wait for the transport to connect and for CONNACK (default 10 s).
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay (default 500 ms); doubled after every failed attempt...
+    pub backoff_min_ms: u64,
+    /// ...up to this (default 30 s). Each delay is drawn uniformly from its upper half (jitter).
+    pub backoff_max_ms: u64,
+    /// How long a message may wait for room in minimq's `tx` (acks outstanding) before the
+    /// connection is given up (default 10 s).
+    pub stall_timeout_ms: u64,
+    /// Seed of the jitter (take it from an RNG or a unique id so that devices differ).
+    pub jitter_seed: u32,
+}
+
+impl<'r> MqttConfig<'r> {
+    /// Defaults for the thing `username` with secret `password`.
+    pub const fn new(username: &'r str, password: &'r [u8]) -> Self {
+        MqttConfig {
+            username,
+            password,
+            keepalive_s: 30,
+            connect_timeout_ms: 10_000,
+            backoff_min_ms: 500,
+            backoff_max_ms: 30_000,
+            stall_timeout_ms: 10_000,
+            jitter_seed: 0x1d5e_ed01,
+        }
+    }
+}
+
+/// Why a connection ended (logged, then the runner reconnects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Down {
+    Transport,
+    Handshake,
+    Mqtt,
+    Stalled,
+    Core,
+}
+
+impl Down {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Down::Transport => "transport connect failed",
+            Down::Handshake => "mqtt connect failed",
+            Down::Mqtt => "connection lost",
+            Down::Stalled => "no room to send",
+            Down::Core => "transmit did not fit the out buffer",
+        }
+    }
+}
+
+/// Owns the connection: connect, CONNACK, keepalive, moving messages between minimq and the
+/// [`Device`](crate::Device), its timers, and reconnecting with backoff and jitter. Call
+/// [`Runner::run`] in its own task (it never returns) or join it with the application.
+pub struct Runner<
+    's,
+    'a,
+    'r,
+    T: Transport,
+    M: RawMutex,
+    const SHADOWS: usize = 2,
+    const IN_FLIGHT: usize = 10,
+    const QUEUE: usize = 8,
+    const INBOX: usize = 2048,
+> {
+    state: &'s State<'a, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    transport: T,
+    session: Session<'r>,
+    out: &'r mut [u8],
+    config: MqttConfig<'r>,
+    rng: u32,
+}
+
+impl<
+    's,
+    'a,
+    'r,
+    T: Transport,
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+> Runner<'s, 'a, 'r, T, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>
+{
+    /// The client and the runner for the device in `state`, connecting through `transport`.
+    /// The MQTT client id is the device's thing id.
+    ///
+    /// Fails when minimq refuses the settings (a client id or credentials too long for it).
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        state: &'s State<'a, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+        transport: T,
+        buffers: Buffers<'r>,
+        config: MqttConfig<'r>,
+    ) -> Result<(Client<'s, 'a, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>, Self), minimq::ConfigError>
+    {
+        let Buffers { rx, tx, out } = buffers;
+        let thing = state.with(|s| s.device.config().thing_id);
+        let builder = ConfigBuilder::new(minimq::Buffers::new(rx, tx))
+            .client_id(thing)?
+            .auth(config.username, config.password)?
+            .keepalive_interval(config.keepalive_s);
+        let runner = Runner {
+            state,
+            transport,
+            session: Session::new(builder),
+            out,
+            config,
+            rng: config.jitter_seed | 1,
+        };
+        Ok((Client { state }, runner))
+    }
+
+    /// Runs forever: connects, serves the connection until it fails, waits (backoff with
+    /// jitter), connects again.
+    pub async fn run(mut self) -> ! {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.connect_and_serve(&mut attempt).await {
+                Down::Transport | Down::Handshake => {}
+                why => info!("mqtt connection ended: {}", why.as_str()),
+            }
+            let t = now();
+            self.state.with(|s| {
+                s.device.handle_disconnected(t);
+                s.connected = false;
+            });
+            self.state.wake_client.signal(());
+            let delay = self.backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            debug!("reconnecting in {} ms", delay);
+            Timer::after(Duration::from_millis(delay)).await;
+        }
+    }
+
+    /// Delay before attempt `attempt + 1`: `min * 2^attempt` capped at `max`, then drawn
+    /// uniformly from its upper half.
+    fn backoff(&mut self, attempt: u32) -> u64 {
+        let cap = self
+            .config
+            .backoff_min_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(self.config.backoff_max_ms)
+            .max(1);
+        // xorshift32: jitter needs no more.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        let half = cap / 2;
+        half + u64::from(x) % (cap - half + 1)
+    }
+
+    async fn connect_and_serve(&mut self, attempt: &mut u32) -> Down {
+        let limit = Duration::from_millis(self.config.connect_timeout_ms);
+        let io = match with_timeout(limit, self.transport.connect()).await {
+            Ok(Ok(io)) => io,
+            _ => {
+                debug!("transport connect failed");
+                return Down::Transport;
+            }
+        };
+        let mut conn = match with_timeout(limit, self.session.connect(io)).await {
+            Ok(Ok(conn)) => conn,
+            _ => {
+                warning!("mqtt connect to the broker failed");
+                return Down::Handshake;
+            }
+        };
+        *attempt = 0;
+        let resumed = conn.connect_event() == ConnectEvent::Reconnected;
+        let t = now();
+        self.state.with(|s| {
+            s.device.handle_connected(t, resumed);
+            s.connected = true;
+        });
+        self.state.wake_client.signal(());
+        info!("mqtt connected (session resumed: {})", resumed);
+        let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        serve(&mut conn, self.state, self.out, stall).await
+    }
+}
+
+fn qos(q: QoS) -> minimq::QoS {
+    match q {
+        QoS::AtMostOnce => minimq::QoS::AtMostOnce,
+        QoS::AtLeastOnce => minimq::QoS::AtLeastOnce,
+    }
+}
+
+/// Serves one connection until it fails.
+async fn serve<
+    IO: Io,
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+>(
+    conn: &mut Connection<'_, '_, IO>,
+    state: &State<'_, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    out: &mut [u8],
+    stall: Duration,
+) -> Down {
+    loop {
+        // Everything the core wants sent, in its order.
+        loop {
+            let t = now();
+            let buf: &mut [u8] = &mut *out;
+            let transmit = state.with(move |s| s.device.poll_transmit(t, buf));
+            let sent = match transmit {
+                Ok(None) => break,
+                Ok(Some(Transmit::Subscribe { filter, qos: q, .. })) => {
+                    let options = SubscriptionOptions::default().maximum_qos(qos(q));
+                    let filters = [TopicFilter::new(filter).options(options)];
+                    subscribe(conn, state, &filters, stall).await
+                }
+                Ok(Some(Transmit::Publish {
+                    topic,
+                    payload,
+                    qos: q,
+                })) => publish(conn, state, topic, payload, qos(q), stall).await,
+                Err(_) => Err(Down::Core),
+            };
+            if let Err(why) = sent {
+                return why;
+            }
+        }
+        // Then wait for the broker, the application or the core's next timer.
+        let deadline = state.with(|s| s.device.poll_timeout());
+        let timer = async {
+            match deadline {
+                Some(d) => Timer::at(embassy_time::Instant::from_millis(d.as_millis())).await,
+                None => core::future::pending().await,
+            }
+        };
+        match select3(conn.poll(), state.wake_runner.wait(), timer).await {
+            Either3::First(Ok(Some(message))) => {
+                deliver(state, message.topic(), message.payload()).await;
+            }
+            Either3::First(Ok(None)) | Either3::Second(()) => {}
+            Either3::First(Err(_)) => return Down::Mqtt,
+            Either3::Third(()) => {
+                let t = now();
+                state.with(|s| s.device.handle_timeout(t));
+                state.wake_client.signal(());
+            }
+        }
+    }
+}
+
+/// Hands a received message to the client, waiting while the inbox is still full.
+async fn deliver<
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+>(
+    state: &State<'_, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    topic: &str,
+    payload: &[u8],
+) {
+    while !state.deliver(topic, payload) {
+        state.wake_runner.wait().await;
+    }
+}
+
+/// Lets minimq make progress (acks, keepalive) while an operation waits for room in `tx`,
+/// passing on what arrives meanwhile. `Err` when the connection failed or nothing freed up in
+/// `stall`.
+async fn make_room<
+    IO: Io,
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+>(
+    conn: &mut Connection<'_, '_, IO>,
+    state: &State<'_, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    stall: Duration,
+) -> Result<(), Down> {
+    match with_timeout(stall, conn.poll()).await {
+        Ok(Ok(Some(message))) => {
+            deliver(state, message.topic(), message.payload()).await;
+            Ok(())
+        }
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(_)) => Err(Down::Mqtt),
+        Err(_) => Err(Down::Stalled),
+    }
+}
+
+async fn subscribe<
+    IO: Io,
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+>(
+    conn: &mut Connection<'_, '_, IO>,
+    state: &State<'_, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    filters: &[TopicFilter<'_>],
+    stall: Duration,
+) -> Result<(), Down> {
+    loop {
+        match conn.subscribe(filters, &[]).await {
+            Ok(_) => return Ok(()),
+            Err(MqttError::NotReady | MqttError::Resource(_)) => {
+                make_room(conn, state, stall).await?;
+            }
+            Err(_) => return Err(Down::Mqtt),
+        }
+    }
+}
+
+async fn publish<
+    IO: Io,
+    M: RawMutex,
+    const SHADOWS: usize,
+    const IN_FLIGHT: usize,
+    const QUEUE: usize,
+    const INBOX: usize,
+>(
+    conn: &mut Connection<'_, '_, IO>,
+    state: &State<'_, M, SHADOWS, IN_FLIGHT, QUEUE, INBOX>,
+    topic: &str,
+    payload: &[u8],
+    q: minimq::QoS,
+    stall: Duration,
+) -> Result<(), Down> {
+    loop {
+        match conn.publish(Publication::new(topic, payload).qos(q)).await {
+            Ok(_) => return Ok(()),
+            Err(PubError::Session(MqttError::NotReady | MqttError::Resource(_))) => {
+                make_room(conn, state, stall).await?;
+            }
+            Err(_) => return Err(Down::Mqtt),
+        }
+    }
+}
