@@ -1,16 +1,25 @@
-//! `iothub-sim`: load runs against an iothub hub.
+//! `iothub-sim`: load runs against an iothub hub with virtual things driven by the device core.
 //!
-//! Today it runs one scenario, the shadow-update load: N things, each with its own MQTT
-//! connection, report ~200-byte states at a fixed total rate with QoS 1, and the run measures
-//! durable update → `update/accepted` latency, throughput, rejections, lost and out-of-order
-//! versions. With no `--mqtt`/`--api` it starts the reference hub itself (in-process, on its own
+//! Every virtual thing is one tokio task owning a TCP connection (MQTT 3.1.1 or 5, encoded with
+//! rumqttc's codec modules) and one [`iothub_sdk_nostd::Device`], the sans-IO core the SDKs use:
+//! it subscribes and gets its shadow after each connect, reports state, applies deltas after a
+//! configurable delay and reports them back, answers direct methods with configurable latency
+//! and failure rate, syncs time with NTP, reconnects with jittered backoff and can be made to
+//! churn. The business side changes desired state and calls methods through the REST API. A run
+//! is described by a seeded TOML [`scenario::Scenario`]; the [`report::Report`] gives
+//! HdrHistogram percentiles per interaction and counts of errors by kind.
+//!
+//! With no `--mqtt`/`--api` the binary starts the reference hub itself (in-process, on its own
 //! runtime threads, with a temporary data directory), so it needs no setup.
-//!
-//! The full simulator of issue 6 (declarative scenarios, methods, NTP, OTA, churn, virtual things
-//! driven by the sans-IO device core) grows from here; the virtual things below speak the wire
-//! contract directly because that core does not exist yet.
 
+pub mod business;
 pub mod embedded;
+pub mod fleet;
+pub mod mqtt;
+pub mod progress;
 pub mod provision;
 pub mod report;
-pub mod shadow_load;
+pub mod run;
+pub mod scenario;
+pub mod stats;
+pub mod thing;

@@ -1,20 +1,18 @@
 //! `iothub-sim`: load runs against an iothub hub. `iothub-sim run` needs no setup.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use iothub_sim::embedded::EmbeddedHub;
-use iothub_sim::provision::{Api, Credentials};
-use iothub_sim::report::Report;
-use iothub_sim::shadow_load::{Live, LoadPlan, Schedule, run_thing};
+use iothub_sim::run::{Options, Target, run};
+use iothub_sim::scenario::Scenario;
 use tracing_subscriber::EnvFilter;
 
-/// Load runs against an iothub hub: virtual things, each with its own MQTT connection, keep
-/// their shadows reported at a steady rate; the report gives throughput and latency percentiles.
+/// Load runs against an iothub hub: virtual things, each with its own MQTT connection and the
+/// SDKs' device core, keep their shadows in sync, answer methods and sync time while the
+/// business side changes desired state and calls methods over REST; the report gives latency
+/// percentiles per interaction and errors by kind.
 ///
 /// With no --mqtt/--api it starts the reference hub itself with a temporary database.
 #[derive(Parser)]
@@ -26,30 +24,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the shadow-update load and print the report.
-    Run(RunArgs),
+    /// Run a scenario (the built-in default without --scenario) and print the report.
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Scenario file (TOML, see examples/scenarios/); the flags below override its fields.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
     /// Number of virtual things (each one MQTT connection).
-    #[arg(long, default_value_t = 1000)]
-    things: usize,
-    /// Seconds of reporting after the ramp.
-    #[arg(long, default_value_t = 60)]
-    duration: u64,
-    /// Shadow updates per second over all things.
-    #[arg(long, default_value_t = 5000.0)]
-    rate: f64,
-    /// Approximate update payload size in bytes.
-    #[arg(long, default_value_t = 200)]
-    payload_bytes: usize,
+    #[arg(long)]
+    things: Option<usize>,
+    /// Seconds of measured activity after the ramp.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Reported-state updates per second over all things.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Approximate reported-state update size in bytes.
+    #[arg(long)]
+    payload_bytes: Option<usize>,
     /// Connects per second while ramping up.
-    #[arg(long, default_value_t = 2000)]
-    ramp: u32,
-    /// Unanswered updates allowed per thing (the hub's default limit is 10).
-    #[arg(long, default_value_t = 10)]
-    max_in_flight: usize,
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Unanswered updates allowed per thing (at most the hub's 10).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Business side: desired-state changes per second (REST).
+    #[arg(long)]
+    desired_per_sec: Option<f64>,
+    /// Business side: method calls per second (REST).
+    #[arg(long)]
+    methods_per_sec: Option<f64>,
+    /// Connection drops per second over the fleet.
+    #[arg(long)]
+    churn_per_sec: Option<f64>,
+    /// Seconds between NTP exchanges per thing (0 = none).
+    #[arg(long)]
+    ntp_interval: Option<f64>,
+    /// Share of things speaking MQTT 5 (0.0 to 1.0).
+    #[arg(long)]
+    mqtt5_share: Option<f64>,
+    /// Seed of every random choice.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Thing id pattern (`{i}` or `{i:06}` is the index), e.g. d1-{i:06}.
+    #[arg(long)]
+    id_pattern: Option<String>,
+    /// Prefix of the generated thing ids (shorthand for --id-pattern PREFIX-{i:06}).
+    #[arg(long, conflicts_with = "id_pattern")]
+    id_prefix: Option<String>,
     /// MQTT address of an external hub (host:port). Without it, a hub is started in-process.
     #[arg(long, requires_all = ["api", "token"])]
     mqtt: Option<String>,
@@ -59,22 +84,25 @@ struct RunArgs {
     /// Admin token of the external hub.
     #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Prefix of the generated thing ids.
-    #[arg(long, default_value = "sim")]
-    id_prefix: String,
     /// Keep the things on an external hub after the run (they are deleted by default).
     #[arg(long)]
     keep: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report_json: Option<PathBuf>,
+    /// Write the report as CSV to this file.
+    #[arg(long)]
+    report_csv: Option<PathBuf>,
+    /// No live progress line (it is shown only on a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
     /// Extra flags for the embedded hub, e.g. --hub-arg=--commit-batch=256.
     #[arg(long = "hub-arg", allow_hyphen_values = true)]
     hub_args: Vec<String>,
 }
 
-/// glibc's malloc showed up at the top of the hub's profile under load (many small JSON
-/// allocations across worker threads); mimalloc handles that pattern far better.
+/// The simulator allocates many small buffers across worker threads; mimalloc keeps that cheap
+/// and returns memory well.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -87,28 +115,78 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Command::Run(args) = Cli::parse().command;
-    let report = run(args).await?;
-    if !report.is_clean() {
+    let clean = run_command(*args).await?;
+    if !clean {
         eprintln!("iothub-sim: the run was not clean (see the report)");
         std::process::exit(1);
     }
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<Report> {
-    anyhow::ensure!(args.things > 0, "--things must be at least 1");
-    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
-    anyhow::ensure!(args.ramp > 0, "--ramp must be positive");
+/// The scenario with the flags applied.
+fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
+    let mut s = match &args.scenario {
+        Some(path) => Scenario::load(path)?,
+        None => Scenario::default(),
+    };
+    if let Some(n) = args.things {
+        s.population.count = n;
+    }
+    if let Some(d) = args.duration {
+        s.duration_s = d;
+    }
+    if let Some(rate) = args.rate {
+        s.profile.reported_changes_per_s = rate / s.population.count.max(1) as f64;
+    }
+    if let Some(b) = args.payload_bytes {
+        s.profile.reported_bytes = b;
+    }
+    if let Some(r) = args.ramp {
+        s.ramp.connects_per_s = r;
+    }
+    if let Some(m) = args.max_in_flight {
+        s.profile.max_in_flight = m;
+    }
+    if let Some(r) = args.desired_per_sec {
+        s.business.desired_per_s = r;
+    }
+    if let Some(r) = args.methods_per_sec {
+        s.business.methods_per_s = r;
+    }
+    if let Some(r) = args.churn_per_sec {
+        s.profile.churn_per_s = r;
+    }
+    if let Some(i) = args.ntp_interval {
+        s.profile.ntp_interval_s = i;
+    }
+    if let Some(m) = args.mqtt5_share {
+        s.population.mqtt5_share = m;
+    }
+    if let Some(seed) = args.seed {
+        s.seed = seed;
+    }
+    if let Some(p) = &args.id_pattern {
+        s.population.id_pattern = p.clone();
+    }
+    if let Some(p) = &args.id_prefix {
+        s.population.id_pattern = format!("{p}-{{i:06}}");
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<bool> {
+    let scenario = scenario(&args)?;
     let embedded = match &args.mqtt {
         Some(_) => None,
         None => Some(EmbeddedHub::start(&args.hub_args)?),
     };
-    let (mqtt, api_base, token) = match &embedded {
-        Some(hub) => (
-            hub.mqtt_addr,
-            format!("http://{}", hub.http_addr),
-            hub.admin_token.clone(),
-        ),
+    let target = match &embedded {
+        Some(hub) => Target {
+            mqtt: hub.mqtt_addr,
+            api: format!("http://{}", hub.http_addr),
+            token: hub.admin_token.clone(),
+        },
         None => {
             let mqtt = args.mqtt.as_deref().unwrap_or_default();
             let addr = tokio::net::lookup_host(mqtt)
@@ -116,93 +194,30 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 .with_context(|| format!("cannot resolve --mqtt {mqtt}"))?
                 .next()
                 .with_context(|| format!("--mqtt {mqtt} resolves to nothing"))?;
-            (
-                addr,
-                args.api.clone().unwrap_or_default(),
-                args.token.clone().unwrap_or_default(),
-            )
+            Target {
+                mqtt: addr,
+                api: args.api.clone().unwrap_or_default(),
+                token: args.token.clone().unwrap_or_default(),
+            }
         }
     };
-    let api = Api::new(&api_base, &token)?;
-    let things: Vec<Credentials> = (0..args.things)
-        .map(|i| Credentials {
-            thing_id: format!("{}-{i:06}", args.id_prefix),
-            secret: format!("sim-secret-{i:06}-{}", std::process::id()),
-        })
-        .collect();
-    eprintln!("provisioning {} things ...", things.len());
-    api.create_things(&things).await?;
-
-    let plan = Arc::new(LoadPlan {
-        mqtt,
-        rate: args.rate,
-        payload_bytes: args.payload_bytes,
-        duration: Duration::from_secs(args.duration),
-        ramp_per_sec: args.ramp,
-        max_in_flight: args.max_in_flight,
-        drain: Duration::from_secs(10),
-    });
-    let live = Arc::new(Live::default());
-    let interval = Duration::from_secs_f64(things.len() as f64 / args.rate);
-    let now = tokio::time::Instant::now();
-    let all_connected = Arc::new(tokio::sync::Barrier::new(things.len()));
-    let mut tasks = Vec::with_capacity(things.len());
-    for (i, creds) in things.iter().cloned().enumerate() {
-        let schedule = Schedule {
-            connect_at: now + Duration::from_secs_f64(i as f64 / args.ramp as f64),
-            all_connected: all_connected.clone(),
-            duration: plan.duration,
-            interval,
-        };
-        tasks.push(tokio::spawn(run_thing(
-            creds,
-            plan.clone(),
-            live.clone(),
-            schedule,
-        )));
-    }
-    let progress = tokio::spawn(progress(live.clone()));
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        outcomes.push(task.await.context("a virtual thing panicked")?);
-    }
-    progress.abort();
-
-    let report = Report::build(
-        &outcomes,
-        plan.duration.as_secs_f64(),
-        live.sent.load(Ordering::Relaxed),
-        live.throttled.load(Ordering::Relaxed),
-    );
+    let options = Options {
+        progress: !args.no_progress && iothub_sim::progress::wanted(),
+        // The embedded hub's database is temporary: nothing to clean up.
+        keep: args.keep || embedded.is_some(),
+    };
+    let report = run(scenario, target, options).await?;
     println!("{}", report.table());
     if let Some(path) = &args.report_json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if embedded.is_none() && !args.keep {
-        api.delete_things(&things).await?;
+    if let Some(path) = &args.report_csv {
+        std::fs::write(path, report.csv())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(hub) = embedded {
         tokio::task::spawn_blocking(move || hub.stop()).await?;
     }
-    Ok(report)
-}
-
-async fn progress(live: Arc<Live>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (mut last_sent, mut last_accepted) = (0, 0);
-    loop {
-        tick.tick().await;
-        let sent = live.sent.load(Ordering::Relaxed);
-        let accepted = live.accepted.load(Ordering::Relaxed);
-        eprintln!(
-            "connected {:>6}  sent/s {:>7}  accepted/s {:>7}  rejected {:>5}  throttled {:>6}",
-            live.connected.load(Ordering::Relaxed),
-            sent - last_sent,
-            accepted - last_accepted,
-            live.rejected.load(Ordering::Relaxed),
-            live.throttled.load(Ordering::Relaxed),
-        );
-        (last_sent, last_accepted) = (sent, accepted);
-    }
+    Ok(report.is_clean())
 }

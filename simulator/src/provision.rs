@@ -1,10 +1,45 @@
-//! Creating and deleting the run's things through the hub's REST API (S-9.2).
+//! The hub's REST API as the simulator uses it: creating and deleting the run's things
+//! (S-9.2), and the business side's desired changes (S-9.3) and method calls (S-9.5).
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use iothub_spec::ids::DEFAULT_SHADOW;
 use iothub_spec::limits::MAX_BATCH_CREATE;
+use iothub_spec::payload::{ApiResponse, ShadowState, UpdateRequest, field};
+use serde::Serialize;
 use serde_json::{Value, json};
+
+/// How a business-side REST call ended, when it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The hub answered with an HTTP error status.
+    #[error("http {0}")]
+    Status(u16),
+    /// The request failed before an answer (connect, timeout, body).
+    #[error("transport: {0}")]
+    Transport(&'static str),
+}
+
+impl CallError {
+    fn from_reqwest(e: &reqwest::Error) -> CallError {
+        CallError::Transport(if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else if e.is_decode() || e.is_body() {
+            "body"
+        } else {
+            "request"
+        })
+    }
+}
+
+/// The device's part of a method call's REST answer (`data` of the S-9.1 envelope).
+#[derive(Debug, Default, serde::Deserialize)]
+struct MethodOutcome {
+    code: u16,
+}
 
 /// A thing of the run and its secret.
 #[derive(Debug, Clone)]
@@ -75,6 +110,75 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// Sets `desired` on the thing's classic shadow (`PUT .../state/desired`, S-9.3).
+    pub async fn put_desired<D: Serialize>(
+        &self,
+        thing_id: &str,
+        desired: &D,
+    ) -> Result<(), CallError> {
+        let body = UpdateRequest {
+            state: ShadowState::<&D, (), ()> {
+                desired: Some(desired),
+                reported: None,
+                delta: None,
+            },
+            client_token: None,
+            version: None,
+        };
+        let url = self.url(&format!(
+            "/api/v1/things/{thing_id}/shadows/{DEFAULT_SHADOW}/state/desired"
+        ));
+        let response = self
+            .http
+            .put(url)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = response.status();
+        // Read the body so the connection goes back to the pool.
+        let _ = response.bytes().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(CallError::Status(status.as_u16()))
+        }
+    }
+
+    /// Calls a direct method (S-9.5) and returns the device's code.
+    pub async fn call_method(
+        &self,
+        thing_id: &str,
+        method: &str,
+        data: Value,
+        timeout_s: u32,
+    ) -> Result<u16, CallError> {
+        let url = self.url(&format!("/api/v1/things/{thing_id}/methods/{method}"));
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(&json!({ (field::DATA): data, "timeout": timeout_s }))
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        if !status.is_success() {
+            return Err(CallError::Status(status.as_u16()));
+        }
+        let envelope: ApiResponse<'_, MethodOutcome> =
+            serde_json::from_slice(&body).map_err(|_| CallError::Transport("body"))?;
+        envelope
+            .data
+            .map(|d| d.code)
+            .ok_or(CallError::Transport("body"))
     }
 
     fn url(&self, path: &str) -> String {

@@ -1,0 +1,174 @@
+//! The business side: desired-state changes and method calls through the hub's REST API at
+//! fixed rates, with bounded concurrency.
+//!
+//! A desired change writes `{"setpoint":N}` (N unique in the run) to a connected thing that has
+//! no change outstanding and is measured until that thing's reported `setpoint` equals N and its
+//! update is accepted (desired → delta → reported convergence, S-3.6); the thing side records the
+//! sample. A method call is measured from the REST request to the REST reply (S-9.5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::fleet::Fleet;
+use crate::provision::Api;
+
+/// Picks tried to find a thing that is free for a new request.
+const PICKS: usize = 8;
+
+#[derive(Serialize)]
+struct Desired {
+    setpoint: u64,
+}
+
+/// Runs the business load from `start` until `end`, then waits for its calls to finish.
+pub async fn run(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant) {
+    let b = &fleet.scenario.business;
+    let permits = Arc::new(Semaphore::new(b.concurrency));
+    let mut tasks = JoinSet::new();
+    if b.desired_per_s > 0.0 {
+        tasks.spawn(desired_loop(
+            fleet.clone(),
+            api.clone(),
+            permits.clone(),
+            start,
+            end,
+        ));
+    }
+    if b.methods_per_s > 0.0 {
+        tasks.spawn(method_loop(
+            fleet.clone(),
+            api.clone(),
+            permits.clone(),
+            start,
+            end,
+        ));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// A connected thing, picked at random, for which `free` holds.
+fn pick(fleet: &Fleet, rng: &mut SmallRng, free: impl Fn(usize) -> bool) -> Option<usize> {
+    let n = fleet.slots.len();
+    (0..PICKS)
+        .map(|_| rng.gen_range(0..n))
+        .find(|&i| fleet.slots[i].connected.load(Ordering::Relaxed) && free(i))
+}
+
+fn ticker(start: Instant, per_s: f64) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(start, Duration::from_secs_f64(1.0 / per_s));
+    t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    t
+}
+
+async fn desired_loop(
+    fleet: Arc<Fleet>,
+    api: Arc<Api>,
+    permits: Arc<Semaphore>,
+    start: Instant,
+    end: Instant,
+) {
+    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0xD351_43D0);
+    let mut tick = ticker(start, fleet.scenario.business.desired_per_s);
+    let next = AtomicU64::new(1);
+    let mut calls = JoinSet::new();
+    loop {
+        let at = tick.tick().await;
+        if at >= end {
+            break;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            fleet.stats.business_skipped.inc();
+            continue;
+        };
+        let Some(i) = pick(&fleet, &mut rng, |i| {
+            fleet.slots[i].pending_setpoint.load(Ordering::Relaxed) == 0
+        }) else {
+            fleet.stats.business_skipped.inc();
+            continue;
+        };
+        let setpoint = next.fetch_add(1, Ordering::Relaxed);
+        let slot = &fleet.slots[i];
+        slot.pending_since_us
+            .store(fleet.now_us(), Ordering::Release);
+        slot.pending_setpoint.store(setpoint, Ordering::Release);
+        fleet.stats.desired_sent.inc();
+        let (fleet, api) = (fleet.clone(), api.clone());
+        calls.spawn(async move {
+            let id = fleet.thing_id(i);
+            if let Err(e) = api.put_desired(&id, &Desired { setpoint }).await {
+                fleet.stats.desired_errors.add(e.to_string());
+                let _ = fleet.slots[i].pending_setpoint.compare_exchange(
+                    setpoint,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+            drop(permit);
+        });
+        while calls.try_join_next().is_some() {}
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+async fn method_loop(
+    fleet: Arc<Fleet>,
+    api: Arc<Api>,
+    permits: Arc<Semaphore>,
+    start: Instant,
+    end: Instant,
+) {
+    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0x3E7_40D5);
+    let b = &fleet.scenario.business;
+    let mut tick = ticker(start, b.methods_per_s);
+    let mut calls = JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        let at = tick.tick().await;
+        if at >= end {
+            break;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            fleet.stats.business_skipped.inc();
+            continue;
+        };
+        let Some(i) = pick(&fleet, &mut rng, |_| true) else {
+            fleet.stats.business_skipped.inc();
+            continue;
+        };
+        n += 1;
+        fleet.stats.rest_calls.inc();
+        let (fleet, api) = (fleet.clone(), api.clone());
+        calls.spawn(async move {
+            let b = &fleet.scenario.business;
+            let id = fleet.thing_id(i);
+            let began = Instant::now();
+            let r = api
+                .call_method(&id, &b.method, json!({ "n": n }), b.method_timeout_s)
+                .await;
+            match r {
+                Ok(code) => {
+                    fleet.stats.method_rtt.record(began.elapsed());
+                    if code == iothub_spec::code::method_code::OK {
+                        fleet.stats.rest_call_ok.inc();
+                    } else {
+                        fleet.stats.rest_call_device_codes.add(code.to_string());
+                    }
+                }
+                Err(e) => fleet.stats.rest_call_errors.add(e.to_string()),
+            }
+            drop(permit);
+        });
+        while calls.try_join_next().is_some() {}
+    }
+    while calls.join_next().await.is_some() {}
+}

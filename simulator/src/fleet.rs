@@ -1,0 +1,138 @@
+//! What every virtual thing shares: the scenario, the hub's address, the run's phase, the
+//! statistics and one small slot per thing for the business side (is it connected, which
+//! desired change is it converging to).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::scenario::Scenario;
+use crate::stats::Stats;
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Things are connecting; nothing is measured but connects.
+    Ramp,
+    /// Behaviours run from `start` to `end`.
+    Measure {
+        /// Start of the measured period.
+        start: Instant,
+        /// End of the measured period.
+        end: Instant,
+    },
+    /// Finish what is in flight, disconnect and end.
+    Stop,
+}
+
+/// The business side's view of one thing.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Whether the thing is connected and subscribed.
+    pub connected: AtomicBool,
+    /// The desired `setpoint` the thing has yet to report (0 = none outstanding).
+    pub pending_setpoint: AtomicU64,
+    /// When that desired change was sent, µs since [`Fleet::epoch`].
+    pub pending_since_us: AtomicU64,
+}
+
+/// Everything the virtual things share.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The run's scenario.
+    pub scenario: Scenario,
+    /// The hub's MQTT address.
+    pub mqtt: SocketAddr,
+    /// Counters and histograms.
+    pub stats: Stats,
+    /// One slot per thing.
+    pub slots: Vec<Slot>,
+    /// Methods the things answer, as the device core wants them (leaked once per run).
+    pub methods: &'static [&'static str],
+    /// Origin of the device clocks and of `pending_since_us`.
+    pub epoch: Instant,
+    /// The run's phase.
+    pub phase: watch::Receiver<Phase>,
+    /// A per-run value mixed into secrets.
+    pub secret_salt: u64,
+}
+
+impl Fleet {
+    /// A fleet for `scenario` against `mqtt`, following `phase`.
+    pub fn new(scenario: Scenario, mqtt: SocketAddr, phase: watch::Receiver<Phase>) -> Fleet {
+        let methods: Vec<&'static str> = scenario
+            .profile
+            .methods
+            .iter()
+            .map(|m| &*Box::leak(m.clone().into_boxed_str()))
+            .collect();
+        let slots = (0..scenario.population.count)
+            .map(|_| Slot::default())
+            .collect();
+        let secret_salt = scenario.seed ^ u64::from(std::process::id()).rotate_left(32);
+        Fleet {
+            scenario,
+            mqtt,
+            stats: Stats::default(),
+            slots,
+            methods: Box::leak(methods.into_boxed_slice()),
+            epoch: Instant::now(),
+            phase,
+            secret_salt,
+        }
+    }
+
+    /// The id of thing `i`.
+    pub fn thing_id(&self, i: usize) -> String {
+        self.scenario.thing_id(i)
+    }
+
+    /// The secret of thing `i` (derived, so nothing per thing is kept for it).
+    pub fn secret(&self, i: usize) -> String {
+        format!("sim-{:016x}-{i}", self.secret_salt)
+    }
+
+    /// Microseconds since [`Fleet::epoch`].
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether thing `i` speaks MQTT 5 (the first `mqtt5_share` of every 1,000 things).
+    pub fn uses_mqtt5(&self, i: usize) -> bool {
+        let share = self.scenario.population.mqtt5_share;
+        ((i % 1000) as f64) < share * 1000.0
+    }
+
+    /// The local address thing `i` binds before connecting: several loopback addresses when the
+    /// hub is on loopback and the fleet is larger than one address's share, else none.
+    pub fn source_address(&self, i: usize) -> Option<SocketAddr> {
+        let per = self.scenario.population.things_per_source_address;
+        if !self.mqtt.ip().is_loopback() || self.scenario.population.count <= per {
+            return None;
+        }
+        let n = u8::try_from(1 + (i / per) % 254).unwrap_or(1);
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0))
+    }
+
+    /// When thing `i` first connects, from the start of the run.
+    pub fn connect_offset(&self, i: usize) -> Duration {
+        Duration::from_secs_f64(i as f64 / self.scenario.ramp.connects_per_s)
+    }
+
+    /// Marks the desired change `setpoint` of thing `i` converged if it is the one outstanding;
+    /// returns the time since it was sent.
+    pub fn converge(&self, i: usize, setpoint: u64) -> Option<Duration> {
+        let slot = self.slots.get(i)?;
+        if setpoint == 0 || slot.pending_setpoint.load(Ordering::Acquire) != setpoint {
+            return None;
+        }
+        let since = slot.pending_since_us.load(Ordering::Acquire);
+        slot.pending_setpoint
+            .compare_exchange(setpoint, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        Some(Duration::from_micros(self.now_us().saturating_sub(since)))
+    }
+}

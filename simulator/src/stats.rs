@@ -1,0 +1,167 @@
+//! What a run measures, shared by every virtual thing and the business side: counters read live
+//! by the progress line, and one HdrHistogram per interaction (behind a mutex: a few thousand
+//! samples per second, so contention is negligible, and no thing holds a histogram of its own).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// A latency histogram in µs: 1 µs .. 10 min at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// A histogram to record into from many tasks.
+#[derive(Debug)]
+pub struct Latency(Mutex<Histogram<u64>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Mutex::new(histogram()))
+    }
+}
+
+impl Latency {
+    /// Records one sample.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        if let Ok(mut h) = self.0.lock() {
+            let _ = h.record(us);
+        }
+    }
+
+    /// A copy of the histogram.
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.0
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| histogram())
+    }
+}
+
+/// Counts by a textual kind (error kinds, rejection codes, HTTP statuses).
+#[derive(Debug, Default)]
+pub struct Kinds(Mutex<BTreeMap<String, u64>>);
+
+impl Kinds {
+    /// Adds one of `kind`.
+    pub fn add(&self, kind: impl Into<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(kind.into()).or_default() += 1;
+        }
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Sum over all kinds.
+    pub fn total(&self) -> u64 {
+        self.0.lock().map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+/// A counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything counted during a run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Things connected (CONNACK accepted and every SUBACK received) right now.
+    pub connected: Counter,
+    /// Things that connected at least once.
+    pub ever_connected: Counter,
+    /// Things whose first connection attempt sequence ended (connected or gave up).
+    pub first_done: Counter,
+    /// Successful connections after the first one of a thing.
+    pub reconnects: Counter,
+    /// Connections dropped on purpose (churn).
+    pub churned: Counter,
+    /// Connections lost without being asked to (errors, hub closed them).
+    pub lost: Counter,
+    /// Failed connection attempts by kind.
+    pub connect_errors: Kinds,
+    /// Protocol errors by kind (malformed packets, unexpected packets, refused subscriptions,
+    /// MQTT 5 PUBACK failures): always a defect of the hub or the simulator.
+    pub protocol_errors: Kinds,
+    /// Messages the device core dropped (its `Ignored` reasons), by kind.
+    pub ignored: Kinds,
+    /// Reported-state updates sent.
+    pub updates_sent: Counter,
+    /// ... accepted.
+    pub updates_accepted: Counter,
+    /// ... rejected, by code.
+    pub updates_rejected: Kinds,
+    /// ... timed out while the connection stayed up.
+    pub updates_timed_out: Counter,
+    /// ... lost with a connection (churn or error), outcome unknown.
+    pub updates_aborted: Counter,
+    /// Accepted versions not greater than the last version the thing saw.
+    pub out_of_order: Counter,
+    /// Update ticks skipped because the thing had `max_in_flight` unanswered.
+    pub throttled: Counter,
+    /// Deltas received (the core hands over only newer ones).
+    pub deltas: Counter,
+    /// Method calls received by things.
+    pub method_calls: Counter,
+    /// Method calls answered by things.
+    pub method_answers: Counter,
+    /// NTP exchanges started, finished, timed out.
+    pub ntp_started: Counter,
+    /// NTP exchanges finished.
+    pub ntp_done: Counter,
+    /// NTP exchanges that timed out.
+    pub ntp_timed_out: Counter,
+    /// Telemetry messages sent.
+    pub telemetry_sent: Counter,
+    /// Business: desired changes sent (REST PUT).
+    pub desired_sent: Counter,
+    /// Business: desired changes whose reported state matched (converged).
+    pub converged: Counter,
+    /// Business: REST errors of desired changes, by kind.
+    pub desired_errors: Kinds,
+    /// Business: method calls made (REST).
+    pub rest_calls: Counter,
+    /// Business: method calls answered 200 by the device.
+    pub rest_call_ok: Counter,
+    /// Business: method calls answered with another device code (e.g. injected 500s), by code.
+    pub rest_call_device_codes: Kinds,
+    /// Business: method calls that failed at the REST level (504, 409, transport), by kind.
+    pub rest_call_errors: Kinds,
+    /// Business: ticks skipped because `business.concurrency` requests were in flight.
+    pub business_skipped: Counter,
+    /// Connect + subscribe time (TCP connect to the last SUBACK).
+    pub connect: Latency,
+    /// Update publish to `update/accepted`.
+    pub update: Latency,
+    /// REST desired PUT to the thing's matching reported state accepted.
+    pub convergence: Latency,
+    /// REST method call to REST reply.
+    pub method_rtt: Latency,
+    /// NTP request to the device core's result (one sample).
+    pub ntp_rtt: Latency,
+    /// Things still to finish (for the end of the run).
+    pub running: Counter,
+    /// Set when the measured period has begun.
+    pub measuring: AtomicBool,
+}

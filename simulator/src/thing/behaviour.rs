@@ -1,0 +1,325 @@
+//! What a connected virtual thing does: the events of its device core (update answers,
+//! deltas, method calls, NTP, OTA) and its timers (reports, telemetry, NTP, delayed delta
+//! applies and method answers, churn).
+
+use std::time::Duration;
+
+use iothub_sdk_nostd::spec::code::method_code;
+use iothub_sdk_nostd::{Event, OtaReport, QoS, RequestId, ShadowId};
+use rand::Rng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+use super::{
+    Answer, Core, End, InFlight, LoadReport, PendingAnswer, Setpoint, Telemetry, Thing, dev_now,
+    next_tick, padding,
+};
+use crate::fleet::Phase;
+
+impl Thing {
+    pub(super) fn on_event(&mut self, device: &mut Core<'_>, ev: Event<'_>) {
+        let now = Instant::now();
+        match ev {
+            Event::Accepted {
+                request, version, ..
+            } => {
+                if let Some(r) = self.take(request) {
+                    self.stats().updates_accepted.inc();
+                    self.stats().update.record(now - r.sent);
+                    if self.last_version.is_some_and(|v| version <= v) {
+                        self.stats().out_of_order.inc();
+                    }
+                    self.last_version = Some(version.max(self.last_version.unwrap_or(0)));
+                    if let Some(sp) = r.setpoint
+                        && let Some(d) = self.fleet.converge(self.index, sp)
+                    {
+                        self.stats().converged.inc();
+                        self.stats().convergence.record(d);
+                    }
+                }
+            }
+            Event::Rejected { request, code, .. } if self.take(request).is_some() => {
+                self.stats().updates_rejected.add(code.to_string());
+            }
+            Event::TimedOut { request } => {
+                if self.take(request).is_some() {
+                    if device.is_connected() {
+                        self.stats().updates_timed_out.inc();
+                    } else {
+                        self.stats().updates_aborted.inc();
+                    }
+                } else if self.ntp.is_some_and(|(id, _)| id == request) {
+                    self.ntp = None;
+                    self.stats().ntp_timed_out.inc();
+                }
+            }
+            Event::Delta(d) => {
+                self.stats().deltas.inc();
+                self.schedule_apply(d.state.parse::<Setpoint>().ok());
+            }
+            Event::Shadow(doc) => {
+                if let Some(delta) = doc.delta {
+                    self.schedule_apply(delta.parse::<Setpoint>().ok());
+                }
+            }
+            Event::MethodCall(call) => {
+                self.stats().method_calls.inc();
+                let p = &self.fleet.scenario.profile;
+                let fail = p.method_failure_rate > 0.0 && self.rng.gen_bool(p.method_failure_rate);
+                let code = if fail {
+                    method_code::DEVICE_ERROR
+                } else {
+                    method_code::OK
+                };
+                if p.method_latency_ms == 0 {
+                    self.answer(device, call.method, call.client_token, code);
+                } else if self.answers.len() < 64 {
+                    self.answers.push_back(PendingAnswer {
+                        due: now + Duration::from_millis(p.method_latency_ms),
+                        method: call.method.to_owned(),
+                        token: call.client_token.to_owned(),
+                        code,
+                    });
+                } else {
+                    self.stats().protocol_errors.add("method answer queue full");
+                }
+            }
+            Event::Ntp { request, .. } => {
+                if let Some((id, sent)) = self.ntp
+                    && id == request
+                {
+                    self.ntp = None;
+                    self.stats().ntp_done.inc();
+                    self.stats().ntp_rtt.record(now - sent);
+                }
+            }
+            Event::OtaTask(_) => {
+                // OTA jobs come with issue 7; until then a task is acknowledged as done.
+                let t = dev_now(&self.fleet);
+                let _ = device.report_ota(t, OtaReport::Ongoing { progress: 100 });
+                let _ = device.report_ota(t, OtaReport::Done);
+            }
+            Event::SubscribeFailed { .. } => {
+                self.stats().protocol_errors.add("subscription refused");
+            }
+            _ => {}
+        }
+    }
+
+    fn take(&mut self, id: RequestId) -> Option<InFlight> {
+        let pos = self.in_flight.iter().position(|r| r.id == id)?;
+        Some(self.in_flight.swap_remove(pos))
+    }
+
+    fn schedule_apply(&mut self, state: Option<Setpoint>) {
+        if let Some(sp) = state.and_then(|s| s.setpoint) {
+            let delay = Duration::from_millis(self.fleet.scenario.profile.delta_apply_delay_ms);
+            self.apply = Some((Instant::now() + delay, sp));
+        }
+    }
+
+    pub(super) fn answer(&mut self, device: &mut Core<'_>, method: &str, token: &str, code: u16) {
+        let now = dev_now(&self.fleet);
+        let data = Answer {
+            ok: code == method_code::OK,
+        };
+        match device.respond(now, method, token, code, None, Some(&data)) {
+            Ok(()) => self.stats().method_answers.inc(),
+            Err(e) => self
+                .stats()
+                .protocol_errors
+                .add(format!("method answer: {e}")),
+        }
+    }
+
+    /// Sets the behaviour timers for `phase`.
+    pub(super) fn arm(&mut self, phase: Phase) {
+        let Phase::Measure { start, .. } = phase else {
+            return;
+        };
+        let p = &self.fleet.scenario.profile;
+        let jitter = |rng: &mut SmallRng, every: Duration| {
+            Duration::from_secs_f64(rng.gen_range(0.0..every.as_secs_f64().max(1e-6)))
+        };
+        let after = start.max(Instant::now());
+        if p.reported_changes_per_s > 0.0 {
+            let every = Duration::from_secs_f64(1.0 / p.reported_changes_per_s);
+            self.next_report = Some(after + jitter(&mut self.rng, every));
+        }
+        if p.telemetry_interval_s > 0.0 {
+            let every = Duration::from_secs_f64(p.telemetry_interval_s);
+            self.next_telemetry = Some(after + jitter(&mut self.rng, every));
+        }
+        if p.ntp_interval_s > 0.0 {
+            let every = Duration::from_secs_f64(p.ntp_interval_s);
+            self.next_ntp = Some(after + jitter(&mut self.rng, every));
+        }
+        if p.churn_per_s > 0.0 {
+            let count = self.fleet.scenario.population.count as f64;
+            let rate = p.churn_per_s / count;
+            let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+            self.next_churn = Some(after + Duration::from_secs_f64(-u.ln() / rate));
+        }
+    }
+
+    /// Runs every behaviour that is due; `Some` ends the connection.
+    pub(super) fn tick(
+        &mut self,
+        device: &mut Core<'_>,
+        now: Instant,
+        phase: Phase,
+    ) -> Option<End> {
+        let t = dev_now(&self.fleet);
+        if device.poll_timeout().is_some_and(|at| at <= t) {
+            device.handle_timeout(t);
+        }
+        let measuring_until = match phase {
+            Phase::Measure { end, .. } if now < end => Some(end),
+            _ => None,
+        };
+        let fleet = self.fleet.clone();
+        let p = &fleet.scenario.profile;
+        while let Some(a) = self.answers.front()
+            && a.due <= now
+        {
+            if let Some(a) = self.answers.pop_front() {
+                self.answer(device, &a.method, &a.token, a.code);
+            }
+        }
+        if let Some((due, sp)) = self.apply
+            && due <= now
+            && self.in_flight.len() < p.max_in_flight
+        {
+            let r = device.report(t, ShadowId::FIRST, &Setpoint { setpoint: Some(sp) });
+            let retry = matches!(r, Err(iothub_sdk_nostd::Error::TooManyInFlight));
+            self.track(r, now, Some(sp));
+            if !retry {
+                self.apply = None;
+            }
+        }
+        if measuring_until.is_none() {
+            self.next_report = None;
+            self.next_telemetry = None;
+            self.next_ntp = None;
+            self.next_churn = None;
+        }
+        if let Some(at) = self.next_report
+            && at <= now
+        {
+            self.next_report = Some(next_tick(at, now, 1.0 / p.reported_changes_per_s));
+            if self.in_flight.len() >= p.max_in_flight {
+                self.stats().throttled.inc();
+            } else {
+                self.seq += 1;
+                let body = LoadReport {
+                    temp: 20 + (self.seq % 10) as u32,
+                    seq: self.seq,
+                    pad: padding(p.reported_bytes.saturating_sub(40)),
+                };
+                let r = device.report(t, ShadowId::FIRST, &body);
+                self.track(r, now, None);
+            }
+        }
+        if let Some(at) = self.next_telemetry
+            && at <= now
+        {
+            self.next_telemetry = Some(next_tick(at, now, p.telemetry_interval_s));
+            self.seq += 1;
+            let body = Telemetry {
+                seq: self.seq,
+                pad: padding(p.telemetry_bytes.saturating_sub(24)),
+            };
+            match device.publish_telemetry(t, &body, QoS::AtMostOnce) {
+                Ok(()) => self.stats().telemetry_sent.inc(),
+                Err(e) => self.stats().protocol_errors.add(format!("telemetry: {e}")),
+            }
+        }
+        if let Some(at) = self.next_ntp
+            && at <= now
+        {
+            self.next_ntp = Some(next_tick(at, now, p.ntp_interval_s));
+            if self.ntp.is_none() {
+                match device.request_ntp(t, 1) {
+                    Ok(id) => {
+                        self.ntp = Some((id, now));
+                        self.stats().ntp_started.inc();
+                    }
+                    Err(e) => self.stats().protocol_errors.add(format!("ntp: {e}")),
+                }
+            }
+        }
+        self.pump(device);
+        if self.next_churn.is_some_and(|at| at <= now) {
+            self.next_churn = None;
+            return Some(End::Churned);
+        }
+        if let Some(by) = self.stop_by {
+            let idle = self.in_flight.is_empty()
+                && self.answers.is_empty()
+                && self.apply.is_none()
+                && self.ntp.is_none();
+            if idle || now >= by {
+                for _ in 0..self.in_flight.len() {
+                    self.fleet.stats.updates_timed_out.inc();
+                }
+                self.in_flight.clear();
+                return Some(End::Stopped);
+            }
+        }
+        None
+    }
+
+    /// Records a shadow request the core accepted; false when it refused it.
+    fn track(
+        &mut self,
+        r: Result<RequestId, iothub_sdk_nostd::Error>,
+        now: Instant,
+        setpoint: Option<u64>,
+    ) -> bool {
+        match r {
+            Ok(id) => {
+                let _ = self.in_flight.push(InFlight {
+                    id,
+                    sent: now,
+                    setpoint,
+                });
+                self.stats().updates_sent.inc();
+                true
+            }
+            Err(iothub_sdk_nostd::Error::TooManyInFlight) => {
+                self.stats().throttled.inc();
+                false
+            }
+            Err(e) => {
+                self.stats().protocol_errors.add(format!("update: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The earliest timer: the core's, the behaviour's, keep-alive.
+    pub(super) fn next_wake(&self, device: &Core<'_>, keep_alive: Duration) -> Instant {
+        let mut wake = self.last_write + keep_alive / 2;
+        wake = wake.min(self.last_read + keep_alive + keep_alive / 2 + Duration::from_millis(1));
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = wake.min(t);
+            }
+        };
+        consider(
+            device
+                .poll_timeout()
+                .map(|t| self.fleet.epoch + Duration::from_millis(t.as_millis())),
+        );
+        consider(self.next_report);
+        consider(self.next_telemetry);
+        consider(self.next_ntp);
+        consider(self.next_churn);
+        consider(self.stop_by);
+        if self.in_flight.len() < self.fleet.scenario.profile.max_in_flight {
+            consider(self.apply.map(|(at, _)| at));
+        }
+        consider(self.answers.front().map(|a| a.due));
+        wake
+    }
+}

@@ -1,0 +1,731 @@
+//! One virtual thing: a tokio task that owns a TCP connection and one sans-IO
+//! [`iothub_sdk_nostd::Device`], the same device core the SDKs drive.
+//!
+//! The task only moves bytes and time: it encodes what the core asks to send with rumqttc's
+//! codec modules, feeds it every PUBLISH, SUBACK, connect and disconnect, and arms one timer for
+//! the core's next timeout plus the behaviour's own timers (reports, telemetry, NTP, delayed
+//! delta applies and method answers, churn, keep-alive). Subscriptions, the shadow `get` after
+//! each connect, clientTokens, request timeouts, delta ordering, 404 for unknown methods and the
+//! NTP arithmetic are all the core's. Buffers are small and per connection: an idle thing holds
+//! no read buffer at all (it waits for readability, then reads).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use iothub_sdk_nostd::{
+    Config, Device, Ignored, Instant as DevInstant, RequestId, SubscriptionId, Transmit,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::fleet::{Fleet, Phase};
+use crate::mqtt::{Codec, Incoming, Version};
+
+mod behaviour;
+
+/// The device core as a virtual thing sizes it: the classic shadow only, the hub's 10 requests
+/// in flight, 8 queued messages.
+pub type Core<'a> = Device<'a, 1, 10, 8>;
+
+const SHADOWS: &[&str] = &[iothub_sdk_nostd::spec::ids::DEFAULT_SHADOW];
+/// TCP connect timeout.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// CONNACK and SUBACK wait: generous, since the hub verifies secrets with argon2 at connect.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a single write may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping thing waits for its last answers.
+const DRAIN: Duration = Duration::from_secs(10);
+/// Read chunk reserved when the socket is readable.
+const READ_CHUNK: usize = 2048;
+/// Buffers larger than this are dropped once empty, so a big document does not pin memory.
+const KEEP_BUFFER: usize = 4096;
+/// Failed attempts after which a thing counts as "first connect done" (failed) for the ramp.
+const FIRST_ATTEMPTS: u32 = 3;
+
+thread_local! {
+    /// Where `poll_transmit` writes before the packet is encoded: one per worker thread instead
+    /// of one per thing.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// A reported-state update of the load: `{"temp":..,"seq":..,"pad":".."}`.
+#[derive(Serialize)]
+struct LoadReport<'a> {
+    temp: u32,
+    seq: u64,
+    pad: &'a str,
+}
+
+/// The desired key the business side changes, and what the thing reports to converge.
+#[derive(Serialize, Deserialize, Default)]
+struct Setpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    setpoint: Option<u64>,
+}
+
+/// Telemetry: `{"seq":..,"pad":".."}`.
+#[derive(Serialize)]
+struct Telemetry<'a> {
+    seq: u64,
+    pad: &'a str,
+}
+
+/// A method answer.
+#[derive(Serialize)]
+struct Answer {
+    ok: bool,
+}
+
+/// Padding for payloads, shared.
+fn padding(len: usize) -> &'static str {
+    static PAD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pad = PAD.get_or_init(|| "x".repeat(8192));
+    &pad[..len.min(pad.len())]
+}
+
+/// A request of this thing awaiting its answer.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    id: RequestId,
+    sent: Instant,
+    /// The setpoint this update reports (a delta being applied), if any.
+    setpoint: Option<u64>,
+}
+
+/// A method answer waiting for its latency to pass.
+#[derive(Debug)]
+struct PendingAnswer {
+    due: Instant,
+    method: String,
+    token: String,
+    code: u16,
+}
+
+/// What a non-blocking read gave.
+enum Read {
+    Data,
+    Eof,
+    WouldBlock,
+}
+
+/// How a connection ended.
+enum End {
+    /// The run is over.
+    Stopped,
+    /// Dropped on purpose (churn).
+    Churned,
+    /// Lost (error, hub closed it, keep-alive); the reason is counted already.
+    Lost,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("tcp connect: {0}")]
+    Tcp(std::io::ErrorKind),
+    #[error("tcp connect timeout")]
+    TcpTimeout,
+    #[error("connack refused: code {0}")]
+    Refused(u8),
+    #[error("handshake timeout")]
+    Timeout,
+    #[error("closed during handshake")]
+    Closed,
+    #[error("subscription refused")]
+    SubscribeRefused,
+    #[error("protocol error during handshake")]
+    Protocol,
+    #[error("run stopped")]
+    Stopped,
+}
+
+impl ConnectError {
+    fn kind(&self) -> String {
+        match self {
+            ConnectError::Tcp(k) => format!("tcp connect: {k:?}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Per-thing state that is not the device core's: the behaviour and its timers.
+struct Thing {
+    fleet: Arc<Fleet>,
+    index: usize,
+    codec: Codec,
+    rng: SmallRng,
+    next_pkid: u16,
+    /// SUBSCRIBE packet ids and the core's subscription they carry.
+    subs: heapless::Vec<(u16, SubscriptionId), 8>,
+    in_flight: heapless::Vec<InFlight, 10>,
+    ntp: Option<(RequestId, Instant)>,
+    answers: std::collections::VecDeque<PendingAnswer>,
+    /// A delta to report back: (when, setpoint).
+    apply: Option<(Instant, u64)>,
+    last_version: Option<u64>,
+    seq: u64,
+    next_report: Option<Instant>,
+    next_telemetry: Option<Instant>,
+    next_ntp: Option<Instant>,
+    next_churn: Option<Instant>,
+    stop_by: Option<Instant>,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+/// Runs thing `index` of `fleet` until the run stops.
+pub async fn run(fleet: Arc<Fleet>, index: usize) {
+    let thing_id = fleet.thing_id(index);
+    let secret = fleet.secret(index);
+    let profile = &fleet.scenario.profile;
+    let tx_len = iothub_sdk_nostd::MIN_TX_BUFFER
+        + 2 * profile.reported_bytes.max(profile.telemetry_bytes)
+        + 512;
+    let mut tx = vec![0u8; tx_len].into_boxed_slice();
+    let mut config = Config::new(&thing_id, SHADOWS);
+    config.methods = fleet.methods;
+    config.request_timeout_ms = profile.request_timeout_ms;
+    let mut rng = SmallRng::seed_from_u64(
+        fleet.scenario.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    config.token_seed = rng.r#gen();
+    let mut device = match Core::new(config, &mut tx[..]) {
+        Ok(d) => d,
+        Err(e) => {
+            fleet
+                .stats
+                .connect_errors
+                .add(format!("device config: {e}"));
+            fleet.stats.first_done.inc();
+            return;
+        }
+    };
+    let version = if fleet.uses_mqtt5(index) {
+        Version::V5
+    } else {
+        Version::V4
+    };
+    let now = Instant::now();
+    let mut thing = Thing {
+        fleet: fleet.clone(),
+        index,
+        codec: Codec { version },
+        rng,
+        next_pkid: 1,
+        subs: heapless::Vec::new(),
+        in_flight: heapless::Vec::new(),
+        ntp: None,
+        answers: std::collections::VecDeque::new(),
+        apply: None,
+        last_version: None,
+        seq: 0,
+        next_report: None,
+        next_telemetry: None,
+        next_ntp: None,
+        next_churn: None,
+        stop_by: None,
+        wbuf: BytesMut::new(),
+        rbuf: BytesMut::new(),
+        last_read: now,
+        last_write: now,
+    };
+    let mut phase = fleet.phase.clone();
+    let mut at = fleet.epoch + fleet.connect_offset(index);
+    let mut attempt: u32 = 0;
+    let mut ever = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = wait_stop(&mut phase) => break,
+        }
+        match thing
+            .connect(&mut device, &thing_id, &secret, &mut phase)
+            .await
+        {
+            Ok(stream) => {
+                if ever {
+                    fleet.stats.reconnects.inc();
+                } else {
+                    fleet.stats.ever_connected.inc();
+                    if attempt < FIRST_ATTEMPTS {
+                        fleet.stats.first_done.inc();
+                    }
+                    ever = true;
+                }
+                attempt = 0;
+                let end = thing.session(&mut device, stream, &mut phase).await;
+                thing.closed(&mut device);
+                match end {
+                    End::Stopped => break,
+                    End::Churned => fleet.stats.churned.inc(),
+                    End::Lost => {}
+                }
+            }
+            Err(ConnectError::Stopped) => break,
+            Err(e) => {
+                fleet.stats.connect_errors.add(e.kind());
+                device.handle_disconnected(dev_now(&fleet));
+                thing.drain_events(&mut device);
+                thing.abort_in_flight();
+                attempt += 1;
+                if attempt == FIRST_ATTEMPTS && !ever {
+                    fleet.stats.first_done.inc();
+                }
+            }
+        }
+        at = Instant::now() + thing.backoff(attempt);
+    }
+    if !ever && attempt < FIRST_ATTEMPTS {
+        fleet.stats.first_done.inc();
+    }
+    fleet.stats.running.dec();
+}
+
+/// Resolves when the phase becomes [`Phase::Stop`] (or the run is gone).
+async fn wait_stop(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p == Phase::Stop).await;
+}
+
+/// The tick after `at` every `secs`; when more than a period late, one period from `now`
+/// (ticks are delayed, never bunched).
+fn next_tick(at: Instant, now: Instant, secs: f64) -> Instant {
+    let every = Duration::from_secs_f64(secs);
+    let next = at + every;
+    if next <= now { now + every } else { next }
+}
+
+fn dev_now(fleet: &Fleet) -> DevInstant {
+    DevInstant::from_millis(u64::try_from(fleet.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Thing {
+    fn stats(&self) -> &crate::stats::Stats {
+        &self.fleet.stats
+    }
+
+    fn pkid(&mut self) -> u16 {
+        let id = self.next_pkid;
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// Reconnect delay: `reconnect_backoff_ms` doubled per failed attempt, capped, ±50 % jitter.
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let p = &self.fleet.scenario.profile;
+        let base = p
+            .reconnect_backoff_ms
+            .saturating_mul(1u64 << attempt.min(16))
+            .min(p.max_reconnect_backoff_ms)
+            .max(1);
+        Duration::from_millis(self.rng.gen_range(base / 2..=base + base / 2))
+    }
+
+    /// TCP connect (TCP_NODELAY, from the thing's source address), CONNECT, CONNACK, then the
+    /// core's subscriptions up to the last SUBACK.
+    async fn connect(
+        &mut self,
+        device: &mut Core<'_>,
+        thing_id: &str,
+        secret: &str,
+        phase: &mut tokio::sync::watch::Receiver<Phase>,
+    ) -> Result<TcpStream, ConnectError> {
+        let began = Instant::now();
+        let handshake = async {
+            let mut stream = self.tcp().await?;
+            self.wbuf.clear();
+            let keep_alive = self.fleet.scenario.profile.keep_alive_s;
+            self.codec
+                .connect(thing_id, secret, keep_alive, &mut self.wbuf)
+                .map_err(|_| ConnectError::Protocol)?;
+            self.write(&mut stream)
+                .await
+                .map_err(|_| ConnectError::Closed)?;
+            match self.next_packet(&mut stream).await? {
+                Incoming::ConnAck {
+                    code: 0,
+                    session_present,
+                } => device.handle_connected(dev_now(&self.fleet), session_present),
+                Incoming::ConnAck { code, .. } => return Err(ConnectError::Refused(code)),
+                _ => return Err(ConnectError::Protocol),
+            }
+            self.subs.clear();
+            self.pump(device);
+            self.write(&mut stream)
+                .await
+                .map_err(|_| ConnectError::Closed)?;
+            while !self.subs.is_empty() {
+                match self.next_packet(&mut stream).await? {
+                    Incoming::SubAck { pkid, granted } => {
+                        let Some(pos) = self.subs.iter().position(|(p, _)| *p == pkid) else {
+                            return Err(ConnectError::Protocol);
+                        };
+                        let (_, id) = self.subs.swap_remove(pos);
+                        device.handle_suback(dev_now(&self.fleet), id, granted);
+                        if !granted {
+                            return Err(ConnectError::SubscribeRefused);
+                        }
+                    }
+                    // Replies to the core's first get may overtake the last SUBACK.
+                    Incoming::Publish {
+                        topic,
+                        payload,
+                        pkid,
+                    } => {
+                        self.on_publish(device, &topic, &payload, pkid);
+                    }
+                    Incoming::PubAck { .. } | Incoming::PingResp => {}
+                    _ => return Err(ConnectError::Protocol),
+                }
+            }
+            self.pump(device);
+            self.write(&mut stream)
+                .await
+                .map_err(|_| ConnectError::Closed)?;
+            Ok(stream)
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => r.unwrap_or(Err(ConnectError::Timeout)),
+            _ = wait_stop(phase) => Err(ConnectError::Stopped),
+        };
+        if result.is_ok() {
+            self.stats().connect.record(began.elapsed());
+        }
+        result
+    }
+
+    async fn tcp(&mut self) -> Result<TcpStream, ConnectError> {
+        let addr = self.fleet.mqtt;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        if let Some(local) = self.fleet.source_address(self.index) {
+            socket
+                .bind(local)
+                .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        }
+        let stream = tokio::time::timeout(TCP_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| ConnectError::TcpTimeout)?
+            .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        let now = Instant::now();
+        self.last_read = now;
+        self.last_write = now;
+        Ok(stream)
+    }
+
+    /// Reads until one whole packet is decoded (handshake only).
+    async fn next_packet(&mut self, stream: &mut TcpStream) -> Result<Incoming, ConnectError> {
+        loop {
+            match self.codec.read(&mut self.rbuf) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats().protocol_errors.add(e.to_string());
+                    return Err(ConnectError::Protocol);
+                }
+            }
+            match self.read_some(stream).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Err(ConnectError::Closed),
+            }
+        }
+    }
+
+    /// Waits for the socket to be readable, then reads what is there; false at end of stream.
+    async fn read_some(&mut self, stream: &mut TcpStream) -> std::io::Result<bool> {
+        loop {
+            stream.readable().await?;
+            match self.try_read(stream)? {
+                Read::Data => return Ok(true),
+                Read::Eof => return Ok(false),
+                Read::WouldBlock => {}
+            }
+        }
+    }
+
+    /// One non-blocking read into the read buffer (allocated only now: an idle thing holds none).
+    fn try_read(&mut self, stream: &TcpStream) -> std::io::Result<Read> {
+        self.rbuf.reserve(READ_CHUNK);
+        match stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Ok(Read::Eof),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                Ok(Read::Data)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.release_rbuf();
+                Ok(Read::WouldBlock)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops the read buffer when it holds nothing.
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes everything encoded so far.
+    async fn write(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = BytesMut::new();
+        }
+        self.last_write = Instant::now();
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Drains the core: every transmit encoded into the write buffer, every event handled.
+    fn pump(&mut self, device: &mut Core<'_>) {
+        let now = dev_now(&self.fleet);
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            loop {
+                let t = match device.poll_transmit(now, &mut scratch) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.stats()
+                            .protocol_errors
+                            .add(format!("poll_transmit: {e}"));
+                        break;
+                    }
+                };
+                let r = match t {
+                    Transmit::Subscribe { id, filter, qos } => {
+                        let pkid = self.pkid();
+                        let _ = self.subs.push((pkid, id));
+                        self.codec.subscribe(pkid, filter, qos, &mut self.wbuf)
+                    }
+                    Transmit::Publish {
+                        topic,
+                        payload,
+                        qos,
+                    } => {
+                        let pkid = self.pkid();
+                        self.codec
+                            .publish(topic, payload, qos, pkid, &mut self.wbuf)
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(e) = r {
+                    self.stats().protocol_errors.add(e.to_string());
+                }
+            }
+        });
+        self.drain_events(device);
+    }
+
+    fn drain_events(&mut self, device: &mut Core<'_>) {
+        while let Some(ev) = device.poll_event() {
+            self.on_event(device, ev);
+        }
+    }
+
+    /// One PUBLISH from the hub: PUBACK it, hand it to the core, act on the event.
+    fn on_publish(
+        &mut self,
+        device: &mut Core<'_>,
+        topic: &[u8],
+        payload: &[u8],
+        pkid: Option<u16>,
+    ) {
+        if let Some(pkid) = pkid
+            && let Err(e) = self.codec.puback(pkid, &mut self.wbuf)
+        {
+            self.stats().protocol_errors.add(e.to_string());
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            self.stats().protocol_errors.add("topic not utf-8");
+            return;
+        };
+        match device.handle_publish(dev_now(&self.fleet), topic, payload) {
+            Ok(Some(ev)) => self.on_event(device, ev),
+            Ok(None) => {}
+            Err(Ignored::Unmatched) => self.stats().ignored.add("late or unmatched reply"),
+            Err(Ignored::Stale) => self.stats().ignored.add("stale delta or document"),
+            Err(Ignored::Echo) => {}
+            Err(other) => self
+                .stats()
+                .protocol_errors
+                .add(format!("dropped by the core: {other}")),
+        }
+    }
+
+    /// The connection ended: the core fails what was in flight; those are aborted, not lost.
+    fn closed(&mut self, device: &mut Core<'_>) {
+        if self.fleet.slots[self.index]
+            .connected
+            .swap(false, Ordering::Relaxed)
+        {
+            self.stats().connected.dec();
+        }
+        device.handle_disconnected(dev_now(&self.fleet));
+        self.abort_in_flight();
+        self.ntp = None;
+        self.drain_events(device);
+        self.answers.clear();
+        self.subs.clear();
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+    }
+
+    fn abort_in_flight(&mut self) {
+        for _ in 0..self.in_flight.len() {
+            self.fleet.stats.updates_aborted.inc();
+        }
+        self.in_flight.clear();
+    }
+
+    /// The connected life of the thing: behaviours, reads, timers, until stop, churn or loss.
+    async fn session(
+        &mut self,
+        device: &mut Core<'_>,
+        mut stream: TcpStream,
+        phase: &mut tokio::sync::watch::Receiver<Phase>,
+    ) -> End {
+        self.fleet.slots[self.index]
+            .connected
+            .store(true, Ordering::Relaxed);
+        self.stats().connected.inc();
+        self.next_churn = None;
+        self.arm(*phase.borrow());
+        let keep_alive = Duration::from_secs(u64::from(self.fleet.scenario.profile.keep_alive_s));
+        loop {
+            // Everything due now.
+            let now = Instant::now();
+            let current = *phase.borrow();
+            if current == Phase::Stop && self.stop_by.is_none() {
+                self.stop_by = Some(now + DRAIN);
+                self.next_report = None;
+                self.next_telemetry = None;
+                self.next_ntp = None;
+                self.next_churn = None;
+            }
+            if let Some(end) = self.tick(device, now, current) {
+                if matches!(end, End::Stopped | End::Churned) {
+                    let _ = self.codec.disconnect(&mut self.wbuf);
+                    let _ = self.write(&mut stream).await;
+                }
+                return end;
+            }
+            if now - self.last_write >= keep_alive / 2 {
+                let _ = self.codec.ping(&mut self.wbuf);
+            }
+            if self.write(&mut stream).await.is_err() {
+                self.stats().connect_errors.add("connection lost: write");
+                self.stats().lost.inc();
+                return End::Lost;
+            }
+            if now - self.last_read > keep_alive + keep_alive / 2 {
+                self.stats()
+                    .connect_errors
+                    .add("connection lost: keep-alive timeout");
+                self.stats().lost.inc();
+                return End::Lost;
+            }
+            let wake = self.next_wake(device, keep_alive);
+            tokio::select! {
+                r = stream.readable() => {
+                    if r.is_err() || !self.read_packets(device, &stream) {
+                        self.stats().lost.inc();
+                        return End::Lost;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+                r = phase.changed() => {
+                    if r.is_err() {
+                        return End::Stopped;
+                    }
+                    let p = *phase.borrow();
+                    self.arm(p);
+                }
+            }
+        }
+    }
+
+    /// Reads what is there and handles every whole packet; false when the connection is over.
+    fn read_packets(&mut self, device: &mut Core<'_>, stream: &TcpStream) -> bool {
+        match self.try_read(stream) {
+            Ok(Read::Data) => {}
+            Ok(Read::WouldBlock) => return true,
+            Ok(Read::Eof) => {
+                self.stats()
+                    .connect_errors
+                    .add("connection lost: closed by the hub");
+                return false;
+            }
+            Err(e) => {
+                self.stats()
+                    .connect_errors
+                    .add(format!("connection lost: {:?}", e.kind()));
+                return false;
+            }
+        }
+        loop {
+            match self.codec.read(&mut self.rbuf) {
+                Ok(Some(Incoming::Publish {
+                    topic,
+                    payload,
+                    pkid,
+                })) => self.on_publish(device, &topic, &payload, pkid),
+                Ok(Some(Incoming::SubAck { pkid, granted })) => {
+                    if let Some(pos) = self.subs.iter().position(|(p, _)| *p == pkid) {
+                        let (_, id) = self.subs.swap_remove(pos);
+                        device.handle_suback(dev_now(&self.fleet), id, granted);
+                    }
+                }
+                Ok(Some(Incoming::PubAck { reason, .. })) => {
+                    if reason >= 0x80 {
+                        self.stats()
+                            .protocol_errors
+                            .add(format!("puback 0x{reason:02x}"));
+                    }
+                }
+                Ok(Some(Incoming::PingResp)) => {}
+                Ok(Some(Incoming::Disconnect)) => {
+                    self.stats()
+                        .connect_errors
+                        .add("connection lost: disconnect from the hub");
+                    return false;
+                }
+                Ok(Some(Incoming::ConnAck { .. })) => {
+                    self.stats().protocol_errors.add("second connack");
+                }
+                Ok(Some(Incoming::Unexpected(what))) => self.stats().protocol_errors.add(what),
+                Ok(None) => break,
+                Err(e) => {
+                    self.stats().protocol_errors.add(e.to_string());
+                    return false;
+                }
+            }
+        }
+        self.release_rbuf();
+        self.pump(device);
+        true
+    }
+}
