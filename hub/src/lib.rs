@@ -13,6 +13,7 @@ pub mod config;
 pub mod method;
 pub mod metrics;
 pub mod ntp;
+pub mod ota;
 pub mod presence;
 pub mod query;
 pub mod router;
@@ -46,6 +47,8 @@ pub struct RunningHub {
     router_stop: tokio::sync::oneshot::Sender<()>,
     router: JoinHandle<()>,
     presence: JoinHandle<()>,
+    ota: ota::OtaService,
+    ota_task: ota::OtaTask,
     shadows: shadow::service::ShadowService,
     store: store::SharedStore,
 }
@@ -87,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let shadows =
         shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
     let methods = method::Methods::new(bus.clone());
+    let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
 
     let (router_handle, router_queue) = router::channel();
@@ -97,6 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         router::Services {
             shadows: shadows.clone(),
             methods: methods.clone(),
+            ota: ota.clone(),
             bus: bus.clone(),
             metrics: metrics.clone(),
         },
@@ -119,6 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             authenticator,
             presence: presence.clone(),
             router: router_handle,
+            ota: ota.clone(),
         },
     )
     .await?;
@@ -142,7 +148,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         limits,
         admin_token.clone(),
         metrics,
-    );
+    )
+    .with_ota(ota.clone());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
@@ -168,6 +175,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         router_stop,
         router,
         presence: presence_task,
+        ota,
+        ota_task,
         shadows,
         store,
     })
@@ -181,6 +190,8 @@ impl RunningHub {
         self.broker.stop().await;
         let _ = self.router_stop.send(());
         let _ = self.router.await;
+        self.ota.stop().await;
+        self.ota_task.join().await;
         self.shadows.shutdown().await;
         self.presence.abort();
         let _ = self.presence.await;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::method::Methods;
 use crate::ntp;
+use crate::ota::OtaService;
 use crate::shadow::ShadowOp;
 use crate::shadow::service::ShadowService;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct Services {
     pub shadows: ShadowService,
     /// Direct methods (S-5).
     pub methods: Methods,
+    /// OTA jobs (S-7).
+    pub ota: OtaService,
     /// Where replies go.
     pub bus: Arc<dyn Bus>,
     /// Counters.
@@ -119,7 +122,8 @@ async fn dispatch(services: &Services, message: Inbound) {
             )
             .await
         }
-        // Telemetry, wills, user topics and OTA results travel as plain MQTT to subscribers.
+        Topic::OtaTaskResult { thing } => services.ota.handle_result(thing, message.payload).await,
+        // Telemetry, wills and user topics travel as plain MQTT to subscribers.
         _ => {}
     }
 }

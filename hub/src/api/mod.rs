@@ -9,7 +9,7 @@
 //! <admin token>`; `/healthz` and `/metrics` are open (probes and scrapers carry no token).
 //!
 //! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
-//! [`system`] (health, metrics, limits, OpenAPI).
+//! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI).
 //!
 //! # Decisions where SPEC.md is silent
 //! - `POST /things` answers **201** with the thing and its `password` (the only time it is
@@ -36,6 +36,7 @@
 
 pub mod error;
 pub mod methods;
+pub mod ota;
 pub mod query;
 pub mod schema;
 pub mod shadows;
@@ -81,6 +82,8 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     /// Hub metrics.
     pub metrics: Arc<Metrics>,
+    /// OTA jobs (S-9.6); `None` answers their routes with 503.
+    pub ota: Option<crate::ota::OtaService>,
 }
 
 impl AppState {
@@ -102,7 +105,14 @@ impl AppState {
             limits,
             admin_token: admin_token.into(),
             metrics,
+            ota: None,
         }
+    }
+
+    /// Serves the OTA job routes (S-9.6) with `ota`.
+    pub fn with_ota(mut self, ota: crate::ota::OtaService) -> AppState {
+        self.ota = Some(ota);
+        self
     }
 }
 
@@ -131,6 +141,15 @@ pub fn router(state: AppState) -> Router {
             put(shadows::put_desired),
         )
         .route("/things/{id}/methods/{method}", post(methods::invoke))
+        .route("/ota/jobs", post(ota::create))
+        .route("/ota/jobs/{id}", get(ota::get_job))
+        .route("/ota/jobs/{id}/cancel", post(ota::cancel))
+        .route("/ota/jobs/{id}/tasks", get(ota::list_tasks))
+        .route("/ota/jobs/{id}/tasks/{thing}", get(ota::get_task))
+        .route(
+            "/ota/jobs/{id}/tasks/{thing}/cancel",
+            post(ota::cancel_task),
+        )
         .route("/limits", get(system::limits))
         .route("/openapi.json", get(system::openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));

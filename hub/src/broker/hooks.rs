@@ -1,5 +1,6 @@
 //! The hub's rmqtt hook handlers: authentication, allow-lists, presence and request hand-off.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,10 @@ impl HubHooks {
                 self.deps.presence.connected(session).await;
                 (true, acc)
             }
+            Parameter::SessionSubscribed(session, subscribe) => {
+                self.subscribed(session, subscribe).await;
+                (true, acc)
+            }
             Parameter::ClientDisconnected(session, reason) => {
                 self.deps
                     .presence
@@ -115,6 +120,21 @@ impl HubHooks {
             }
             CredentialCheck::Invalid => AuthResult::BadUsernameOrPassword,
             CredentialCheck::Disabled | CredentialCheck::Unavailable => AuthResult::NotAuthorized,
+        }
+    }
+
+    /// A thing's subscription that covers its `T/ota/task` makes it ready for OTA tasks (S-7.3):
+    /// only now can a task published to it arrive.
+    async fn subscribed(&self, session: &Session, subscribe: &Subscribe) {
+        let thing = session.id.username_ref();
+        if is_service_user(thing) {
+            return;
+        }
+        let ota_topic = Topic::OtaTask { thing }.to_string();
+        let covers = rmqtt::topic::Topic::from_str(subscribe.topic_filter.as_ref())
+            .is_ok_and(|f| f.matches_str(&ota_topic));
+        if covers {
+            self.deps.ota.thing_ready(thing).await;
         }
     }
 

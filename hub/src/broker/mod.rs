@@ -56,6 +56,7 @@ pub(crate) struct HookDeps {
     pub authenticator: Authenticator,
     pub presence: Presence,
     pub router: RouterHandle,
+    pub ota: crate::ota::OtaService,
 }
 
 /// A running embedded broker.
@@ -87,6 +88,7 @@ impl EmbeddedBroker {
             Type::MessagePublishCheckAcl,
             Type::ClientConnected,
             Type::ClientDisconnected,
+            Type::SessionSubscribed,
         ] {
             register
                 .add(typ, Box::new(hooks::SharedHooks(handler.clone())))

@@ -18,6 +18,7 @@
 //! version already moved and gets [`StoreError::VersionConflict`].
 
 pub mod commit;
+pub mod ota;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -201,6 +202,11 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and closes the database (graceful shutdown). Later calls fail with
     /// [`StoreError::Unavailable`].
     async fn close(&self);
+
+    /// The OTA job storage of this store (S-7.3), `None` when it has none (test doubles).
+    fn ota(&self) -> Option<&dyn ota::OtaStore> {
+        None
+    }
 }
 
 /// Opens the store named by `url` and brings its schema up to date.

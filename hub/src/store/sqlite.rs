@@ -31,6 +31,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
 
+mod ota;
+
 /// Largest page [`Store::list_things`] returns.
 pub const MAX_PAGE_SIZE: u64 = 1000;
 
@@ -691,6 +693,10 @@ impl Store for SqliteStore {
         let out = Self::apply_writes(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    fn ota(&self) -> Option<&dyn super::ota::OtaStore> {
+        Some(self)
     }
 
     async fn close(&self) {

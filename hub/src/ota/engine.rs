@@ -1,0 +1,611 @@
+//! The OTA engine: one task that owns the state of running jobs.
+//!
+//! Each turn it takes the commands that are waiting (results, ready things, creates, cancels),
+//! then sends what the rollout rate allows and times out what is overdue, writes every change
+//! of the turn in ONE store transaction, and only then publishes tasks and answers callers.
+//! A crash therefore never shows a task as sent that the store does not know about.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iothub_spec::code::OtaTaskState;
+use iothub_spec::payload::{OtaMeta, OtaResult, OtaTask, field};
+use iothub_spec::topic::Topic;
+use tokio::sync::{mpsc, oneshot};
+
+use super::machine::{self, Rejection, Step};
+use super::{OtaError, client_token, task_id};
+use crate::bus::Bus;
+use crate::clock::now_ms;
+use crate::store::SharedStore;
+use crate::store::ota::{
+    OtaJobSettings, OtaJobStatus, OtaTaskRecord, OtaTaskWrite, OtaTemplate, OtaTransition,
+};
+
+/// Commands the engine takes per turn.
+const TURN: usize = 512;
+/// Attempts to write a turn before giving up on it.
+const WRITE_ATTEMPTS: u32 = 4;
+/// The rate window of `maxPerMinute`.
+const MINUTE_MS: u64 = 60_000;
+
+type Reply = oneshot::Sender<Result<(), OtaError>>;
+
+/// What the engine is asked to do.
+pub(super) enum Cmd {
+    /// Load a job just created and start its rollout.
+    Start { job_id: String, reply: Reply },
+    /// Cancel a job, or one thing's task of it.
+    Cancel {
+        job_id: String,
+        thing: Option<String>,
+        reply: Reply,
+    },
+    /// A thing's result payload.
+    Result { thing: String, payload: Bytes },
+    /// A thing subscribed to its OTA task topic.
+    Ready { thing: String },
+    /// Flush and end.
+    Stop,
+}
+
+/// A running job.
+struct Job {
+    template: OtaTemplate,
+    settings: OtaJobSettings,
+    tasks: HashMap<String, OtaTaskRecord>,
+    /// Queued tasks whose thing is believed connected, in rollout order.
+    ready: VecDeque<String>,
+    /// Queued tasks whose thing is offline.
+    waiting: HashSet<String>,
+    /// Tasks not ended.
+    open: usize,
+    /// Earliest time of the next send, µs since the epoch.
+    next_send_us: u64,
+    /// Send times (ms) within the last minute.
+    window: VecDeque<u64>,
+}
+
+impl Job {
+    fn interval_us(&self) -> u64 {
+        60_000_000 / u64::from(self.settings.max_per_minute.max(1))
+    }
+}
+
+/// Everything one turn changes, applied after the store has it.
+#[derive(Default)]
+struct Turn {
+    writes: Vec<OtaTaskWrite>,
+    jobs: Vec<(String, OtaJobStatus, u64)>,
+    publish: Vec<(String, Bytes)>,
+    replies: Vec<(Reply, Result<(), OtaError>)>,
+}
+
+impl Turn {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.jobs.is_empty()
+            && self.publish.is_empty()
+            && self.replies.is_empty()
+    }
+}
+
+struct Engine {
+    store: SharedStore,
+    bus: Arc<dyn Bus>,
+    jobs: HashMap<String, Job>,
+    /// thing → running jobs in which it has a task (ended ones included, to refuse late results).
+    by_thing: HashMap<String, Vec<String>>,
+    /// (deadline ms, job, thing, attempt); stale entries are skipped when popped.
+    deadlines: BinaryHeap<Reverse<(u64, String, String, u32)>>,
+}
+
+/// Runs the engine until [`Cmd::Stop`] or until every sender is gone.
+pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Receiver<Cmd>) {
+    let mut engine = Engine {
+        store,
+        bus,
+        jobs: HashMap::new(),
+        by_thing: HashMap::new(),
+        deadlines: BinaryHeap::new(),
+    };
+    engine.resume().await;
+    let mut cmds = Vec::with_capacity(TURN);
+    loop {
+        let now = now_ms();
+        let sleep = engine
+            .next_wake(now)
+            .map_or(Duration::from_secs(3600), |at| {
+                Duration::from_millis(at.saturating_sub(now))
+            });
+        let mut stop = false;
+        tokio::select! {
+            n = rx.recv_many(&mut cmds, TURN) => if n == 0 { stop = true },
+            _ = tokio::time::sleep(sleep) => {}
+        }
+        let mut turn = Turn::default();
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Cmd::Stop => stop = true,
+                cmd => engine.handle(cmd, &mut turn).await,
+            }
+        }
+        let now = now_ms();
+        engine.expire(now, &mut turn);
+        engine.pace(now, &mut turn);
+        engine.commit(turn).await;
+        if stop {
+            return;
+        }
+    }
+}
+
+fn task_payload(t: &OtaTemplate, rec: &OtaTaskRecord) -> Option<Bytes> {
+    let body = OtaTask {
+        client_token: &rec.client_token,
+        task_id: &rec.task_id,
+        r#type: &t.task_type,
+        meta: OtaMeta {
+            version: &t.version,
+            md5: t.md5.as_deref(),
+            sha256: t.sha256.as_deref(),
+            content_type: t.content_type.as_deref(),
+            content_length: t.content_length,
+        },
+        file_url: &t.file_url,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(v) => Some(Bytes::from(v)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an ota task");
+            None
+        }
+    }
+}
+
+/// Moves `rec` to `to` at `now` and returns the write that records it.
+fn transition(rec: &mut OtaTaskRecord, to: OtaTaskState, now: u64) -> OtaTaskWrite {
+    let t = OtaTransition {
+        attempt: rec.attempt,
+        from: Some(rec.status),
+        to,
+        at: now,
+        err_code: if to == OtaTaskState::Failed {
+            rec.err_code
+        } else {
+            None
+        },
+    };
+    rec.status = to;
+    rec.transitions = rec.transitions.saturating_add(1);
+    rec.updated_at = now;
+    if to.is_final() || to == OtaTaskState::Queued {
+        rec.deadline = None;
+    }
+    OtaTaskWrite {
+        record: rec.clone(),
+        transition: Some(t),
+    }
+}
+
+/// Splits a result payload into its `errMsg` (owned: it may hold JSON escapes, which the
+/// borrowed spec type cannot) and the rest, re-encoded without it for [`OtaResult`].
+fn split_err_msg(payload: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
+    let mut v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let msg = v
+        .as_object_mut()?
+        .remove(field::ERR_MSG)
+        .and_then(|m| m.as_str().map(str::to_owned));
+    Some((msg, serde_json::to_vec(&v).ok()?))
+}
+
+impl Engine {
+    fn ota(&self) -> Option<&dyn crate::store::ota::OtaStore> {
+        self.store.ota()
+    }
+
+    /// Loads every running job (start-up).
+    async fn resume(&mut self) {
+        let Some(store) = self.ota() else {
+            tracing::warn!("store without OTA tables: OTA jobs disabled");
+            return;
+        };
+        let ids = match store.ota_running_jobs().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load running OTA jobs");
+                return;
+            }
+        };
+        let mut turn = Turn::default();
+        for id in &ids {
+            if let Err(e) = self.load(id, now_ms(), &mut turn).await {
+                tracing::error!(job = %id, error = %e, "cannot resume OTA job");
+            }
+        }
+        if !ids.is_empty() {
+            tracing::info!(jobs = ids.len(), "OTA jobs resumed");
+        }
+        self.commit(turn).await;
+    }
+
+    async fn load(&mut self, job_id: &str, now: u64, turn: &mut Turn) -> Result<(), OtaError> {
+        let store = self
+            .ota()
+            .ok_or_else(|| OtaError::Unavailable("no OTA store".into()))?;
+        let record = store.ota_job(job_id).await?.ok_or(OtaError::NoSuchJob)?;
+        let open = store.ota_open_tasks(job_id).await?;
+        let mut job = Job {
+            template: record.template,
+            settings: record.settings,
+            tasks: HashMap::with_capacity(open.len()),
+            ready: VecDeque::new(),
+            waiting: HashSet::new(),
+            open: open.len(),
+            next_send_us: 0,
+            window: VecDeque::new(),
+        };
+        for rec in open {
+            let thing = rec.thing_id.clone();
+            match rec.status {
+                OtaTaskState::Queued if self.bus.is_connected(&thing) => {
+                    job.ready.push_back(thing.clone())
+                }
+                OtaTaskState::Queued => {
+                    job.waiting.insert(thing.clone());
+                }
+                _ => {
+                    if let Some(d) = rec.deadline {
+                        self.deadlines.push(Reverse((
+                            d,
+                            job_id.to_owned(),
+                            thing.clone(),
+                            rec.attempt,
+                        )));
+                    }
+                }
+            }
+            self.by_thing
+                .entry(thing.clone())
+                .or_default()
+                .push(job_id.to_owned());
+            job.tasks.insert(thing, rec);
+        }
+        let empty = job.open == 0;
+        self.jobs.insert(job_id.to_owned(), job);
+        if empty {
+            self.finish(job_id, OtaJobStatus::Completed, now, turn);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, cmd: Cmd, turn: &mut Turn) {
+        let now = now_ms();
+        match cmd {
+            Cmd::Start { job_id, reply } => {
+                let r = if self.jobs.contains_key(&job_id) {
+                    Ok(())
+                } else {
+                    self.load(&job_id, now, turn).await
+                };
+                turn.replies.push((reply, r));
+            }
+            Cmd::Cancel {
+                job_id,
+                thing,
+                reply,
+            } => {
+                let r = self.cancel(&job_id, thing.as_deref(), now, turn);
+                turn.replies.push((reply, r));
+            }
+            Cmd::Result { thing, payload } => self.result(&thing, &payload, now, turn),
+            Cmd::Ready { thing } => self.ready(&thing, turn),
+            Cmd::Stop => {}
+        }
+    }
+
+    fn cancel(
+        &mut self,
+        job_id: &str,
+        thing: Option<&str>,
+        now: u64,
+        turn: &mut Turn,
+    ) -> Result<(), OtaError> {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            // The caller checked that the job exists: it is no longer running.
+            return Err(OtaError::Ended("job"));
+        };
+        match thing {
+            None => {
+                for rec in job.tasks.values_mut() {
+                    if machine::cancelable(rec.status) {
+                        turn.writes
+                            .push(transition(rec, OtaTaskState::Canceled, now));
+                    }
+                }
+                self.finish(job_id, OtaJobStatus::Canceled, now, turn);
+                Ok(())
+            }
+            Some(thing) => {
+                let rec = job.tasks.get_mut(thing).ok_or(OtaError::NoSuchTask)?;
+                if !machine::cancelable(rec.status) {
+                    return Err(OtaError::Ended("task"));
+                }
+                turn.writes
+                    .push(transition(rec, OtaTaskState::Canceled, now));
+                self.ended(job_id, thing, now, turn);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a job: drops it from memory and records its status.
+    fn finish(&mut self, job_id: &str, status: OtaJobStatus, now: u64, turn: &mut Turn) {
+        if let Some(job) = self.jobs.remove(job_id) {
+            for thing in job.tasks.keys() {
+                self.forget(thing, job_id);
+            }
+        }
+        tracing::info!(job = %job_id, status = status.as_str(), "OTA job ended");
+        turn.jobs.push((job_id.to_owned(), status, now));
+    }
+
+    fn forget(&mut self, thing: &str, job_id: &str) {
+        if let Some(jobs) = self.by_thing.get_mut(thing) {
+            jobs.retain(|j| j != job_id);
+            if jobs.is_empty() {
+                self.by_thing.remove(thing);
+            }
+        }
+    }
+
+    /// A task reached a final state: retry it, or close it (and the job when it was the last).
+    fn ended(&mut self, job_id: &str, thing: &str, now: u64, turn: &mut Turn) {
+        let connected = self.bus.is_connected(thing);
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(rec) = job.tasks.get_mut(thing) else {
+            return;
+        };
+        if machine::retries(rec.status, rec.attempt, job.settings.retries) {
+            rec.attempt += 1;
+            rec.task_id = task_id(job_id, rec.attempt);
+            rec.client_token = client_token();
+            rec.progress = None;
+            rec.err_code = None;
+            rec.err_msg = None;
+            turn.writes.push(transition(rec, OtaTaskState::Queued, now));
+            if connected {
+                job.ready.push_back(thing.to_owned());
+            } else {
+                job.waiting.insert(thing.to_owned());
+            }
+            return;
+        }
+        // The ended task stays findable until its job ends, so later results for it are refused
+        // as coming after a final state.
+        job.open = job.open.saturating_sub(1);
+        if job.open == 0 {
+            self.finish(job_id, OtaJobStatus::Completed, now, turn);
+        }
+    }
+
+    fn reject(thing: &str, task: Option<&str>, why: Rejection) {
+        tracing::warn!(%thing, task = task.unwrap_or(""), reason = %why, "ota result rejected");
+    }
+
+    fn result(&mut self, thing: &str, payload: &[u8], now: u64, turn: &mut Turn) {
+        let Some((err_msg, rest)) = split_err_msg(payload) else {
+            return Self::reject(thing, None, Rejection::Malformed);
+        };
+        let Ok(r) = serde_json::from_slice::<OtaResult>(&rest) else {
+            return Self::reject(thing, None, Rejection::Malformed);
+        };
+        let found = self.by_thing.get(thing).and_then(|jobs| {
+            jobs.iter().find(|j| {
+                self.jobs
+                    .get(*j)
+                    .and_then(|job| job.tasks.get(thing))
+                    .is_some_and(|t| t.task_id == r.task_id)
+            })
+        });
+        let Some(job_id) = found.cloned() else {
+            return Self::reject(thing, Some(r.task_id), Rejection::NoSuchTask);
+        };
+        let Some(rec) = self
+            .jobs
+            .get_mut(&job_id)
+            .and_then(|job| job.tasks.get_mut(thing))
+        else {
+            return;
+        };
+        if rec.client_token != r.client_token {
+            return Self::reject(thing, Some(r.task_id), Rejection::WrongToken);
+        }
+        match machine::on_result(rec.status, rec.progress, r.status, r.progress) {
+            Err(why) => Self::reject(thing, Some(r.task_id), why),
+            Ok(Step::Progress(p)) => {
+                rec.progress = p;
+                rec.updated_at = now;
+                turn.writes.push(OtaTaskWrite {
+                    record: rec.clone(),
+                    transition: None,
+                });
+            }
+            Ok(Step::Move(to, p)) => {
+                rec.progress = p;
+                if to == OtaTaskState::Failed {
+                    rec.err_code = r.err_code;
+                    rec.err_msg = err_msg;
+                }
+                turn.writes.push(transition(rec, to, now));
+                if to.is_final() {
+                    self.ended(&job_id, thing, now, turn);
+                }
+            }
+        }
+    }
+
+    /// The thing can receive tasks: queued ones join the rollout, sent ones go again.
+    fn ready(&mut self, thing: &str, turn: &mut Turn) {
+        let Some(jobs) = self.by_thing.get(thing) else {
+            return;
+        };
+        for job_id in jobs {
+            let Some(job) = self.jobs.get_mut(job_id) else {
+                continue;
+            };
+            let Some(rec) = job.tasks.get(thing) else {
+                continue;
+            };
+            match rec.status {
+                OtaTaskState::Queued if job.waiting.remove(thing) => {
+                    job.ready.push_back(thing.to_owned());
+                }
+                OtaTaskState::Sent => {
+                    if let Some(p) = task_payload(&job.template, rec) {
+                        tracing::debug!(%thing, job = %job_id, "ota task sent again");
+                        turn.publish.push((Topic::OtaTask { thing }.to_string(), p));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Times out overdue tasks.
+    fn expire(&mut self, now: u64, turn: &mut Turn) {
+        while let Some(Reverse((at, _, _, _))) = self.deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, job_id, thing, attempt))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(rec) = self
+                .jobs
+                .get_mut(&job_id)
+                .and_then(|job| job.tasks.get_mut(&thing))
+            else {
+                continue;
+            };
+            if rec.attempt != attempt || rec.deadline != Some(at) || !machine::times_out(rec.status)
+            {
+                continue;
+            }
+            tracing::info!(%thing, job = %job_id, "ota task timed out");
+            turn.writes
+                .push(transition(rec, OtaTaskState::TimedOut, now));
+            self.ended(&job_id, &thing, now, turn);
+        }
+    }
+
+    /// Sends what each job's rate allows.
+    fn pace(&mut self, now: u64, turn: &mut Turn) {
+        let now_us = now.saturating_mul(1000);
+        for (job_id, job) in &mut self.jobs {
+            while job.window.front().is_some_and(|t| *t + MINUTE_MS <= now) {
+                job.window.pop_front();
+            }
+            let interval = job.interval_us();
+            while now_us >= job.next_send_us
+                && job.window.len() < job.settings.max_per_minute as usize
+            {
+                let Some(thing) = job.ready.pop_front() else {
+                    break;
+                };
+                // Only lateness of the timer is made up; after an idle spell the spacing starts
+                // afresh instead of bursting.
+                if job.next_send_us + interval < now_us {
+                    job.next_send_us = now_us;
+                }
+                let Some(rec) = job.tasks.get_mut(&thing) else {
+                    continue;
+                };
+                if rec.status != OtaTaskState::Queued {
+                    continue;
+                }
+                if !self.bus.is_connected(&thing) {
+                    job.waiting.insert(thing);
+                    continue;
+                }
+                let deadline = now.saturating_add(job.settings.timeout_ms);
+                rec.deadline = Some(deadline);
+                turn.writes.push(transition(rec, OtaTaskState::Sent, now));
+                if let Some(p) = task_payload(&job.template, rec) {
+                    turn.publish
+                        .push((Topic::OtaTask { thing: &thing }.to_string(), p));
+                }
+                self.deadlines
+                    .push(Reverse((deadline, job_id.clone(), thing, rec.attempt)));
+                job.window.push_back(now);
+                job.next_send_us += interval;
+            }
+        }
+    }
+
+    /// When the engine must next look at its timers, ms.
+    fn next_wake(&self, now: u64) -> Option<u64> {
+        let mut wake = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        for job in self.jobs.values() {
+            if job.ready.is_empty() {
+                continue;
+            }
+            let at = if job.window.len() >= job.settings.max_per_minute as usize {
+                job.window.front().map_or(now, |t| t + MINUTE_MS)
+            } else {
+                job.next_send_us.div_ceil(1000).max(now)
+            };
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        wake
+    }
+
+    /// Stores the turn, then publishes and answers.
+    async fn commit(&mut self, turn: Turn) {
+        if turn.is_empty() {
+            return;
+        }
+        let Turn {
+            writes,
+            jobs,
+            publish,
+            replies,
+        } = turn;
+        let mut stored = Ok(());
+        if let Some(store) = self.ota() {
+            for attempt in 0..WRITE_ATTEMPTS {
+                stored = store.ota_write(&writes, &jobs).await;
+                match &stored {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, "cannot store OTA changes; retrying");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    }
+                }
+            }
+        }
+        match stored {
+            Ok(()) => {
+                for (topic, payload) in publish {
+                    self.bus.publish(&topic, payload, false).await;
+                }
+                for (reply, r) in replies {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                // Nothing is published that the store does not have; things get their tasks
+                // again when they next subscribe.
+                tracing::error!(error = %e, changes = writes.len(), "OTA changes lost");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(OtaError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
