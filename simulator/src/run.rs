@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,9 @@ use crate::provision::{Api, Credentials};
 use crate::report::Report;
 use crate::scenario::Scenario;
 use crate::{business, progress, thing};
+
+/// Longest wait, after the measured period, for desired changes still converging.
+const CONVERGE_GRACE: Duration = Duration::from_secs(10);
 
 /// Where the hub is.
 #[derive(Debug, Clone)]
@@ -86,6 +90,17 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     let _ = phase_tx.send(Phase::Measure { start, end });
     business::run(fleet.clone(), api.clone(), start, end).await;
     tokio::time::sleep_until(end).await;
+    // A delta can reach its thing after the REST reply: give the last desired changes a
+    // bounded moment to converge before the things stop.
+    let grace = Instant::now() + CONVERGE_GRACE;
+    while Instant::now() < grace
+        && fleet
+            .slots
+            .iter()
+            .any(|s| s.pending_setpoint.load(Ordering::Relaxed) != 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = phase_tx.send(Phase::Stop);
     while let Some(r) = tasks.join_next().await {
         r.context("a virtual thing panicked")?;
