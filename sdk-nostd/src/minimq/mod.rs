@@ -53,9 +53,13 @@
 
 mod client;
 mod runner;
+#[cfg(feature = "embassy-net")]
+mod tcp;
 
 pub use client::{Client, State};
 pub use runner::{MqttConfig, Runner};
+#[cfg(feature = "embassy-net")]
+pub use tcp::TcpTransport;
 
 use crate::spec::limits::MAX_TOPIC_LEN;
 

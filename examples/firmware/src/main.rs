@@ -1,0 +1,130 @@
+//! The thermostat firmware: embassy-executor on a Cortex-M4F, embassy-net for TCP/IP (DHCP),
+//! the minimq adapter of `iothub-sdk-nostd`, and the application of `iothub-firmware-app` (the
+//! same code the `firmware_host` binary runs on Linux in the end-to-end test).
+//!
+//! Every buffer is a `StaticCell`; nothing is allocated. Board-specific parts are in `board`:
+//! the SysTick time driver and the network interface's frame channel (the board's Ethernet or
+//! Wi-Fi driver feeds it).
+#![no_std]
+#![no_main]
+
+mod board;
+
+use embassy_executor::Spawner;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{Ipv4Address, Stack, StackResources};
+use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_time::{Duration, Timer};
+use iothub_firmware_app::{AppClient, AppResources, AppState, Thermostat, device_config};
+use iothub_sdk_nostd::Device;
+use iothub_sdk_nostd::minimq::{MqttConfig, Runner, TcpTransport};
+use static_cell::StaticCell;
+
+/// The thing's credentials and the hub's address, fixed at build time.
+const THING_ID: &str = match option_env!("IOTHUB_THING_ID") {
+    Some(id) => id,
+    None => "thermostat-fw-1",
+};
+const THING_SECRET: &str = match option_env!("IOTHUB_THING_SECRET") {
+    Some(s) => s,
+    None => "change-me",
+};
+const HUB: (Ipv4Address, u16) = (Ipv4Address::new(192, 168, 1, 10), 1883);
+
+type Mutex = CriticalSectionRawMutex;
+type MqttRunner = Runner<
+    'static,
+    'static,
+    'static,
+    TcpTransport<'static>,
+    Mutex,
+    { iothub_firmware_app::N_SHADOWS },
+    { iothub_firmware_app::IN_FLIGHT },
+    { iothub_firmware_app::QUEUE },
+    { iothub_firmware_app::INBOX },
+>;
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, board::NetDevice>) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn mac_task(runner: board::MacRunner) -> ! {
+    board::run_mac(runner).await
+}
+
+#[embassy_executor::task]
+async fn mqtt_task(runner: MqttRunner) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::task]
+async fn app_task(client: AppClient<'static, 'static, Mutex>) -> ! {
+    static THERMOSTAT: StaticCell<Thermostat> = StaticCell::new();
+    let thermostat = THERMOSTAT.init(Thermostat::new(env!("CARGO_PKG_VERSION"), 1));
+    iothub_firmware_app::run(client, thermostat, Duration::from_secs(5)).await
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    board::init_clock();
+    let seed = board::seed();
+
+    // Network: embassy-net over the board's interface, DHCP.
+    let (device, mac) = board::net_device();
+    static STACK: StaticCell<StackResources<3>> = StaticCell::new();
+    let (stack, net_runner) = embassy_net::new(
+        device,
+        embassy_net::Config::dhcpv4(Default::default()),
+        STACK.init(StackResources::new()),
+        u64::from(seed),
+    );
+    spawner.spawn(mac_task(mac).expect("mac task"));
+    spawner.spawn(net_task(net_runner).expect("net task"));
+    wait_for_address(stack).await;
+
+    // One TCP socket, reused for every reconnect.
+    static SOCKET_RX: StaticCell<[u8; 2048]> = StaticCell::new();
+    static SOCKET_TX: StaticCell<[u8; 1024]> = StaticCell::new();
+    let socket = TcpSocket::new(stack, SOCKET_RX.init([0; 2048]), SOCKET_TX.init([0; 1024]));
+    let transport = TcpTransport::new(socket, HUB.into());
+
+    // The device core, the shared state and the runner's buffers.
+    static QUEUE: StaticCell<[u8; iothub_firmware_app::QUEUE_BYTES]> = StaticCell::new();
+    static STATE: StaticCell<AppState<'static, Mutex>> = StaticCell::new();
+    static RESOURCES: StaticCell<AppResources> = StaticCell::new();
+    let queue = QUEUE.init([0; iothub_firmware_app::QUEUE_BYTES]);
+    let Ok(device) = Device::new(device_config(THING_ID, seed), queue) else {
+        // A bad build-time thing id: nothing to do but wait for a new image.
+        loop {
+            Timer::after_secs(3600).await;
+        }
+    };
+    let state = STATE.init(AppState::new(device));
+    let mut mqtt = MqttConfig::new(THING_ID, THING_SECRET.as_bytes());
+    mqtt.jitter_seed = seed;
+    let Ok((client, runner)) = Runner::new(
+        state,
+        transport,
+        RESOURCES.init(AppResources::new()).buffers(),
+        mqtt,
+    ) else {
+        loop {
+            Timer::after_secs(3600).await;
+        }
+    };
+    spawner.spawn(mqtt_task(runner).expect("mqtt task"));
+    spawner.spawn(app_task(client).expect("app task"));
+}
+
+async fn wait_for_address(stack: Stack<'static>) {
+    while stack.config_v4().is_none() {
+        Timer::after_millis(100).await;
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    board::on_panic()
+}

@@ -1,0 +1,82 @@
+//! The firmware-style thermostat (`iothub-firmware-app`, `no_std`) on Linux: the same
+//! application and the same minimq adapter as on the microcontroller, with a tokio `TcpStream`
+//! (through `embedded-io-adapters`) instead of an embassy-net socket and embassy-time's std
+//! driver instead of a hardware timer. See `examples/README.md`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embedded_io_adapters::tokio_1::FromTokio;
+use iothub_firmware_app::{AppResources, AppState, Thermostat, device_config};
+use iothub_sdk_nostd::Device;
+use iothub_sdk_nostd::minimq::{MqttConfig, Runner, Transport};
+use tokio::net::TcpStream;
+
+/// Command-line flags.
+#[derive(Parser, Debug)]
+#[command(about = "The firmware-style thermostat (no_std core) on Linux")]
+struct Args {
+    /// The hub's MQTT listener.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: SocketAddr,
+    /// The thing id.
+    #[arg(long, default_value = "thermostat-fw-1")]
+    thing: String,
+    /// The thing's secret.
+    #[arg(long, env = "IOTHUB_THING_SECRET")]
+    secret: String,
+    /// Milliseconds between ticks (telemetry, OTA progress, retries).
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
+}
+
+/// Opens a new TCP connection for every (re)connect of the runner.
+struct Tcp {
+    addr: SocketAddr,
+}
+
+impl Transport for Tcp {
+    type Io<'t> = FromTokio<TcpStream>;
+    type Error = std::io::Error;
+
+    async fn connect(&mut self) -> Result<Self::Io<'_>, Self::Error> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(FromTokio::new(stream))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or("info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let seed = std::process::id();
+
+    // On the microcontroller these are `StaticCell`s; here the runner and the application are
+    // joined in one future, so they live on the stack.
+    let mut queue = [0u8; iothub_firmware_app::QUEUE_BYTES];
+    let device = Device::new(device_config(&args.thing, seed), &mut queue)
+        .map_err(|e| anyhow::anyhow!("device config: {e}"))?;
+    let state: AppState<'_, NoopRawMutex> = AppState::new(device);
+    let mut resources = AppResources::new();
+    let mut mqtt = MqttConfig::new(&args.thing, args.secret.as_bytes());
+    mqtt.jitter_seed = seed;
+    mqtt.backoff_max_ms = 5_000;
+    let (client, runner) = Runner::new(&state, Tcp { addr: args.mqtt }, resources.buffers(), mqtt)
+        .map_err(|e| anyhow::anyhow!("mqtt config: {e}"))?;
+
+    let mut thermostat = Thermostat::new(env!("CARGO_PKG_VERSION"), 1);
+    println!("firmware_host started thing={}", args.thing);
+    let tick = embassy_time::Duration::from_millis(args.tick_ms);
+    tokio::select! {
+        _ = runner.run() => {}
+        _ = iothub_firmware_app::run(client, &mut thermostat, tick) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
