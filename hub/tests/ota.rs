@@ -834,3 +834,33 @@ async fn job_bodies_are_validated_with_typed_errors() {
         assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_things_do_not_hold_a_job_open() {
+    let hub = Hub::start();
+    let list = things(&hub, "d", 2).await;
+    let (a, a_pw) = &list[0];
+    let (gone, _) = &list[1];
+    let mut ca = device(&hub, Proto::V311, a, a_pw).await;
+    let job_id = create_job(
+        &hub,
+        json!({"targets": {"thingIds": [a, gone]}, "task": task_body(), "maxPerMinute": 6000}),
+    )
+    .await;
+    let t = next_task(&mut ca, a, STEP).await;
+    report(&mut ca, a, &t, "done", json!({})).await;
+    let j = wait_job(&hub, &job_id, STEP, |j| counts(j)[3] == 1).await;
+    assert_eq!(
+        j["status"], "running",
+        "the offline thing's task is queued: {j}"
+    );
+    // Deleting the offline thing deletes its task; the job then has nothing left to do.
+    let (s, b) = hub.delete(&format!("/things/{gone}")).await;
+    assert_eq!(s, 200, "{b}");
+    let j = job(&hub, &job_id).await;
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(counts(&j), [0, 0, 0, 1, 0, 0, 0], "{j}");
+    assert_eq!(j["total"], 1, "{j}");
+    let (s, b) = hub.get(&format!("/ota/jobs/{job_id}/tasks/{gone}")).await;
+    assert_eq!(s, 404, "{b}");
+}

@@ -31,6 +31,8 @@ const TURN: usize = 512;
 const WRITE_ATTEMPTS: u32 = 4;
 /// The rate window of `maxPerMinute`.
 const MINUTE_MS: u64 = 60_000;
+/// How often jobs with offline things are checked for deleted things.
+const SWEEP_EVERY_MS: u64 = 60_000;
 
 type Reply = oneshot::Sender<Result<(), OtaError>>;
 
@@ -48,6 +50,8 @@ pub(super) enum Cmd {
     Result { thing: String, payload: Bytes },
     /// A thing subscribed to its OTA task topic.
     Ready { thing: String },
+    /// Drop the job's open tasks whose things were deleted (their rows are gone).
+    Sweep { job_id: String, reply: Reply },
     /// Flush and end.
     Stop,
 }
@@ -114,6 +118,7 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
     };
     engine.resume().await;
     let mut cmds = Vec::with_capacity(TURN);
+    let mut last_sweep = now_ms();
     loop {
         let now = now_ms();
         let sleep = engine
@@ -134,6 +139,10 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
             }
         }
         let now = now_ms();
+        if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
+            last_sweep = now;
+            engine.sweep_waiting(now, &mut turn).await;
+        }
         engine.expire(now, &mut turn);
         engine.pace(now, &mut turn);
         engine.commit(turn).await;
@@ -303,6 +312,10 @@ impl Engine {
             }
             Cmd::Result { thing, payload } => self.result(&thing, &payload, now, turn),
             Cmd::Ready { thing } => self.ready(&thing, turn),
+            Cmd::Sweep { job_id, reply } => {
+                let r = self.sweep(&job_id, now, turn).await;
+                turn.replies.push((reply, r));
+            }
             Cmd::Stop => {}
         }
     }
@@ -338,6 +351,67 @@ impl Engine {
                     .push(transition(rec, OtaTaskState::Canceled, now));
                 self.ended(job_id, thing, now, turn);
                 Ok(())
+            }
+        }
+    }
+
+    /// Drops the open tasks of `job_id` whose rows are gone: deleting a thing deletes its tasks
+    /// (ON DELETE CASCADE), and a queued task of a deleted thing would otherwise keep its job
+    /// running forever. The engine is the only writer of task rows and stores a turn before the
+    /// next one, so an open task in memory that the store does not list as open has no row.
+    async fn sweep(&mut self, job_id: &str, now: u64, turn: &mut Turn) -> Result<(), OtaError> {
+        if !self.jobs.contains_key(job_id) {
+            return Ok(());
+        }
+        let store = self
+            .ota()
+            .ok_or_else(|| OtaError::Unavailable("no OTA store".into()))?;
+        let open: HashSet<String> = store
+            .ota_open_tasks(job_id)
+            .await?
+            .into_iter()
+            .map(|t| t.thing_id)
+            .collect();
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        let gone: Vec<String> = job
+            .tasks
+            .iter()
+            .filter(|(thing, rec)| !rec.status.is_final() && !open.contains(*thing))
+            .map(|(thing, _)| thing.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for thing in &gone {
+            job.tasks.remove(thing);
+            job.waiting.remove(thing);
+            job.open = job.open.saturating_sub(1);
+        }
+        job.ready.retain(|t| !gone.contains(t));
+        let empty = job.open == 0;
+        tracing::info!(job = %job_id, tasks = gone.len(), "OTA tasks of deleted things dropped");
+        for thing in &gone {
+            self.forget(thing, job_id);
+        }
+        if empty {
+            self.finish(job_id, OtaJobStatus::Completed, now, turn);
+        }
+        Ok(())
+    }
+
+    /// [`Engine::sweep`] of every job that waits for offline things.
+    async fn sweep_waiting(&mut self, now: u64, turn: &mut Turn) {
+        let ids: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| !job.waiting.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Err(e) = self.sweep(&id, now, turn).await {
+                tracing::warn!(job = %id, error = %e, "cannot check OTA tasks of deleted things");
             }
         }
     }

@@ -39,7 +39,8 @@ use tokio::task::JoinHandle;
 use crate::bus::Bus;
 use crate::query::ThingQuery;
 use crate::store::ota::{
-    NewOtaJob, OtaJobRecord, OtaJobSettings, OtaStore, OtaTaskRecord, OtaTemplate, OtaTransition,
+    NewOtaJob, OtaJobRecord, OtaJobSettings, OtaJobStatus, OtaStore, OtaTaskRecord, OtaTemplate,
+    OtaTransition,
 };
 use crate::store::{SharedStore, StoreError};
 
@@ -339,6 +340,22 @@ impl OtaService {
 
     /// The job with its counts per state.
     pub async fn job(&self, job_id: &str) -> Result<OtaJobRecord, OtaError> {
+        let job = self.stored_job(job_id).await?;
+        let c = &job.counts;
+        if job.status == OtaJobStatus::Running && c.ended() == c.total() {
+            // Running with nothing open in the store: the things of its last open tasks were
+            // deleted (a job's last change and its status are stored together otherwise).
+            self.ask(|reply| Cmd::Sweep {
+                job_id: job_id.to_owned(),
+                reply,
+            })
+            .await?;
+            return self.stored_job(job_id).await;
+        }
+        Ok(job)
+    }
+
+    async fn stored_job(&self, job_id: &str) -> Result<OtaJobRecord, OtaError> {
         if !is_job_id(job_id) {
             return Err(OtaError::NoSuchJob);
         }
