@@ -2,6 +2,18 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// No panicking path from network input: no indexing or slicing that can fail, no unwrap, no
+// explicit panics (BENCHMARKS.md, "no_std footprint", says how the thumb build is checked too).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable
+    )
+)]
 
 #[cfg(test)]
 extern crate std;
