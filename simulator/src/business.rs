@@ -4,7 +4,8 @@
 //! A desired change writes `{"setpoint":N}` (N unique in the run) to a connected thing that has
 //! no change outstanding and is measured until that thing's reported `setpoint` equals N and its
 //! update is accepted (desired → delta → reported convergence, S-3.6); the thing side records the
-//! sample. A method call is measured from the REST request to the REST reply (S-9.5).
+//! sample. A method call is measured from the REST request to the REST reply (S-9.5). An OTA job
+//! is measured from its creation until every task has ended (S-9.6).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,9 @@ pub async fn run(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant)
             start,
             end,
         ));
+    }
+    if b.ota_job_interval_s > 0.0 {
+        tasks.spawn(ota_loop(fleet.clone(), api.clone(), start, end));
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -171,4 +175,76 @@ async fn method_loop(
         while calls.try_join_next().is_some() {}
     }
     while calls.join_next().await.is_some() {}
+}
+
+/// Longest an OTA job may take to end before it counts as an error.
+const OTA_JOB_LIMIT: Duration = Duration::from_secs(120);
+/// How often a running OTA job is polled.
+const OTA_POLL: Duration = Duration::from_millis(100);
+
+async fn ota_loop(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant) {
+    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0x07A_0B5);
+    let b = &fleet.scenario.business;
+    let mut tick = ticker(start, 1.0 / b.ota_job_interval_s);
+    let mut jobs = JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        let at = tick.tick().await;
+        if at >= end {
+            break;
+        }
+        n += 1;
+        let mut chosen: Vec<usize> = Vec::with_capacity(b.ota_job_things);
+        for _ in 0..b.ota_job_things.saturating_mul(4) {
+            if chosen.len() == b.ota_job_things {
+                break;
+            }
+            if let Some(i) = pick(&fleet, &mut rng, |i| !chosen.contains(&i)) {
+                chosen.push(i);
+            }
+        }
+        if chosen.is_empty() {
+            fleet.stats.business_skipped.inc();
+            continue;
+        }
+        let ids: Vec<String> = chosen.iter().map(|&i| fleet.thing_id(i)).collect();
+        let (fleet, api) = (fleet.clone(), api.clone());
+        jobs.spawn(async move {
+            let began = Instant::now();
+            let version = format!("1.0.{n}");
+            let max = fleet.scenario.business.ota_max_per_minute;
+            let job = match api.create_ota_job(&ids, &version, max).await {
+                Ok(job) => job,
+                Err(e) => {
+                    fleet.stats.ota_job_errors.add(format!("create: {e}"));
+                    return;
+                }
+            };
+            fleet.stats.ota_jobs.inc();
+            loop {
+                tokio::time::sleep(OTA_POLL).await;
+                match api.ota_job_counts(&job).await {
+                    Ok(Some(counts)) => {
+                        fleet.stats.ota_job.record(began.elapsed());
+                        fleet.stats.ota_jobs_ended.inc();
+                        for (state, k) in counts {
+                            fleet.stats.ota_task_states.add_n(state, k);
+                        }
+                        return;
+                    }
+                    Ok(None) if began.elapsed() < OTA_JOB_LIMIT => {}
+                    Ok(None) => {
+                        fleet.stats.ota_job_errors.add("not ended in time");
+                        return;
+                    }
+                    Err(e) => {
+                        fleet.stats.ota_job_errors.add(format!("poll: {e}"));
+                        return;
+                    }
+                }
+            }
+        });
+        while jobs.try_join_next().is_some() {}
+    }
+    while jobs.join_next().await.is_some() {}
 }

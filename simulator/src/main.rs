@@ -57,6 +57,12 @@ struct RunArgs {
     /// Business side: method calls per second (REST).
     #[arg(long)]
     methods_per_sec: Option<f64>,
+    /// Business side: seconds between OTA jobs (0 = none).
+    #[arg(long)]
+    ota_job_interval: Option<f64>,
+    /// Business side: things per OTA job.
+    #[arg(long)]
+    ota_job_things: Option<usize>,
     /// Connection drops per second over the fleet.
     #[arg(long)]
     churn_per_sec: Option<f64>,
@@ -152,6 +158,12 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(r) = args.methods_per_sec {
         s.business.methods_per_s = r;
+    }
+    if let Some(i) = args.ota_job_interval {
+        s.business.ota_job_interval_s = i;
+    }
+    if let Some(n) = args.ota_job_things {
+        s.business.ota_job_things = n;
     }
     if let Some(r) = args.churn_per_sec {
         s.profile.churn_per_s = r;

@@ -181,6 +181,79 @@ impl Api {
             .ok_or(CallError::Transport("body"))
     }
 
+    /// Creates an OTA job for `thing_ids` (S-9.6) and returns its id.
+    pub async fn create_ota_job(
+        &self,
+        thing_ids: &[String],
+        version: &str,
+        max_per_minute: u32,
+    ) -> Result<String, CallError> {
+        let body = json!({
+            "targets": { "thingIds": thing_ids },
+            "task": {
+                "type": "app",
+                "meta": { "version": version },
+                "fileUrl": "http://firmware.invalid/sim.bin",
+            },
+            "maxPerMinute": max_per_minute,
+            "timeoutMinutes": 1,
+        });
+        let v = self
+            .call(self.http.post(self.url("/api/v1/ota/jobs")).json(&body))
+            .await?;
+        v.pointer("/data/jobId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or(CallError::Transport("body"))
+    }
+
+    /// An OTA job's task counts per state, once every task has ended; `None` while running.
+    pub async fn ota_job_counts(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<Vec<(String, u64)>>, CallError> {
+        let v = self
+            .call(
+                self.http
+                    .get(self.url(&format!("/api/v1/ota/jobs/{job_id}"))),
+            )
+            .await?;
+        let data = v.get(field::DATA).ok_or(CallError::Transport("body"))?;
+        let progress = data.get("progress").and_then(Value::as_f64).unwrap_or(0.0);
+        if progress < 100.0 {
+            return Ok(None);
+        }
+        let counts = data
+            .get("counts")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(counts))
+    }
+
+    /// A request with the token; the JSON body of a 2xx answer.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::from_reqwest(&e))?;
+        if !status.is_success() {
+            return Err(CallError::Status(status.as_u16()));
+        }
+        serde_json::from_slice(&body).map_err(|_| CallError::Transport("body"))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -53,6 +53,8 @@ pub struct Latencies {
     pub method_rtt: Percentiles,
     /// NTP request to answer.
     pub ntp_rtt: Percentiles,
+    /// OTA job creation to every task ended.
+    pub ota_job: Percentiles,
 }
 
 /// Everything a run measured.
@@ -118,6 +120,18 @@ pub struct Report {
     pub ntp_timed_out: u64,
     /// Telemetry messages sent.
     pub telemetry_sent: u64,
+    /// OTA tasks received by things.
+    pub ota_tasks: u64,
+    /// OTA results sent by things, by status.
+    pub ota_results: BTreeMap<String, u64>,
+    /// OTA jobs created by the business side.
+    pub ota_jobs: u64,
+    /// ... whose every task ended.
+    pub ota_jobs_ended: u64,
+    /// Final task states of the ended jobs.
+    pub ota_task_states: BTreeMap<String, u64>,
+    /// OTA job errors by kind.
+    pub ota_job_errors: BTreeMap<String, u64>,
     /// Business ticks skipped (concurrency bound reached or no free connected thing).
     pub business_skipped: u64,
     /// Failed connection attempts and lost connections, by kind.
@@ -174,6 +188,12 @@ impl Report {
             ntp_done: s.ntp_done.get(),
             ntp_timed_out: s.ntp_timed_out.get(),
             telemetry_sent: s.telemetry_sent.get(),
+            ota_tasks: s.ota_tasks.get(),
+            ota_results: s.ota_results.snapshot(),
+            ota_jobs: s.ota_jobs.get(),
+            ota_jobs_ended: s.ota_jobs_ended.get(),
+            ota_task_states: s.ota_task_states.snapshot(),
+            ota_job_errors: s.ota_job_errors.snapshot(),
             business_skipped: s.business_skipped.get(),
             connect_errors: s.connect_errors.snapshot(),
             protocol_errors: s.protocol_errors.snapshot(),
@@ -184,6 +204,7 @@ impl Report {
                 convergence: Percentiles::of(&s.convergence.snapshot()),
                 method_rtt: Percentiles::of(&s.method_rtt.snapshot()),
                 ntp_rtt: Percentiles::of(&s.ntp_rtt.snapshot()),
+                ota_job: Percentiles::of(&s.ota_job.snapshot()),
             },
             churn: fleet.scenario.profile.churn_per_s > 0.0,
         }
@@ -206,9 +227,12 @@ impl Report {
             && self.unconverged == 0
             && (cut_ok || self.method_errors.is_empty())
             && self.ntp_timed_out == 0
+            && self.ota_job_errors.is_empty()
+            && self.ota_jobs_ended == self.ota_jobs
+            && !self.ota_task_states.contains_key("timed_out")
     }
 
-    fn rows(&self) -> [(&'static str, &Percentiles); 5] {
+    fn rows(&self) -> [(&'static str, &Percentiles); 6] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
@@ -216,6 +240,7 @@ impl Report {
             ("desired->reported", &l.convergence),
             ("method round trip", &l.method_rtt),
             ("ntp round trip", &l.ntp_rtt),
+            ("ota job", &l.ota_job),
         ]
     }
 
@@ -274,6 +299,18 @@ impl Report {
             ),
         );
         line("telemetry", format!("{} sent", self.telemetry_sent));
+        line(
+            "ota",
+            format!(
+                "{} jobs, {} ended, tasks {:?}, {} tasks received, results sent {:?}, errors {:?}",
+                self.ota_jobs,
+                self.ota_jobs_ended,
+                self.ota_task_states,
+                self.ota_tasks,
+                self.ota_results,
+                self.ota_job_errors
+            ),
+        );
         line("connect errors", format!("{:?}", self.connect_errors));
         line("protocol errors", format!("{:?}", self.protocol_errors));
         line("ignored", format!("{:?}", self.ignored));
@@ -331,6 +368,8 @@ impl Report {
             ("ntp_done", self.ntp_done),
             ("ntp_timed_out", self.ntp_timed_out),
             ("telemetry_sent", self.telemetry_sent),
+            ("ota_jobs", self.ota_jobs),
+            ("ota_jobs_ended", self.ota_jobs_ended),
             ("protocol_errors", self.protocol_errors.values().sum()),
         ];
         for (name, v) in counters {

@@ -86,6 +86,12 @@ pub struct Profile {
     pub reconnect_backoff_ms: u64,
     /// Longest reconnect delay, ms.
     pub max_reconnect_backoff_ms: u64,
+    /// Progress reports (`ongoing`) an OTA task gets before its final result (0 = result only).
+    pub ota_steps: u8,
+    /// Time between two OTA reports of a task, ms.
+    pub ota_step_ms: u64,
+    /// Share of OTA tasks that end `failed` (1403, file content wrong), 0.0 to 1.0.
+    pub ota_failure_rate: f64,
     /// MQTT keep-alive, seconds.
     pub keep_alive_s: u16,
     /// How long a shadow request or NTP exchange waits for its answer, ms.
@@ -107,6 +113,13 @@ pub struct Business {
     pub method_timeout_s: u32,
     /// REST requests in flight at most; beyond it ticks are skipped and counted.
     pub concurrency: usize,
+    /// Seconds between OTA jobs (0 = none); each is measured from its creation until every task
+    /// has ended.
+    pub ota_job_interval_s: f64,
+    /// Things targeted by each OTA job (connected ones, picked at random).
+    pub ota_job_things: usize,
+    /// The job's `maxPerMinute` (S-9.6).
+    pub ota_max_per_minute: u32,
 }
 
 impl Default for Scenario {
@@ -159,6 +172,9 @@ impl Default for Profile {
             churn_per_s: 0.0,
             reconnect_backoff_ms: 500,
             max_reconnect_backoff_ms: 10_000,
+            ota_steps: 4,
+            ota_step_ms: 100,
+            ota_failure_rate: 0.0,
             keep_alive_s: 60,
             request_timeout_ms: 10_000,
         }
@@ -173,6 +189,9 @@ impl Default for Business {
             method: "echo".to_owned(),
             method_timeout_s: 10,
             concurrency: 64,
+            ota_job_interval_s: 0.0,
+            ota_job_things: 100,
+            ota_max_per_minute: 60_000,
         }
     }
 }
@@ -215,6 +234,14 @@ impl Scenario {
             (0.0..=1.0).contains(&p.method_failure_rate),
             "profile.method_failure_rate must be 0.0 to 1.0"
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&p.ota_failure_rate),
+            "profile.ota_failure_rate must be 0.0 to 1.0"
+        );
+        anyhow::ensure!(
+            self.business.ota_job_things > 0 && self.business.ota_max_per_minute > 0,
+            "business.ota_job_things and business.ota_max_per_minute must be >= 1"
+        );
         for rate in [
             p.reported_changes_per_s,
             p.telemetry_interval_s,
@@ -222,6 +249,7 @@ impl Scenario {
             p.churn_per_s,
             self.business.desired_per_s,
             self.business.methods_per_s,
+            self.business.ota_job_interval_s,
         ] {
             anyhow::ensure!(
                 rate.is_finite() && rate >= 0.0,

@@ -54,6 +54,13 @@ impl Kinds {
         }
     }
 
+    /// Adds `n` of `kind`.
+    pub fn add_n(&self, kind: impl Into<String>, n: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(kind.into()).or_default() += n;
+        }
+    }
+
     /// The counts so far.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
@@ -134,6 +141,18 @@ pub struct Stats {
     pub ntp_timed_out: Counter,
     /// Telemetry messages sent.
     pub telemetry_sent: Counter,
+    /// OTA tasks received by things.
+    pub ota_tasks: Counter,
+    /// OTA results sent by things, by status.
+    pub ota_results: Kinds,
+    /// Business: OTA jobs created.
+    pub ota_jobs: Counter,
+    /// Business: OTA jobs whose every task ended.
+    pub ota_jobs_ended: Counter,
+    /// Business: final states of the tasks of ended jobs, by state.
+    pub ota_task_states: Kinds,
+    /// Business: OTA job errors (REST, or not ended in time), by kind.
+    pub ota_job_errors: Kinds,
     /// Business: desired changes sent (REST PUT).
     pub desired_sent: Counter,
     /// Business: desired changes whose reported state matched (converged).
@@ -160,6 +179,8 @@ pub struct Stats {
     pub method_rtt: Latency,
     /// NTP request to the device core's result (one sample).
     pub ntp_rtt: Latency,
+    /// OTA job creation (REST) to every task ended.
+    pub ota_job: Latency,
     /// Things still to finish (for the end of the run).
     pub running: Counter,
     /// Set when the measured period has begun.

@@ -1,6 +1,6 @@
 //! A short load run of the real simulator binary against the embedded reference hub: the
 //! README's main command, scaled down (100 things, 10 s), with every interaction switched on:
-//! shadow reports, desired changes converging through deltas, method calls, NTP, telemetry,
+//! shadow reports, desired changes converging through deltas, method calls, NTP, OTA jobs,
 //! MQTT 3.1.1 and 5. Asserts the report's counts, not its timings.
 
 use std::process::Command;
@@ -38,6 +38,10 @@ fn short_run_against_the_embedded_hub_is_clean() {
             "2",
             "--mqtt5-share",
             "0.5",
+            "--ota-job-interval",
+            "2",
+            "--ota-job-things",
+            "20",
         ])
         .arg("--report-json")
         .arg(&report_path)
@@ -93,6 +97,19 @@ fn short_run_against_the_embedded_hub_is_clean() {
     let ntp = count(&report, "/ntp_started");
     assert!(ntp >= 300, "too few NTP exchanges: {report}");
     assert_eq!(count(&report, "/ntp_done"), ntp);
+
+    // Every OTA job ended with every task done (4 progress reports, then done).
+    let jobs = count(&report, "/ota_jobs");
+    assert!(jobs >= 4, "too few OTA jobs: {report}");
+    assert_eq!(count(&report, "/ota_jobs_ended"), jobs);
+    assert_eq!(report["ota_job_errors"], json!({}), "{report}");
+    assert_eq!(
+        report["ota_task_states"],
+        json!({ "done": jobs * 20 }),
+        "{report}"
+    );
+    assert_eq!(count(&report, "/ota_results/done"), jobs * 20);
+    assert_eq!(count(&report, "/latency/ota_job/count"), jobs);
 
     // No protocol error of any kind.
     assert_eq!(report["protocol_errors"], json!({}), "{report}");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use iothub_sdk_nostd::spec::code::method_code;
+use iothub_sdk_nostd::spec::code::{OtaErrorCode, method_code};
 use iothub_sdk_nostd::{Event, OtaReport, QoS, RequestId, ShadowId};
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -15,6 +15,7 @@ use super::{
     next_tick, padding,
 };
 use crate::fleet::Phase;
+use crate::scenario::Profile;
 
 impl Thing {
     pub(super) fn on_event(&mut self, device: &mut Core<'_>, ev: Event<'_>) {
@@ -94,15 +95,48 @@ impl Thing {
                 }
             }
             Event::OtaTask(_) => {
-                // OTA jobs come with issue 7; until then a task is acknowledged as done.
-                let t = dev_now(&self.fleet);
-                let _ = device.report_ota(t, OtaReport::Ongoing { progress: 100 });
-                let _ = device.report_ota(t, OtaReport::Done);
+                self.stats().ota_tasks.inc();
+                let step = Duration::from_millis(self.fleet.scenario.profile.ota_step_ms);
+                self.ota = Some((now + step, 0));
             }
             Event::SubscribeFailed { .. } => {
                 self.stats().protocol_errors.add("subscription refused");
             }
             _ => {}
+        }
+    }
+
+    /// The next report of the OTA task in progress: `ota_steps` times `ongoing`, then the final
+    /// result (`failed` 1403 for `ota_failure_rate` of the tasks, else `done`).
+    fn ota_step(&mut self, device: &mut Core<'_>, now: Instant, step: u8, p: &Profile) {
+        let t = dev_now(&self.fleet);
+        let (report, status) = if step < p.ota_steps {
+            let progress =
+                u8::try_from(u32::from(step + 1) * 100 / u32::from(p.ota_steps)).unwrap_or(100);
+            (OtaReport::Ongoing { progress }, "ongoing")
+        } else if p.ota_failure_rate > 0.0 && self.rng.gen_bool(p.ota_failure_rate) {
+            (
+                OtaReport::Failed {
+                    code: OtaErrorCode::FileContentWrong,
+                    message: Some("checksum mismatch"),
+                },
+                "failed",
+            )
+        } else {
+            (OtaReport::Done, "done")
+        };
+        match device.report_ota(t, report) {
+            Ok(()) => {
+                self.stats().ota_results.add(status);
+                self.ota = (status == "ongoing")
+                    .then(|| (now + Duration::from_millis(p.ota_step_ms), step + 1));
+            }
+            // Retried once connected again; the core keeps the task across reconnects.
+            Err(iothub_sdk_nostd::Error::NotConnected) => {}
+            Err(e) => {
+                self.stats().protocol_errors.add(format!("ota report: {e}"));
+                self.ota = None;
+            }
         }
     }
 
@@ -220,6 +254,11 @@ impl Thing {
                 self.track(r, now, None);
             }
         }
+        if let Some((at, step)) = self.ota
+            && at <= now
+        {
+            self.ota_step(device, now, step, p);
+        }
         if let Some(at) = self.next_telemetry
             && at <= now
         {
@@ -255,6 +294,7 @@ impl Thing {
         }
         if let Some(by) = self.stop_by {
             let idle = self.in_flight.is_empty()
+                && self.ota.is_none()
                 && self.answers.is_empty()
                 && self.apply.is_none()
                 && self.ntp.is_none();
@@ -320,6 +360,7 @@ impl Thing {
             consider(self.apply.map(|(at, _)| at));
         }
         consider(self.answers.front().map(|a| a.due));
+        consider(self.ota.map(|(at, _)| at));
         wake
     }
 }

@@ -167,6 +167,8 @@ struct Thing {
     in_flight: heapless::Vec<InFlight, 10>,
     ntp: Option<(RequestId, Instant)>,
     answers: std::collections::VecDeque<PendingAnswer>,
+    /// The OTA task in progress: (next report, reports made).
+    ota: Option<(Instant, u8)>,
     /// A delta to report back: (when, setpoint).
     apply: Option<(Instant, u64)>,
     last_version: Option<u64>,
@@ -225,6 +227,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
         in_flight: heapless::Vec::new(),
         ntp: None,
         answers: std::collections::VecDeque::new(),
+        ota: None,
         apply: None,
         last_version: None,
         seq: 0,
@@ -399,6 +402,7 @@ impl Thing {
             Err(Ignored::Unmatched) => self.stats().ignored.add("late or unmatched reply"),
             Err(Ignored::Stale) => self.stats().ignored.add("stale delta or document"),
             Err(Ignored::Echo) => {}
+            Err(Ignored::Duplicate) => self.stats().ignored.add("ota task sent again"),
             Err(other) => self
                 .stats()
                 .protocol_errors
