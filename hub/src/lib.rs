@@ -1,5 +1,6 @@
 //! The iothub reference hub: an embedded MQTT 3.1.1 + 5 broker (rmqtt), the thing registry,
-//! shadows, direct methods, NTP, presence, the REST API and storage, behind one entry point.
+//! shadows, direct methods, NTP, presence, OTA jobs, the REST API and storage, behind one entry
+//! point.
 //!
 //! Data flows one way: connection (broker) → router → service → store → publish (bus).
 //! [`run`] is the single entry point; `main.rs` only parses flags.

@@ -33,6 +33,7 @@
 //! - A thingId that cannot exist (bad pattern) in a path is a 404, a bad shadow or method name a
 //!   400. The request body content type is not checked.
 //! - `GET /api/v1/openapi.json` is the bare OpenAPI document (not wrapped in the envelope).
+//! - OTA jobs (S-9.6): status codes, units and the per-thing routes are listed in [`ota`].
 
 pub mod error;
 pub mod methods;
