@@ -257,3 +257,24 @@ impl<
         f.debug_struct("Client").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Inbox;
+
+    #[test]
+    fn inbox_holds_one_message_and_refuses_what_does_not_fit() {
+        let mut inbox = Inbox::<16>::new();
+        assert_eq!(inbox.get(), None);
+        assert!(inbox.put("a/b", b"{\"x\":1}"));
+        assert_eq!(inbox.get(), Some(("a/b", &b"{\"x\":1}"[..])));
+        inbox.full = false;
+        assert!(
+            !inbox.put("topic/too", b"long payload"),
+            "21 bytes do not fit in 16"
+        );
+        assert_eq!(inbox.get(), None);
+        assert!(inbox.put("", b""));
+        assert_eq!(inbox.get(), Some(("", &b""[..])));
+    }
+}

@@ -159,23 +159,9 @@ impl<
         }
     }
 
-    /// Delay before attempt `attempt + 1`: `min * 2^attempt` capped at `max`, then drawn
-    /// uniformly from its upper half.
     fn backoff(&mut self, attempt: u32) -> u64 {
-        let cap = self
-            .config
-            .backoff_min_ms
-            .saturating_mul(1u64 << attempt.min(20))
-            .min(self.config.backoff_max_ms)
-            .max(1);
-        // xorshift32: jitter needs no more.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.rng = x;
-        let half = cap / 2;
-        half + u64::from(x) % (cap - half + 1)
+        let (min, max) = (self.config.backoff_min_ms, self.config.backoff_max_ms);
+        backoff_ms(min, max, attempt, &mut self.rng)
     }
 
     async fn connect_and_serve(&mut self, attempt: &mut u32) -> Down {
@@ -208,12 +194,29 @@ impl<
     }
 }
 
+/// Delay before attempt `attempt + 1`: `min * 2^attempt` capped at `max`, then drawn uniformly
+/// from its upper half (jitter, so that devices cut off together do not return together).
+fn backoff_ms(min: u64, max: u64, attempt: u32, rng: &mut u32) -> u64 {
+    let cap = min.saturating_mul(1u64 << attempt.min(20)).min(max).max(1);
+    // xorshift32: jitter needs no more.
+    let mut x = *rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *rng = x;
+    let half = cap / 2;
+    half.saturating_add(u64::from(x) % (cap.saturating_sub(half).saturating_add(1)))
+}
+
 fn qos(q: QoS) -> minimq::QoS {
     match q {
         QoS::AtMostOnce => minimq::QoS::AtMostOnce,
         QoS::AtLeastOnce => minimq::QoS::AtLeastOnce,
     }
 }
+
+/// How long a timer the core could not act on waits before it fires again.
+const RETIMER_MS: u64 = 20;
 
 /// Serves one connection until it fails.
 async fn serve<
@@ -229,6 +232,10 @@ async fn serve<
     out: &mut [u8],
     stall: Duration,
 ) -> Down {
+    // When the core's timer last fired: a deadline not later than that is one the core could not
+    // act on yet (a retry waiting for a free request slot), so it is pushed out a little instead
+    // of spinning.
+    let mut fired: Option<crate::Instant> = None;
     loop {
         // Everything the core wants sent, in its order.
         loop {
@@ -254,7 +261,12 @@ async fn serve<
             }
         }
         // Then wait for the broker, the application or the core's next timer.
-        let deadline = state.with(|s| s.device.poll_timeout());
+        let deadline = state
+            .with(|s| s.device.poll_timeout())
+            .map(|d| match fired {
+                Some(f) if d <= f => f.add_millis(RETIMER_MS),
+                _ => d,
+            });
         let timer = async {
             match deadline {
                 Some(d) => Timer::at(embassy_time::Instant::from_millis(d.as_millis())).await,
@@ -270,6 +282,7 @@ async fn serve<
             Either3::Third(()) => {
                 let t = now();
                 state.with(|s| s.device.handle_timeout(t));
+                fired = Some(t);
                 state.wake_client.signal(());
             }
         }
@@ -366,5 +379,30 @@ async fn publish<
             }
             Err(_) => return Err(Down::Mqtt),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let mut rng = 0x1234_5678;
+        let mut seen = [false; 2];
+        for attempt in 0..40 {
+            let cap = (500u64 << attempt.min(20)).min(30_000);
+            for _ in 0..50 {
+                let d = backoff_ms(500, 30_000, attempt, &mut rng);
+                assert!(
+                    d >= cap / 2 && d <= cap,
+                    "attempt {attempt}: {d} not in [{}, {cap}]",
+                    cap / 2
+                );
+                seen[usize::from(d > cap * 3 / 4)] = true;
+            }
+        }
+        assert_eq!(seen, [true, true], "jitter covers both quarters");
+        assert_eq!(backoff_ms(0, 0, 5, &mut rng), 1, "never zero");
     }
 }
