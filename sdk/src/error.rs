@@ -23,6 +23,12 @@ pub enum Error {
     /// No connection could be made within [`crate::ThingOptions::connect_timeout`].
     #[error("could not connect: {0}")]
     Connect(String),
+    /// TLS could not be set up (bad PEM text, a key that does not match its certificate), or
+    /// the TLS handshake of [`crate::Thing::connect`] failed for good (the hub's certificate is
+    /// not trusted). Only with the `tls` feature.
+    #[cfg(feature = "tls")]
+    #[error("tls: {0}")]
+    Tls(#[source] crate::tls::TlsError),
     /// The thing is not connected right now (it is reconnecting). Nothing was sent; retry
     /// after [`crate::Thing::wait_connected`].
     #[error("not connected")]

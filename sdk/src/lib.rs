@@ -10,6 +10,8 @@ mod options;
 mod ota;
 mod shadow;
 mod thing;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use error::{Error, Result};
@@ -24,5 +26,9 @@ pub use ota::{Ota, OtaTask};
 pub use shadow::{Delta, Document, Shadow, SyncedState, merge_json};
 pub use thing::{ConnectionState, Thing, UserMessage};
 
+/// The rustls crate the SDK uses, to build a [`rustls::ClientConfig`] for
+/// [`ThingOptions::tls_config`] (feature `tls`).
 #[cfg(feature = "tls")]
-pub use rumqttc::TlsConfiguration;
+pub use rustls;
+#[cfg(feature = "tls")]
+pub use tls::TlsError;

@@ -63,8 +63,12 @@ pub struct ThingOptions {
     pub(crate) backoff: Backoff,
     pub(crate) max_concurrent_methods: usize,
     pub(crate) user_topics: bool,
+    /// The TLS configuration, when connecting with TLS.
     #[cfg(feature = "tls")]
-    pub(crate) tls: Option<rumqttc::TlsConfiguration>,
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The roots given to [`ThingOptions::tls_ca_pem`], for a later client certificate.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_roots: Option<rustls::RootCertStore>,
 }
 
 impl std::fmt::Debug for ThingOptions {
@@ -76,6 +80,7 @@ impl std::fmt::Debug for ThingOptions {
             .field("port", &self.port)
             .field("protocol", &self.protocol)
             .field("shadows", &self.shadows)
+            .field("tls", &self.uses_tls())
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +110,8 @@ impl ThingOptions {
             user_topics: false,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_roots: None,
         }
     }
 
@@ -185,12 +192,74 @@ impl ThingOptions {
         self
     }
 
-    /// Connect with TLS (rustls), for example
-    /// `rumqttc::TlsConfiguration::Simple { ca, alpn: None, client_auth: None }`.
+    /// Connect with TLS (feature `tls`), trusting exactly the CA certificates in `ca_pem` (PEM
+    /// text with one or more `CERTIFICATE` sections; the system roots are not used). The hub's
+    /// certificate must name the host given to [`ThingOptions::new`] (a DNS name, or an IP
+    /// address SAN). TCP_NODELAY stays on. Replaces any earlier TLS setting, client certificate
+    /// included.
+    ///
+    /// Fails with [`crate::Error::Tls`] when the PEM text holds no usable certificate.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use iothub_sdk::ThingOptions;
+    /// let options = ThingOptions::new("thermostat-1", "its-secret", "hub.example.com", 8883)
+    ///     .tls_ca_pem(&std::fs::read("ca.pem")?)?
+    ///     // Optional, for mutual TLS:
+    ///     .tls_client_cert_pem(&std::fs::read("device.pem")?, &std::fs::read("device.key")?)?;
+    /// # let _ = options;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: rumqttc::TlsConfiguration) -> Self {
-        self.tls = Some(tls);
+    pub fn tls_ca_pem(mut self, ca_pem: &[u8]) -> Result<Self, crate::Error> {
+        let roots = crate::tls::roots(ca_pem)?;
+        self.tls = Some(crate::tls::client_config(roots.clone(), None)?);
+        self.tls_roots = Some(roots);
+        Ok(self)
+    }
+
+    /// Also present a client certificate (mutual TLS, feature `tls`): `cert_chain_pem` holds
+    /// the certificate (then any intermediates), `key_pem` its private key (PKCS#8, PKCS#1 or
+    /// SEC1). Call after [`ThingOptions::tls_ca_pem`].
+    ///
+    /// Fails with [`crate::Error::Tls`] for PEM text without a certificate or key, a key that
+    /// does not match the certificate, or when no CA was set.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, crate::Error> {
+        let roots = self.tls_roots.clone().ok_or(crate::tls::TlsError::NoCa)?;
+        self.tls = Some(crate::tls::client_config(
+            roots,
+            Some((cert_chain_pem, key_pem)),
+        )?);
+        Ok(self)
+    }
+
+    /// Connect with TLS using a ready rustls configuration (feature `tls`), for what the PEM
+    /// helpers do not cover (ALPN, custom verifiers, platform roots). Build it with
+    /// [`crate::rustls`] and, to avoid depending on a process-wide default,
+    /// `ClientConfig::builder_with_provider`.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self.tls_roots = None;
         self
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls.is_some()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
     }
 
     /// The thing id.

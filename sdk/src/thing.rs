@@ -91,8 +91,10 @@ impl Thing {
     /// then on is missed); the first shadow resynchronization goes on in the background.
     ///
     /// Fails with [`Error::Refused`] when the hub refuses the credentials (not retried), with
-    /// [`Error::Connect`] when no connection was made within the connect timeout, and with
-    /// [`Error::Config`] for invalid options. Must be called inside a tokio runtime.
+    /// [`Error::Connect`] when no connection was made within the connect timeout, with
+    /// `Error::Tls` (feature `tls`) when the TLS handshake failed for good (the hub's
+    /// certificate is not trusted; not retried), and with [`Error::Config`] for invalid options.
+    /// Must be called inside a tokio runtime.
     pub async fn connect(options: ThingOptions) -> Result<Thing> {
         let (cmd, rx) = mpsc::channel(COMMANDS);
         let (delta_tx, delta_rx) = (0..options.shadows.len())

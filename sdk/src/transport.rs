@@ -40,6 +40,9 @@ pub(crate) enum NetEvent {
 pub(crate) enum NetError {
     /// CONNACK refused (S-1.3).
     Refused(String),
+    /// The TLS handshake failed for a reason retrying does not fix.
+    #[cfg(feature = "tls")]
+    Tls(rustls::Error),
     /// Network or protocol error.
     Other(String),
 }
@@ -99,7 +102,10 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
                 .set_network_options(net);
             #[cfg(feature = "tls")]
             if let Some(tls) = opts.tls.clone() {
-                o.set_transport(rumqttc::Transport::tls_with_config(tls));
+                // TCP_NODELAY (above) is set on the socket before the TLS handshake.
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls),
+                ));
             }
             let (c, l) = v5::AsyncClient::new(o, CHANNEL);
             (Client::V5(c), Loop::V5(Box::new(l)))
@@ -113,7 +119,10 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
                 .set_request_channel_capacity(CHANNEL);
             #[cfg(feature = "tls")]
             if let Some(tls) = opts.tls.clone() {
-                o.set_transport(rumqttc::Transport::tls_with_config(tls));
+                // TCP_NODELAY (above) is set on the socket before the TLS handshake.
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls),
+                ));
             }
             let (c, mut l) = rumqttc::AsyncClient::new(o, CHANNEL);
             l.set_network_options(net);
@@ -204,7 +213,7 @@ async fn poll4(el: &mut rumqttc::EventLoop) -> Result<NetEvent, NetError> {
         Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
             Err(NetError::Refused(format!("{code:?}")))
         }
-        Err(e) => Err(NetError::Other(e.to_string())),
+        Err(e) => Err(other(&e)),
     }
 }
 
@@ -230,6 +239,22 @@ async fn poll5(el: &mut v5::EventLoop) -> Result<NetEvent, NetError> {
         Err(v5::ConnectionError::ConnectionRefused(code)) => {
             Err(NetError::Refused(format!("{code:?}")))
         }
-        Err(e) => Err(NetError::Other(e.to_string())),
+        // rumqttc's v5 StateError does not expose its cause as `source()`: an alert received
+        // while reading CONNACK (the hub refused the client certificate) sits in here.
+        #[cfg(feature = "tls")]
+        Err(v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::Io(io),
+        ))) => Err(other(&io)),
+        Err(e) => Err(other(&e)),
     }
+}
+
+/// A network or protocol error; with TLS, a handshake failure that retrying does not fix is
+/// told apart.
+fn other(e: &(dyn std::error::Error + 'static)) -> NetError {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = crate::tls::permanent_handshake_error(e) {
+        return NetError::Tls(tls);
+    }
+    NetError::Other(e.to_string())
 }

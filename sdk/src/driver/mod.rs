@@ -348,6 +348,8 @@ impl Driver<'_> {
                 if self.ready.is_some() {
                     let fatal = match &e {
                         NetError::Refused(code) => Some(Error::Refused(code.clone())),
+                        #[cfg(feature = "tls")]
+                        NetError::Tls(e) => Some(Error::Tls(crate::TlsError::Handshake(e.clone()))),
                         NetError::Other(m) if TokioInstant::now() >= self.connect_deadline => {
                             Some(Error::Connect(m.clone()))
                         }
