@@ -59,6 +59,17 @@ impl Thing {
                 self.schedule_apply(d.state.parse::<Setpoint>().ok());
             }
             Event::Shadow(doc) => {
+                // An apply whose answer was lost with its connection may have been accepted:
+                // the document after the reconnect shows it.
+                if let Some(sp) = doc
+                    .reported
+                    .and_then(|r| r.parse::<Setpoint>().ok())
+                    .and_then(|r| r.setpoint)
+                    && let Some(d) = self.fleet.converge(self.index, sp)
+                {
+                    self.stats().converged.inc();
+                    self.stats().convergence.record(d);
+                }
                 if let Some(delta) = doc.delta {
                     self.schedule_apply(delta.parse::<Setpoint>().ok());
                 }
