@@ -56,12 +56,12 @@ pub fn skip<T>(reason: impl Into<String>) -> anyhow::Result<T> {
 
 /// The future a case body returns.
 pub type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-/// A case body.
-pub type CaseFn = Arc<dyn Fn(Arc<Ctx>) -> CaseFuture + Send + Sync>;
+/// A case body, given the context `C` of its side ([`Ctx`] for the hub side,
+/// [`crate::device::DeviceCtx`] for the device side).
+pub type CaseFn<C = Ctx> = Arc<dyn Fn(Arc<C>) -> CaseFuture + Send + Sync>;
 
-/// One conformance case.
-#[derive(Clone)]
-pub struct Case {
+/// One conformance case, run with the context `C` of its side.
+pub struct Case<C = Ctx> {
     /// Unique id, snake_case, starting with the clause group (`s3_vector_null_deletes_key`).
     pub id: String,
     /// The SPEC.md clauses it checks (`S-3.4`).
@@ -69,23 +69,36 @@ pub struct Case {
     /// One line saying what it checks.
     pub title: String,
     /// Its body; `None` for a case that is always skipped with `pending`.
-    pub run: Option<CaseFn>,
+    pub run: Option<CaseFn<C>>,
     /// Why the case is not run yet (with `run: None`).
     pub pending: Option<String>,
     /// Time limit of the whole case.
     pub limit: Duration,
 }
 
-impl Case {
+impl<C> Clone for Case<C> {
+    fn clone(&self) -> Self {
+        Case {
+            id: self.id.clone(),
+            clauses: self.clauses.clone(),
+            title: self.title.clone(),
+            run: self.run.clone(),
+            pending: self.pending.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+impl<C: Send + Sync + 'static> Case<C> {
     /// A case running `f`.
     pub fn new<F, Fut>(
         id: impl Into<String>,
         clauses: &[&str],
         title: impl Into<String>,
         f: F,
-    ) -> Case
+    ) -> Case<C>
     where
-        F: Fn(Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<C>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         Case {
@@ -104,7 +117,7 @@ impl Case {
         clauses: &[&str],
         title: impl Into<String>,
         reason: &str,
-    ) -> Case {
+    ) -> Case<C> {
         Case {
             id: id.into(),
             clauses: clauses.iter().map(|c| c.to_string()).collect(),
@@ -113,6 +126,12 @@ impl Case {
             pending: Some(reason.into()),
             limit: Duration::from_secs(1),
         }
+    }
+
+    /// The same case with another time limit.
+    pub fn with_limit(mut self, limit: Duration) -> Case<C> {
+        self.limit = limit;
+        self
     }
 
     /// Whether any clause of the case starts with one of `prefixes` (`S-3` selects `S-3.4` but
@@ -128,7 +147,7 @@ impl Case {
     }
 
     /// Runs the case within its time limit and turns errors into an [`Outcome`].
-    pub async fn execute(&self, ctx: Arc<Ctx>) -> (Outcome, Duration) {
+    pub async fn execute(&self, ctx: Arc<C>) -> (Outcome, Duration) {
         let start = Instant::now();
         let Some(run) = &self.run else {
             return (

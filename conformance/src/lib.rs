@@ -1,5 +1,10 @@
 //! `iothub-conformance`: an independent checker of SPEC.md, in the manner of h2spec or Autobahn.
 //!
+//! The device side ([`device`]) plays the hub instead: a scripted MQTT server on a free
+//! loopback port, the device under test run as a child process, and cases judging what the
+//! device publishes and subscribes. [`shim`] holds what the two device shims (`shim-std`,
+//! `shim-nostd`, built on the two SDKs) share, including the test-only break proxy.
+//!
 //! The hub side plays devices (MQTT 3.1.1 and 5, several at once, via rumqttc) and the business
 //! side (REST) against any hub that implements SPEC.md, and checks every clause the hub owns.
 //! Expected results come from SPEC.md and the hand-written golden vectors in `spec/vectors/`,
@@ -17,6 +22,8 @@
 //! | [`spawn`] | `--spawn-hub` |
 //! | [`report`] | table, JSON report, expected-results diff |
 //! | [`vectors`] | the golden vectors, compiled in |
+//! | [`device`] | the device side: scripted hub, device cases, judges |
+//! | [`shim`] | shared code of the device shims (environment, break proxy) |
 
 pub use iothub_spec as spec;
 
@@ -25,8 +32,10 @@ pub mod case;
 pub mod cases;
 pub mod check;
 pub mod ctx;
+pub mod device;
 pub mod mqtt;
 pub mod raw;
 pub mod report;
+pub mod shim;
 pub mod spawn;
 pub mod vectors;

@@ -1,5 +1,5 @@
-//! `iothub-conformance`: runs the conformance suite against a hub (`hub`) or lists its cases
-//! (`list`). See the crate README for usage.
+//! `iothub-conformance`: runs the conformance suite against a hub (`hub`) or a device
+//! (`device`), or lists its cases (`list`). See the crate README for usage.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iothub_conformance::case::{Case, Outcome};
 use iothub_conformance::cases;
 use iothub_conformance::ctx::Ctx;
+use iothub_conformance::device::DeviceCtx;
 use iothub_conformance::report::{self, CaseResult};
 use iothub_conformance::spawn::SpawnedHub;
 
@@ -69,13 +70,65 @@ enum Cmd {
         #[arg(long, default_value = "reference hub (hub/, binary iothub)")]
         implementation: String,
     },
+    /// Check a device: play the hub (a scripted MQTT server on a free loopback port) and run
+    /// the device with COMMAND; see the README for the environment it gets.
+    Device {
+        /// The command that runs the device under test (split like a shell would, run
+        /// directly; use `sh -c '..'` for shell features).
+        #[arg(long)]
+        exec: String,
+        /// The direct method the device implements and answers 200 (S-5.2).
+        #[arg(long, default_value = "reboot")]
+        method: String,
+        /// Let the device's stdout/stderr through.
+        #[arg(long)]
+        device_output: bool,
+        /// Run only cases checking a clause with this prefix, or this case id; repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Skip a case: `CASE=reason`; repeatable.
+        #[arg(long)]
+        skip: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        report: Format,
+        /// Diff the run against this expected-results file.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Write the run's results as an expected-results file.
+        #[arg(long)]
+        write_expected: Option<PathBuf>,
+        /// Name of the implementation recorded by --write-expected.
+        #[arg(long, default_value = "device")]
+        implementation: String,
+    },
     /// Print the coverage list: every case with the clauses it checks.
     List,
 }
 
 fn list() {
-    let all = cases::all();
-    for c in &all {
+    let hub = cases::all();
+    let device = iothub_conformance::device::cases::all();
+    println!("hub side (iothub-conformance hub):");
+    list_side(&hub);
+    println!("device side (iothub-conformance device):");
+    list_side(&device);
+    let mut clauses: Vec<&String> = hub
+        .iter()
+        .flat_map(|c| &c.clauses)
+        .chain(device.iter().flat_map(|c| &c.clauses))
+        .collect();
+    clauses.sort();
+    clauses.dedup();
+    println!(
+        "{} cases over {} clauses",
+        hub.len() + device.len(),
+        clauses.len()
+    );
+}
+
+fn list_side<C>(all: &[Case<C>]) {
+    for c in all {
         let note = c
             .pending
             .as_deref()
@@ -92,82 +145,55 @@ fn list() {
     let mut clauses: Vec<&String> = all.iter().flat_map(|c| &c.clauses).collect();
     clauses.sort();
     clauses.dedup();
-    println!("{} cases over {} clauses", all.len(), clauses.len());
+    println!("  {} cases over {} clauses", all.len(), clauses.len());
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let Cmd::Hub {
-        mqtt,
-        api,
-        token,
-        service_user,
-        only,
-        skip,
-        spawn_hub,
-        report: format,
-        expect,
-        write_expected,
-        implementation,
-    } = cli.cmd
-    else {
-        list();
-        return Ok(());
-    };
-    let mut skips = Vec::new();
-    for s in &skip {
-        let Some((id, reason)) = s.split_once('=') else {
-            bail!("--skip wants CASE=reason, got {s:?}");
-        };
-        skips.push((id.to_string(), reason.to_string()));
+/// What both sides share: selection, skips, output, expected-results diff.
+struct RunOpts {
+    only: Vec<String>,
+    skip: Vec<String>,
+    format: Format,
+    expect: Option<PathBuf>,
+    write_expected: Option<PathBuf>,
+    implementation: String,
+}
+
+impl RunOpts {
+    fn skips(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut skips = Vec::new();
+        for s in &self.skip {
+            let Some((id, reason)) = s.split_once('=') else {
+                bail!("--skip wants CASE=reason, got {s:?}");
+            };
+            skips.push((id.to_string(), reason.to_string()));
+        }
+        Ok(skips)
     }
-    let expected = match &expect {
+}
+
+/// Runs the selected `all` cases with `ctx`, prints the table or JSON report, writes the
+/// expected file and returns whether the run failed (any failure, or with `--expect` any
+/// change).
+async fn run_side<C: Send + Sync + 'static>(
+    all: Vec<Case<C>>,
+    ctx: Arc<C>,
+    o: &RunOpts,
+) -> anyhow::Result<bool> {
+    let skips = o.skips()?;
+    let expected = match &o.expect {
         Some(p) => Some(report::parse_expected(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         )?),
         None => None,
     };
-    let mut _hub = None;
-    let ctx = match spawn_hub {
-        Some(bin) => {
-            let hub = SpawnedHub::start(&bin).await?;
-            let ctx = iothub_conformance::ctx::for_spawned(&hub, Some(bin)).await?;
-            _hub = Some(hub);
-            ctx
-        }
-        None => {
-            let service = match service_user {
-                Some(s) => {
-                    let Some((u, p)) = s.split_once(':') else {
-                        bail!("--service-user wants '$name:secret'");
-                    };
-                    Some((u.to_string(), p.to_string()))
-                }
-                None => None,
-            };
-            Ctx::new(
-                mqtt.as_deref().unwrap_or_default(),
-                api.as_deref().unwrap_or_default(),
-                token.as_deref().unwrap_or_default(),
-                service,
-                None,
-            )
-            .await?
-        }
-    };
-    let ctx = Arc::new(ctx);
-    let selected: Vec<Case> = cases::all()
-        .into_iter()
-        .filter(|c| c.selected(&only))
-        .collect();
+    let selected: Vec<Case<C>> = all.into_iter().filter(|c| c.selected(&o.only)).collect();
     let mut results = Vec::new();
     for c in &selected {
         let (outcome, elapsed) = match skips.iter().find(|(id, _)| id == &c.id) {
             Some((_, reason)) => (Outcome::Skip(reason.clone()), Default::default()),
             None => c.execute(ctx.clone()).await,
         };
-        if format == Format::Table {
+        if o.format == Format::Table {
             eprintln!("{:<6} {}", outcome.word(), c.id);
         }
         results.push(CaseResult {
@@ -180,14 +206,14 @@ async fn main() -> anyhow::Result<()> {
     let mut failed = results
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Fail(_)));
-    let mut out = match format {
+    let mut out = match o.format {
         Format::Table => report::table(&results),
         Format::Json => String::new(),
     };
     let mut json = report::json_report(&results);
     if let Some(exp) = &expected {
-        let changes = report::diff(&results, exp, !only.is_empty() || !skips.is_empty());
-        if format == Format::Table {
+        let changes = report::diff(&results, exp, !o.only.is_empty() || !skips.is_empty());
+        if o.format == Format::Table {
             out.push_str(&format!(
                 "expected-results diff: {} change(s)\n",
                 changes.len()
@@ -200,15 +226,100 @@ async fn main() -> anyhow::Result<()> {
         // An expected failure is not a surprise: with --expect only changes fail the run.
         failed = !changes.is_empty();
     }
-    if format == Format::Json {
+    if o.format == Format::Json {
         out = serde_json::to_string_pretty(&json)? + "\n";
     }
     print!("{out}");
-    if let Some(p) = write_expected {
-        let v = report::expected_file(&implementation, &results);
-        std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")
+    if let Some(p) = &o.write_expected {
+        let v = report::expected_file(&o.implementation, &results);
+        std::fs::write(p, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(failed)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let failed = match cli.cmd {
+        Cmd::List => {
+            list();
+            false
+        }
+        Cmd::Device {
+            exec,
+            method,
+            device_output,
+            only,
+            skip,
+            report: format,
+            expect,
+            write_expected,
+            implementation,
+        } => {
+            let o = RunOpts {
+                only,
+                skip,
+                format,
+                expect,
+                write_expected,
+                implementation,
+            };
+            let ctx = Arc::new(DeviceCtx::new(exec, method, device_output));
+            run_side(iothub_conformance::device::cases::all(), ctx, &o).await?
+        }
+        Cmd::Hub {
+            mqtt,
+            api,
+            token,
+            service_user,
+            only,
+            skip,
+            spawn_hub,
+            report: format,
+            expect,
+            write_expected,
+            implementation,
+        } => {
+            let o = RunOpts {
+                only,
+                skip,
+                format,
+                expect,
+                write_expected,
+                implementation,
+            };
+            let mut _hub = None;
+            let ctx = match spawn_hub {
+                Some(bin) => {
+                    let hub = SpawnedHub::start(&bin).await?;
+                    let ctx = iothub_conformance::ctx::for_spawned(&hub, Some(bin)).await?;
+                    _hub = Some(hub);
+                    ctx
+                }
+                None => {
+                    let service = match service_user {
+                        Some(s) => {
+                            let Some((u, p)) = s.split_once(':') else {
+                                bail!("--service-user wants '$name:secret'");
+                            };
+                            Some((u.to_string(), p.to_string()))
+                        }
+                        None => None,
+                    };
+                    Ctx::new(
+                        mqtt.as_deref().unwrap_or_default(),
+                        api.as_deref().unwrap_or_default(),
+                        token.as_deref().unwrap_or_default(),
+                        service,
+                        None,
+                    )
+                    .await?
+                }
+            };
+            run_side(cases::all(), Arc::new(ctx), &o).await?
+        }
+    };
     if failed {
         std::process::exit(1);
     }

@@ -1,0 +1,198 @@
+//! The test-only break proxy: a TCP proxy inside a shim, between its SDK and the hub, that
+//! rewrites MQTT packets (decoded and re-encoded with rumqttc's codecs, [`crate::device::wire`])
+//! to make the device misbehave in one chosen way ([`Break`]). It exists only so that the
+//! suite's negative checks can prove that the device cases fail against a broken device; the
+//! shims never start it unless `IOTHUB_SHIM_BREAK` is set.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use iothub_spec::ids::DEFAULT_SHADOW;
+use iothub_spec::payload::field;
+use iothub_spec::topic::{Filter, Topic};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Break;
+use crate::device::wire::{self, Pkt, Pub};
+use crate::mqtt::Proto;
+
+/// Packet id of the SUBSCRIBE the `acl` break injects (its SUBACK is swallowed).
+const INJECTED_PKID: u16 = 65001;
+
+/// Starts the proxy on `127.0.0.1:0` in front of `upstream`; returns its address.
+pub async fn start(upstream: &str, thing: &str, brk: Break) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (upstream, thing) = (upstream.to_owned(), thing.to_owned());
+    tokio::spawn(async move {
+        while let Ok((dev, _)) = listener.accept().await {
+            let (upstream, thing) = (upstream.clone(), thing.clone());
+            tokio::spawn(async move {
+                if let Ok(hub) = TcpStream::connect(&upstream).await {
+                    let _ = (dev.set_nodelay(true), hub.set_nodelay(true));
+                    pipe(dev, hub, &thing, brk).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn read_more(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> bool {
+    matches!(rd.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// Proxies one connection until either side closes.
+async fn pipe(dev: TcpStream, hub: TcpStream, thing: &str, brk: Break) {
+    let (mut drd, mut dwr) = dev.into_split();
+    let (mut hrd, mut hwr) = hub.into_split();
+    let mut buf = BytesMut::new();
+    // The CONNECT tells the protocol version; it is forwarded as received.
+    let (proto, connect) = loop {
+        let mut probe = buf.clone();
+        match wire::read_connect(&mut probe) {
+            Ok(Some((proto, _))) => {
+                let used = buf.len() - probe.len();
+                break (proto, buf.split_to(used).freeze());
+            }
+            Ok(None) if read_more(&mut drd, &mut buf).await => {}
+            _ => return,
+        }
+    };
+    if hwr.write_all(&connect).await.is_err() {
+        return;
+    }
+    if brk == Break::Acl && inject_acl(&mut hwr, thing, proto).await.is_err() {
+        return;
+    }
+    let up = async move {
+        loop {
+            while let Ok(Some((p, raw))) = wire::read_raw(&mut buf, proto) {
+                if hwr.write_all(&upward(&p, raw, proto, brk)).await.is_err() {
+                    return;
+                }
+            }
+            if !read_more(&mut drd, &mut buf).await {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = BytesMut::new();
+        let mut max_version: u64 = 0;
+        loop {
+            while let Ok(Some((p, raw))) = wire::read_raw(&mut buf, proto) {
+                let Some(out) = downward(&p, raw, proto, brk, &mut max_version) else {
+                    continue;
+                };
+                if dwr.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            if !read_more(&mut hrd, &mut buf).await {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {},
+        _ = down => {},
+    }
+}
+
+/// Device → hub: `no-client-token` strips the token from updates and method responses.
+fn upward(p: &Pkt, raw: Bytes, proto: Proto, brk: Break) -> Bytes {
+    let Pkt::Publish(publ) = p else { return raw };
+    if brk != Break::NoClientToken {
+        return raw;
+    }
+    let strip = matches!(
+        Topic::parse(&publ.topic),
+        Ok(Topic::ShadowUpdate { .. } | Topic::MethodResponse { .. })
+    );
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&publ.payload) else {
+        return raw;
+    };
+    if !strip || body.remove(field::CLIENT_TOKEN).is_none() {
+        return raw;
+    }
+    let changed = Pub {
+        payload: Bytes::from(Value::Object(body).to_string()),
+        ..publ.clone()
+    };
+    wire::encode(&Pkt::Publish(changed), proto).unwrap_or(raw)
+}
+
+/// Hub → device: `stale-delta` gives an old delta a fresh version; `acl` swallows the SUBACK
+/// of the injected SUBSCRIBE. `None` drops the packet.
+fn downward(p: &Pkt, raw: Bytes, proto: Proto, brk: Break, max: &mut u64) -> Option<Bytes> {
+    match p {
+        Pkt::SubAck { pkid, .. } if brk == Break::Acl && *pkid == INJECTED_PKID => None,
+        Pkt::Publish(publ) if brk == Break::StaleDelta => {
+            let t = Topic::parse(&publ.topic).ok();
+            let is_delta = matches!(t, Some(Topic::ShadowUpdateDelta { .. }));
+            let is_doc = matches!(t, Some(Topic::ShadowGetAccepted { .. }));
+            let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&publ.payload) else {
+                return Some(raw);
+            };
+            let v = body
+                .get(field::VERSION)
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if is_doc {
+                *max = (*max).max(v);
+            }
+            if !is_delta {
+                return Some(raw);
+            }
+            if v > *max {
+                *max = v;
+                return Some(raw);
+            }
+            *max += 1;
+            body.insert(field::VERSION.into(), Value::from(*max));
+            let changed = Pub {
+                payload: Bytes::from(Value::Object(body).to_string()),
+                ..publ.clone()
+            };
+            Some(wire::encode(&Pkt::Publish(changed), proto).unwrap_or(raw))
+        }
+        _ => Some(raw),
+    }
+}
+
+/// `acl`: a SUBSCRIBE with a wildcard thing id and a PUBLISH on a hub → thing topic.
+async fn inject_acl(w: &mut OwnedWriteHalf, thing: &str, proto: Proto) -> std::io::Result<()> {
+    let sub = Pkt::Subscribe {
+        pkid: INJECTED_PKID,
+        // A wildcard in the thing id level (S-2.1 forbids it).
+        filters: vec![
+            Filter::ShadowUpdateReplies {
+                thing: "+",
+                shadow: DEFAULT_SHADOW,
+            }
+            .to_string(),
+        ],
+    };
+    let publ = Pkt::Publish(Pub {
+        topic: Topic::ShadowUpdateDelta {
+            thing,
+            shadow: DEFAULT_SHADOW,
+        }
+        .to_string(),
+        payload: Bytes::from_static(b"{\"state\":{},\"version\":1}"),
+        qos: 0,
+        retain: false,
+        pkid: 0,
+        alias: None,
+    });
+    for p in [sub, publ] {
+        if let Ok(b) = wire::encode(&p, proto) {
+            w.write_all(&b).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Runs the device side against both SDK shims (`shim-std` on `iothub-sdk`, `shim-nostd` on
+//! `iothub-sdk-nostd`) and requires the results to equal `expected/std-sdk.json` and
+//! `expected/nostd-sdk.json` (any change, better or worse, fails). Then the negative checks:
+//! each shim broken on purpose (`IOTHUB_SHIM_BREAK`) must make the matching cases fail.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn suite(shim: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iothub-conformance"))
+        .args(["device", "--exec", shim])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("IOTHUB_SHIM_BREAK")
+        .env_remove("IOTHUB_SHIM_MQTT")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running iothub-conformance")
+}
+
+fn matches_expected(shim: &str, env: &[(&str, &str)], file: &str) {
+    let expected = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("expected")
+        .join(file);
+    let out = suite(
+        shim,
+        env,
+        &["--expect", expected.to_str().expect("utf-8 path")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("expected-results diff: 0 change(s)"),
+        "{shim} {env:?}: the run differs from expected/{file}:\n{stdout}"
+    );
+}
+
+#[test]
+fn std_shim_matches_expected_results() {
+    matches_expected(env!("CARGO_BIN_EXE_shim-std"), &[], "std-sdk.json");
+}
+
+#[test]
+fn std_shim_over_mqtt5_matches_expected_results() {
+    matches_expected(
+        env!("CARGO_BIN_EXE_shim-std"),
+        &[("IOTHUB_SHIM_MQTT", "5")],
+        "std-sdk.json",
+    );
+}
+
+#[test]
+fn nostd_shim_matches_expected_results() {
+    matches_expected(env!("CARGO_BIN_EXE_shim-nostd"), &[], "nostd-sdk.json");
+}
+
+/// Each deliberate misbehaviour and the cases it must make fail.
+const BREAKS: [(&str, &[&str]); 3] = [
+    ("stale-delta", &["dev_s3_stale_delta_ignored"]),
+    (
+        "no-client-token",
+        &["dev_s4_client_tokens", "dev_s5_method_answered"],
+    ),
+    ("acl", &["dev_s2_allow_list"]),
+];
+
+fn broken_shim_fails(shim: &str) {
+    for (brk, cases) in BREAKS {
+        let mut args = vec!["--report", "json"];
+        for c in cases {
+            args.extend(["--only", c]);
+        }
+        let out = suite(shim, &[("IOTHUB_SHIM_BREAK", brk)], &args);
+        assert!(!out.status.success(), "{shim} with {brk}: the run passed");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        let results = report["results"].as_array().expect("results");
+        assert_eq!(results.len(), cases.len(), "{report}");
+        for r in results {
+            assert_eq!(
+                r["result"], "fail",
+                "{shim} with IOTHUB_SHIM_BREAK={brk}: {} did not fail: {r}",
+                r["case"]
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_std_shim_fails_the_matching_cases() {
+    broken_shim_fails(env!("CARGO_BIN_EXE_shim-std"));
+}
+
+#[test]
+fn broken_nostd_shim_fails_the_matching_cases() {
+    broken_shim_fails(env!("CARGO_BIN_EXE_shim-nostd"));
+}
