@@ -22,7 +22,7 @@ pub use iothub_sdk_nostd::spec::code::OtaErrorCode;
 pub use method::{MethodError, MethodRequest, MethodResult};
 pub use ntp::{Ntp, NtpResult};
 pub use options::{Backoff, Protocol, ThingOptions};
-pub use ota::{Ota, OtaTask};
+pub use ota::{DownloadError, DownloadOptions, Downloaded, Ota, OtaTask};
 pub use shadow::{Delta, Document, Shadow, SyncedState, merge_json};
 pub use thing::{ConnectionState, Thing, UserMessage};
 

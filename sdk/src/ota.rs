@@ -1,4 +1,5 @@
-//! OTA (S-7): the task stream and progress reporting.
+//! OTA (S-7): the task stream and progress reporting; [`OtaTask::download`] fetches and
+//! verifies a task's file.
 
 use futures_util::Stream;
 use iothub_spec::code::OtaErrorCode;
@@ -7,6 +8,10 @@ use tokio::sync::watch;
 use crate::driver::{Command, OtaUpdate};
 use crate::error::Result;
 use crate::thing::Thing;
+
+#[path = "ota_download.rs"]
+mod download;
+pub use download::{DownloadError, DownloadOptions, Downloaded};
 
 /// An OTA task received from the hub (S-7.1). Report on it with [`OtaTask::progress`],
 /// [`OtaTask::done`], [`OtaTask::failed`] or [`OtaTask::canceled`] (S-7.2).
