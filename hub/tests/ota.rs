@@ -864,3 +864,47 @@ async fn deleted_things_do_not_hold_a_job_open() {
     let (s, b) = hub.get(&format!("/ota/jobs/{job_id}/tasks/{gone}")).await;
     assert_eq!(s, 404, "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_tasks_are_sent_again_on_reconnect_ongoing_ones_are_not() {
+    let hub = Hub::start();
+    let list = things(&hub, "c", 2).await;
+    let (idle, i_pw) = &list[0];
+    let (busy, b_pw) = &list[1];
+    let mut ci = device(&hub, Proto::V311, idle, i_pw).await;
+    let mut cb = device(&hub, Proto::V5, busy, b_pw).await;
+    let job_id = create_job(
+        &hub,
+        json!({"targets": {"thingIds": [idle, busy]}, "task": task_body(), "maxPerMinute": 6000}),
+    )
+    .await;
+    let first = next_task(&mut ci, idle, STEP).await;
+    let b = next_task(&mut cb, busy, STEP).await;
+    report(&mut cb, busy, &b, "ongoing", json!({"progress": 10})).await;
+    wait_job(&hub, &job_id, STEP, |j| {
+        counts(j)[1] == 1 && counts(j)[2] == 1
+    })
+    .await;
+
+    // Both reconnect: the task that was sent but not started comes again, the same task.
+    ci.disconnect().await;
+    cb.disconnect().await;
+    let mut ci = device(&hub, Proto::V5, idle, i_pw).await;
+    let mut cb = device(&hub, Proto::V311, busy, b_pw).await;
+    let again = next_task(&mut ci, idle, STEP).await;
+    assert_eq!(again, first, "the same task, same ids");
+    assert!(
+        !cb.sees(&task_topic(busy), QUIET).await,
+        "an ongoing task is not sent again"
+    );
+    report(&mut ci, idle, &again, "done", json!({})).await;
+    report(&mut cb, busy, &b, "done", json!({})).await;
+    let j = wait_job(&hub, &job_id, STEP, |j| j["status"] == "completed").await;
+    assert_eq!(counts(&j), [0, 0, 0, 2, 0, 0, 0], "{j}");
+    let d = task(&hub, &job_id, idle).await;
+    assert_eq!(
+        statuses(&d["transitions"]),
+        ["queued", "sent", "done"],
+        "a resend is no transition: {d}"
+    );
+}
