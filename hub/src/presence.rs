@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreError};
 
 /// Changes waiting for the presence task; senders wait when it is full (backpressure on CONNECT).
 const QUEUE: usize = 8192;
@@ -150,7 +150,15 @@ pub async fn run(queue: PresenceQueue, bus: Arc<dyn Bus>, store: SharedStore) {
                 .set_connected(&change.thing, connected, change.at)
                 .await
             {
-                tracing::warn!(thing = %change.thing, error = %e, "cannot record presence");
+                match e {
+                    // Deleting a thing disconnects it: its last presence has nowhere to go.
+                    StoreError::NotFound => {
+                        tracing::debug!(thing = %change.thing, "presence of a deleted thing not recorded");
+                    }
+                    e => {
+                        tracing::warn!(thing = %change.thing, error = %e, "cannot record presence")
+                    }
+                }
             }
         }
     }

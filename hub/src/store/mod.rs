@@ -20,6 +20,7 @@
 pub mod commit;
 pub mod ota;
 pub mod sqlite;
+mod wal;
 
 use std::sync::Arc;
 

@@ -29,6 +29,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::wal;
+
 use super::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
 
 mod ota;
@@ -148,7 +150,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             // The writer's own checkpoints stall commits; see `checkpoint_loop` for why it keeps
             // them, less often than SQLite's default of 1,000 pages. Bounds the WAL at ~32 MiB.
-            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES);
+            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -158,6 +160,7 @@ impl SqliteStore {
             .connect_with(write_options)
             .await?;
         MIGRATOR.run(&writer).await?;
+        preallocate_wal(&writer, base.get_filename()).await;
 
         // Readers are opened after the writer created the file and switched it to WAL (a
         // persistent property of the file). `query_only` guards against a write slipping onto a
@@ -357,7 +360,35 @@ impl SqliteStore {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// WAL pages after which the writer checkpoints itself (restarting the WAL).
-const WRITER_CHECKPOINT_PAGES: &str = "8000";
+const WRITER_CHECKPOINT_PAGES: u64 = 8000;
+
+/// Pages the WAL may grow past [`WRITER_CHECKPOINT_PAGES`]: the writer checkpoints after the
+/// commit that crosses the mark, and a group commit writes up to a few hundred pages.
+const WAL_SLACK_PAGES: u64 = 1000;
+
+/// SQLite's default page size, which the hub keeps; used to size the pre-allocated WAL.
+const ASSUMED_PAGE_SIZE: u64 = 4096;
+
+/// Gives the WAL its full size now, so that commits overwrite it instead of growing it (see
+/// [`wal`] for why that matters and why it is safe). Only a speed-up: on failure SQLite grows the
+/// log itself.
+async fn preallocate_wal(writer: &SqlitePool, db: &std::path::Path) {
+    let bytes = wal::wal_bytes(WRITER_CHECKPOINT_PAGES + WAL_SLACK_PAGES, ASSUMED_PAGE_SIZE);
+    // Holding the only write connection keeps every commit out while the file is extended.
+    let _writer = match writer.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not pre-allocate the sqlite WAL");
+            return;
+        }
+    };
+    let db = db.to_owned();
+    match tokio::task::spawn_blocking(move || wal::extend(&db, bytes)).await {
+        Ok(Ok(added)) => tracing::debug!(added, bytes, "sqlite WAL pre-allocated"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not pre-allocate the sqlite WAL"),
+        Err(e) => tracing::warn!(error = %e, "could not pre-allocate the sqlite WAL"),
+    }
+}
 
 /// Copies committed WAL frames into the database file in the background (PASSIVE: it never
 /// blocks the writer or readers). Ends when the store is closed.
@@ -784,6 +815,40 @@ mod tests {
             .execute(&store.reader)
             .await;
         assert!(err.is_err());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn wal_is_preallocated_and_commits_overwrite_it() {
+        let (dir, store) = temp_store().await;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(u64::try_from(page_size).unwrap(), ASSUMED_PAGE_SIZE);
+        let wal = wal::wal_path(&dir.path().join("nested/dir/hub.db"));
+        let full = wal::wal_bytes(WRITER_CHECKPOINT_PAGES + WAL_SLACK_PAGES, ASSUMED_PAGE_SIZE);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), full);
+
+        let things: Vec<NewThing> = (0..200).map(|i| new_thing(&format!("t{i}"))).collect();
+        store.create_things(&things, 1).await.unwrap();
+        for t in &things {
+            store
+                .write_shadows(&[write(&t.thing_id, "default", 0)])
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            full,
+            "the log did not grow"
+        );
+        store.close().await;
+
+        // Reopened (the close folded the log into the file): everything is there.
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        let stored = store.get_shadow("t199", "default").await.unwrap().unwrap();
+        assert_eq!(stored.version, 1);
         store.close().await;
     }
 
