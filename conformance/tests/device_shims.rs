@@ -1,7 +1,10 @@
 //! Runs the device side against both SDK shims (`shim-std` on `iothub-sdk`, `shim-nostd` on
-//! `iothub-sdk-nostd`) and requires the results to equal `expected/std-sdk.json` and
-//! `expected/nostd-sdk.json` (any change, better or worse, fails). Then the negative checks:
-//! each shim broken on purpose (`IOTHUB_SHIM_BREAK`) must make the matching cases fail.
+//! `iothub-sdk-nostd`) and against the firmware-style thermostat of `examples/` on the no_std
+//! SDK's minimq adapter (`firmware_host`), and requires the results to equal
+//! `expected/std-sdk.json`, `expected/nostd-sdk.json` and
+//! `expected/nostd-minimq-firmware.json` (any change, better or worse, fails). Then the
+//! negative checks: each shim broken on purpose (`IOTHUB_SHIM_BREAK`) must make the matching
+//! cases fail.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -53,6 +56,35 @@ fn std_shim_over_mqtt5_matches_expected_results() {
 #[test]
 fn nostd_shim_matches_expected_results() {
     matches_expected(env!("CARGO_BIN_EXE_shim-nostd"), &[], "nostd-sdk.json");
+}
+
+/// `firmware_host` of `iothub-examples`, of the same profile, built when missing.
+fn firmware_host() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_iothub-conformance"));
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let bin = dir.join("firmware_host");
+    if !bin.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args(["build", "-p", "iothub-examples", "--bin", "firmware_host"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for firmware_host");
+        assert!(status.success(), "building firmware_host failed");
+    }
+    bin
+}
+
+#[test]
+fn minimq_firmware_host_matches_expected_results() {
+    let bin = firmware_host();
+    // Its flags take the address and thing id; `exec` keeps it the suite's direct child.
+    let exec = format!(
+        "sh -c 'exec {} --mqtt \"$IOTHUB_MQTT_ADDR\" --thing \"$IOTHUB_THING_ID\" --tick-ms 100'",
+        bin.display()
+    );
+    matches_expected(&exec, &[], "nostd-minimq-firmware.json");
 }
 
 /// Each deliberate misbehaviour and the cases it must make fail.

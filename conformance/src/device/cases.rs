@@ -2,8 +2,9 @@
 //! business side, and judges the device against SPEC.md.
 //!
 //! What the suite assumes of a device (documented in the crate README): it follows the
-//! `default` shadow and applies a numeric desired `setpoint` (reporting it back under the same
-//! key), answers the direct method named by `--method` (default `reboot`) with 200, syncs its
+//! `default` shadow and applies a desired `setpoint` (the suite sends small integers, so
+//! devices holding it as an integer or a float both work) and reports it back under the same
+//! key, answers the direct method named by `--method` (default `reboot`) with 200, syncs its
 //! clock over NTP after connecting, and runs OTA tasks it is sent.
 
 use std::collections::BTreeSet;
@@ -181,8 +182,8 @@ async fn subscribes_first(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
 
 async fn get_after_connect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     let shadows = preset(
-        json!({KEY: 23.5, "mode": "heat"}),
-        json!({KEY: 20.0, "mode": "heat"}),
+        json!({KEY: 23, "mode": "heat"}),
+        json!({KEY: 20, "mode": "heat"}),
         7,
     );
     let run = ctx.start(shadows).await?;
@@ -202,9 +203,9 @@ async fn get_after_connect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     run.reported(
         0,
         KEY,
-        &json!(23.5),
+        &json!(23),
         REACT,
-        "S-3.6 the device did not apply the delta of its shadow document (never reported setpoint 23.5)",
+        "S-3.6 the device did not apply the delta of its shadow document (never reported setpoint 23)",
     )
     .await?;
     Ok(())
@@ -215,14 +216,14 @@ async fn delta_applied(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     run.ready().await?;
     let mark = run.mark();
     run.hub
-        .set_desired(DEFAULT_SHADOW, &obj(json!({KEY: 25.5})))?;
+        .set_desired(DEFAULT_SHADOW, &obj(json!({KEY: 25})))?;
     let seen = run
         .reported(
             mark,
             KEY,
-            &json!(25.5),
+            &json!(25),
             REACT,
-            "S-3.6 the device did not report setpoint 25.5 after a delta asking for it",
+            "S-3.6 the device did not report setpoint 25 after a delta asking for it",
         )
         .await?;
     judge::client_token(&seen.body, "the update reporting the delta").map_err(|e| anyhow!(e))?;
@@ -539,7 +540,7 @@ async fn reconnect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
         st.shadows
             .entry(DEFAULT_SHADOW.into())
             .or_default()
-            .set_desired(&obj(json!({KEY: 28.5})))
+            .set_desired(&obj(json!({KEY: 28})))
     });
     let conn = run
         .hub
@@ -584,9 +585,9 @@ async fn reconnect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     run.reported(
         mark,
         KEY,
-        &json!(28.5),
+        &json!(28),
         REACT,
-        "S-3.6 after reconnecting the device did not apply the desired change made while it was offline (setpoint 28.5)",
+        "S-3.6 after reconnecting the device did not apply the desired change made while it was offline (setpoint 28)",
     )
     .await?;
     let problems = run
