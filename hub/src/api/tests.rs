@@ -67,6 +67,7 @@ impl FakeBus {
 struct Harness {
     app: Router,
     bus: Arc<FakeBus>,
+    credentials: Arc<CredentialCache>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,11 +81,12 @@ async fn harness() -> Harness {
     let limits = Limits::default();
     let shadows = ShadowService::spawn(store.clone(), committer, dyn_bus.clone(), limits);
     let metrics = Metrics::new();
+    let credentials = Arc::new(CredentialCache::new(16));
     let things = Things::new(
         store.clone(),
         dyn_bus.clone(),
         shadows.clone(),
-        Arc::new(CredentialCache::new(16)),
+        credentials.clone(),
         metrics.clone(),
     );
     let state = AppState::new(
@@ -99,6 +101,7 @@ async fn harness() -> Harness {
     Harness {
         app: router(state),
         bus,
+        credentials,
         _dir: dir,
     }
 }
@@ -214,6 +217,37 @@ async fn create_generates_id_and_shows_password_once() {
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["data"]["password"], json!("pw-1"));
     assert_eq!(b["data"]["tags"], json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn created_secrets_are_remembered_so_first_connects_skip_argon2() {
+    let h = harness().await;
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things",
+            Some(json!({"thingId": "one", "password": "pw-one"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert!(h.credentials.check("one", b"pw-one"));
+    assert!(!h.credentials.check("one", b"pw-other"));
+
+    let (s, b) = h
+        .call(
+            "POST",
+            "/api/v1/things/batch",
+            Some(json!([{"thingId": "two"}, {"thingId": "one"}])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let secret = b["data"][0]["data"]["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(h.credentials.check("two", secret.as_bytes()));
+    // The refused duplicate did not replace the first thing's secret.
+    assert!(h.credentials.check("one", b"pw-one"));
 }
 
 #[tokio::test]
