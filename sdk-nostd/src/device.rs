@@ -555,7 +555,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             .requests
             .iter()
             .position(|r| r.state == ReqState::Failed)?;
-        let r = self.requests.swap_remove(pos);
+        let r = self.remove_request(pos)?;
         Some(Event::TimedOut {
             request: RequestId(r.id),
         })
@@ -967,7 +967,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let total = item.topic_len.saturating_add(item.payload_len);
         let src = self.tx.get(..total).ok_or(Error::BufferTooSmall)?;
         let dst = buf.get_mut(..total).ok_or(Error::BufferTooSmall)?;
-        dst.copy_from_slice(src);
+        // Equal lengths; a zip has no length-mismatch panic path.
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
         let (tb, pb) = dst
             .split_at_mut_checked(item.topic_len)
             .ok_or(Error::BufferTooSmall)?;
@@ -1069,7 +1070,16 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                     && matches!(r.kind, Kind::Get { .. }) == get
             })
             .ok_or(Ignored::Unmatched)?;
-        Ok(self.requests.swap_remove(pos))
+        self.remove_request(pos).ok_or(Ignored::Unmatched)
+    }
+
+    /// `swap_remove` without its panic path (callers take `pos` from `position`).
+    fn remove_request(&mut self, pos: usize) -> Option<Request> {
+        let last = self.requests.pop()?;
+        match self.requests.get_mut(pos) {
+            Some(slot) => Some(core::mem::replace(slot, last)),
+            None => Some(last),
+        }
     }
 
     fn take_request(

@@ -30,7 +30,6 @@ macro_rules! warning {
     ($($arg:tt)*) => { $crate::fmt::log_at!(warn, warn, $($arg)*) };
 }
 
-pub(crate) use debug;
-pub(crate) use info;
-pub(crate) use log_at;
-pub(crate) use warning;
+// Not every macro is used in every feature set (`info` only by the minimq adapter).
+#[allow(unused_imports)]
+pub(crate) use {debug, info, log_at, warning};

@@ -39,8 +39,11 @@ impl<const N: usize> Inbox<N> {
         else {
             return false;
         };
-        tb.copy_from_slice(topic.as_bytes());
-        pb.copy_from_slice(payload);
+        // Equal lengths by construction; a zip has no length-mismatch panic path.
+        tb.iter_mut()
+            .zip(topic.as_bytes())
+            .for_each(|(d, s)| *d = *s);
+        pb.iter_mut().zip(payload).for_each(|(d, s)| *d = *s);
         self.topic_len = t;
         self.len = total;
         self.full = true;
@@ -170,11 +173,8 @@ impl<
 {
     /// Runs an application command on the device (`report`, `respond`, `request_ntp`,
     /// `report_ota`, `publish_telemetry`, ...) with the current time, then wakes the runner to
-    /// send what it queued.
-    ///
-    /// ```ignore
-    /// let id = client.command(|dev, now| dev.request_ntp(now, 4))?;
-    /// ```
+    /// send what it queued. For example
+    /// `let id = client.command(|dev, now| dev.request_ntp(now, 4))?;`.
     ///
     /// `f` must not call the client again (the state is locked while it runs).
     pub fn command<R>(
