@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iothub_spec::code::OtaTaskState;
-use iothub_spec::payload::{OtaMeta, OtaResult, OtaTask, field};
+use iothub_spec::payload::OtaResult;
 use iothub_spec::topic::Topic;
 use tokio::sync::{mpsc, oneshot};
 
 use super::machine::{self, Rejection, Step};
+use super::rate::Rate;
+use super::wire::{split_err_msg, task_payload};
 use super::{OtaError, client_token, task_id};
 use crate::bus::Bus;
 use crate::clock::now_ms;
@@ -29,8 +31,6 @@ use crate::store::ota::{
 const TURN: usize = 512;
 /// Attempts to write a turn before giving up on it.
 const WRITE_ATTEMPTS: u32 = 4;
-/// The rate window of `maxPerMinute`.
-const MINUTE_MS: u64 = 60_000;
 /// How often jobs with offline things are checked for deleted things.
 const SWEEP_EVERY_MS: u64 = 60_000;
 
@@ -67,16 +67,8 @@ struct Job {
     waiting: HashSet<String>,
     /// Tasks not ended.
     open: usize,
-    /// Earliest time of the next send, µs since the epoch.
-    next_send_us: u64,
-    /// Send times (ms) within the last minute.
-    window: VecDeque<u64>,
-}
-
-impl Job {
-    fn interval_us(&self) -> u64 {
-        60_000_000 / u64::from(self.settings.max_per_minute.max(1))
-    }
+    /// The rollout rate.
+    rate: Rate,
 }
 
 /// Everything one turn changes, applied after the store has it.
@@ -152,29 +144,6 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
     }
 }
 
-fn task_payload(t: &OtaTemplate, rec: &OtaTaskRecord) -> Option<Bytes> {
-    let body = OtaTask {
-        client_token: &rec.client_token,
-        task_id: &rec.task_id,
-        r#type: &t.task_type,
-        meta: OtaMeta {
-            version: &t.version,
-            md5: t.md5.as_deref(),
-            sha256: t.sha256.as_deref(),
-            content_type: t.content_type.as_deref(),
-            content_length: t.content_length,
-        },
-        file_url: &t.file_url,
-    };
-    match serde_json::to_vec(&body) {
-        Ok(v) => Some(Bytes::from(v)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode an ota task");
-            None
-        }
-    }
-}
-
 /// Moves `rec` to `to` at `now` and returns the write that records it.
 fn transition(rec: &mut OtaTaskRecord, to: OtaTaskState, now: u64) -> OtaTaskWrite {
     let t = OtaTransition {
@@ -198,17 +167,6 @@ fn transition(rec: &mut OtaTaskRecord, to: OtaTaskState, now: u64) -> OtaTaskWri
         record: rec.clone(),
         transition: Some(t),
     }
-}
-
-/// Splits a result payload into its `errMsg` (owned: it may hold JSON escapes, which the
-/// borrowed spec type cannot) and the rest, re-encoded without it for [`OtaResult`].
-fn split_err_msg(payload: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
-    let mut v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let msg = v
-        .as_object_mut()?
-        .remove(field::ERR_MSG)
-        .and_then(|m| m.as_str().map(str::to_owned));
-    Some((msg, serde_json::to_vec(&v).ok()?))
 }
 
 impl Engine {
@@ -247,6 +205,7 @@ impl Engine {
             .ok_or_else(|| OtaError::Unavailable("no OTA store".into()))?;
         let record = store.ota_job(job_id).await?.ok_or(OtaError::NoSuchJob)?;
         let open = store.ota_open_tasks(job_id).await?;
+        let rate = Rate::new(record.settings.max_per_minute);
         let mut job = Job {
             template: record.template,
             settings: record.settings,
@@ -254,8 +213,7 @@ impl Engine {
             ready: VecDeque::new(),
             waiting: HashSet::new(),
             open: open.len(),
-            next_send_us: 0,
-            window: VecDeque::new(),
+            rate,
         };
         for rec in open {
             let thing = rec.thing_id.clone();
@@ -580,23 +538,11 @@ impl Engine {
 
     /// Sends what each job's rate allows.
     fn pace(&mut self, now: u64, turn: &mut Turn) {
-        let now_us = now.saturating_mul(1000);
         for (job_id, job) in &mut self.jobs {
-            while job.window.front().is_some_and(|t| *t + MINUTE_MS <= now) {
-                job.window.pop_front();
-            }
-            let interval = job.interval_us();
-            while now_us >= job.next_send_us
-                && job.window.len() < job.settings.max_per_minute as usize
-            {
+            while !job.ready.is_empty() && job.rate.may_send(now) {
                 let Some(thing) = job.ready.pop_front() else {
                     break;
                 };
-                // Only lateness of the timer is made up; after an idle spell the spacing starts
-                // afresh instead of bursting.
-                if job.next_send_us + interval < now_us {
-                    job.next_send_us = now_us;
-                }
                 let Some(rec) = job.tasks.get_mut(&thing) else {
                     continue;
                 };
@@ -616,8 +562,7 @@ impl Engine {
                 }
                 self.deadlines
                     .push(Reverse((deadline, job_id.clone(), thing, rec.attempt)));
-                job.window.push_back(now);
-                job.next_send_us += interval;
+                job.rate.sent(now);
             }
         }
     }
@@ -629,11 +574,7 @@ impl Engine {
             if job.ready.is_empty() {
                 continue;
             }
-            let at = if job.window.len() >= job.settings.max_per_minute as usize {
-                job.window.front().map_or(now, |t| t + MINUTE_MS)
-            } else {
-                job.next_send_us.div_ceil(1000).max(now)
-            };
+            let at = job.rate.next_at(now);
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         wake

@@ -5,7 +5,8 @@
 //! engine (`engine.rs`), owns the state of running jobs and is the only writer of task rows, so
 //! results, timeouts, cancels and sends for one task never race. Every change is stored before
 //! anything is published ([`crate::store::ota`]), and the REST API reads counts from the store,
-//! so a crash loses nothing that was shown. [`machine`] holds the transition rules.
+//! so a crash loses nothing that was shown. [`machine`] holds the transition rules, `rate.rs`
+//! the pacing (pure, virtual-time tested) and `wire.rs` the S-7 payloads.
 //!
 //! # Decisions where SPEC.md is silent
 //! - `taskId` is `{jobId}-{attempt}`: a retry is a new task for the device (the SDKs ignore a
@@ -25,6 +26,8 @@
 
 mod engine;
 pub mod machine;
+mod rate;
+mod wire;
 
 use std::collections::HashSet;
 use std::sync::Arc;
