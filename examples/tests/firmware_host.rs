@@ -1,7 +1,8 @@
 //! End to end: the firmware-style thermostat (`no_std` application core, minimq adapter) runs as
 //! the `firmware_host` binary against the real `iothub` binary over TCP on loopback. It must
 //! apply a desired change set made over REST and report it back, answer a method invoked over
-//! REST, and converge again after the hub restarts (same data directory, new process).
+//! REST, sync its clock (NTP), run an OTA task sent by a service user to `done`, and converge
+//! again after the hub restarts (same data directory, new process).
 //!
 //! Nothing sleeps to synchronize: every wait polls with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "fw-test-token";
+/// The service user the test hub is started with (S-1.5), to send an OTA task.
+const SVC: (&str, &str) = ("$svc", "svc-secret");
 /// How long something that must happen may take (connect, converge, answer).
 const STEP: Duration = Duration::from_secs(20);
 
@@ -62,7 +65,8 @@ fn spawn_hub(dir: &Path, mqtt: &str, http: &str) -> (Proc, SocketAddr, SocketAdd
     let mut child = Command::new(hub_bin())
         .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
+        .arg(format!("{}:{}", SVC.0, SVC.1))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -183,6 +187,62 @@ impl Rest {
     }
 }
 
+/// Sends an OTA task (S-7.1) to `thing` as the service user and returns every result
+/// (S-7.2) up to the final one.
+async fn ota(mqtt: SocketAddr, thing: &str) -> Vec<Value> {
+    use iothub_sdk_nostd::spec::{payload, topic::Topic};
+    let mut o = rumqttc::MqttOptions::new("svc-fw-test", mqtt.ip().to_string(), mqtt.port());
+    o.set_credentials(SVC.0, SVC.1);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+    let result_topic = Topic::OtaTaskResult { thing }.to_string();
+    client
+        .subscribe(result_topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let task = serde_json::to_string(&payload::OtaTask {
+        client_token: "svc-ota-1",
+        task_id: "fw-task-1",
+        r#type: "app",
+        meta: payload::OtaMeta {
+            version: "2.0.0",
+            md5: None,
+            sha256: None,
+            content_type: None,
+            content_length: None,
+        },
+        file_url: "https://files.example/thermostat-2.0.0.bin",
+    })
+    .unwrap();
+    let mut results = Vec::new();
+    let mut sent = false;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let Ok(ev) = tokio::time::timeout_at(deadline, el.poll()).await else {
+            panic!("no final OTA result in time: {results:?}");
+        };
+        let ev = ev.expect("service connection");
+        match ev {
+            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
+                let topic = Topic::OtaTask { thing }.to_string();
+                client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, task.clone())
+                    .await
+                    .unwrap();
+                sent = true;
+            }
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                let r: Value = serde_json::from_slice(&p.payload).unwrap();
+                let done = r["status"] != "ongoing";
+                results.push(r);
+                if done {
+                    return results;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -249,6 +309,25 @@ async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
         assert!(Instant::now() < deadline, "boots never reported\n{}", log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // NTP answered (the device reports it), and an OTA task sent by a service user is run
+    // to `done` with progress reports in between.
+    let deadline = Instant::now() + STEP;
+    while rest.reported(&thing).await["time_synced"] != true {
+        assert!(Instant::now() < deadline, "time never synced\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = ota(mqtt, &thing).await;
+    let progress: Vec<u64> = results
+        .iter()
+        .filter(|r| r["status"] == "ongoing")
+        .filter_map(|r| r["progress"].as_u64())
+        .collect();
+    assert!(!progress.is_empty(), "no progress reported: {results:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    let last = results.last().unwrap();
+    assert_eq!(last["status"], "done", "{results:?}");
+    assert_eq!(last["taskId"], "fw-task-1");
 
     // The hub restarts on the same data directory and ports; the device reconnects, resyncs
     // and applies what is desired after the restart.

@@ -8,7 +8,7 @@
 //! - keeps `setpoint` (integer °C) and `mode` in sync with the `default` shadow: applies the
 //!   document after every (re)connect and every newer delta, then reports its whole state;
 //! - answers the direct method `reboot` (200, `{"boots":N}`) and counts boots;
-//! - requests NTP after connecting and keeps the Unix time;
+//! - requests NTP after connecting, keeps the Unix time and reports `time_synced`;
 //! - runs OTA tasks: reports `ongoing` progress every tick (25 % steps), then `done`;
 //! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick.
 #![no_std]
@@ -101,6 +101,8 @@ pub struct Reported<'a> {
     pub boots: u32,
     /// Firmware version.
     pub firmware: &'a str,
+    /// Whether the clock has been set by NTP.
+    pub time_synced: bool,
 }
 
 /// A telemetry message.
@@ -138,6 +140,7 @@ pub struct Thermostat {
     pub applied: u32,
     report_due: bool,
     last_report: Option<RequestId>,
+    last_ntp: Option<RequestId>,
     ntp_due: bool,
 }
 
@@ -155,6 +158,7 @@ impl Thermostat {
             applied: 0,
             report_due: true,
             last_report: None,
+            last_ntp: None,
             ntp_due: true,
         }
     }
@@ -166,6 +170,7 @@ impl Thermostat {
             mode: self.mode,
             boots: self.boots,
             firmware: self.firmware,
+            time_synced: self.unix_ms.is_some(),
         }
     }
 
@@ -218,6 +223,7 @@ impl Thermostat {
                 let _ = dev.respond(now, call.method, call.client_token, 200, None, Some(&reply));
             }
             Event::Ntp { sample, .. } => {
+                self.report_due |= self.unix_ms.is_none();
                 self.unix_ms = Some(sample.unix_time_ms(now));
             }
             Event::OtaTask(_) => {
@@ -229,12 +235,22 @@ impl Thermostat {
             {
                 self.report_due = true;
             }
+            Event::TimedOut { request } if Some(request) == self.last_ntp => {
+                self.ntp_due = true;
+            }
             _ => {}
         }
         if self.report_due {
             self.report(dev, now);
         }
-        if self.ntp_due && dev.is_connected() && dev.request_ntp(now, 4).is_ok() {
+        if self.ntp_due && dev.is_connected() {
+            self.request_ntp(dev, now);
+        }
+    }
+
+    fn request_ntp(&mut self, dev: &mut AppDevice<'_>, now: Instant) {
+        if let Ok(id) = dev.request_ntp(now, 4) {
+            self.last_ntp = Some(id);
             self.ntp_due = false;
         }
     }
@@ -273,8 +289,8 @@ impl Thermostat {
         if self.report_due {
             self.report(dev, now);
         }
-        if self.ntp_due && dev.request_ntp(now, 4).is_ok() {
-            self.ntp_due = false;
+        if self.ntp_due {
+            self.request_ntp(dev, now);
         }
     }
 }
