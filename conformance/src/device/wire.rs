@@ -158,7 +158,7 @@ pub fn write(p: &Pkt, proto: Proto, out: &mut BytesMut) -> Result<(), WireError>
     r.map(|_| ())
 }
 
-/// [`write`] into a fresh buffer.
+/// [`write()`] into a fresh buffer.
 pub fn encode(p: &Pkt, proto: Proto) -> Result<Bytes, WireError> {
     let mut out = BytesMut::new();
     write(p, proto, &mut out)?;
