@@ -1,15 +1,15 @@
 //! `iothub-conformance`: an independent checker of SPEC.md, in the manner of h2spec or Autobahn.
 //!
-//! The device side ([`device`]) plays the hub instead: a scripted MQTT server on a free
-//! loopback port, the device under test run as a child process, and cases judging what the
-//! device publishes and subscribes. [`shim`] holds what the two device shims (`shim-std`,
-//! `shim-nostd`, built on the two SDKs) share, including the test-only break proxy.
-//!
 //! The hub side plays devices (MQTT 3.1.1 and 5, several at once, via rumqttc) and the business
 //! side (REST) against any hub that implements SPEC.md, and checks every clause the hub owns.
 //! Expected results come from SPEC.md and the hand-written golden vectors in `spec/vectors/`,
 //! never from a hub's code. Each implementation has a committed expected-results file
 //! (`expected/reference-hub.json`); `--expect` diffs a run against it.
+//!
+//! The device side ([`device`]) plays the hub instead: a scripted MQTT server on a free
+//! loopback port, the device under test run as a child process, and cases judging what the
+//! device publishes and subscribes. [`shim`] holds what the two device shims (`shim-std`,
+//! `shim-nostd`, built on the two SDKs) share, including the test-only break proxy.
 //!
 //! | module | what it holds |
 //! | --- | --- |

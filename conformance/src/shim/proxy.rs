@@ -196,3 +196,69 @@ async fn inject_acl(w: &mut OwnedWriteHalf, thing: &str, proto: Proto) -> std::i
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, body: &str) -> Pkt {
+        Pkt::Publish(Pub {
+            topic: topic.into(),
+            payload: Bytes::from(body.to_owned()),
+            qos: 1,
+            retain: false,
+            pkid: 3,
+            alias: None,
+        })
+    }
+
+    fn body(raw: &Bytes, proto: Proto) -> Value {
+        let mut b = BytesMut::from(&raw[..]);
+        match wire::read(&mut b, proto) {
+            Ok(Some(Pkt::Publish(p))) => serde_json::from_slice(&p.payload).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_client_token_strips_updates_and_method_responses_only() {
+        for proto in Proto::BOTH {
+            let up = publish(
+                "$iothub/things/t/shadows/name/default/update",
+                r#"{"state":{"reported":{"a":1}},"clientToken":"k"}"#,
+            );
+            let raw = wire::encode(&up, proto).unwrap();
+            let out = upward(&up, raw.clone(), proto, Break::NoClientToken);
+            assert!(body(&out, proto).get("clientToken").is_none());
+            assert_eq!(upward(&up, raw.clone(), proto, Break::Acl), raw);
+            let get = publish(
+                "$iothub/things/t/shadows/name/default/get",
+                r#"{"clientToken":"k"}"#,
+            );
+            let raw = wire::encode(&get, proto).unwrap();
+            assert_eq!(upward(&get, raw.clone(), proto, Break::NoClientToken), raw);
+        }
+    }
+
+    #[test]
+    fn stale_delta_gets_a_fresh_version() {
+        let proto = Proto::V5;
+        let mut max = 0;
+        let topic = "$iothub/things/t/shadows/name/default/update/delta";
+        let mut pass = |v: u64| {
+            let p = publish(topic, &format!(r#"{{"state":{{"a":{v}}},"version":{v}}}"#));
+            let raw = wire::encode(&p, proto).unwrap();
+            let out = downward(&p, raw, proto, Break::StaleDelta, &mut max).unwrap();
+            body(&out, proto)["version"].as_u64().unwrap()
+        };
+        assert_eq!(pass(5), 5);
+        assert_eq!(pass(4), 6, "older than 5: rewritten above it");
+        let suback = Pkt::SubAck {
+            pkid: INJECTED_PKID,
+            codes: vec![0x87],
+        };
+        let raw = wire::encode(&suback, proto).unwrap();
+        assert!(downward(&suback, raw.clone(), proto, Break::Acl, &mut max).is_none());
+        assert!(downward(&suback, raw, proto, Break::StaleDelta, &mut max).is_some());
+    }
+}
