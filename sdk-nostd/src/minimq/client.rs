@@ -77,8 +77,11 @@ pub(super) struct Shared<
 /// What the [`super::Runner`] and the [`Client`] share: the [`Device`], a one-message inbox of
 /// `INBOX` bytes (see the module's sizing rules) and two wake-up signals.
 ///
-/// `M` is the mutex flavour: `CriticalSectionRawMutex` when the runner and the client run in
-/// different executors or interrupt priorities, `NoopRawMutex` when they share one executor.
+/// `M` is the mutex flavour: `NoopRawMutex` when the runner and the client run on one executor
+/// (the usual case, and the cheapest); `CriticalSectionRawMutex` only when they run in different
+/// executors or interrupt priorities. With the latter, the closures given to
+/// [`Client::command`] and [`Client::next_event`] run inside a critical section (interrupts off
+/// on a single-core MCU), so keep them short.
 pub struct State<
     'a,
     M: RawMutex,
