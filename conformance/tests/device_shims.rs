@@ -88,13 +88,15 @@ fn minimq_firmware_host_matches_expected_results() {
 }
 
 /// Each deliberate misbehaviour and the cases it must make fail.
-const BREAKS: [(&str, &[&str]); 3] = [
+const BREAKS: [(&str, &[&str]); 5] = [
     ("stale-delta", &["dev_s3_stale_delta_ignored"]),
     (
         "no-client-token",
         &["dev_s4_client_tokens", "dev_s5_method_answered"],
     ),
     ("acl", &["dev_s2_allow_list"]),
+    ("no-404", &["dev_s5_unknown_method_404"]),
+    ("ota-progress", &["dev_s7_ota_progress"]),
 ];
 
 fn broken_shim_fails(shim: &str) {

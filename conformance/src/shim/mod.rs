@@ -11,7 +11,7 @@
 //! | `IOTHUB_THING_ID` | the thing id (client id and user name) |
 //! | `IOTHUB_THING_SECRET` | the thing's secret (password) |
 //! | `IOTHUB_SHIM_MQTT` | `5` for MQTT 5 (`shim-std` only; `shim-nostd` always speaks 5), else 3.1.1 |
-//! | `IOTHUB_SHIM_BREAK` | test only: `stale-delta`, `no-client-token` or `acl` (see [`Break`]) |
+//! | `IOTHUB_SHIM_BREAK` | test only: `stale-delta`, `no-client-token`, `acl`, `no-404` or `ota-progress` (see [`Break`]) |
 
 use std::net::SocketAddr;
 
@@ -39,6 +39,11 @@ pub enum Break {
     /// After CONNECT a SUBSCRIBE with a wildcard thing id and a PUBLISH on a hub → thing topic
     /// are sent (fails `dev_s2_allow_list`).
     Acl,
+    /// Calls of unknown methods are answered 200 instead of 404 (fails
+    /// `dev_s5_unknown_method_404`).
+    No404,
+    /// OTA progress is reported backwards, `100 - p` (fails `dev_s7_ota_progress`).
+    OtaProgress,
 }
 
 impl Break {
@@ -48,7 +53,11 @@ impl Break {
             "stale-delta" => Break::StaleDelta,
             "no-client-token" => Break::NoClientToken,
             "acl" => Break::Acl,
-            other => bail!("{ENV_BREAK}={other:?}: want stale-delta, no-client-token or acl"),
+            "no-404" => Break::No404,
+            "ota-progress" => Break::OtaProgress,
+            other => bail!(
+                "{ENV_BREAK}={other:?}: want stale-delta, no-client-token, acl, no-404 or ota-progress"
+            ),
         })
     }
 }

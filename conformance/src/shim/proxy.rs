@@ -103,20 +103,38 @@ async fn pipe(dev: TcpStream, hub: TcpStream, thing: &str, brk: Break) {
     }
 }
 
-/// Device → hub: `no-client-token` strips the token from updates and method responses.
+/// Device → hub: `no-client-token` strips the token from updates and method responses,
+/// `no-404` answers unknown methods 200, `ota-progress` makes OTA progress run backwards.
 fn upward(p: &Pkt, raw: Bytes, proto: Proto, brk: Break) -> Bytes {
     let Pkt::Publish(publ) = p else { return raw };
-    if brk != Break::NoClientToken {
+    let Ok(topic) = Topic::parse(&publ.topic) else {
         return raw;
-    }
-    let strip = matches!(
-        Topic::parse(&publ.topic),
-        Ok(Topic::ShadowUpdate { .. } | Topic::MethodResponse { .. })
-    );
+    };
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&publ.payload) else {
         return raw;
     };
-    if !strip || body.remove(field::CLIENT_TOKEN).is_none() {
+    let changed = match (brk, topic) {
+        (Break::NoClientToken, Topic::ShadowUpdate { .. } | Topic::MethodResponse { .. }) => {
+            body.remove(field::CLIENT_TOKEN).is_some()
+        }
+        (Break::No404, Topic::MethodResponse { .. })
+            if body.get(field::CODE).and_then(Value::as_u64) == Some(404) =>
+        {
+            body.insert(field::CODE.into(), Value::from(200));
+            true
+        }
+        (Break::OtaProgress, Topic::OtaTaskResult { .. }) => {
+            match body.get(field::PROGRESS).and_then(Value::as_u64) {
+                Some(p) => {
+                    body.insert(field::PROGRESS.into(), Value::from(100 - p.min(100)));
+                    true
+                }
+                None => false,
+            }
+        }
+        _ => false,
+    };
+    if !changed {
         return raw;
     }
     let changed = Pub {
@@ -238,6 +256,33 @@ mod tests {
             let raw = wire::encode(&get, proto).unwrap();
             assert_eq!(upward(&get, raw.clone(), proto, Break::NoClientToken), raw);
         }
+    }
+
+    #[test]
+    fn no_404_and_ota_progress_rewrites() {
+        let proto = Proto::V311;
+        let resp = publish(
+            "$iothub/things/t/methods/nope/resp",
+            r#"{"clientToken":"k","code":404}"#,
+        );
+        let out = upward(
+            &resp,
+            wire::encode(&resp, proto).unwrap(),
+            proto,
+            Break::No404,
+        );
+        assert_eq!(body(&out, proto)["code"], 200);
+        let res = publish(
+            "$iothub/things/t/ota/task/result",
+            r#"{"clientToken":"k","taskId":"i","status":"ongoing","progress":25,"timestamp":1}"#,
+        );
+        let out = upward(
+            &res,
+            wire::encode(&res, proto).unwrap(),
+            proto,
+            Break::OtaProgress,
+        );
+        assert_eq!(body(&out, proto)["progress"], 75);
     }
 
     #[test]
