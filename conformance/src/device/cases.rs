@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use iothub_spec::code::OtaStatus;
 use iothub_spec::ids::DEFAULT_SHADOW;
-use iothub_spec::payload;
+use iothub_spec::payload::{self, field};
 use iothub_spec::topic::Topic;
 use serde_json::{Map, Value, json};
 
@@ -228,7 +229,7 @@ async fn delta_applied(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
         .await?;
     judge::client_token(&seen.body, "the update reporting the delta").map_err(|e| anyhow!(e))?;
     ensure!(
-        seen.body["state"].get("desired").is_none(),
+        seen.body[field::STATE].get(field::DESIRED).is_none(),
         "S-3.3 the device wrote desired while reporting a delta: {}",
         seen.body
     );
@@ -283,7 +284,7 @@ async fn stale_delta(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     let late = run
         .published(mark, &run.topic_update())
         .into_iter()
-        .find(|s| crate::check::json_eq(&s.body["state"]["reported"][KEY], &json!(19)));
+        .find(|s| crate::check::json_eq(&s.body[field::STATE][field::REPORTED][KEY], &json!(19)));
     ensure!(
         late.is_none(),
         "S-3.6 the device applied the stale delta (reported setpoint 19)"
@@ -364,7 +365,7 @@ async fn response(run: &Run, mark: usize, method: &str, token: &str) -> anyhow::
         .wait_for(REACT, "", |log| {
             published_in(log, mark, &topic)
                 .into_iter()
-                .find(|s| s.body["clientToken"] == token)
+                .find(|s| s.body[field::CLIENT_TOKEN] == token)
         })
         .await;
     match found {
@@ -465,7 +466,7 @@ async fn run_ota(run: &Run, token: &str, task_id: &str) -> anyhow::Result<()> {
         .wait_for(Duration::from_secs(20), "", |log| {
             published_in(log, mark, &topic)
                 .into_iter()
-                .find(|s| !matches!(s.body["status"].as_str(), Some("ongoing")))
+                .find(|s| s.body[field::STATUS].as_str() != Some(OtaStatus::Ongoing.as_str()))
         })
         .await;
     let results = || -> Vec<Value> {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use iothub_spec::ids::DEFAULT_SHADOW;
+use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -203,7 +204,7 @@ impl Run {
                     })?;
                     log.iter().enumerate().skip(answered).find_map(|(i, o)| {
                         let (t, v) = o.publish()?;
-                        (t == update && v["state"]["reported"].is_object()).then_some(i)
+                        (t == update && v[field::STATE][field::REPORTED].is_object()).then_some(i)
                     })
                 },
             )
@@ -223,9 +224,9 @@ impl Run {
         let update = self.topic_update();
         self.hub
             .wait_for(within, what, |log| {
-                published_in(log, after, &update)
-                    .into_iter()
-                    .find(|s| crate::check::json_eq(&s.body["state"]["reported"][key], value))
+                published_in(log, after, &update).into_iter().find(|s| {
+                    crate::check::json_eq(&s.body[field::STATE][field::REPORTED][key], value)
+                })
             })
             .await
     }
