@@ -371,13 +371,18 @@ async fn response(run: &Run, mark: usize, method: &str, token: &str) -> anyhow::
     match found {
         Ok(s) => Ok(s.body),
         Err(_) => {
-            let got: Vec<String> = run
-                .published(mark, &topic)
-                .into_iter()
-                .map(|s| s.body.to_string())
-                .collect();
+            // Name every method response seen, on any method's topic (a wrong method name or
+            // token shows up here).
+            let got: Vec<String> = run.hub.with(|st| {
+                st.log[mark..]
+                    .iter()
+                    .filter_map(|o| o.publish_topic())
+                    .filter(|(t, _)| matches!(t, Topic::MethodResponse { .. }))
+                    .map(|(t, v)| format!("{t} {v}"))
+                    .collect()
+            });
             bail!(
-                "S-5.2 no response with clientToken {token:?} on {topic} within {REACT:?} (responses seen there: {got:?})"
+                "S-5.2 no response with clientToken {token:?} on {topic} within {REACT:?} (method responses seen: {got:?})"
             )
         }
     }
