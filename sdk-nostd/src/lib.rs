@@ -23,6 +23,8 @@ mod fmt;
 pub mod json;
 #[cfg(feature = "minimq")]
 pub mod minimq;
+#[cfg(feature = "ota-verify")]
+mod ota_chunks;
 mod patch;
 mod time;
 mod token;
@@ -30,6 +32,8 @@ mod types;
 
 pub use device::{Device, MIN_TX_BUFFER};
 pub use iothub_spec as spec;
+#[cfg(feature = "ota-verify")]
+pub use ota_chunks::{OtaPacing, OtaVerifier, OtaVerifyError};
 pub use patch::Patch;
 pub use time::Instant;
 pub use types::{
