@@ -5,16 +5,56 @@
 //! the [`crate::RequestId`], unique for the device's lifetime. At most 19 bytes, well within the
 //! 64 of S-4.1.
 
-use core::fmt::Write as _;
+/// Longest token: 8 hex digits, `-`, 10 decimal digits.
+const MAX_LEN: usize = 19;
 
-/// A formatted token.
-pub(crate) type Token = heapless::String<24>;
+/// A formatted token (written by hand: `core::fmt` would cost a `no_std` device ~2 KB of flash).
+pub(crate) struct Token {
+    buf: [u8; MAX_LEN],
+    len: usize,
+}
+
+impl Token {
+    pub(crate) fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| core::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
 
 pub(crate) fn format(seed: u32, id: u32) -> Token {
-    let mut t = Token::new();
-    // 8 + 1 + 10 bytes always fit in 24.
-    let _ = write!(t, "{seed:08x}-{id}");
-    t
+    let mut buf = [0u8; MAX_LEN];
+    // `{seed:08x}`: eight lowercase hex digits, most significant first.
+    for (i, d) in buf.iter_mut().take(8).enumerate() {
+        let nibble = ((seed >> (28 - 4 * i as u32)) & 0xf) as u8;
+        *d = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
+    }
+    buf[8] = b'-';
+    // `{id}`: decimal, written backwards into a scratch then moved after the dash.
+    let mut digits = [0u8; 10];
+    let mut n = id;
+    let mut count = 0;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+        count += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = digits.len() - count;
+    for (d, s) in buf.iter_mut().skip(9).zip(digits.iter().skip(start)) {
+        *d = *s;
+    }
+    Token {
+        buf,
+        len: 9 + count,
+    }
 }
 
 /// The id of a token this device generated with `seed`, or `None`.
@@ -35,8 +75,17 @@ mod tests {
     fn round_trip() {
         for (seed, id) in [(0, 0), (0xdead_beef, 7), (u32::MAX, u32::MAX)] {
             let t = super::format(seed, id);
-            assert_eq!(super::parse(seed, &t), Some(id));
-            assert_eq!(super::parse(seed.wrapping_add(1), &t), None);
+            assert_eq!(super::parse(seed, t.as_str()), Some(id));
+            assert_eq!(super::parse(seed.wrapping_add(1), t.as_str()), None);
+        }
+        for (seed, id) in [
+            (0, 0),
+            (0x0a0b_0c0d, 9),
+            (0xdead_beef, 10),
+            (7, 4_294_967_295),
+        ] {
+            let want = std::format!("{seed:08x}-{id}");
+            assert_eq!(super::format(seed, id).as_str(), want);
         }
         for bad in [
             "",

@@ -22,7 +22,7 @@
 //! without `+`, `#` or NUL; `Will` also accepts an empty `rest` (the bare `T/messages/will`),
 //! `User` does not.
 
-use core::fmt::{self, Write as _};
+use core::fmt;
 
 use crate::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
 use crate::limits::MAX_TOPIC_LEN;
@@ -232,49 +232,34 @@ fn thing_id(s: &str) -> Result<&str, TopicError> {
     }
 }
 
-/// Writes into a byte slice, failing once it is full.
-struct SliceWriter<'b> {
-    buf: &'b mut [u8],
-    len: usize,
-}
+/// A topic or filter as the pieces it is made of, in order; unused pieces are `""`.
+///
+/// Builders concatenate the pieces byte by byte, so building a topic needs no `core::fmt`
+/// (which would cost a `no_std` device about 2 KB of flash).
+type Pieces<'a> = [&'a str; 6];
 
-impl fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Counts the bytes that would be written.
-struct Counter(usize);
-
-impl fmt::Write for Counter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0 = self.0.saturating_add(s.len());
-        Ok(())
-    }
-}
-
-/// Writes `value`'s `Display` into `buf` after checking its length against [`MAX_TOPIC_LEN`].
-fn write_display<'b>(value: &dyn fmt::Display, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
-    let mut counter = Counter(0);
-    write!(counter, "{value}").map_err(|_| TopicError::BufferTooSmall)?;
-    if counter.0 > MAX_TOPIC_LEN {
+/// Concatenates `pieces` into `buf` after checking the length against [`MAX_TOPIC_LEN`].
+fn write_pieces<'b>(pieces: &[&str], buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
+    let len = pieces.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
+    if len > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
-    let mut w = SliceWriter { buf, len: 0 };
-    write!(w, "{value}").map_err(|_| TopicError::BufferTooSmall)?;
-    let SliceWriter { buf, len } = w;
-    core::str::from_utf8(&buf[..len]).map_err(|_| TopicError::BufferTooSmall)
+    let out = buf.get_mut(..len).ok_or(TopicError::BufferTooSmall)?;
+    let bytes = pieces.iter().flat_map(|p| p.bytes());
+    // `out` holds exactly the bytes of the pieces; a zip has no length-mismatch panic path.
+    out.iter_mut().zip(bytes).for_each(|(d, b)| *d = b);
+    core::str::from_utf8(out).map_err(|_| TopicError::BufferTooSmall)
 }
 
-fn to_topic_string(value: &dyn fmt::Display) -> Result<TopicString, TopicError> {
+fn to_topic_string(pieces: &[&str]) -> Result<TopicString, TopicError> {
     let mut buf = [0u8; MAX_TOPIC_LEN];
-    let s = write_display(value, &mut buf)?;
+    let s = write_pieces(pieces, &mut buf)?;
     TopicString::try_from(s).map_err(|_| TopicError::TooLong)
+}
+
+/// Writes the pieces to a formatter (the `Display` impls).
+fn fmt_pieces(pieces: &[&str], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    pieces.iter().try_for_each(|p| f.write_str(p))
 }
 
 impl<'a> Topic<'a> {
@@ -530,13 +515,13 @@ impl<'a> Topic<'a> {
     /// [`MAX_TOPIC_LEN`] bytes always suffices.
     pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
         self.validate()?;
-        write_display(self, buf)
+        write_pieces(&self.pieces(), buf)
     }
 
     /// Builds the topic into a [`TopicString`], validating it as [`Topic::write_to`] does.
     pub fn to_topic_string(&self) -> Result<TopicString, TopicError> {
         self.validate()?;
-        to_topic_string(self)
+        to_topic_string(&self.pieces())
     }
 
     /// Checks the ids, names and free-form tails of a topic built by hand.
@@ -562,77 +547,59 @@ impl<'a> Topic<'a> {
     }
 }
 
+impl<'a> Topic<'a> {
+    /// The pieces of the topic string (see [`Pieces`]).
+    fn pieces(&self) -> Pieces<'a> {
+        const T: &str = "/things/";
+        const S: &str = "/shadows/name/";
+        const M: &str = "/methods/";
+        match *self {
+            Topic::ShadowGet { thing, shadow } => [PREFIX, T, thing, S, shadow, "/get"],
+            Topic::ShadowGetAccepted { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/get/accepted"]
+            }
+            Topic::ShadowGetRejected { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/get/rejected"]
+            }
+            Topic::ShadowUpdate { thing, shadow } => [PREFIX, T, thing, S, shadow, "/update"],
+            Topic::ShadowUpdateAccepted { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/update/accepted"]
+            }
+            Topic::ShadowUpdateRejected { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/update/rejected"]
+            }
+            Topic::ShadowUpdateDelta { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/update/delta"]
+            }
+            Topic::ShadowUpdateDocuments { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/update/documents"]
+            }
+            Topic::MethodRequest { thing, method } => [PREFIX, T, thing, M, method, "/req"],
+            Topic::MethodResponse { thing, method } => [PREFIX, T, thing, M, method, "/resp"],
+            Topic::NtpRequest { thing } => [PREFIX, T, thing, "/ntp/req", "", ""],
+            Topic::NtpResponse { thing } => [PREFIX, T, thing, "/ntp/resp", "", ""],
+            Topic::OtaTask { thing } => [PREFIX, T, thing, "/ota/task", "", ""],
+            Topic::OtaTaskResult { thing } => [PREFIX, T, thing, "/ota/task/result", "", ""],
+            Topic::Property { thing } => [PREFIX, T, thing, "/messages/property", "", ""],
+            Topic::Will { thing, rest: "" } => [PREFIX, T, thing, "/messages/will", "", ""],
+            Topic::Will { thing, rest } => [PREFIX, T, thing, "/messages/will/", rest, ""],
+            Topic::Presence { thing } => [PREFIX, T, thing, "/presence", "", ""],
+            Topic::PresenceEvent { thing } => {
+                [PREFIX, "/events/things/", thing, "/presence", "", ""]
+            }
+            Topic::LifecycleEvent { thing } => {
+                [PREFIX, "/events/things/", thing, "/lifecycle", "", ""]
+            }
+            Topic::User { thing, rest } => [PREFIX, "/user/things/", thing, "/", rest, ""],
+        }
+    }
+}
+
 impl fmt::Display for Topic<'_> {
     /// Writes the topic string without validating it; use [`Topic::write_to`] to build a topic
     /// from untrusted parts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Topic::ShadowGet { thing, shadow } => {
-                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/get")
-            }
-            Topic::ShadowGetAccepted { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/accepted"
-                )
-            }
-            Topic::ShadowGetRejected { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/rejected"
-                )
-            }
-            Topic::ShadowUpdate { thing, shadow } => {
-                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/update")
-            }
-            Topic::ShadowUpdateAccepted { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/accepted"
-                )
-            }
-            Topic::ShadowUpdateRejected { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/rejected"
-                )
-            }
-            Topic::ShadowUpdateDelta { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/delta"
-                )
-            }
-            Topic::ShadowUpdateDocuments { thing, shadow } => {
-                write!(
-                    f,
-                    "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/documents"
-                )
-            }
-            Topic::MethodRequest { thing, method } => {
-                write!(f, "{PREFIX}/things/{thing}/methods/{method}/req")
-            }
-            Topic::MethodResponse { thing, method } => {
-                write!(f, "{PREFIX}/things/{thing}/methods/{method}/resp")
-            }
-            Topic::NtpRequest { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/req"),
-            Topic::NtpResponse { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/resp"),
-            Topic::OtaTask { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task"),
-            Topic::OtaTaskResult { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task/result"),
-            Topic::Property { thing } => write!(f, "{PREFIX}/things/{thing}/messages/property"),
-            Topic::Will { thing, rest: "" } => {
-                write!(f, "{PREFIX}/things/{thing}/messages/will")
-            }
-            Topic::Will { thing, rest } => {
-                write!(f, "{PREFIX}/things/{thing}/messages/will/{rest}")
-            }
-            Topic::Presence { thing } => write!(f, "{PREFIX}/things/{thing}/presence"),
-            Topic::PresenceEvent { thing } => write!(f, "{PREFIX}/events/things/{thing}/presence"),
-            Topic::LifecycleEvent { thing } => {
-                write!(f, "{PREFIX}/events/things/{thing}/lifecycle")
-            }
-            Topic::User { thing, rest } => write!(f, "{PREFIX}/user/things/{thing}/{rest}"),
-        }
+        fmt_pieces(&self.pieces(), f)
     }
 }
 
@@ -741,13 +708,13 @@ impl<'a> Filter<'a> {
     /// Builds the filter into `buf`, validating the id and shadow name; see [`Topic::write_to`].
     pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
         self.validate()?;
-        write_display(self, buf)
+        write_pieces(&self.pieces(), buf)
     }
 
     /// Builds the filter into a [`TopicString`], validating it.
     pub fn to_topic_string(&self) -> Result<TopicString, TopicError> {
         self.validate()?;
-        to_topic_string(self)
+        to_topic_string(&self.pieces())
     }
 
     fn validate(&self) -> Result<(), TopicError> {
@@ -764,20 +731,27 @@ impl<'a> Filter<'a> {
     }
 }
 
+impl<'a> Filter<'a> {
+    /// The pieces of the filter string (see [`Pieces`]).
+    fn pieces(&self) -> Pieces<'a> {
+        const T: &str = "/things/";
+        const S: &str = "/shadows/name/";
+        match *self {
+            Filter::ShadowGetReplies { thing, shadow } => [PREFIX, T, thing, S, shadow, "/get/+"],
+            Filter::ShadowUpdateReplies { thing, shadow } => {
+                [PREFIX, T, thing, S, shadow, "/update/+"]
+            }
+            Filter::MethodRequests { thing } => [PREFIX, T, thing, "/methods/+/req", "", ""],
+            Filter::NtpResponse { thing } => [PREFIX, T, thing, "/ntp/resp", "", ""],
+            Filter::OtaTask { thing } => [PREFIX, T, thing, "/ota/task", "", ""],
+        }
+    }
+}
+
 impl fmt::Display for Filter<'_> {
     /// Writes the filter without validating it; use [`Filter::write_to`] for untrusted parts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Filter::ShadowGetReplies { thing, shadow } => {
-                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/get/+")
-            }
-            Filter::ShadowUpdateReplies { thing, shadow } => {
-                write!(f, "{PREFIX}/things/{thing}/shadows/name/{shadow}/update/+")
-            }
-            Filter::MethodRequests { thing } => write!(f, "{PREFIX}/things/{thing}/methods/+/req"),
-            Filter::NtpResponse { thing } => write!(f, "{PREFIX}/things/{thing}/ntp/resp"),
-            Filter::OtaTask { thing } => write!(f, "{PREFIX}/things/{thing}/ota/task"),
-        }
+        fmt_pieces(&self.pieces(), f)
     }
 }
 
