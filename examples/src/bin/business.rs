@@ -1,12 +1,13 @@
 //! A business-side client: sets the thermostat's desired setpoint over REST, invokes its
-//! `reboot` method, shows the shadow, and optionally sends it an OTA task as a service user
-//! (S-7.1; the hub has no OTA jobs yet) and follows the results. See `examples/README.md`.
+//! `reboot` method, shows the shadow, and optionally rolls out a firmware version to it as an OTA
+//! job over REST (S-9.6) and follows the job until it ends. See `examples/README.md`.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use iothub_sdk::spec::{payload, topic::Topic};
+use iothub_sdk::spec::code::OtaTaskState;
+use iothub_sdk::spec::payload::{self, field};
 use serde_json::{Value, json};
 
 /// Command-line flags.
@@ -25,15 +26,24 @@ struct Args {
     /// The desired setpoint to set.
     #[arg(long, default_value_t = 22.5)]
     setpoint: f64,
-    /// Also send an OTA task for this firmware version (needs `--service-user` on the hub).
+    /// Also roll out this firmware version to the thing as an OTA job (S-9.6).
     #[arg(long)]
     ota_version: Option<String>,
-    /// The hub's MQTT listener (for the OTA task).
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    mqtt: String,
-    /// Service user `$name:secret` configured in the hub (for the OTA task).
-    #[arg(long, default_value = "$svc:secret")]
-    service_user: String,
+    /// The job's `fileUrl` (default `https://files.example/thermostat-VERSION.bin`).
+    #[arg(long)]
+    file_url: Option<String>,
+    /// The file's hex MD5, sent in the task's `meta`.
+    #[arg(long)]
+    md5: Option<String>,
+    /// The file's hex SHA-256, sent in the task's `meta`.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// The file's size in bytes, sent as `content-length`.
+    #[arg(long)]
+    content_length: Option<u64>,
+    /// Seconds the device may take for the task before the hub times it out.
+    #[arg(long, default_value_t = 60)]
+    ota_timeout: u64,
 }
 
 async fn call(
@@ -57,67 +67,93 @@ async fn call(
     Ok(body["data"].clone())
 }
 
-/// Publishes an S-7.1 task as the service user and prints results until a final one.
-async fn ota(args: &Args, version: &str) -> anyhow::Result<()> {
-    let (user, secret) = args
-        .service_user
-        .split_once(':')
-        .context("--service-user must be name:secret")?;
-    let (host, port) = args
-        .mqtt
-        .rsplit_once(':')
-        .context("--mqtt must be host:port")?;
-    let mut o = rumqttc::MqttOptions::new(format!("{user}-business"), host, port.parse()?);
-    o.set_credentials(user, secret);
-    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+/// Creates an OTA job (S-9.6) for the thing and polls it until it ends; prints each change of
+/// the job's counts and the thing's final task with its transitions.
+async fn ota(http: &reqwest::Client, args: &Args, version: &str) -> anyhow::Result<()> {
     let thing = args.thing.as_str();
-    let base = Topic::OtaTask { thing }.to_string();
-    let result = Topic::OtaTaskResult { thing }.to_string();
-    client.subscribe(result, rumqttc::QoS::AtLeastOnce).await?;
-    let (token, task_id) = (format!("business-{version}"), format!("fw-{version}"));
-    let url = format!("https://files.example/thermostat-{version}.bin");
-    let task = serde_json::to_value(payload::OtaTask {
-        client_token: &token,
-        task_id: &task_id,
-        r#type: "app",
-        meta: payload::OtaMeta {
-            version,
-            md5: None,
-            sha256: None,
-            content_type: None,
-            content_length: None,
-        },
-        file_url: &url,
-    })?;
-    let mut sent = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ev = tokio::time::timeout_at(deadline, el.poll())
-            .await
-            .context("no final OTA result within 60 s")??;
-        match ev {
-            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
-                client
-                    .publish(
-                        base.as_str(),
-                        rumqttc::QoS::AtLeastOnce,
-                        false,
-                        task.to_string(),
-                    )
-                    .await?;
-                sent = true;
-                println!("OTA task sent: {task}");
-            }
-            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                let r: Value = serde_json::from_slice(&p.payload)?;
-                println!("OTA result: {r}");
-                if matches!(r["status"].as_str(), Some("done" | "failed" | "canceled")) {
-                    return Ok(());
-                }
-            }
-            _ => {}
+    let file_url = args
+        .file_url
+        .clone()
+        .unwrap_or_else(|| format!("https://files.example/thermostat-{version}.bin"));
+    let meta = payload::OtaMeta {
+        version,
+        md5: args.md5.as_deref(),
+        sha256: args.sha256.as_deref(),
+        content_type: None,
+        content_length: args.content_length,
+    };
+    let body = json!({
+        "targets": { "thingIds": [thing] },
+        "task": { field::TYPE: "app", field::META: meta, field::FILE_URL: file_url },
+        "maxPerMinute": 60,
+        "timeoutMinutes": args.ota_timeout as f64 / 60.0,
+    });
+    let job = call(http, args, reqwest::Method::POST, "/ota/jobs", Some(body)).await?;
+    let id = job["jobId"]
+        .as_str()
+        .context("the created job has no jobId")?
+        .to_owned();
+    println!("OTA job {id} created for {thing}: {}", job["task"]);
+    // The hub times the task out after `--ota-timeout`; poll a little longer than that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ota_timeout + 10);
+    let mut last = Value::Null;
+    let job = loop {
+        let job = call(
+            http,
+            args,
+            reqwest::Method::GET,
+            &format!("/ota/jobs/{id}"),
+            None,
+        )
+        .await?;
+        if job["counts"] != last {
+            println!(
+                "OTA job {id}: {} ({}% ended)",
+                job["counts"], job["progress"]
+            );
+            last = job["counts"].clone();
         }
+        if job["status"] != "running" {
+            break job;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            call(
+                http,
+                args,
+                reqwest::Method::POST,
+                &format!("/ota/jobs/{id}/cancel"),
+                None,
+            )
+            .await?;
+            bail!(
+                "OTA job {id} still running after {} s; canceled",
+                args.ota_timeout + 10
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let task = call(
+        http,
+        args,
+        reqwest::Method::GET,
+        &format!("/ota/jobs/{id}/tasks/{thing}"),
+        None,
+    )
+    .await?;
+    println!(
+        "OTA task of {thing}: {}",
+        serde_json::to_string_pretty(&task)?
+    );
+    let state: OtaTaskState = serde_json::from_value(task[field::STATUS].clone())
+        .context("the task has no known status")?;
+    if state != OtaTaskState::Done {
+        bail!(
+            "OTA job {id} ended {}: task {}",
+            job["status"],
+            state.as_str()
+        );
     }
+    Ok(())
 }
 
 #[tokio::main]
@@ -149,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     println!("reboot answered: {resp}");
 
     if let Some(version) = &args.ota_version {
-        ota(&args, version).await?;
+        ota(&http, &args, version).await?;
     }
 
     // The device applies the setpoint and reports it back: wait for the delta to clear.
