@@ -1,18 +1,21 @@
 //! End to end: the firmware-style thermostat (`no_std` application core, minimq adapter) runs as
 //! the `firmware_host` binary against the real `iothub` binary over TCP on loopback. It must
 //! apply a desired change set made over REST and report it back, answer a method invoked over
-//! REST, sync its clock (NTP), run an OTA task sent by a service user to `done`, and converge
-//! again after the hub restarts (same data directory, new process).
+//! REST, sync its clock (NTP), download and verify OTA files served by a tiny test HTTP server
+//! (right file `done` with rising progress; wrong checksum 1403, missing file 1400, too large
+//! 1404), and converge again after the hub restarts (same data directory, new process).
 //!
 //! Nothing sleeps to synchronize: every wait polls with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use iothub_sdk_nostd::spec::code::OtaErrorCode;
+use iothub_sdk_nostd::spec::payload::{self, field};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "fw-test-token";
@@ -187,11 +190,63 @@ impl Rest {
     }
 }
 
-/// Sends an OTA task (S-7.1) to `thing` as the service user and returns every result
+/// The test firmware file: 20,000 deterministic bytes.
+fn firmware_file() -> Vec<u8> {
+    (0..20_000u32).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
+/// Digests of [`firmware_file`], computed independently (Python's hashlib).
+const FILE_MD5: &str = "4a6989f25338745123c5b2bc3b8fd0e0";
+const FILE_SHA256: &str = "2f7c06c11ae8773025de62a6eee9c83c0638a2b80c2b47363227d4676f1a9eff";
+
+/// A tiny HTTP/1.0 file server on an ephemeral port: `GET /fw.bin` answers [`firmware_file`]
+/// (written in 1,000-byte pieces), any other path 404.
+fn serve_files() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind file server");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => req.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let req = String::from_utf8_lossy(&req);
+                if req.split_whitespace().nth(1) != Some("/fw.bin") {
+                    let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
+                let file = firmware_file();
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", file.len());
+                let _ = conn.write_all(head.as_bytes());
+                for piece in file.chunks(1000) {
+                    if conn.write_all(piece).and_then(|()| conn.flush()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends an OTA task (S-7.1) for `url` to `thing` as the service user and returns every result
 /// (S-7.2) up to the final one.
-async fn ota(mqtt: SocketAddr, thing: &str) -> Vec<Value> {
-    use iothub_sdk_nostd::spec::{payload, topic::Topic};
-    let mut o = rumqttc::MqttOptions::new("svc-fw-test", mqtt.ip().to_string(), mqtt.port());
+async fn ota(
+    mqtt: SocketAddr,
+    thing: &str,
+    task_id: &str,
+    url: &str,
+    meta: payload::OtaMeta<'_>,
+) -> Vec<Value> {
+    use iothub_sdk_nostd::spec::topic::Topic;
+    let mut o =
+        rumqttc::MqttOptions::new(format!("svc-{task_id}"), mqtt.ip().to_string(), mqtt.port());
     o.set_credentials(SVC.0, SVC.1);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
     let result_topic = Topic::OtaTaskResult { thing }.to_string();
@@ -199,18 +254,13 @@ async fn ota(mqtt: SocketAddr, thing: &str) -> Vec<Value> {
         .subscribe(result_topic, rumqttc::QoS::AtLeastOnce)
         .await
         .unwrap();
+    let token = format!("svc-{task_id}");
     let task = serde_json::to_string(&payload::OtaTask {
-        client_token: "svc-ota-1",
-        task_id: "fw-task-1",
+        client_token: &token,
+        task_id,
         r#type: "app",
-        meta: payload::OtaMeta {
-            version: "2.0.0",
-            md5: None,
-            sha256: None,
-            content_type: None,
-            content_length: None,
-        },
-        file_url: "https://files.example/thermostat-2.0.0.bin",
+        meta,
+        file_url: url,
     })
     .unwrap();
     let mut results = Vec::new();
@@ -232,7 +282,10 @@ async fn ota(mqtt: SocketAddr, thing: &str) -> Vec<Value> {
             }
             rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
                 let r: Value = serde_json::from_slice(&p.payload).unwrap();
-                let done = r["status"] != "ongoing";
+                if r[field::TASK_ID] != task_id {
+                    continue;
+                }
+                let done = r[field::STATUS] != "ongoing";
                 results.push(r);
                 if done {
                     return results;
@@ -241,6 +294,25 @@ async fn ota(mqtt: SocketAddr, thing: &str) -> Vec<Value> {
             _ => {}
         }
     }
+}
+
+/// The task's `meta` for the test file, with `md5` replaced.
+fn meta(md5: &str, len: u64) -> payload::OtaMeta<'_> {
+    payload::OtaMeta {
+        version: "2.0.0",
+        md5: Some(md5),
+        sha256: Some(FILE_SHA256),
+        content_type: Some("application/octet-stream"),
+        content_length: Some(len),
+    }
+}
+
+/// The final result's `errCode`.
+fn err_code(results: &[Value]) -> Option<u64> {
+    let last = results.last()?;
+    (last[field::STATUS] == "failed")
+        .then(|| last[field::ERR_CODE].as_u64())
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,24 +382,52 @@ async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // NTP answered (the device reports it), and an OTA task sent by a service user is run
-    // to `done` with progress reports in between.
+    // NTP answered (the device reports it), and an OTA task sent by a service user is
+    // downloaded from the test file server, verified and reported `done` with rising progress.
     let deadline = Instant::now() + STEP;
     while rest.reported(&thing).await["time_synced"] != true {
         assert!(Instant::now() < deadline, "time never synced\n{}", log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let results = ota(mqtt, &thing).await;
+    let files = serve_files();
+    let url = format!("http://{files}/fw.bin");
+    let len = firmware_file().len() as u64;
+    let results = ota(mqtt, &thing, "fw-task-1", &url, meta(FILE_MD5, len)).await;
     let progress: Vec<u64> = results
         .iter()
-        .filter(|r| r["status"] == "ongoing")
-        .filter_map(|r| r["progress"].as_u64())
+        .filter(|r| r[field::STATUS] == "ongoing")
+        .filter_map(|r| r[field::PROGRESS].as_u64())
         .collect();
-    assert!(!progress.is_empty(), "no progress reported: {results:?}");
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(progress.len() >= 3, "progress: {results:?}\n{}", log());
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&100), "{results:?}");
     let last = results.last().unwrap();
-    assert_eq!(last["status"], "done", "{results:?}");
-    assert_eq!(last["taskId"], "fw-task-1");
+    assert_eq!(last[field::STATUS], "done", "{results:?}\n{}", log());
+
+    // The same file against a wrong MD5 fails 1403; a missing file 1400; a file larger than
+    // the firmware's update slot 1404 before any byte is read.
+    let code = |c: OtaErrorCode| Some(u64::from(c.as_u16()));
+    let wrong_md5 = "0".repeat(32);
+    let results = ota(mqtt, &thing, "fw-task-2", &url, meta(&wrong_md5, len)).await;
+    assert_eq!(
+        err_code(&results),
+        code(OtaErrorCode::FileContentWrong),
+        "{results:?}"
+    );
+    let missing = format!("http://{files}/missing.bin");
+    let results = ota(mqtt, &thing, "fw-task-3", &missing, meta(FILE_MD5, len)).await;
+    assert_eq!(
+        err_code(&results),
+        code(OtaErrorCode::FileUrlUnusable),
+        "{results:?}"
+    );
+    let huge = iothub_firmware_app::ota::OTA_CAPACITY + 1;
+    let results = ota(mqtt, &thing, "fw-task-4", &url, meta(FILE_MD5, huge)).await;
+    assert_eq!(
+        err_code(&results),
+        code(OtaErrorCode::NoSpace),
+        "{results:?}"
+    );
 
     // The hub restarts on the same data directory and ports; the device reconnects, resyncs
     // and applies what is desired after the restart.

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use crate::time::Instant;
 use crate::types::OtaReport;
 
-/// When [`OtaVerifier::feed`] asks for an `ongoing` report.
+/// When [`OtaVerifier::feed`] asks for an `ongoing` report (always when 100 % is reached).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OtaPacing {
     /// A report as soon as the percentage rose by at least this many points since the last one
@@ -219,6 +219,7 @@ impl OtaVerifier {
         };
         let rose = progress.saturating_sub(self.last_progress);
         let due = rose >= self.pacing.min_step.max(1)
+            || (rose > 0 && progress == 100)
             || (rose > 0 && now.millis_since(self.last_report) >= self.pacing.min_interval_ms);
         if !due {
             return Ok(None);

@@ -215,6 +215,14 @@ fn progress_pacing_by_step_and_by_time() {
         Some(OtaReport::Ongoing { progress: 1 })
     );
 
+    // Reaching 100 % is always reported, whatever the step.
+    let mut v = OtaVerifier::new(&task(None, None, Some(100)), 100, steps(30), at(0)).unwrap();
+    let got: Vec<_> = (0..10)
+        .filter_map(|i| v.feed(at(i), &[0; 10]).unwrap())
+        .collect();
+    let want = [30, 60, 90, 100].map(|progress| OtaReport::Ongoing { progress });
+    assert_eq!(got, want);
+
     // Without content-length there is no percentage to report.
     let mut v = OtaVerifier::new(&task(None, None, None), 1000, steps(1), at(0)).unwrap();
     assert_eq!(v.feed(at(1), &[0; 500]).unwrap(), None);

@@ -9,14 +9,20 @@
 //!   document after every (re)connect and every newer delta, then reports its whole state;
 //! - answers the direct method `reboot` (200, `{"boots":N}`) and counts boots;
 //! - requests NTP after connecting, keeps the Unix time and reports `time_synced`;
-//! - runs OTA tasks: reports `ongoing` progress every tick (25 % steps), then `done`;
+//! - runs OTA tasks: with feature `ota-download` and `ota::run_downloading` it downloads the
+//!   file and verifies it with the SDK's `OtaVerifier` (`done`, or `failed` 1400/1403/1404);
+//!   otherwise it simulates one, `ongoing` every tick (25 % steps), then `done`;
 //! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick.
 #![no_std]
+
+#[cfg(feature = "ota-download")]
+pub mod ota;
 
 use embassy_futures::select::{Either, select};
 use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_time::{Duration, Ticker};
 use iothub_sdk_nostd::minimq::{self, Client};
+use iothub_sdk_nostd::spec::payload::OtaTask;
 use iothub_sdk_nostd::{Config, Device, Event, Instant, OtaReport, QoS, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +148,11 @@ pub struct Thermostat {
     last_report: Option<RequestId>,
     last_ntp: Option<RequestId>,
     ntp_due: bool,
+    /// Set by `ota::run_downloading`: OTA tasks are downloaded, not simulated.
+    #[cfg(feature = "ota-download")]
+    downloads: bool,
+    #[cfg(feature = "ota-download")]
+    download: Option<ota::Download>,
 }
 
 impl Thermostat {
@@ -160,6 +171,10 @@ impl Thermostat {
             last_report: None,
             last_ntp: None,
             ntp_due: true,
+            #[cfg(feature = "ota-download")]
+            downloads: false,
+            #[cfg(feature = "ota-download")]
+            download: None,
         }
     }
 
@@ -226,10 +241,7 @@ impl Thermostat {
                 self.report_due |= self.unix_ms.is_none();
                 self.unix_ms = Some(sample.unix_time_ms(now));
             }
-            Event::OtaTask(_) => {
-                self.ota_progress = Some(0);
-                let _ = dev.report_ota(now, OtaReport::Ongoing { progress: 0 });
-            }
+            Event::OtaTask(task) => self.on_ota_task(&task, dev, now),
             Event::Rejected { request, .. } | Event::TimedOut { request }
                 if Some(request) == self.last_report =>
             {
@@ -246,6 +258,17 @@ impl Thermostat {
         if self.ntp_due && dev.is_connected() {
             self.request_ntp(dev, now);
         }
+    }
+
+    fn on_ota_task(&mut self, task: &OtaTask<'_>, dev: &mut AppDevice<'_>, now: Instant) {
+        #[cfg(feature = "ota-download")]
+        if self.downloads {
+            self.download = ota::Download::start(task, dev, now);
+            return;
+        }
+        let _ = task;
+        self.ota_progress = Some(0);
+        let _ = dev.report_ota(now, OtaReport::Ongoing { progress: 0 });
     }
 
     fn request_ntp(&mut self, dev: &mut AppDevice<'_>, now: Instant) {
@@ -275,6 +298,10 @@ impl Thermostat {
             },
             QoS::AtMostOnce,
         );
+        #[cfg(feature = "ota-download")]
+        if let Some(d) = self.download.as_mut() {
+            d.retry(dev, now);
+        }
         if let Some(p) = self.ota_progress {
             let next = p.saturating_add(25);
             let sent = if next >= 100 {

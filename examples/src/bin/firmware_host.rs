@@ -1,16 +1,19 @@
 //! The firmware-style thermostat (`iothub-firmware-app`, `no_std`) on Linux: the same
 //! application and the same minimq adapter as on the microcontroller, with a tokio `TcpStream`
 //! (through `embedded-io-adapters`) instead of an embassy-net socket and embassy-time's std
-//! driver instead of a hardware timer. See `examples/README.md`.
+//! driver instead of a hardware timer. OTA tasks are downloaded over plain HTTP (`http://` URLs
+//! only) and verified by the SDK's `OtaVerifier`. See `examples/README.md`.
 
 use std::net::SocketAddr;
 
 use clap::Parser;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embedded_io_adapters::tokio_1::FromTokio;
+use iothub_firmware_app::ota::{FileSource, run_downloading};
 use iothub_firmware_app::{AppResources, AppState, Thermostat, device_config};
 use iothub_sdk_nostd::Device;
 use iothub_sdk_nostd::minimq::{MqttConfig, Runner, Transport};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
 /// Command-line flags.
@@ -47,6 +50,65 @@ impl Transport for Tcp {
     }
 }
 
+/// A minimal HTTP/1.0 GET client: the body of an `http://` URL with status 200.
+#[derive(Default)]
+struct HttpSource {
+    body: Option<BufReader<TcpStream>>,
+}
+
+/// Longest status line or header accepted.
+const MAX_HEADER_LINE: usize = 8 * 1024;
+
+impl FileSource for HttpSource {
+    type Error = std::io::Error;
+
+    async fn open(&mut self, url: &str) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind};
+        self.body = None;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| Error::new(ErrorKind::Unsupported, "only http:// URLs"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let stream = TcpStream::connect(authority).await?;
+        let mut stream = BufReader::new(stream);
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = Vec::new();
+        let mut status_line = true;
+        loop {
+            line.clear();
+            let n = (&mut stream)
+                .take(MAX_HEADER_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await?;
+            if n == 0 || !line.ends_with(b"\n") {
+                return Err(Error::new(ErrorKind::InvalidData, "truncated HTTP header"));
+            }
+            if status_line {
+                let text = String::from_utf8_lossy(&line);
+                let code = text.split_whitespace().nth(1).unwrap_or_default();
+                if code != "200" {
+                    return Err(Error::other(format!("HTTP status {}", text.trim_end())));
+                }
+                status_line = false;
+            } else if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        self.body = Some(stream);
+        Ok(())
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.body.as_mut() {
+            Some(body) => body.read(buf).await,
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -73,9 +135,10 @@ async fn main() -> anyhow::Result<()> {
     let mut thermostat = Thermostat::new(env!("CARGO_PKG_VERSION"), 1);
     println!("firmware_host started thing={}", args.thing);
     let tick = embassy_time::Duration::from_millis(args.tick_ms);
+    let mut files = HttpSource::default();
     tokio::select! {
         _ = runner.run() => {}
-        _ = iothub_firmware_app::run(client, &mut thermostat, tick) => {}
+        _ = run_downloading(client, &mut thermostat, tick, &mut files) => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
