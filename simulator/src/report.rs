@@ -55,6 +55,8 @@ pub struct Latencies {
     pub ntp_rtt: Percentiles,
     /// OTA job creation to every task ended.
     pub ota_job: Percentiles,
+    /// Connection lost (not churned) to the shadow resynced after the reconnect.
+    pub lost_to_resync: Percentiles,
 }
 
 /// Everything a run measured.
@@ -205,6 +207,7 @@ impl Report {
                 method_rtt: Percentiles::of(&s.method_rtt.snapshot()),
                 ntp_rtt: Percentiles::of(&s.ntp_rtt.snapshot()),
                 ota_job: Percentiles::of(&s.ota_job.snapshot()),
+                lost_to_resync: Percentiles::of(&s.resync.snapshot()),
             },
             churn: fleet.scenario.profile.churn_per_s > 0.0,
         }
@@ -232,7 +235,7 @@ impl Report {
             && !self.ota_task_states.contains_key("timed_out")
     }
 
-    fn rows(&self) -> [(&'static str, &Percentiles); 6] {
+    fn rows(&self) -> [(&'static str, &Percentiles); 7] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
@@ -241,6 +244,7 @@ impl Report {
             ("method round trip", &l.method_rtt),
             ("ntp round trip", &l.ntp_rtt),
             ("ota job", &l.ota_job),
+            ("lost->resynced", &l.lost_to_resync),
         ]
     }
 

@@ -179,6 +179,8 @@ pub struct Stats {
     pub method_rtt: Latency,
     /// NTP request to the device core's result (one sample).
     pub ntp_rtt: Latency,
+    /// A lost connection (not churn) to the shadow document after the reconnect.
+    pub resync: Latency,
     /// OTA job creation (REST) to every task ended.
     pub ota_job: Latency,
     /// Things still to finish (for the end of the run).

@@ -59,6 +59,11 @@ impl Thing {
                 self.schedule_apply(d.state.parse::<Setpoint>().ok());
             }
             Event::Shadow(doc) => {
+                if doc.request.is_none()
+                    && let Some(at) = self.lost_at.take()
+                {
+                    self.stats().resync.record(now - at);
+                }
                 // An apply whose answer was lost with its connection may have been accepted:
                 // the document after the reconnect shows it.
                 if let Some(sp) = doc

@@ -167,6 +167,8 @@ struct Thing {
     in_flight: heapless::Vec<InFlight, 10>,
     ntp: Option<(RequestId, Instant)>,
     answers: std::collections::VecDeque<PendingAnswer>,
+    /// When the connection was lost (not churned), until the resync after the reconnect.
+    lost_at: Option<Instant>,
     /// The OTA task in progress: (next report, reports made).
     ota: Option<(Instant, u8)>,
     /// A delta to report back: (when, setpoint).
@@ -228,6 +230,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
         ntp: None,
         answers: std::collections::VecDeque::new(),
         ota: None,
+        lost_at: None,
         apply: None,
         last_version: None,
         seq: 0,
@@ -270,7 +273,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
                 match end {
                     End::Stopped => break,
                     End::Churned => fleet.stats.churned.inc(),
-                    End::Lost => {}
+                    End::Lost => thing.lost_at = Some(Instant::now()),
                 }
             }
             Err(ConnectError::Stopped) => break,
