@@ -1,5 +1,7 @@
 //! The sans-IO device state machine.
 
+mod wire;
+
 use heapless::{Deque, String, Vec};
 use iothub_spec::code::{OtaErrorCode, OtaStatus, method_code};
 use iothub_spec::ids::{MAX_ID_LEN, is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
@@ -9,6 +11,7 @@ use iothub_spec::topic::{Filter, Topic, TopicError};
 use serde::Serialize;
 
 use crate::fmt::{debug, warning};
+use crate::json::writer::JsonWriter;
 use crate::json::{self, JsonError};
 use crate::time::Instant;
 use crate::token;
@@ -216,16 +219,18 @@ fn map_topic_err(e: TopicError) -> Error {
     }
 }
 
-/// Writes a publish (topic, then payload) into `buf`.
-fn write_publish<'b, P: Serialize>(
+/// Writes a publish (topic, then the payload `body` writes) into `buf`.
+fn write_publish<'b>(
     buf: &'b mut [u8],
     topic: Topic<'_>,
-    payload: &P,
+    body: &dyn Fn(&mut JsonWriter<'_>),
     qos: QoS,
 ) -> Result<Transmit<'b>, Error> {
     let t = topic.write_to(buf).map_err(map_topic_err)?.len();
     let (tb, rest) = buf.split_at_mut_checked(t).ok_or(Error::BufferTooSmall)?;
-    let p = serde_json_core::to_slice(payload, rest).map_err(|_| Error::BufferTooSmall)?;
+    let mut w = JsonWriter::new(rest);
+    body(&mut w);
+    let p = w.finish().ok_or(Error::BufferTooSmall)?;
     let tb: &'b [u8] = tb;
     let rest: &'b [u8] = rest;
     Ok(Transmit::Publish {
@@ -333,8 +338,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 r.state = ReqState::Failed;
             }
         }
-        self.requests
-            .retain(|r| r.kind != (Kind::Get { internal: true }));
+        self.drop_internal_gets(false);
         if let Some(ntp) = self.ntp.as_mut() {
             ntp.outstanding = None;
             ntp.finished = true;
@@ -370,8 +374,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 r.state = ReqState::Failed;
             }
         }
-        self.requests
-            .retain(|r| !(r.kind == (Kind::Get { internal: true }) && r.state == ReqState::Failed));
+        self.drop_internal_gets(true);
         for (i, g) in self.conn.gets.iter_mut().enumerate() {
             if retry & (1u64 << (i % 64)) != 0
                 && let GetState::InFlight { attempt } = *g
@@ -519,12 +522,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         {
             let thing = self.config.thing_id;
             let send = now.as_millis();
+            let body = payload::NtpRequest {
+                client_send_time: send,
+            };
             let t = write_publish(
                 buf,
                 Topic::NtpRequest { thing },
-                &payload::NtpRequest {
-                    client_send_time: send,
-                },
+                &|w| wire::ntp_request(w, &body),
                 QoS::AtLeastOnce,
             )?;
             ntp.attempts_left -= 1;
@@ -608,7 +612,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             reported: Some(reported),
             delta: None,
         };
-        self.update(now, shadow, &state, None)
+        let _ = now;
+        self.update_with(shadow, None, &|w| wire::reported_state(w, &state))
     }
 
     /// Sends an update request with `state` as its `state` object (for example a
@@ -623,19 +628,26 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         version: Option<u64>,
     ) -> Result<RequestId, Error> {
         let _ = now;
+        self.update_with(shadow, version, &|w| w.value(state))
+    }
+
+    /// An update request whose `state` member `state` writes (one copy for every state type).
+    fn update_with(
+        &mut self,
+        shadow: ShadowId,
+        version: Option<u64>,
+        state: &dyn Fn(&mut JsonWriter<'_>),
+    ) -> Result<RequestId, Error> {
         let name = self.request_checks(shadow)?;
         let id = self.session.next_id;
         let tok = token::format(self.config.token_seed, id);
-        let body = payload::UpdateRequest {
-            state,
-            client_token: Some(tok.as_str()),
-            version,
-        };
         let topic = Topic::ShadowUpdate {
             thing: self.config.thing_id,
             shadow: name,
         };
-        self.enqueue(topic, &body, QoS::AtLeastOnce, Some(id))?;
+        self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
+            wire::update_envelope(w, state, Some(tok.as_str()), version)
+        })?;
         self.push_request(id, Kind::Update, shadow)
     }
 
@@ -654,7 +666,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let body = payload::GetRequest {
             client_token: Some(tok.as_str()),
         };
-        self.enqueue(topic, &body, QoS::AtLeastOnce, Some(id))?;
+        self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
+            wire::get_request(w, &body)
+        })?;
         self.push_request(id, Kind::Get { internal: false }, shadow)
     }
 
@@ -686,7 +700,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             message,
             data,
         };
-        self.enqueue(topic, &body, QoS::AtLeastOnce, None)
+        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+            wire::method_response(w, &body)
+        })
     }
 
     /// Starts an NTP exchange of `samples` requests (1 to 16), one after the other, keeping the
@@ -748,7 +764,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let topic = Topic::OtaTaskResult {
             thing: self.config.thing_id,
         };
-        self.enqueue(topic, &body, QoS::AtLeastOnce, None)?;
+        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+            wire::ota_result(w, &body)
+        })?;
         if status.is_final()
             && let Some(ota) = self.session.ota.as_mut()
         {
@@ -771,7 +789,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let topic = Topic::Property {
             thing: self.config.thing_id,
         };
-        self.enqueue(topic, value, qos, None)
+        self.enqueue(topic, qos, None, &|w| w.value(value))
     }
 
     // ----- queries ------------------------------------------------------------------------
@@ -915,12 +933,12 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     }
 
     /// Serializes a message at the end of the transmit queue.
-    fn enqueue<P: Serialize>(
+    fn enqueue(
         &mut self,
         topic: Topic<'_>,
-        payload: &P,
         qos: QoS,
         request: Option<u32>,
+        body: &dyn Fn(&mut JsonWriter<'_>),
     ) -> Result<(), Error> {
         if self.conn.queue.is_full() {
             return Err(Error::QueueFull);
@@ -933,11 +951,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             Err(_) => return Err(Error::InvalidArgument),
         };
         let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
-        let payload_len = match serde_json_core::to_slice(payload, rest) {
-            Ok(n) => n,
+        let mut w = JsonWriter::new(rest);
+        body(&mut w);
+        let payload_len = match w.finish() {
+            Some(n) => n,
             // Too big for the free space: full if it would fit an empty buffer, else too large.
-            Err(_) if start > 0 => return Err(Error::QueueFull),
-            Err(_) => return Err(Error::PayloadTooLarge),
+            None if start > 0 => return Err(Error::QueueFull),
+            None => return Err(Error::PayloadTooLarge),
         };
         if payload_len > self.config.limits.max_request_payload {
             return Err(Error::PayloadTooLarge);
@@ -1027,8 +1047,11 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 thing: self.config.thing_id,
                 shadow,
             },
-            &payload::GetRequest {
-                client_token: Some(tok.as_str()),
+            &|w| {
+                let body = payload::GetRequest {
+                    client_token: Some(tok.as_str()),
+                };
+                wire::get_request(w, &body);
             },
             QoS::AtLeastOnce,
         )?;
@@ -1071,6 +1094,26 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             })
             .ok_or(Ignored::Unmatched)?;
         self.remove_request(pos).ok_or(Ignored::Unmatched)
+    }
+
+    /// Forgets the device's own gets (only the failed ones when `failed_only`), keeping the order
+    /// of the other requests: `Vec::retain` by hand, without heapless' generic retain machinery.
+    fn drop_internal_gets(&mut self, failed_only: bool) {
+        let mut kept = 0;
+        for i in 0..self.requests.len() {
+            let Some(r) = self.requests.get(i).copied() else {
+                break;
+            };
+            let internal = r.kind == (Kind::Get { internal: true });
+            if internal && (!failed_only || r.state == ReqState::Failed) {
+                continue;
+            }
+            if let Some(slot) = self.requests.get_mut(kept) {
+                *slot = r;
+            }
+            kept += 1;
+        }
+        self.requests.truncate(kept);
     }
 
     /// `swap_remove` without its panic path (callers take `pos` from `position`).
@@ -1252,8 +1295,10 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             message: Some("no such method"),
             data: None,
         };
-        self.enqueue(topic, &body, QoS::AtLeastOnce, None)
-            .map_err(|_| Ignored::QueueFull)?;
+        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+            wire::method_response(w, &body)
+        })
+        .map_err(|_| Ignored::QueueFull)?;
         Ok(None)
     }
 
@@ -1262,8 +1307,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         now: Instant,
         payload: &'p [u8],
     ) -> Result<Option<Event<'p>>, Ignored> {
-        let (resp, _): (payload::NtpResponse, usize) =
-            serde_json_core::from_slice(payload).map_err(|_| Ignored::Malformed)?;
+        let resp =
+            wire::ntp_response(payload, self.config.max_input_depth).ok_or(Ignored::Malformed)?;
         let ntp = self.ntp.as_mut().ok_or(Ignored::Unmatched)?;
         match ntp.outstanding {
             Some((send, _)) if send == resp.client_send_time && !ntp.finished => {}
@@ -1311,8 +1356,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         payload: &'p [u8],
     ) -> Result<Option<Event<'p>>, Ignored> {
         let max = self.config.limits.max_client_token;
-        let task = match serde_json_core::from_slice::<payload::OtaTask<'p>>(payload) {
-            Ok((t, _))
+        let task = match wire::ota_task(payload, self.config.max_input_depth) {
+            Some(t)
                 if t.task_id.len() <= MAX_ID_LEN
                     && !t.task_id.is_empty()
                     && t.client_token.len() <= max.min(MAX_ID_LEN)
@@ -1342,7 +1387,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                     thing: self.config.thing_id,
                 };
                 if self.conn.up {
-                    let _ = self.enqueue(topic, &body, QoS::AtLeastOnce, None);
+                    let _ = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+                        wire::ota_result(w, &body)
+                    });
                 }
             }
             return Err(Ignored::Duplicate);
@@ -1391,7 +1438,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             let topic = Topic::OtaTaskResult {
                 thing: self.config.thing_id,
             };
-            let _ = self.enqueue(topic, &body, QoS::AtLeastOnce, None);
+            let _ = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+                wire::ota_result(w, &body)
+            });
         }
         Err(Ignored::BadOtaTask)
     }

@@ -11,6 +11,8 @@
 //! plausible tokens); the exact grammar of numbers and literals inside skipped values is left to
 //! `serde-json-core` when the application parses a slice.
 
+pub(crate) mod writer;
+
 /// Why the scanner refused a JSON text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -307,25 +309,55 @@ pub fn split<'j, const N: usize>(
     max_depth: usize,
 ) -> Result<[Option<&'j [u8]>; N], JsonError> {
     let mut out: [Option<&'j [u8]>; N] = [None; N];
+    split_into(bytes, &keys, &mut out, max_depth, false)?;
+    Ok(out)
+}
+
+/// [`split`] for a typed body: a repeated wanted key is an error ([`JsonError::Syntax`]), as it
+/// is for a `#[derive(Deserialize)]` struct read by `serde-json-core`.
+pub(crate) fn split_unique<'j, const N: usize>(
+    bytes: &'j [u8],
+    keys: [&str; N],
+    max_depth: usize,
+) -> Result<[Option<&'j [u8]>; N], JsonError> {
+    let mut out: [Option<&'j [u8]>; N] = [None; N];
+    split_into(bytes, &keys, &mut out, max_depth, true)?;
+    Ok(out)
+}
+
+/// The work of [`split`], not generic over the number of keys (one copy in the binary).
+fn split_into<'j>(
+    bytes: &'j [u8],
+    keys: &[&str],
+    out: &mut [Option<&'j [u8]>],
+    max_depth: usize,
+    unique: bool,
+) -> Result<(), JsonError> {
     for member in Members::new(bytes, max_depth)? {
         let (key, value) = member?;
         for (slot, want) in out.iter_mut().zip(keys.iter()) {
             if key == *want {
+                if unique && slot.is_some() {
+                    return Err(JsonError::Syntax);
+                }
                 *slot = Some(value);
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The text between the quotes of a raw JSON string value, escapes left as they are (what
+/// `serde-json-core` borrows for a `&str`), or `None` when `raw` is not a string.
+pub(crate) fn as_raw_str(raw: &[u8]) -> Option<&str> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    core::str::from_utf8(inner).ok()
 }
 
 /// The contents of a raw JSON string value without escapes, or `None` when `raw` is not a string
 /// or holds a backslash (client tokens, ids and names never need escapes).
 pub fn as_plain_str(raw: &[u8]) -> Option<&str> {
-    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if inner.contains(&b'\\') {
-        return None;
-    }
-    core::str::from_utf8(inner).ok()
+    as_raw_str(raw).filter(|s| !s.as_bytes().contains(&b'\\'))
 }
 
 /// A raw JSON value as a `u64`, or `None` when it is not a plain non-negative integer that fits.

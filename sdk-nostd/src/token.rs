@@ -58,19 +58,76 @@ pub(crate) fn format(seed: u32, id: u32) -> Token {
 }
 
 /// The id of a token this device generated with `seed`, or `None`.
+///
+/// Read by hand (no `from_str_radix`/`parse`), accepting exactly what
+/// `u32::from_str_radix(prefix, 16)` and `id.parse::<u32>()` accept after splitting at the first
+/// `-`: an 8-byte hex prefix (either case, or a `+` and 7 digits) and 1 to 10 decimal digits.
 pub(crate) fn parse(seed: u32, token: &str) -> Option<u32> {
-    let (prefix, id) = token.split_once('-')?;
-    if prefix.len() != 8 || u32::from_str_radix(prefix, 16).ok()? != seed {
+    let bytes = token.as_bytes();
+    if bytes.get(8) != Some(&b'-') {
         return None;
     }
-    if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    let prefix = bytes.get(..8)?;
+    let hex = prefix.strip_prefix(b"+").unwrap_or(prefix);
+    let mut value: u32 = 0;
+    for &c in hex {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u32::from(digit);
+    }
+    if value != seed {
         return None;
     }
-    id.parse().ok()
+    let id = bytes.get(9..)?;
+    if id.is_empty() || id.len() > 10 {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &c in id {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u32::from(c - b'0'))?;
+    }
+    Some(n)
 }
 
 #[cfg(test)]
 mod tests {
+    /// The parser this module had before it was written by hand (kept as the reference).
+    fn reference(seed: u32, token: &str) -> Option<u32> {
+        let (prefix, id) = token.split_once('-')?;
+        if prefix.len() != 8 || u32::from_str_radix(prefix, 16).ok()? != seed {
+            return None;
+        }
+        if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        id.parse().ok()
+    }
+
+    use proptest::strategy::Strategy as _;
+    use std::borrow::ToOwned as _;
+
+    proptest::proptest! {
+        #[test]
+        fn parse_matches_reference(
+            prefix in proptest::prop_oneof![
+                proptest::sample::select(&["0000000a", "0000000A", "+000000a", "+00000a", "a"][..])
+                    .prop_map(str::to_owned),
+                "[+0]{0,2}[0-9a-fA-F]{5,8}",
+            ],
+            rest in "[-+]{0,2}[0-9-]{0,12}",
+        ) {
+            let t = std::format!("{prefix}{rest}");
+            proptest::prop_assert_eq!(super::parse(10, &t), reference(10, &t));
+        }
+    }
+
     #[test]
     fn round_trip() {
         for (seed, id) in [(0, 0), (0xdead_beef, 7), (u32::MAX, u32::MAX)] {
@@ -86,6 +143,26 @@ mod tests {
         ] {
             let want = std::format!("{seed:08x}-{id}");
             assert_eq!(super::format(seed, id).as_str(), want);
+        }
+        // The same answers as splitting at the first `-` and using the standard parsers.
+        for t in [
+            "0000000a-1",
+            "0000000A-1",
+            "+000000a-1",
+            "+00000a-1",
+            "++00000a-1",
+            "0000000a-4294967295",
+            "0000000a-4294967296",
+            "0000000a-01",
+            "0000000a-1-2",
+            "00-0000a-1",
+            "0000000a--1",
+            "0000000a-",
+            "0000000g-1",
+            "0000000a-12345678901",
+            "é000000a-1",
+        ] {
+            assert_eq!(super::parse(10, t), reference(10, t), "{t}");
         }
         for bad in [
             "",

@@ -66,6 +66,14 @@ pub mod field {
     pub const META: &str = "meta";
     /// `fileUrl` of an OTA task (S-7.1).
     pub const FILE_URL: &str = "fileUrl";
+    /// `md5` of an OTA task's `meta` (S-7.1); its `version` is [`VERSION`].
+    pub const MD5: &str = "md5";
+    /// `sha256` of an OTA task's `meta` (S-7.1).
+    pub const SHA256: &str = "sha256";
+    /// `content-type` of an OTA task's `meta` (S-7.1).
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// `content-length` of an OTA task's `meta` (S-7.1).
+    pub const CONTENT_LENGTH: &str = "content-length";
     /// `status` of an OTA result (S-7.2).
     pub const STATUS: &str = "status";
     /// `progress` of an OTA result (S-7.2).
@@ -780,6 +788,38 @@ mod tests {
             field::SERVER_SEND_TIME,
         ] {
             assert!(n.get(f).is_some(), "{f}");
+        }
+        let t = serde_json::to_value(OtaTask {
+            client_token: "c",
+            task_id: "t",
+            r#type: "app",
+            meta: OtaMeta {
+                version: "1",
+                md5: Some("m"),
+                sha256: Some("s"),
+                content_type: Some("c"),
+                content_length: Some(1),
+            },
+            file_url: "u",
+        })
+        .unwrap();
+        for f in [
+            field::CLIENT_TOKEN,
+            field::TASK_ID,
+            field::TYPE,
+            field::META,
+            field::FILE_URL,
+        ] {
+            assert!(t.get(f).is_some(), "{f}");
+        }
+        for f in [
+            field::VERSION,
+            field::MD5,
+            field::SHA256,
+            field::CONTENT_TYPE,
+            field::CONTENT_LENGTH,
+        ] {
+            assert!(t[field::META].get(f).is_some(), "meta {f}");
         }
         let r = serde_json::to_value(OtaResult {
             client_token: "c",

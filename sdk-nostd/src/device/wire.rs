@@ -1,0 +1,353 @@
+//! The bodies the device sends itself, written by hand with [`JsonWriter`] from the
+//! `iothub_spec::payload` structs that define them (SPEC.md S-3.2, S-3.3, S-5.2, S-6.1, S-7.2).
+//!
+//! Each writer produces exactly what `serde-json-core` writes for the same struct (same members,
+//! same order, `None` members left out), checked by the tests below; it only saves the
+//! serde monomorphisations and the 64-bit integer formatting on a `no_std` target.
+
+#[cfg(test)]
+use iothub_spec::payload::UpdateRequest;
+use iothub_spec::payload::{
+    GetRequest, MethodResponse, NtpRequest, NtpResponse, OtaMeta, OtaResult, OtaTask, ShadowState,
+    field,
+};
+use serde::Serialize;
+
+use crate::json::writer::JsonWriter;
+use crate::json::{self, as_raw_str, as_u64, is_null, split_unique};
+
+/// `"clientToken":"…"` when there is one.
+fn write_token(w: &mut JsonWriter<'_>, token: Option<&str>) {
+    if let Some(t) = token {
+        w.key(field::CLIENT_TOKEN);
+        w.str(t);
+    }
+}
+
+/// [`GetRequest`]: `{"clientToken"?}`.
+pub(super) fn get_request(w: &mut JsonWriter<'_>, body: &GetRequest<'_>) {
+    w.raw(b"{");
+    write_token(w, body.client_token);
+    w.raw(b"}");
+}
+
+/// [`UpdateRequest`]: `{"state":S,"clientToken"?,"version"?}`, with `S` written by `state`
+/// (the request's fields passed one by one so that one copy serves every state type).
+pub(super) fn update_envelope(
+    w: &mut JsonWriter<'_>,
+    state: &dyn Fn(&mut JsonWriter<'_>),
+    client_token: Option<&str>,
+    version: Option<u64>,
+) {
+    w.raw(b"{");
+    w.key(field::STATE);
+    state(w);
+    write_token(w, client_token);
+    if let Some(v) = version {
+        w.key(field::VERSION);
+        w.u64(v);
+    }
+    w.raw(b"}");
+}
+
+/// [`ShadowState`] with `reported` only: `{"reported":R}`.
+pub(super) fn reported_state<R: Serialize>(w: &mut JsonWriter<'_>, state: &ShadowState<(), R, ()>) {
+    w.raw(b"{");
+    if let Some(r) = &state.reported {
+        w.key(field::REPORTED);
+        w.value(r);
+    }
+    w.raw(b"}");
+}
+
+/// [`MethodResponse`]: `{"clientToken","code","message"?,"data"?}`.
+pub(super) fn method_response<D: Serialize>(w: &mut JsonWriter<'_>, body: &MethodResponse<'_, D>) {
+    method_response_head(w, body.client_token, body.code, body.message);
+    if let Some(d) = &body.data {
+        w.key(field::DATA);
+        w.value(d);
+    }
+    w.raw(b"}");
+}
+
+fn method_response_head(w: &mut JsonWriter<'_>, token: &str, code: u16, message: Option<&str>) {
+    w.raw(b"{");
+    write_token(w, Some(token));
+    w.key(field::CODE);
+    w.u64(u64::from(code));
+    if let Some(m) = message {
+        w.key(field::MESSAGE);
+        w.str(m);
+    }
+}
+
+/// [`NtpRequest`]: `{"clientSendTime":ms}`.
+pub(super) fn ntp_request(w: &mut JsonWriter<'_>, body: &NtpRequest) {
+    w.raw(b"{");
+    w.key(field::CLIENT_SEND_TIME);
+    w.u64(body.client_send_time);
+    w.raw(b"}");
+}
+
+/// [`OtaResult`]: `{"clientToken","taskId","status","progress"?,"errCode"?,"errMsg"?,"timestamp"}`.
+pub(super) fn ota_result(w: &mut JsonWriter<'_>, body: &OtaResult<'_>) {
+    w.raw(b"{");
+    write_token(w, Some(body.client_token));
+    w.key(field::TASK_ID);
+    w.str(body.task_id);
+    w.key(field::STATUS);
+    w.str(body.status.as_str());
+    if let Some(p) = body.progress {
+        w.key(field::PROGRESS);
+        w.u64(u64::from(p));
+    }
+    if let Some(c) = body.err_code {
+        w.key(field::ERR_CODE);
+        w.u64(u64::from(c));
+    }
+    if let Some(m) = body.err_msg {
+        w.key(field::ERR_MSG);
+        w.str(m);
+    }
+    w.key(field::TIMESTAMP);
+    w.u64(body.timestamp);
+    w.raw(b"}");
+}
+
+// ----- received bodies ----------------------------------------------------------------------
+//
+// Read with the envelope scanner instead of `serde-json-core`'s derive: same acceptance as
+// `serde_json_core::from_slice` of the struct for every well-formed body (required members present
+// with the right type, optional ones absent or `null`, unknown members ignored, a repeated member
+// refused, strings borrowed with their escapes), checked by the tests below.
+
+/// An optional member: absent or `null` is `Ok(None)`, a wrong type is `Err(())`.
+fn optional<'j, T>(
+    raw: Option<&'j [u8]>,
+    read: fn(&'j [u8]) -> Option<T>,
+) -> Result<Option<T>, ()> {
+    match raw {
+        None => Ok(None),
+        Some(v) if is_null(v) => Ok(None),
+        Some(v) => read(v).map(Some).ok_or(()),
+    }
+}
+
+/// [`NtpResponse`] (S-6.1), `None` when the body is not one.
+pub(super) fn ntp_response(payload: &[u8], max_depth: usize) -> Option<NtpResponse> {
+    let [send, recv, sent] = split_unique(
+        payload,
+        [
+            field::CLIENT_SEND_TIME,
+            field::SERVER_RECV_TIME,
+            field::SERVER_SEND_TIME,
+        ],
+        max_depth,
+    )
+    .ok()?;
+    Some(NtpResponse {
+        client_send_time: as_u64(send?)?,
+        server_recv_time: as_u64(recv?)?,
+        server_send_time: as_u64(sent?)?,
+    })
+}
+
+/// [`OtaTask`] (S-7.1), `None` when the body is not one.
+pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> {
+    let [tok, task, kind, meta, url] = split_unique(
+        payload,
+        [
+            field::CLIENT_TOKEN,
+            field::TASK_ID,
+            field::TYPE,
+            field::META,
+            field::FILE_URL,
+        ],
+        max_depth,
+    )
+    .ok()?;
+    let meta = meta.filter(|m| json::is_object(m))?;
+    let [version, md5, sha256, content_type, content_length] = split_unique(
+        meta,
+        [
+            field::VERSION,
+            field::MD5,
+            field::SHA256,
+            field::CONTENT_TYPE,
+            field::CONTENT_LENGTH,
+        ],
+        max_depth.saturating_sub(1),
+    )
+    .ok()?;
+    Some(OtaTask {
+        client_token: as_raw_str(tok?)?,
+        task_id: as_raw_str(task?)?,
+        r#type: as_raw_str(kind?)?,
+        meta: OtaMeta {
+            version: as_raw_str(version?)?,
+            md5: optional(md5, as_raw_str).ok()?,
+            sha256: optional(sha256, as_raw_str).ok()?,
+            content_type: optional(content_type, as_raw_str).ok()?,
+            content_length: optional(content_length, as_u64).ok()?,
+        },
+        file_url: as_raw_str(url?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iothub_spec::code::OtaStatus;
+    use std::string::String;
+
+    fn hand(f: impl Fn(&mut JsonWriter<'_>)) -> String {
+        let mut buf = [0u8; 512];
+        let mut w = JsonWriter::new(&mut buf);
+        f(&mut w);
+        let n = w.finish().unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    fn serde(v: &impl Serialize) -> String {
+        let mut buf = [0u8; 512];
+        let n = serde_json_core::to_slice(v, &mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[derive(Serialize)]
+    struct State {
+        a: i32,
+        s: &'static str,
+    }
+
+    const ODD: &str = "t\"\\\n\u{1}é";
+
+    #[test]
+    fn get_and_update_as_serde() {
+        for client_token in [None, Some("0000002a-7"), Some(ODD)] {
+            let b = GetRequest { client_token };
+            assert_eq!(hand(|w| get_request(w, &b)), serde(&b));
+            for version in [None, Some(0), Some(u64::MAX)] {
+                let state = ShadowState::<(), _, ()> {
+                    desired: None,
+                    reported: Some(&State { a: -3, s: "x" }),
+                    delta: None,
+                };
+                let b = UpdateRequest {
+                    state: &state,
+                    client_token,
+                    version,
+                };
+                let env = |w: &mut JsonWriter<'_>| {
+                    update_envelope(w, &|w| w.value(&state), client_token, version)
+                };
+                assert_eq!(hand(env), serde(&b));
+                assert_eq!(hand(|w| reported_state(w, &state)), serde(&state));
+            }
+        }
+    }
+
+    #[test]
+    fn method_response_as_serde() {
+        for message in [None, Some("no such method"), Some(ODD)] {
+            let b: MethodResponse<'_, ()> = MethodResponse {
+                client_token: ODD,
+                code: 404,
+                message,
+                data: None,
+            };
+            assert_eq!(hand(|w| method_response(w, &b)), serde(&b));
+            let b = MethodResponse {
+                client_token: "abc",
+                code: u16::MAX,
+                message,
+                data: Some(&State { a: 1, s: ODD }),
+            };
+            assert_eq!(hand(|w| method_response(w, &b)), serde(&b));
+        }
+    }
+
+    #[test]
+    fn ntp_and_ota_as_serde() {
+        for t in [0, 1_700_000_000_123, u64::MAX] {
+            let b = NtpRequest {
+                client_send_time: t,
+            };
+            assert_eq!(hand(|w| ntp_request(w, &b)), serde(&b));
+            for status in [
+                OtaStatus::Ongoing,
+                OtaStatus::Done,
+                OtaStatus::Failed,
+                OtaStatus::Canceled,
+            ] {
+                for (progress, err_code, err_msg) in [
+                    (None, None, None),
+                    (Some(0), None, None),
+                    (Some(100), Some(0), Some(ODD)),
+                    (None, Some(u16::MAX), Some("bad task")),
+                ] {
+                    let b = OtaResult {
+                        client_token: ODD,
+                        task_id: "task-1",
+                        status,
+                        progress,
+                        err_code,
+                        err_msg,
+                        timestamp: t,
+                    };
+                    assert_eq!(hand(|w| ota_result(w, &b)), serde(&b));
+                }
+            }
+        }
+    }
+
+    /// Well-formed bodies around S-6.1 and S-7.1: each must be accepted by the scanner exactly
+    /// when `serde_json_core::from_slice` accepts it, with the same value.
+    const NTP_BODIES: &[&str] = &[
+        r#"{"clientSendTime":1000,"serverRecvTime":1600,"serverSendTime":1602}"#,
+        r#" { "serverSendTime" : 3 , "serverRecvTime":2,"clientSendTime":18446744073709551615 } "#,
+        r#"{"clientSendTime":1,"serverRecvTime":2,"serverSendTime":3,"extra":{"a":[1,"}"]}}"#,
+        r#"{"clientSendTime":1,"serverRecvTime":2}"#,
+        r#"{"clientSendTime":1,"serverRecvTime":2,"serverSendTime":null}"#,
+        r#"{"clientSendTime":1,"serverRecvTime":2,"serverSendTime":"3"}"#,
+        r#"{"clientSendTime":-1,"serverRecvTime":2,"serverSendTime":3}"#,
+        r#"{"clientSendTime":1.5,"serverRecvTime":2,"serverSendTime":3}"#,
+        r#"{"clientSendTime":18446744073709551616,"serverRecvTime":2,"serverSendTime":3}"#,
+        r#"{"clientSendTime":1,"serverRecvTime":2,"serverSendTime":3,"clientSendTime":4}"#,
+        r#"[1,2,3]"#,
+        r#"{}"#,
+    ];
+
+    const OTA_BODIES: &[&str] = &[
+        r#"{"clientToken":"o1","taskId":"task-1","type":"app","meta":{"version":"1.2.0","md5":"9e10","sha256":"d7a8","content-type":"application/octet-stream","content-length":1048576},"fileUrl":"https://f.example.com/fw.bin"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2"},"fileUrl":"u"}"#,
+        r#"{"fileUrl":"a\/b","meta":{"md5":null,"content-length":null,"version":"v\"1"},"type":"t","taskId":"x","clientToken":"c","more":[{}]}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2"}}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":null,"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":[],"fileUrl":"u"}"#,
+        r#"{"clientToken":1,"taskId":"task-1","type":"os","meta":{"version":"2"},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2","md5":5},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2","content-length":"5"},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2","content-length":-5},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","taskId":"t2","type":"os","meta":{"version":"2"},"fileUrl":"u"}"#,
+        r#"{"clientToken":"o1","taskId":"task-1","type":"os","meta":{"version":"2","version":"3"},"fileUrl":"u"}"#,
+        r#"{"clientToken":null,"taskId":"task-1","type":"os","meta":{"version":"2"},"fileUrl":"u"}"#,
+    ];
+
+    #[test]
+    fn received_bodies_as_serde() {
+        for body in NTP_BODIES {
+            let ours = ntp_response(body.as_bytes(), 16);
+            let theirs = serde_json_core::from_slice::<NtpResponse>(body.as_bytes());
+            assert_eq!(ours, theirs.ok().map(|(v, _)| v), "{body}");
+        }
+        for body in OTA_BODIES {
+            let ours = ota_task(body.as_bytes(), 16);
+            let theirs = serde_json_core::from_slice::<OtaTask<'_>>(body.as_bytes());
+            assert_eq!(ours, theirs.ok().map(|(v, _)| v), "{body}");
+        }
+        assert!(ntp_response(NTP_BODIES[0].as_bytes(), 16).is_some());
+        assert!(ota_task(OTA_BODIES[2].as_bytes(), 16).is_some());
+    }
+}
