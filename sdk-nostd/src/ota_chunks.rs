@@ -5,6 +5,12 @@
 //!
 //! Everything it returns is an [`OtaReport`] for [`crate::Device::report_ota`]: no new payloads.
 //!
+//! Cost (feature `ota-verify`): 9,088 bytes of flash on `thumbv7em-none-eabihf` with
+//! `examples/firmware`'s release profile (a probe firmware calling `new`, `feed` and `finish`
+//! with opaque inputs, minus the empty `baseline`; MD5's compression ~1.9 KB, SHA-256's
+//! ~2.1 KB), no static RAM, and the verifier itself (about 340 bytes) wherever the
+//! application keeps it.
+//!
 //! ```
 //! # use iothub_sdk_nostd::{Instant, OtaPacing, OtaReport, OtaVerifier};
 //! # use iothub_sdk_nostd::spec::payload::{OtaMeta, OtaTask};
@@ -123,7 +129,7 @@ impl core::error::Error for OtaVerifyError {}
 /// Verifies one OTA task's file as the application feeds it (module docs show the loop).
 ///
 /// Holds the expected sizes and digests decoded from the task (nothing borrowed) and the running
-/// hash states: about 300 bytes, no heap. After the first error every call returns that error.
+/// hash states: about 340 bytes, no heap. After the first error every call returns that error.
 #[derive(Clone)]
 pub struct OtaVerifier {
     expected_len: Option<u64>,

@@ -353,3 +353,11 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn verifier_memory_stays_small() {
+    // The docs promise about 340 bytes (two hash states, expected digests, counters).
+    let size = std::mem::size_of::<OtaVerifier>();
+    assert!((200..=400).contains(&size), "OtaVerifier is {size} bytes");
+    println!("OtaVerifier: {size} bytes");
+}
