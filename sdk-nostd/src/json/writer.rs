@@ -69,9 +69,7 @@ impl<'b> JsonWriter<'b> {
     /// `\r`, other control characters as `\u00XX` (uppercase hex), everything else as is.
     pub(crate) fn str(&mut self, s: &str) {
         self.raw(b"\"");
-        let bytes = s.as_bytes();
-        let mut plain = 0;
-        for (i, &b) in bytes.iter().enumerate() {
+        for &b in s.as_bytes() {
             let short = match b {
                 b'"' => b'"',
                 b'\\' => b'\\',
@@ -81,18 +79,16 @@ impl<'b> JsonWriter<'b> {
                 0x0c => b'f',
                 0x0d => b'r',
                 0x00..=0x1f => b'u',
-                _ => continue,
+                _ => {
+                    self.raw(&[b]);
+                    continue;
+                }
             };
-            self.raw(bytes.get(plain..i).unwrap_or_default());
-            plain = i.saturating_add(1);
+            self.raw(&[b'\\', short]);
             if short == b'u' {
-                self.raw(b"\\u00");
-                self.raw(&[hex_digit(b >> 4), hex_digit(b & 0xf)]);
-            } else {
-                self.raw(&[b'\\', short]);
+                self.raw(&[b'0', b'0', hex_digit(b >> 4), hex_digit(b & 0xf)]);
             }
         }
-        self.raw(bytes.get(plain..).unwrap_or_default());
         self.raw(b"\"");
     }
 
