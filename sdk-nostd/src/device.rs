@@ -1145,6 +1145,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         }
     }
 
+    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
+    #[inline(never)]
     fn on_get_accepted<'p>(
         &mut self,
         _now: Instant,
@@ -1219,6 +1221,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         })))
     }
 
+    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
+    #[inline(never)]
     fn on_get_rejected<'p>(
         &mut self,
         now: Instant,
@@ -1261,6 +1265,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         }))
     }
 
+    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
+    #[inline(never)]
     fn on_method<'p>(
         &mut self,
         method: &'p str,
@@ -1302,6 +1308,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         Ok(None)
     }
 
+    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
+    #[inline(never)]
     fn on_ntp<'p>(
         &mut self,
         now: Instant,
@@ -1350,6 +1358,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         }
     }
 
+    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
+    #[inline(never)]
     fn on_ota_task<'p>(
         &mut self,
         now: Instant,
