@@ -21,7 +21,7 @@ use iothub_spec::payload::LifecycleEvent;
 use iothub_spec::topic::Topic;
 use serde_json::{Map, Value};
 
-use crate::auth::{self, CredentialCache};
+use crate::auth::{self, CredentialCache, SecretOrigin};
 use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -188,8 +188,8 @@ impl Things {
 
     /// Creates one thing (`POST /things`). Publishes `create` (S-8.3).
     pub async fn create(&self, req: CreateThing) -> Result<CreatedThing, ThingsError> {
-        let (thing_id, password) = prepare(&req)?;
-        let hash = hash_blocking(password.clone()).await?;
+        let (thing_id, password, origin) = prepare(&req)?;
+        let hash = hash_blocking(password.clone(), origin).await?;
         let new = NewThing {
             thing_id,
             password_hash: hash,
@@ -216,17 +216,20 @@ impl Things {
         let mut seen = std::collections::HashSet::new();
         let mut results: Vec<Option<Result<CreatedThing, ThingsError>>> = Vec::new();
         let mut pending: Vec<(usize, String, String, Map<String, Value>)> = Vec::new();
+        let mut origins = Vec::new();
         for (i, req) in reqs.into_iter().enumerate() {
             match prepare(&req) {
-                Ok((id, password)) if seen.insert(id.clone()) => {
+                Ok((id, password, origin)) if seen.insert(id.clone()) => {
                     results.push(None);
                     pending.push((i, id, password, req.tags));
+                    origins.push(origin);
                 }
                 Ok(_) => results.push(Some(Err(ThingsError::AlreadyExists))),
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let hashes = hash_many(pending.iter().map(|p| p.2.clone()).collect()).await?;
+        let secrets = pending.iter().map(|p| p.2.clone()).zip(origins).collect();
+        let hashes = hash_many(secrets).await?;
         let news: Vec<NewThing> = pending
             .iter()
             .zip(hashes)
@@ -447,19 +450,22 @@ fn check_page(page_index: u64, page_size: u64) -> Result<(), ThingsError> {
 }
 
 /// Validates one create request and picks its id and secret.
-fn prepare(req: &CreateThing) -> Result<(String, String), ThingsError> {
+/// A valid create request's id and secret, the secret's origin deciding its hash cost.
+fn prepare(req: &CreateThing) -> Result<(String, String, SecretOrigin), ThingsError> {
     let id = match &req.thing_id {
         Some(id) if is_valid_thing_id(id) => id.clone(),
         Some(_) => return Err(ThingsError::InvalidId),
         None => generate_id(),
     };
-    let password = match &req.password {
-        Some(p) if !p.is_empty() && p.len() <= MAX_PASSWORD_LEN => p.clone(),
+    let (password, origin) = match &req.password {
+        Some(p) if !p.is_empty() && p.len() <= MAX_PASSWORD_LEN => {
+            (p.clone(), SecretOrigin::Chosen)
+        }
         Some(_) => return Err(ThingsError::InvalidPassword),
-        None => auth::generate_secret(),
+        None => (auth::generate_secret(), SecretOrigin::Generated),
     };
     check_tags(&req.tags)?;
-    Ok((id, password))
+    Ok((id, password, origin))
 }
 
 fn check_tags(tags: &Map<String, Value>) -> Result<(), ThingsError> {
@@ -497,15 +503,15 @@ fn generate_id() -> String {
         .collect()
 }
 
-async fn hash_blocking(secret: String) -> Result<String, ThingsError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&secret))
+async fn hash_blocking(secret: String, origin: SecretOrigin) -> Result<String, ThingsError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&secret, origin))
         .await
         .map_err(|_| ThingsError::Hash)?
         .map_err(|_| ThingsError::Hash)
 }
 
 /// Hashes many secrets on the blocking pool, in as many chunks as there are cores.
-async fn hash_many(secrets: Vec<String>) -> Result<Vec<String>, ThingsError> {
+async fn hash_many(secrets: Vec<(String, SecretOrigin)>) -> Result<Vec<String>, ThingsError> {
     if secrets.is_empty() {
         return Ok(Vec::new());
     }
@@ -519,7 +525,7 @@ async fn hash_many(secrets: Vec<String>) -> Result<Vec<String>, ThingsError> {
         let part = part.to_vec();
         tasks.push(tokio::task::spawn_blocking(move || {
             part.iter()
-                .map(|s| auth::hash_password(s))
+                .map(|(secret, origin)| auth::hash_password(secret, *origin))
                 .collect::<Result<Vec<_>, _>>()
         }));
     }
@@ -568,7 +574,12 @@ mod tests {
             password: Some("s3cret".into()),
             ..Default::default()
         };
-        assert_eq!(prepare(&given).ok(), Some(("t-1".into(), "s3cret".into())));
+        assert_eq!(
+            prepare(&given).ok(),
+            Some(("t-1".into(), "s3cret".into(), SecretOrigin::Chosen))
+        );
+        let generated = prepare(&CreateThing::default());
+        assert!(matches!(generated, Ok((_, _, SecretOrigin::Generated))));
     }
 
     #[test]

@@ -56,8 +56,11 @@ pub struct Fleet {
     pub epoch: Instant,
     /// The run's phase.
     pub phase: watch::Receiver<Phase>,
-    /// A per-run value mixed into secrets.
-    pub secret_salt: u64,
+    /// Each thing's secret, as the hub generated it at creation (S-1.6: shown once); empty until
+    /// provisioning. Hub-generated secrets are what a real fleet carries, and the hub hashes them
+    /// more cheaply than chosen ones (see the hub's `auth` module), which matters for connect
+    /// storms.
+    pub secrets: Vec<Box<str>>,
 }
 
 impl Fleet {
@@ -72,7 +75,6 @@ impl Fleet {
         let slots = (0..scenario.population.count)
             .map(|_| Slot::default())
             .collect();
-        let secret_salt = scenario.seed ^ u64::from(std::process::id()).rotate_left(32);
         Fleet {
             scenario,
             mqtt,
@@ -81,7 +83,7 @@ impl Fleet {
             methods: Box::leak(methods.into_boxed_slice()),
             epoch: Instant::now(),
             phase,
-            secret_salt,
+            secrets: Vec::new(),
         }
     }
 
@@ -90,9 +92,12 @@ impl Fleet {
         self.scenario.thing_id(i)
     }
 
-    /// The secret of thing `i` (derived, so nothing per thing is kept for it).
+    /// The secret of thing `i` (empty before provisioning).
     pub fn secret(&self, i: usize) -> String {
-        format!("sim-{:016x}-{i}", self.secret_salt)
+        self.secrets
+            .get(i)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     /// Microseconds since [`Fleet::epoch`].

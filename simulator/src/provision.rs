@@ -41,15 +41,6 @@ struct MethodOutcome {
     code: u16,
 }
 
-/// A thing of the run and its secret.
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    /// The thingId (also client id and username).
-    pub thing_id: String,
-    /// Its secret.
-    pub secret: String,
-}
-
 /// The admin side of the REST API.
 pub struct Api {
     http: reqwest::Client,
@@ -71,13 +62,12 @@ impl Api {
         })
     }
 
-    /// Creates `things` with batch requests of at most [`MAX_BATCH_CREATE`].
-    pub async fn create_things(&self, things: &[Credentials]) -> anyhow::Result<()> {
-        for chunk in things.chunks(MAX_BATCH_CREATE) {
-            let items: Vec<Value> = chunk
-                .iter()
-                .map(|c| json!({ "thingId": c.thing_id, "password": c.secret }))
-                .collect();
+    /// Creates the things `ids` with batch requests of at most [`MAX_BATCH_CREATE`], letting the
+    /// hub generate their secrets, and returns the secrets in the order of `ids`.
+    pub async fn create_things(&self, ids: &[String]) -> anyhow::Result<Vec<Box<str>>> {
+        let mut secrets = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BATCH_CREATE) {
+            let items: Vec<Value> = chunk.iter().map(|id| json!({ "thingId": id })).collect();
             let body = self
                 .send(
                     self.http
@@ -89,14 +79,33 @@ impl Api {
             if failures > 0 {
                 bail!("{failures} things of a batch were not created: {body}");
             }
+            let results = body
+                .pointer("/data/results")
+                .or_else(|| body.pointer("/data"))
+                .and_then(Value::as_array)
+                .context("batch create answered without results")?;
+            for (id, result) in chunk.iter().zip(results) {
+                let secret = result
+                    .pointer("/data/password")
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("no secret returned for {id}"))?;
+                secrets.push(secret.into());
+            }
+            if results.len() != chunk.len() {
+                bail!(
+                    "batch create answered {} results for {} things",
+                    results.len(),
+                    chunk.len()
+                );
+            }
         }
-        Ok(())
+        Ok(secrets)
     }
 
     /// Deletes the run's things; missing ones are fine.
-    pub async fn delete_things(&self, things: &[Credentials]) -> anyhow::Result<()> {
-        for c in things {
-            let url = self.url(&format!("/api/v1/things/{}", c.thing_id));
+    pub async fn delete_things(&self, ids: &[String]) -> anyhow::Result<()> {
+        for id in ids {
+            let url = self.url(&format!("/api/v1/things/{id}"));
             let response = self
                 .http
                 .delete(url)
@@ -106,7 +115,7 @@ impl Api {
             if !(response.status().is_success()
                 || response.status() == reqwest::StatusCode::NOT_FOUND)
             {
-                bail!("deleting {} failed: {}", c.thing_id, response.status());
+                bail!("deleting {id} failed: {}", response.status());
             }
         }
         Ok(())

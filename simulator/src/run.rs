@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::fleet::{Fleet, Phase};
-use crate::provision::{Api, Credentials};
+use crate::provision::Api;
 use crate::report::Report;
 use crate::scenario::Scenario;
 use crate::{business, progress, thing};
@@ -50,19 +50,18 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     let mut fleet = Arc::new(Fleet::new(scenario, target.mqtt, phase_rx));
 
     eprintln!("provisioning {count} things ...");
-    let creds: Vec<Credentials> = (0..count)
-        .map(|i| Credentials {
-            thing_id: fleet.thing_id(i),
-            secret: fleet.secret(i),
-        })
-        .collect();
-    api.create_things(&creds).await?;
-    drop(creds);
+    let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
+    let secrets = api.create_things(&ids).await?;
+    drop(ids);
 
     let ramp_began = Instant::now();
     // Re-base the connect schedule on now (provisioning took a while); no thing runs yet.
-    if let Some(f) = Arc::get_mut(&mut fleet) {
-        f.epoch = ramp_began;
+    match Arc::get_mut(&mut fleet) {
+        Some(f) => {
+            f.epoch = ramp_began;
+            f.secrets = secrets;
+        }
+        None => bail!("the fleet is shared before its things start"),
     }
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -111,13 +110,8 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     }
     let report = Report::build(&fleet, duration.as_secs_f64());
     if !options.keep {
-        let creds: Vec<Credentials> = (0..count)
-            .map(|i| Credentials {
-                thing_id: fleet.thing_id(i),
-                secret: String::new(),
-            })
-            .collect();
-        api.delete_things(&creds).await?;
+        let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
+        api.delete_things(&ids).await?;
     }
     Ok(report)
 }
