@@ -738,7 +738,6 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         if ota.last_final.is_some() {
             return Err(Error::NoOtaTask);
         }
-        let (task_id, tok) = (ota.task_id.clone(), ota.token.clone());
         let (status, progress, err_code, err_msg) = match report {
             OtaReport::Ongoing { progress } => (
                 OtaStatus::Ongoing,
@@ -752,27 +751,44 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             }
             OtaReport::Canceled => (OtaStatus::Canceled, None, None, None),
         };
-        let body = payload::OtaResult {
-            client_token: &tok,
-            task_id: &task_id,
-            status,
-            progress,
-            err_code,
-            err_msg,
-            timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
-        };
-        let topic = Topic::OtaTaskResult {
-            thing: self.config.thing_id,
-        };
-        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::ota_result(w, &body)
-        })?;
+        self.enqueue_ota_result(now, status, progress, err_code, err_msg)?;
         if status.is_final()
             && let Some(ota) = self.session.ota.as_mut()
         {
             ota.last_final = Some((status, err_code));
         }
         Ok(())
+    }
+
+    /// Queues a result of the current OTA task (S-7.2), with the task's ids from the session
+    /// (moved out and back rather than cloned).
+    fn enqueue_ota_result(
+        &mut self,
+        now: Instant,
+        status: OtaStatus,
+        progress: Option<u8>,
+        err_code: Option<u16>,
+        err_msg: Option<&str>,
+    ) -> Result<(), Error> {
+        let timestamp = self.unix_time_ms(now).unwrap_or(now.as_millis());
+        let ota = self.session.ota.take().ok_or(Error::NoOtaTask)?;
+        let body = payload::OtaResult {
+            client_token: &ota.token,
+            task_id: &ota.task_id,
+            status,
+            progress,
+            err_code,
+            err_msg,
+            timestamp,
+        };
+        let topic = Topic::OtaTaskResult {
+            thing: self.config.thing_id,
+        };
+        let queued = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
+            wire::ota_result(w, &body)
+        });
+        self.session.ota = Some(ota);
+        queued
     }
 
     /// Publishes `value` as telemetry on `T/messages/property`.
@@ -1383,23 +1399,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         {
             if let Some((status, err_code)) = ota.last_final {
                 // The hub missed our final result (it re-sends pending tasks on reconnect).
-                let (tid, tok) = (ota.task_id.clone(), ota.token.clone());
-                let body = payload::OtaResult {
-                    client_token: &tok,
-                    task_id: &tid,
-                    status,
-                    progress: None,
-                    err_code,
-                    err_msg: None,
-                    timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
-                };
-                let topic = Topic::OtaTaskResult {
-                    thing: self.config.thing_id,
-                };
                 if self.conn.up {
-                    let _ = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-                        wire::ota_result(w, &body)
-                    });
+                    let _ = self.enqueue_ota_result(now, status, None, err_code, None);
                 }
             }
             return Err(Ignored::Duplicate);
