@@ -178,7 +178,7 @@ async fn method_loop(
 }
 
 /// Longest an OTA job may take to end before it counts as an error.
-const OTA_JOB_LIMIT: Duration = Duration::from_secs(120);
+const OTA_JOB_LIMIT: Duration = Duration::from_secs(600);
 /// How often a running OTA job is polled.
 const OTA_POLL: Duration = Duration::from_millis(100);
 
@@ -195,12 +195,20 @@ async fn ota_loop(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant
         }
         n += 1;
         let mut chosen: Vec<usize> = Vec::with_capacity(b.ota_job_things);
-        for _ in 0..b.ota_job_things.saturating_mul(4) {
-            if chosen.len() == b.ota_job_things {
-                break;
-            }
-            if let Some(i) = pick(&fleet, &mut rng, |i| !chosen.contains(&i)) {
-                chosen.push(i);
+        if b.ota_job_things >= fleet.slots.len() {
+            // The whole fleet: every connected thing (random picks would miss some, slowly).
+            chosen.extend(
+                (0..fleet.slots.len())
+                    .filter(|&i| fleet.slots[i].connected.load(Ordering::Relaxed)),
+            );
+        } else {
+            for _ in 0..b.ota_job_things.saturating_mul(4) {
+                if chosen.len() == b.ota_job_things {
+                    break;
+                }
+                if let Some(i) = pick(&fleet, &mut rng, |i| !chosen.contains(&i)) {
+                    chosen.push(i);
+                }
             }
         }
         if chosen.is_empty() {

@@ -331,7 +331,12 @@ mod tests {
 
     #[test]
     fn every_example_validates() {
-        for name in ["default.toml", "methods.toml", "churn.toml"] {
+        for name in [
+            "default.toml",
+            "methods.toml",
+            "churn.toml",
+            "ota-rollout.toml",
+        ] {
             example(name)
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
