@@ -73,6 +73,15 @@ fn ticker(start: Instant, per_s: f64) -> tokio::time::Interval {
     t
 }
 
+/// The next tick before `end`, or `None` once `end` has come (without waiting for a tick that
+/// falls after it: a job every 1,000 s must not hold a 60 s run open).
+async fn next_tick(tick: &mut tokio::time::Interval, end: Instant) -> Option<Instant> {
+    tokio::select! {
+        at = tick.tick() => (at < end).then_some(at),
+        () = tokio::time::sleep_until(end) => None,
+    }
+}
+
 async fn desired_loop(
     fleet: Arc<Fleet>,
     api: Arc<Api>,
@@ -85,8 +94,7 @@ async fn desired_loop(
     let next = AtomicU64::new(1);
     let mut calls = JoinSet::new();
     loop {
-        let at = tick.tick().await;
-        if at >= end {
+        if next_tick(&mut tick, end).await.is_none() {
             break;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -137,8 +145,7 @@ async fn method_loop(
     let mut calls = JoinSet::new();
     let mut n: u64 = 0;
     loop {
-        let at = tick.tick().await;
-        if at >= end {
+        if next_tick(&mut tick, end).await.is_none() {
             break;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -189,8 +196,7 @@ async fn ota_loop(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant
     let mut jobs = JoinSet::new();
     let mut n: u64 = 0;
     loop {
-        let at = tick.tick().await;
-        if at >= end {
+        if next_tick(&mut tick, end).await.is_none() {
             break;
         }
         n += 1;

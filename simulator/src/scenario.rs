@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use iothub_sdk_nostd::spec::code::OtaErrorCode;
 use serde::Deserialize;
 
 /// A whole run.
@@ -90,8 +91,14 @@ pub struct Profile {
     pub ota_steps: u8,
     /// Time between two OTA reports of a task, ms.
     pub ota_step_ms: u64,
-    /// Share of OTA tasks that end `failed` (1403, file content wrong), 0.0 to 1.0.
+    /// Share of OTA tasks that end `failed`, 0.0 to 1.0.
     pub ota_failure_rate: f64,
+    /// The S-7.2 error code of a failed OTA task: 400, 500, 1400 (URL unusable), 1403 (content
+    /// wrong) or 1404 (no space).
+    pub ota_failure_code: u16,
+    /// Share of OTA tasks during which the thing drops its connection once, right after its first
+    /// progress report ("disconnect mid-download"), and reconnects to finish the task.
+    pub ota_disconnect_rate: f64,
     /// MQTT keep-alive, seconds.
     pub keep_alive_s: u16,
     /// How long a shadow request or NTP exchange waits for its answer, ms.
@@ -175,6 +182,8 @@ impl Default for Profile {
             ota_steps: 4,
             ota_step_ms: 100,
             ota_failure_rate: 0.0,
+            ota_failure_code: 1403,
+            ota_disconnect_rate: 0.0,
             keep_alive_s: 60,
             request_timeout_ms: 10_000,
         }
@@ -237,6 +246,14 @@ impl Scenario {
         anyhow::ensure!(
             (0.0..=1.0).contains(&p.ota_failure_rate),
             "profile.ota_failure_rate must be 0.0 to 1.0"
+        );
+        anyhow::ensure!(
+            OtaErrorCode::from_u16(p.ota_failure_code).is_some(),
+            "profile.ota_failure_code must be an S-7.2 code (400, 500, 1400, 1403, 1404)"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&p.ota_disconnect_rate),
+            "profile.ota_disconnect_rate must be 0.0 to 1.0"
         );
         anyhow::ensure!(
             self.business.ota_job_things > 0 && self.business.ota_max_per_minute > 0,

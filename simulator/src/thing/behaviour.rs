@@ -112,8 +112,11 @@ impl Thing {
             }
             Event::OtaTask(_) => {
                 self.stats().ota_tasks.inc();
-                let step = Duration::from_millis(self.fleet.scenario.profile.ota_step_ms);
+                let p = &self.fleet.scenario.profile;
+                let step = Duration::from_millis(p.ota_step_ms);
+                let drop_rate = p.ota_disconnect_rate;
                 self.ota = Some((now + step, 0));
+                self.ota_drop = drop_rate > 0.0 && self.rng.gen_bool(drop_rate);
             }
             Event::SubscribeFailed { .. } => {
                 self.stats().protocol_errors.add("subscription refused");
@@ -123,7 +126,8 @@ impl Thing {
     }
 
     /// The next report of the OTA task in progress: `ota_steps` times `ongoing`, then the final
-    /// result (`failed` 1403 for `ota_failure_rate` of the tasks, else `done`).
+    /// result (`failed` with `ota_failure_code` for `ota_failure_rate` of the tasks, else `done`).
+    /// A task picked by `ota_disconnect_rate` drops the connection after its first `ongoing`.
     fn ota_step(&mut self, device: &mut Core<'_>, now: Instant, step: u8, p: &Profile) {
         let t = dev_now(&self.fleet);
         let (report, status) = if step < p.ota_steps {
@@ -133,8 +137,9 @@ impl Thing {
         } else if p.ota_failure_rate > 0.0 && self.rng.gen_bool(p.ota_failure_rate) {
             (
                 OtaReport::Failed {
-                    code: OtaErrorCode::FileContentWrong,
-                    message: Some("checksum mismatch"),
+                    code: OtaErrorCode::from_u16(p.ota_failure_code)
+                        .unwrap_or(OtaErrorCode::Unknown),
+                    message: Some("simulated failure"),
                 },
                 "failed",
             )
@@ -146,6 +151,12 @@ impl Thing {
                 self.stats().ota_results.add(status);
                 self.ota = (status == "ongoing")
                     .then(|| (now + Duration::from_millis(p.ota_step_ms), step + 1));
+                if self.ota_drop && status == "ongoing" {
+                    // The core keeps the task; the next session reports the rest.
+                    self.ota_drop = false;
+                    self.stats().ota_results.add("connection dropped mid-task");
+                    self.next_churn = Some(now);
+                }
             }
             // Retried once connected again; the core keeps the task across reconnects.
             Err(iothub_sdk_nostd::Error::NotConnected) => {}

@@ -171,6 +171,8 @@ struct Thing {
     lost_at: Option<Instant>,
     /// The OTA task in progress: (next report, reports made).
     ota: Option<(Instant, u8)>,
+    /// The OTA task in progress drops the connection after its first progress report.
+    ota_drop: bool,
     /// A delta to report back: (when, setpoint).
     apply: Option<(Instant, u64)>,
     last_version: Option<u64>,
@@ -230,6 +232,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
         ntp: None,
         answers: std::collections::VecDeque::new(),
         ota: None,
+        ota_drop: false,
         lost_at: None,
         apply: None,
         last_version: None,
