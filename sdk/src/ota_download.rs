@@ -8,7 +8,9 @@
 //! errors. The verified file is handed to the application, and `done` is reported unless
 //! [`DownloadOptions::report_done`] is off (install first, then call [`OtaTask::done`]).
 //!
-//! Plain `http://` URLs are supported; `https://` URLs fail with 1400 in this build.
+//! `http://` URLs always work. `https://` URLs need the `tls` feature and
+//! `DownloadOptions::tls` (which roots to trust: e.g. the same rustls config as the thing's
+//! connection); without them an `https://` URL fails with 1400.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,9 @@ pub struct DownloadOptions {
     pub connect_timeout: Duration,
     /// Report `done` once the file is verified (default). Off: report it after installing.
     pub report_done: bool,
+    /// TLS for `https://` file URLs (feature `tls`); `None`: `https://` fails with 1400.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl DownloadOptions {
@@ -50,7 +55,17 @@ impl DownloadOptions {
             timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(15),
             report_done: true,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Fetches `https://` URLs with this rustls configuration (its roots decide which servers
+    /// are trusted), e.g. one that trusts the same CA as the thing's connection.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Space available for the file (larger files fail with 1404).
@@ -182,9 +197,15 @@ impl OtaTask {
         {
             return Err(DownloadError::NoSpace(format!("{len} bytes do not fit")));
         }
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
-            .timeout(opts.timeout)
+            .timeout(opts.timeout);
+        #[cfg(feature = "tls")]
+        let builder = match &opts.tls {
+            Some(config) => builder.use_preconfigured_tls(rustls::ClientConfig::clone(config)),
+            None => builder,
+        };
+        let client = builder
             .build()
             .map_err(|e| DownloadError::UrlUnusable(e.to_string()))?;
         let mut resp = client

@@ -12,7 +12,7 @@ use md5::Md5;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{Hub, next};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The firmware: 40 KiB of a repeating pattern.
@@ -29,41 +29,40 @@ async fn file_server(body: Vec<u8>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&req);
-                if line.starts_with("GET /fw.bin ") {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = sock.write_all(head.as_bytes()).await;
-                    for chunk in body.chunks(4096) {
-                        let _ = sock.write_all(chunk).await;
-                        let _ = sock.flush().await;
-                    }
-                } else {
-                    let _ = sock
-                        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .await;
-                }
-                let _ = sock.shutdown().await;
-            });
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve_file(sock, body.clone()));
         }
     });
     format!("http://{addr}")
+}
+
+/// One HTTP/1.1 exchange on `sock`: `GET /fw.bin` gets `body`, anything else 404.
+async fn serve_file<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, body: Vec<u8>) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&req);
+    if line.starts_with("GET /fw.bin ") {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = sock.write_all(head.as_bytes()).await;
+        for chunk in body.chunks(4096) {
+            let _ = sock.write_all(chunk).await;
+            let _ = sock.flush().await;
+        }
+    } else {
+        let _ = sock
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    }
+    let _ = sock.shutdown().await;
 }
 
 async fn create_job(hub: &Hub, thing: &str, url: &str, meta: Value) -> String {
@@ -196,5 +195,79 @@ async fn download_verifies_reports_and_hands_over_the_file() {
         .expect_err("too big");
     assert_eq!(err.code(), Some(OtaErrorCode::NoSpace), "{err:?}");
     assert_eq!(ended_task(&hub, &job, &id).await["errCode"], 1404);
+    thing.close().await;
+}
+
+/// `https://` file URLs (feature `tls`): trusted through [`DownloadOptions::tls`], refused with
+/// 1400 without it.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_file_urls_need_a_trusted_certificate() {
+    use iothub_sdk::rustls::{self, RootCertStore};
+    use std::sync::Arc;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("names")
+        .self_signed(&key)
+        .expect("rcgen");
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let fw = firmware();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let body = fw.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(sock).await {
+                    serve_file(tls, body).await;
+                }
+            });
+        }
+    });
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let hub = Hub::start();
+    let (id, opts) = hub.new_thing("dls").await;
+    let thing = Thing::connect(opts).await.expect("connect");
+    let mut tasks = thing.ota().tasks();
+    let dir = tempfile::tempdir().unwrap();
+    let meta = json!({"version": "5", "sha256": hex(&Sha256::digest(&fw))});
+
+    let job = create_job(&hub, &id, &format!("{base}/fw.bin"), meta.clone()).await;
+    let trusting = DownloadOptions::new(dir.path()).tls(Arc::new(client));
+    let file = next(&mut tasks)
+        .await
+        .download(&trusting)
+        .await
+        .expect("download over https");
+    assert_eq!(std::fs::read(&file.path).unwrap(), fw);
+    assert_eq!(ended_task(&hub, &job, &id).await["status"], "done");
+
+    let job = create_job(&hub, &id, &format!("{base}/fw.bin"), meta).await;
+    let err = next(&mut tasks)
+        .await
+        .download(&DownloadOptions::new(dir.path()))
+        .await
+        .expect_err("no trusted roots");
+    assert_eq!(err.code(), Some(OtaErrorCode::FileUrlUnusable), "{err:?}");
+    assert_eq!(ended_task(&hub, &job, &id).await["errCode"], 1400);
     thing.close().await;
 }
