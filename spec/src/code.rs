@@ -225,6 +225,22 @@ pub enum OtaTaskState {
 }
 
 impl OtaTaskState {
+    /// Every state, in lifecycle order (S-7.3).
+    pub const ALL: [OtaTaskState; 7] = [
+        OtaTaskState::Queued,
+        OtaTaskState::Sent,
+        OtaTaskState::Ongoing,
+        OtaTaskState::Done,
+        OtaTaskState::Failed,
+        OtaTaskState::Canceled,
+        OtaTaskState::TimedOut,
+    ];
+
+    /// The state a wire string names, `None` for any other string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
     /// The wire string.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -352,17 +368,10 @@ mod tests {
             "\"disconnected\""
         );
         assert_eq!(ser(&LifecycleOp::Enable).as_str(), "\"enable\"");
-        for s in [
-            OtaTaskState::Queued,
-            OtaTaskState::Sent,
-            OtaTaskState::Ongoing,
-            OtaTaskState::Done,
-            OtaTaskState::Failed,
-            OtaTaskState::Canceled,
-            OtaTaskState::TimedOut,
-        ] {
+        for s in OtaTaskState::ALL {
             let j = ser(&s);
             assert_eq!(&j[1..j.len() - 1], s.as_str());
+            assert_eq!(OtaTaskState::parse(s.as_str()), Some(s));
             let (back, _): (OtaTaskState, _) = serde_json_core::from_str(&j).unwrap();
             assert_eq!(back, s);
         }

@@ -18,9 +18,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, envelope, ok};
 use super::schema::{Envelope, NullEnvelope, Page};
 use super::things::DEFAULT_PAGE_SIZE;
 use crate::ota::{CreateJob, OtaError, OtaService, Targets};
-use crate::store::ota::{
-    OtaCounts, OtaJobRecord, OtaTaskRecord, OtaTemplate, OtaTransition, parse_task_state,
-};
+use crate::store::ota::{OtaCounts, OtaJobRecord, OtaTaskRecord, OtaTemplate, OtaTransition};
 
 impl From<OtaError> for ApiError {
     fn from(e: OtaError) -> Self {
@@ -423,7 +421,7 @@ pub async fn list_tasks(
     let status: Option<OtaTaskState> = match p.status.as_deref() {
         None => None,
         Some(s) => Some(
-            parse_task_state(s)
+            OtaTaskState::parse(s)
                 .ok_or_else(|| ApiError::bad_request(format!("unknown task status {s:?}")))?,
         ),
     };

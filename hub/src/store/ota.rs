@@ -44,22 +44,6 @@ impl OtaJobStatus {
     }
 }
 
-/// Every task state, in lifecycle order (S-7.3).
-pub const TASK_STATES: [OtaTaskState; 7] = [
-    OtaTaskState::Queued,
-    OtaTaskState::Sent,
-    OtaTaskState::Ongoing,
-    OtaTaskState::Done,
-    OtaTaskState::Failed,
-    OtaTaskState::Canceled,
-    OtaTaskState::TimedOut,
-];
-
-/// Parses a stored task state (the wire string of [`OtaTaskState::as_str`]).
-pub fn parse_task_state(s: &str) -> Option<OtaTaskState> {
-    TASK_STATES.into_iter().find(|v| v.as_str() == s)
-}
-
 /// What a job sends to each thing (S-7.1 without `taskId` and `clientToken`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtaTemplate {

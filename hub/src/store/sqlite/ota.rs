@@ -9,7 +9,7 @@ use super::{SqliteStore, from_db, to_db};
 use crate::store::StoreError;
 use crate::store::ota::{
     MAX_TASK_PAGE, NewOtaJob, OtaCounts, OtaJobRecord, OtaJobSettings, OtaJobStatus, OtaStore,
-    OtaTaskRecord, OtaTaskWrite, OtaTemplate, OtaTransition, parse_task_state,
+    OtaTaskRecord, OtaTaskWrite, OtaTemplate, OtaTransition,
 };
 
 /// Rows per multi-row statement when creating a job (7 parameters each).
@@ -28,7 +28,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
 }
 
 fn state_from(s: &str) -> Result<OtaTaskState, StoreError> {
-    parse_task_state(s).ok_or_else(|| corrupt("task status", s))
+    OtaTaskState::parse(s).ok_or_else(|| corrupt("task status", s))
 }
 
 /// A stored small number (attempt, progress, code); out-of-range values read as 0.
