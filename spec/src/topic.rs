@@ -27,6 +27,10 @@ use core::fmt;
 use crate::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
 use crate::limits::MAX_TOPIC_LEN;
 
+mod parse;
+
+use parse::{split1, valid_rest};
+
 /// The first level of every topic of this spec.
 pub const PREFIX: &str = "$iothub";
 
@@ -208,22 +212,7 @@ pub enum Topic<'a> {
     },
 }
 
-/// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("a", None)` for `"a"`.
-fn split1(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('/') {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
-    }
-}
-
-/// Whether `rest` is a valid free-form tail: non-empty levels without wildcards or NUL.
-fn valid_rest(rest: &str) -> bool {
-    !rest.is_empty()
-        && rest
-            .split('/')
-            .all(|l| !l.is_empty() && !l.bytes().any(|b| matches!(b, b'+' | b'#' | 0)))
-}
-
+/// `s` as a thing id level, or [`TopicError::InvalidThingId`].
 fn thing_id(s: &str) -> Result<&str, TopicError> {
     if is_valid_thing_id(s) {
         Ok(s)
@@ -263,116 +252,6 @@ fn fmt_pieces(pieces: &[&str], f: &mut fmt::Formatter<'_>) -> fmt::Result {
 }
 
 impl<'a> Topic<'a> {
-    /// Parses a PUBLISH topic name.
-    ///
-    /// Fails on anything that is not exactly one of the shapes of S-2 with valid ids and names,
-    /// and on any topic longer than [`MAX_TOPIC_LEN`] bytes. Never panics, whatever the input.
-    pub fn parse(topic: &'a str) -> Result<Topic<'a>, TopicError> {
-        if topic.len() > MAX_TOPIC_LEN {
-            return Err(TopicError::TooLong);
-        }
-        let (first, rest) = split1(topic);
-        if first != PREFIX {
-            return Err(TopicError::NotIothub);
-        }
-        let rest = rest.ok_or(TopicError::UnknownShape)?;
-        let (kind, rest) = split1(rest);
-        let rest = rest.ok_or(TopicError::UnknownShape)?;
-        match kind {
-            "things" => Self::parse_thing(rest),
-            "events" => {
-                let (things, rest) = split1(rest);
-                if things != "things" {
-                    return Err(TopicError::UnknownShape);
-                }
-                let (id, rest) = split1(rest.ok_or(TopicError::UnknownShape)?);
-                let thing = thing_id(id)?;
-                match rest {
-                    Some("presence") => Ok(Topic::PresenceEvent { thing }),
-                    Some("lifecycle") => Ok(Topic::LifecycleEvent { thing }),
-                    _ => Err(TopicError::UnknownShape),
-                }
-            }
-            "user" => {
-                let (things, rest) = split1(rest);
-                if things != "things" {
-                    return Err(TopicError::UnknownShape);
-                }
-                let (id, rest) = split1(rest.ok_or(TopicError::UnknownShape)?);
-                let thing = thing_id(id)?;
-                let rest = rest.ok_or(TopicError::UnknownShape)?;
-                if !valid_rest(rest) {
-                    return Err(TopicError::InvalidLevel);
-                }
-                Ok(Topic::User { thing, rest })
-            }
-            _ => Err(TopicError::UnknownShape),
-        }
-    }
-
-    /// Parses what follows `$iothub/things/`.
-    fn parse_thing(s: &'a str) -> Result<Topic<'a>, TopicError> {
-        let (id, rest) = split1(s);
-        let thing = thing_id(id)?;
-        let rest = rest.ok_or(TopicError::UnknownShape)?;
-        if let Some(will) = rest.strip_prefix("messages/will") {
-            if will.is_empty() {
-                return Ok(Topic::Will { thing, rest: "" });
-            }
-            if let Some(tail) = will.strip_prefix('/') {
-                if !valid_rest(tail) {
-                    return Err(TopicError::InvalidLevel);
-                }
-                return Ok(Topic::Will { thing, rest: tail });
-            }
-            return Err(TopicError::UnknownShape);
-        }
-        let mut levels: [&str; 5] = [""; 5];
-        let mut n = 0;
-        for level in rest.split('/') {
-            let slot = levels.get_mut(n).ok_or(TopicError::UnknownShape)?;
-            *slot = level;
-            n += 1;
-        }
-        match &levels[..n] {
-            ["shadows", "name", shadow, tail @ ..] => {
-                let shadow = *shadow;
-                if !is_valid_shadow_name(shadow) {
-                    return Err(TopicError::InvalidShadowName);
-                }
-                match tail {
-                    ["get"] => Ok(Topic::ShadowGet { thing, shadow }),
-                    ["get", "accepted"] => Ok(Topic::ShadowGetAccepted { thing, shadow }),
-                    ["get", "rejected"] => Ok(Topic::ShadowGetRejected { thing, shadow }),
-                    ["update"] => Ok(Topic::ShadowUpdate { thing, shadow }),
-                    ["update", "accepted"] => Ok(Topic::ShadowUpdateAccepted { thing, shadow }),
-                    ["update", "rejected"] => Ok(Topic::ShadowUpdateRejected { thing, shadow }),
-                    ["update", "delta"] => Ok(Topic::ShadowUpdateDelta { thing, shadow }),
-                    ["update", "documents"] => Ok(Topic::ShadowUpdateDocuments { thing, shadow }),
-                    _ => Err(TopicError::UnknownShape),
-                }
-            }
-            ["methods", method, dir] => {
-                let method = *method;
-                if !is_valid_method_name(method) {
-                    return Err(TopicError::InvalidMethodName);
-                }
-                match *dir {
-                    "req" => Ok(Topic::MethodRequest { thing, method }),
-                    "resp" => Ok(Topic::MethodResponse { thing, method }),
-                    _ => Err(TopicError::UnknownShape),
-                }
-            }
-            ["ntp", "req"] => Ok(Topic::NtpRequest { thing }),
-            ["ntp", "resp"] => Ok(Topic::NtpResponse { thing }),
-            ["ota", "task"] => Ok(Topic::OtaTask { thing }),
-            ["ota", "task", "result"] => Ok(Topic::OtaTaskResult { thing }),
-            ["messages", "property"] => Ok(Topic::Property { thing }),
-            ["presence"] => Ok(Topic::Presence { thing }),
-            _ => Err(TopicError::UnknownShape),
-        }
-    }
-
     /// The thing the topic belongs to.
     pub fn thing(&self) -> &'a str {
         match *self {
