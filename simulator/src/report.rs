@@ -14,6 +14,8 @@ use crate::fleet::Fleet;
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
+    /// Mean (for tools that report only a mean, such as Tsung).
+    pub mean_ms: f64,
     /// Median.
     pub p50_ms: f64,
     /// 90th percentile.
@@ -31,6 +33,7 @@ impl Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         Percentiles {
             count: h.len(),
+            mean_ms: h.mean() / 1000.0,
             p50_ms: ms(h.value_at_quantile(0.50)),
             p90_ms: ms(h.value_at_quantile(0.90)),
             p99_ms: ms(h.value_at_quantile(0.99)),
@@ -47,6 +50,8 @@ pub struct Latencies {
     pub connect: Percentiles,
     /// Shadow update publish to `update/accepted`.
     pub update_to_accepted: Percentiles,
+    /// QoS 1 telemetry PUBLISH to its PUBACK.
+    pub telemetry_ack: Percentiles,
     /// REST desired PUT to the thing's matching reported state accepted.
     pub convergence: Percentiles,
     /// REST method call to REST reply.
@@ -122,6 +127,10 @@ pub struct Report {
     pub ntp_timed_out: u64,
     /// Telemetry messages sent.
     pub telemetry_sent: u64,
+    /// QoS 1 telemetry messages acknowledged by the hub.
+    pub telemetry_acked: u64,
+    /// QoS 1 telemetry messages never acknowledged (lost with a connection, open at the end).
+    pub telemetry_unacked: u64,
     /// OTA tasks received by things.
     pub ota_tasks: u64,
     /// OTA results sent by things, by status.
@@ -190,6 +199,8 @@ impl Report {
             ntp_done: s.ntp_done.get(),
             ntp_timed_out: s.ntp_timed_out.get(),
             telemetry_sent: s.telemetry_sent.get(),
+            telemetry_acked: s.telemetry_acked.get(),
+            telemetry_unacked: s.telemetry_unacked.get(),
             ota_tasks: s.ota_tasks.get(),
             ota_results: s.ota_results.snapshot(),
             ota_jobs: s.ota_jobs.get(),
@@ -203,6 +214,7 @@ impl Report {
             latency: Latencies {
                 connect: Percentiles::of(&s.connect.snapshot()),
                 update_to_accepted: Percentiles::of(&s.update.snapshot()),
+                telemetry_ack: Percentiles::of(&s.telemetry_ack.snapshot()),
                 convergence: Percentiles::of(&s.convergence.snapshot()),
                 method_rtt: Percentiles::of(&s.method_rtt.snapshot()),
                 ntp_rtt: Percentiles::of(&s.ntp_rtt.snapshot()),
@@ -215,8 +227,9 @@ impl Report {
 
     /// Whether the run met its contract: every thing connected; every update accepted, in order;
     /// every desired change converged; every method call answered by the device; every NTP
-    /// exchange answered; no protocol error. With churn, requests cut by a dropped connection
-    /// (and method calls meeting an offline thing) are allowed.
+    /// exchange answered; every QoS 1 telemetry message acknowledged; no protocol error. With
+    /// churn, requests cut by a dropped connection (and method calls meeting an offline thing)
+    /// are allowed.
     pub fn is_clean(&self) -> bool {
         let cut_ok = self.churn;
         self.connect_failures == 0
@@ -230,16 +243,18 @@ impl Report {
             && self.unconverged == 0
             && (cut_ok || self.method_errors.is_empty())
             && self.ntp_timed_out == 0
+            && (cut_ok || self.telemetry_unacked == 0)
             && self.ota_job_errors.is_empty()
             && self.ota_jobs_ended == self.ota_jobs
             && !self.ota_task_states.contains_key("timed_out")
     }
 
-    fn rows(&self) -> [(&'static str, &Percentiles); 7] {
+    fn rows(&self) -> [(&'static str, &Percentiles); 8] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
             ("update->accepted", &l.update_to_accepted),
+            ("telemetry->puback", &l.telemetry_ack),
             ("desired->reported", &l.convergence),
             ("method round trip", &l.method_rtt),
             ("ntp round trip", &l.ntp_rtt),
@@ -302,7 +317,13 @@ impl Report {
                 self.ntp_started, self.ntp_done, self.ntp_timed_out
             ),
         );
-        line("telemetry", format!("{} sent", self.telemetry_sent));
+        line(
+            "telemetry",
+            format!(
+                "{} sent, {} acked (QoS 1), {} unacked",
+                self.telemetry_sent, self.telemetry_acked, self.telemetry_unacked
+            ),
+        );
         line(
             "ota",
             format!(
@@ -372,6 +393,8 @@ impl Report {
             ("ntp_done", self.ntp_done),
             ("ntp_timed_out", self.ntp_timed_out),
             ("telemetry_sent", self.telemetry_sent),
+            ("telemetry_acked", self.telemetry_acked),
+            ("telemetry_unacked", self.telemetry_unacked),
             ("ota_jobs", self.ota_jobs),
             ("ota_jobs_ended", self.ota_jobs_ended),
             ("protocol_errors", self.protocol_errors.values().sum()),

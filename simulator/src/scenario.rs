@@ -70,6 +70,9 @@ pub struct Profile {
     pub telemetry_interval_s: f64,
     /// Approximate size of a telemetry message, bytes.
     pub telemetry_bytes: usize,
+    /// MQTT QoS of telemetry: 0 (fire and forget) or 1 (each message's PUBACK is awaited and
+    /// timed, the report's `telemetry->puback` row; at most `max_in_flight` unacknowledged).
+    pub telemetry_qos: u8,
     /// Delay before a received delta is applied and reported back, ms.
     pub delta_apply_delay_ms: u64,
     /// Methods the things answer (calls of others get 404 from the device core).
@@ -171,6 +174,7 @@ impl Default for Profile {
             max_in_flight: 10,
             telemetry_interval_s: 0.0,
             telemetry_bytes: 100,
+            telemetry_qos: 0,
             delta_apply_delay_ms: 0,
             methods: vec!["echo".to_owned()],
             method_latency_ms: 0,
@@ -239,6 +243,7 @@ impl Scenario {
             (1..=10).contains(&p.max_in_flight),
             "profile.max_in_flight must be 1 to 10 (S-3.9)"
         );
+        anyhow::ensure!(p.telemetry_qos <= 1, "profile.telemetry_qos must be 0 or 1");
         anyhow::ensure!(
             (0.0..=1.0).contains(&p.method_failure_rate),
             "profile.method_failure_rate must be 0.0 to 1.0"
@@ -353,6 +358,7 @@ mod tests {
             "methods.toml",
             "churn.toml",
             "ota-rollout.toml",
+            "plain-mqtt.toml",
         ] {
             example(name)
                 .validate()
@@ -380,6 +386,9 @@ mod tests {
         assert!(s.validate().is_err());
         let mut s = Scenario::default();
         s.population.id_pattern = "bad id {i}".into();
+        assert!(s.validate().is_err());
+        let mut s = Scenario::default();
+        s.profile.telemetry_qos = 2;
         assert!(s.validate().is_err());
     }
 }

@@ -125,7 +125,8 @@ pub struct Stats {
     pub updates_aborted: Counter,
     /// Accepted versions not greater than the last version the thing saw.
     pub out_of_order: Counter,
-    /// Update ticks skipped because the thing had `max_in_flight` unanswered.
+    /// Update (or QoS 1 telemetry) ticks skipped because the thing had `max_in_flight`
+    /// unanswered.
     pub throttled: Counter,
     /// Deltas received (the core hands over only newer ones).
     pub deltas: Counter,
@@ -141,6 +142,11 @@ pub struct Stats {
     pub ntp_timed_out: Counter,
     /// Telemetry messages sent.
     pub telemetry_sent: Counter,
+    /// QoS 1 telemetry messages the hub acknowledged (PUBACK, success).
+    pub telemetry_acked: Counter,
+    /// QoS 1 telemetry messages without a successful PUBACK: lost with their connection, still
+    /// open when the thing stopped, or refused (MQTT 5 reason >= 0x80, also a protocol error).
+    pub telemetry_unacked: Counter,
     /// OTA tasks received by things.
     pub ota_tasks: Counter,
     /// OTA results sent by things, by status.
@@ -173,6 +179,8 @@ pub struct Stats {
     pub connect: Latency,
     /// Update publish to `update/accepted`.
     pub update: Latency,
+    /// QoS 1 telemetry PUBLISH written to its PUBACK read.
+    pub telemetry_ack: Latency,
     /// REST desired PUT to the thing's matching reported state accepted.
     pub convergence: Latency,
     /// REST method call to REST reply.

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use iothub_sdk_nostd::spec::code::{OtaErrorCode, method_code};
+use iothub_sdk_nostd::spec::topic::Topic;
 use iothub_sdk_nostd::{Event, OtaReport, QoS, RequestId, ShadowId};
 use rand::Rng;
 use rand::rngs::SmallRng;
@@ -167,6 +168,41 @@ impl Thing {
         }
     }
 
+    /// Starts timing a PUBLISH about to be encoded with `pkid` when it is QoS 1 telemetry
+    /// (the topic is parsed only in runs that publish telemetry at QoS 1).
+    pub(super) fn track_telemetry(&mut self, topic: &str, qos: QoS, pkid: u16) {
+        if qos == QoS::AtLeastOnce
+            && self.fleet.scenario.profile.telemetry_qos == 1
+            && matches!(Topic::parse(topic), Ok(Topic::Property { .. }))
+            && self
+                .telemetry_in_flight
+                .push((pkid, Instant::now()))
+                .is_err()
+        {
+            // Unreachable while ticks keep at most `max_in_flight` (<= 10) open. Its PUBACK
+            // could not be matched: counted as unacknowledged.
+            self.stats().telemetry_unacked.inc();
+        }
+    }
+
+    /// A PUBACK: ends the timing of the telemetry message with `pkid`, if it is one.
+    pub(super) fn on_puback(&mut self, pkid: u16, ok: bool) {
+        let Some(pos) = self
+            .telemetry_in_flight
+            .iter()
+            .position(|(p, _)| *p == pkid)
+        else {
+            return;
+        };
+        let (_, sent) = self.telemetry_in_flight.swap_remove(pos);
+        if ok {
+            self.stats().telemetry_acked.inc();
+            self.stats().telemetry_ack.record(sent.elapsed());
+        } else {
+            self.stats().telemetry_unacked.inc();
+        }
+    }
+
     fn take(&mut self, id: RequestId) -> Option<InFlight> {
         let pos = self.in_flight.iter().position(|r| r.id == id)?;
         Some(self.in_flight.swap_remove(pos))
@@ -290,14 +326,23 @@ impl Thing {
             && at <= now
         {
             self.next_telemetry = Some(next_tick(at, now, p.telemetry_interval_s));
-            self.seq += 1;
-            let body = Telemetry {
-                seq: self.seq,
-                pad: padding(p.telemetry_bytes.saturating_sub(24)),
+            let qos = if p.telemetry_qos == 1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
             };
-            match device.publish_telemetry(t, &body, QoS::AtMostOnce) {
-                Ok(()) => self.stats().telemetry_sent.inc(),
-                Err(e) => self.stats().protocol_errors.add(format!("telemetry: {e}")),
+            if qos == QoS::AtLeastOnce && self.telemetry_in_flight.len() >= p.max_in_flight {
+                self.stats().throttled.inc();
+            } else {
+                self.seq += 1;
+                let body = Telemetry {
+                    seq: self.seq,
+                    pad: padding(p.telemetry_bytes.saturating_sub(24)),
+                };
+                match device.publish_telemetry(t, &body, qos) {
+                    Ok(()) => self.stats().telemetry_sent.inc(),
+                    Err(e) => self.stats().protocol_errors.add(format!("telemetry: {e}")),
+                }
             }
         }
         if let Some(at) = self.next_ntp
@@ -321,6 +366,7 @@ impl Thing {
         }
         if let Some(by) = self.stop_by {
             let idle = self.in_flight.is_empty()
+                && self.telemetry_in_flight.is_empty()
                 && self.ota.is_none()
                 && self.answers.is_empty()
                 && self.apply.is_none()

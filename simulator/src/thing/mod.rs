@@ -165,6 +165,8 @@ struct Thing {
     /// SUBSCRIBE packet ids and the core's subscription they carry.
     subs: heapless::Vec<(u16, SubscriptionId), 8>,
     in_flight: heapless::Vec<InFlight, 10>,
+    /// QoS 1 telemetry awaiting its PUBACK: (packet id, when it was encoded).
+    telemetry_in_flight: heapless::Vec<(u16, Instant), 10>,
     ntp: Option<(RequestId, Instant)>,
     answers: std::collections::VecDeque<PendingAnswer>,
     /// When the connection was lost (not churned), until the resync after the reconnect.
@@ -229,6 +231,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
         next_pkid: 1,
         subs: heapless::Vec::new(),
         in_flight: heapless::Vec::new(),
+        telemetry_in_flight: heapless::Vec::new(),
         ntp: None,
         answers: std::collections::VecDeque::new(),
         ota: None,
@@ -366,6 +369,7 @@ impl Thing {
                         qos,
                     } => {
                         let pkid = self.pkid();
+                        self.track_telemetry(topic, qos, pkid);
                         self.codec
                             .publish(topic, payload, qos, pkid, &mut self.wbuf)
                     }
@@ -426,6 +430,10 @@ impl Thing {
         }
         device.handle_disconnected(dev_now(&self.fleet));
         self.abort_in_flight();
+        for _ in 0..self.telemetry_in_flight.len() {
+            self.fleet.stats.telemetry_unacked.inc();
+        }
+        self.telemetry_in_flight.clear();
         self.ntp = None;
         self.drain_events(device);
         self.answers.clear();
@@ -539,12 +547,13 @@ impl Thing {
                         device.handle_suback(dev_now(&self.fleet), id, granted);
                     }
                 }
-                Ok(Some(Incoming::PubAck { reason, .. })) => {
+                Ok(Some(Incoming::PubAck { pkid, reason })) => {
                     if reason >= 0x80 {
                         self.stats()
                             .protocol_errors
                             .add(format!("puback 0x{reason:02x}"));
                     }
+                    self.on_puback(pkid, reason < 0x80);
                 }
                 Ok(Some(Incoming::PingResp)) => {}
                 Ok(Some(Incoming::Disconnect)) => {
