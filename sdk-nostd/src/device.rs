@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::fmt::{debug, warning};
 use crate::json::writer::JsonWriter;
-use crate::json::{self, JsonError};
+use crate::json::{self, JsonError, bit, has_backslash};
 use crate::time::Instant;
 use crate::token;
 use crate::types::*;
@@ -242,7 +242,8 @@ fn write_publish<'b>(
 
 /// `base` doubled `attempt` times, capped at `max`.
 fn backoff_ms(base: u64, max: u64, attempt: u8) -> u64 {
-    let factor = 1u64 << u32::from(attempt.min(20));
+    // At most 2^20: a 32-bit shift (a variable 64-bit one links `__aeabi_llsl`).
+    let factor = u64::from(1u32 << u32::from(attempt.min(20)));
     base.saturating_mul(factor).min(max)
 }
 
@@ -313,11 +314,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.conn.up = true;
         if !session_present || !self.session.started {
             let filters = self.filter_count();
-            self.conn.subs_pending = if filters >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << filters) - 1
-            };
+            // The low `filters` bits (all 64 when `bit` gives 0).
+            self.conn.subs_pending = bit(filters).wrapping_sub(1);
             for g in self.conn.gets.iter_mut().take(self.config.shadows.len()) {
                 *g = GetState::Wanted {
                     not_before: now,
@@ -350,8 +348,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// [`Event::SubscribeFailed`]). Optional: a driver that cannot tell may skip it.
     pub fn handle_suback(&mut self, now: Instant, id: SubscriptionId, granted: bool) {
         let _ = now;
-        if !granted && id.index() < 64 {
-            self.conn.subs_failed |= 1u64 << id.index();
+        if !granted {
+            self.conn.subs_failed |= bit(id.index());
         }
     }
 
@@ -369,14 +367,14 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 && deadline <= now
             {
                 if r.kind == (Kind::Get { internal: true }) {
-                    retry |= 1u64 << (r.shadow as u32 % 64);
+                    retry |= bit(usize::from(r.shadow));
                 }
                 r.state = ReqState::Failed;
             }
         }
         self.drop_internal_gets(true);
         for (i, g) in self.conn.gets.iter_mut().enumerate() {
-            if retry & (1u64 << (i % 64)) != 0
+            if retry & bit(i) != 0
                 && let GetState::InFlight { attempt } = *g
             {
                 *g = GetState::Wanted {
@@ -498,13 +496,14 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         }
         if self.conn.subs_pending != 0 {
             let i = self.conn.subs_pending.trailing_zeros() as usize;
-            let bit = 1u64 << i;
+            // Clears bit `i`, the lowest one set (no variable 64-bit shift).
+            let rest = self.conn.subs_pending & self.conn.subs_pending.wrapping_sub(1);
             let Some(filter) = self.filter(i) else {
-                self.conn.subs_pending &= !bit;
+                self.conn.subs_pending = rest;
                 return Ok(None);
             };
             let filter = filter.write_to(buf).map_err(map_topic_err)?;
-            self.conn.subs_pending &= !bit;
+            self.conn.subs_pending = rest;
             return Ok(Some(Transmit::Subscribe {
                 id: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
                 filter,
@@ -544,7 +543,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub fn poll_event(&mut self) -> Option<Event<'static>> {
         if self.conn.subs_failed != 0 {
             let i = self.conn.subs_failed.trailing_zeros();
-            self.conn.subs_failed &= !(1u64 << i);
+            // Clears bit `i`, the lowest one set.
+            self.conn.subs_failed &= self.conn.subs_failed.wrapping_sub(1);
             return Some(Event::SubscribeFailed {
                 subscription: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
             });
@@ -1387,8 +1387,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 if t.task_id.len() <= MAX_ID_LEN
                     && !t.task_id.is_empty()
                     && t.client_token.len() <= max.min(MAX_ID_LEN)
-                    && !t.task_id.contains('\\')
-                    && !t.client_token.contains('\\') =>
+                    && !has_backslash(t.task_id)
+                    && !has_backslash(t.client_token) =>
             {
                 t
             }

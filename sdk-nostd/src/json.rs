@@ -140,18 +140,18 @@ fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize,
     loop {
         i = skip_ws(bytes, i);
         let b = *bytes.get(i).ok_or(JsonError::Syntax)?;
-        let in_object = depth > 0 && (stack >> (depth - 1)) & 1 == 1;
+        let in_object = depth > 0 && stack & bit(depth - 1) != 0;
         match (expect, b) {
             (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
                 if depth >= max_depth {
                     return Err(JsonError::TooDeep);
                 }
-                let bit = 1u64 << depth;
+                let mask = bit(depth);
                 if b == b'{' {
-                    stack |= bit;
+                    stack |= mask;
                     expect = Expect::KeyOrClose;
                 } else {
-                    stack &= !bit;
+                    stack &= !mask;
                     expect = Expect::ValueOrClose;
                 }
                 depth += 1;
@@ -357,7 +357,27 @@ pub(crate) fn as_raw_str(raw: &[u8]) -> Option<&str> {
 /// The contents of a raw JSON string value without escapes, or `None` when `raw` is not a string
 /// or holds a backslash (client tokens, ids and names never need escapes).
 pub fn as_plain_str(raw: &[u8]) -> Option<&str> {
-    as_raw_str(raw).filter(|s| !s.as_bytes().contains(&b'\\'))
+    as_raw_str(raw).filter(|s| !has_backslash(s))
+}
+
+/// Whether `s` holds a `\` (a loop: `<[u8]>::contains` would link `memchr`).
+pub(crate) fn has_backslash(s: &str) -> bool {
+    s.bytes().any(|b| b == b'\\')
+}
+
+/// `1 << i` for `i < 64`, 0 for any larger `i`, with 32-bit shifts only: a variable 64-bit shift
+/// links `__aeabi_llsl`/`__aeabi_llsr` on 32-bit targets.
+pub(crate) fn bit(i: usize) -> u64 {
+    let low = u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u32.checked_shl(i))
+        .unwrap_or(0);
+    let high = i
+        .checked_sub(32)
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| 1u32.checked_shl(i))
+        .unwrap_or(0);
+    (u64::from(high) << 32) | u64::from(low)
 }
 
 /// A raw JSON value as a `u64`, or `None` when it is not a plain non-negative integer that fits.
@@ -437,6 +457,17 @@ mod tests {
         assert!(split(j, ["a"], 3).is_ok());
         assert_eq!(split(j, ["a"], 2), Err(JsonError::TooDeep));
         assert_eq!(split(b"{}", ["a"], 0), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn bits_and_backslashes() {
+        for i in 0..64 {
+            assert_eq!(bit(i), 1u64 << i, "{i}");
+        }
+        assert_eq!(bit(64), 0);
+        assert_eq!(bit(usize::MAX), 0);
+        assert!(has_backslash("a\\b"));
+        assert!(!has_backslash("a/b"));
     }
 
     #[test]
