@@ -427,49 +427,57 @@ impl<'a> Topic<'a> {
 }
 
 impl<'a> Topic<'a> {
-    /// The pieces of the topic string (see [`Pieces`]).
+    /// The pieces of the topic string (see [`Pieces`]): `PREFIX`, the path to the id, the id,
+    /// the path to the name, the shadow/method name or free-form tail, and the fixed last levels.
+    ///
+    /// Written as two small matches over the variant rather than one arm per variant building
+    /// the whole array (measured smaller on thumbv7em: BENCHMARKS.md, "no_std footprint").
     fn pieces(&self) -> Pieces<'a> {
         const T: &str = "/things/";
-        const S: &str = "/shadows/name/";
-        const M: &str = "/methods/";
-        match *self {
-            Topic::ShadowGet { thing, shadow } => [PREFIX, T, thing, S, shadow, "/get"],
-            Topic::ShadowGetAccepted { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/get/accepted"]
+        let (to_id, to_name, name) = match *self {
+            Topic::ShadowGet { shadow, .. }
+            | Topic::ShadowGetAccepted { shadow, .. }
+            | Topic::ShadowGetRejected { shadow, .. }
+            | Topic::ShadowUpdate { shadow, .. }
+            | Topic::ShadowUpdateAccepted { shadow, .. }
+            | Topic::ShadowUpdateRejected { shadow, .. }
+            | Topic::ShadowUpdateDelta { shadow, .. }
+            | Topic::ShadowUpdateDocuments { shadow, .. } => (T, "/shadows/name/", shadow),
+            Topic::MethodRequest { method, .. } | Topic::MethodResponse { method, .. } => {
+                (T, "/methods/", method)
             }
-            Topic::ShadowGetRejected { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/get/rejected"]
+            Topic::Will { rest: "", .. } => (T, "/messages/will", ""),
+            Topic::Will { rest, .. } => (T, "/messages/will/", rest),
+            Topic::PresenceEvent { .. } | Topic::LifecycleEvent { .. } => {
+                ("/events/things/", "", "")
             }
-            Topic::ShadowUpdate { thing, shadow } => [PREFIX, T, thing, S, shadow, "/update"],
-            Topic::ShadowUpdateAccepted { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/update/accepted"]
-            }
-            Topic::ShadowUpdateRejected { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/update/rejected"]
-            }
-            Topic::ShadowUpdateDelta { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/update/delta"]
-            }
-            Topic::ShadowUpdateDocuments { thing, shadow } => {
-                [PREFIX, T, thing, S, shadow, "/update/documents"]
-            }
-            Topic::MethodRequest { thing, method } => [PREFIX, T, thing, M, method, "/req"],
-            Topic::MethodResponse { thing, method } => [PREFIX, T, thing, M, method, "/resp"],
-            Topic::NtpRequest { thing } => [PREFIX, T, thing, "/ntp/req", "", ""],
-            Topic::NtpResponse { thing } => [PREFIX, T, thing, "/ntp/resp", "", ""],
-            Topic::OtaTask { thing } => [PREFIX, T, thing, "/ota/task", "", ""],
-            Topic::OtaTaskResult { thing } => [PREFIX, T, thing, "/ota/task/result", "", ""],
-            Topic::Property { thing } => [PREFIX, T, thing, "/messages/property", "", ""],
-            Topic::Will { thing, rest: "" } => [PREFIX, T, thing, "/messages/will", "", ""],
-            Topic::Will { thing, rest } => [PREFIX, T, thing, "/messages/will/", rest, ""],
-            Topic::Presence { thing } => [PREFIX, T, thing, "/presence", "", ""],
-            Topic::PresenceEvent { thing } => {
-                [PREFIX, "/events/things/", thing, "/presence", "", ""]
-            }
-            Topic::LifecycleEvent { thing } => {
-                [PREFIX, "/events/things/", thing, "/lifecycle", "", ""]
-            }
-            Topic::User { thing, rest } => [PREFIX, "/user/things/", thing, "/", rest, ""],
+            Topic::User { rest, .. } => ("/user/things/", "/", rest),
+            _ => (T, "", ""),
+        };
+        [PREFIX, to_id, self.thing(), to_name, name, self.tail()]
+    }
+
+    /// The fixed levels that end the topic (`""` for [`Topic::Will`] and [`Topic::User`]).
+    fn tail(&self) -> &'static str {
+        match self {
+            Topic::ShadowGet { .. } => "/get",
+            Topic::ShadowGetAccepted { .. } => "/get/accepted",
+            Topic::ShadowGetRejected { .. } => "/get/rejected",
+            Topic::ShadowUpdate { .. } => "/update",
+            Topic::ShadowUpdateAccepted { .. } => "/update/accepted",
+            Topic::ShadowUpdateRejected { .. } => "/update/rejected",
+            Topic::ShadowUpdateDelta { .. } => "/update/delta",
+            Topic::ShadowUpdateDocuments { .. } => "/update/documents",
+            Topic::MethodRequest { .. } => "/req",
+            Topic::MethodResponse { .. } => "/resp",
+            Topic::NtpRequest { .. } => "/ntp/req",
+            Topic::NtpResponse { .. } => "/ntp/resp",
+            Topic::OtaTask { .. } => "/ota/task",
+            Topic::OtaTaskResult { .. } => "/ota/task/result",
+            Topic::Property { .. } => "/messages/property",
+            Topic::Presence { .. } | Topic::PresenceEvent { .. } => "/presence",
+            Topic::LifecycleEvent { .. } => "/lifecycle",
+            Topic::Will { .. } | Topic::User { .. } => "",
         }
     }
 }
