@@ -2,12 +2,10 @@
 //! generated admin token and service user, and waits for its `iothub ready mqtt=.. http=..` line.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use anyhow::Context as _;
+use iothub_launch::{HubCommand, HubProcess};
 
 use crate::ctx::rand_u32;
 
@@ -17,7 +15,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running hub started by the suite; killed on drop.
 pub struct SpawnedHub {
     bin: PathBuf,
-    child: Child,
+    process: HubProcess,
     dir: tempfile::TempDir,
     /// MQTT address `host:port`.
     pub mqtt: String,
@@ -42,7 +40,7 @@ impl SpawnedHub {
             .context("creating the hub's data directory")?;
         let token = format!("tok-{}", random_word());
         let service = ("$conformance".to_string(), random_word());
-        let (child, mqtt, http) = launch(
+        let (process, mqtt, http) = launch(
             bin,
             dir.path(),
             "127.0.0.1:0",
@@ -53,7 +51,7 @@ impl SpawnedHub {
         .await?;
         Ok(SpawnedHub {
             bin: bin.to_path_buf(),
-            child,
+            process,
             dir,
             mqtt,
             http,
@@ -66,11 +64,8 @@ impl SpawnedHub {
     /// same data directory. It listens on fresh ports (the old ones may still be held by
     /// closing connections); read [`SpawnedHub::mqtt`] and [`SpawnedHub::http`] again.
     pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
-        self.child.start_kill().context("killing the hub")?;
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .context("hub did not die within 10 s")??;
-        let (child, mqtt, http) = launch(
+        self.process.kill();
+        let (process, mqtt, http) = launch(
             &self.bin,
             self.dir.path(),
             "127.0.0.1:0",
@@ -79,7 +74,7 @@ impl SpawnedHub {
             &self.service,
         )
         .await?;
-        self.child = child;
+        self.process = process;
         self.mqtt = mqtt;
         self.http = http;
         Ok(())
@@ -93,70 +88,23 @@ async fn launch(
     http: &str,
     token: &str,
     service: &(String, String),
-) -> anyhow::Result<(Child, String, String)> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("hub.log"))
-        .context("opening hub.log")?;
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("IOTHUB_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("--mqtt-addr")
-        .arg(mqtt)
-        .arg("--http-addr")
-        .arg(http)
-        .arg("--data-dir")
+) -> anyhow::Result<(HubProcess, String, String)> {
+    let mut cmd = HubCommand::new(bin);
+    cmd.without_env_prefix("IOTHUB_")
+        .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
         .arg(dir)
-        .arg("--admin-token")
-        .arg(token)
-        .arg("--service-user")
+        .args(["--admin-token", token, "--service-user"])
         .arg(format!("{}:{}", service.0, service.1))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(READY_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.trim().strip_prefix("iothub ready ") {
-                let mut mqtt = None;
-                let mut http = None;
-                for w in rest.split_whitespace() {
-                    if let Some(a) = w.strip_prefix("mqtt=") {
-                        mqtt = Some(a.to_string());
-                    } else if let Some(a) = w.strip_prefix("http=") {
-                        http = Some(a.to_string());
-                    }
-                }
-                return Ok::<_, std::io::Error>(mqtt.zip(http));
-            }
-        }
-        Ok(None)
-    })
-    .await;
-    let addrs = match ready {
-        Ok(Ok(Some(a))) => a,
-        Ok(Ok(None)) => {
-            let status = child.try_wait().ok().flatten();
-            bail!(
-                "hub exited before its ready line ({status:?}); log: {}",
-                tail(&dir.join("hub.log"))
-            )
-        }
-        Ok(Err(e)) => bail!("reading the hub's stdout: {e}"),
-        Err(_) => bail!("hub printed no ready line within {READY_TIMEOUT:?}"),
-    };
-    // Keep draining stdout so the hub never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addrs.0, addrs.1))
+        .stderr_to(dir.join("hub.log"))
+        .ready_timeout(READY_TIMEOUT);
+    let log = dir.join("hub.log");
+    // Waiting for the ready line blocks; keep it off the runtime's worker threads.
+    let process = tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .context("waiting for the hub")?
+        .with_context(|| format!("starting {}; log: {}", bin.display(), tail(&log)))?;
+    let ready = process.ready();
+    Ok((process, ready.mqtt.to_string(), ready.http.to_string()))
 }
 
 fn tail(p: &Path) -> String {

@@ -8,12 +8,13 @@
 //! Nothing sleeps to synchronize: every wait polls with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use iothub_launch::{HubCommand, HubProcess};
 use iothub_sdk_nostd::spec::code::OtaErrorCode;
 use iothub_sdk_nostd::spec::payload::{self, field};
 use serde_json::{Value, json};
@@ -23,30 +24,6 @@ const ADMIN_TOKEN: &str = "fw-test-token";
 const SVC: (&str, &str) = ("$svc", "svc-secret");
 /// How long something that must happen may take (connect, converge, answer).
 const STEP: Duration = Duration::from_secs(20);
-
-/// The `iothub` binary: `$IOTHUB_BIN`, else `target/<profile>/iothub` beside this test's
-/// executable, built with cargo when missing.
-fn hub_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("IOTHUB_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("iothub");
-    if !bin.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "iothub-hub", "--bin", "iothub"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build for the hub");
-        assert!(status.success(), "building the iothub binary failed");
-    }
-    bin
-}
 
 /// Kills the child when dropped (a failed assertion must not leave processes behind).
 struct Proc(Child);
@@ -59,46 +36,18 @@ impl Drop for Proc {
 }
 
 /// Starts `iothub` on `dir` and the given addresses; returns it with its real addresses.
-fn spawn_hub(dir: &Path, mqtt: &str, http: &str) -> (Proc, SocketAddr, SocketAddr) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("hub.log"))
-        .expect("hub log");
-    let mut child = Command::new(hub_bin())
+fn spawn_hub(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr, SocketAddr) {
+    let hub = HubCommand::new(iothub_launch::hub_binary().expect("iothub binary"))
         .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
         .arg(dir.join("data"))
         .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
         .arg(format!("{}:{}", SVC.0, SVC.1))
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
+        .stderr_to(dir.join("hub.log"))
         .spawn()
-        .expect("spawn iothub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("hub ready line");
-        if let Some(rest) = line.strip_prefix("iothub ready ") {
-            let mut it = rest.split_whitespace();
-            let mqtt = it.next().and_then(|a| a.strip_prefix("mqtt=")).unwrap();
-            let http = it.next().and_then(|a| a.strip_prefix("http=")).unwrap();
-            return (
-                Proc(child),
-                mqtt.parse().expect("mqtt addr"),
-                http.parse().expect("http addr"),
-            );
-        }
-    }
+        .expect("start iothub");
+    let ready = hub.ready();
+    (hub, ready.mqtt, ready.http)
 }
 
 struct Rest {

@@ -7,14 +7,15 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use iothub_launch::{HubCommand, HubProcess};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -58,7 +59,7 @@ pub fn shadow_topic(thing: &str, shadow: &str, suffix: &str) -> String {
 
 /// A running `iothub` process with its own data directory.
 pub struct Hub {
-    child: Option<Child>,
+    process: Option<HubProcess>,
     _tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
     extra: Vec<String>,
@@ -96,14 +97,14 @@ impl Hub {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, mqtt, http) = spawn_hub(dir, &extra, &env);
+        let (process, mqtt, http) = spawn_hub(dir, &extra, &env);
         let http_client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
             .build()
             .expect("reqwest client");
         Hub {
-            child: Some(child),
+            process: Some(process),
             _tmp: None,
             dir: dir.to_path_buf(),
             extra,
@@ -121,50 +122,31 @@ impl Hub {
 
     /// The process id of the running hub.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("hub is running").id()
+        self.process.as_ref().expect("hub is running").pid()
     }
 
     /// SIGKILL: the hub gets no chance to flush anything.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// SIGTERM, then waits (at most `within`) for the process to exit and returns its status.
     /// Panics (after a SIGKILL) when it does not exit in time.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("hub is running");
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "hub did not exit within {within:?} of SIGTERM\n--- hub stderr (tail) ---\n{}",
-                    stderr_tail(&self.dir)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut process = self.process.take().expect("hub is running");
+        process.terminate(within).unwrap_or_else(|e| {
+            panic!("{e}\n--- hub stderr (tail) ---\n{}", stderr_tail(&self.dir))
+        })
     }
 
     /// Starts the hub again on the same data directory and flags (killing it first if it still
     /// runs). Ports change.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, mqtt, http) = spawn_hub(&self.dir, &self.extra, &self.env);
-        self.child = Some(child);
+        let (process, mqtt, http) = spawn_hub(&self.dir, &self.extra, &self.env);
+        self.process = Some(process);
         self.mqtt = mqtt;
         self.http = http;
     }
@@ -176,10 +158,7 @@ impl Hub {
 
     /// Whether the process is still alive (it must survive every bad input).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().expect("try_wait").is_none(),
-            None => false,
-        }
+        self.process.as_mut().is_some_and(HubProcess::is_running)
     }
 
     // ---------- REST ----------
@@ -367,78 +346,32 @@ fn spawn_hub(
     dir: &Path,
     extra: &[String],
     env: &[(String, String)],
-) -> (Child, SocketAddr, SocketAddr) {
+) -> (HubProcess, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).expect("create data dir");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(stderr_path(dir))
-        .expect("open stderr log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iothub"));
-    cmd.arg("--mqtt-addr")
-        .arg("127.0.0.1:0")
-        .arg("--http-addr")
-        .arg("127.0.0.1:0")
+    let mut cmd = HubCommand::new(env!("CARGO_BIN_EXE_iothub"));
+    cmd.args(["--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
-        .arg("--admin-token")
-        .arg(ADMIN_TOKEN)
-        .arg("--service-user")
+        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
         .arg(format!("{SVC_USER}:{SVC_SECRET}"))
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
+        .stderr_to(stderr_path(dir))
+        .ready_timeout(READY_TIMEOUT);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn iothub");
-    let stdout = child.stdout.take().expect("hub stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    // Reads stdout for the whole life of the process so the hub never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
+    match cmd.spawn() {
+        Ok(process) => {
+            let ready = process.ready();
+            (process, ready.mqtt, ready.http)
         }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.strip_prefix("iothub ready ") {
-                    let mut mqtt = None;
-                    let mut http = None;
-                    for part in rest.split_whitespace() {
-                        if let Some(a) = part.strip_prefix("mqtt=") {
-                            mqtt = a.parse().ok();
-                        } else if let Some(a) = part.strip_prefix("http=") {
-                            http = a.parse().ok();
-                        }
-                    }
-                    match (mqtt, http) {
-                        (Some(m), Some(h)) => return (child, m, h),
-                        _ => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            panic!("unparsable ready line {line:?}");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "hub did not print its ready line ({e}); args {extra:?}\n--- hub stderr (tail) ---\n{}",
-                    stderr_tail(dir)
-                );
-            }
-        }
+        Err(e) => panic!(
+            "hub did not start ({e}); args {extra:?}\n--- hub stderr (tail) ---\n{}",
+            stderr_tail(dir)
+        ),
     }
 }
 

@@ -9,14 +9,13 @@
     clippy::zombie_processes
 )]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use iothub_launch::{HubCommand, HubProcess};
 use iothub_sdk::{Backoff, ThingOptions};
 use serde_json::{Value, json};
 
@@ -33,57 +32,18 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-/// The `iothub` binary: `$IOTHUB_BIN`, else `target/<profile>/iothub` next to this test's
-/// executable (`cargo test --workspace` builds it first), built with cargo when missing.
-fn hub_bin() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.as_ref() {
-        return p.clone();
-    }
-    if let Some(p) = std::env::var_os("IOTHUB_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/iothub
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = profile_dir.join("iothub");
-    if bin.exists() {
-        *built = Some(bin.clone());
-        return bin;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "iothub-hub", "--bin", "iothub"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build for the hub");
-    assert!(status.success(), "building the iothub binary failed");
-    assert!(bin.exists(), "no hub binary at {}", bin.display());
-    *built = Some(bin.clone());
-    bin
-}
-
 /// A running hub with its own data directory.
 pub struct Hub {
-    child: Option<Child>,
+    process: Option<HubProcess>,
     dir: tempfile::TempDir,
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
     http_client: reqwest::Client,
 }
 
-fn spawn(dir: &Path, mqtt: &str, http: &str) -> (Child, SocketAddr, SocketAddr) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("hub.log"))
-        .expect("hub log");
-    let mut child = Command::new(hub_bin())
+fn spawn(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr, SocketAddr) {
+    let bin = iothub_launch::hub_binary().expect("iothub binary");
+    let process = HubCommand::new(bin)
         .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
         .arg(dir.join("data"))
         .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
@@ -92,46 +52,23 @@ fn spawn(dir: &Path, mqtt: &str, http: &str) -> (Child, SocketAddr, SocketAddr) 
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("warn".into()),
         )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
+        .stderr_to(dir.join("hub.log"))
         .spawn()
-        .expect("spawn iothub");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    // Drain stdout for the life of the process so the hub never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("hub did not print its ready line");
-        if let Some(rest) = line.strip_prefix("iothub ready ") {
-            let mut addrs = rest.split_whitespace();
-            let mqtt = addrs.next().and_then(|a| a.strip_prefix("mqtt="));
-            let http = addrs.next().and_then(|a| a.strip_prefix("http="));
-            return (
-                child,
-                mqtt.and_then(|a| a.parse().ok()).expect("mqtt addr"),
-                http.and_then(|a| a.parse().ok()).expect("http addr"),
-            );
-        }
-    }
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+            panic!("hub did not start: {e}\n{log}")
+        });
+    let ready = process.ready();
+    (process, ready.mqtt, ready.http)
 }
 
 impl Hub {
     /// Starts a hub on free loopback ports.
     pub fn start() -> Hub {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (child, mqtt, http) = spawn(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+        let (process, mqtt, http) = spawn(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
         Hub {
-            child: Some(child),
+            process: Some(process),
             dir,
             mqtt,
             http,
@@ -145,15 +82,14 @@ impl Hub {
 
     /// Kills the hub (SIGKILL).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// Freezes the hub (SIGSTOP): connections stay open, nothing is answered.
     pub fn freeze(&self) {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.process.as_ref().expect("running").pid();
         let ok = Command::new("kill")
             .args(["-STOP", &pid.to_string()])
             .status()
@@ -164,13 +100,13 @@ impl Hub {
     /// Starts the hub again on the same data directory and the same ports.
     pub fn start_again(&mut self) {
         self.kill();
-        let (child, mqtt, http) = spawn(
+        let (process, mqtt, http) = spawn(
             self.dir.path(),
             &self.mqtt.to_string(),
             &self.http.to_string(),
         );
         assert_eq!((mqtt, http), (self.mqtt, self.http));
-        self.child = Some(child);
+        self.process = Some(process);
     }
 
     /// The hub's log, for failure messages.
