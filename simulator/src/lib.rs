@@ -9,16 +9,20 @@
 //! is described by a seeded TOML [`scenario::Scenario`]; the [`report::Report`] gives
 //! HdrHistogram percentiles per interaction and counts of errors by kind.
 //!
-//! With no `--mqtt`/`--api` the binary starts the reference hub itself (in-process, on its own
-//! runtime threads, with a temporary data directory), so it needs no setup.
+//! With no `--mqtt`/`--api` the binary starts the reference hub itself (as a child process with
+//! a temporary data directory, see [`embedded`]), so it needs no setup; the report gives the CPU
+//! and memory of both processes ([`resources`]). `--metrics-addr` serves live Prometheus
+//! metrics while running ([`metrics`]).
 
 pub mod business;
 pub mod embedded;
 pub mod fleet;
+pub mod metrics;
 pub mod mqtt;
 pub mod progress;
 pub mod provision;
 pub mod report;
+pub mod resources;
 pub mod run;
 pub mod scenario;
 pub mod stats;

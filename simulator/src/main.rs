@@ -1,10 +1,12 @@
 //! `iothub-sim`: load runs against an iothub hub. `iothub-sim run` needs no setup.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use iothub_sim::embedded::EmbeddedHub;
+use iothub_sim::embedded::{self, ChildArgs, EmbeddedHub};
 use iothub_sim::run::{Options, Target, run};
 use iothub_sim::scenario::Scenario;
 use tracing_subscriber::EnvFilter;
@@ -14,7 +16,11 @@ use tracing_subscriber::EnvFilter;
 /// business side changes desired state and calls methods over REST; the report gives latency
 /// percentiles per interaction and errors by kind.
 ///
-/// With no --mqtt/--api it starts the reference hub itself with a temporary database.
+/// With no --mqtt/--api it starts the reference hub itself, as a child process (this same
+/// executable) with a temporary data directory on free loopback ports; the hub's warnings and
+/// errors appear on this stderr (RUST_LOG changes the level of both), and it is stopped and its
+/// data removed when the run ends or is interrupted. The report then gives the CPU and memory of
+/// the hub's process and of the simulator's separately.
 #[derive(Parser)]
 #[command(name = "iothub-sim", version, about, long_about)]
 struct Cli {
@@ -26,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run a scenario (the built-in default without --scenario) and print the report.
     Run(Box<RunArgs>),
+    /// The embedded hub's process (started by `run`; not for direct use).
+    #[command(name = embedded::SUBCOMMAND, hide = true)]
+    EmbeddedHub(Box<ChildArgs>),
 }
 
 #[derive(clap::Args)]
@@ -81,7 +90,8 @@ struct RunArgs {
     /// Prefix of the generated thing ids (shorthand for --id-pattern PREFIX-{i:06}).
     #[arg(long, conflicts_with = "id_pattern")]
     id_prefix: Option<String>,
-    /// MQTT address of an external hub (host:port). Without it, a hub is started in-process.
+    /// MQTT address of an external hub (host:port). Without it, the reference hub is started as
+    /// a child process.
     #[arg(long, requires_all = ["api", "token"])]
     mqtt: Option<String>,
     /// Base URL of the external hub's REST API (e.g. http://127.0.0.1:9000).
@@ -102,7 +112,16 @@ struct RunArgs {
     /// No live progress line (it is shown only on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
-    /// Extra flags for the embedded hub, e.g. --hub-arg=--commit-batch=256.
+    /// Serve Prometheus metrics at http://ADDR/metrics while running (off by default; port 0
+    /// picks a free one, printed on stderr): live counters, errors by kind, latency summaries,
+    /// CPU and memory of the simulator and the hub.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Process id of an external hub on this machine, to report its CPU and memory.
+    #[arg(long, requires = "mqtt")]
+    hub_pid: Option<u32>,
+    /// Extra flags for the embedded hub, e.g. --hub-arg=--commit-batch=256 (repeatable; its
+    /// admin token is generated per run).
     #[arg(long = "hub-arg", allow_hyphen_values = true)]
     hub_args: Vec<String>,
 }
@@ -112,21 +131,24 @@ struct RunArgs {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit status of a run that was interrupted (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Run(args) = Cli::parse().command;
-    let clean = run_command(*args).await?;
-    if !clean {
-        eprintln!("iothub-sim: the run was not clean (see the report)");
-        std::process::exit(1);
+    match Cli::parse().command {
+        Command::Run(args) => run_command(*args).await,
+        Command::EmbeddedHub(args) => {
+            embedded::serve_child(*args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    Ok(())
 }
 
 /// The scenario with the flags applied.
@@ -187,13 +209,92 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
-async fn run_command(args: RunArgs) -> anyhow::Result<bool> {
+/// The `run` command: starts the embedded hub when no hub is given, runs, reports, and stops the
+/// hub however the run ends (done, failed, or interrupted by SIGINT/SIGTERM).
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let scenario = scenario(&args)?;
+    // Handlers first: a signal from now on ends the run in order instead of killing the process
+    // (the hub child would stop by itself then, but the simulator's clean-up would not run).
+    let mut interrupted = std::pin::pin!(interrupted()?);
     let embedded = match &args.mqtt {
         Some(_) => None,
-        None => Some(EmbeddedHub::start(&args.hub_args)?),
+        None => {
+            let hub_args = args.hub_args.clone();
+            let hub = tokio::task::spawn_blocking(move || EmbeddedHub::start(&hub_args))
+                .await
+                .context("the embedded hub's start panicked")??;
+            eprintln!(
+                "embedded hub: pid={} mqtt={} http={} data_dir={}",
+                hub.pid(),
+                hub.mqtt_addr,
+                hub.http_addr,
+                hub.data_dir().display()
+            );
+            Some(hub)
+        }
     };
-    let target = match &embedded {
+    let outcome = tokio::select! {
+        r = drive(&args, scenario, embedded.as_ref()) => r.map(Some),
+        () = &mut interrupted => Ok(None),
+    };
+    if let Ok(None) = outcome {
+        if embedded.is_some() {
+            eprintln!("iothub-sim: interrupted; stopping the embedded hub");
+        } else {
+            eprintln!("iothub-sim: interrupted; the run's things are left on the hub");
+        }
+    }
+    let stopped = match embedded {
+        Some(hub) => tokio::task::spawn_blocking(move || hub.stop())
+            .await
+            .context("stopping the embedded hub panicked")?,
+        None => Ok(()),
+    };
+    if let Err(e) = &stopped {
+        eprintln!("iothub-sim: {e:#}");
+    }
+    match outcome? {
+        None => Ok(ExitCode::from(INTERRUPTED)),
+        Some(false) => {
+            eprintln!("iothub-sim: the run was not clean (see the report)");
+            Ok(ExitCode::FAILURE)
+        }
+        // A hub that crashed or would not stop spoils the run even if the things saw nothing.
+        Some(true) if stopped.is_err() => Ok(ExitCode::FAILURE),
+        Some(true) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM after this call.
+fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+/// Runs the scenario against the embedded hub or the one given, prints the report and writes
+/// its files; returns whether the run was clean.
+async fn drive(
+    args: &RunArgs,
+    scenario: Scenario,
+    embedded: Option<&EmbeddedHub>,
+) -> anyhow::Result<bool> {
+    let target = match embedded {
         Some(hub) => Target {
             mqtt: hub.mqtt_addr,
             api: format!("http://{}", hub.http_addr),
@@ -217,6 +318,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<bool> {
         progress: !args.no_progress && iothub_sim::progress::wanted(),
         // The embedded hub's database is temporary: nothing to clean up.
         keep: args.keep || embedded.is_some(),
+        hub_pid: embedded.map(EmbeddedHub::pid).or(args.hub_pid),
+        metrics_addr: args.metrics_addr,
     };
     let report = run(scenario, target, options).await?;
     println!("{}", report.table());
@@ -227,9 +330,6 @@ async fn run_command(args: RunArgs) -> anyhow::Result<bool> {
     if let Some(path) = &args.report_csv {
         std::fs::write(path, report.csv())
             .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(hub) = embedded {
-        tokio::task::spawn_blocking(move || hub.stop()).await?;
     }
     Ok(report.is_clean())
 }

@@ -1,5 +1,6 @@
 //! The live progress line (indicatif), refreshed every second: connected things, rates of the
-//! interactions, errors. Shown only on a terminal.
+//! interactions, errors, and the resident memory of the simulator and the hub (when the hub's
+//! process is known). Shown only on a terminal.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -8,14 +9,16 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::fleet::Fleet;
+use crate::resources;
 
 /// Whether a progress line makes sense here (stderr is a terminal).
 pub fn wanted() -> bool {
     std::io::stderr().is_terminal()
 }
 
-/// Refreshes the progress line every second until the task is aborted.
-pub async fn run(fleet: Arc<Fleet>) {
+/// Refreshes the progress line every second until the task is aborted; `hub_pid` is the hub's
+/// process when it runs on this machine.
+pub async fn run(fleet: Arc<Fleet>, hub_pid: Option<u32>) {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
@@ -41,8 +44,16 @@ pub async fn run(fleet: Arc<Fleet>) {
             + s.updates_timed_out.get()
             + s.desired_errors.total()
             + s.rest_call_errors.total();
+        let mib = |s: Option<resources::Sample>| match s {
+            Some(s) => format!("{:.0} MiB", s.rss_bytes as f64 / (1024.0 * 1024.0)),
+            None => "?".to_owned(),
+        };
+        let mut memory = format!("rss sim {}", mib(resources::sample(None)));
+        if let Some(pid) = hub_pid {
+            memory = format!("{memory} hub {}", mib(resources::sample(Some(pid))));
+        }
         bar.set_message(format!(
-            "connected {}/{} | accepted/s {} | converged/s {} | methods/s {} | ntp/s {} | reconnects/s {} | errors {} | connect errors {}",
+            "connected {}/{} | accepted/s {} | converged/s {} | methods/s {} | ntp/s {} | reconnects/s {} | errors {} | connect errors {} | {memory}",
             s.connected.get(),
             fleet.slots.len(),
             d[0],

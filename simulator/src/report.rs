@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::fleet::Fleet;
+use crate::resources::Resources;
 
 /// Percentiles of one interaction, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -155,6 +156,8 @@ pub struct Report {
     pub latency: Latencies,
     /// Whether churn was part of the scenario (aborted requests and 409s are then expected).
     pub churn: bool,
+    /// CPU and memory of the simulator's and the hub's processes (filled in by the run).
+    pub resources: Resources,
 }
 
 impl Report {
@@ -222,6 +225,7 @@ impl Report {
                 lost_to_resync: Percentiles::of(&s.resync.snapshot()),
             },
             churn: fleet.scenario.profile.churn_per_s > 0.0,
+            resources: Resources::default(),
         }
     }
 
@@ -339,6 +343,9 @@ impl Report {
         line("connect errors", format!("{:?}", self.connect_errors));
         line("protocol errors", format!("{:?}", self.protocol_errors));
         line("ignored", format!("{:?}", self.ignored));
+        for (name, value) in self.resources.lines() {
+            line(name, value);
+        }
         let _ = writeln!(
             s,
             "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
@@ -400,6 +407,9 @@ impl Report {
             ("protocol_errors", self.protocol_errors.values().sum()),
         ];
         for (name, v) in counters {
+            let _ = writeln!(s, "{name},{v},,,,,");
+        }
+        for (name, v) in self.resources.counters() {
             let _ = writeln!(s, "{name},{v},,,,,");
         }
         s

@@ -10,8 +10,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::fleet::{Fleet, Phase};
+use crate::metrics::Exporter;
 use crate::provision::Api;
 use crate::report::Report;
+use crate::resources::{self, ProcessUsage, Readings, Resources, Sample};
 use crate::scenario::Scenario;
 use crate::{business, progress, thing};
 
@@ -36,6 +38,42 @@ pub struct Options {
     pub progress: bool,
     /// Keep the things on the hub afterwards.
     pub keep: bool,
+    /// The hub's process id when it runs on this machine (the embedded hub, or `--hub-pid`):
+    /// its CPU and memory go into the report, the progress line and the metrics.
+    pub hub_pid: Option<u32>,
+    /// Serve Prometheus metrics on this address while running (port 0 picks one; the bound
+    /// address is printed on stderr).
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Aborts a background task when the run ends, however it ends (an interrupted run drops the
+/// run's future).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it has ended (and run its drop guards).
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Samples of the simulator's and the hub's processes at one point of the run.
+fn sample_processes(hub_pid: Option<u32>) -> (Option<Sample>, Option<Sample>) {
+    (
+        resources::sample(None),
+        hub_pid.and_then(|pid| resources::sample(Some(pid))),
+    )
 }
 
 /// Runs `scenario` against `target` and returns the report.
@@ -48,6 +86,16 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     let settle = Duration::from_secs_f64(scenario.ramp.settle_s);
     let max_wait = Duration::from_secs_f64(scenario.ramp.max_wait_s);
     let mut fleet = Arc::new(Fleet::new(scenario, target.mqtt, phase_rx));
+    let exporter = match options.metrics_addr {
+        Some(addr) => {
+            let e = Exporter::start(addr, options.hub_pid).await?;
+            eprintln!("metrics: http://{}/metrics", e.local_addr());
+            Some(e)
+        }
+        None => None,
+    };
+    let (mut sim, mut hub) = (Readings::default(), Readings::default());
+    (sim.before, hub.before) = sample_processes(options.hub_pid);
 
     eprintln!("provisioning {count} things ...");
     let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
@@ -63,14 +111,20 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
         }
         None => bail!("the fleet is shared before its things start"),
     }
+    if let Some(e) = &exporter {
+        e.attach(fleet.clone());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         fleet.stats.running.inc();
         tasks.spawn(thing::run(fleet.clone(), i));
     }
-    let progress = options
-        .progress
-        .then(|| tokio::spawn(progress::run(fleet.clone())));
+    let progress = options.progress.then(|| {
+        AbortOnDrop(Some(tokio::spawn(progress::run(
+            fleet.clone(),
+            options.hub_pid,
+        ))))
+    });
 
     // Measure only once every thing has connected (or given up), so that connect work never
     // overlaps the measured period.
@@ -87,8 +141,16 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     let start = Instant::now() + settle;
     let end = start + duration;
     let _ = phase_tx.send(Phase::Measure { start, end });
-    business::run(fleet.clone(), api.clone(), start, end).await;
+    let sample_at_start = async {
+        tokio::time::sleep_until(start).await;
+        sample_processes(options.hub_pid)
+    };
+    ((sim.measure_start, hub.measure_start), ()) = tokio::join!(
+        sample_at_start,
+        business::run(fleet.clone(), api.clone(), start, end)
+    );
     tokio::time::sleep_until(end).await;
+    (sim.measure_end, hub.measure_end) = sample_processes(options.hub_pid);
     // A delta can reach its thing after the REST reply: give the last desired changes a
     // bounded moment to converge before the things stop.
     let grace = Instant::now() + CONVERGE_GRACE;
@@ -105,10 +167,17 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
         r.context("a virtual thing panicked")?;
     }
     if let Some(p) = progress {
-        p.abort();
-        let _ = p.await;
+        p.stop().await;
     }
-    let report = Report::build(&fleet, duration.as_secs_f64());
+    (sim.end, hub.end) = sample_processes(options.hub_pid);
+    drop(exporter);
+    let mut report = Report::build(&fleet, duration.as_secs_f64());
+    report.resources = Resources {
+        simulator: ProcessUsage::from_readings(std::process::id(), &sim, count),
+        hub: options
+            .hub_pid
+            .and_then(|pid| ProcessUsage::from_readings(pid, &hub, count)),
+    };
     if !options.keep {
         let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
         api.delete_things(&ids).await?;

@@ -1,11 +1,16 @@
 //! A short load run of the real simulator binary against the embedded reference hub: the
 //! README's main command, scaled down (100 things, 10 s), with every interaction switched on:
 //! shadow reports, desired changes converging through deltas, method calls, NTP, OTA jobs,
-//! MQTT 3.1.1 and 5. Asserts the report's counts, not its timings.
+//! MQTT 3.1.1 and 5. Asserts the report's counts, not its timings; that the hub ran as a child
+//! process of the simulator and is gone, with its data directory, afterwards; and scrapes the
+//! Prometheus endpoint (`--metrics-addr`) while the run goes on.
 
-use std::process::Command;
+mod support;
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{Sim, cmdline, http_get, metric, parent_pid, process_state};
 
 fn count(report: &Value, pointer: &str) -> u64 {
     report
@@ -19,42 +24,104 @@ fn short_run_against_the_embedded_hub_is_clean() {
     let dir = tempfile::tempdir().expect("temp dir");
     let report_path = dir.path().join("report.json");
     let csv_path = dir.path().join("report.csv");
-    let output = Command::new(env!("CARGO_BIN_EXE_iothub-sim"))
-        .args([
-            "run",
-            "--things",
-            "100",
-            "--duration",
-            "10",
-            "--rate",
-            "500",
-            "--ramp",
-            "500",
-            "--desired-per-sec",
-            "20",
-            "--methods-per-sec",
-            "50",
-            "--ntp-interval",
-            "2",
-            "--mqtt5-share",
-            "0.5",
-            "--ota-job-interval",
-            "2",
-            "--ota-job-things",
-            "20",
-        ])
-        .arg("--report-json")
-        .arg(&report_path)
-        .arg("--report-csv")
-        .arg(&csv_path)
-        .output()
-        .expect("run iothub-sim");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut args: Vec<std::ffi::OsString> = [
+        "run",
+        "--things",
+        "100",
+        "--duration",
+        "10",
+        "--rate",
+        "500",
+        "--ramp",
+        "500",
+        "--desired-per-sec",
+        "20",
+        "--methods-per-sec",
+        "50",
+        "--ntp-interval",
+        "2",
+        "--mqtt5-share",
+        "0.5",
+        "--ota-job-interval",
+        "2",
+        "--ota-job-things",
+        "20",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--no-progress",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.extend(["--report-json".into(), report_path.clone().into()]);
+    args.extend(["--report-csv".into(), csv_path.clone().into()]);
+    let mut sim = Sim::spawn(&args);
+
+    // The hub is a child process of the simulator: this same executable, hidden subcommand.
+    let hub = sim.hub_line();
+    assert_eq!(parent_pid(hub.pid), Some(sim.child.id()), "{hub:?}");
     assert!(
-        output.status.success(),
-        "iothub-sim failed:\n{stdout}\n{stderr}"
+        cmdline(hub.pid).iter().any(|a| a == "embedded-hub"),
+        "{:?}",
+        cmdline(hub.pid)
     );
+    assert!(
+        hub.data_dir.join("iothub.db").exists(),
+        "the hub keeps its database in {:?}",
+        hub.data_dir
+    );
+
+    // The metrics endpoint shows the live run: every thing connected, updates accepted, the
+    // hub's memory.
+    let line = sim.wait_line("metrics: ");
+    let addr = line
+        .strip_prefix("metrics: http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bound address in {line:?}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scraped = loop {
+        let text = http_get(addr, "/metrics");
+        let connected = metric(&text, "iothub_sim_connected_things").unwrap_or(0.0);
+        let accepted = metric(&text, "iothub_sim_updates_accepted_total").unwrap_or(0.0);
+        if connected == 100.0 && accepted > 0.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the run:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(metric(&scraped, "iothub_sim_things"), Some(100.0));
+    assert_eq!(
+        metric(&scraped, "iothub_sim_phase{phase=\"measure\"}"),
+        Some(1.0),
+        "{scraped}"
+    );
+    assert!(
+        metric(
+            &scraped,
+            "iothub_sim_process_resident_memory_bytes{process=\"hub\"}"
+        )
+        .is_some_and(|b| b > 0.0),
+        "{scraped}"
+    );
+    let scraped_accepted = metric(&scraped, "iothub_sim_updates_accepted_total").expect("accepted");
+    assert!(
+        metric(
+            &scraped,
+            "iothub_sim_latency_seconds_count{interaction=\"update_to_accepted\"}"
+        )
+        .is_some_and(|n| n > 0.0),
+        "{scraped}"
+    );
+
+    let (status, stdout, stderr) = sim.wait(Duration::from_secs(120));
+    assert!(status.success(), "iothub-sim failed:\n{stdout}\n{stderr}");
+    // The hub stopped with the run, and its temporary data went with it.
+    assert_eq!(process_state(hub.pid), None, "hub process {} left", hub.pid);
+    assert!(!hub.data_dir.exists(), "{:?} left behind", hub.data_dir);
 
     let report: Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
@@ -70,6 +137,7 @@ fn short_run_against_the_embedded_hub_is_clean() {
     // reports, plus one per converged desired change.
     let sent = count(&report, "/sent");
     assert!(sent >= 4_000, "the run sent too little: {report}");
+    assert!(scraped_accepted as u64 <= count(&report, "/accepted"));
     assert_eq!(count(&report, "/accepted"), sent, "every update accepted");
     assert_eq!(count(&report, "/latency/update_to_accepted/count"), sent);
     assert_eq!(report["rejected"], json!({}), "{report}");
@@ -115,14 +183,35 @@ fn short_run_against_the_embedded_hub_is_clean() {
     assert_eq!(report["protocol_errors"], json!({}), "{report}");
     assert_eq!(report["connect_errors"], json!({}), "{report}");
 
+    // CPU and memory of both processes, each on its own.
+    assert_eq!(count(&report, "/resources/hub/pid"), u64::from(hub.pid));
+    for side in ["hub", "simulator"] {
+        assert!(count(&report, &format!("/resources/{side}/peak_rss_bytes")) > 0);
+        count(&report, &format!("/resources/{side}/per_thing_bytes"));
+        assert!(
+            report
+                .pointer(&format!("/resources/{side}/cpu_s"))
+                .and_then(Value::as_f64)
+                .is_some_and(|s| s > 0.0),
+            "{report}"
+        );
+    }
     assert!(
         stdout.contains("update->accepted") && stdout.contains("method round trip"),
         "human table printed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("pid {}: cpu", hub.pid)),
+        "hub resources in the table:\n{stdout}"
     );
     let csv = std::fs::read_to_string(&csv_path).expect("csv written");
     assert!(
         csv.lines()
             .any(|l| l.starts_with(&format!("updates_accepted,{sent},"))),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l.starts_with("hub_peak_rss_bytes,")),
         "{csv}"
     );
 }
