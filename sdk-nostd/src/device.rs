@@ -1,10 +1,15 @@
 //! The sans-IO device state machine.
 
+#[cfg(feature = "methods")]
+mod methods;
+#[cfg(feature = "ntp")]
+mod ntp;
+#[cfg(feature = "ota")]
+mod ota;
 mod wire;
 
-use heapless::{Deque, String, Vec};
-use iothub_spec::code::{OtaErrorCode, OtaStatus, method_code};
-use iothub_spec::ids::{MAX_ID_LEN, is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
+use heapless::{Deque, Vec};
+use iothub_spec::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
 use iothub_spec::limits::{MAX_TOPIC_LEN, json_depth_exceeds};
 use iothub_spec::payload::{self, field};
 use iothub_spec::topic::{Filter, Topic, TopicError};
@@ -12,7 +17,7 @@ use serde::Serialize;
 
 use crate::fmt::{debug, warning};
 use crate::json::writer::JsonWriter;
-use crate::json::{self, JsonError, bit, has_backslash};
+use crate::json::{self, JsonError, bit};
 use crate::time::Instant;
 use crate::token;
 use crate::types::*;
@@ -22,12 +27,13 @@ use crate::types::*;
 /// [`MAX_TOPIC_LEN`] per message queued.
 pub const MIN_TX_BUFFER: usize = MAX_TOPIC_LEN + 256;
 
-/// Filters the device subscribes to besides two per shadow: methods, NTP, OTA.
-const COMMON_FILTERS: usize = 3;
+/// Filters the device subscribes to besides two per shadow: methods, NTP, OTA (those of the
+/// enabled features).
+const COMMON_FILTERS: usize = cfg!(feature = "methods") as usize
+    + cfg!(feature = "ntp") as usize
+    + cfg!(feature = "ota") as usize;
 /// Most shadows a device may follow (the subscription set is a 64-bit mask).
 const MAX_SHADOWS: usize = 30;
-/// Most samples one NTP exchange takes.
-const MAX_NTP_SAMPLES: u8 = 16;
 
 /// The device's own `get` of one shadow (connection state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,27 +85,6 @@ struct Queued {
     request: Option<u32>,
 }
 
-/// A running best-of-N NTP exchange.
-#[derive(Debug, Clone, Copy)]
-struct NtpRun {
-    id: u32,
-    /// Requests still to send.
-    attempts_left: u8,
-    best: Option<NtpSample>,
-    /// The `clientSendTime` of the request awaiting its answer, and its deadline.
-    outstanding: Option<(u64, Instant)>,
-    finished: bool,
-}
-
-/// The OTA task the device is working on (session state, S-7.2).
-#[derive(Debug, Clone)]
-struct OtaState {
-    task_id: String<MAX_ID_LEN>,
-    token: String<MAX_ID_LEN>,
-    /// The last final status reported, re-sent when the hub sends the task again.
-    last_final: Option<(OtaStatus, Option<u16>)>,
-}
-
 /// State that outlives a connection.
 #[derive(Debug, Clone)]
 struct Session<const SHADOWS: usize> {
@@ -109,7 +94,8 @@ struct Session<const SHADOWS: usize> {
     started: bool,
     next_id: u32,
     clock: Option<NtpSample>,
-    ota: Option<OtaState>,
+    #[cfg(feature = "ota")]
+    ota: Option<ota::OtaState>,
 }
 
 /// State of one MQTT connection.
@@ -195,7 +181,8 @@ pub struct Device<'a, const SHADOWS: usize = 2, const IN_FLIGHT: usize = 10, con
     session: Session<SHADOWS>,
     conn: Connection<SHADOWS, QUEUE>,
     requests: Vec<Request, IN_FLIGHT>,
-    ntp: Option<NtpRun>,
+    #[cfg(feature = "ntp")]
+    ntp: Option<ntp::NtpRun>,
 }
 
 impl<const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize> core::fmt::Debug
@@ -251,9 +238,10 @@ fn raw_str(raw: &[u8]) -> Option<RawJson<'_>> {
     core::str::from_utf8(raw).ok().map(RawJson)
 }
 
+#[cfg(any(feature = "methods", feature = "ota"))]
 /// A clientToken the device can echo: a plain string within the hub's limit.
 fn plain_token(raw: Option<&[u8]>, max: usize) -> Option<&str> {
-    json::as_plain_str(raw?).filter(|t| t.len() <= max.min(MAX_ID_LEN))
+    json::as_plain_str(raw?).filter(|t| t.len() <= max.min(iothub_spec::ids::MAX_ID_LEN))
 }
 
 impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
@@ -292,10 +280,12 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 started: false,
                 next_id: 0,
                 clock: None,
+                #[cfg(feature = "ota")]
                 ota: None,
             },
             conn: Connection::new(),
             requests: Vec::new(),
+            #[cfg(feature = "ntp")]
             ntp: None,
         })
     }
@@ -337,6 +327,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             }
         }
         self.drop_internal_gets(false);
+        #[cfg(feature = "ntp")]
         if let Some(ntp) = self.ntp.as_mut() {
             ntp.outstanding = None;
             ntp.finished = true;
@@ -383,6 +374,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 };
             }
         }
+        #[cfg(feature = "ntp")]
         if let Some(ntp) = self.ntp.as_mut()
             && let Some((_, deadline)) = ntp.outstanding
             && deadline <= now
@@ -471,8 +463,11 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 })))
             }
             (Topic::ShadowUpdateDocuments { .. }, Some(_)) => Err(Ignored::Echo),
+            #[cfg(feature = "methods")]
             (Topic::MethodRequest { method, .. }, _) => self.on_method(method, payload),
+            #[cfg(feature = "ntp")]
             (Topic::NtpResponse { .. }, _) => self.on_ntp(now, payload),
+            #[cfg(feature = "ota")]
             (Topic::OtaTask { .. }, _) => self.on_ota_task(now, payload),
             _ => Err(Ignored::NotForDevice),
         }
@@ -514,6 +509,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             // Reborrow dance: the get is written into `buf` below to keep one borrow.
             return self.transmit_get(now, t, buf).map(Some);
         }
+        #[cfg(feature = "ntp")]
         if let Some(ntp) = self.ntp.as_mut()
             && !ntp.finished
             && ntp.outstanding.is_none()
@@ -549,6 +545,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 subscription: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
             });
         }
+        #[cfg(feature = "ntp")]
         if let Some(ntp) = self.ntp
             && ntp.finished
         {
@@ -578,6 +575,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 consider(deadline);
             }
         }
+        #[cfg(feature = "ntp")]
         if let Some((_, deadline)) = self.ntp.and_then(|n| n.outstanding) {
             consider(deadline);
         }
@@ -672,125 +670,6 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.push_request(id, Kind::Get { internal: false }, shadow)
     }
 
-    /// Answers a direct-method call (S-5.2) with `code` (see
-    /// [`iothub_spec::code::method_code`]), an optional `message` and optional `data`.
-    pub fn respond<D: Serialize>(
-        &mut self,
-        now: Instant,
-        method: &str,
-        client_token: &str,
-        code: u16,
-        message: Option<&str>,
-        data: Option<&D>,
-    ) -> Result<(), Error> {
-        let _ = now;
-        if !self.conn.up {
-            return Err(Error::NotConnected);
-        }
-        if client_token.is_empty() || client_token.len() > self.config.limits.max_client_token {
-            return Err(Error::InvalidArgument);
-        }
-        let topic = Topic::MethodResponse {
-            thing: self.config.thing_id,
-            method,
-        };
-        let body = payload::MethodResponse {
-            client_token,
-            code,
-            message,
-            data,
-        };
-        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::method_response(w, &body)
-        })
-    }
-
-    /// Starts an NTP exchange of `samples` requests (1 to 16), one after the other, keeping the
-    /// answer with the smallest round trip (S-6.2). Answered by [`Event::Ntp`], or
-    /// [`Event::TimedOut`] when no answer came. The result also sets [`Device::unix_time_ms`].
-    pub fn request_ntp(&mut self, now: Instant, samples: u8) -> Result<RequestId, Error> {
-        let _ = now;
-        if !self.conn.up {
-            return Err(Error::NotConnected);
-        }
-        if self.ntp.is_some() {
-            return Err(Error::Busy);
-        }
-        let id = self.take_id();
-        self.ntp = Some(NtpRun {
-            id,
-            attempts_left: samples.clamp(1, MAX_NTP_SAMPLES),
-            best: None,
-            outstanding: None,
-            finished: false,
-        });
-        Ok(RequestId(id))
-    }
-
-    /// Reports the state of the current OTA task (S-7.2). The timestamp is the NTP-corrected
-    /// Unix time when known, else `now`. After `Done`, `Failed` or `Canceled` the task is over and
-    /// further reports fail with [`Error::NoOtaTask`].
-    pub fn report_ota(&mut self, now: Instant, report: OtaReport<'_>) -> Result<(), Error> {
-        if !self.conn.up {
-            return Err(Error::NotConnected);
-        }
-        let ota = self.session.ota.as_ref().ok_or(Error::NoOtaTask)?;
-        if ota.last_final.is_some() {
-            return Err(Error::NoOtaTask);
-        }
-        let (status, progress, err_code, err_msg) = match report {
-            OtaReport::Ongoing { progress } => (
-                OtaStatus::Ongoing,
-                Some(progress.min(iothub_spec::limits::OTA_PROGRESS_MAX)),
-                None,
-                None,
-            ),
-            OtaReport::Done => (OtaStatus::Done, None, None, None),
-            OtaReport::Failed { code, message } => {
-                (OtaStatus::Failed, None, Some(code.as_u16()), message)
-            }
-            OtaReport::Canceled => (OtaStatus::Canceled, None, None, None),
-        };
-        self.enqueue_ota_result(now, status, progress, err_code, err_msg)?;
-        if status.is_final()
-            && let Some(ota) = self.session.ota.as_mut()
-        {
-            ota.last_final = Some((status, err_code));
-        }
-        Ok(())
-    }
-
-    /// Queues a result of the current OTA task (S-7.2), with the task's ids from the session
-    /// (moved out and back rather than cloned).
-    fn enqueue_ota_result(
-        &mut self,
-        now: Instant,
-        status: OtaStatus,
-        progress: Option<u8>,
-        err_code: Option<u16>,
-        err_msg: Option<&str>,
-    ) -> Result<(), Error> {
-        let timestamp = self.unix_time_ms(now).unwrap_or(now.as_millis());
-        let ota = self.session.ota.take().ok_or(Error::NoOtaTask)?;
-        let body = payload::OtaResult {
-            client_token: &ota.token,
-            task_id: &ota.task_id,
-            status,
-            progress,
-            err_code,
-            err_msg,
-            timestamp,
-        };
-        let topic = Topic::OtaTaskResult {
-            thing: self.config.thing_id,
-        };
-        let queued = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::ota_result(w, &body)
-        });
-        self.session.ota = Some(ota);
-        queued
-    }
-
     /// Publishes `value` as telemetry on `T/messages/property`.
     pub fn publish_telemetry<T: Serialize>(
         &mut self,
@@ -850,15 +729,6 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.session.clock.map(|c| c.unix_time_ms(now))
     }
 
-    /// The id of the OTA task in progress, if any.
-    pub fn ota_task_id(&self) -> Option<&str> {
-        self.session
-            .ota
-            .as_ref()
-            .filter(|o| o.last_final.is_none())
-            .map(|o| o.task_id.as_str())
-    }
-
     /// The configuration.
     pub fn config(&self) -> &Config<'a> {
         &self.config
@@ -874,7 +744,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             .saturating_add(COMMON_FILTERS)
     }
 
-    /// Subscription `i`: two per shadow (get replies, update replies), then methods, NTP, OTA.
+    /// Subscription `i`: two per shadow (get replies, update replies), then methods, NTP, OTA
+    /// (those of the enabled features).
     fn filter(&self, i: usize) -> Option<Filter<'a>> {
         let thing = self.config.thing_id;
         let n = self.config.shadows.len().saturating_mul(2);
@@ -886,7 +757,19 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 Filter::ShadowUpdateReplies { thing, shadow }
             });
         }
-        match i.checked_sub(n)? {
+        // `k` indexes methods, NTP, OTA; the filters of disabled features are skipped (with all
+        // features on, every `if` below is `if false`).
+        let mut k = i.checked_sub(n)?;
+        if !cfg!(feature = "methods") {
+            k = k.saturating_add(1);
+        }
+        if !cfg!(feature = "ntp") && k >= 1 {
+            k = k.saturating_add(1);
+        }
+        if !cfg!(feature = "ota") && k >= 2 {
+            k = k.saturating_add(1);
+        }
+        match k {
             0 => Some(Filter::MethodRequests { thing }),
             1 => Some(Filter::NtpResponse { thing }),
             2 => Some(Filter::OtaTask { thing }),
@@ -1280,179 +1163,61 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             code,
         }))
     }
+}
 
-    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
-    #[inline(never)]
-    fn on_method<'p>(
-        &mut self,
-        method: &'p str,
-        payload: &'p [u8],
-    ) -> Result<Option<Event<'p>>, Ignored> {
-        let [tok, data] = json::split(
-            payload,
-            [field::CLIENT_TOKEN, field::DATA],
-            self.config.max_input_depth,
-        )
-        .map_err(Ignored::Json)?;
-        let client_token =
-            plain_token(tok, self.config.limits.max_client_token).ok_or(Ignored::Malformed)?;
-        if self.config.all_methods || self.config.methods.contains(&method) {
-            let data = data.and_then(raw_str).unwrap_or(RawJson("null"));
-            return Ok(Some(Event::MethodCall(MethodCall {
-                method,
-                client_token,
-                data,
-            })));
-        }
-        if !self.conn.up {
-            return Err(Ignored::QueueFull);
-        }
-        let topic = Topic::MethodResponse {
-            thing: self.config.thing_id,
-            method,
-        };
-        let body: payload::MethodResponse<'_, ()> = payload::MethodResponse {
-            client_token,
-            code: method_code::NOT_FOUND,
-            message: Some("no such method"),
-            data: None,
-        };
-        self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::method_response(w, &body)
-        })
-        .map_err(|_| Ignored::QueueFull)?;
-        Ok(None)
-    }
+#[cfg(test)]
+mod feature_tests {
+    //! Runs under any feature set (`cargo test -p iothub-sdk-nostd --lib --no-default-features
+    //! --features ...`): subscriptions and dispatch follow the enabled features.
+    use super::*;
+    use std::string::{String, ToString};
+    use std::vec::Vec as StdVec;
 
-    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
-    #[inline(never)]
-    fn on_ntp<'p>(
-        &mut self,
-        now: Instant,
-        payload: &'p [u8],
-    ) -> Result<Option<Event<'p>>, Ignored> {
-        let resp =
-            wire::ntp_response(payload, self.config.max_input_depth).ok_or(Ignored::Malformed)?;
-        let ntp = self.ntp.as_mut().ok_or(Ignored::Unmatched)?;
-        match ntp.outstanding {
-            Some((send, _)) if send == resp.client_send_time && !ntp.finished => {}
-            _ => return Err(Ignored::Unmatched),
+    #[test]
+    fn subscriptions_and_dispatch_follow_features() {
+        let mut tx = [0u8; 1024];
+        let mut config = Config::new("t1", &["default"]);
+        config.methods = &["m"];
+        let mut dev = Device::<1, 2, 4>::new(config, &mut tx).unwrap();
+        let now = Instant::ZERO;
+        dev.handle_connected(now, false);
+        let mut buf = [0u8; 512];
+        let mut filters: StdVec<String> = StdVec::new();
+        while let Ok(Some(Transmit::Subscribe { filter, .. })) = dev.poll_transmit(now, &mut buf) {
+            filters.push(filter.to_string());
         }
-        ntp.outstanding = None;
-        let recv = now.as_millis();
-        let sample = NtpSample {
-            server_time_ms: resp.now_ms(recv),
-            round_trip_ms: resp.round_trip_ms(recv),
-            local: now,
-        };
-        if ntp
-            .best
-            .is_none_or(|b| sample.round_trip_ms < b.round_trip_ms)
-        {
-            ntp.best = Some(sample);
-        }
-        if ntp.attempts_left > 0 {
-            return Ok(None);
-        }
-        let run = *ntp;
-        self.ntp = None;
-        Ok(Some(self.finish_ntp(run)))
-    }
+        assert_eq!(filters.len(), 2 + COMMON_FILTERS, "{filters:?}");
+        let has = |end: &str| filters.iter().any(|f| f.ends_with(end));
+        assert_eq!(has("/methods/+/req"), cfg!(feature = "methods"));
+        assert_eq!(has("/ntp/resp"), cfg!(feature = "ntp"));
+        assert_eq!(has("/ota/task"), cfg!(feature = "ota"));
 
-    fn finish_ntp(&mut self, run: NtpRun) -> Event<'static> {
-        match run.best {
-            Some(sample) => {
-                self.session.clock = Some(sample);
-                Event::Ntp {
-                    request: RequestId(run.id),
-                    sample,
-                }
-            }
-            None => Event::TimedOut {
-                request: RequestId(run.id),
-            },
+        let call = dev.handle_publish(
+            now,
+            "$iothub/things/t1/methods/m/req",
+            br#"{"clientToken":"c1","data":null}"#,
+        );
+        assert_eq!(call.is_ok_and(|e| e.is_some()), cfg!(feature = "methods"));
+        let task = dev.handle_publish(
+            now,
+            "$iothub/things/t1/ota/task",
+            br#"{"clientToken":"o1","taskId":"x","type":"app","meta":{"version":"1"},"fileUrl":"u"}"#,
+        );
+        assert_eq!(task.is_ok_and(|e| e.is_some()), cfg!(feature = "ota"));
+        if !cfg!(feature = "ota") {
+            assert_eq!(task, Err(Ignored::NotForDevice));
         }
-    }
-
-    // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
-    #[inline(never)]
-    fn on_ota_task<'p>(
-        &mut self,
-        now: Instant,
-        payload: &'p [u8],
-    ) -> Result<Option<Event<'p>>, Ignored> {
-        let max = self.config.limits.max_client_token;
-        let task = match wire::ota_task(payload, self.config.max_input_depth) {
-            Some(t)
-                if t.task_id.len() <= MAX_ID_LEN
-                    && !t.task_id.is_empty()
-                    && t.client_token.len() <= max.min(MAX_ID_LEN)
-                    && !has_backslash(t.task_id)
-                    && !has_backslash(t.client_token) =>
-            {
-                t
-            }
-            _ => return self.refuse_ota_task(now, payload),
+        let ntp = dev.handle_publish(
+            now,
+            "$iothub/things/t1/ntp/resp",
+            br#"{"clientSendTime":0,"serverRecvTime":5,"serverSendTime":6}"#,
+        );
+        // No exchange is running: unmatched with the feature, not for the device without it.
+        let expected = if cfg!(feature = "ntp") {
+            Ignored::Unmatched
+        } else {
+            Ignored::NotForDevice
         };
-        if let Some(ota) = self.session.ota.as_ref()
-            && ota.task_id.as_str() == task.task_id
-        {
-            if let Some((status, err_code)) = ota.last_final {
-                // The hub missed our final result (it re-sends pending tasks on reconnect).
-                if self.conn.up {
-                    let _ = self.enqueue_ota_result(now, status, None, err_code, None);
-                }
-            }
-            return Err(Ignored::Duplicate);
-        }
-        let (Ok(task_id), Ok(tok)) = (
-            String::<MAX_ID_LEN>::try_from(task.task_id),
-            String::<MAX_ID_LEN>::try_from(task.client_token),
-        ) else {
-            return Err(Ignored::BadOtaTask);
-        };
-        self.session.ota = Some(OtaState {
-            task_id,
-            token: tok,
-            last_final: None,
-        });
-        Ok(Some(Event::OtaTask(task)))
-    }
-
-    /// Answers a malformed OTA task `failed` 400 when its task id and token are readable.
-    fn refuse_ota_task<'p>(
-        &mut self,
-        now: Instant,
-        payload: &'p [u8],
-    ) -> Result<Option<Event<'p>>, Ignored> {
-        let max = self.config.limits.max_client_token;
-        let Ok([tid, tok]) = json::split(
-            payload,
-            [field::TASK_ID, field::CLIENT_TOKEN],
-            self.config.max_input_depth,
-        ) else {
-            return Err(Ignored::BadOtaTask);
-        };
-        if let (Some(task_id), Some(client_token)) =
-            (plain_token(tid, MAX_ID_LEN), plain_token(tok, max))
-            && self.conn.up
-        {
-            let body = payload::OtaResult {
-                client_token,
-                task_id,
-                status: OtaStatus::Failed,
-                progress: None,
-                err_code: Some(OtaErrorCode::BadTask.as_u16()),
-                err_msg: Some("bad task"),
-                timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
-            };
-            let topic = Topic::OtaTaskResult {
-                thing: self.config.thing_id,
-            };
-            let _ = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-                wire::ota_result(w, &body)
-            });
-        }
-        Err(Ignored::BadOtaTask)
+        assert_eq!(ntp, Err(expected));
     }
 }

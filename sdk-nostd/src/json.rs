@@ -313,6 +313,7 @@ pub fn split<'j, const N: usize>(
     Ok(out)
 }
 
+#[cfg(any(feature = "ntp", feature = "ota"))]
 /// [`split`] for a typed body: a repeated wanted key is an error ([`JsonError::Syntax`]), as it
 /// is for a `#[derive(Deserialize)]` struct read by `serde-json-core`.
 pub(crate) fn split_unique<'j, const N: usize>(

@@ -5,16 +5,24 @@
 //! same order, `None` members left out), checked by the tests below; it only saves the
 //! serde monomorphisations and the 64-bit integer formatting on a `no_std` target.
 
+#[cfg(feature = "methods")]
+use iothub_spec::payload::MethodResponse;
 #[cfg(test)]
 use iothub_spec::payload::UpdateRequest;
-use iothub_spec::payload::{
-    GetRequest, MethodResponse, NtpRequest, NtpResponse, OtaMeta, OtaResult, OtaTask, ShadowState,
-    field,
-};
+use iothub_spec::payload::{GetRequest, ShadowState, field};
+#[cfg(feature = "ntp")]
+use iothub_spec::payload::{NtpRequest, NtpResponse};
+#[cfg(feature = "ota")]
+use iothub_spec::payload::{OtaMeta, OtaResult, OtaTask};
 use serde::Serialize;
 
+#[cfg(any(feature = "ntp", feature = "ota"))]
+use crate::json::as_u64;
+#[cfg(any(feature = "ntp", feature = "ota"))]
+use crate::json::split_unique;
 use crate::json::writer::JsonWriter;
-use crate::json::{self, as_raw_str, as_u64, is_null, split_unique};
+#[cfg(feature = "ota")]
+use crate::json::{self, as_raw_str, is_null};
 
 /// `"clientToken":"…"` when there is one.
 fn write_token(w: &mut JsonWriter<'_>, token: Option<&str>) {
@@ -60,6 +68,7 @@ pub(super) fn reported_state<R: Serialize>(w: &mut JsonWriter<'_>, state: &Shado
     w.raw(b"}");
 }
 
+#[cfg(feature = "methods")]
 /// [`MethodResponse`]: `{"clientToken","code","message"?,"data"?}`.
 pub(super) fn method_response<D: Serialize>(w: &mut JsonWriter<'_>, body: &MethodResponse<'_, D>) {
     method_response_head(w, body.client_token, body.code, body.message);
@@ -70,6 +79,7 @@ pub(super) fn method_response<D: Serialize>(w: &mut JsonWriter<'_>, body: &Metho
     w.raw(b"}");
 }
 
+#[cfg(feature = "methods")]
 fn method_response_head(w: &mut JsonWriter<'_>, token: &str, code: u16, message: Option<&str>) {
     w.raw(b"{");
     write_token(w, Some(token));
@@ -81,6 +91,7 @@ fn method_response_head(w: &mut JsonWriter<'_>, token: &str, code: u16, message:
     }
 }
 
+#[cfg(feature = "ntp")]
 /// [`NtpRequest`]: `{"clientSendTime":ms}`.
 pub(super) fn ntp_request(w: &mut JsonWriter<'_>, body: &NtpRequest) {
     w.raw(b"{");
@@ -89,6 +100,7 @@ pub(super) fn ntp_request(w: &mut JsonWriter<'_>, body: &NtpRequest) {
     w.raw(b"}");
 }
 
+#[cfg(feature = "ota")]
 /// [`OtaResult`]: `{"clientToken","taskId","status","progress"?,"errCode"?,"errMsg"?,"timestamp"}`.
 pub(super) fn ota_result(w: &mut JsonWriter<'_>, body: &OtaResult<'_>) {
     w.raw(b"{");
@@ -121,6 +133,7 @@ pub(super) fn ota_result(w: &mut JsonWriter<'_>, body: &OtaResult<'_>) {
 // with the right type, optional ones absent or `null`, unknown members ignored, a repeated member
 // refused, strings borrowed with their escapes), checked by the tests below.
 
+#[cfg(feature = "ota")]
 /// An optional member: absent or `null` is `Ok(None)`, a wrong type is `Err(())`.
 fn optional<'j, T>(
     raw: Option<&'j [u8]>,
@@ -133,6 +146,7 @@ fn optional<'j, T>(
     }
 }
 
+#[cfg(feature = "ntp")]
 /// [`NtpResponse`] (S-6.1), `None` when the body is not one.
 pub(super) fn ntp_response(payload: &[u8], max_depth: usize) -> Option<NtpResponse> {
     let [send, recv, sent] = split_unique(
@@ -152,6 +166,7 @@ pub(super) fn ntp_response(payload: &[u8], max_depth: usize) -> Option<NtpRespon
     })
 }
 
+#[cfg(feature = "ota")]
 /// [`OtaTask`] (S-7.1), `None` when the body is not one.
 pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> {
     let [tok, task, kind, meta, url] = split_unique(
@@ -195,6 +210,7 @@ pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> 
 }
 
 #[cfg(test)]
+#[cfg(all(feature = "methods", feature = "ntp", feature = "ota"))]
 mod tests {
     use super::*;
     use iothub_spec::code::OtaStatus;

@@ -2,6 +2,9 @@
 //! for one application type), every input fed from an opaque buffer (`black_box`), as bytes
 //! from the network would be. Its size minus `baseline`'s is "our code" in BENCHMARKS.md.
 //!
+//! The core's optional parts (direct methods, NTP, OTA) follow this package's features of the
+//! same names (all on by default).
+//!
 //! The panic handler calls `network_input_panicked`, a symbol of its own: if any panicking
 //! path were reachable from these inputs, LTO would keep it (`llvm-nm` shows it); when none is,
 //! the handler and that symbol are removed.
@@ -11,7 +14,9 @@
 use core::hint::black_box;
 
 use cortex_m_rt::entry;
-use iothub_sdk_nostd::{Config, Device, Event, Instant, OtaReport, QoS};
+#[cfg(feature = "ota")]
+use iothub_sdk_nostd::OtaReport;
+use iothub_sdk_nostd::{Config, Device, Event, Instant, QoS};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, Default)]
@@ -71,9 +76,11 @@ fn main() -> ! {
             Ok(Some(Event::Shadow(s))) => {
                 let _ = dev.report(now, s.shadow, &state);
             }
+            #[cfg(feature = "methods")]
             Ok(Some(Event::MethodCall(c))) => {
                 let _ = dev.respond(now, c.method, c.client_token, 200, None, Some(&state));
             }
+            #[cfg(feature = "ota")]
             Ok(Some(Event::OtaTask(_))) => {
                 let _ = dev.report_ota(now, OtaReport::Ongoing { progress: 50 });
                 let _ = dev.report_ota(now, OtaReport::Done);
@@ -84,6 +91,7 @@ fn main() -> ! {
             Ok(None) | Err(_) => {}
         }
         if tick % 3600 == 0 {
+            #[cfg(feature = "ntp")]
             let _ = dev.request_ntp(now, 4);
             let _ = dev.publish_telemetry(now, &state, QoS::AtMostOnce);
             if let Some(s) = dev.shadow_id("default") {
