@@ -416,27 +416,30 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         match (topic, shadow) {
             (Topic::ShadowGetAccepted { .. }, Some(s)) => self.on_get_accepted(now, s, payload),
             (Topic::ShadowGetRejected { .. }, Some(s)) => self.on_get_rejected(now, s, payload),
-            (Topic::ShadowUpdateAccepted { .. }, Some(s)) => {
-                let [version, tok] =
-                    json::split(payload, [field::VERSION, field::CLIENT_TOKEN], depth)
-                        .map_err(Ignored::Json)?;
-                let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
-                let request = self.take_request(tok, s, Kind::Update)?;
-                Ok(Some(Event::Accepted {
-                    request,
-                    shadow: s,
-                    version,
-                }))
-            }
-            (Topic::ShadowUpdateRejected { .. }, Some(s)) => {
-                let [code, tok] = json::split(payload, [field::CODE, field::CLIENT_TOKEN], depth)
+            // One arm for both replies to an update: they differ only in the number they carry.
+            (Topic::ShadowUpdateAccepted { .. } | Topic::ShadowUpdateRejected { .. }, Some(s)) => {
+                let accepted = matches!(topic, Topic::ShadowUpdateAccepted { .. });
+                let key = if accepted {
+                    field::VERSION
+                } else {
+                    field::CODE
+                };
+                let [number, tok] = json::split(payload, [key, field::CLIENT_TOKEN], depth)
                     .map_err(Ignored::Json)?;
-                let code = code.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let number = number.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
                 let request = self.take_request(tok, s, Kind::Update)?;
-                Ok(Some(Event::Rejected {
-                    request,
-                    shadow: s,
-                    code: u16::try_from(code).unwrap_or(u16::MAX),
+                Ok(Some(if accepted {
+                    Event::Accepted {
+                        request,
+                        shadow: s,
+                        version: number,
+                    }
+                } else {
+                    Event::Rejected {
+                        request,
+                        shadow: s,
+                        code: u16::try_from(number).unwrap_or(u16::MAX),
+                    }
                 }))
             }
             (Topic::ShadowUpdateDelta { .. }, Some(s)) => {
