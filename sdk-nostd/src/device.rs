@@ -347,11 +347,6 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// Time has reached the instant [`Device::poll_timeout`] gave (or later): requests without
     /// an answer fail, the device's own gets are retried with backoff, NTP moves on.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let (base, max) = (
-            self.config.retry_backoff_ms,
-            self.config.max_retry_backoff_ms,
-        );
-        let backoff = |attempt: u8| backoff_ms(base, max, attempt);
         let mut retry: u64 = 0;
         for r in self.requests.iter_mut() {
             if let ReqState::Sent { deadline } = r.state
@@ -364,14 +359,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             }
         }
         self.drop_internal_gets(true);
-        for (i, g) in self.conn.gets.iter_mut().enumerate() {
-            if retry & bit(i) != 0
-                && let GetState::InFlight { attempt } = *g
-            {
-                *g = GetState::Wanted {
-                    not_before: now.add_millis(backoff(attempt)),
-                    attempt: attempt.saturating_add(1),
-                };
+        for i in 0..SHADOWS {
+            if retry & bit(i) != 0 {
+                self.retry_get(i, now, true);
             }
         }
         #[cfg(feature = "ntp")]
@@ -998,6 +988,23 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.remove_request(pos).ok_or(Ignored::Unmatched)
     }
 
+    /// Schedules the device's own get of shadow `index` again once its backoff has passed (after a
+    /// timeout or a rejection); with `in_flight_only`, only when that get is in flight.
+    fn retry_get(&mut self, index: usize, now: Instant, in_flight_only: bool) {
+        let attempt = match self.conn.gets.get(index) {
+            Some(GetState::InFlight { attempt }) => *attempt,
+            _ if in_flight_only => return,
+            _ => 0,
+        };
+        let not_before = now.add_millis(self.backoff(attempt));
+        if let Some(g) = self.conn.gets.get_mut(index) {
+            *g = GetState::Wanted {
+                not_before,
+                attempt: attempt.saturating_add(1),
+            };
+        }
+    }
+
     /// Forgets the device's own gets (only the failed ones when `failed_only`), keeping the order
     /// of the other requests: `Vec::retain` by hand, without heapless' generic retain machinery.
     fn drop_internal_gets(&mut self, failed_only: bool) {
@@ -1147,17 +1154,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         }
         if req.kind == (Kind::Get { internal: true }) {
             warning!("get of shadow {} rejected with {}", s.index(), code);
-            let backoff = match self.conn.gets.get(s.index()) {
-                Some(GetState::InFlight { attempt }) => *attempt,
-                _ => 0,
-            };
-            let delay = self.backoff(backoff);
-            if let Some(g) = self.conn.gets.get_mut(s.index()) {
-                *g = GetState::Wanted {
-                    not_before: now.add_millis(delay),
-                    attempt: backoff.saturating_add(1),
-                };
-            }
+            self.retry_get(s.index(), now, false);
             return Ok(None);
         }
         Ok(Some(Event::Rejected {
