@@ -1,5 +1,6 @@
 //! `iothub-sim`: load runs against an iothub hub. `iothub-sim run` needs no setup.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,6 +142,8 @@ async fn main() -> anyhow::Result<ExitCode> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Plain text when stderr is a pipe or file (the embedded hub logs here too).
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Run(args) => run_command(*args).await,
