@@ -32,6 +32,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario (the built-in default without --scenario) and print the report.
+    ///
+    /// Without --mqtt/--api the reference hub runs as a child process (this executable again)
+    /// with a temporary data directory on free loopback ports; its warnings and errors appear on
+    /// this stderr (RUST_LOG sets the level of both, default warn), and it is stopped (SIGTERM)
+    /// and its data removed when the run ends, fails or is interrupted (Ctrl-C: exit status 130).
+    /// The report gives the CPU and memory of the simulator's and the hub's processes.
     Run(Box<RunArgs>),
     /// The embedded hub's process (started by `run`; not for direct use).
     #[command(name = embedded::SUBCOMMAND, hide = true)]
