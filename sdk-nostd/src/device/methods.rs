@@ -15,7 +15,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     Device<'a, SHADOWS, IN_FLIGHT, QUEUE>
 {
     /// Answers a direct-method call (S-5.2) with `code` (see
-    /// [`iothub_spec::code::method_code`]), an optional `message` and optional `data`.
+    /// [`iothub_spec::code::method_code`]), an optional `message` and optional `data`. Feature
+    /// `methods`.
     pub fn respond<D: Serialize>(
         &mut self,
         now: Instant,

@@ -25,6 +25,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// Starts an NTP exchange of `samples` requests (1 to 16), one after the other, keeping the
     /// answer with the smallest round trip (S-6.2). Answered by [`Event::Ntp`], or
     /// [`Event::TimedOut`] when no answer came. The result also sets [`Device::unix_time_ms`].
+    /// Feature `ntp`.
     pub fn request_ntp(&mut self, now: Instant, samples: u8) -> Result<RequestId, Error> {
         let _ = now;
         if !self.conn.up {

@@ -26,7 +26,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
 {
     /// Reports the state of the current OTA task (S-7.2). The timestamp is the NTP-corrected
     /// Unix time when known, else `now`. After `Done`, `Failed` or `Canceled` the task is over and
-    /// further reports fail with [`Error::NoOtaTask`].
+    /// further reports fail with [`Error::NoOtaTask`]. Feature `ota`.
     pub fn report_ota(&mut self, now: Instant, report: OtaReport<'_>) -> Result<(), Error> {
         if !self.conn.up {
             return Err(Error::NotConnected);
@@ -88,7 +88,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         queued
     }
 
-    /// The id of the OTA task in progress, if any.
+    /// The id of the OTA task in progress, if any. Feature `ota`.
     pub fn ota_task_id(&self) -> Option<&str> {
         self.session
             .ota
