@@ -1,7 +1,8 @@
 //! The embedded hub's process across the ways a run can end early: Ctrl-C (SIGINT) makes the
 //! simulator stop its hub and remove the hub's data directory before exiting with 130; a
 //! simulator killed outright (SIGKILL, no clean-up of its own) leaves no hub behind either,
-//! because the hub notices that its parent is gone and shuts down, removing its data.
+//! because the hub notices that its parent is gone and shuts down, removing its data. And
+//! `--hub-arg` flags reach the hub: one it rejects fails the run before any thing starts.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -59,4 +60,39 @@ fn a_killed_simulator_leaves_no_hub_behind() {
         process_state(hub.pid)
     );
     assert!(!hub.data_dir.exists(), "{:?} left behind", hub.data_dir);
+}
+
+#[test]
+fn hub_flags_reach_the_hub_and_a_hub_that_cannot_start_fails_the_run() {
+    let sim = Sim::spawn([
+        "run",
+        "--things",
+        "1",
+        "--duration",
+        "1",
+        "--no-progress",
+        "--hub-arg=--no-such-hub-flag",
+    ]);
+    let (status, _stdout, stderr) = sim.wait(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    // The hub's own flag parser saw the flag and said so on the shared stderr.
+    assert!(stderr.contains("--no-such-hub-flag"), "{stderr}");
+    assert!(
+        stderr.contains("the embedded hub exited before it was ready"),
+        "{stderr}"
+    );
+
+    let sim = Sim::spawn([
+        "run",
+        "--things",
+        "1",
+        "--no-progress",
+        "--hub-arg=--admin-token=chosen",
+    ]);
+    let (status, _stdout, stderr) = sim.wait(Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("admin token is generated per run"),
+        "{stderr}"
+    );
 }
