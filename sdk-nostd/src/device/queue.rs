@@ -1,0 +1,104 @@
+//! The transmit queue: messages serialized back to back into the caller's transmit buffer and
+//! handed out in order by `poll_transmit`.
+
+use iothub_spec::topic::{Topic, TopicError};
+
+use super::{Device, Queued, ReqState};
+use crate::json::writer::JsonWriter;
+use crate::time::Instant;
+use crate::types::{Error, QoS, Transmit};
+
+impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
+    Device<'a, SHADOWS, IN_FLIGHT, QUEUE>
+{
+    pub(super) fn drop_last_queued(&mut self) {
+        if let Some(q) = self.conn.queue.pop_back() {
+            let len = q.topic_len.saturating_add(q.payload_len);
+            self.conn.tx_len = self.conn.tx_len.saturating_sub(len);
+        }
+    }
+
+    /// Serializes a message at the end of the transmit queue.
+    pub(super) fn enqueue(
+        &mut self,
+        topic: Topic<'_>,
+        qos: QoS,
+        request: Option<u32>,
+        body: &dyn Fn(&mut JsonWriter<'_>),
+    ) -> Result<(), Error> {
+        if self.conn.queue.is_full() {
+            return Err(Error::QueueFull);
+        }
+        let start = self.conn.tx_len;
+        let free = self.tx.get_mut(start..).ok_or(Error::QueueFull)?;
+        let topic_len = match topic.write_to(free) {
+            Ok(t) => t.len(),
+            Err(TopicError::BufferTooSmall) => return Err(Error::QueueFull),
+            Err(_) => return Err(Error::InvalidArgument),
+        };
+        let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
+        let mut w = JsonWriter::new(rest);
+        body(&mut w);
+        let payload_len = match w.finish() {
+            Some(n) => n,
+            // Too big for the free space: full if it would fit an empty buffer, else too large.
+            None if start > 0 => return Err(Error::QueueFull),
+            None => return Err(Error::PayloadTooLarge),
+        };
+        if payload_len > self.config.limits.max_request_payload {
+            return Err(Error::PayloadTooLarge);
+        }
+        let item = Queued {
+            topic_len,
+            payload_len,
+            qos,
+            request,
+        };
+        self.conn
+            .queue
+            .push_back(item)
+            .map_err(|_| Error::QueueFull)?;
+        self.conn.tx_len = start.saturating_add(topic_len).saturating_add(payload_len);
+        Ok(())
+    }
+
+    pub(super) fn pop_queued<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Result<Option<Transmit<'b>>, Error> {
+        let Some(item) = self.conn.queue.front().copied() else {
+            return Ok(None);
+        };
+        let total = item.topic_len.saturating_add(item.payload_len);
+        let src = self.tx.get(..total).ok_or(Error::BufferTooSmall)?;
+        let dst = buf.get_mut(..total).ok_or(Error::BufferTooSmall)?;
+        // Equal lengths; a zip has no length-mismatch panic path.
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+        let (tb, pb) = dst
+            .split_at_mut_checked(item.topic_len)
+            .ok_or(Error::BufferTooSmall)?;
+        let tb: &'b [u8] = tb;
+        let pb: &'b [u8] = pb;
+        let topic = core::str::from_utf8(tb).map_err(|_| Error::BufferTooSmall)?;
+        self.conn.queue.pop_front();
+        let used = self.conn.tx_len;
+        if total <= used {
+            self.tx.copy_within(total..used, 0);
+        }
+        self.conn.tx_len = used.saturating_sub(total);
+        if let Some(id) = item.request
+            && let Some(r) = self.requests.iter_mut().find(|r| r.id == id)
+            && r.state == ReqState::Queued
+        {
+            r.state = ReqState::Sent {
+                deadline: now.add_millis(self.config.request_timeout_ms),
+            };
+        }
+        Ok(Some(Transmit::Publish {
+            topic,
+            payload: pb,
+            qos: item.qos,
+        }))
+    }
+}
