@@ -2,13 +2,10 @@
 //! S-7.2 code, and tasks whose thing drops its connection after the first progress report and
 //! finishes after reconnecting. The hub's job counts must agree with what the things reported.
 
-use std::process::Command;
+mod support;
 
-use serde_json::{Value, json};
-
-fn count(report: &Value, pointer: &str) -> u64 {
-    report.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
-}
+use serde_json::json;
+use support::{count_or_zero as count, run_report};
 
 #[test]
 fn failing_and_disconnecting_ota_tasks_end_with_matching_counts() {
@@ -39,24 +36,11 @@ ota_job_things = 20
 "#,
     )
     .expect("scenario written");
-    let report_path = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_iothub-sim"))
-        .arg("run")
-        .arg("--scenario")
-        .arg(&scenario)
-        .arg("--report-json")
-        .arg(&report_path)
-        .output()
-        .expect("run iothub-sim");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "iothub-sim failed:\n{stdout}\n{stderr}"
-    );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
-            .expect("JSON report");
+    let (report, _) = run_report([
+        std::ffi::OsStr::new("run"),
+        "--scenario".as_ref(),
+        scenario.as_os_str(),
+    ]);
 
     assert_eq!(count(&report, "/ota_jobs"), 1, "{report}");
     assert_eq!(count(&report, "/ota_jobs_ended"), 1, "{report}");

@@ -2,48 +2,26 @@
 //! scaled down, against the embedded reference hub: QoS 1 telemetry whose every PUBLISH is
 //! acknowledged and timed. Asserts counts, not timings.
 
-use std::process::Command;
+mod support;
 
-use serde_json::{Value, json};
-
-fn count(report: &Value, pointer: &str) -> u64 {
-    report
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{pointer} missing: {report}"))
-}
+use serde_json::json;
+use support::{count, run_report};
 
 #[test]
 fn qos1_telemetry_is_acknowledged_and_timed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let report_path = dir.path().join("report.json");
     let scenario = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/scenarios/plain-mqtt.toml"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_iothub-sim"))
-        .args([
-            "run",
-            "--scenario",
-            scenario,
-            "--things",
-            "20",
-            "--duration",
-            "3",
-        ])
-        .arg("--report-json")
-        .arg(&report_path)
-        .output()
-        .expect("run iothub-sim");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "iothub-sim failed:\n{stdout}\n{stderr}"
-    );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
-            .expect("JSON report");
+    let (report, stdout) = run_report([
+        "run",
+        "--scenario",
+        scenario,
+        "--things",
+        "20",
+        "--duration",
+        "3",
+    ]);
 
     assert_eq!(count(&report, "/connected"), 20, "{report}");
     let sent = count(&report, "/telemetry_sent");

@@ -10,14 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Sim, cmdline, http_get, metric, parent_pid, process_state};
-
-fn count(report: &Value, pointer: &str) -> u64 {
-    report
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{pointer} missing: {report}"))
-}
+use support::{Sim, cmdline, count, http_get, metric, parent_pid, process_state};
 
 #[test]
 fn short_run_against_the_embedded_hub_is_clean() {

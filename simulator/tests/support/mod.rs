@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// How long a line the simulator must print may take.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -210,4 +212,43 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The number at `pointer` in a JSON report; panics, showing the report, when it is missing.
+pub fn count(report: &Value, pointer: &str) -> u64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{pointer} missing: {report}"))
+}
+
+/// The number at `pointer`, 0 when absent (maps keyed by outcome list only what happened).
+pub fn count_or_zero(report: &Value, pointer: &str) -> u64 {
+    report.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Runs `iothub-sim` with `args` plus `--report-json FILE` to the end, asserts that it succeeded
+/// (showing its output otherwise) and returns the JSON report and the human report (stdout).
+pub fn run_report<I, S>(args: I) -> (Value, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report_path = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_iothub-sim"))
+        .args(args)
+        .arg("--report-json")
+        .arg(&report_path)
+        .output()
+        .expect("run iothub-sim");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "iothub-sim failed:\n{stdout}\n{stderr}"
+    );
+    let report = serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
+        .expect("JSON report");
+    (report, stdout.into_owned())
 }
