@@ -1,26 +1,41 @@
 //! Retained messages, for the one retained topic of SPEC.md: `T/presence` (S-2.3, S-8.1).
 //!
 //! rmqtt keeps retained messages only through a plugin; the hub needs just the presence topics,
-//! so this small store keeps the last message per topic in rmqtt's own topic tree. Only topics
-//! that parse as `Topic::Presence` are kept, so things cannot grow it with retained publishes of
-//! their own: it holds at most one message per thing.
+//! so this small store keeps the last presence message per thing. Only topics that parse as
+//! `Topic::Presence` are kept, so things cannot grow it with retained publishes of their own: it
+//! holds at most one message per thing.
+//!
+//! The messages sit in a map keyed by thing id rather than in rmqtt's `RetainTree`: the tree
+//! spent two nodes with a hash table each per thing (~1.6 KB, heaptrack), the map one entry.
+//! A filter with a concrete thing level (every thing's own subscriptions) is answered with one
+//! lookup; only filters with a wildcard at or before that level (service users' `+`/`#`
+//! subscriptions) walk the map.
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use iothub_spec::topic::Topic as SpecTopic;
 use rmqtt::Result;
-use rmqtt::retain::{RetainStorage, RetainTree};
-use std::str::FromStr;
-
+use rmqtt::retain::RetainStorage;
 use rmqtt::topic::Topic;
 use rmqtt::types::{Retain, TopicFilter, TopicName};
 
-/// The retained-message store of the embedded broker.
+/// The retained-message store of the embedded broker: thing id → its retained presence message.
 #[derive(Default)]
 pub struct PresenceRetainer {
-    tree: RwLock<RetainTree<Retain>>,
+    by_thing: RwLock<HashMap<String, Retain>>,
+}
+
+/// The thing level of `filter` when no wildcard comes at or before it (`a/b/T/...`).
+fn concrete_thing_level(filter: &str) -> Option<&str> {
+    let mut levels = filter.split('/');
+    let first_two = [levels.next()?, levels.next()?];
+    let thing = levels.next()?;
+    let wild = |l: &str| l == "+" || l == "#";
+    (!first_two.iter().any(|l| wild(l)) && !wild(thing)).then_some(thing)
 }
 
 #[async_trait]
@@ -35,43 +50,157 @@ impl RetainStorage for PresenceRetainer {
         retain: Retain,
         _expiry: Option<Duration>,
     ) -> Result<()> {
-        if !matches!(SpecTopic::parse(topic), Ok(SpecTopic::Presence { .. })) {
+        let Ok(SpecTopic::Presence { thing }) = SpecTopic::parse(topic) else {
             return Ok(());
-        }
-        let parsed = Topic::from_str(topic)?;
-        let mut tree = self
-            .tree
+        };
+        let mut map = self
+            .by_thing
             .write()
             .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
         if retain.publish.payload.is_empty() {
-            tree.remove(&parsed);
+            map.remove(thing);
         } else {
-            tree.insert(&parsed, retain);
+            map.insert(thing.to_owned(), retain);
         }
         Ok(())
     }
 
     async fn get(&self, topic_filter: &TopicFilter) -> Result<Vec<(TopicName, Retain)>> {
         let filter = Topic::from_str(topic_filter)?;
-        let tree = self
-            .tree
+        let map = self
+            .by_thing
             .read()
             .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
-        Ok(tree
-            .matches(&filter)
+        let matching = |retain: &&Retain| filter.matches_str::<str>(&retain.publish.topic);
+        let found = match concrete_thing_level(topic_filter) {
+            Some(thing) => map
+                .get(thing)
+                .filter(matching)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            None => map.values().filter(matching).collect(),
+        };
+        Ok(found
             .into_iter()
-            .map(|(topic, retain)| (TopicName::from(topic.to_string()), retain))
+            .map(|retain| (retain.publish.topic.clone(), retain.clone()))
             .collect())
     }
 
     async fn count(&self) -> isize {
-        self.tree
+        self.by_thing
             .read()
-            .map(|t| t.values_size() as isize)
+            .map(|m| isize::try_from(m.len()).unwrap_or(isize::MAX))
             .unwrap_or(0)
     }
 
     async fn max(&self) -> isize {
         self.count().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rmqtt::codec::types::{Publish as CodecPublish, QoS};
+    use rmqtt::types::{From as MsgFrom, Id, Publish};
+
+    fn retained(topic: &str, payload: &'static [u8]) -> Retain {
+        let id = Id::new(1, 0, None, None, "$iothub".into(), None);
+        let publish = CodecPublish {
+            dup: false,
+            retain: true,
+            qos: QoS::AtLeastOnce,
+            topic: topic.into(),
+            packet_id: None,
+            payload: Bytes::from_static(payload),
+            properties: None,
+        };
+        Retain {
+            msg_id: None,
+            from: MsgFrom::from_system(id),
+            publish: Publish::new(Box::new(publish), None, None, None),
+        }
+    }
+
+    async fn topics(store: &PresenceRetainer, filter: &str) -> Vec<String> {
+        let mut found: Vec<String> = store
+            .get(&TopicFilter::from(filter))
+            .await
+            .expect("get")
+            .into_iter()
+            .map(|(topic, retain)| {
+                assert_eq!(topic, retain.publish.topic);
+                topic.to_string()
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn keeps_one_presence_message_per_thing_and_matches_filters() {
+        let store = PresenceRetainer::default();
+        let a = SpecTopic::Presence { thing: "a" }.to_string();
+        let b = SpecTopic::Presence { thing: "b" }.to_string();
+        for (topic, payload) in [(&a, &b"1"[..]), (&b, b"2"), (&a, b"3")] {
+            let topic = TopicName::from(topic.as_str());
+            store
+                .set(&topic, retained(&topic, payload), None)
+                .await
+                .expect("set");
+        }
+        // Not a presence topic: not kept.
+        let other = SpecTopic::OtaTask { thing: "a" }.to_string();
+        let other_name = TopicName::from(other.as_str());
+        store
+            .set(&other_name, retained(&other, b"x"), None)
+            .await
+            .expect("set");
+        assert_eq!(store.count().await, 2);
+
+        assert_eq!(topics(&store, &a).await, vec![a.clone()]);
+        let got = store
+            .get(&TopicFilter::from(a.as_str()))
+            .await
+            .expect("get");
+        assert_eq!(
+            got[0].1.publish.payload.as_ref(),
+            b"3",
+            "latest message kept"
+        );
+        assert!(topics(&store, &other).await.is_empty());
+        let a_all = a.replace("/presence", "/#");
+        assert_eq!(topics(&store, &a_all).await, vec![a.clone()]);
+        let every = a.replace("/a/", "/+/");
+        assert_eq!(topics(&store, &every).await, vec![a.clone(), b.clone()]);
+        let prefix = a.split('/').next().expect("prefix").to_owned();
+        assert_eq!(
+            topics(&store, &format!("{prefix}/#")).await,
+            vec![a.clone(), b.clone()]
+        );
+        assert!(topics(&store, "no/such/a/presence").await.is_empty());
+
+        // An empty retained payload clears the thing's message.
+        let a_name = TopicName::from(a.as_str());
+        store
+            .set(&a_name, retained(&a, b""), None)
+            .await
+            .expect("clear");
+        assert_eq!(topics(&store, &every).await, vec![b.clone()]);
+        assert_eq!(store.count().await, 1);
+    }
+
+    #[test]
+    fn thing_level_is_concrete_only_without_earlier_wildcards() {
+        assert_eq!(
+            concrete_thing_level("$iothub/things/t1/presence"),
+            Some("t1")
+        );
+        assert_eq!(concrete_thing_level("$iothub/things/t1"), Some("t1"));
+        assert_eq!(concrete_thing_level("$iothub/things/+/presence"), None);
+        assert_eq!(concrete_thing_level("$iothub/+/t1/presence"), None);
+        assert_eq!(concrete_thing_level("$iothub/#"), None);
+        assert_eq!(concrete_thing_level("#"), None);
     }
 }
