@@ -661,6 +661,15 @@ pub fn is_valid_filter(filter: &str) -> bool {
     true
 }
 
+/// The thing a topic filter is confined to: the id level of `$iothub/things/{id}/...` or
+/// `$iothub/user/things/{id}/...`, when that level is a valid thing id (so no wildcard in it or
+/// before it). `None` for filters that may match several things' topics, such as a service
+/// user's `$iothub/things/+/presence` or `#`. Does not check the rest of the filter.
+pub fn filter_thing(filter: &str) -> Option<&str> {
+    let (id, _) = split_thing_level(filter)?;
+    is_valid_thing_id(id).then_some(id)
+}
+
 /// Whether the thing `thing_id` may subscribe to `filter` (S-2.1).
 ///
 /// True when `filter` is a well-formed MQTT filter ([`is_valid_filter`]) that lies strictly
@@ -671,24 +680,21 @@ pub fn thing_may_subscribe(filter: &str, thing_id: &str) -> bool {
     if !is_valid_thing_id(thing_id) || !is_valid_filter(filter) {
         return false;
     }
-    let Some(rest) = filter
-        .strip_prefix(PREFIX)
-        .and_then(|r| r.strip_prefix('/'))
-    else {
-        return false;
-    };
-    let below = if let Some(r) = rest.strip_prefix("things/") {
-        r
-    } else if let Some(r) = rest.strip_prefix("user/things/") {
-        r
-    } else {
-        return false;
-    };
-    let (id, tail) = split1(below);
-    match tail {
-        Some(tail) if id == thing_id => !tail.is_empty() && tail.split('/').all(|l| !l.is_empty()),
+    match split_thing_level(filter) {
+        Some((id, Some(tail))) if id == thing_id => {
+            !tail.is_empty() && tail.split('/').all(|l| !l.is_empty())
+        }
         _ => false,
     }
+}
+
+/// `(id level, rest after it)` of a filter under `$iothub/things/` or `$iothub/user/things/`.
+fn split_thing_level(filter: &str) -> Option<(&str, Option<&str>)> {
+    let rest = filter.strip_prefix(PREFIX)?.strip_prefix('/')?;
+    let below = rest
+        .strip_prefix("things/")
+        .or_else(|| rest.strip_prefix("user/things/"))?;
+    Some(split1(below))
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //!
 //! The messages sit in a map keyed by thing id rather than in rmqtt's `RetainTree`: the tree
 //! spent two nodes with a hash table each per thing (~1.6 KB, heaptrack), the map one entry.
-//! A filter with a concrete thing level (every thing's own subscriptions) is answered with one
-//! lookup; only filters with a wildcard at or before that level (service users' `+`/`#`
-//! subscriptions) walk the map.
+//! A filter confined to one thing (`iothub_spec::topic::filter_thing`: every thing's own
+//! subscriptions) is answered with one lookup; only filters that may match several things
+//! (service users' `+`/`#` subscriptions) walk the map.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -27,15 +27,6 @@ use rmqtt::types::{Retain, TopicFilter, TopicName};
 #[derive(Default)]
 pub struct PresenceRetainer {
     by_thing: RwLock<HashMap<String, Retain>>,
-}
-
-/// The thing level of `filter` when no wildcard comes at or before it (`a/b/T/...`).
-fn concrete_thing_level(filter: &str) -> Option<&str> {
-    let mut levels = filter.split('/');
-    let first_two = [levels.next()?, levels.next()?];
-    let thing = levels.next()?;
-    let wild = |l: &str| l == "+" || l == "#";
-    (!first_two.iter().any(|l| wild(l)) && !wild(thing)).then_some(thing)
 }
 
 #[async_trait]
@@ -72,7 +63,7 @@ impl RetainStorage for PresenceRetainer {
             .read()
             .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
         let matching = |retain: &&Retain| filter.matches_str::<str>(&retain.publish.topic);
-        let found = match concrete_thing_level(topic_filter) {
+        let found = match iothub_spec::topic::filter_thing(topic_filter) {
             Some(thing) => map
                 .get(thing)
                 .filter(matching)
@@ -189,18 +180,5 @@ mod tests {
             .expect("clear");
         assert_eq!(topics(&store, &every).await, vec![b.clone()]);
         assert_eq!(store.count().await, 1);
-    }
-
-    #[test]
-    fn thing_level_is_concrete_only_without_earlier_wildcards() {
-        assert_eq!(
-            concrete_thing_level("$iothub/things/t1/presence"),
-            Some("t1")
-        );
-        assert_eq!(concrete_thing_level("$iothub/things/t1"), Some("t1"));
-        assert_eq!(concrete_thing_level("$iothub/things/+/presence"), None);
-        assert_eq!(concrete_thing_level("$iothub/+/t1/presence"), None);
-        assert_eq!(concrete_thing_level("$iothub/#"), None);
-        assert_eq!(concrete_thing_level("#"), None);
     }
 }

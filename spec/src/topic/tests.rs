@@ -283,3 +283,25 @@ fn replies() {
     );
     assert_eq!(Topic::OtaTask { thing: "t1" }.reply(), None);
 }
+
+#[test]
+fn filter_thing_names_the_one_thing_a_filter_is_confined_to() {
+    for (filter, thing) in [
+        ("$iothub/things/t1/presence", Some("t1")),
+        ("$iothub/things/t1/#", Some("t1")),
+        ("$iothub/things/t1/shadows/+/update/delta", Some("t1")),
+        ("$iothub/user/things/t-2/x", Some("t-2")),
+        ("$iothub/things/t1", Some("t1")),
+        ("$iothub/things/+/presence", None),
+        ("$iothub/things/#", None),
+        ("$iothub/+/t1/presence", None),
+        ("$iothub/#", None),
+        ("#", None),
+        ("+/things/t1/presence", None),
+        ("$iothub/user/+/t1/x", None),
+        ("$iothub/other/t1/presence", None),
+        ("$iothub/things/bad.id/presence", None),
+    ] {
+        assert_eq!(filter_thing(filter), thing, "{filter}");
+    }
+}
