@@ -364,16 +364,7 @@ fn fleet_metrics(w: &mut Writer, fleet: &Fleet) {
         "Latency per interaction (HdrHistogram; _sum is count x mean).",
         "summary",
     );
-    let latencies = [
-        ("connect", &s.connect),
-        ("update_to_accepted", &s.update),
-        ("convergence", &s.convergence),
-        ("method_rtt", &s.method_rtt),
-        ("ntp_rtt", &s.ntp_rtt),
-        ("ota_job", &s.ota_job),
-        ("lost_to_resync", &s.resync),
-    ];
-    for (interaction, l) in latencies {
+    for (interaction, l) in s.latencies() {
         w.summary(name, interaction, &l.snapshot());
     }
 }
@@ -555,6 +546,15 @@ mod tests {
         assert!(text.contains(
             "iothub_sim_latency_seconds{interaction=\"ota_job\",quantile=\"0.99\"} NaN\n"
         ));
+        // Every histogram of the stats is exported, QoS 1 telemetry included.
+        for (interaction, _) in crate::stats::Stats::default().latencies() {
+            assert!(
+                text.contains(&format!(
+                    "iothub_sim_latency_seconds_count{{interaction=\"{interaction}\"}}"
+                )),
+                "{interaction} missing"
+            );
+        }
         #[cfg(target_os = "linux")]
         assert!(
             value(

@@ -196,3 +196,20 @@ pub struct Stats {
     /// Set when the measured period has begun.
     pub measuring: AtomicBool,
 }
+
+impl Stats {
+    /// Every latency histogram with its interaction id (`snake_case`, as the metrics endpoint
+    /// labels it): one list, so an interaction added here is exported everywhere.
+    pub fn latencies(&self) -> [(&'static str, &Latency); 8] {
+        [
+            ("connect", &self.connect),
+            ("update_to_accepted", &self.update),
+            ("telemetry_ack", &self.telemetry_ack),
+            ("convergence", &self.convergence),
+            ("method_rtt", &self.method_rtt),
+            ("ntp_rtt", &self.ntp_rtt),
+            ("ota_job", &self.ota_job),
+            ("lost_to_resync", &self.resync),
+        ]
+    }
+}
