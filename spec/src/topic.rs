@@ -1,6 +1,7 @@
 //! Topic names and filters of S-2: a parser ([`Topic::parse`]), builders ([`Topic::write_to`],
 //! [`Filter::write_to`], `Display`) and the per-thing allow-list of S-2.1
-//! ([`Topic::thing_may_publish`], [`thing_may_subscribe`]).
+//! ([`Topic::thing_may_publish`], [`thing_may_subscribe`]), and the MQTT helpers a broker needs
+//! to index subscriptions by thing ([`filter_thing`], [`topic_thing`], [`filter_matches`]).
 //!
 //! With `T = $iothub/things/{thingId}` and `S = T/shadows/name/{shadowName}`:
 //!
@@ -668,6 +669,43 @@ pub fn is_valid_filter(filter: &str) -> bool {
 pub fn filter_thing(filter: &str) -> Option<&str> {
     let (id, _) = split_thing_level(filter)?;
     is_valid_thing_id(id).then_some(id)
+}
+
+/// The thing a topic *name* belongs to: the id level of `$iothub/things/{id}/...` or
+/// `$iothub/user/things/{id}/...` (or of the bare `$iothub/things/{id}`), when that level is a
+/// valid thing id; the rest of the topic is not checked.
+///
+/// It is the counterpart of [`filter_thing`] for brokers that index subscriptions by thing: a
+/// filter confined to thing `x` (`filter_thing(f) == Some(x)`) matches only topic names with
+/// `topic_thing(name) == Some(x)`, so the filters to try for a topic are those of its thing
+/// (plus the filters that are not confined to one thing).
+pub fn topic_thing(topic: &str) -> Option<&str> {
+    // A topic name has no wildcards, so the rule for filters reads the same level.
+    filter_thing(topic)
+}
+
+/// Whether the topic filter `filter` matches the topic name `topic` (MQTT 3.1.1 section 4.7,
+/// MQTT 5 section 4.7): levels compared as strings, `+` matches exactly one level (an empty one
+/// too), a trailing `#` matches the rest including no level at all (`a/#` matches `a`), and a
+/// filter starting with a wildcard does not match a topic starting with `$`.
+///
+/// `filter` should be well-formed ([`is_valid_filter`]) and `topic` a topic name without
+/// wildcards; for other input the answer is unspecified, but it never panics.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Whether the thing `thing_id` may subscribe to `filter` (S-2.1).

@@ -305,3 +305,110 @@ fn filter_thing_names_the_one_thing_a_filter_is_confined_to() {
         assert_eq!(filter_thing(filter), thing, "{filter}");
     }
 }
+
+#[test]
+fn topic_thing_names_the_thing_of_a_topic_name() {
+    for (topic, thing) in [
+        (
+            "$iothub/things/t1/shadows/name/default/update/accepted",
+            Some("t1"),
+        ),
+        ("$iothub/things/t1/presence", Some("t1")),
+        ("$iothub/things/t1", Some("t1")),
+        ("$iothub/things/t1/", Some("t1")),
+        ("$iothub/things/t1/not/a/spec/shape", Some("t1")),
+        ("$iothub/user/things/t-2/x/y", Some("t-2")),
+        ("$iothub/events/things/t1/presence", None),
+        ("$iothub/things/bad.id/presence", None),
+        ("$iothub/things/", None),
+        ("$iothub/things", None),
+        ("$iothubx/things/t1/presence", None),
+        ("other/things/t1", None),
+        ("", None),
+    ] {
+        assert_eq!(topic_thing(topic), thing, "{topic}");
+    }
+}
+
+#[test]
+fn filter_matches_follows_mqtt_matching() {
+    for (filter, topic, expected) in [
+        ("a/b/c", "a/b/c", true),
+        ("a/b/c", "a/b", false),
+        ("a/b", "a/b/c", false),
+        ("a/+/c", "a/b/c", true),
+        ("a/+/c", "a//c", true),
+        ("a/+", "a", false),
+        ("a/+", "a/b/c", false),
+        ("+/+", "/x", true),
+        ("a/#", "a", true),
+        ("a/#", "a/b/c", true),
+        ("a/#", "ab", false),
+        ("#", "a/b", true),
+        ("#", "$iothub/things/t1", false),
+        ("+/things/t1", "$iothub/things/t1", false),
+        ("$iothub/#", "$iothub/things/t1", true),
+        (
+            "$iothub/things/+/presence",
+            "$iothub/things/t1/presence",
+            true,
+        ),
+        ("$iothub/things/t1/+", "$iothub/things/t1/$x", true),
+        (
+            "$iothub/things/t1/presence",
+            "$iothub/things/t2/presence",
+            false,
+        ),
+        ("a/b", "A/b", false),
+    ] {
+        assert_eq!(
+            filter_matches(filter, topic),
+            expected,
+            "{filter} vs {topic}"
+        );
+    }
+}
+
+mod thing_index {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Levels near the thing level of S-2 topics, wildcards and `$` levels included.
+    const LEVEL: &str = "(\\$iothub|things|user|t1|t2|x|\\$x|)";
+    const FILTER_LEVEL: &str = "(\\$iothub|things|user|t1|t2|x|\\$x||\\+)";
+
+    fn join(levels: &[String]) -> String {
+        levels.join("/")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// What a broker indexing filters by thing relies on: a filter confined to a thing
+        /// matches only topic names of that thing.
+        #[test]
+        fn a_confined_filter_matches_only_its_things_topics(
+            filter_levels in proptest::collection::vec(FILTER_LEVEL, 1..7),
+            hash in any::<bool>(),
+            topic_levels in proptest::collection::vec(LEVEL, 1..8),
+            prefix in "(\\$iothub/things/t1|\\$iothub/user/things/t2|)",
+        ) {
+            let mut filter = join(&filter_levels);
+            if hash {
+                filter.push_str("/#");
+            }
+            // Half the topics share the filter's first levels, so that matches are common.
+            let topic = if prefix.is_empty() {
+                join(&topic_levels)
+            } else {
+                prefix + "/" + &join(&topic_levels)
+            };
+            prop_assume!(is_valid_filter(&filter));
+            for f in [filter.clone(), String::from("$iothub/things/t1/") + &filter] {
+                if let (Some(thing), true) = (filter_thing(&f), filter_matches(&f, &topic)) {
+                    prop_assert_eq!(topic_thing(&topic), Some(thing), "{} vs {}", f, topic);
+                }
+            }
+        }
+    }
+}
