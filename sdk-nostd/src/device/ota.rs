@@ -7,7 +7,7 @@ use iothub_spec::ids::MAX_ID_LEN;
 use iothub_spec::payload::{self, field};
 use iothub_spec::topic::Topic;
 
-use super::{Device, plain_token, wire};
+use super::{Device, plain_token, queue, wire};
 use crate::json::{self, has_backslash};
 use crate::time::Instant;
 use crate::types::{Error, Event, Ignored, OtaReport, QoS};
@@ -57,8 +57,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         Ok(())
     }
 
-    /// Queues a result of the current OTA task (S-7.2), with the task's ids from the session
-    /// (moved out and back rather than cloned).
+    /// Queues a result of the current OTA task (S-7.2), with the task's ids borrowed from the
+    /// session (neither cloned nor moved out and back: `OtaState` is 140 bytes).
     fn enqueue_ota_result(
         &mut self,
         now: Instant,
@@ -68,7 +68,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         err_msg: Option<&str>,
     ) -> Result<(), Error> {
         let timestamp = self.unix_time_ms(now).unwrap_or(now.as_millis());
-        let ota = self.session.ota.take().ok_or(Error::NoOtaTask)?;
+        let ota = self.session.ota.as_ref().ok_or(Error::NoOtaTask)?;
         let body = payload::OtaResult {
             client_token: &ota.token,
             task_id: &ota.task_id,
@@ -81,11 +81,15 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let topic = Topic::OtaTaskResult {
             thing: self.config.thing_id,
         };
-        let queued = self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::ota_result(w, &body)
-        });
-        self.session.ota = Some(ota);
-        queued
+        queue::enqueue_in(
+            self.tx,
+            &mut self.conn,
+            self.config.limits.max_request_payload,
+            topic,
+            QoS::AtLeastOnce,
+            None,
+            &|w| wire::ota_result(w, &body),
+        )
     }
 
     /// The id of the OTA task in progress, if any. Feature `ota`.
@@ -128,17 +132,19 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             }
             return Err(Ignored::Duplicate);
         }
-        let (Ok(task_id), Ok(tok)) = (
-            String::<MAX_ID_LEN>::try_from(task.task_id),
-            String::<MAX_ID_LEN>::try_from(task.client_token),
-        ) else {
-            return Err(Ignored::BadOtaTask);
-        };
-        self.session.ota = Some(OtaState {
-            task_id,
-            token: tok,
+        // Written in place (no 140-byte `OtaState` built on the stack and moved in). Both ids
+        // fit: their lengths were checked against `MAX_ID_LEN` above.
+        let ota = self.session.ota.insert(OtaState {
+            task_id: String::new(),
+            token: String::new(),
             last_final: None,
         });
+        if ota.task_id.push_str(task.task_id).is_err()
+            || ota.token.push_str(task.client_token).is_err()
+        {
+            self.session.ota = None;
+            return Err(Ignored::BadOtaTask);
+        }
         Ok(Some(Event::OtaTask(task)))
     }
 

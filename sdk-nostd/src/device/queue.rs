@@ -3,7 +3,7 @@
 
 use iothub_spec::topic::{Topic, TopicError};
 
-use super::{Device, Queued, ReqState};
+use super::{Connection, Device, Queued, ReqState};
 use crate::json::writer::JsonWriter;
 use crate::time::Instant;
 use crate::types::{Error, QoS, Transmit};
@@ -31,6 +31,51 @@ fn shift_down(tx: &mut [u8], from: usize, used: usize) {
     }
 }
 
+/// [`Device::enqueue`] on the two fields it changes, so that a caller can keep other fields of
+/// the device borrowed while the body is written (the OTA task's ids, without copying them out
+/// of the session and back).
+pub(super) fn enqueue_in<const SHADOWS: usize, const QUEUE: usize>(
+    tx: &mut [u8],
+    conn: &mut Connection<SHADOWS, QUEUE>,
+    max_payload: usize,
+    topic: Topic<'_>,
+    qos: QoS,
+    request: Option<u32>,
+    body: &dyn Fn(&mut JsonWriter<'_>),
+) -> Result<(), Error> {
+    if conn.queue.is_full() {
+        return Err(Error::QueueFull);
+    }
+    let start = conn.tx_len;
+    let free = tx.get_mut(start..).ok_or(Error::QueueFull)?;
+    let topic_len = match topic.write_to(free) {
+        Ok(t) => t.len(),
+        Err(TopicError::BufferTooSmall) => return Err(Error::QueueFull),
+        Err(_) => return Err(Error::InvalidArgument),
+    };
+    let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
+    let mut w = JsonWriter::new(rest);
+    body(&mut w);
+    let payload_len = match w.finish() {
+        Some(n) => n,
+        // Too big for the free space: full if it would fit an empty buffer, else too large.
+        None if start > 0 => return Err(Error::QueueFull),
+        None => return Err(Error::PayloadTooLarge),
+    };
+    if payload_len > max_payload {
+        return Err(Error::PayloadTooLarge);
+    }
+    let item = Queued {
+        topic_len,
+        payload_len,
+        qos,
+        request,
+    };
+    conn.queue.push_back(item).map_err(|_| Error::QueueFull)?;
+    conn.tx_len = start.saturating_add(topic_len).saturating_add(payload_len);
+    Ok(())
+}
+
 impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     Device<'a, SHADOWS, IN_FLIGHT, QUEUE>
 {
@@ -49,40 +94,16 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         request: Option<u32>,
         body: &dyn Fn(&mut JsonWriter<'_>),
     ) -> Result<(), Error> {
-        if self.conn.queue.is_full() {
-            return Err(Error::QueueFull);
-        }
-        let start = self.conn.tx_len;
-        let free = self.tx.get_mut(start..).ok_or(Error::QueueFull)?;
-        let topic_len = match topic.write_to(free) {
-            Ok(t) => t.len(),
-            Err(TopicError::BufferTooSmall) => return Err(Error::QueueFull),
-            Err(_) => return Err(Error::InvalidArgument),
-        };
-        let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
-        let mut w = JsonWriter::new(rest);
-        body(&mut w);
-        let payload_len = match w.finish() {
-            Some(n) => n,
-            // Too big for the free space: full if it would fit an empty buffer, else too large.
-            None if start > 0 => return Err(Error::QueueFull),
-            None => return Err(Error::PayloadTooLarge),
-        };
-        if payload_len > self.config.limits.max_request_payload {
-            return Err(Error::PayloadTooLarge);
-        }
-        let item = Queued {
-            topic_len,
-            payload_len,
+        let max_payload = self.config.limits.max_request_payload;
+        enqueue_in(
+            self.tx,
+            &mut self.conn,
+            max_payload,
+            topic,
             qos,
             request,
-        };
-        self.conn
-            .queue
-            .push_back(item)
-            .map_err(|_| Error::QueueFull)?;
-        self.conn.tx_len = start.saturating_add(topic_len).saturating_add(payload_len);
-        Ok(())
+            body,
+        )
     }
 
     pub(super) fn pop_queued<'b>(
