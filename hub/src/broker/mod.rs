@@ -15,6 +15,7 @@
 pub mod authn;
 mod hooks;
 mod retain;
+mod router;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl EmbeddedBroker {
     pub async fn context() -> ServerContext {
         let scx = ServerContext::new().build().await;
         *scx.extends.retain_mut().await = Box::new(retain::PresenceRetainer::default());
+        *scx.extends.router_mut().await = Box::new(router::ThingRouter::new(Some(scx.clone())));
         scx
     }
 
