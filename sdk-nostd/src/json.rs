@@ -303,6 +303,9 @@ impl<'j> Iterator for Members<'j> {
 ///
 /// Fails when `bytes` is not one well-formed object within `max_depth`, so a caller never acts on
 /// a truncated envelope.
+// Always inlined: one out-of-line copy per key count cost more flash than the two arrays built
+// at each call site (BENCHMARKS.md, "no_std footprint").
+#[inline(always)]
 pub fn split<'j, const N: usize>(
     bytes: &'j [u8],
     keys: [&str; N],
@@ -316,6 +319,8 @@ pub fn split<'j, const N: usize>(
 #[cfg(any(feature = "ntp", feature = "ota"))]
 /// [`split`] for a typed body: a repeated wanted key is an error ([`JsonError::Syntax`]), as it
 /// is for a `#[derive(Deserialize)]` struct read by `serde-json-core`.
+// Always inlined, as `split`.
+#[inline(always)]
 pub(crate) fn split_unique<'j, const N: usize>(
     bytes: &'j [u8],
     keys: [&str; N],
