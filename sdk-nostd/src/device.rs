@@ -21,7 +21,6 @@ use crate::fmt::debug;
 use crate::json::writer::JsonWriter;
 use crate::json::{self, JsonError, bit};
 use crate::time::Instant;
-use crate::token;
 use crate::types::*;
 
 /// The smallest transmit buffer [`Device::new`] accepts: one topic plus a small payload.
@@ -633,13 +632,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     ) -> Result<RequestId, Error> {
         let name = self.request_checks(shadow)?;
         let id = self.session.next_id;
-        let tok = token::format(self.config.token_seed, id);
+        let seed = self.config.token_seed;
         let topic = Topic::ShadowUpdate {
             thing: self.config.thing_id,
             shadow: name,
         };
         self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
-            wire::update_envelope(w, state, Some(tok.as_str()), version)
+            wire::update_envelope(w, state, seed, id, version)
         })?;
         self.push_request(id, Kind::Update, shadow)
     }
@@ -651,16 +650,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let _ = now;
         let name = self.request_checks(shadow)?;
         let id = self.session.next_id;
-        let tok = token::format(self.config.token_seed, id);
+        let seed = self.config.token_seed;
         let topic = Topic::ShadowGet {
             thing: self.config.thing_id,
             shadow: name,
         };
-        let body = payload::GetRequest {
-            client_token: Some(tok.as_str()),
-        };
         self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
-            wire::get_request(w, &body)
+            wire::get_request(w, seed, id)
         })?;
         self.push_request(id, Kind::Get { internal: false }, shadow)
     }

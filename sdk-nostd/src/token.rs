@@ -5,28 +5,15 @@
 //! the [`crate::RequestId`], unique for the device's lifetime. At most 19 bytes, well within the
 //! 64 of S-4.1.
 
-/// Longest token: 8 hex digits, `-`, 10 decimal digits.
-const MAX_LEN: usize = 19;
+use crate::json::writer::JsonWriter;
 
-/// A formatted token (written by hand: `core::fmt` would cost a `no_std` device ~2 KB of flash).
-pub(crate) struct Token {
-    buf: [u8; MAX_LEN],
-    len: usize,
-}
-
-impl Token {
-    pub(crate) fn as_str(&self) -> &str {
-        self.buf
-            .get(..self.len)
-            .and_then(|b| core::str::from_utf8(b).ok())
-            .unwrap_or("")
-    }
-}
-
-pub(crate) fn format(seed: u32, id: u32) -> Token {
-    let mut buf = [0u8; MAX_LEN];
-    // `{seed:08x}`: eight lowercase hex digits, most significant first.
-    for (i, d) in buf.iter_mut().take(8).enumerate() {
+/// Writes the token of `seed` and `id` as a JSON string value, straight into the message being
+/// serialized (no intermediate buffer; a token never needs an escape). By hand: `core::fmt` would
+/// cost a `no_std` device ~2 KB of flash.
+pub(crate) fn write(w: &mut JsonWriter<'_>, seed: u32, id: u32) {
+    // `"{seed:08x}-`: a quote, eight lowercase hex digits (most significant first), a dash.
+    let mut head = [b'"'; 10];
+    for (i, d) in head.iter_mut().skip(1).take(8).enumerate() {
         let nibble = ((seed >> (28 - 4 * i as u32)) & 0xf) as u8;
         *d = if nibble < 10 {
             b'0' + nibble
@@ -34,27 +21,11 @@ pub(crate) fn format(seed: u32, id: u32) -> Token {
             b'a' + nibble - 10
         };
     }
-    buf[8] = b'-';
-    // `{id}`: decimal, written backwards into a scratch then moved after the dash.
-    let mut digits = [0u8; 10];
-    let mut n = id;
-    let mut count = 0;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-        count += 1;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = digits.len() - count;
-    for (d, s) in buf.iter_mut().skip(9).zip(digits.iter().skip(start)) {
-        *d = *s;
-    }
-    Token {
-        buf,
-        len: 9 + count,
-    }
+    head[9] = b'-';
+    w.raw(&head);
+    // `{id}"`
+    w.u64(u64::from(id));
+    w.raw(b"\"");
 }
 
 /// The id of a token this device generated with `seed`, or `None`.
@@ -98,6 +69,26 @@ pub(crate) fn parse(seed: u32, token: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    /// The formatter this module had before tokens were written into the message directly
+    /// (kept as the reference for [`super::write`]).
+    fn format(seed: u32, id: u32) -> std::string::String {
+        std::format!("{seed:08x}-{id}")
+    }
+
+    /// What [`super::write`] writes, without its quotes.
+    fn written(seed: u32, id: u32) -> std::string::String {
+        let mut buf = [0u8; 32];
+        let mut w = crate::json::writer::JsonWriter::new(&mut buf);
+        super::write(&mut w, seed, id);
+        let n = w.finish().unwrap();
+        let s = core::str::from_utf8(&buf[..n]).unwrap();
+        s.strip_prefix('"')
+            .unwrap()
+            .strip_suffix('"')
+            .unwrap()
+            .into()
+    }
+
     /// The parser this module had before it was written by hand (kept as the reference).
     fn reference(seed: u32, token: &str) -> Option<u32> {
         let (prefix, id) = token.split_once('-')?;
@@ -128,12 +119,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn write_matches_format(seed: u32, id: u32) {
+            let t = written(seed, id);
+            proptest::prop_assert_eq!(&t, &format(seed, id));
+            proptest::prop_assert!(t.len() <= 19);
+            proptest::prop_assert_eq!(super::parse(seed, &t), Some(id));
+        }
+    }
+
     #[test]
     fn round_trip() {
         for (seed, id) in [(0, 0), (0xdead_beef, 7), (u32::MAX, u32::MAX)] {
-            let t = super::format(seed, id);
-            assert_eq!(super::parse(seed, t.as_str()), Some(id));
-            assert_eq!(super::parse(seed.wrapping_add(1), t.as_str()), None);
+            let t = written(seed, id);
+            assert_eq!(super::parse(seed, &t), Some(id));
+            assert_eq!(super::parse(seed.wrapping_add(1), &t), None);
         }
         for (seed, id) in [
             (0, 0),
@@ -141,8 +142,7 @@ mod tests {
             (0xdead_beef, 10),
             (7, 4_294_967_295),
         ] {
-            let want = std::format!("{seed:08x}-{id}");
-            assert_eq!(super::format(seed, id).as_str(), want);
+            assert_eq!(written(seed, id), format(seed, id));
         }
         // The same answers as splitting at the first `-` and using the standard parsers.
         for t in [

@@ -1,7 +1,7 @@
 //! Requests in flight (the application's and the device's own gets), matched to their replies
 //! by clientToken, and the shadow documents the gets return.
 
-use iothub_spec::payload::{self, field};
+use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
 use super::{Device, GetState, Kind, ReqState, Request, raw_str, wire, write_publish};
@@ -60,19 +60,14 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             _ => 0,
         };
         let id = self.session.next_id;
-        let tok = token::format(self.config.token_seed, id);
+        let seed = self.config.token_seed;
         let t = write_publish(
             buf,
             Topic::ShadowGet {
                 thing: self.config.thing_id,
                 shadow,
             },
-            &|w| {
-                let body = payload::GetRequest {
-                    client_token: Some(tok.as_str()),
-                };
-                wire::get_request(w, &body);
-            },
+            &|w| wire::get_request(w, seed, id),
             QoS::AtLeastOnce,
         )?;
         let req = Request {

@@ -5,15 +5,17 @@
 //! same order, `None` members left out), checked by the tests below; it only saves the
 //! serde monomorphisations and the 64-bit integer formatting on a `no_std` target.
 
+#[cfg(doc)]
+use iothub_spec::payload::GetRequest;
 #[cfg(feature = "methods")]
 use iothub_spec::payload::MethodResponse;
 #[cfg(test)]
 use iothub_spec::payload::UpdateRequest;
-use iothub_spec::payload::{GetRequest, ShadowState, field};
 #[cfg(feature = "ntp")]
 use iothub_spec::payload::{NtpRequest, NtpResponse};
 #[cfg(feature = "ota")]
 use iothub_spec::payload::{OtaMeta, OtaResult, OtaTask};
+use iothub_spec::payload::{ShadowState, field};
 use serde::Serialize;
 
 #[cfg(any(feature = "ntp", feature = "ota"))]
@@ -23,8 +25,10 @@ use crate::json::split_unique;
 use crate::json::writer::JsonWriter;
 #[cfg(feature = "ota")]
 use crate::json::{self, as_raw_str, is_null};
+use crate::token;
 
 /// `"clientToken":"…"` when there is one.
+#[cfg(any(feature = "methods", feature = "ota"))]
 fn write_token(w: &mut JsonWriter<'_>, token: Option<&str>) {
     if let Some(t) = token {
         w.key(field::CLIENT_TOKEN);
@@ -32,25 +36,33 @@ fn write_token(w: &mut JsonWriter<'_>, token: Option<&str>) {
     }
 }
 
-/// [`GetRequest`]: `{"clientToken"?}`.
-pub(super) fn get_request(w: &mut JsonWriter<'_>, body: &GetRequest<'_>) {
+/// `"clientToken":"…"` with the device's own token for request `id` (see [`token::write`]).
+fn write_own_token(w: &mut JsonWriter<'_>, seed: u32, id: u32) {
+    w.key(field::CLIENT_TOKEN);
+    token::write(w, seed, id);
+}
+
+/// [`GetRequest`] with the device's token for request `id`: `{"clientToken"}`.
+pub(super) fn get_request(w: &mut JsonWriter<'_>, seed: u32, id: u32) {
     w.raw(b"{");
-    write_token(w, body.client_token);
+    write_own_token(w, seed, id);
     w.raw(b"}");
 }
 
-/// [`UpdateRequest`]: `{"state":S,"clientToken"?,"version"?}`, with `S` written by `state`
-/// (the request's fields passed one by one so that one copy serves every state type).
+/// [`UpdateRequest`] with the device's token for request `id`: `{"state":S,"clientToken",
+/// "version"?}`, with `S` written by `state` (the request's fields passed one by one so that one
+/// copy serves every state type).
 pub(super) fn update_envelope(
     w: &mut JsonWriter<'_>,
     state: &dyn Fn(&mut JsonWriter<'_>),
-    client_token: Option<&str>,
+    seed: u32,
+    id: u32,
     version: Option<u64>,
 ) {
     w.raw(b"{");
     w.key(field::STATE);
     state(w);
-    write_token(w, client_token);
+    write_own_token(w, seed, id);
     if let Some(v) = version {
         w.key(field::VERSION);
         w.u64(v);
@@ -240,9 +252,11 @@ mod tests {
 
     #[test]
     fn get_and_update_as_serde() {
-        for client_token in [None, Some("0000002a-7"), Some(ODD)] {
-            let b = GetRequest { client_token };
-            assert_eq!(hand(|w| get_request(w, &b)), serde(&b));
+        for (seed, id) in [(0, 0), (0xdead_beef, 42), (u32::MAX, u32::MAX)] {
+            let tok = std::format!("{seed:08x}-{id}");
+            let client_token = Some(tok.as_str());
+            let b = iothub_spec::payload::GetRequest { client_token };
+            assert_eq!(hand(|w| get_request(w, seed, id)), serde(&b));
             for version in [None, Some(0), Some(u64::MAX)] {
                 let state = ShadowState::<(), _, ()> {
                     desired: None,
@@ -255,7 +269,7 @@ mod tests {
                     version,
                 };
                 let env = |w: &mut JsonWriter<'_>| {
-                    update_envelope(w, &|w| w.value(&state), client_token, version)
+                    update_envelope(w, &|w| w.value(&state), seed, id, version)
                 };
                 assert_eq!(hand(env), serde(&b));
                 assert_eq!(hand(|w| reported_state(w, &state)), serde(&state));

@@ -67,6 +67,8 @@ impl<'b> JsonWriter<'b> {
 
     /// A JSON string, escaped as `serde-json-core` does: `\"`, `\\`, `\b`, `\t`, `\n`, `\f`,
     /// `\r`, other control characters as `\u00XX` (uppercase hex), everything else as is.
+    /// (Only method responses and OTA results carry strings other than the device's tokens.)
+    #[cfg(any(feature = "methods", feature = "ota", test))]
     pub(crate) fn str(&mut self, s: &str) {
         self.raw(b"\"");
         for &b in s.as_bytes() {
@@ -124,6 +126,7 @@ impl<'b> JsonWriter<'b> {
     }
 }
 
+#[cfg(any(feature = "methods", feature = "ota", test))]
 fn hex_digit(n: u8) -> u8 {
     if n < 10 { b'0' + n } else { b'A' + n - 10 }
 }
