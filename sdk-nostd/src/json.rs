@@ -132,30 +132,97 @@ enum Expect {
 }
 
 fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, JsonError> {
-    // Bit `d` of `stack` is 1 when the container at depth `d + 1` is an object.
+    scan(bytes, start, max_depth, &mut Wanted::none())
+}
+
+/// The members of the outermost object that [`scan`] hands back: the raw values of `keys` in
+/// `out`.
+struct Wanted<'k, 'o, 'j> {
+    /// Whether the outermost object's members are read at all (by [`split`]): then their keys
+    /// must be UTF-8, as [`Members`] requires.
+    members: bool,
+    keys: &'k [&'k str],
+    out: &'o mut [Option<&'j [u8]>],
+    /// A repeated wanted key is an error.
+    unique: bool,
+}
+
+impl<'j> Wanted<'_, '_, 'j> {
+    /// Keeps `value` if `key` is wanted.
+    fn record(&mut self, key: &[u8], value: &'j [u8]) -> Result<(), JsonError> {
+        for (slot, want) in self.out.iter_mut().zip(self.keys.iter()) {
+            if key == want.as_bytes() {
+                if self.unique && slot.is_some() {
+                    return Err(JsonError::Syntax);
+                }
+                *slot = Some(value);
+            }
+        }
+        Ok(())
+    }
+
+    fn none() -> Self {
+        Wanted {
+            members: false,
+            keys: &[],
+            out: &mut [],
+            unique: false,
+        }
+    }
+}
+
+/// Skips the container (`{` or `[`) at `start`, which may open at most `max_depth` nested
+/// containers itself included (up to [`MAX_SCAN_DEPTH`] + 1); returns the index just past it.
+/// When that container is an object, the values of its members named in `wanted` are recorded.
+///
+/// Iterative: containers are tracked in a bit stack, and inside them the member/element grammar
+/// (`"key": value`, commas) is checked with a small state machine.
+fn scan<'j>(
+    bytes: &'j [u8],
+    start: usize,
+    max_depth: usize,
+    wanted: &mut Wanted<'_, '_, 'j>,
+) -> Result<usize, JsonError> {
+    // Whether the outermost container is an object, and bit `d` of `stack` for the container
+    // at depth `d + 2` (the outermost one is depth 1).
+    let mut outer_object = false;
     let mut stack: u64 = 0;
     let mut depth: usize = 0;
     let mut expect = Expect::Value;
+    // The key of the outermost object's member being read, and where its value starts.
+    let mut key: &'j [u8] = &[];
+    let mut value_start = 0;
     let mut i = start;
     loop {
         i = skip_ws(bytes, i);
         let b = *bytes.get(i).ok_or(JsonError::Syntax)?;
-        let in_object = depth > 0 && stack & bit(depth - 1) != 0;
+        let in_object = match depth {
+            0 => false,
+            1 => outer_object,
+            d => stack & bit(d - 2) != 0,
+        };
+        if depth == 1 && matches!(expect, Expect::Value) {
+            value_start = i;
+        }
         match (expect, b) {
             (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
                 if depth >= max_depth {
                     return Err(JsonError::TooDeep);
                 }
-                let mask = bit(depth);
-                if b == b'{' {
-                    stack |= mask;
-                    expect = Expect::KeyOrClose;
-                } else {
-                    stack &= !mask;
-                    expect = Expect::ValueOrClose;
+                let object = b == b'{';
+                match depth.checked_sub(1) {
+                    None => outer_object = object,
+                    Some(d) if object => stack |= bit(d),
+                    Some(d) => stack &= !bit(d),
                 }
+                expect = if object {
+                    Expect::KeyOrClose
+                } else {
+                    Expect::ValueOrClose
+                };
                 depth += 1;
                 i += 1;
+                continue;
             }
             (Expect::ValueOrClose | Expect::KeyOrClose | Expect::CommaOrClose, b'}' | b']') => {
                 let closes_object = b == b'}';
@@ -182,14 +249,26 @@ fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize,
                     Expect::Value
                 };
                 i += 1;
+                continue;
             }
             (Expect::Key | Expect::KeyOrClose, b'"') => {
-                i = skip_string(bytes, i)?;
+                let end = skip_string(bytes, i)?;
+                if depth == 1 && wanted.members {
+                    key = bytes
+                        .get(i.saturating_add(1)..end.saturating_sub(1))
+                        .ok_or(JsonError::Syntax)?;
+                    if core::str::from_utf8(key).is_err() {
+                        return Err(JsonError::Syntax);
+                    }
+                }
+                i = end;
                 expect = Expect::Colon;
+                continue;
             }
             (Expect::Colon, b':') => {
                 expect = Expect::Value;
                 i += 1;
+                continue;
             }
             (Expect::Value | Expect::ValueOrClose, b'"') => {
                 i = skip_string(bytes, i)?;
@@ -200,6 +279,12 @@ fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize,
                 expect = Expect::CommaOrClose;
             }
             _ => return Err(JsonError::Syntax),
+        }
+        // A value just ended (a scalar, a string or a container closed): one of the outermost
+        // object's when back at depth 1.
+        if depth == 1 && outer_object && wanted.members {
+            let value = bytes.get(value_start..i).ok_or(JsonError::Syntax)?;
+            wanted.record(key, value)?;
         }
     }
 }
@@ -331,7 +416,10 @@ pub(crate) fn split_unique<'j, const N: usize>(
     Ok(out)
 }
 
-/// The work of [`split`], not generic over the number of keys (one copy in the binary).
+/// The work of [`split`], not generic over the number of keys (one copy in the binary): one
+/// pass of the container state machine over the whole object, which records the wanted members
+/// on the way (the same answers as walking [`Members`] and skipping each value, tested against
+/// that below).
 fn split_into<'j>(
     bytes: &'j [u8],
     keys: &[&str],
@@ -339,16 +427,23 @@ fn split_into<'j>(
     max_depth: usize,
     unique: bool,
 ) -> Result<(), JsonError> {
-    for member in Members::new(bytes, max_depth)? {
-        let (key, value) = member?;
-        for (slot, want) in out.iter_mut().zip(keys.iter()) {
-            if key == *want {
-                if unique && slot.is_some() {
-                    return Err(JsonError::Syntax);
-                }
-                *slot = Some(value);
-            }
-        }
+    let start = skip_ws(bytes, 0);
+    if bytes.get(start) != Some(&b'{') {
+        return Err(JsonError::NotAnObject);
+    }
+    if max_depth == 0 {
+        return Err(JsonError::TooDeep);
+    }
+    let mut wanted = Wanted {
+        members: true,
+        keys,
+        out,
+        unique,
+    };
+    // The object itself is one level more than `skip_value` allows for the values in it.
+    let end = scan(bytes, start, max_depth.min(MAX_SCAN_DEPTH + 1), &mut wanted)?;
+    if skip_ws(bytes, end) != bytes.len() {
+        return Err(JsonError::Syntax);
     }
     Ok(())
 }
@@ -418,6 +513,183 @@ pub fn is_object(raw: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::string::String;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// `split_into` as it was before the one-pass scan: walk [`Members`], skipping each value
+    /// (kept as the reference).
+    fn reference<'j>(
+        bytes: &'j [u8],
+        keys: &[&str],
+        out: &mut [Option<&'j [u8]>],
+        max_depth: usize,
+        unique: bool,
+    ) -> Result<(), JsonError> {
+        for member in Members::new(bytes, max_depth)? {
+            let (key, value) = member?;
+            for (slot, want) in out.iter_mut().zip(keys.iter()) {
+                if key == *want {
+                    if unique && slot.is_some() {
+                        return Err(JsonError::Syntax);
+                    }
+                    *slot = Some(value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn both(bytes: &[u8], keys: &[&str], depth: usize, unique: bool) {
+        let mut ours = [None; 3];
+        let mut theirs = [None; 3];
+        let a = split_into(bytes, keys, &mut ours, depth, unique);
+        let b = reference(bytes, keys, &mut theirs, depth, unique);
+        assert_eq!(
+            (a, ours),
+            (b, theirs),
+            "{:?} depth {depth} unique {unique}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    /// JSON-ish bytes: the scanner's vocabulary (brackets, keys, scalars, strings, separators,
+    /// whitespace) in any order, plus arbitrary bytes.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            prop::sample::select(vec![
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                " ",
+                "\"a\"",
+                "\"b\"",
+                "\"c\"",
+                "\"a\":",
+                "\"b\":",
+                "1",
+                "-2.5e3",
+                "true",
+                "null",
+                "nope",
+                "\"x\\\"y\"",
+                "\"\\\\\"",
+                "\"\u{e9}\"",
+                "{\"a\":",
+                "[[",
+                "]]",
+                "}}",
+                "\t\n",
+            ])
+            .prop_map(|t| t.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 1..3),
+        ];
+        prop::collection::vec(token, 0..24).prop_map(|v| v.concat())
+    }
+
+    /// Well-formed JSON text built from the scanner's vocabulary, objects keyed by `a` to `d`.
+    fn json_value() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop::sample::select(vec![
+            "1",
+            "-2.5e3",
+            "0",
+            "true",
+            "null",
+            "\"x\"",
+            "\"\u{e9}\"",
+            "\"q\\\"r\"",
+            "\"}\"",
+        ])
+        .prop_map(|t| t.as_bytes().to_vec());
+        leaf.prop_recursive(5, 48, 4, |inner| {
+            let key = prop::sample::select(vec!["a", "b", "c", "d"]);
+            let ws = prop::sample::select(vec!["", " ", "\n\t"]);
+            prop_oneof![
+                prop::collection::vec((ws.clone(), inner.clone()), 0..4).prop_map(|items| {
+                    let parts: Vec<Vec<u8>> = items
+                        .into_iter()
+                        .map(|(w, v)| [w.as_bytes(), &v].concat())
+                        .collect();
+                    [&b"["[..], &parts.join(&b","[..]), b"]"].concat()
+                }),
+                prop::collection::vec((key, ws, inner), 0..4).prop_map(|members| {
+                    let parts: Vec<Vec<u8>> = members
+                        .into_iter()
+                        .map(|(k, w, v)| [b"\"", k.as_bytes(), b"\":", w.as_bytes(), &v].concat())
+                        .collect();
+                    [&b"{"[..], &parts.join(&b","[..]), b"}"].concat()
+                }),
+            ]
+        })
+    }
+
+    /// A well-formed text, possibly damaged: a token inserted, the text cut, or bytes appended.
+    fn near_json() -> impl Strategy<Value = Vec<u8>> {
+        (
+            json_value(),
+            jsonish(),
+            any::<prop::sample::Index>(),
+            0u8..4,
+        )
+            .prop_map(|(mut v, junk, at, how)| {
+                let at = at.index(v.len() + 1);
+                match how {
+                    0 => {}
+                    1 => {
+                        v.splice(at..at, junk);
+                    }
+                    2 => v.truncate(at),
+                    _ => v.extend_from_slice(&junk),
+                }
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #[test]
+        fn one_pass_split_is_members_walk(
+            bytes in prop_oneof![jsonish(), near_json()],
+            depth in 0usize..7,
+            unique in any::<bool>(),
+        ) {
+            both(&bytes, &["a", "b", "c"], depth, unique);
+        }
+    }
+
+    #[test]
+    fn one_pass_split_depth_limits() {
+        // Around the bit stack's width: the object itself plus 64 nested values is the most.
+        for n in [62, 63, 64, 65, 66] {
+            let mut j = b"{\"a\":".to_vec();
+            j.extend(std::iter::repeat_n(b'[', n));
+            j.extend(std::iter::repeat_n(b']', n));
+            j.extend_from_slice(b",\"b\":{\"c\":[]}}");
+            for depth in [n, n + 1, n + 2, 64, 65, 66, 100, usize::MAX] {
+                for unique in [false, true] {
+                    both(&j, &["a", "b"], depth, unique);
+                }
+            }
+        }
+        for j in [
+            &br#"{"a":1,"a":{"x":[[[[1]]]]}}"#[..],
+            br#"{"a":1,"a":2}"#,
+            b"{\"\xff\":1}",
+            br#"{"a":{"b":1}} {"#,
+            br#" {} "#,
+            br#"{"b":[1,{"a":2}],"a":"}"}"#,
+        ] {
+            for depth in 0..6 {
+                for unique in [false, true] {
+                    both(j, &["a", "b"], depth, unique);
+                }
+            }
+        }
+    }
 
     #[test]
     fn splits_envelopes() {
