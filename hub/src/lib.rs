@@ -4,6 +4,11 @@
 //!
 //! Data flows one way: connection (broker) → router → service → store → publish (bus).
 //! [`run`] is the single entry point; `main.rs` only parses flags.
+//!
+//! One dependency is patched: rmqtt's `rmqtt-net` is built from `vendor/rmqtt-net`, whose only
+//! change starts each connection's read and write buffers at 512 bytes instead of 8 KiB each (they
+//! grow on demand). rmqtt has no setting for them and they were the largest part of the hub's
+//! memory per connected thing; `vendor/README.md` says why and how to upgrade.
 
 pub mod api;
 pub mod auth;
