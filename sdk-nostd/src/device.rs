@@ -562,7 +562,10 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| {
-            next = Some(next.map_or(t, |n| n.min(t)));
+            next = Some(match next {
+                Some(n) if n <= t => n,
+                _ => t,
+            });
         };
         for r in &self.requests {
             if let ReqState::Sent { deadline } = r.state {
