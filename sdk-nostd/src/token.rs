@@ -12,17 +12,15 @@ use crate::json::writer::JsonWriter;
 /// cost a `no_std` device ~2 KB of flash.
 pub(crate) fn write(w: &mut JsonWriter<'_>, seed: u32, id: u32) {
     // `"{seed:08x}-`: a quote, eight lowercase hex digits (most significant first), a dash.
-    let mut head = [b'"'; 10];
-    for (i, d) in head.iter_mut().skip(1).take(8).enumerate() {
-        let nibble = ((seed >> (28 - 4 * i as u32)) & 0xf) as u8;
-        *d = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
+    w.raw(b"\"");
+    let mut rest = seed;
+    for _ in 0..8 {
+        rest = rest.rotate_left(4);
+        let nibble = (rest & 0xf) as u8;
+        let base = if nibble < 10 { b'0' } else { b'a' - 10 };
+        w.raw(&[base + nibble]);
     }
-    head[9] = b'-';
-    w.raw(&head);
+    w.raw(b"-");
     // `{id}"`
     w.u64(u64::from(id));
     w.raw(b"\"");
