@@ -73,18 +73,14 @@ impl<'b> JsonWriter<'b> {
         self.raw(b"\"");
         for &b in s.as_bytes() {
             let short = match b {
-                b'"' => b'"',
-                b'\\' => b'\\',
-                0x08 => b'b',
-                0x09 => b't',
-                0x0a => b'n',
-                0x0c => b'f',
-                0x0d => b'r',
-                0x00..=0x1f => b'u',
-                _ => {
-                    self.raw(&[b]);
-                    continue;
-                }
+                b'"' | b'\\' => b,
+                _ => match CONTROL_ESCAPES.get(usize::from(b)) {
+                    Some(&c) => c,
+                    None => {
+                        self.raw(&[b]);
+                        continue;
+                    }
+                },
             };
             self.raw(&[b'\\', short]);
             if short == b'u' {
@@ -125,6 +121,11 @@ impl<'b> JsonWriter<'b> {
         }
     }
 }
+
+/// The escape letter of each control character (`\b`, `\t`, `\n`, `\f`, `\r`, else `\u00XX`):
+/// one table lookup instead of a `match` arm per character.
+#[cfg(any(feature = "methods", feature = "ota", test))]
+const CONTROL_ESCAPES: &[u8; 32] = b"uuuuuuuubtnufruuuuuuuuuuuuuuuuuu";
 
 #[cfg(any(feature = "methods", feature = "ota", test))]
 fn hex_digit(n: u8) -> u8 {
