@@ -214,15 +214,13 @@ fn write_publish<'b>(
     body: &dyn Fn(&mut JsonWriter<'_>),
     qos: QoS,
 ) -> Result<Transmit<'b>, Error> {
-    let t = topic.write_to(buf).map_err(map_topic_err)?.len();
-    let (tb, rest) = buf.split_at_mut_checked(t).ok_or(Error::BufferTooSmall)?;
+    let (topic, rest) = topic.write_to_split(buf).map_err(map_topic_err)?;
     let mut w = JsonWriter::new(rest);
     body(&mut w);
     let p = w.finish().ok_or(Error::BufferTooSmall)?;
-    let tb: &'b [u8] = tb;
     let rest: &'b [u8] = rest;
     Ok(Transmit::Publish {
-        topic: core::str::from_utf8(tb).map_err(|_| Error::BufferTooSmall)?,
+        topic,
         payload: rest.get(..p).ok_or(Error::BufferTooSmall)?,
         qos,
     })

@@ -230,15 +230,26 @@ type Pieces<'a> = [&'a str; 6];
 
 /// Concatenates `pieces` into `buf` after checking the length against [`MAX_TOPIC_LEN`].
 fn write_pieces<'b>(pieces: &[&str], buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
+    write_pieces_split(pieces, buf).map(|(topic, _)| topic)
+}
+
+/// Writes the pieces at the start of `buf`; returns them as one `&str` and the rest of `buf`.
+fn write_pieces_split<'b>(
+    pieces: &[&str],
+    buf: &'b mut [u8],
+) -> Result<(&'b str, &'b mut [u8]), TopicError> {
     let len = pieces.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
     if len > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
-    let out = buf.get_mut(..len).ok_or(TopicError::BufferTooSmall)?;
+    let (out, rest) = buf
+        .split_at_mut_checked(len)
+        .ok_or(TopicError::BufferTooSmall)?;
     let bytes = pieces.iter().flat_map(|p| p.bytes());
     // `out` holds exactly the bytes of the pieces; a zip has no length-mismatch panic path.
     out.iter_mut().zip(bytes).for_each(|(d, b)| *d = b);
-    core::str::from_utf8(out).map_err(|_| TopicError::BufferTooSmall)
+    let topic = core::str::from_utf8(out).map_err(|_| TopicError::BufferTooSmall)?;
+    Ok((topic, rest))
 }
 
 fn to_topic_string(pieces: &[&str]) -> Result<TopicString, TopicError> {
@@ -396,6 +407,17 @@ impl<'a> Topic<'a> {
     pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
         self.validate()?;
         write_pieces(&self.pieces(), buf)
+    }
+
+    /// [`Topic::write_to`], also handing back the rest of `buf` after the topic: where a
+    /// PUBLISH's payload goes when a driver lays out topic and payload in one buffer (no second
+    /// borrow of `buf`, no second UTF-8 check of the topic).
+    pub fn write_to_split<'b>(
+        &self,
+        buf: &'b mut [u8],
+    ) -> Result<(&'b str, &'b mut [u8]), TopicError> {
+        self.validate()?;
+        write_pieces_split(&self.pieces(), buf)
     }
 
     /// Builds the topic into a [`TopicString`], validating it as [`Topic::write_to`] does.

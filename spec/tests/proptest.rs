@@ -113,6 +113,34 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 }
 
 proptest! {
+    /// `write_to_split` writes what `write_to` writes, fails the same way (buffers of any size,
+    /// invalid parts included), and hands back exactly the bytes after the topic.
+    #[test]
+    fn write_to_split_is_write_to(
+        v in any::<u8>(),
+        t in prop_oneof![thing_id(), "[a-z/ ]{0,4}"],
+        s in prop_oneof![shadow_name(), "[a-z ]{0,3}"],
+        m in method_name(),
+        r in rest(),
+        size in 0usize..=MAX_TOPIC_LEN + 8,
+    ) {
+        let topic = build(v, &t, &s, &m, &r);
+        let mut a = vec![0u8; size];
+        let mut b = vec![0u8; size];
+        let whole = topic.write_to(&mut a).map(str::to_owned);
+        let split = topic
+            .write_to_split(&mut b)
+            .map(|(text, rest)| (text.to_owned(), rest.len()));
+        match (whole, split) {
+            (Ok(w), Ok((text, rest))) => {
+                prop_assert_eq!(&w, &text);
+                prop_assert_eq!(rest, size - text.len());
+                prop_assert_eq!(&b[..text.len()], text.as_bytes());
+            }
+            (whole, split) => prop_assert_eq!(whole.err(), split.err()),
+        }
+    }
+
     #[test]
     fn topic_round_trip(v in any::<u8>(), t in thing_id(), s in shadow_name(), m in method_name(), r in rest()) {
         let topic = build(v, &t, &s, &m, &r);

@@ -48,12 +48,11 @@ pub(super) fn enqueue_in<const SHADOWS: usize, const QUEUE: usize>(
     }
     let start = conn.tx_len;
     let free = tx.get_mut(start..).ok_or(Error::QueueFull)?;
-    let topic_len = match topic.write_to(free) {
-        Ok(t) => t.len(),
+    let (topic_len, rest) = match topic.write_to_split(free) {
+        Ok((t, rest)) => (t.len(), rest),
         Err(TopicError::BufferTooSmall) => return Err(Error::QueueFull),
         Err(_) => return Err(Error::InvalidArgument),
     };
-    let rest = free.get_mut(topic_len..).ok_or(Error::QueueFull)?;
     let mut w = JsonWriter::new(rest);
     body(&mut w);
     let payload_len = match w.finish() {

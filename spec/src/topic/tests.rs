@@ -138,6 +138,32 @@ fn parse_errors() {
 }
 
 #[test]
+fn write_to_split_hands_back_the_rest() {
+    let mut buf = [7u8; MAX_TOPIC_LEN + 4];
+    for t in all_topics("dev-1", "cfg:a", "re.boot", "a/b") {
+        let (s, rest) = t.write_to_split(&mut buf).unwrap();
+        assert_eq!(Topic::parse(s), Ok(t), "{s}");
+        assert_eq!(rest.len(), MAX_TOPIC_LEN + 4 - s.len());
+    }
+    let t = Topic::NtpRequest { thing: "t1" };
+    let n = t.to_string().len();
+    let mut exact = std::vec![0u8; n];
+    let (s, rest) = t.write_to_split(&mut exact).unwrap();
+    assert_eq!((s.len(), rest.len()), (n, 0));
+    let mut short = std::vec![0u8; n - 1];
+    assert_eq!(
+        t.write_to_split(&mut short).err(),
+        Some(TopicError::BufferTooSmall)
+    );
+    assert_eq!(
+        Topic::NtpRequest { thing: "a/b" }
+            .write_to_split(&mut buf)
+            .err(),
+        Some(TopicError::InvalidThingId)
+    );
+}
+
+#[test]
 fn write_errors() {
     let mut small = [0u8; 10];
     let t = Topic::NtpRequest { thing: "t1" };
