@@ -233,14 +233,25 @@ fn backoff_ms(base: u64, max: u64, attempt: u8) -> u64 {
     base.saturating_mul(factor).min(max)
 }
 
-fn raw_str(raw: &[u8]) -> Option<RawJson<'_>> {
-    core::str::from_utf8(raw).ok().map(RawJson)
+/// [`json::as_u64`] of a value split from a payload.
+fn as_u64(raw: &str) -> Option<u64> {
+    json::as_u64(raw.as_bytes())
+}
+
+/// [`json::is_object`] of a value split from a payload.
+fn is_object(raw: &str) -> bool {
+    json::is_object(raw.as_bytes())
+}
+
+/// A raw JSON value split from a payload already checked as UTF-8, for the application.
+fn raw_json(raw: &str) -> RawJson<'_> {
+    RawJson(raw)
 }
 
 #[cfg(any(feature = "methods", feature = "ota"))]
 /// A clientToken the device can echo: a plain string within the hub's limit.
-fn plain_token(raw: Option<&[u8]>, max: usize) -> Option<&str> {
-    json::as_plain_str(raw?).filter(|t| t.len() <= max.min(iothub_spec::ids::MAX_ID_LEN))
+fn plain_token(raw: Option<&str>, max: usize) -> Option<&str> {
+    json::as_plain(raw?).filter(|t| t.len() <= max.min(iothub_spec::ids::MAX_ID_LEN))
 }
 
 impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
@@ -391,10 +402,11 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         if topic.thing() != self.config.thing_id {
             return Err(Ignored::OtherThing);
         }
-        if core::str::from_utf8(payload).is_err() {
+        // Checked as UTF-8 once, here: every member split from it below is a `str` already.
+        let Ok(payload) = core::str::from_utf8(payload) else {
             return Err(Ignored::NotUtf8);
-        }
-        if json_depth_exceeds(payload, self.config.max_input_depth) {
+        };
+        if json_depth_exceeds(payload.as_bytes(), self.config.max_input_depth) {
             return Err(Ignored::Json(JsonError::TooDeep));
         }
         let depth = self.config.max_input_depth;
@@ -413,9 +425,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 } else {
                     field::CODE
                 };
-                let [number, tok] = json::split(payload, [key, field::CLIENT_TOKEN], depth)
+                let [number, tok] = json::split_str(payload, [key, field::CLIENT_TOKEN], depth)
                     .map_err(Ignored::Json)?;
-                let number = number.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let number = number.and_then(as_u64).ok_or(Ignored::Malformed)?;
                 let request = self.take_request(tok, s, Kind::Update)?;
                 Ok(Some(if accepted {
                     Event::Accepted {
@@ -432,12 +444,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 }))
             }
             (Topic::ShadowUpdateDelta { .. }, Some(s)) => {
-                let [state, version] = json::split(payload, [field::STATE, field::VERSION], depth)
-                    .map_err(Ignored::Json)?;
-                let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+                let [state, version] =
+                    json::split_str(payload, [field::STATE, field::VERSION], depth)
+                        .map_err(Ignored::Json)?;
+                let version = version.and_then(as_u64).ok_or(Ignored::Malformed)?;
                 let state = state
-                    .filter(|v| json::is_object(v))
-                    .and_then(raw_str)
+                    .filter(|v| is_object(v))
+                    .map(raw_json)
                     .ok_or(Ignored::Malformed)?;
                 let slot = self
                     .session

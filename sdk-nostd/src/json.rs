@@ -135,21 +135,52 @@ fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize,
     scan(bytes, start, max_depth, &mut Wanted::none())
 }
 
+/// What the scanner splits: bytes, or a `str` whose members come back as `str` without being
+/// checked as UTF-8 a second time (the device checks a payload once, on arrival).
+pub(crate) trait Text {
+    /// Whether the text is known to be UTF-8 (then keys are not checked again).
+    const UTF8: bool;
+    /// The text as bytes.
+    fn bytes(&self) -> &[u8];
+    /// The part of the text between two byte offsets (on a `str`, only char boundaries).
+    fn part(&self, start: usize, end: usize) -> Option<&Self>;
+}
+
+impl Text for [u8] {
+    const UTF8: bool = false;
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn part(&self, start: usize, end: usize) -> Option<&Self> {
+        self.get(start..end)
+    }
+}
+
+impl Text for str {
+    const UTF8: bool = true;
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn part(&self, start: usize, end: usize) -> Option<&Self> {
+        self.get(start..end)
+    }
+}
+
 /// The members of the outermost object that [`scan`] hands back: the raw values of `keys` in
 /// `out`.
-struct Wanted<'k, 'o, 'j> {
+struct Wanted<'k, 'o, 'j, T: Text + ?Sized = [u8]> {
     /// Whether the outermost object's members are read at all (by [`split`]): then their keys
     /// must be UTF-8, as [`Members`] requires.
     members: bool,
     keys: &'k [&'k str],
-    out: &'o mut [Option<&'j [u8]>],
+    out: &'o mut [Option<&'j T>],
     /// A repeated wanted key is an error.
     unique: bool,
 }
 
-impl<'j> Wanted<'_, '_, 'j> {
+impl<'j, T: Text + ?Sized> Wanted<'_, '_, 'j, T> {
     /// Keeps `value` if `key` is wanted.
-    fn record(&mut self, key: &[u8], value: &'j [u8]) -> Result<(), JsonError> {
+    fn record(&mut self, key: &[u8], value: &'j T) -> Result<(), JsonError> {
         for (slot, want) in self.out.iter_mut().zip(self.keys.iter()) {
             if key == want.as_bytes() {
                 if self.unique && slot.is_some() {
@@ -177,12 +208,13 @@ impl<'j> Wanted<'_, '_, 'j> {
 ///
 /// Iterative: containers are tracked in a bit stack, and inside them the member/element grammar
 /// (`"key": value`, commas) is checked with a small state machine.
-fn scan<'j>(
-    bytes: &'j [u8],
+fn scan<'j, T: Text + ?Sized>(
+    text: &'j T,
     start: usize,
     max_depth: usize,
-    wanted: &mut Wanted<'_, '_, 'j>,
+    wanted: &mut Wanted<'_, '_, 'j, T>,
 ) -> Result<usize, JsonError> {
+    let bytes: &'j [u8] = text.bytes();
     // Whether the outermost container is an object, and bit `d` of `stack` for the container
     // at depth `d + 2` (the outermost one is depth 1).
     let mut outer_object = false;
@@ -257,7 +289,7 @@ fn scan<'j>(
                     key = bytes
                         .get(i.saturating_add(1)..end.saturating_sub(1))
                         .ok_or(JsonError::Syntax)?;
-                    if core::str::from_utf8(key).is_err() {
+                    if !T::UTF8 && core::str::from_utf8(key).is_err() {
                         return Err(JsonError::Syntax);
                     }
                 }
@@ -283,7 +315,7 @@ fn scan<'j>(
         // A value just ended (a scalar, a string or a container closed): one of the outermost
         // object's when back at depth 1.
         if depth == 1 && outer_object && wanted.members {
-            let value = bytes.get(value_start..i).ok_or(JsonError::Syntax)?;
+            let value = text.part(value_start, i).ok_or(JsonError::Syntax)?;
             wanted.record(key, value)?;
         }
     }
@@ -401,18 +433,32 @@ pub fn split<'j, const N: usize>(
     Ok(out)
 }
 
+/// [`split`] over a payload already checked as UTF-8: the values come back as `str`, without a
+/// second UTF-8 check (of the keys here, or of the values by the caller).
+// Always inlined, as `split`.
+#[inline(always)]
+pub(crate) fn split_str<'j, const N: usize>(
+    text: &'j str,
+    keys: [&str; N],
+    max_depth: usize,
+) -> Result<[Option<&'j str>; N], JsonError> {
+    let mut out: [Option<&'j str>; N] = [None; N];
+    split_into(text, &keys, &mut out, max_depth, false)?;
+    Ok(out)
+}
+
 #[cfg(any(feature = "ntp", feature = "ota"))]
-/// [`split`] for a typed body: a repeated wanted key is an error ([`JsonError::Syntax`]), as it
-/// is for a `#[derive(Deserialize)]` struct read by `serde-json-core`.
+/// [`split_str`] for a typed body: a repeated wanted key is an error ([`JsonError::Syntax`]), as
+/// it is for a `#[derive(Deserialize)]` struct read by `serde-json-core`.
 // Always inlined, as `split`.
 #[inline(always)]
 pub(crate) fn split_unique<'j, const N: usize>(
-    bytes: &'j [u8],
+    text: &'j str,
     keys: [&str; N],
     max_depth: usize,
-) -> Result<[Option<&'j [u8]>; N], JsonError> {
-    let mut out: [Option<&'j [u8]>; N] = [None; N];
-    split_into(bytes, &keys, &mut out, max_depth, true)?;
+) -> Result<[Option<&'j str>; N], JsonError> {
+    let mut out: [Option<&'j str>; N] = [None; N];
+    split_into(text, &keys, &mut out, max_depth, true)?;
     Ok(out)
 }
 
@@ -420,13 +466,14 @@ pub(crate) fn split_unique<'j, const N: usize>(
 /// pass of the container state machine over the whole object, which records the wanted members
 /// on the way (the same answers as walking [`Members`] and skipping each value, tested against
 /// that below).
-fn split_into<'j>(
-    bytes: &'j [u8],
+fn split_into<'j, T: Text + ?Sized>(
+    text: &'j T,
     keys: &[&str],
-    out: &mut [Option<&'j [u8]>],
+    out: &mut [Option<&'j T>],
     max_depth: usize,
     unique: bool,
 ) -> Result<(), JsonError> {
+    let bytes = text.bytes();
     let start = skip_ws(bytes, 0);
     if bytes.get(start) != Some(&b'{') {
         return Err(JsonError::NotAnObject);
@@ -441,7 +488,7 @@ fn split_into<'j>(
         unique,
     };
     // The object itself is one level more than `skip_value` allows for the values in it.
-    let end = scan(bytes, start, max_depth.min(MAX_SCAN_DEPTH + 1), &mut wanted)?;
+    let end = scan(text, start, max_depth.min(MAX_SCAN_DEPTH + 1), &mut wanted)?;
     if skip_ws(bytes, end) != bytes.len() {
         return Err(JsonError::Syntax);
     }
@@ -450,14 +497,22 @@ fn split_into<'j>(
 
 /// The text between the quotes of a raw JSON string value, escapes left as they are (what
 /// `serde-json-core` borrows for a `&str`), or `None` when `raw` is not a string.
-pub(crate) fn as_raw_str(raw: &[u8]) -> Option<&str> {
-    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    core::str::from_utf8(inner).ok()
+pub(crate) fn as_raw_str(raw: &str) -> Option<&str> {
+    // The quotes are ASCII, so both ends are char boundaries (`get` checks it anyway).
+    match raw.as_bytes() {
+        [b'"', .., b'"'] => raw.get(1..raw.len().saturating_sub(1)),
+        _ => None,
+    }
 }
 
 /// The contents of a raw JSON string value without escapes, or `None` when `raw` is not a string
 /// or holds a backslash (client tokens, ids and names never need escapes).
 pub fn as_plain_str(raw: &[u8]) -> Option<&str> {
+    core::str::from_utf8(raw).ok().and_then(as_plain)
+}
+
+/// [`as_plain_str`] of a value split from a payload already checked as UTF-8.
+pub(crate) fn as_plain(raw: &str) -> Option<&str> {
     as_raw_str(raw).filter(|s| !has_backslash(s))
 }
 
@@ -659,6 +714,30 @@ mod tests {
         ) {
             both(&bytes, &["a", "b", "c"], depth, unique);
         }
+
+        /// On UTF-8 text, `split_str` gives what `split` gives (without checking keys again),
+        /// and `as_raw_str`/`as_plain` what the byte versions gave.
+        #[test]
+        fn str_split_is_byte_split(
+            bytes in prop_oneof![jsonish(), near_json()],
+            depth in 0usize..7,
+        ) {
+            if let Ok(text) = core::str::from_utf8(&bytes) {
+                let ours = split_str(text, ["a", "b", "c"], depth);
+                let theirs = split(&bytes, ["a", "b", "c"], depth);
+                let theirs = theirs.map(|v| v.map(|r| r.map(|r| core::str::from_utf8(r).unwrap())));
+                prop_assert_eq!(ours, theirs);
+                for raw in ours.iter().flatten().flatten() {
+                    let old = raw
+                        .as_bytes()
+                        .strip_prefix(b"\"")
+                        .and_then(|r| r.strip_suffix(b"\""))
+                        .map(|r| core::str::from_utf8(r).unwrap());
+                    prop_assert_eq!(as_raw_str(raw), old);
+                    prop_assert_eq!(as_plain(raw), as_plain_str(raw.as_bytes()));
+                }
+            }
+        }
     }
 
     #[test]
@@ -758,6 +837,11 @@ mod tests {
         assert_eq!(as_u64(b"1.0"), None);
         assert_eq!(as_plain_str(br#""a\"b""#), None);
         assert_eq!(as_plain_str(b"1"), None);
+        assert_eq!(as_raw_str("\""), None);
+        assert_eq!(as_raw_str("\"\""), Some(""));
+        assert_eq!(as_raw_str("\"é\\\"\""), Some("é\\\""));
+        assert_eq!(as_plain("\"a\\\"b\""), None);
+        assert_eq!(as_plain("\"t-1\""), Some("t-1"));
         assert!(is_null(b"null"));
     }
 }

@@ -6,7 +6,7 @@ use iothub_spec::payload::{self, field};
 use iothub_spec::topic::Topic;
 use serde::Serialize;
 
-use super::{Device, plain_token, raw_str, wire};
+use super::{Device, plain_token, raw_json, wire};
 use crate::json;
 use crate::time::Instant;
 use crate::types::{Error, Event, Ignored, MethodCall, QoS, RawJson};
@@ -53,9 +53,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub(super) fn on_method<'p>(
         &mut self,
         method: &'p str,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
-        let [tok, data] = json::split(
+        let [tok, data] = json::split_str(
             payload,
             [field::CLIENT_TOKEN, field::DATA],
             self.config.max_input_depth,
@@ -64,7 +64,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let client_token =
             plain_token(tok, self.config.limits.max_client_token).ok_or(Ignored::Malformed)?;
         if self.config.all_methods || self.config.methods.contains(&method) {
-            let data = data.and_then(raw_str).unwrap_or(RawJson("null"));
+            let data = data.map_or(RawJson("null"), raw_json);
             return Ok(Some(Event::MethodCall(MethodCall {
                 method,
                 client_token,

@@ -50,7 +50,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub(super) fn on_ntp<'p>(
         &mut self,
         now: Instant,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
         let resp =
             wire::ntp_response(payload, self.config.max_input_depth).ok_or(Ignored::Malformed)?;

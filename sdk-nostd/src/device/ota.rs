@@ -106,7 +106,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub(super) fn on_ota_task<'p>(
         &mut self,
         now: Instant,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
         let max = self.config.limits.max_client_token;
         let task = match wire::ota_task(payload, self.config.max_input_depth) {
@@ -152,10 +152,10 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     fn refuse_ota_task<'p>(
         &mut self,
         now: Instant,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
         let max = self.config.limits.max_client_token;
-        let Ok([tid, tok]) = json::split(
+        let Ok([tid, tok]) = json::split_str(
             payload,
             [field::TASK_ID, field::CLIENT_TOKEN],
             self.config.max_input_depth,

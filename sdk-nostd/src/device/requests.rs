@@ -4,7 +4,9 @@
 use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
-use super::{Device, GetState, Kind, ReqState, Request, raw_str, wire, write_publish};
+use super::{
+    Device, GetState, Kind, ReqState, Request, as_u64, is_object, raw_json, wire, write_publish,
+};
 use crate::fmt::warning;
 use crate::json;
 use crate::time::Instant;
@@ -92,11 +94,11 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// kind; a reply to anything else is [`Ignored::Unmatched`].
     pub(super) fn take_request_raw(
         &mut self,
-        tok: Option<&[u8]>,
+        tok: Option<&str>,
         shadow: ShadowId,
         get: bool,
     ) -> Result<Request, Ignored> {
-        let tok = tok.and_then(json::as_plain_str).ok_or(Ignored::Unmatched)?;
+        let tok = tok.and_then(json::as_plain).ok_or(Ignored::Unmatched)?;
         let id = token::parse(self.config.token_seed, tok).ok_or(Ignored::Unmatched)?;
         let pos = self
             .requests
@@ -159,7 +161,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
 
     pub(super) fn take_request(
         &mut self,
-        tok: Option<&[u8]>,
+        tok: Option<&str>,
         shadow: ShadowId,
         kind: Kind,
     ) -> Result<RequestId, Ignored> {
@@ -183,18 +185,18 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         &mut self,
         _now: Instant,
         s: ShadowId,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
         let depth = self.config.max_input_depth;
-        let [state, version, tok] = json::split(
+        let [state, version, tok] = json::split_str(
             payload,
             [field::STATE, field::VERSION, field::CLIENT_TOKEN],
             depth,
         )
         .map_err(Ignored::Json)?;
-        let version = version.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+        let version = version.and_then(as_u64).ok_or(Ignored::Malformed)?;
         let [desired, reported, delta] = match state {
-            Some(st) if json::is_object(st) => json::split(
+            Some(st) if is_object(st) => json::split_str(
                 st,
                 [field::DESIRED, field::REPORTED, field::DELTA],
                 depth.saturating_sub(1),
@@ -203,7 +205,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             Some(_) => return Err(Ignored::Malformed),
             None => [None, None, None],
         };
-        let section = |raw: Option<&'p [u8]>| raw.filter(|v| json::is_object(v)).and_then(raw_str);
+        let section = |raw: Option<&'p str>| raw.filter(|v| is_object(v)).map(raw_json);
         let req = self.take_request_raw(tok, s, true)?;
         self.finish_get(&req);
         self.document(
@@ -259,15 +261,15 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         &mut self,
         now: Instant,
         s: ShadowId,
-        payload: &'p [u8],
+        payload: &'p str,
     ) -> Result<Option<Event<'p>>, Ignored> {
-        let [code, tok] = json::split(
+        let [code, tok] = json::split_str(
             payload,
             [field::CODE, field::CLIENT_TOKEN],
             self.config.max_input_depth,
         )
         .map_err(Ignored::Json)?;
-        let code = code.and_then(json::as_u64).ok_or(Ignored::Malformed)?;
+        let code = code.and_then(as_u64).ok_or(Ignored::Malformed)?;
         let code = u16::try_from(code).unwrap_or(u16::MAX);
         let req = self.take_request_raw(tok, s, true)?;
         if code == iothub_spec::code::ErrorCode::NotFound.as_u16() {

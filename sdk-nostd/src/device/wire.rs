@@ -147,20 +147,17 @@ pub(super) fn ota_result(w: &mut JsonWriter<'_>, body: &OtaResult<'_>) {
 
 #[cfg(feature = "ota")]
 /// An optional member: absent or `null` is `Ok(None)`, a wrong type is `Err(())`.
-fn optional<'j, T>(
-    raw: Option<&'j [u8]>,
-    read: fn(&'j [u8]) -> Option<T>,
-) -> Result<Option<T>, ()> {
+fn optional<'j, T>(raw: Option<&'j str>, read: fn(&'j str) -> Option<T>) -> Result<Option<T>, ()> {
     match raw {
         None => Ok(None),
-        Some(v) if is_null(v) => Ok(None),
+        Some(v) if is_null(v.as_bytes()) => Ok(None),
         Some(v) => read(v).map(Some).ok_or(()),
     }
 }
 
 #[cfg(feature = "ntp")]
 /// [`NtpResponse`] (S-6.1), `None` when the body is not one.
-pub(super) fn ntp_response(payload: &[u8], max_depth: usize) -> Option<NtpResponse> {
+pub(super) fn ntp_response(payload: &str, max_depth: usize) -> Option<NtpResponse> {
     let [send, recv, sent] = split_unique(
         payload,
         [
@@ -172,15 +169,15 @@ pub(super) fn ntp_response(payload: &[u8], max_depth: usize) -> Option<NtpRespon
     )
     .ok()?;
     Some(NtpResponse {
-        client_send_time: as_u64(send?)?,
-        server_recv_time: as_u64(recv?)?,
-        server_send_time: as_u64(sent?)?,
+        client_send_time: as_u64(send?.as_bytes())?,
+        server_recv_time: as_u64(recv?.as_bytes())?,
+        server_send_time: as_u64(sent?.as_bytes())?,
     })
 }
 
 #[cfg(feature = "ota")]
 /// [`OtaTask`] (S-7.1), `None` when the body is not one.
-pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> {
+pub(super) fn ota_task(payload: &str, max_depth: usize) -> Option<OtaTask<'_>> {
     let [tok, task, kind, meta, url] = split_unique(
         payload,
         [
@@ -193,7 +190,7 @@ pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> 
         max_depth,
     )
     .ok()?;
-    let meta = meta.filter(|m| json::is_object(m))?;
+    let meta = meta.filter(|m| json::is_object(m.as_bytes()))?;
     let [version, md5, sha256, content_type, content_length] = split_unique(
         meta,
         [
@@ -215,7 +212,7 @@ pub(super) fn ota_task(payload: &[u8], max_depth: usize) -> Option<OtaTask<'_>> 
             md5: optional(md5, as_raw_str).ok()?,
             sha256: optional(sha256, as_raw_str).ok()?,
             content_type: optional(content_type, as_raw_str).ok()?,
-            content_length: optional(content_length, as_u64).ok()?,
+            content_length: optional(content_length, |v| as_u64(v.as_bytes())).ok()?,
         },
         file_url: as_raw_str(url?)?,
     })
@@ -368,16 +365,16 @@ mod tests {
     #[test]
     fn received_bodies_as_serde() {
         for body in NTP_BODIES {
-            let ours = ntp_response(body.as_bytes(), 16);
+            let ours = ntp_response(body, 16);
             let theirs = serde_json_core::from_slice::<NtpResponse>(body.as_bytes());
             assert_eq!(ours, theirs.ok().map(|(v, _)| v), "{body}");
         }
         for body in OTA_BODIES {
-            let ours = ota_task(body.as_bytes(), 16);
+            let ours = ota_task(body, 16);
             let theirs = serde_json_core::from_slice::<OtaTask<'_>>(body.as_bytes());
             assert_eq!(ours, theirs.ok().map(|(v, _)| v), "{body}");
         }
-        assert!(ntp_response(NTP_BODIES[0].as_bytes(), 16).is_some());
-        assert!(ota_task(OTA_BODIES[2].as_bytes(), 16).is_some());
+        assert!(ntp_response(NTP_BODIES[0], 16).is_some());
+        assert!(ota_task(OTA_BODIES[2], 16).is_some());
     }
 }
