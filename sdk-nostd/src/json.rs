@@ -81,6 +81,9 @@ fn is_scalar_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')
 }
 
+/// The literal names a JSON scalar may have.
+const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
+
 /// Skips a scalar (`true`, `false`, `null` or a number) starting at `pos`.
 fn skip_scalar(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
     let mut end = pos;
@@ -92,8 +95,9 @@ fn skip_scalar(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
     }
     let token = bytes.get(pos..end).ok_or(JsonError::Syntax)?;
     match token {
-        b"true" | b"false" | b"null" => Ok(end),
         [first, ..] if first.is_ascii_digit() || *first == b'-' => Ok(end),
+        // One comparison in a loop over a table, not one per literal.
+        _ if LITERALS.contains(&token) => Ok(end),
         _ => Err(JsonError::Syntax),
     }
 }
