@@ -417,55 +417,35 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         match (topic, shadow) {
             (Topic::ShadowGetAccepted { .. }, Some(s)) => self.on_get_accepted(now, s, payload),
             (Topic::ShadowGetRejected { .. }, Some(s)) => self.on_get_rejected(now, s, payload),
-            // One arm for both replies to an update: they differ only in the number they carry.
-            (Topic::ShadowUpdateAccepted { .. } | Topic::ShadowUpdateRejected { .. }, Some(s)) => {
-                let accepted = matches!(topic, Topic::ShadowUpdateAccepted { .. });
-                let key = if accepted {
-                    field::VERSION
-                } else {
-                    field::CODE
+            // One arm for both replies to an update and for deltas: each carries a number (the
+            // version, or the code of a rejection) and one other member, split in one call.
+            (
+                Topic::ShadowUpdateAccepted { .. }
+                | Topic::ShadowUpdateRejected { .. }
+                | Topic::ShadowUpdateDelta { .. },
+                Some(s),
+            ) => {
+                let (number_key, other_key) = match topic {
+                    Topic::ShadowUpdateAccepted { .. } => (field::VERSION, field::CLIENT_TOKEN),
+                    Topic::ShadowUpdateRejected { .. } => (field::CODE, field::CLIENT_TOKEN),
+                    _ => (field::VERSION, field::STATE),
                 };
-                let [number, tok] = json::split_str(payload, [key, field::CLIENT_TOKEN], depth)
+                let [number, other] = json::split_str(payload, [number_key, other_key], depth)
                     .map_err(Ignored::Json)?;
                 let number = number.and_then(as_u64).ok_or(Ignored::Malformed)?;
-                let request = self.take_request(tok, s, Kind::Update)?;
-                Ok(Some(if accepted {
-                    Event::Accepted {
-                        request,
+                match topic {
+                    Topic::ShadowUpdateAccepted { .. } => Ok(Some(Event::Accepted {
+                        request: self.take_request(other, s, Kind::Update)?,
                         shadow: s,
                         version: number,
-                    }
-                } else {
-                    Event::Rejected {
-                        request,
+                    })),
+                    Topic::ShadowUpdateRejected { .. } => Ok(Some(Event::Rejected {
+                        request: self.take_request(other, s, Kind::Update)?,
                         shadow: s,
                         code: u16::try_from(number).unwrap_or(u16::MAX),
-                    }
-                }))
-            }
-            (Topic::ShadowUpdateDelta { .. }, Some(s)) => {
-                let [state, version] =
-                    json::split_str(payload, [field::STATE, field::VERSION], depth)
-                        .map_err(Ignored::Json)?;
-                let version = version.and_then(as_u64).ok_or(Ignored::Malformed)?;
-                let state = state
-                    .filter(|v| is_object(v))
-                    .map(raw_json)
-                    .ok_or(Ignored::Malformed)?;
-                let slot = self
-                    .session
-                    .applied
-                    .get_mut(s.index())
-                    .ok_or(Ignored::UnknownShadow)?;
-                if slot.is_some_and(|a| version <= a) {
-                    return Err(Ignored::Stale);
+                    })),
+                    _ => self.on_delta(s, number, other),
                 }
-                *slot = Some(version);
-                Ok(Some(Event::Delta(DeltaEvent {
-                    shadow: s,
-                    version,
-                    state,
-                })))
             }
             (Topic::ShadowUpdateDocuments { .. }, Some(_)) => Err(Ignored::Echo),
             #[cfg(feature = "methods")]
@@ -476,6 +456,34 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             (Topic::OtaTask { .. }, _) => self.on_ota_task(now, payload),
             _ => Err(Ignored::NotForDevice),
         }
+    }
+
+    /// A delta of shadow `s` at `version` with its `state` member: handed to the application
+    /// only when newer than the last one applied.
+    fn on_delta<'p>(
+        &mut self,
+        s: ShadowId,
+        version: u64,
+        state: Option<&'p str>,
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let state = state
+            .filter(|v| is_object(v))
+            .map(raw_json)
+            .ok_or(Ignored::Malformed)?;
+        let slot = self
+            .session
+            .applied
+            .get_mut(s.index())
+            .ok_or(Ignored::UnknownShadow)?;
+        if slot.is_some_and(|a| version <= a) {
+            return Err(Ignored::Stale);
+        }
+        *slot = Some(version);
+        Ok(Some(Event::Delta(DeltaEvent {
+            shadow: s,
+            version,
+            state,
+        })))
     }
 
     // ----- outputs ------------------------------------------------------------------------
