@@ -416,19 +416,20 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         };
         match (topic, shadow) {
             (Topic::ShadowGetAccepted { .. }, Some(s)) => self.on_get_accepted(now, s, payload),
-            (Topic::ShadowGetRejected { .. }, Some(s)) => self.on_get_rejected(now, s, payload),
-            // One arm for both replies to an update and for deltas: each carries a number (the
-            // version, or the code of a rejection) and one other member, split in one call.
+            // One arm for the rejections, the replies to an update and deltas: each carries a
+            // number (the code of a rejection, or a version) and one other member (the
+            // clientToken, or the delta's state), split in one call.
             (
-                Topic::ShadowUpdateAccepted { .. }
+                Topic::ShadowGetRejected { .. }
+                | Topic::ShadowUpdateAccepted { .. }
                 | Topic::ShadowUpdateRejected { .. }
                 | Topic::ShadowUpdateDelta { .. },
                 Some(s),
             ) => {
                 let (number_key, other_key) = match topic {
                     Topic::ShadowUpdateAccepted { .. } => (field::VERSION, field::CLIENT_TOKEN),
-                    Topic::ShadowUpdateRejected { .. } => (field::CODE, field::CLIENT_TOKEN),
-                    _ => (field::VERSION, field::STATE),
+                    Topic::ShadowUpdateDelta { .. } => (field::VERSION, field::STATE),
+                    _ => (field::CODE, field::CLIENT_TOKEN),
                 };
                 let [number, other] = json::split_str(payload, [number_key, other_key], depth)
                     .map_err(Ignored::Json)?;
@@ -444,6 +445,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                         shadow: s,
                         code: u16::try_from(number).unwrap_or(u16::MAX),
                     })),
+                    Topic::ShadowGetRejected { .. } => self.on_get_rejected(now, s, number, other),
                     _ => self.on_delta(s, number, other),
                 }
             }

@@ -255,21 +255,17 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         })))
     }
 
+    /// A get of shadow `s` rejected with `code` (read by `handle_publish`), for the request the
+    /// clientToken `tok` names.
     // Out of line: measured smaller on thumbv7em at opt-level "z" (BENCHMARKS.md, footprint).
     #[inline(never)]
     pub(super) fn on_get_rejected<'p>(
         &mut self,
         now: Instant,
         s: ShadowId,
-        payload: &'p str,
+        code: u64,
+        tok: Option<&str>,
     ) -> Result<Option<Event<'p>>, Ignored> {
-        let [code, tok] = json::split_str(
-            payload,
-            [field::CODE, field::CLIENT_TOKEN],
-            self.config.max_input_depth,
-        )
-        .map_err(Ignored::Json)?;
-        let code = code.and_then(as_u64).ok_or(Ignored::Malformed)?;
         let code = u16::try_from(code).unwrap_or(u16::MAX);
         let req = self.take_request_raw(tok, s, true)?;
         if code == iothub_spec::code::ErrorCode::NotFound.as_u16() {
