@@ -118,21 +118,18 @@ pub fn skip_value(bytes: &[u8], pos: usize, max_depth: usize) -> Result<(usize, 
     }
 }
 
-/// What the container state machine expects next.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// A value, or the closing bracket of an empty container.
-    ValueOrClose,
-    /// A key, or the closing brace of an empty object.
-    KeyOrClose,
-    /// A key (after a comma in an object).
-    Key,
-    /// A colon after a key.
-    Colon,
-    /// A value (after a colon or a comma in an array).
-    Value,
-    /// A comma or the closing bracket.
-    CommaOrClose,
+/// What the container state machine expects next: a set of these bits.
+mod expect {
+    /// A value (after `[`, a colon, or a comma in an array).
+    pub(super) const VALUE: u8 = 1;
+    /// The closing bracket of the container (right after it opened, or after a value).
+    pub(super) const CLOSE: u8 = 2;
+    /// A key (after `{` or a comma in an object).
+    pub(super) const KEY: u8 = 4;
+    /// The colon after a key.
+    pub(super) const COLON: u8 = 8;
+    /// A comma (after a value).
+    pub(super) const COMMA: u8 = 16;
 }
 
 fn skip_container(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, JsonError> {
@@ -224,7 +221,7 @@ fn scan<'j, T: Text + ?Sized>(
     let mut outer_object = false;
     let mut stack: u64 = 0;
     let mut depth: usize = 0;
-    let mut expect = Expect::Value;
+    let mut expect = expect::VALUE;
     // The key of the outermost object's member being read, and where its value starts.
     let mut key: &'j [u8] = &[];
     let mut value_start = 0;
@@ -237,11 +234,13 @@ fn scan<'j, T: Text + ?Sized>(
             1 => outer_object,
             d => stack & bit(d - 2) != 0,
         };
-        if depth == 1 && matches!(expect, Expect::Value) {
+        if depth == 1 && expect == expect::VALUE {
             value_start = i;
         }
-        match (expect, b) {
-            (Expect::Value | Expect::ValueOrClose, b'{' | b'[') => {
+        // One arm per byte with the states that accept it as guards (a `match` on the bit set
+        // and the byte together compiles to a much bigger decision tree).
+        match b {
+            b'{' | b'[' if expect & expect::VALUE != 0 => {
                 if depth >= max_depth {
                     return Err(JsonError::TooDeep);
                 }
@@ -251,24 +250,14 @@ fn scan<'j, T: Text + ?Sized>(
                     Some(d) if object => stack |= bit(d),
                     Some(d) => stack &= !bit(d),
                 }
-                expect = if object {
-                    Expect::KeyOrClose
-                } else {
-                    Expect::ValueOrClose
-                };
+                // `{` is followed by a key or `}`, `[` by a value or `]`.
+                expect = expect::CLOSE | if object { expect::KEY } else { expect::VALUE };
                 depth += 1;
                 i += 1;
                 continue;
             }
-            (Expect::ValueOrClose | Expect::KeyOrClose | Expect::CommaOrClose, b'}' | b']') => {
-                let closes_object = b == b'}';
-                if depth == 0 || closes_object != in_object {
-                    return Err(JsonError::Syntax);
-                }
-                if expect == Expect::ValueOrClose && in_object {
-                    return Err(JsonError::Syntax);
-                }
-                if expect == Expect::KeyOrClose && !in_object {
+            b'}' | b']' if expect & expect::CLOSE != 0 => {
+                if depth == 0 || (b == b'}') != in_object {
                     return Err(JsonError::Syntax);
                 }
                 depth -= 1;
@@ -276,18 +265,18 @@ fn scan<'j, T: Text + ?Sized>(
                 if depth == 0 {
                     return Ok(i);
                 }
-                expect = Expect::CommaOrClose;
+                expect = expect::COMMA | expect::CLOSE;
             }
-            (Expect::CommaOrClose, b',') => {
+            b',' if expect & expect::COMMA != 0 => {
                 expect = if in_object {
-                    Expect::Key
+                    expect::KEY
                 } else {
-                    Expect::Value
+                    expect::VALUE
                 };
                 i += 1;
                 continue;
             }
-            (Expect::Key | Expect::KeyOrClose, b'"') => {
+            b'"' if expect & expect::KEY != 0 => {
                 let end = skip_string(bytes, i)?;
                 if depth == 1 && wanted.members {
                     key = bytes
@@ -298,21 +287,21 @@ fn scan<'j, T: Text + ?Sized>(
                     }
                 }
                 i = end;
-                expect = Expect::Colon;
+                expect = expect::COLON;
                 continue;
             }
-            (Expect::Colon, b':') => {
-                expect = Expect::Value;
+            b':' if expect & expect::COLON != 0 => {
+                expect = expect::VALUE;
                 i += 1;
                 continue;
             }
-            (Expect::Value | Expect::ValueOrClose, b'"') => {
+            b'"' if expect & expect::VALUE != 0 => {
                 i = skip_string(bytes, i)?;
-                expect = Expect::CommaOrClose;
+                expect = expect::COMMA | expect::CLOSE;
             }
-            (Expect::Value | Expect::ValueOrClose, _) => {
+            _ if expect & expect::VALUE != 0 => {
                 i = skip_scalar(bytes, i)?;
-                expect = Expect::CommaOrClose;
+                expect = expect::COMMA | expect::CLOSE;
             }
             _ => return Err(JsonError::Syntax),
         }
