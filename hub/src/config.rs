@@ -39,6 +39,18 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// Seconds an HTTP client may take to send a request's head, or between two pieces of a
+    /// request body, before the hub gives up on it (also the idle limit of a kept-alive
+    /// connection).
+    #[arg(long, env = "IOTHUB_HTTP_READ_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_read_timeout: u64,
+
+    /// Most concurrent HTTP connections to the REST API; more wait in the listen backlog.
+    #[arg(long, env = "IOTHUB_MAX_HTTP_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_http_connections: u64,
+
     /// Most shadow writes committed in one storage transaction (group commit).
     #[arg(long, env = "IOTHUB_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,

@@ -162,13 +162,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let http_addr = listener.local_addr()?;
     let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(state);
+    let http_config = api::serve::HttpServerConfig {
+        read_timeout: std::time::Duration::from_secs(config.http_read_timeout),
+        max_connections: usize::try_from(config.max_http_connections).unwrap_or(usize::MAX),
+    };
     let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        api::serve::serve(listener, app, http_config, async move {
             let _ = http_stop_rx.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
+        })
+        .await;
     });
 
     Ok(RunningHub {

@@ -40,6 +40,7 @@ pub mod methods;
 pub mod ota;
 pub mod query;
 pub mod schema;
+pub mod serve;
 pub mod shadows;
 pub mod system;
 pub mod things;
