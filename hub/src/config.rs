@@ -42,7 +42,7 @@ pub struct Config {
     /// Seconds an HTTP client may take to send a request's head, or between two pieces of a
     /// request body, before the hub gives up on it (also the idle limit of a kept-alive
     /// connection).
-    #[arg(long, env = "IOTHUB_HTTP_READ_TIMEOUT", default_value_t = 10,
+    #[arg(long, env = "IOTHUB_HTTP_READ_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_read_timeout: u64,
 
