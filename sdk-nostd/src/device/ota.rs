@@ -67,7 +67,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         err_code: Option<u16>,
         err_msg: Option<&str>,
     ) -> Result<(), Error> {
-        let timestamp = self.unix_time_ms(now).unwrap_or(now.as_millis());
+        let timestamp = self.ota_timestamp(now);
         let ota = self.session.ota.as_ref().ok_or(Error::NoOtaTask)?;
         let body = payload::OtaResult {
             client_token: &ota.token,
@@ -90,6 +90,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             None,
             &|w| wire::ota_result(w, &body),
         )
+    }
+
+    /// An OTA result's timestamp (S-7.2): the NTP-corrected Unix time when known, else `now`.
+    // Out of line: one copy for the results and the refusal (BENCHMARKS.md, footprint).
+    #[inline(never)]
+    fn ota_timestamp(&self, now: Instant) -> u64 {
+        self.unix_time_ms(now).unwrap_or(now.as_millis())
     }
 
     /// The id of the OTA task in progress, if any. Feature `ota`.
@@ -173,7 +180,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 progress: None,
                 err_code: Some(OtaErrorCode::BadTask.as_u16()),
                 err_msg: Some("bad task"),
-                timestamp: self.unix_time_ms(now).unwrap_or(now.as_millis()),
+                timestamp: self.ota_timestamp(now),
             };
             let topic = Topic::OtaTaskResult {
                 thing: self.config.thing_id,
