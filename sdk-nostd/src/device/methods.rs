@@ -78,14 +78,13 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             thing: self.config.thing_id,
             method,
         };
-        let body: payload::MethodResponse<'_, ()> = payload::MethodResponse {
-            client_token,
-            code: method_code::NOT_FOUND,
-            message: Some("no such method"),
-            data: None,
-        };
         self.enqueue(topic, QoS::AtLeastOnce, None, &|w| {
-            wire::method_response(w, &body)
+            wire::method_response_without_data(
+                w,
+                client_token,
+                method_code::NOT_FOUND,
+                Some("no such method"),
+            )
         })
         .map_err(|_| Ignored::QueueFull)?;
         Ok(None)

@@ -92,6 +92,19 @@ pub(super) fn method_response<D: Serialize>(w: &mut JsonWriter<'_>, body: &Metho
 }
 
 #[cfg(feature = "methods")]
+/// [`MethodResponse`] without `data` (the device's own 404 for an unknown method): the same
+/// bytes as [`method_response`] with `data: None`, without the code for the data it never has.
+pub(super) fn method_response_without_data(
+    w: &mut JsonWriter<'_>,
+    token: &str,
+    code: u16,
+    message: Option<&str>,
+) {
+    method_response_head(w, token, code, message);
+    w.raw(b"}");
+}
+
+#[cfg(feature = "methods")]
 fn method_response_head(w: &mut JsonWriter<'_>, token: &str, code: u16, message: Option<&str>) {
     w.raw(b"{");
     write_token(w, Some(token));
@@ -284,6 +297,10 @@ mod tests {
                 data: None,
             };
             assert_eq!(hand(|w| method_response(w, &b)), serde(&b));
+            assert_eq!(
+                hand(|w| method_response_without_data(w, b.client_token, b.code, b.message)),
+                serde(&b)
+            );
             let b = MethodResponse {
                 client_token: "abc",
                 code: u16::MAX,
