@@ -332,7 +332,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
         for r in self.requests.iter_mut() {
-            if r.kind != (Kind::Get { internal: true }) {
+            if !matches!(r.kind, Kind::Get { internal: true }) {
                 r.state = ReqState::Failed;
             }
         }
@@ -362,7 +362,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             if let ReqState::Sent { deadline } = r.state
                 && deadline <= now
             {
-                if r.kind == (Kind::Get { internal: true }) {
+                if matches!(r.kind, Kind::Get { internal: true }) {
                     retry |= bit(usize::from(r.shadow));
                 }
                 r.state = ReqState::Failed;
@@ -570,7 +570,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let pos = self
             .requests
             .iter()
-            .position(|r| r.state == ReqState::Failed)?;
+            .position(|r| matches!(r.state, ReqState::Failed))?;
         let r = self.remove_request(pos)?;
         Some(Event::TimedOut {
             request: RequestId(r.id),

@@ -130,7 +130,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.conn.tx_len = used.saturating_sub(total);
         if let Some(id) = item.request
             && let Some(r) = self.requests.iter_mut().find(|r| r.id == id)
-            && r.state == ReqState::Queued
+            && matches!(r.state, ReqState::Queued)
         {
             r.state = ReqState::Sent {
                 deadline: now.add_millis(self.config.request_timeout_ms),

@@ -138,8 +138,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             let Some(r) = self.requests.get(i).copied() else {
                 break;
             };
-            let internal = r.kind == (Kind::Get { internal: true });
-            if internal && (!failed_only || r.state == ReqState::Failed) {
+            let internal = matches!(r.kind, Kind::Get { internal: true });
+            if internal && (!failed_only || matches!(r.state, ReqState::Failed)) {
                 continue;
             }
             if let Some(slot) = self.requests.get_mut(kept) {
@@ -172,7 +172,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
 
     /// A get of `shadow` finished (answered): the device's own get is done.
     pub(super) fn finish_get(&mut self, req: &Request) {
-        if req.kind == (Kind::Get { internal: true })
+        if matches!(req.kind, Kind::Get { internal: true })
             && let Some(g) = self.conn.gets.get_mut(usize::from(req.shadow))
         {
             *g = GetState::Idle;
@@ -227,7 +227,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         reported: Option<RawJson<'p>>,
         delta: Option<RawJson<'p>>,
     ) -> Result<Option<Event<'p>>, Ignored> {
-        let app = req.kind == (Kind::Get { internal: false });
+        let app = matches!(req.kind, Kind::Get { internal: false });
         let slot = self
             .session
             .applied
@@ -273,7 +273,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             self.finish_get(&req);
             return self.document(req, s, 0, None, None, None);
         }
-        if req.kind == (Kind::Get { internal: true }) {
+        if matches!(req.kind, Kind::Get { internal: true }) {
             warning!("get of shadow {} rejected with {}", s.index(), code);
             self.retry_get(s.index(), now, false);
             return Ok(None);
