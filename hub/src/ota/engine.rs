@@ -12,20 +12,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iothub_spec::code::OtaTaskState;
-use iothub_spec::payload::OtaResult;
-use iothub_spec::topic::Topic;
 use tokio::sync::{mpsc, oneshot};
 
-use super::machine::{self, Rejection, Step};
+use super::OtaError;
+use super::machine;
 use super::rate::Rate;
-use super::wire::{split_err_msg, task_payload};
-use super::{OtaError, client_token, task_id};
 use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::store::SharedStore;
-use crate::store::ota::{
-    OtaJobSettings, OtaJobStatus, OtaTaskRecord, OtaTaskWrite, OtaTemplate, OtaTransition,
-};
+use crate::store::ota::{OtaJobSettings, OtaJobStatus, OtaTaskRecord, OtaTaskWrite, OtaTemplate};
+
+mod tasks;
+
+use tasks::transition;
 
 /// Commands the engine takes per turn.
 const TURN: usize = 512;
@@ -141,31 +140,6 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
         if stop {
             return;
         }
-    }
-}
-
-/// Moves `rec` to `to` at `now` and returns the write that records it.
-fn transition(rec: &mut OtaTaskRecord, to: OtaTaskState, now: u64) -> OtaTaskWrite {
-    let t = OtaTransition {
-        attempt: rec.attempt,
-        from: Some(rec.status),
-        to,
-        at: now,
-        err_code: if to == OtaTaskState::Failed {
-            rec.err_code
-        } else {
-            None
-        },
-    };
-    rec.status = to;
-    rec.transitions = rec.transitions.saturating_add(1);
-    rec.updated_at = now;
-    if to.is_final() || to == OtaTaskState::Queued {
-        rec.deadline = None;
-    }
-    OtaTaskWrite {
-        record: rec.clone(),
-        transition: Some(t),
     }
 }
 
@@ -392,192 +366,6 @@ impl Engine {
                 self.by_thing.remove(thing);
             }
         }
-    }
-
-    /// A task reached a final state: retry it, or close it (and the job when it was the last).
-    fn ended(&mut self, job_id: &str, thing: &str, now: u64, turn: &mut Turn) {
-        let connected = self.bus.is_connected(thing);
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return;
-        };
-        let Some(rec) = job.tasks.get_mut(thing) else {
-            return;
-        };
-        if machine::retries(rec.status, rec.attempt, job.settings.retries) {
-            rec.attempt += 1;
-            rec.task_id = task_id(job_id, rec.attempt);
-            rec.client_token = client_token();
-            rec.progress = None;
-            rec.err_code = None;
-            rec.err_msg = None;
-            turn.writes.push(transition(rec, OtaTaskState::Queued, now));
-            if connected {
-                job.ready.push_back(thing.to_owned());
-            } else {
-                job.waiting.insert(thing.to_owned());
-            }
-            return;
-        }
-        // The ended task stays findable until its job ends, so later results for it are refused
-        // as coming after a final state.
-        job.open = job.open.saturating_sub(1);
-        if job.open == 0 {
-            self.finish(job_id, OtaJobStatus::Completed, now, turn);
-        }
-    }
-
-    fn reject(thing: &str, task: Option<&str>, why: Rejection) {
-        tracing::warn!(%thing, task = task.unwrap_or(""), reason = %why, "ota result rejected");
-    }
-
-    fn result(&mut self, thing: &str, payload: &[u8], now: u64, turn: &mut Turn) {
-        let Some((err_msg, rest)) = split_err_msg(payload) else {
-            return Self::reject(thing, None, Rejection::Malformed);
-        };
-        let Ok(r) = serde_json::from_slice::<OtaResult>(&rest) else {
-            return Self::reject(thing, None, Rejection::Malformed);
-        };
-        let found = self.by_thing.get(thing).and_then(|jobs| {
-            jobs.iter().find(|j| {
-                self.jobs
-                    .get(*j)
-                    .and_then(|job| job.tasks.get(thing))
-                    .is_some_and(|t| t.task_id == r.task_id)
-            })
-        });
-        let Some(job_id) = found.cloned() else {
-            return Self::reject(thing, Some(r.task_id), Rejection::NoSuchTask);
-        };
-        let Some(rec) = self
-            .jobs
-            .get_mut(&job_id)
-            .and_then(|job| job.tasks.get_mut(thing))
-        else {
-            return;
-        };
-        if rec.client_token != r.client_token {
-            return Self::reject(thing, Some(r.task_id), Rejection::WrongToken);
-        }
-        match machine::on_result(rec.status, rec.progress, r.status, r.progress) {
-            Err(why) => Self::reject(thing, Some(r.task_id), why),
-            Ok(Step::Progress(p)) => {
-                rec.progress = p;
-                rec.updated_at = now;
-                turn.writes.push(OtaTaskWrite {
-                    record: rec.clone(),
-                    transition: None,
-                });
-            }
-            Ok(Step::Move(to, p)) => {
-                rec.progress = p;
-                if to == OtaTaskState::Failed {
-                    rec.err_code = r.err_code;
-                    rec.err_msg = err_msg;
-                }
-                turn.writes.push(transition(rec, to, now));
-                if to.is_final() {
-                    self.ended(&job_id, thing, now, turn);
-                }
-            }
-        }
-    }
-
-    /// The thing can receive tasks: queued ones join the rollout, sent ones go again.
-    fn ready(&mut self, thing: &str, turn: &mut Turn) {
-        let Some(jobs) = self.by_thing.get(thing) else {
-            return;
-        };
-        for job_id in jobs {
-            let Some(job) = self.jobs.get_mut(job_id) else {
-                continue;
-            };
-            let Some(rec) = job.tasks.get(thing) else {
-                continue;
-            };
-            match rec.status {
-                OtaTaskState::Queued if job.waiting.remove(thing) => {
-                    job.ready.push_back(thing.to_owned());
-                }
-                OtaTaskState::Sent => {
-                    if let Some(p) = task_payload(&job.template, rec) {
-                        tracing::debug!(%thing, job = %job_id, "ota task sent again");
-                        turn.publish.push((Topic::OtaTask { thing }.to_string(), p));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Times out overdue tasks.
-    fn expire(&mut self, now: u64, turn: &mut Turn) {
-        while let Some(Reverse((at, _, _, _))) = self.deadlines.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((at, job_id, thing, attempt))) = self.deadlines.pop() else {
-                break;
-            };
-            let Some(rec) = self
-                .jobs
-                .get_mut(&job_id)
-                .and_then(|job| job.tasks.get_mut(&thing))
-            else {
-                continue;
-            };
-            if rec.attempt != attempt || rec.deadline != Some(at) || !machine::times_out(rec.status)
-            {
-                continue;
-            }
-            tracing::info!(%thing, job = %job_id, "ota task timed out");
-            turn.writes
-                .push(transition(rec, OtaTaskState::TimedOut, now));
-            self.ended(&job_id, &thing, now, turn);
-        }
-    }
-
-    /// Sends what each job's rate allows.
-    fn pace(&mut self, now: u64, turn: &mut Turn) {
-        for (job_id, job) in &mut self.jobs {
-            while !job.ready.is_empty() && job.rate.may_send(now) {
-                let Some(thing) = job.ready.pop_front() else {
-                    break;
-                };
-                let Some(rec) = job.tasks.get_mut(&thing) else {
-                    continue;
-                };
-                if rec.status != OtaTaskState::Queued {
-                    continue;
-                }
-                if !self.bus.is_connected(&thing) {
-                    job.waiting.insert(thing);
-                    continue;
-                }
-                let deadline = now.saturating_add(job.settings.timeout_ms);
-                rec.deadline = Some(deadline);
-                turn.writes.push(transition(rec, OtaTaskState::Sent, now));
-                if let Some(p) = task_payload(&job.template, rec) {
-                    turn.publish
-                        .push((Topic::OtaTask { thing: &thing }.to_string(), p));
-                }
-                self.deadlines
-                    .push(Reverse((deadline, job_id.clone(), thing, rec.attempt)));
-                job.rate.sent(now);
-            }
-        }
-    }
-
-    /// When the engine must next look at its timers, ms.
-    fn next_wake(&self, now: u64) -> Option<u64> {
-        let mut wake = self.deadlines.peek().map(|Reverse((at, ..))| *at);
-        for job in self.jobs.values() {
-            if job.ready.is_empty() {
-                continue;
-            }
-            let at = job.rate.next_at(now);
-            wake = Some(wake.map_or(at, |w| w.min(at)));
-        }
-        wake
     }
 
     /// Stores the turn, then publishes and answers.
