@@ -8,8 +8,6 @@
 //! lines of text and every figure already lives in [`crate::stats::Stats`], so a metrics
 //! registry would only copy them. Served by axum, the hub's HTTP stack.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -19,11 +17,14 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use crate::fleet::{Fleet, Phase};
 use crate::resources;
+
+mod text;
+
+use text::Writer;
 
 /// Content type of the Prometheus text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -367,98 +368,6 @@ fn fleet_metrics(w: &mut Writer, fleet: &Fleet) {
     for (interaction, l) in s.latencies() {
         w.summary(name, interaction, &l.snapshot());
     }
-}
-
-/// Prometheus text, written line by line.
-struct Writer(String);
-
-impl Writer {
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Value) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
-        }
-        self.0.push(' ');
-        value.write(&mut self.0);
-        self.0.push('\n');
-    }
-
-    fn counter(&mut self, name: &str, help: &str, v: u64) {
-        self.header(name, help, "counter");
-        self.sample(name, &[], v);
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, v: u64) {
-        self.header(name, help, "gauge");
-        self.sample(name, &[], v);
-    }
-
-    fn kinds(&mut self, name: &str, help: &str, label: &str, counts: &BTreeMap<String, u64>) {
-        self.header(name, help, "counter");
-        for (kind, n) in counts {
-            self.sample(name, &[(label, kind)], *n);
-        }
-    }
-
-    fn summary(&mut self, name: &str, interaction: &str, h: &Histogram<u64>) {
-        let secs = |us: u64| us as f64 / 1e6;
-        for q in QUANTILES {
-            let v = if h.is_empty() {
-                f64::NAN
-            } else {
-                secs(h.value_at_quantile(q))
-            };
-            let q = q.to_string();
-            self.sample(name, &[("interaction", interaction), ("quantile", &q)], v);
-        }
-        let sum = h.mean() * h.len() as f64 / 1e6;
-        self.sample(&format!("{name}_sum"), &[("interaction", interaction)], sum);
-        self.sample(
-            &format!("{name}_count"),
-            &[("interaction", interaction)],
-            h.len(),
-        );
-    }
-}
-
-/// A sample value in the text format.
-trait Value {
-    fn write(self, out: &mut String);
-}
-
-impl Value for u64 {
-    fn write(self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
-
-impl Value for f64 {
-    fn write(self, out: &mut String) {
-        if self.is_nan() {
-            out.push_str("NaN");
-        } else {
-            let _ = write!(out, "{self}");
-        }
-    }
-}
-
-/// A label value with `\`, `"` and newlines escaped as the text format requires.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
