@@ -1,5 +1,6 @@
 use super::*;
-use serde_json::json;
+use crate::store::{NewThing, ShadowWrite, Store};
+use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 
 fn url(dir: &TempDir) -> String {
