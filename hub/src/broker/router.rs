@@ -10,7 +10,8 @@
 //! `Vec` of exactly its subscriptions (filter, subscriber `Id`, options): ~0.65 KB per thing by
 //! estimate (map slot, id, 5 x 40 B entries, 5 filter strings). Measured with release builds,
 //! 2,000 idle connected things (`iothub-sim run --rate 0`), hub RSS per thing: 30,463 B with
-//! rmqtt's router, 22,550 B with this one (two runs each; -7.9 KB, -26%).
+//! rmqtt's router, 22,550 B with this one (two runs each; -7.9 KB); with rmqtt-net's 512-byte
+//! connection buffers (`vendor/`) 23,830 B with rmqtt's router, 15,000 B with this one.
 //!
 //! A filter goes to the per-thing map when `iothub_spec::topic::filter_thing` names the one
 //! thing it is confined to; a topic is looked up there under `iothub_spec::topic::topic_thing`,
