@@ -1,3 +1,6 @@
+//! Unit tests and proptests of the JSON scanner, the one-pass split checked against a reference
+//! split built on [`Members`].
+
 use super::*;
 use proptest::prelude::*;
 use std::string::String;
