@@ -307,8 +307,8 @@ async fn service_user_wildcard_and_thing_filters_merge_and_unsubscribe() {
 }
 
 /// A device that unsubscribes its delta filter gets no more deltas; subscribing again brings
-/// them back. (The hub's own publishes carry no MQTT 5 properties, and rmqtt then sends no
-/// subscription identifiers, whichever router: only the delivery is checked here.)
+/// them back. The hub's own publishes (the deltas) carry the subscription identifier of the
+/// filter that matched, as MQTT 5 3.3.4 requires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_unsubscribe_stops_delivery() {
     let hub = Hub::start();
@@ -320,7 +320,11 @@ async fn device_unsubscribe_stops_delivery() {
     device.subscribe(&updates, 1).await;
 
     set_desired(&hub, &thing, json!({"v": 1})).await;
-    assert!(device.message_on(&delta, STEP).await.is_some(), "delta");
+    assert_eq!(
+        device.message_on(&delta, STEP).await,
+        Some(vec![1]),
+        "delta"
+    );
 
     device.unsubscribe(&updates).await;
     device.buffered.clear();
@@ -333,8 +337,9 @@ async fn device_unsubscribe_stops_delivery() {
 
     device.subscribe(&updates, 2).await;
     set_desired(&hub, &thing, json!({"v": 3})).await;
-    assert!(
-        device.message_on(&delta, STEP).await.is_some(),
+    assert_eq!(
+        device.message_on(&delta, STEP).await,
+        Some(vec![2]),
         "delta after subscribing again"
     );
 }

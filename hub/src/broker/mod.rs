@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rmqtt::codec::types::Publish as CodecPublish;
 use rmqtt::codec::types::QoS;
+use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::Type;
 use rmqtt::net::Builder;
@@ -215,7 +216,9 @@ impl Bus for RmqttBus {
             topic: topic.into(),
             packet_id: None,
             payload,
-            properties: None,
+            // Empty, but present: rmqtt adds an MQTT 5 subscriber's subscription identifiers
+            // only to a message that has properties (MQTT 5 3.3.4: they must be sent).
+            properties: Some(PublishProperties::default()),
         };
         let publish = Publish::new(
             Box::new(publish),
