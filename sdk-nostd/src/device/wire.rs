@@ -9,7 +9,7 @@
 use iothub_spec::payload::GetRequest;
 #[cfg(feature = "methods")]
 use iothub_spec::payload::MethodResponse;
-#[cfg(test)]
+#[cfg(any(doc, all(test, feature = "methods", feature = "ntp", feature = "ota")))]
 use iothub_spec::payload::UpdateRequest;
 #[cfg(feature = "ntp")]
 use iothub_spec::payload::{NtpRequest, NtpResponse};
