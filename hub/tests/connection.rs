@@ -6,23 +6,6 @@ mod support;
 use serde_json::json;
 use support::*;
 
-/// Runs `$name(Proto)` as two tests, `$name::v311` and `$name::v5`.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v311() {
-                super::$name(Proto::V311).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v5() {
-                super::$name(Proto::V5).await
-            }
-        }
-    };
-}
-
 /// The CONNACK codes S-1.3 allows for bad credentials / not authorized.
 fn refused_codes(proto: Proto) -> [u8; 2] {
     match proto {

@@ -7,23 +7,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-/// Runs `$name(Proto)` as two tests, `$name::v311` and `$name::v5`.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v311() {
-                super::$name(Proto::V311).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v5() {
-                super::$name(Proto::V5).await
-            }
-        }
-    };
-}
-
 fn presence_topic(id: &str) -> String {
     format!("{}/presence", thing_topic(id))
 }

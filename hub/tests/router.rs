@@ -15,23 +15,6 @@ use serde_json::json;
 use support::*;
 use tokio::sync::mpsc;
 
-/// Runs `$name(Proto)` as two tests, `$name::v311` and `$name::v5`.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v311() {
-                super::$name(Proto::V311).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v5() {
-                super::$name(Proto::V5).await
-            }
-        }
-    };
-}
-
 /// The filters a device subscribes (S-2), written from SPEC.md.
 fn device_filters(thing: &str) -> [String; 5] {
     let t = thing_topic(thing);

@@ -6,23 +6,6 @@ mod support;
 use serde_json::{Value, json};
 use support::*;
 
-/// Runs `$name(Proto)` as two tests, `$name::v311` and `$name::v5`.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v311() {
-                super::$name(Proto::V311).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn v5() {
-                super::$name(Proto::V5).await
-            }
-        }
-    };
-}
-
 fn ts(v: &Value) -> u64 {
     v.as_u64()
         .unwrap_or_else(|| panic!("timestamp must be an integer of ms, got {v}"))

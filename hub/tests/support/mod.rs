@@ -17,6 +17,26 @@ mod mqtt;
 pub use hub::*;
 pub use mqtt::*;
 
+/// Runs the test function `$name(Proto)` twice, as `$name::v311` and `$name::v5`.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v311() {
+                super::$name(Proto::V311).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn v5() {
+                super::$name(Proto::V5).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both;
+
 /// Bearer token every test hub is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// The service user every test hub is configured with (S-1.5).
