@@ -1,25 +1,25 @@
 //! The sans-IO device state machine.
 
-mod commands;
-mod inputs;
 #[cfg(feature = "methods")]
 mod methods;
 #[cfg(feature = "ntp")]
 mod ntp;
 #[cfg(feature = "ota")]
 mod ota;
-mod outputs;
 mod queue;
 mod requests;
 mod wire;
 
 use heapless::{Deque, Vec};
 use iothub_spec::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
-use iothub_spec::limits::MAX_TOPIC_LEN;
+use iothub_spec::limits::{MAX_TOPIC_LEN, json_depth_exceeds};
+use iothub_spec::payload::{self, field};
 use iothub_spec::topic::{Filter, Topic, TopicError};
+use serde::Serialize;
 
-use crate::json;
+use crate::fmt::debug;
 use crate::json::writer::JsonWriter;
+use crate::json::{self, JsonError, bit};
 use crate::time::Instant;
 use crate::types::*;
 
@@ -298,6 +298,408 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             #[cfg(feature = "ntp")]
             ntp: None,
         })
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// The MQTT connection is up (CONNACK accepted). `session_present` is the CONNACK flag.
+    ///
+    /// On the first connection, or when the broker kept no session, the device queues its
+    /// subscriptions and a `get` of every shadow.
+    pub fn handle_connected(&mut self, now: Instant, session_present: bool) {
+        if self.conn.up {
+            self.handle_disconnected(now);
+        }
+        self.conn = Connection::new();
+        self.conn.up = true;
+        if !session_present || !self.session.started {
+            let filters = self.filter_count();
+            // The low `filters` bits (all 64 when `bit` gives 0).
+            self.conn.subs_pending = bit(filters).wrapping_sub(1);
+            for g in self.conn.gets.iter_mut().take(self.config.shadows.len()) {
+                *g = GetState::Wanted {
+                    not_before: now,
+                    attempt: 0,
+                };
+            }
+        }
+        self.session.started = true;
+        debug!("connected at {} ms", now.as_millis());
+    }
+
+    /// The MQTT connection ended. Requests in flight fail ([`Event::TimedOut`]), the transmit
+    /// queue is dropped, and a running NTP exchange ends with the samples it has.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        let _ = now;
+        for r in self.requests.iter_mut() {
+            if !matches!(r.kind, Kind::Get { internal: true }) {
+                r.state = ReqState::Failed;
+            }
+        }
+        self.drop_internal_gets(false);
+        #[cfg(feature = "ntp")]
+        if let Some(ntp) = self.ntp.as_mut() {
+            ntp.outstanding = None;
+            ntp.finished = true;
+        }
+        self.conn = Connection::new();
+    }
+
+    /// The broker answered a SUBSCRIBE: `granted` is false for a SUBACK failure (reported as
+    /// [`Event::SubscribeFailed`]). Optional: a driver that cannot tell may skip it.
+    pub fn handle_suback(&mut self, now: Instant, id: SubscriptionId, granted: bool) {
+        let _ = now;
+        if !granted {
+            self.conn.subs_failed |= bit(id.index());
+        }
+    }
+
+    /// Time has reached the instant [`Device::poll_timeout`] gave (or later): requests without
+    /// an answer fail, the device's own gets are retried with backoff, NTP moves on.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut retry: u64 = 0;
+        for r in self.requests.iter_mut() {
+            if let ReqState::Sent { deadline } = r.state
+                && deadline <= now
+            {
+                if matches!(r.kind, Kind::Get { internal: true }) {
+                    retry |= bit(usize::from(r.shadow));
+                }
+                r.state = ReqState::Failed;
+            }
+        }
+        self.drop_internal_gets(true);
+        for i in 0..SHADOWS {
+            if retry & bit(i) != 0 {
+                self.retry_get(i, now, true);
+            }
+        }
+        #[cfg(feature = "ntp")]
+        if let Some(ntp) = self.ntp.as_mut()
+            && let Some((_, deadline)) = ntp.outstanding
+            && deadline <= now
+        {
+            ntp.outstanding = None;
+            if ntp.attempts_left == 0 {
+                ntp.finished = true;
+            }
+        }
+    }
+
+    /// A PUBLISH arrived on `topic` with `payload`.
+    ///
+    /// Returns the event it produced, borrowing `topic` and `payload`; `Ok(None)` when the
+    /// message was consumed without one (an NTP sample that is not the last, a call of an
+    /// unknown method answered 404); `Err` when it was dropped, with the reason. Never panics,
+    /// whatever the bytes.
+    pub fn handle_publish<'p>(
+        &mut self,
+        now: Instant,
+        topic: &'p str,
+        payload: &'p [u8],
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let topic = Topic::parse(topic).map_err(Ignored::Topic)?;
+        if topic.thing() != self.config.thing_id {
+            return Err(Ignored::OtherThing);
+        }
+        // Checked as UTF-8 once, here: every member split from it below is a `str` already.
+        let Ok(payload) = core::str::from_utf8(payload) else {
+            return Err(Ignored::NotUtf8);
+        };
+        if json_depth_exceeds(payload.as_bytes(), self.config.max_input_depth) {
+            return Err(Ignored::Json(JsonError::TooDeep));
+        }
+        let depth = self.config.max_input_depth;
+        let shadow = match topic.shadow() {
+            Some(name) => Some(self.shadow_id(name).ok_or(Ignored::UnknownShadow)?),
+            None => None,
+        };
+        match (topic, shadow) {
+            (Topic::ShadowGetAccepted { .. }, Some(s)) => self.on_get_accepted(now, s, payload),
+            // One arm for the rejections, the replies to an update and deltas: each carries a
+            // number (the code of a rejection, or a version) and one other member (the
+            // clientToken, or the delta's state), split in one call.
+            (
+                Topic::ShadowGetRejected { .. }
+                | Topic::ShadowUpdateAccepted { .. }
+                | Topic::ShadowUpdateRejected { .. }
+                | Topic::ShadowUpdateDelta { .. },
+                Some(s),
+            ) => {
+                let (number_key, other_key) = match topic {
+                    Topic::ShadowUpdateAccepted { .. } => (field::VERSION, field::CLIENT_TOKEN),
+                    Topic::ShadowUpdateDelta { .. } => (field::VERSION, field::STATE),
+                    _ => (field::CODE, field::CLIENT_TOKEN),
+                };
+                let [number, other] = json::split_str(payload, [number_key, other_key], depth)
+                    .map_err(Ignored::Json)?;
+                let number = number.and_then(as_u64).ok_or(Ignored::Malformed)?;
+                match topic {
+                    Topic::ShadowUpdateAccepted { .. } => Ok(Some(Event::Accepted {
+                        request: self.take_request(other, s, Kind::Update)?,
+                        shadow: s,
+                        version: number,
+                    })),
+                    Topic::ShadowUpdateRejected { .. } => Ok(Some(Event::Rejected {
+                        request: self.take_request(other, s, Kind::Update)?,
+                        shadow: s,
+                        code: u16::try_from(number).unwrap_or(u16::MAX),
+                    })),
+                    Topic::ShadowGetRejected { .. } => self.on_get_rejected(now, s, number, other),
+                    _ => self.on_delta(s, number, other),
+                }
+            }
+            (Topic::ShadowUpdateDocuments { .. }, Some(_)) => Err(Ignored::Echo),
+            #[cfg(feature = "methods")]
+            (Topic::MethodRequest { method, .. }, _) => self.on_method(method, payload),
+            #[cfg(feature = "ntp")]
+            (Topic::NtpResponse { .. }, _) => self.on_ntp(now, payload),
+            #[cfg(feature = "ota")]
+            (Topic::OtaTask { .. }, _) => self.on_ota_task(now, payload),
+            _ => Err(Ignored::NotForDevice),
+        }
+    }
+
+    /// A delta of shadow `s` at `version` with its `state` member: handed to the application
+    /// only when newer than the last one applied.
+    fn on_delta<'p>(
+        &mut self,
+        s: ShadowId,
+        version: u64,
+        state: Option<&'p str>,
+    ) -> Result<Option<Event<'p>>, Ignored> {
+        let state = state
+            .filter(|v| is_object(v))
+            .map(raw_json)
+            .ok_or(Ignored::Malformed)?;
+        let slot = self
+            .session
+            .applied
+            .get_mut(s.index())
+            .ok_or(Ignored::UnknownShadow)?;
+        if slot.is_some_and(|a| version <= a) {
+            return Err(Ignored::Stale);
+        }
+        *slot = Some(version);
+        Ok(Some(Event::Delta(DeltaEvent {
+            shadow: s,
+            version,
+            state,
+        })))
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    /// The next message to send, written into `buf` (topic then payload); `Ok(None)` when there
+    /// is nothing to send (always while disconnected).
+    ///
+    /// Call it in a loop after every input and command. A `buf` of [`MAX_TOPIC_LEN`] bytes plus
+    /// the largest payload always suffices; when it is too small the message stays queued and
+    /// [`Error::BufferTooSmall`] is returned. A request's timeout starts when it is returned here.
+    pub fn poll_transmit<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Result<Option<Transmit<'b>>, Error> {
+        if !self.conn.up {
+            return Ok(None);
+        }
+        if self.conn.subs_pending != 0 {
+            let i = self.conn.subs_pending.trailing_zeros() as usize;
+            // Clears bit `i`, the lowest one set (no variable 64-bit shift).
+            let rest = self.conn.subs_pending & self.conn.subs_pending.wrapping_sub(1);
+            let Some(filter) = self.filter(i) else {
+                self.conn.subs_pending = rest;
+                return Ok(None);
+            };
+            let filter = filter.write_to(buf).map_err(map_topic_err)?;
+            self.conn.subs_pending = rest;
+            return Ok(Some(Transmit::Subscribe {
+                id: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
+                filter,
+                qos: QoS::AtLeastOnce,
+            }));
+        }
+        if let Some(t) = self.poll_get(now)? {
+            // Reborrow dance: the get is written into `buf` below to keep one borrow.
+            return self.transmit_get(now, t, buf).map(Some);
+        }
+        #[cfg(feature = "ntp")]
+        if let Some(ntp) = self.ntp.as_mut()
+            && !ntp.finished
+            && ntp.outstanding.is_none()
+            && ntp.attempts_left > 0
+        {
+            let thing = self.config.thing_id;
+            let send = now.as_millis();
+            let body = payload::NtpRequest {
+                client_send_time: send,
+            };
+            let t = write_publish(
+                buf,
+                Topic::NtpRequest { thing },
+                &|w| wire::ntp_request(w, &body),
+                QoS::AtLeastOnce,
+            )?;
+            ntp.attempts_left -= 1;
+            ntp.outstanding = Some((send, now.add_millis(self.config.request_timeout_ms)));
+            return Ok(Some(t));
+        }
+        self.pop_queued(now, buf)
+    }
+
+    /// The next event caused by time or the connection: a request that timed out or lost its
+    /// connection, an NTP exchange that ended on a timeout, a refused subscription. Call it in a
+    /// loop until `None`. (Events caused by a message come from [`Device::handle_publish`].)
+    pub fn poll_event(&mut self) -> Option<Event<'static>> {
+        if self.conn.subs_failed != 0 {
+            let i = self.conn.subs_failed.trailing_zeros();
+            // Clears bit `i`, the lowest one set.
+            self.conn.subs_failed &= self.conn.subs_failed.wrapping_sub(1);
+            return Some(Event::SubscribeFailed {
+                subscription: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
+            });
+        }
+        #[cfg(feature = "ntp")]
+        if let Some(ntp) = self.ntp
+            && ntp.finished
+        {
+            self.ntp = None;
+            return Some(self.finish_ntp(ntp));
+        }
+        let pos = self
+            .requests
+            .iter()
+            .position(|r| matches!(r.state, ReqState::Failed))?;
+        let r = self.remove_request(pos)?;
+        Some(Event::TimedOut {
+            request: RequestId(r.id),
+        })
+    }
+
+    /// When [`Device::handle_timeout`] must be called next, `None` when no timer is needed.
+    ///
+    /// May be in the past; then call `handle_timeout` right away.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(match next {
+                Some(n) if n <= t => n,
+                _ => t,
+            });
+        };
+        for r in &self.requests {
+            if let ReqState::Sent { deadline } = r.state {
+                consider(deadline);
+            }
+        }
+        #[cfg(feature = "ntp")]
+        if let Some((_, deadline)) = self.ntp.and_then(|n| n.outstanding) {
+            consider(deadline);
+        }
+        if self.conn.up {
+            for g in &self.conn.gets {
+                if let GetState::Wanted {
+                    not_before,
+                    attempt,
+                } = *g
+                    && attempt > 0
+                {
+                    // A retry waiting for its backoff; first attempts go out on the next poll.
+                    consider(not_before);
+                }
+            }
+        }
+        next
+    }
+
+    // ----- application commands -----------------------------------------------------------
+
+    /// Reports `reported` as the shadow's `state.reported` (S-3.3), a partial update merged by the
+    /// hub (use [`crate::Patch`] fields to delete keys).
+    pub fn report<R: Serialize>(
+        &mut self,
+        now: Instant,
+        shadow: ShadowId,
+        reported: &R,
+    ) -> Result<RequestId, Error> {
+        let state: payload::ShadowState<(), &R, ()> = payload::ShadowState {
+            desired: None,
+            reported: Some(reported),
+            delta: None,
+        };
+        let _ = now;
+        self.update_with(shadow, None, &|w| wire::reported_state(w, &state))
+    }
+
+    /// Sends an update request with `state` as its `state` object (for example a
+    /// [`iothub_spec::payload::ShadowState`] with desired and/or reported), and `version` for an
+    /// optimistic-concurrency check (S-3.4). Answered by [`Event::Accepted`],
+    /// [`Event::Rejected`] or [`Event::TimedOut`].
+    pub fn update<S: Serialize>(
+        &mut self,
+        now: Instant,
+        shadow: ShadowId,
+        state: &S,
+        version: Option<u64>,
+    ) -> Result<RequestId, Error> {
+        let _ = now;
+        self.update_with(shadow, version, &|w| w.value(state))
+    }
+
+    /// An update request whose `state` member `state` writes (one copy for every state type).
+    fn update_with(
+        &mut self,
+        shadow: ShadowId,
+        version: Option<u64>,
+        state: &dyn Fn(&mut JsonWriter<'_>),
+    ) -> Result<RequestId, Error> {
+        let name = self.request_checks(shadow)?;
+        let id = self.session.next_id;
+        let seed = self.config.token_seed;
+        let topic = Topic::ShadowUpdate {
+            thing: self.config.thing_id,
+            shadow: name,
+        };
+        self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
+            wire::update_envelope(w, state, seed, id, version)
+        })?;
+        self.push_request(id, Kind::Update, shadow)
+    }
+
+    /// Asks for the shadow's document; answered by [`Event::Shadow`] (or [`Event::Accepted`]
+    /// when the document is older than what was applied), [`Event::Rejected`] or
+    /// [`Event::TimedOut`].
+    pub fn get_shadow(&mut self, now: Instant, shadow: ShadowId) -> Result<RequestId, Error> {
+        let _ = now;
+        let name = self.request_checks(shadow)?;
+        let id = self.session.next_id;
+        let seed = self.config.token_seed;
+        let topic = Topic::ShadowGet {
+            thing: self.config.thing_id,
+            shadow: name,
+        };
+        self.enqueue(topic, QoS::AtLeastOnce, Some(id), &|w| {
+            wire::get_request(w, seed, id)
+        })?;
+        self.push_request(id, Kind::Get { internal: false }, shadow)
+    }
+
+    /// Publishes `value` as telemetry on `T/messages/property`.
+    pub fn publish_telemetry<T: Serialize>(
+        &mut self,
+        now: Instant,
+        value: &T,
+        qos: QoS,
+    ) -> Result<(), Error> {
+        let _ = now;
+        if !self.conn.up {
+            return Err(Error::NotConnected);
+        }
+        let topic = Topic::Property {
+            thing: self.config.thing_id,
+        };
+        self.enqueue(topic, qos, None, &|w| w.value(value))
     }
 
     // ----- queries ------------------------------------------------------------------------
