@@ -236,9 +236,10 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
+                Some(Err((e, told))) => {
                     core.handle_disconnected(now());
                     eprintln!("shim-nostd: connection lost ({e})");
+                    let _ = told.send(());
                 }
             },
             _ = tokio::time::sleep_until(timer) => core.handle_timeout(now()),
@@ -256,27 +257,41 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A connection error, with the way to tell `drive` that the core knows the connection is gone.
+type Lost = (String, tokio::sync::oneshot::Sender<()>);
+
 /// Polls rumqttc's event loop and hands every event to the main loop; after a connection
 /// error waits the backoff before the next attempt (polling again reconnects).
 async fn drive(
     mut eventloop: rumqttc::v5::EventLoop,
-    tx: tokio::sync::mpsc::Sender<Result<MqttEvent, String>>,
+    tx: tokio::sync::mpsc::Sender<Result<MqttEvent, Lost>>,
 ) {
     let mut failures: u32 = 0;
     loop {
-        let ev = eventloop.poll().await;
-        let failed = ev.is_err();
-        if matches!(ev, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) {
-            failures = 0;
-        }
-        if tx.send(ev.map_err(|e| e.to_string())).await.is_err() {
+        let e = match eventloop.poll().await {
+            Ok(ev) => {
+                if matches!(ev, MqttEvent::Incoming(Packet::ConnAck(_))) {
+                    failures = 0;
+                }
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => e,
+        };
+        let (told, core_knows) = tokio::sync::oneshot::channel();
+        if tx.send(Err((e.to_string(), told))).await.is_err() || core_knows.await.is_err() {
             return;
         }
-        if failed {
-            let wait = backoff(failures);
-            failures = failures.saturating_add(1);
-            tokio::time::sleep(wait).await;
-        }
+        // What the main loop handed to rumqttc before the core learned of the loss belongs to
+        // the old connection: rumqttc would send it first on the new one, before the core's
+        // SUBSCRIBEs (SPEC S-2). The core re-sends what it still needs after reconnecting.
+        eventloop.clean();
+        eventloop.pending.clear();
+        let wait = backoff(failures);
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(wait).await;
     }
 }
 
