@@ -155,8 +155,8 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 ///    it fires call [`Device::handle_timeout`], then step 5.
 ///
 /// Application commands ([`Device::report`], [`Device::update`], [`Device::get_shadow`],
-/// [`Device::respond`], [`Device::request_ntp`], [`Device::report_ota`],
-/// [`Device::publish_telemetry`]) serialize their message into the transmit queue and are refused
+/// `Device::respond`, `Device::request_ntp`, `Device::report_ota` (features `methods`, `ntp`,
+/// `ota`), [`Device::publish_telemetry`]) serialize their message into the transmit queue and are refused
 /// with [`Error::NotConnected`] while disconnected. Requests return a [`RequestId`]; exactly one
 /// event answers each: [`Event::Accepted`], [`Event::Rejected`], [`Event::Shadow`],
 /// [`Event::Ntp`] or [`Event::TimedOut`], the latter at most [`Config::request_timeout_ms`]

@@ -180,7 +180,7 @@ pub struct ShadowEvent<'p> {
 /// A direct-method call (S-5.1) for a method listed in [`Config::methods`] (or any method with
 /// [`Config::all_methods`]).
 ///
-/// Answer it with [`crate::Device::respond`] using `method` and `client_token`. Calls of any
+/// Answer it with `Device::respond` (feature `methods`) using `method` and `client_token`. Calls of any
 /// other method are answered 404 by the device itself (S-5.2) and never reach the application.
 /// MQTT delivers at least once: the same call may come twice; the hub keeps the first answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,8 +208,8 @@ pub enum Event<'p> {
     Shadow(ShadowEvent<'p>),
     /// A direct-method call to answer.
     MethodCall(MethodCall<'p>),
-    /// A new OTA task (S-7.1); report progress with [`crate::Device::report_ota`]. Strings are
-    /// borrowed from the payload, escapes left as they are.
+    /// A new OTA task (S-7.1); report progress with `Device::report_ota` (feature `ota`).
+    /// Strings are borrowed from the payload, escapes left as they are.
     OtaTask(OtaTask<'p>),
     /// An NTP exchange finished with at least one answer (the best sample kept).
     Ntp {
