@@ -263,5 +263,5 @@ impl ShadowService {
 }
 
 #[cfg(test)]
-#[path = "service_tests.rs"]
+#[path = "service_tests/mod.rs"]
 mod tests;
