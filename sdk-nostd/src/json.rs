@@ -432,11 +432,11 @@ pub fn split<'j, const N: usize>(
 #[inline(always)]
 pub(crate) fn split_str<'j, const N: usize>(
     text: &'j str,
-    keys: [&str; N],
+    keys: &[&str; N],
     max_depth: usize,
 ) -> Result<[Option<&'j str>; N], JsonError> {
     let mut out: [Option<&'j str>; N] = [None; N];
-    split_into(text, &keys, &mut out, max_depth, false)?;
+    split_into(text, keys, &mut out, max_depth, false)?;
     Ok(out)
 }
 
@@ -447,11 +447,11 @@ pub(crate) fn split_str<'j, const N: usize>(
 #[inline(always)]
 pub(crate) fn split_unique<'j, const N: usize>(
     text: &'j str,
-    keys: [&str; N],
+    keys: &[&str; N],
     max_depth: usize,
 ) -> Result<[Option<&'j str>; N], JsonError> {
     let mut out: [Option<&'j str>; N] = [None; N];
-    split_into(text, &keys, &mut out, max_depth, true)?;
+    split_into(text, keys, &mut out, max_depth, true)?;
     Ok(out)
 }
 

@@ -138,13 +138,14 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 | Topic::ShadowUpdateDelta { .. },
                 Some(s),
             ) => {
-                let (number_key, other_key) = match topic {
-                    Topic::ShadowUpdateAccepted { .. } => (field::VERSION, field::CLIENT_TOKEN),
-                    Topic::ShadowUpdateDelta { .. } => (field::VERSION, field::STATE),
-                    _ => (field::CODE, field::CLIENT_TOKEN),
+                // Static key tables (in flash), not arrays built on the stack at each call.
+                let keys: &[&str; 2] = match topic {
+                    Topic::ShadowUpdateAccepted { .. } => &[field::VERSION, field::CLIENT_TOKEN],
+                    Topic::ShadowUpdateDelta { .. } => &[field::VERSION, field::STATE],
+                    _ => &[field::CODE, field::CLIENT_TOKEN],
                 };
-                let [number, other] = json::split_str(payload, [number_key, other_key], depth)
-                    .map_err(Ignored::Json)?;
+                let [number, other] =
+                    json::split_str(payload, keys, depth).map_err(Ignored::Json)?;
                 let number = number.and_then(as_u64).ok_or(Ignored::Malformed)?;
                 match topic {
                     Topic::ShadowUpdateAccepted { .. } => Ok(Some(Event::Accepted {

@@ -57,7 +57,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     ) -> Result<Option<Event<'p>>, Ignored> {
         let [tok, data] = json::split_str(
             payload,
-            [field::CLIENT_TOKEN, field::DATA],
+            &[field::CLIENT_TOKEN, field::DATA],
             self.config.max_input_depth,
         )
         .map_err(Ignored::Json)?;

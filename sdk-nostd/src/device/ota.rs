@@ -164,7 +164,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let max = self.config.limits.max_client_token;
         let Ok([tid, tok]) = json::split_str(
             payload,
-            [field::TASK_ID, field::CLIENT_TOKEN],
+            &[field::TASK_ID, field::CLIENT_TOKEN],
             self.config.max_input_depth,
         ) else {
             return Err(Ignored::BadOtaTask);

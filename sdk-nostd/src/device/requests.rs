@@ -190,7 +190,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let depth = self.config.max_input_depth;
         let [state, version, tok] = json::split_str(
             payload,
-            [field::STATE, field::VERSION, field::CLIENT_TOKEN],
+            &[field::STATE, field::VERSION, field::CLIENT_TOKEN],
             depth,
         )
         .map_err(Ignored::Json)?;
@@ -198,7 +198,7 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         let [desired, reported, delta] = match state {
             Some(st) if is_object(st) => json::split_str(
                 st,
-                [field::DESIRED, field::REPORTED, field::DELTA],
+                &[field::DESIRED, field::REPORTED, field::DELTA],
                 depth.saturating_sub(1),
             )
             .map_err(Ignored::Json)?,

@@ -173,7 +173,7 @@ fn optional<'j, T>(raw: Option<&'j str>, read: fn(&'j str) -> Option<T>) -> Resu
 pub(super) fn ntp_response(payload: &str, max_depth: usize) -> Option<NtpResponse> {
     let [send, recv, sent] = split_unique(
         payload,
-        [
+        &[
             field::CLIENT_SEND_TIME,
             field::SERVER_RECV_TIME,
             field::SERVER_SEND_TIME,
@@ -193,7 +193,7 @@ pub(super) fn ntp_response(payload: &str, max_depth: usize) -> Option<NtpRespons
 pub(super) fn ota_task(payload: &str, max_depth: usize) -> Option<OtaTask<'_>> {
     let [tok, task, kind, meta, url] = split_unique(
         payload,
-        [
+        &[
             field::CLIENT_TOKEN,
             field::TASK_ID,
             field::TYPE,
@@ -206,7 +206,7 @@ pub(super) fn ota_task(payload: &str, max_depth: usize) -> Option<OtaTask<'_>> {
     let meta = meta.filter(|m| json::is_object(m.as_bytes()))?;
     let [version, md5, sha256, content_type, content_length] = split_unique(
         meta,
-        [
+        &[
             field::VERSION,
             field::MD5,
             field::SHA256,

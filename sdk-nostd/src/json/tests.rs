@@ -157,7 +157,7 @@ proptest! {
         depth in 0usize..7,
     ) {
         if let Ok(text) = core::str::from_utf8(&bytes) {
-            let ours = split_str(text, ["a", "b", "c"], depth);
+            let ours = split_str(text, &["a", "b", "c"], depth);
             let theirs = split(&bytes, ["a", "b", "c"], depth);
             let theirs = theirs.map(|v| v.map(|r| r.map(|r| core::str::from_utf8(r).unwrap())));
             prop_assert_eq!(ours, theirs);
