@@ -226,6 +226,55 @@ fn thing_id(s: &str) -> Result<&str, TopicError> {
     }
 }
 
+// The fixed pieces of the topics, each with the `/` before it: one copy in flash, shared by
+// the builders and the parser (`parse.rs` compares what follows a level with its `/` against
+// these), instead of a copy with and one without the `/`.
+
+/// `/things/`: after [`PREFIX`], before a thing id.
+const THINGS: &str = "/things/";
+/// `/events/things/`: after [`PREFIX`], before the thing id of an event.
+const EVENTS_THINGS: &str = "/events/things/";
+/// `/user/things/`: after [`PREFIX`], before the thing id of an application topic.
+const USER_THINGS: &str = "/user/things/";
+/// `/shadows/name/`: after the thing id, before a shadow name.
+const SHADOWS_NAME: &str = "/shadows/name/";
+/// `/methods/`: after the thing id, before a method name.
+const METHODS: &str = "/methods/";
+/// `/messages/will`: the bare Will topic's last levels.
+const MESSAGES_WILL: &str = "/messages/will";
+/// After a method name: a call.
+const METHOD_REQ: &str = "/req";
+/// After a method name: an answer.
+const METHOD_RESP: &str = "/resp";
+/// The last level of presence topics.
+const PRESENCE: &str = "/presence";
+/// The last level of lifecycle events.
+const LIFECYCLE: &str = "/lifecycle";
+
+/// What may follow a shadow name, in the order of the shadow variants (the parser finds a tail's
+/// index in one loop over the table, smaller than a `match` on string patterns).
+const SHADOW_TAILS: [&str; 8] = [
+    "/get",
+    "/get/accepted",
+    "/get/rejected",
+    "/update",
+    "/update/accepted",
+    "/update/rejected",
+    "/update/delta",
+    "/update/documents",
+];
+
+/// The shapes after the thing id without an id or name level, in the order the parser maps
+/// them to variants.
+const THING_TAILS: [&str; 6] = [
+    "/ntp/req",
+    "/ntp/resp",
+    "/ota/task",
+    "/ota/task/result",
+    "/messages/property",
+    PRESENCE,
+];
+
 /// A topic or filter as the pieces it is made of, in order; unused pieces are `""`.
 ///
 /// Builders concatenate the pieces byte by byte, so building a topic needs no `core::fmt`
@@ -460,7 +509,7 @@ impl<'a> Topic<'a> {
     /// Written as two small matches over the variant rather than one arm per variant building
     /// the whole array (measured smaller on thumbv7em: BENCHMARKS.md, "no_std footprint").
     fn pieces(&self) -> Pieces<'a> {
-        const T: &str = "/things/";
+        const T: &str = THINGS;
         let (to_id, to_name, name) = match *self {
             Topic::ShadowGet { shadow, .. }
             | Topic::ShadowGetAccepted { shadow, .. }
@@ -469,16 +518,14 @@ impl<'a> Topic<'a> {
             | Topic::ShadowUpdateAccepted { shadow, .. }
             | Topic::ShadowUpdateRejected { shadow, .. }
             | Topic::ShadowUpdateDelta { shadow, .. }
-            | Topic::ShadowUpdateDocuments { shadow, .. } => (T, "/shadows/name/", shadow),
+            | Topic::ShadowUpdateDocuments { shadow, .. } => (T, SHADOWS_NAME, shadow),
             Topic::MethodRequest { method, .. } | Topic::MethodResponse { method, .. } => {
-                (T, "/methods/", method)
+                (T, METHODS, method)
             }
-            Topic::Will { rest: "", .. } => (T, "/messages/will", ""),
+            Topic::Will { rest: "", .. } => (T, MESSAGES_WILL, ""),
             Topic::Will { rest, .. } => (T, "/messages/will/", rest),
-            Topic::PresenceEvent { .. } | Topic::LifecycleEvent { .. } => {
-                ("/events/things/", "", "")
-            }
-            Topic::User { rest, .. } => ("/user/things/", "/", rest),
+            Topic::PresenceEvent { .. } | Topic::LifecycleEvent { .. } => (EVENTS_THINGS, "", ""),
+            Topic::User { rest, .. } => (USER_THINGS, "/", rest),
             _ => (T, "", ""),
         };
         [PREFIX, to_id, self.thing(), to_name, name, self.tail()]
@@ -487,23 +534,23 @@ impl<'a> Topic<'a> {
     /// The fixed levels that end the topic (`""` for [`Topic::Will`] and [`Topic::User`]).
     fn tail(&self) -> &'static str {
         match self {
-            Topic::ShadowGet { .. } => "/get",
-            Topic::ShadowGetAccepted { .. } => "/get/accepted",
-            Topic::ShadowGetRejected { .. } => "/get/rejected",
-            Topic::ShadowUpdate { .. } => "/update",
-            Topic::ShadowUpdateAccepted { .. } => "/update/accepted",
-            Topic::ShadowUpdateRejected { .. } => "/update/rejected",
-            Topic::ShadowUpdateDelta { .. } => "/update/delta",
-            Topic::ShadowUpdateDocuments { .. } => "/update/documents",
-            Topic::MethodRequest { .. } => "/req",
-            Topic::MethodResponse { .. } => "/resp",
-            Topic::NtpRequest { .. } => "/ntp/req",
-            Topic::NtpResponse { .. } => "/ntp/resp",
-            Topic::OtaTask { .. } => "/ota/task",
-            Topic::OtaTaskResult { .. } => "/ota/task/result",
-            Topic::Property { .. } => "/messages/property",
-            Topic::Presence { .. } | Topic::PresenceEvent { .. } => "/presence",
-            Topic::LifecycleEvent { .. } => "/lifecycle",
+            Topic::ShadowGet { .. } => SHADOW_TAILS[0],
+            Topic::ShadowGetAccepted { .. } => SHADOW_TAILS[1],
+            Topic::ShadowGetRejected { .. } => SHADOW_TAILS[2],
+            Topic::ShadowUpdate { .. } => SHADOW_TAILS[3],
+            Topic::ShadowUpdateAccepted { .. } => SHADOW_TAILS[4],
+            Topic::ShadowUpdateRejected { .. } => SHADOW_TAILS[5],
+            Topic::ShadowUpdateDelta { .. } => SHADOW_TAILS[6],
+            Topic::ShadowUpdateDocuments { .. } => SHADOW_TAILS[7],
+            Topic::MethodRequest { .. } => METHOD_REQ,
+            Topic::MethodResponse { .. } => METHOD_RESP,
+            Topic::NtpRequest { .. } => THING_TAILS[0],
+            Topic::NtpResponse { .. } => THING_TAILS[1],
+            Topic::OtaTask { .. } => THING_TAILS[2],
+            Topic::OtaTaskResult { .. } => THING_TAILS[3],
+            Topic::Property { .. } => THING_TAILS[4],
+            Topic::Presence { .. } | Topic::PresenceEvent { .. } => PRESENCE,
+            Topic::LifecycleEvent { .. } => LIFECYCLE,
             Topic::Will { .. } | Topic::User { .. } => "",
         }
     }

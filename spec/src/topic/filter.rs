@@ -6,8 +6,8 @@ use core::fmt;
 
 use super::parse::split1;
 use super::{
-    PREFIX, Pieces, Topic, TopicError, TopicString, fmt_pieces, thing_id, to_topic_string,
-    write_pieces,
+    PREFIX, Pieces, SHADOWS_NAME, THINGS, Topic, TopicError, TopicString, fmt_pieces, thing_id,
+    to_topic_string, write_pieces,
 };
 use crate::ids::{is_valid_shadow_name, is_valid_thing_id};
 use crate::limits::MAX_TOPIC_LEN;
@@ -143,8 +143,8 @@ impl<'a> Filter<'a> {
 impl<'a> Filter<'a> {
     /// The pieces of the filter string (see [`Pieces`]).
     fn pieces(&self) -> Pieces<'a> {
-        const T: &str = "/things/";
-        const S: &str = "/shadows/name/";
+        const T: &str = THINGS;
+        const S: &str = SHADOWS_NAME;
         match *self {
             Filter::ShadowGetReplies { thing, shadow } => [PREFIX, T, thing, S, shadow, "/get/+"],
             Filter::ShadowUpdateReplies { thing, shadow } => {

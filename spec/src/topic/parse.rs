@@ -4,12 +4,17 @@
 //! patterns (`split`, `split_once`, which link a UTF-8 char searcher and `memchr`) and no UTF-8
 //! decoding. The topic is a `&str` already and `/` is ASCII, so every level boundary found is a
 //! char boundary. The fixed tails are compared against small tables in one loop instead of a
-//! `match` on string patterns. On thumbv7em at opt-level "z" this made the `core-only` probe
+//! `match` on string patterns. What follows a level is compared with its `/`, against the same
+//! pieces the builders write (`topic.rs`), so each fixed piece is in flash once (the parser's own
+//! copies without the `/` cost the `core-only` probe 200 bytes). On thumbv7em at opt-level "z" this made the `core-only` probe
 //! 392 bytes and the thermostat firmware 756 bytes smaller than the `split`-based parser it
 //! replaced (BENCHMARKS.md, "no_std footprint"); that parser is kept in the tests below, and a
 //! proptest checks that both give the same result for arbitrary strings.
 
-use super::{PREFIX, Topic, TopicError, thing_id};
+use super::{
+    EVENTS_THINGS, LIFECYCLE, MESSAGES_WILL, METHOD_REQ, METHOD_RESP, METHODS, PREFIX, PRESENCE,
+    SHADOW_TAILS, SHADOWS_NAME, THING_TAILS, THINGS, Topic, TopicError, USER_THINGS, thing_id,
+};
 use crate::ids::{is_valid_method_name, is_valid_shadow_name};
 use crate::limits::MAX_TOPIC_LEN;
 
@@ -20,15 +25,9 @@ const MAX_THING_LEVELS: usize = 5;
 
 /// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("a", None)` for `"a"`.
 pub(super) fn split1(s: &str) -> (&str, Option<&str>) {
-    // `rest` starts with the `/` found, so `get(1..)` is always `Some`.
-    match s
-        .bytes()
-        .position(|b| b == b'/')
-        .and_then(|i| s.split_at_checked(i))
-    {
-        Some((level, rest)) => (level, rest.get(1..)),
-        None => (s, None),
-    }
+    // The rest [`split_keep`] gives starts with the `/` found, so `get(1..)` is always `Some`.
+    let (level, rest) = split_keep(s);
+    (level, rest.and_then(|r| r.get(1..)))
 }
 
 /// Whether `rest` is a valid free-form tail: non-empty levels without wildcards or NUL.
@@ -45,6 +44,20 @@ pub(super) fn valid_rest(rest: &str) -> bool {
     prev != b'/'
 }
 
+/// Splits off the first level and keeps the separator with the rest: `("a", Some("/b/c"))` for
+/// `"a/b/c"`, `("a", None)` for `"a"`. The rest is compared against the builders' own pieces,
+/// which start with their `/` (one copy of each fixed piece in flash).
+pub(super) fn split_keep(s: &str) -> (&str, Option<&str>) {
+    match s
+        .bytes()
+        .position(|b| b == b'/')
+        .and_then(|i| s.split_at_checked(i))
+    {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (s, None),
+    }
+}
+
 impl<'a> Topic<'a> {
     /// Parses a PUBLISH topic name.
     ///
@@ -54,24 +67,24 @@ impl<'a> Topic<'a> {
         if topic.len() > MAX_TOPIC_LEN {
             return Err(TopicError::TooLong);
         }
-        let (first, rest) = split1(topic);
+        let (first, rest) = split_keep(topic);
         if first != PREFIX {
             return Err(TopicError::NotIothub);
         }
         let rest = rest.ok_or(TopicError::UnknownShape)?;
-        if let Some(s) = rest.strip_prefix("things/") {
+        if let Some(s) = rest.strip_prefix(THINGS) {
             return parse_thing(s);
         }
-        if let Some(s) = rest.strip_prefix("events/things/") {
-            let (id, tail) = split1(s);
+        if let Some(s) = rest.strip_prefix(EVENTS_THINGS) {
+            let (id, tail) = split_keep(s);
             let thing = thing_id(id)?;
             return match tail {
-                Some("presence") => Ok(Topic::PresenceEvent { thing }),
-                Some("lifecycle") => Ok(Topic::LifecycleEvent { thing }),
+                Some(PRESENCE) => Ok(Topic::PresenceEvent { thing }),
+                Some(LIFECYCLE) => Ok(Topic::LifecycleEvent { thing }),
                 _ => Err(TopicError::UnknownShape),
             };
         }
-        if let Some(s) = rest.strip_prefix("user/things/") {
+        if let Some(s) = rest.strip_prefix(USER_THINGS) {
             let (id, tail) = split1(s);
             let thing = thing_id(id)?;
             let rest = tail.ok_or(TopicError::UnknownShape)?;
@@ -86,10 +99,11 @@ impl<'a> Topic<'a> {
 
 /// Parses what follows `$iothub/things/`.
 fn parse_thing(s: &str) -> Result<Topic<'_>, TopicError> {
-    let (id, rest) = split1(s);
+    let (id, rest) = split_keep(s);
     let thing = thing_id(id)?;
+    // `rest` starts with the `/` after the id.
     let rest = rest.ok_or(TopicError::UnknownShape)?;
-    if let Some(will) = rest.strip_prefix("messages/will") {
+    if let Some(will) = rest.strip_prefix(MESSAGES_WILL) {
         if will.is_empty() {
             return Ok(Topic::Will { thing, rest: "" });
         }
@@ -101,12 +115,13 @@ fn parse_thing(s: &str) -> Result<Topic<'_>, TopicError> {
         }
         return Err(TopicError::UnknownShape);
     }
+    // The `/` after the id counts too.
     let separators = rest.bytes().filter(|&b| b == b'/').count();
-    if separators >= MAX_THING_LEVELS {
+    if separators > MAX_THING_LEVELS {
         return Err(TopicError::UnknownShape);
     }
-    if let Some(s) = rest.strip_prefix("shadows/name/") {
-        let (shadow, tail) = split1(s);
+    if let Some(s) = rest.strip_prefix(SHADOWS_NAME) {
+        let (shadow, tail) = split_keep(s);
         if !is_valid_shadow_name(shadow) {
             return Err(TopicError::InvalidShadowName);
         }
@@ -123,19 +138,19 @@ fn parse_thing(s: &str) -> Result<Topic<'_>, TopicError> {
             _ => Err(TopicError::UnknownShape),
         };
     }
-    if let Some(s) = rest.strip_prefix("methods/") {
-        // Exactly `methods/{method}/{dir}`.
-        let (method, dir) = split1(s);
+    if let Some(s) = rest.strip_prefix(METHODS) {
+        // Exactly `methods/{method}/{dir}`: `dir` keeps its `/`, so one more is one too many.
+        let (method, dir) = split_keep(s);
         let dir = dir.ok_or(TopicError::UnknownShape)?;
-        if dir.bytes().any(|b| b == b'/') {
+        if dir.bytes().filter(|&b| b == b'/').count() > 1 {
             return Err(TopicError::UnknownShape);
         }
         if !is_valid_method_name(method) {
             return Err(TopicError::InvalidMethodName);
         }
         return match dir {
-            "req" => Ok(Topic::MethodRequest { thing, method }),
-            "resp" => Ok(Topic::MethodResponse { thing, method }),
+            METHOD_REQ => Ok(Topic::MethodRequest { thing, method }),
+            METHOD_RESP => Ok(Topic::MethodResponse { thing, method }),
             _ => Err(TopicError::UnknownShape),
         };
     }
@@ -149,30 +164,6 @@ fn parse_thing(s: &str) -> Result<Topic<'_>, TopicError> {
         _ => Err(TopicError::UnknownShape),
     }
 }
-
-/// What may follow `$iothub/things/{id}/shadows/name/{shadow}/`, in the order of the shadow
-/// variants. Comparing against a table in one loop is smaller than a `match` on string
-/// patterns, which inlines one comparison per arm.
-const SHADOW_TAILS: [&str; 8] = [
-    "get",
-    "get/accepted",
-    "get/rejected",
-    "update",
-    "update/accepted",
-    "update/rejected",
-    "update/delta",
-    "update/documents",
-];
-
-/// The shapes after `$iothub/things/{id}/` without an id or name level.
-const THING_TAILS: [&str; 6] = [
-    "ntp/req",
-    "ntp/resp",
-    "ota/task",
-    "ota/task/result",
-    "messages/property",
-    "presence",
-];
 
 /// The index of `s` in `table`.
 fn position(table: &[&str], s: &str) -> Option<usize> {
@@ -369,6 +360,9 @@ mod tests {
         assert_eq!(split1("a"), ("a", None));
         assert_eq!(split1("/"), ("", Some("")));
         assert_eq!(split1("é/x"), ("é", Some("x")));
+        assert_eq!(split_keep("a/b/c"), ("a", Some("/b/c")));
+        assert_eq!(split_keep("a"), ("a", None));
+        assert_eq!(split_keep("/"), ("", Some("/")));
         for ok in ["a", "a/b", "é/$ x"] {
             assert!(valid_rest(ok), "{ok}");
         }
