@@ -55,6 +55,9 @@ fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
 }
 
 /// Skips a string whose opening quote is at `pos`; returns the index just past the closing quote.
+// Always inlined, as `skip_scalar`: out of line, the scanner's calls (a key, a string value)
+// cost more flash than the copies (BENCHMARKS.md, "no_std footprint").
+#[inline(always)]
 fn skip_string(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
     if bytes.get(pos) != Some(&b'"') {
         return Err(JsonError::Syntax);
@@ -85,6 +88,8 @@ fn is_scalar_byte(b: u8) -> bool {
 const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
 /// Skips a scalar (`true`, `false`, `null` or a number) starting at `pos`.
+// Always inlined: one call in the scanner (BENCHMARKS.md, "no_std footprint").
+#[inline(always)]
 fn skip_scalar(bytes: &[u8], pos: usize) -> Result<usize, JsonError> {
     let mut end = pos;
     while let Some(&b) = bytes.get(end) {
