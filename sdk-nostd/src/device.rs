@@ -142,7 +142,10 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 /// 1. Create it with [`Device::new`], then connect MQTT with client id = username =
 ///    [`Config::thing_id`] (S-1.2).
 /// 2. On CONNACK call [`Device::handle_connected`] with the session-present flag; when the
-///    connection ends (error, close, keep-alive) call [`Device::handle_disconnected`].
+///    connection ends (error, close, keep-alive) call [`Device::handle_disconnected`]. Drop
+///    whatever the MQTT client still holds for the lost connection (a client such as rumqttc
+///    sends it first on the next one, before the device's new SUBSCRIBEs, which S-2 forbids);
+///    the device sends again what it still needs.
 /// 3. For every PUBLISH received call [`Device::handle_publish`]; it returns at once the event
 ///    the message produced, borrowing the topic and payload (zero-copy): handle it before the
 ///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped.
