@@ -373,10 +373,10 @@ mod tests {
 
     #[test]
     fn spawn_waits_for_the_ready_line_and_terminate_stops_the_process() {
-        let mut hub = sh(
-            "echo starting; echo 'iothub ready mqtt=127.0.0.1:5 http=127.0.0.1:6'; \
-                          trap 'exit 7' TERM; while true; do sleep 0.05; done",
-        )
+        // The trap is set before the ready line: a SIGTERM right after it must find it set.
+        let mut hub = sh("trap 'exit 7' TERM; echo starting; \
+                          echo 'iothub ready mqtt=127.0.0.1:5 http=127.0.0.1:6'; \
+                          while true; do sleep 0.05; done")
         .spawn()
         .unwrap();
         assert_eq!(hub.ready().mqtt, "127.0.0.1:5".parse().unwrap());
