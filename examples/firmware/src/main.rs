@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+#[cfg_attr(feature = "qemu-mps2", path = "board/qemu_mps2.rs")]
 mod board;
 
 use embassy_executor::Spawner;
@@ -29,7 +30,47 @@ const THING_SECRET: &str = match option_env!("IOTHUB_THING_SECRET") {
     Some(s) => s,
     None => "change-me",
 };
-const HUB: (Ipv4Address, u16) = (Ipv4Address::new(192, 168, 1, 10), 1883);
+/// `IOTHUB_HUB_ADDR` as `a.b.c.d:port` (checked when the firmware is built).
+const HUB: (Ipv4Address, u16) = match option_env!("IOTHUB_HUB_ADDR") {
+    Some(addr) => parse_hub_addr(addr.as_bytes()),
+    None => (Ipv4Address::new(192, 168, 1, 10), 1883),
+};
+
+/// Parses `a.b.c.d:port`; anything else stops the build (a panic in const evaluation).
+const fn parse_hub_addr(s: &[u8]) -> (Ipv4Address, u16) {
+    // The four octets, then the port.
+    let mut parts = [0u32; 5];
+    let (mut n, mut digits, mut i) = (0, 0, 0);
+    while i < s.len() {
+        let c = s[i];
+        if c.is_ascii_digit() && digits < 5 {
+            parts[n] = parts[n] * 10 + (c - b'0') as u32;
+            digits += 1;
+        } else if digits > 0 && ((c == b'.' && n < 3) || (c == b':' && n == 3)) {
+            n += 1;
+            digits = 0;
+        } else {
+            panic!("IOTHUB_HUB_ADDR must be a.b.c.d:port");
+        }
+        i += 1;
+    }
+    let [a, b, c, d, port] = parts;
+    if n != 4
+        || digits == 0
+        || a > 255
+        || b > 255
+        || c > 255
+        || d > 255
+        || port == 0
+        || port > 65535
+    {
+        panic!("IOTHUB_HUB_ADDR must be a.b.c.d:port");
+    }
+    (
+        Ipv4Address::new(a as u8, b as u8, c as u8, d as u8),
+        port as u16,
+    )
+}
 
 /// The runner and the application run on the same (thread-mode) executor: no locking needed,
 /// and the application's closures never run with interrupts disabled.
@@ -85,6 +126,8 @@ async fn main(spawner: Spawner) {
     spawner.spawn(mac_task(mac).expect("mac task"));
     spawner.spawn(net_task(net_runner).expect("net task"));
     wait_for_address(stack).await;
+    #[cfg(feature = "qemu-mps2")]
+    board::on_address(stack.config_v4());
 
     // One TCP socket, reused for every reconnect.
     static SOCKET_RX: StaticCell<[u8; 2048]> = StaticCell::new();
@@ -127,6 +170,8 @@ async fn wait_for_address(stack: Stack<'static>) {
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    #[cfg(feature = "qemu-mps2")]
+    board::log_panic(_info);
     board::on_panic()
 }
