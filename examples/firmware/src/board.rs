@@ -8,6 +8,10 @@
 //!   `run_mac` with the HAL's Ethernet or Wi-Fi driver (embassy-stm32's `eth::Ethernet`,
 //!   cyw43, esp-wifi), which gives embassy-net its own `Driver` directly. The application,
 //!   the network stack, the MQTT adapter and the device core above it stay as they are.
+//!
+//! A second board that really moves frames: `board/qemu_mps2.rs` (feature `qemu-mps2`), QEMU's
+//! `mps2-an386` machine with a small LAN9118 driver; `run-qemu` runs that build against a real
+//! hub (examples/README.md).
 #![allow(unsafe_code)] // cortex-m-rt's exception handler and the SysTick setup
 
 use core::cell::{Cell, RefCell};
