@@ -1,7 +1,7 @@
 //! What depends on the board: the time driver, the network interface, the seed, panics.
 //!
-//! - Time: SysTick at 1 kHz drives embassy-time (a complete driver for any Cortex-M; set
-//!   `CORE_HZ` to the board's core clock).
+//! - Time: the SysTick driver of `systick.rs` (complete for any Cortex-M; set `CORE_HZ` to
+//!   the board's core clock).
 //! - Network: embassy-net talks to an `embassy-net-driver-channel` device; [`run_mac`] moves
 //!   frames between that channel and the MAC. The MAC here is a placeholder that only
 //!   brings the link up (it sends nothing and receives nothing): on a real board replace
@@ -12,16 +12,7 @@
 //! A second board that really moves frames: `board/qemu_mps2.rs` (feature `qemu-mps2`), QEMU's
 //! `mps2-an386` machine with a small LAN9118 driver; `run-qemu` runs that build against a real
 //! hub (examples/README.md).
-#![allow(unsafe_code)] // cortex-m-rt's exception handler and the SysTick setup
-
-use core::cell::{Cell, RefCell};
-use core::task::Waker;
-
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m_rt::exception;
-use critical_section::Mutex;
 use embassy_net_driver_channel as ch;
-use embassy_time_queue_utils::Queue;
 use static_cell::StaticCell;
 
 /// Core clock of the board after reset (STM32F4: the 16 MHz HSI).
@@ -34,49 +25,9 @@ pub type NetDevice = ch::Device<'static, MTU>;
 /// The MAC side of that device.
 pub type MacRunner = ch::Runner<'static, MTU>;
 
-struct SysTickDriver {
-    ticks: Mutex<Cell<u64>>,
-    queue: Mutex<RefCell<Queue>>,
-}
-
-impl embassy_time_driver::Driver for SysTickDriver {
-    fn now(&self) -> u64 {
-        critical_section::with(|cs| self.ticks.borrow(cs).get())
-    }
-
-    fn schedule_wake(&self, at: u64, waker: &Waker) {
-        critical_section::with(|cs| {
-            let _ = self.queue.borrow_ref_mut(cs).schedule_wake(at, waker);
-        });
-    }
-}
-
-embassy_time_driver::time_driver_impl!(static DRIVER: SysTickDriver = SysTickDriver {
-    ticks: Mutex::new(Cell::new(0)),
-    queue: Mutex::new(RefCell::new(Queue::new())),
-});
-
-#[exception]
-fn SysTick() {
-    critical_section::with(|cs| {
-        let cell = DRIVER.ticks.borrow(cs);
-        let now = cell.get().wrapping_add(1);
-        cell.set(now);
-        // Wakes every timer that expired; the returned next expiry is the next tick anyway.
-        let _ = DRIVER.queue.borrow_ref_mut(cs).next_expiration(now);
-    });
-}
-
-/// Starts SysTick at 1 kHz.
+/// Starts the time driver.
 pub fn init_clock() {
-    let Some(mut p) = cortex_m::Peripherals::take() else {
-        return;
-    };
-    p.SYST.set_clock_source(SystClkSource::Core);
-    p.SYST.set_reload(CORE_HZ / 1_000 - 1);
-    p.SYST.clear_current();
-    p.SYST.enable_interrupt();
-    p.SYST.enable_counter();
+    crate::systick::start(CORE_HZ);
 }
 
 /// A per-device seed (jitter, clientTokens, TCP ports). A board takes it from its RNG or its

@@ -10,6 +10,7 @@
 
 #[cfg_attr(feature = "qemu-mps2", path = "board/qemu_mps2.rs")]
 mod board;
+mod systick;
 
 use embassy_executor::Spawner;
 use embassy_net::tcp::TcpSocket;

@@ -1,8 +1,7 @@
 //! The board `qemu-mps2`: QEMU's `mps2-an386` machine (Arm MPS2 with the AN386 Cortex-M4
 //! image), so the same firmware runs end to end against a real hub on a PC (`run-qemu`).
 //!
-//! - Time: SysTick at 1 kHz from the 25 MHz system clock drives embassy-time (the same driver
-//!   as `board.rs`).
+//! - Time: the SysTick driver of `systick.rs` on the 25 MHz system clock.
 //! - Network: the machine's SMSC LAN9118-compatible controller at `0x4020_0000`, driven by the
 //!   small polling driver below ([`run_mac`]). No crates.io crate drives a LAN9118 for
 //!   embassy-net (embassy has drivers for W5500, ENC28J60, ADIN1110 and on-chip MACs only), and
@@ -14,21 +13,16 @@
 //!
 //! What QEMU's model leaves out and real LAN9118 silicon needs is noted where it matters (PHY
 //! auto-negotiation, EEPROM-less MAC addresses).
-#![allow(unsafe_code)] // cortex-m-rt's exception handler, the SysTick setup and the MMIO registers
+#![allow(unsafe_code)] // the MMIO registers of the UART and the Ethernet controller
 
-use core::cell::{Cell, RefCell};
 use core::fmt::Write as _;
 use core::future::{Future as _, poll_fn};
 use core::pin::pin;
 use core::ptr::{read_volatile, write_volatile};
-use core::task::{Poll, Waker};
+use core::task::Poll;
 
-use cortex_m::peripheral::syst::SystClkSource;
-use cortex_m_rt::exception;
-use critical_section::Mutex;
 use embassy_net_driver_channel as ch;
 use embassy_time::Timer;
-use embassy_time_queue_utils::Queue;
 use static_cell::StaticCell;
 
 /// The machine's system (and SysTick) clock.
@@ -41,49 +35,10 @@ pub type NetDevice = ch::Device<'static, MTU>;
 /// The MAC side of that device.
 pub type MacRunner = ch::Runner<'static, MTU>;
 
-struct SysTickDriver {
-    ticks: Mutex<Cell<u64>>,
-    queue: Mutex<RefCell<Queue>>,
-}
-
-impl embassy_time_driver::Driver for SysTickDriver {
-    fn now(&self) -> u64 {
-        critical_section::with(|cs| self.ticks.borrow(cs).get())
-    }
-
-    fn schedule_wake(&self, at: u64, waker: &Waker) {
-        critical_section::with(|cs| {
-            let _ = self.queue.borrow_ref_mut(cs).schedule_wake(at, waker);
-        });
-    }
-}
-
-embassy_time_driver::time_driver_impl!(static DRIVER: SysTickDriver = SysTickDriver {
-    ticks: Mutex::new(Cell::new(0)),
-    queue: Mutex::new(RefCell::new(Queue::new())),
-});
-
-#[exception]
-fn SysTick() {
-    critical_section::with(|cs| {
-        let cell = DRIVER.ticks.borrow(cs);
-        let now = cell.get().wrapping_add(1);
-        cell.set(now);
-        let _ = DRIVER.queue.borrow_ref_mut(cs).next_expiration(now);
-    });
-}
-
-/// Starts SysTick at 1 kHz and UART0 for the logs.
+/// Starts the time driver and UART0 for the logs.
 pub fn init_clock() {
     uart_init();
-    let Some(mut p) = cortex_m::Peripherals::take() else {
-        return;
-    };
-    p.SYST.set_clock_source(SystClkSource::Core);
-    p.SYST.set_reload(CORE_HZ / 1_000 - 1);
-    p.SYST.clear_current();
-    p.SYST.enable_interrupt();
-    p.SYST.enable_counter();
+    crate::systick::start(CORE_HZ);
 }
 
 /// A per-device seed: the LAN9118's free-running 25 MHz counter (QEMU: virtual time since the
