@@ -273,7 +273,8 @@ pub async fn run_mac(runner: MacRunner) -> ! {
 /// little-endian words. The FIFO holds 4.5 KiB; a frame waits (bounded) for room.
 fn send(frame: &[u8]) {
     let len = frame.len() as u32;
-    spin_until(|| reg_read(TX_FIFO_INF) & 0xffff >= len + 8);
+    // Room for the two command words and the frame padded to whole words.
+    spin_until(|| reg_read(TX_FIFO_INF) & 0xffff >= len.next_multiple_of(4) + 8);
     reg_write(TX_DATA_FIFO, TX_CMD_A_FIRST_LAST | len);
     reg_write(TX_DATA_FIFO, (len << 16) | len);
     for chunk in frame.chunks(4) {
