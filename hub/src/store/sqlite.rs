@@ -206,3 +206,7 @@ async fn checkpoint_loop(pool: SqlitePool) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fault_tests;
