@@ -16,8 +16,16 @@
 //! Each shadow write carries the version it expects to replace (compare-and-swap). Two concurrent
 //! updates against the same version can never both succeed (S-3.4): the second one finds the
 //! version already moved and gets [`StoreError::VersionConflict`].
+//!
+//! # Failures
+//! A write that did not commit is always reported to its caller ([`StoreError::Unavailable`],
+//! answered 503), never acknowledged, and it leaves the store ready for the next write (see
+//! `sqlite/write.rs`). While writes fail, [`Store::health`] says so and why (`/healthz` 503, the
+//! `iothub_store_healthy` metric); it recovers by itself when writes succeed again.
 
 pub mod commit;
+pub mod fault;
+pub mod health;
 pub mod ota;
 pub mod sqlite;
 mod wal;
@@ -203,6 +211,12 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and closes the database (graceful shutdown). Later calls fail with
     /// [`StoreError::Unavailable`].
     async fn close(&self);
+
+    /// Whether writes currently succeed, and why not (for `/healthz` and `/metrics`). Stores
+    /// that do not track it are always healthy.
+    fn health(&self) -> health::HealthReport {
+        health::HealthReport::healthy()
+    }
 
     /// The OTA job storage of this store (S-7.3), `None` when it has none (test doubles).
     fn ota(&self) -> Option<&dyn ota::OtaStore> {

@@ -20,18 +20,22 @@
 //! statement; the schema is in `migrations/`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::fault::Faults;
+use super::health::StoreHealth;
 use super::wal;
 
 use super::StoreError;
 
 mod ota;
 mod statements;
+mod write;
 
 /// Largest page [`Store::list_things`](super::Store::list_things) returns.
 pub const MAX_PAGE_SIZE: u64 = 1000;
@@ -53,6 +57,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     checkpointer: SqlitePool,
+    health: Arc<StoreHealth>,
+    faults: Option<Arc<Faults>>,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -82,6 +88,19 @@ impl SqliteStore {
     /// `sqlite:///absolute/path`, optionally with SQLite URI parameters) and runs the embedded
     /// migrations. In-memory databases are refused: the hub's data must be durable.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        Self::open_with(url, Faults::from_env()).await
+    }
+
+    /// [`SqliteStore::open`] with injected write faults (see [`super::fault`]); test builds only.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub async fn open_with_faults(
+        url: &str,
+        faults: Arc<Faults>,
+    ) -> Result<SqliteStore, StoreError> {
+        Self::open_with(url, Some(faults)).await
+    }
+
+    async fn open_with(url: &str, faults: Option<Arc<Faults>>) -> Result<SqliteStore, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Unavailable(
                 "in-memory sqlite is not durable; use a file".into(),
@@ -133,11 +152,15 @@ impl SqliteStore {
             .connect_with(base.synchronous(SqliteSynchronous::Full))
             .await?;
         tokio::spawn(checkpoint_loop(checkpointer.clone()));
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer,
             reader,
             checkpointer,
-        })
+            health: Arc::default(),
+            faults,
+        };
+        tokio::spawn(write::probe_loop(store.clone()));
+        Ok(store)
     }
 }
 
@@ -155,8 +178,8 @@ const WAL_SLACK_PAGES: u64 = 1000;
 const ASSUMED_PAGE_SIZE: u64 = 4096;
 
 /// Gives the WAL its full size now, so that commits overwrite it instead of growing it (see
-/// [`wal`] for why that matters and why it is safe). Only a speed-up: on failure SQLite grows the
-/// log itself.
+/// [`wal`] for why that matters and why it is safe), when the disk has room to spare. Only a
+/// speed-up: when skipped or failed, SQLite grows the log itself.
 async fn preallocate_wal(writer: &SqlitePool, db: &std::path::Path) {
     let bytes = wal::wal_bytes(WRITER_CHECKPOINT_PAGES + WAL_SLACK_PAGES, ASSUMED_PAGE_SIZE);
     // Holding the only write connection keeps every commit out while the file is extended.
@@ -169,8 +192,23 @@ async fn preallocate_wal(writer: &SqlitePool, db: &std::path::Path) {
     };
     let db = db.to_owned();
     match tokio::task::spawn_blocking(move || wal::extend(&db, bytes)).await {
-        Ok(Ok(added)) => tracing::debug!(added, bytes, "sqlite WAL pre-allocated"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not pre-allocate the sqlite WAL"),
+        Ok(Ok(wal::Extended::Added(0))) => {
+            tracing::debug!(bytes, "sqlite WAL already pre-allocated")
+        }
+        Ok(Ok(wal::Extended::Added(added))) => {
+            tracing::info!(added, bytes, "sqlite WAL pre-allocated")
+        }
+        Ok(Ok(wal::Extended::NoRoom { needed, free, keep })) => tracing::warn!(
+            needed,
+            free,
+            keep_free = keep,
+            "sqlite WAL not pre-allocated: it would leave too little free disk space; \
+             commits may be slower while the log grows"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "could not pre-allocate the sqlite WAL; the partial extension was removed"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not pre-allocate the sqlite WAL"),
     }
 }

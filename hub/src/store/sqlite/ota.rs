@@ -2,11 +2,13 @@
 //! PostgreSQL implementation can run them unchanged (types per `0002_ota_jobs.sql`).
 
 use iothub_spec::code::OtaTaskState;
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
 
+use super::write::WriteTx;
 use super::{SqliteStore, from_db, to_db};
 use crate::store::StoreError;
+use crate::store::fault::Writer;
 use crate::store::ota::{
     MAX_TASK_PAGE, NewOtaJob, OtaCounts, OtaJobRecord, OtaJobSettings, OtaJobStatus, OtaStore,
     OtaTaskRecord, OtaTaskWrite, OtaTemplate, OtaTransition,
@@ -69,7 +71,7 @@ fn numbered(rows: usize, columns: usize) -> String {
 }
 
 async fn missing_things(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut WriteTx<'_>,
     things: &[String],
 ) -> Result<Vec<String>, StoreError> {
     let mut missing = Vec::new();
@@ -84,13 +86,13 @@ async fn missing_things(
             q = q.bind(t);
         }
         let found: std::collections::HashSet<String> =
-            q.fetch_all(&mut **tx).await?.into_iter().collect();
+            q.fetch_all(tx.conn()?).await?.into_iter().collect();
         missing.extend(chunk.iter().filter(|t| !found.contains(*t)).cloned());
     }
     Ok(missing)
 }
 
-async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, job: &NewOtaJob) -> Result<(), StoreError> {
+async fn insert_tasks(tx: &mut WriteTx<'_>, job: &NewOtaJob) -> Result<(), StoreError> {
     let queued = OtaTaskState::Queued.as_str();
     for (c, chunk) in job.things.chunks(CHUNK).enumerate() {
         // Every task starts queued, attempt 1, with one transition (n = 0) recorded.
@@ -113,7 +115,7 @@ async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, job: &NewOtaJob) -> Resu
                 .bind(1_i64)
                 .bind(to_db(job.created_at));
         }
-        q.execute(&mut **tx).await?;
+        q.execute(tx.conn()?).await?;
         let sql = format!(
             "INSERT INTO ota_transitions (job_id, thing_id, n, attempt, to_status, at) VALUES {}",
             numbered(chunk.len(), 6)
@@ -128,7 +130,7 @@ async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, job: &NewOtaJob) -> Resu
                 .bind(queued)
                 .bind(to_db(job.created_at));
         }
-        q.execute(&mut **tx).await?;
+        q.execute(tx.conn()?).await?;
     }
     Ok(())
 }
@@ -136,39 +138,42 @@ async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, job: &NewOtaJob) -> Resu
 #[async_trait::async_trait]
 impl OtaStore for SqliteStore {
     async fn create_ota_job(&self, job: &NewOtaJob) -> Result<Result<(), Vec<String>>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let missing = missing_things(&mut tx, &job.things).await?;
-        if !missing.is_empty() {
-            tx.rollback().await?;
-            return Ok(Err(missing));
-        }
-        let t = &job.template;
-        let s = &job.settings;
-        sqlx::query(
-            "INSERT INTO ota_jobs (job_id, task_type, version, md5, sha256, content_type, \
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Ota).await?;
+            let missing = missing_things(&mut tx, &job.things).await?;
+            if !missing.is_empty() {
+                tx.rollback().await?;
+                return Ok(Err(missing));
+            }
+            let t = &job.template;
+            let s = &job.settings;
+            sqlx::query(
+                "INSERT INTO ota_jobs (job_id, task_type, version, md5, sha256, content_type, \
                content_length, file_url, target_query, max_per_minute, timeout_ms, retries, \
                status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
-        )
-        .bind(&job.job_id)
-        .bind(&t.task_type)
-        .bind(&t.version)
-        .bind(&t.md5)
-        .bind(&t.sha256)
-        .bind(&t.content_type)
-        .bind(t.content_length.map(to_db))
-        .bind(&t.file_url)
-        .bind(&job.target_query)
-        .bind(i64::from(s.max_per_minute))
-        .bind(to_db(s.timeout_ms))
-        .bind(i64::from(s.retries))
-        .bind(OtaJobStatus::Running.as_str())
-        .bind(to_db(job.created_at))
-        .execute(&mut *tx)
-        .await?;
-        insert_tasks(&mut tx, job).await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+            )
+            .bind(&job.job_id)
+            .bind(&t.task_type)
+            .bind(&t.version)
+            .bind(&t.md5)
+            .bind(&t.sha256)
+            .bind(&t.content_type)
+            .bind(t.content_length.map(to_db))
+            .bind(&t.file_url)
+            .bind(&job.target_query)
+            .bind(i64::from(s.max_per_minute))
+            .bind(to_db(s.timeout_ms))
+            .bind(i64::from(s.retries))
+            .bind(OtaJobStatus::Running.as_str())
+            .bind(to_db(job.created_at))
+            .execute(tx.conn()?)
+            .await?;
+            insert_tasks(&mut tx, job).await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     async fn ota_job(&self, job_id: &str) -> Result<Option<OtaJobRecord>, StoreError> {
@@ -335,7 +340,8 @@ impl OtaStore for SqliteStore {
         if tasks.is_empty() && jobs.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
+        self.writing(async {
+        let mut tx = self.begin_write(Writer::Ota).await?;
         for w in tasks {
             let r = &w.record;
             let done = sqlx::query(
@@ -356,7 +362,7 @@ impl OtaStore for SqliteStore {
             .bind(r.deadline.map(to_db))
             .bind(i64::from(r.transitions))
             .bind(to_db(r.updated_at))
-            .execute(&mut *tx)
+            .execute(tx.conn()?)
             .await?;
             if done.rows_affected() == 0 {
                 tracing::debug!(job = %r.job_id, thing = %r.thing_id, "ota task row gone (thing deleted)");
@@ -376,7 +382,7 @@ impl OtaStore for SqliteStore {
                 .bind(t.to.as_str())
                 .bind(to_db(t.at))
                 .bind(t.err_code.map(i64::from))
-                .execute(&mut *tx)
+                .execute(tx.conn()?)
                 .await?;
             }
         }
@@ -385,11 +391,12 @@ impl OtaStore for SqliteStore {
                 .bind(job_id)
                 .bind(status.as_str())
                 .bind(to_db(*at))
-                .execute(&mut *tx)
+                .execute(tx.conn()?)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
+        })
+        .await
     }
 }
 

@@ -3,9 +3,11 @@
 
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite};
 
+use super::write::WriteTx;
 use super::{MAX_PAGE_SIZE, SqliteStore, from_db, to_db};
+use crate::store::fault::Writer;
 use crate::store::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
 
 /// Columns of [`ThingRecord`], in the order [`thing_from_row`] reads them.
@@ -53,10 +55,10 @@ fn tags_json(tags: &Map<String, Value>) -> Result<String, StoreError> {
 
 impl SqliteStore {
     /// Whether the thing exists, inside the write transaction `tx`.
-    async fn thing_exists(tx: &mut Transaction<'_, Sqlite>, id: &str) -> Result<bool, StoreError> {
+    async fn thing_exists(tx: &mut WriteTx<'_>, id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM things WHERE thing_id = $1")
             .bind(id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(tx.conn()?)
             .await?;
         Ok(row.is_some())
     }
@@ -66,7 +68,7 @@ impl SqliteStore {
     /// `ON CONFLICT DO NOTHING` instead of catching a unique violation: on PostgreSQL an error
     /// would abort the whole batch transaction.
     async fn insert_thing(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut WriteTx<'_>,
         t: &NewThing,
         now: u64,
     ) -> Result<Option<ThingRecord>, StoreError> {
@@ -81,7 +83,7 @@ impl SqliteStore {
         .bind(t.enabled)
         .bind(tags_json(&t.tags)?)
         .bind(to_db(now))
-        .execute(&mut **tx)
+        .execute(tx.conn()?)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
@@ -108,7 +110,7 @@ impl SqliteStore {
     /// detected from the `RETURNING` rows, never from SQL errors, so they leave the transaction
     /// usable (on PostgreSQL too). Only database errors come back as the outer `Err`.
     async fn apply_writes(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut WriteTx<'_>,
         writes: &[ShadowWrite],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut out: Vec<Option<Result<(), StoreError>>> = vec![None; writes.len()];
@@ -155,7 +157,7 @@ impl SqliteStore {
     /// PostgreSQL); the WHERE clause is also required by SQLite to parse an upsert on a SELECT.
     /// PostgreSQL: name the VALUES columns (`AS v(thing_id, ...)`) and cast the numbers.
     async fn insert_shadows(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut WriteTx<'_>,
         writes: &[ShadowWrite],
         rows: &[usize],
     ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
@@ -179,13 +181,13 @@ impl SqliteStore {
                 .bind(&w.body)
                 .bind(to_db(w.updated_at));
         }
-        Self::written_keys(query.fetch_all(&mut **tx).await?)
+        Self::written_keys(query.fetch_all(tx.conn()?).await?)
     }
 
     /// Moves the shadows at `rows` from their expected version to the new one (CAS); returns
     /// the keys written. PostgreSQL: name the VALUES columns and cast the numbers.
     async fn update_shadows(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut WriteTx<'_>,
         writes: &[ShadowWrite],
         rows: &[usize],
     ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
@@ -211,7 +213,7 @@ impl SqliteStore {
                 .bind(to_db(w.updated_at))
                 .bind(to_db(w.expected_version));
         }
-        Self::written_keys(query.fetch_all(&mut **tx).await?)
+        Self::written_keys(query.fetch_all(tx.conn()?).await?)
     }
 
     fn written_keys(
@@ -258,10 +260,13 @@ fn placeholders(rows: usize, columns: usize) -> String {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_thing(&self, t: &NewThing, now: u64) -> Result<ThingRecord, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let created = Self::insert_thing(&mut tx, t, now).await?;
-        tx.commit().await?;
-        created.ok_or(StoreError::AlreadyExists)
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let created = Self::insert_thing(&mut tx, t, now).await?;
+            tx.commit().await?;
+            created.ok_or(StoreError::AlreadyExists)
+        })
+        .await
     }
 
     async fn create_things(
@@ -269,14 +274,17 @@ impl Store for SqliteStore {
         ts: &[NewThing],
         now: u64,
     ) -> Result<Vec<Result<ThingRecord, StoreError>>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut out = Vec::with_capacity(ts.len());
-        for t in ts {
-            let created = Self::insert_thing(&mut tx, t, now).await?;
-            out.push(created.ok_or(StoreError::AlreadyExists));
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let mut out = Vec::with_capacity(ts.len());
+            for t in ts {
+                let created = Self::insert_thing(&mut tx, t, now).await?;
+                out.push(created.ok_or(StoreError::AlreadyExists));
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn get_thing(&self, id: &str) -> Result<Option<ThingRecord>, StoreError> {
@@ -386,30 +394,38 @@ impl Store for SqliteStore {
     }
 
     async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError> {
-        let row = sqlx::query(concat!(
-            "UPDATE things SET enabled = $2 WHERE thing_id = $1 RETURNING ",
-            thing_cols!()
-        ))
-        .bind(id)
-        .bind(enabled)
-        .fetch_optional(&self.writer)
-        .await?;
-        match row {
-            Some(row) => thing_from_row(&row),
-            None => Err(StoreError::NotFound),
-        }
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let row = sqlx::query(concat!(
+                "UPDATE things SET enabled = $2 WHERE thing_id = $1 RETURNING ",
+                thing_cols!()
+            ))
+            .bind(id)
+            .bind(enabled)
+            .fetch_optional(tx.conn()?)
+            .await?;
+            let record = row.as_ref().map(thing_from_row).transpose()?;
+            tx.commit().await?;
+            record.ok_or(StoreError::NotFound)
+        })
+        .await
     }
 
     async fn delete_thing(&self, id: &str) -> Result<(), StoreError> {
-        // Shadows go by ON DELETE CASCADE (foreign keys are enabled on every connection).
-        let done = sqlx::query("DELETE FROM things WHERE thing_id = $1")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            // Shadows go by ON DELETE CASCADE (foreign keys are enabled on every connection).
+            let done = sqlx::query("DELETE FROM things WHERE thing_id = $1")
+                .bind(id)
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn replace_tags(
@@ -418,24 +434,27 @@ impl Store for SqliteStore {
         tags: &Map<String, Value>,
         expected_version: u64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        // PostgreSQL: `tags = $2::jsonb`.
-        let row = sqlx::query(
-            "UPDATE things SET tags = $2, tags_version = tags_version + 1 \
-             WHERE thing_id = $1 AND tags_version = $3 RETURNING tags_version",
-        )
-        .bind(id)
-        .bind(tags_json(tags)?)
-        .bind(to_db(expected_version))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let result = match row {
-            Some(row) => Ok(from_db(row.try_get(0)?)),
-            None if Self::thing_exists(&mut tx, id).await? => Err(StoreError::VersionConflict),
-            None => Err(StoreError::NotFound),
-        };
-        tx.commit().await?;
-        result
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            // PostgreSQL: `tags = $2::jsonb`.
+            let row = sqlx::query(
+                "UPDATE things SET tags = $2, tags_version = tags_version + 1 \
+                 WHERE thing_id = $1 AND tags_version = $3 RETURNING tags_version",
+            )
+            .bind(id)
+            .bind(tags_json(tags)?)
+            .bind(to_db(expected_version))
+            .fetch_optional(tx.conn()?)
+            .await?;
+            let result = match row {
+                Some(row) => Ok(from_db(row.try_get(0)?)),
+                None if Self::thing_exists(&mut tx, id).await? => Err(StoreError::VersionConflict),
+                None => Err(StoreError::NotFound),
+            };
+            tx.commit().await?;
+            result
+        })
+        .await
     }
 
     async fn set_connected(&self, id: &str, connected: bool, at: u64) -> Result<(), StoreError> {
@@ -449,25 +468,34 @@ impl Store for SqliteStore {
                WHEN connected_at IS NOT NULL AND connected_at > $2 THEN connected ELSE FALSE END \
              WHERE thing_id = $1"
         };
-        let done = sqlx::query(sql)
-            .bind(id)
-            .bind(to_db(at))
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Presence).await?;
+            let done = sqlx::query(sql)
+                .bind(id)
+                .bind(to_db(at))
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn mark_all_disconnected(&self, at: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE things SET connected = FALSE, disconnected_at = $1 WHERE connected = TRUE",
-        )
-        .bind(to_db(at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Presence).await?;
+            sqlx::query(
+                "UPDATE things SET connected = FALSE, disconnected_at = $1 WHERE connected = TRUE",
+            )
+            .bind(to_db(at))
+            .execute(tx.conn()?)
+            .await?;
+            tx.commit().await
+        })
+        .await
     }
 
     async fn get_shadow(
@@ -504,15 +532,20 @@ impl Store for SqliteStore {
     }
 
     async fn delete_shadow(&self, thing: &str, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM shadows WHERE thing_id = $1 AND name = $2")
-            .bind(thing)
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Shadows).await?;
+            let done = sqlx::query("DELETE FROM shadows WHERE thing_id = $1 AND name = $2")
+                .bind(thing)
+                .bind(name)
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn write_shadows(
@@ -525,14 +558,21 @@ impl Store for SqliteStore {
         // One transaction, hence one fsync, for the whole batch. Individual failures are detected
         // by affected-row counts rather than by SQL errors, so they never poison the transaction
         // (no savepoints needed, and the same holds on PostgreSQL).
-        let mut tx = self.writer.begin().await?;
-        let out = Self::apply_writes(&mut tx, writes).await?;
-        tx.commit().await?;
-        Ok(out)
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Shadows).await?;
+            let out = Self::apply_writes(&mut tx, writes).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     fn ota(&self) -> Option<&dyn crate::store::ota::OtaStore> {
         Some(self)
+    }
+
+    fn health(&self) -> crate::store::health::HealthReport {
+        self.health.report()
     }
 
     async fn close(&self) {
