@@ -27,6 +27,9 @@ pub struct Metrics {
     lifecycle_events: AtomicU64,
     /// Index 0 = 1xx … 4 = 5xx.
     rest_requests: [AtomicU64; 5],
+    /// 1 while storage writes succeed (starts healthy).
+    store_unhealthy: AtomicI64,
+    store_write_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +100,14 @@ impl Metrics {
     pub fn inc_rest_request(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.rest_requests[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mirrors the store's write health (sampled when metrics are scraped).
+    pub fn set_store_health(&self, report: &crate::store::health::HealthReport) {
+        self.store_unhealthy
+            .store(i64::from(!report.healthy), Ordering::Relaxed);
+        self.store_write_failures
+            .store(report.write_failures, Ordering::Relaxed);
     }
 
     /// The current connected-things gauge.
@@ -174,6 +185,18 @@ impl Metrics {
             "Thing lifecycle events published (S-8.3).",
             get(&self.lifecycle_events),
         );
+        gauge(
+            &mut out,
+            "iothub_store_healthy",
+            "1 while storage writes succeed, 0 while they fail (see /healthz for why).",
+            1 - self.store_unhealthy.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "iothub_store_write_failures_total",
+            "Storage write transactions that failed (each answered 503 to its callers).",
+            get(&self.store_write_failures),
+        );
         header(
             &mut out,
             "iothub_rest_requests_total",
@@ -227,6 +250,16 @@ mod tests {
         m.inc_rest_request(404);
         m.inc_rest_request(999);
         let text = m.render();
+        assert!(text.contains("iothub_store_healthy 1\n"));
+        m.set_store_health(&crate::store::health::HealthReport {
+            healthy: false,
+            reason: Some("database or disk is full".into()),
+            failing_since: Some(1),
+            write_failures: 3,
+        });
+        let text = m.render();
+        assert!(text.contains("iothub_store_healthy 0\n"));
+        assert!(text.contains("iothub_store_write_failures_total 3\n"));
         assert!(text.contains("iothub_connected_things 1\n"));
         assert!(text.contains("iothub_mqtt_messages_in_total 1\n"));
         assert!(text.contains("iothub_shadow_updates_rejected_total{code=\"409\"} 1\n"));

@@ -278,7 +278,28 @@ pub struct DesiredRequest {
 
 /// `GET /healthz` data.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
-    /// `ok` when the store answers.
+    /// `ok` when the store answers and its writes succeed, `unavailable` otherwise.
     pub status: String,
+    /// Why the store is unavailable (e.g. `database or disk is full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when writes fail, ms since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<u64>,
+    /// Write transactions that failed since the hub started.
+    pub write_failures: u64,
+}
+
+impl Health {
+    /// The health view of the store's `report` with `status`.
+    pub fn from_report(status: &str, report: &crate::store::health::HealthReport) -> Health {
+        Health {
+            status: status.to_owned(),
+            reason: report.reason.clone(),
+            failing_since: report.failing_since,
+            write_failures: report.write_failures,
+        }
+    }
 }

@@ -8,24 +8,36 @@ use utoipa::{Modify, OpenApi};
 
 use super::AppState;
 use super::error::{ApiError, envelope, ok};
-use super::schema::{self, Envelope, Health, NullEnvelope};
+use super::schema::{self, Envelope, Health};
 
-/// Liveness and readiness: 200 when the store answers, 503 otherwise. No token needed.
+/// Liveness and readiness: 200 when the store answers and its writes succeed, 503 otherwise,
+/// with the reason in `message` and `data` (a full disk, for one). No token needed.
 #[utoipa::path(get, path = "/healthz", tag = "system",
     responses(
         (status = 200, description = "Healthy", body = Envelope<Health>),
-        (status = 503, description = "Storage unavailable", body = NullEnvelope),
+        (status = 503, description = "Storage unavailable: writes fail or reads fail", body = Envelope<Health>),
     ))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.list_things(0, 1, None).await {
-        Ok(_) => ok(Health {
-            status: "ok".into(),
-        }),
-        Err(e) => envelope(
+    let report = state.store.health();
+    if !report.healthy {
+        let reason = report.reason.clone().unwrap_or_default();
+        return envelope(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("storage unavailable: {e}"),
-            (),
-        ),
+            &format!("storage unavailable: writes are failing: {reason}"),
+            Health::from_report("unavailable", &report),
+        );
+    }
+    match state.store.list_things(0, 1, None).await {
+        Ok(_) => ok(Health::from_report("ok", &report)),
+        Err(e) => {
+            let mut health = Health::from_report("unavailable", &report);
+            health.reason = Some(e.to_string());
+            envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("storage unavailable: {e}"),
+                health,
+            )
+        }
     }
 }
 
@@ -33,6 +45,8 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // The store keeps its own health; the gauges mirror it at scrape time.
+    state.metrics.set_store_health(&state.store.health());
     (
         [(
             header::CONTENT_TYPE,

@@ -105,6 +105,19 @@ impl Replier {
                         }
                         Err(e) => {
                             tracing::warn!(thing = %key.thing, shadow = %key.shadow, "shadow write failed: {e}");
+                            // A write merged on top of one that failed to store fails the
+                            // store's version check in turn; its caller sent no stale version,
+                            // the storage failed: 503, not 409.
+                            let e = match e {
+                                StoreError::VersionConflict
+                                    if self.poisoned.get(&key) == Some(&generation) =>
+                                {
+                                    StoreError::Unavailable(
+                                        "an earlier write of this shadow was not stored".into(),
+                                    )
+                                }
+                                other => other,
+                            };
                             self.poisoned.insert(key.clone(), generation);
                             let _ = self.feedback.send(Feedback::Failed { key, generation });
                             let err = store_error(&e).with_client_token(client_token);

@@ -136,3 +136,127 @@ async fn after_a_rolled_back_and_an_aborted_transaction_every_ok_is_committed() 
     }
     store.close().await;
 }
+
+/// A group commit failing at each of its steps: every write of the batch is answered
+/// `Unavailable` (none is acknowledged), the store reports itself unhealthy with the reason, and
+/// the same writes succeed once the fault is gone, without reopening; after a reopen exactly the
+/// acknowledged writes are there.
+#[tokio::test]
+async fn group_commit_fails_whole_at_every_step_and_recovers() {
+    use crate::store::commit::GroupCommitter;
+    use crate::store::fault::{Faults, Step};
+
+    let steps = [
+        Step::Begin,
+        Step::Statement(1),
+        Step::Statement(2),
+        Step::Statement(3),
+        Step::Commit,
+    ];
+    for step in steps {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::programmed();
+        let store = SqliteStore::open_with_faults(&url(&dir), faults.clone())
+            .await
+            .unwrap();
+        store
+            .create_things(&[new_thing("t0"), new_thing("t1")], 1)
+            .await
+            .unwrap();
+        // t1's shadow exists, so its writes are updates; t0's first write creates its shadow.
+        // Two writes per shadow make two rounds: an insert and an update, then one update of
+        // both: three statements.
+        store.write_shadows(&[write("t1", 0)]).await.unwrap();
+        let shared: crate::store::SharedStore = std::sync::Arc::new(store.clone());
+        let committer = GroupCommitter::spawn(shared, 64, 64);
+        let batch = [
+            write("t0", 0),
+            write("t1", 1),
+            write("t0", 1),
+            write("t1", 2),
+        ];
+
+        faults.set(&format!("shadows {step}"));
+        let mut pending = Vec::new();
+        for w in &batch {
+            pending.push(committer.submit(w.clone()).await);
+        }
+        for (w, rx) in batch.iter().zip(pending) {
+            let r = rx.await.unwrap();
+            assert!(
+                matches!(r, Err(StoreError::Unavailable(_))),
+                "{step}: write {}@{} answered {r:?}",
+                w.thing_id,
+                w.expected_version
+            );
+        }
+        let report = Store::health(&store);
+        assert!(!report.healthy, "{step}: {report:?}");
+        assert!(
+            report
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("injected"),
+            "{step}: {report:?}"
+        );
+        assert!(
+            store.get_shadow("t0", "default").await.unwrap().is_none(),
+            "{step}: a failed batch left a shadow behind"
+        );
+
+        faults.set("");
+        let mut pending = Vec::new();
+        for w in &batch {
+            pending.push(committer.submit(w.clone()).await);
+        }
+        for rx in pending {
+            assert_eq!(rx.await.unwrap(), Ok(()), "{step}: after the fault");
+        }
+        assert!(Store::health(&store).healthy, "{step}");
+        committer.shutdown().await;
+        store.close().await;
+
+        let store = SqliteStore::open(&url(&dir)).await.unwrap();
+        for (thing, version) in [("t0", 2), ("t1", 3)] {
+            let s = store.get_shadow(thing, "default").await.unwrap().unwrap();
+            assert_eq!(s.version, version, "{step}: {thing}");
+        }
+        store.close().await;
+    }
+}
+
+/// While writes fail and nobody writes, the probe keeps failing; once the fault is gone the
+/// probe alone brings health back.
+#[tokio::test]
+async fn the_probe_restores_health_without_client_writes() {
+    use crate::store::fault::Faults;
+
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::programmed();
+    let store = SqliteStore::open_with_faults(&url(&dir), faults.clone())
+        .await
+        .unwrap();
+    faults.set("* commit");
+    assert!(store.create_thing(&new_thing("a"), 1).await.is_err());
+    let failures = Store::health(&store).write_failures;
+    // The probe runs every second and fails too.
+    tokio::time::sleep(super::write::PROBE_EVERY * 2).await;
+    let report = Store::health(&store);
+    assert!(!report.healthy);
+    assert!(
+        report.write_failures > failures,
+        "the probe tried: {report:?}"
+    );
+    faults.set("");
+    let mut healthy = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if Store::health(&store).healthy {
+            healthy = true;
+            break;
+        }
+    }
+    assert!(healthy, "the probe did not restore health within 5 s");
+    store.close().await;
+}
