@@ -10,8 +10,8 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction, from
-//! 1) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
+//! `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
 

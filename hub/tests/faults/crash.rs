@@ -117,7 +117,7 @@ async fn write_stream(
         }
         let job_id = b["data"]["jobId"].as_str().expect("jobId").to_owned();
         acked.jobs.push(job_id.clone());
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let Some((s, _)) = call(
                 &client,
                 http,
