@@ -51,7 +51,7 @@ async fn disk_full_mid_stream_refuses_with_503_and_the_hub_recovers() {
     let mut streams = Vec::new();
     for i in 0..THINGS {
         let proto = if i % 2 == 0 { Proto::V311 } else { Proto::V5 };
-        streams.push(spawn_stream(&hub, proto, phase.clone()).await);
+        streams.push(spawn_stream(&hub, proto, phase.clone(), PACE).await);
     }
     let rest_thing = unique("desired");
     hub.create_thing(&rest_thing).await;
@@ -153,4 +153,120 @@ async fn disk_full_mid_stream_refuses_with_503_and_the_hub_recovers() {
     check_rest(&hub, &rest).await;
     drop(hub);
     drop(fs);
+}
+
+/// Issue 14's scenario by hand, for its figures: 100 things updating with the database on a
+/// 2 MiB tmpfs, which fills up (by itself if the log grows, else with a filler file), then grows
+/// to 64 MiB with the hub running; then a SIGKILL and a restart. Run with
+/// `cargo test -p iothub-hub --test faults -- --ignored --nocapture issue_14_scenario`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement (prints figures); run by hand"]
+async fn issue_14_scenario_2mib_100_things() {
+    const N: usize = 100;
+    let fs = Tmpfs::mount("2m");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = fs.database_url();
+    let mut flags = vec!["--database-url", url.as_str()];
+    flags.extend_from_slice(FLAGS);
+    let started = Instant::now();
+    let mut hub = Hub::start_with(dir.path(), &flags);
+    eprintln!(
+        "start: {:?}; WAL {} bytes; pre-allocation log: {:?}",
+        started.elapsed(),
+        fs.file_len("iothub.db-wal"),
+        hub.stderr()
+            .lines()
+            .find(|l| l.contains("pre-allocat"))
+            .unwrap_or("none")
+    );
+    let phase = Phase::default();
+    let mut streams = Vec::new();
+    for i in 0..N {
+        let proto = if i % 2 == 0 { Proto::V311 } else { Proto::V5 };
+        streams.push(spawn_stream(&hub, proto, phase.clone(), Duration::from_millis(200)).await);
+    }
+    let rest_thing = unique("desired");
+    hub.create_thing(&rest_thing).await;
+    let rest = spawn_rest(&hub, rest_thing, phase.clone());
+
+    let t0 = Instant::now();
+    let filled_by_itself = eventually(Duration::from_secs(20), || async {
+        (healthz(&hub).await.0 == 503).then_some(())
+    })
+    .await
+    .is_some();
+    let mut filler = 0;
+    if !filled_by_itself {
+        filler = fs.fill();
+        wait_health(&hub, 503, Duration::from_secs(20)).await;
+    }
+    let (_, body) = healthz(&hub).await;
+    eprintln!(
+        "disk full after {:?} ({}; filler {filler} bytes); /healthz: {body}",
+        t0.elapsed(),
+        if filled_by_itself {
+            "by the hub's own writes"
+        } else {
+            "with a filler file"
+        },
+    );
+    phase.set(FULL);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fs.resize("64m");
+    phase.set(FREED);
+    let t1 = Instant::now();
+    wait_health(&hub, 200, Duration::from_secs(10)).await;
+    eprintln!(
+        "/healthz 200 again {:?} after the tmpfs grew to 64 MiB",
+        t1.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    phase.stop();
+    let mut seen = Vec::new();
+    for s in streams {
+        seen.push(s.await.expect("stream"));
+    }
+    let rest = rest.await.expect("rest");
+    let mut totals: [(usize, std::collections::BTreeMap<u64, usize>); 3] =
+        std::array::from_fn(|_| (0, std::collections::BTreeMap::new()));
+    for s in &seen {
+        for p in [BEFORE, FULL, FREED] {
+            let (a, r) = s.in_phase(p);
+            totals[p as usize].0 += a;
+            for (code, n) in r {
+                *totals[p as usize].1.entry(code).or_insert(0) += n;
+            }
+        }
+    }
+    let rest_by = |p: u8| {
+        let mut m = std::collections::BTreeMap::<u16, usize>::new();
+        for (q, s) in rest.created.values() {
+            if *q == p {
+                *m.entry(*s).or_default() += 1;
+            }
+        }
+        m
+    };
+    eprintln!(
+        "MQTT updates (accepted, rejected by code): before {:?}, full {:?}, after growing {:?}",
+        totals[0], totals[1], totals[2]
+    );
+    eprintln!(
+        "POST /things by status: before {:?}, full {:?}, after growing {:?}",
+        rest_by(BEFORE),
+        rest_by(FULL),
+        rest_by(FREED)
+    );
+    tokio::task::block_in_place(|| hub.restart());
+    check_shadows(&hub, &seen).await;
+    check_rest(&hub, &rest).await;
+    let versions: Vec<u64> = seen.iter().filter_map(|s| s.last().map(|l| l.0)).collect();
+    eprintln!(
+        "after SIGKILL + restart: all {N} shadows at their last accepted version (min {:?}, max {:?}); \
+         all {} created things present, all {} refused absent",
+        versions.iter().min(),
+        versions.iter().max(),
+        rest.created.values().filter(|(_, s)| *s == 201).count(),
+        rest.created.values().filter(|(_, s)| *s == 503).count(),
+    );
 }

@@ -21,7 +21,7 @@ pub const FLAGS: &[&str] = &[
 /// Updates in flight per thing.
 const WINDOW: u64 = 4;
 /// Pause between two requests of one stream, to leave the CPU to the hub.
-const PACE: Duration = Duration::from_millis(10);
+pub const PACE: Duration = Duration::from_millis(10);
 
 /// The phase of a test, shared with the streams (each request remembers the phase it was sent
 /// in).
@@ -84,7 +84,12 @@ impl Seen {
 
 /// Creates a thing, connects it and streams `{"reported":{"seq":n,..}}` updates until
 /// [`Phase::stop`]; then waits for every outstanding answer.
-pub async fn spawn_stream(hub: &Hub, proto: Proto, phase: Phase) -> tokio::task::JoinHandle<Seen> {
+pub async fn spawn_stream(
+    hub: &Hub,
+    proto: Proto,
+    phase: Phase,
+    pace: Duration,
+) -> tokio::task::JoinHandle<Seen> {
     let id = unique("full");
     let secret = hub.create_thing(&id).await;
     let mut c = hub.connect_thing(proto, &id, &secret).await;
@@ -95,10 +100,10 @@ pub async fn spawn_stream(hub: &Hub, proto: Proto, phase: Phase) -> tokio::task:
             .expect("subscribe");
         assert!(rc < 0x80);
     }
-    tokio::spawn(stream(c, id, phase))
+    tokio::spawn(stream(c, id, phase, pace))
 }
 
-async fn stream(mut c: Client, thing: String, phase: Phase) -> Seen {
+async fn stream(mut c: Client, thing: String, phase: Phase, pace: Duration) -> Seen {
     let topic = shadow_topic(&thing, "default", "update");
     let accepted = shadow_topic(&thing, "default", "update/accepted");
     let rejected = shadow_topic(&thing, "default", "update/rejected");
@@ -120,7 +125,7 @@ async fn stream(mut c: Client, thing: String, phase: Phase) -> Seen {
                 .await
                 .expect("publish");
             next += 1;
-            tokio::time::sleep(PACE).await;
+            tokio::time::sleep(pace).await;
         }
         if sent.is_empty() {
             return seen;
