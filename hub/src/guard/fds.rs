@@ -17,7 +17,7 @@ pub const RESERVED_FDS: u64 = 128;
 pub fn raise_nofile_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
-    let mut raised = before.clone();
+    let mut raised = before;
     raised.current = before.maximum;
     if raised.current != before.current
         && let Err(e) = setrlimit(Resource::Nofile, raised)

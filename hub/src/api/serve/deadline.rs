@@ -91,7 +91,7 @@ mod tests {
         // A short real deadline: the body never yields, so only the deadline can end the wait.
         let mut body = DeadlineBody::new(Stalled, Instant::now() + Duration::from_millis(20));
         let frame = next_frame(&mut body).await;
-        let err = frame.expect("a frame").err().expect("an error");
+        let err = frame.expect("a frame").expect_err("an error");
         assert!(err.is::<BodyDeadlinePassed>(), "{err}");
     }
 
