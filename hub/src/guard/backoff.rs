@@ -1,7 +1,8 @@
 //! Growing delays before refusing a failed CONNECT, per source address and per thing.
 //!
-//! A refusal is held back by `base * 2^(failures - 1)`, capped, where `failures` counts the
-//! recent failures of the address or of the thing, whichever has more. A correct secret is
+//! A refusal is held back by `base * 2^(failures - free - 1)`, capped, where `failures` counts
+//! the recent failures of the address or of the thing, whichever has more; the first `free`
+//! failures are not delayed (a device with a stale secret, a test suite checking refusals). A correct secret is
 //! never delayed: the delay only comes before a *refusing* CONNACK, so an attacker guessing a
 //! thing's secret cannot lock the real device out. Together with the cap on unauthenticated
 //! connections per address this bounds how fast one address can guess: it holds a pending
@@ -20,8 +21,11 @@ use std::time::{Duration, Instant};
 pub struct BackoffConfig {
     /// Delay after the first failure.
     pub base: Duration,
-    /// Longest delay.
+    /// Longest delay. Kept below the usual 5 s CONNACK wait of clients, so a delayed refusal
+    /// still reads as a refusal rather than as a dead hub.
     pub cap: Duration,
+    /// Failures not delayed at all.
+    pub free: u32,
     /// A key without a failure for this long starts again from zero.
     pub forget_after: Duration,
     /// Most keys (addresses plus things) remembered.
@@ -29,10 +33,12 @@ pub struct BackoffConfig {
 }
 
 impl BackoffConfig {
-    /// 100 ms doubling to 5 s; forgotten after 60 s without a failure; 10,000 keys (~1 MB).
+    /// 3 free failures, then 100 ms doubling to 2 s; forgotten after 60 s without a failure;
+    /// 10,000 keys (~1 MB).
     pub const DEFAULT: BackoffConfig = BackoffConfig {
         base: Duration::from_millis(100),
-        cap: Duration::from_secs(5),
+        cap: Duration::from_secs(2),
+        free: 3,
         forget_after: Duration::from_secs(60),
         capacity: 10_000,
     };
@@ -99,10 +105,10 @@ impl FailureBackoff {
     }
 
     fn delay(&self, failures: u32) -> Duration {
-        if failures == 0 {
+        if failures <= self.config.free {
             return Duration::ZERO;
         }
-        let doublings = (failures - 1).min(20);
+        let doublings = (failures - self.config.free - 1).min(20);
         self.config
             .base
             .saturating_mul(1u32 << doublings)
@@ -137,6 +143,7 @@ mod tests {
     const CONFIG: BackoffConfig = BackoffConfig {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(2),
+        free: 0,
         forget_after: Duration::from_secs(60),
         capacity: 8,
     };
@@ -156,6 +163,16 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn the_first_free_failures_are_not_delayed() {
+        let b = FailureBackoff::new(BackoffConfig { free: 2, ..CONFIG });
+        let t0 = Instant::now();
+        let delays: Vec<u64> = (0..4)
+            .map(|_| b.failed(ip(1), "t1", t0).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [0, 0, 100, 200]);
     }
 
     #[test]
