@@ -65,7 +65,7 @@ pub struct Config {
 
     /// Seconds an HTTP client may take to send a request's head (also the idle limit of a
     /// kept-alive connection waiting for its next request).
-    #[arg(long, env = "IOTHUB_HTTP_HEADER_TIMEOUT", default_value_t = 5,
+    #[arg(long, env = "IOTHUB_HTTP_HEADER_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_header_timeout: u64,
 

@@ -2,7 +2,8 @@
 //!
 //! A refusal is held back by `base * 2^(failures - free - 1)`, capped, where `failures` counts
 //! the recent failures of the address or of the thing, whichever has more; the first `free`
-//! failures are not delayed (a device with a stale secret, a test suite checking refusals). A correct secret is
+//! failures of a thing (`addr_free` of an address) are not delayed (a device with a stale
+//! secret, a test suite checking refusals). A correct secret is
 //! never delayed: the delay only comes before a *refusing* CONNACK, so an attacker guessing a
 //! thing's secret cannot lock the real device out. Together with the cap on unauthenticated
 //! connections per address this bounds how fast one address can guess: it holds a pending
@@ -24,8 +25,12 @@ pub struct BackoffConfig {
     /// Longest delay. Kept below the usual 5 s CONNACK wait of clients, so a delayed refusal
     /// still reads as a refusal rather than as a dead hub.
     pub cap: Duration,
-    /// Failures not delayed at all.
+    /// Failures of a thing not delayed at all.
     pub free: u32,
+    /// Failures of an address not delayed at all. Higher than `free`: many devices (or a test
+    /// suite) share an address, and one address's parallel guessing is already bounded by its
+    /// cap on unauthenticated connections.
+    pub addr_free: u32,
     /// A key without a failure for this long starts again from zero.
     pub forget_after: Duration,
     /// Most keys (addresses plus things) remembered.
@@ -39,6 +44,7 @@ impl BackoffConfig {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(2),
         free: 3,
+        addr_free: 50,
         forget_after: Duration::from_secs(60),
         capacity: 10_000,
     };
@@ -48,6 +54,12 @@ impl BackoffConfig {
 enum Key {
     Addr(IpAddr),
     Thing(Box<str>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum KeyKind {
+    Addr,
+    Thing,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +93,10 @@ impl FailureBackoff {
             .into_iter()
             .chain(Some(Key::Thing(thing.into())));
         for key in keys {
+            let key_kind = match key {
+                Key::Addr(_) => KeyKind::Addr,
+                Key::Thing(_) => KeyKind::Thing,
+            };
             if !table.contains_key(&key) && table.len() >= self.config.capacity {
                 self.evict_one(&mut table, now);
             }
@@ -93,7 +109,11 @@ impl FailureBackoff {
             }
             entry.failures = entry.failures.saturating_add(1);
             entry.last = now;
-            worst = worst.max(entry.failures);
+            let free = match key_kind {
+                KeyKind::Addr => self.config.addr_free,
+                KeyKind::Thing => self.config.free,
+            };
+            worst = worst.max(entry.failures.saturating_sub(free));
         }
         self.delay(worst)
     }
@@ -105,10 +125,10 @@ impl FailureBackoff {
     }
 
     fn delay(&self, failures: u32) -> Duration {
-        if failures <= self.config.free {
+        if failures == 0 {
             return Duration::ZERO;
         }
-        let doublings = (failures - self.config.free - 1).min(20);
+        let doublings = (failures - 1).min(20);
         self.config
             .base
             .saturating_mul(1u32 << doublings)
@@ -144,6 +164,7 @@ mod tests {
         base: Duration::from_millis(100),
         cap: Duration::from_secs(2),
         free: 0,
+        addr_free: 0,
         forget_after: Duration::from_secs(60),
         capacity: 8,
     };
@@ -167,12 +188,26 @@ mod tests {
 
     #[test]
     fn the_first_free_failures_are_not_delayed() {
-        let b = FailureBackoff::new(BackoffConfig { free: 2, ..CONFIG });
+        let b = FailureBackoff::new(BackoffConfig {
+            free: 2,
+            addr_free: 3,
+            ..CONFIG
+        });
         let t0 = Instant::now();
         let delays: Vec<u64> = (0..4)
             .map(|_| b.failed(ip(1), "t1", t0).as_millis() as u64)
             .collect();
         assert_eq!(delays, [0, 0, 100, 200]);
+        // Many things from one address: the address's own count starts after addr_free.
+        let b = FailureBackoff::new(BackoffConfig {
+            free: 2,
+            addr_free: 3,
+            ..CONFIG
+        });
+        let delays: Vec<u64> = (0..5)
+            .map(|i| b.failed(ip(1), &format!("t{i}"), t0).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [0, 0, 0, 100, 200]);
     }
 
     #[test]
