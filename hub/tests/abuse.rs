@@ -132,3 +132,54 @@ fn one_address_cannot_hold_more_unauthenticated_connections_than_its_cap() {
         "the first 8 stay within the handshake timeout"
     );
 }
+
+/// Opens `n` connections from 127.0.0.2 to `to`, each sending `first` (maybe nothing).
+async fn hold(n: usize, to: SocketAddr, first: &[u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind 127.0.0.2");
+        let Ok(mut s) = socket.connect(to).await else {
+            continue;
+        };
+        let _ = s.write_all(first).await;
+        held.push(s);
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_1024_descriptor_limit_things_and_rest_still_get_in() {
+    // This process holds 2,200 sockets; give it its hard limit.
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim).expect("raise own descriptor limit");
+    }
+    let hub = Hub::start();
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", hub.pid()))
+        .arg("--nofile=1024:1024")
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+    let mqtt_held = hold(1_100, hub.mqtt, b"").await;
+    let http_held = hold(1_100, hub.http, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(
+        mqtt_held.len() + http_held.len() > 2_000,
+        "could not open the sockets"
+    );
+
+    let (_thing, _secret, client) = hub.new_thing(Proto::V311, "fdlimit").await;
+    assert!(
+        client.closed().is_none(),
+        "the legitimate thing was dropped"
+    );
+    let (status, _, _) = hub.get_text("/healthz").await;
+    assert_eq!(status, 200, "/healthz while 2,200 sockets are held");
+    drop((mqtt_held, http_held));
+}
