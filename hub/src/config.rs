@@ -39,17 +39,58 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Seconds an HTTP client may take to send a request's head, or between two pieces of a
-    /// request body, before the hub gives up on it (also the idle limit of a kept-alive
-    /// connection).
+    /// Seconds an MQTT client has, from the TCP connection, to send its whole CONNECT; a
+    /// client that sends nothing, or too little, is disconnected when they pass.
+    #[arg(long, env = "IOTHUB_HANDSHAKE_TIMEOUT", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout: u64,
+
+    /// Largest CONNECT packet in bytes, read before the client is authenticated; a larger one
+    /// closes the connection before its bytes are buffered.
+    #[arg(long, env = "IOTHUB_MAX_CONNECT_SIZE", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(128..=1024 * 1024))]
+    pub max_connect_size: u32,
+
+    /// Most MQTT connections not yet authenticated (TCP accepted, CONNACK not yet sent), in
+    /// all; more are closed at accept.
+    #[arg(long, env = "IOTHUB_MAX_PENDING_CONNECTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_connects: u64,
+
+    /// Most MQTT connections not yet authenticated from one IP address; more are closed at
+    /// accept.
+    #[arg(long, env = "IOTHUB_MAX_PENDING_CONNECTS_PER_ADDR", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_connects_per_addr: u64,
+
+    /// Seconds an HTTP client may take to send a request's head (also the idle limit of a
+    /// kept-alive connection waiting for its next request).
+    #[arg(long, env = "IOTHUB_HTTP_HEADER_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout: u64,
+
+    /// Seconds an HTTP client may take between two pieces of a request body.
     #[arg(long, env = "IOTHUB_HTTP_READ_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_read_timeout: u64,
 
-    /// Most concurrent HTTP connections to the REST API; more wait in the listen backlog.
+    /// Seconds an HTTP client may take to send a whole request body, counted from its head;
+    /// a body still incomplete then ends with an error answer and the connection is closed.
+    #[arg(long, env = "IOTHUB_HTTP_REQUEST_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_request_timeout: u64,
+
+    /// Most concurrent HTTP connections to the REST API; more are answered 503 at once and
+    /// closed.
     #[arg(long, env = "IOTHUB_MAX_HTTP_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_http_connections: u64,
+
+    /// Most concurrent HTTP connections from one IP address; more are answered 503 at once
+    /// and closed.
+    #[arg(long, env = "IOTHUB_MAX_HTTP_CONNECTIONS_PER_ADDR", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_http_connections_per_addr: u64,
 
     /// Most shadow writes committed in one storage transaction (group commit).
     #[arg(long, env = "IOTHUB_COMMIT_BATCH", default_value_t = 512)]
@@ -82,6 +123,11 @@ pub struct Config {
     /// Named shadows per thing (S-3.9).
     #[arg(long, env = "IOTHUB_MAX_NAMED_SHADOWS", default_value_t = Limits::DEFAULT.max_named_shadows)]
     pub max_named_shadows: u32,
+
+    /// Topic filters one thing may hold subscribed at once; more are refused in SUBACK
+    /// (0x97 in MQTT 5, 0x80 in 3.1.1). Service users are not limited.
+    #[arg(long, env = "IOTHUB_MAX_SUBSCRIPTIONS", default_value_t = Limits::DEFAULT.max_subscriptions)]
+    pub max_subscriptions: u32,
 }
 
 impl Config {
@@ -95,6 +141,7 @@ impl Config {
             shadow_requests_per_sec: self.shadow_requests_per_sec,
             max_in_flight: self.max_in_flight,
             max_named_shadows: self.max_named_shadows,
+            max_subscriptions: self.max_subscriptions,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod guard;
 pub mod method;
 pub mod metrics;
 pub mod ntp;
@@ -37,6 +38,9 @@ use tokio::task::JoinHandle;
 pub use config::Config;
 
 use broker::{BrokerConfig, EmbeddedBroker, HookDeps, RmqttBus};
+
+/// How often refused connections are summarized in the log.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 use bus::Bus;
 
 /// A hub that is serving; returned by [`start`].
@@ -53,6 +57,7 @@ pub struct RunningHub {
     router_stop: tokio::sync::oneshot::Sender<()>,
     router: JoinHandle<()>,
     presence: JoinHandle<()>,
+    refusal_reporter: JoinHandle<()>,
     ota: ota::OtaService,
     ota_task: ota::OtaTask,
     shadows: shadow::service::ShadowService,
@@ -119,18 +124,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         credentials.clone(),
         config.service_users.iter().cloned().collect(),
     );
+    let fds = guard::fds::raise_nofile_limit();
+    let budget = guard::fds::Budget::plan(&config, fds);
+    let mqtt_refusals = guard::refusals::RefusalLog::new("MQTT connections");
+    let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let broker = EmbeddedBroker::start(
         scx,
         &BrokerConfig {
             addr: config.mqtt_addr,
-            max_connections: config.max_connections,
+            max_connections: budget.mqtt_connections,
             max_packet_size: 1024 * 1024,
+            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
+            max_connect_size: config.max_connect_size,
+            max_pending: budget.mqtt_pending,
+            max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
+                .unwrap_or(usize::MAX),
         },
         HookDeps {
             authenticator,
             presence: presence.clone(),
             router: router_handle,
             ota: ota.clone(),
+            max_subscriptions: limits.max_subscriptions as usize,
+            refusals: mqtt_refusals,
         },
     )
     .await?;
@@ -163,8 +179,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let (http_stop, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(state);
     let http_config = api::serve::HttpServerConfig {
+        header_timeout: std::time::Duration::from_secs(config.http_header_timeout),
         read_timeout: std::time::Duration::from_secs(config.http_read_timeout),
-        max_connections: usize::try_from(config.max_http_connections).unwrap_or(usize::MAX),
+        request_timeout: std::time::Duration::from_secs(config.http_request_timeout),
+        max_connections: budget.http_connections,
+        max_connections_per_addr: usize::try_from(config.max_http_connections_per_addr)
+            .unwrap_or(usize::MAX),
     };
     let http = tokio::spawn(async move {
         api::serve::serve(listener, app, http_config, async move {
@@ -183,6 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         router_stop,
         router,
         presence: presence_task,
+        refusal_reporter,
         ota,
         ota_task,
         shadows,
@@ -201,6 +222,7 @@ impl RunningHub {
         self.ota.stop().await;
         self.ota_task.join().await;
         self.shadows.shutdown().await;
+        self.refusal_reporter.abort();
         self.presence.abort();
         let _ = self.presence.await;
         self.store.close().await;

@@ -34,7 +34,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // rmqtt logs every refused or dropped connection at INFO; the hub summarizes
+            // refusals itself (guard::refusals), so a flood cannot flood the log.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -54,6 +54,15 @@ pub struct Limits {
     /// Named shadows per thing, `default` included (default 10); an update that would create one
     /// more gets 403 (as Azure answers a quota, see the crate's decisions).
     pub max_named_shadows: u32,
+    /// Topic filters one thing may hold subscribed at once (default 100); a SUBSCRIBE that would
+    /// add one more is refused for that filter with SUBACK 0x97 (MQTT 5) or 0x80 (3.1.1).
+    /// Re-subscribing a filter the thing already holds is not "one more".
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions: u32,
+}
+
+fn default_max_subscriptions() -> u32 {
+    Limits::DEFAULT.max_subscriptions
 }
 
 impl Limits {
@@ -66,6 +75,7 @@ impl Limits {
         shadow_requests_per_sec: 20,
         max_in_flight: 10,
         max_named_shadows: 10,
+        max_subscriptions: 100,
     };
 }
 

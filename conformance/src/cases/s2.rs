@@ -26,6 +26,12 @@ pub fn cases() -> Vec<Case> {
         v.push(Case::new(format!("s2_acl_publish_{t}"), &["S-2.1", "S-2.2"], format!("every publish vector of topics.json: allowed ones acked, denied ones never delivered ({t})"), move |c| acl_publish(c, p)));
         v.push(Case::new(format!("s2_acl_subscribe_{t}"), &["S-2.1", "S-2.2"], format!("every subscribe vector of topics.json: SUBACK grant or failure code, nothing leaks ({t})"), move |c| acl_subscribe(c, p)));
         v.push(Case::new(
+            format!("s2_subscription_cap_{t}"),
+            &["S-2.2", "S-3.9"],
+            format!("a thing gets maxSubscriptions filters; one more is refused in SUBACK (0x97 / 0x80), re-subscribing a held one is not ({t})"),
+            move |c| subscription_cap(c, p),
+        ));
+        v.push(Case::new(
             format!("s2_responses_qos1_not_retained_{t}"),
             &["S-2.3"],
             format!("shadow replies, delta and documents arrive at QoS 1 without retain ({t})"),
@@ -252,6 +258,59 @@ async fn acl_subscribe(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
         }
     }
     ensure!(errors.is_empty(), "S-2.1/S-2.2: {}", errors.join("; "));
+    Ok(())
+}
+
+/// The per-thing subscription cap reported by `GET /api/v1/limits` (`maxSubscriptions`).
+async fn subscription_cap(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
+    let max = ctx.limits.max_subscriptions as usize;
+    let thing = ctx.create_thing().await?;
+    let mut d = ctx.connect(&thing, p, vec![]).await?;
+    let filter = |i: usize| {
+        Topic::User {
+            thing: &thing.id,
+            rest: &format!("cap/{i}"),
+        }
+        .to_string()
+    };
+    // The connection may hold subscriptions of its own already; fill up to the cap.
+    let mut granted = 0;
+    let mut i = 0;
+    let refusal = loop {
+        ensure!(
+            i <= max,
+            "{} filters subscribed, none refused (cap {max})",
+            i
+        );
+        let codes = d.conn.subscribe(&filter(i)).await.context("SUBSCRIBE")?;
+        let code = codes.first().copied().context("empty SUBACK")?;
+        if code > 2 {
+            break code;
+        }
+        granted += 1;
+        i += 1;
+    };
+    let expected = match p {
+        Proto::V5 => 0x97,
+        Proto::V311 => 0x80,
+    };
+    ensure!(
+        refusal == expected,
+        "SUBACK {refusal:#04x} over the cap, want {expected:#04x}"
+    );
+    ensure!(
+        granted >= 1 && granted <= max,
+        "{granted} filters granted, cap {max}"
+    );
+    let again = d
+        .conn
+        .subscribe(&filter(0))
+        .await
+        .context("SUBSCRIBE again")?;
+    ensure!(
+        again.first().is_some_and(|c| *c <= 2),
+        "re-subscribing a held filter at the cap was refused: {again:?}"
+    );
     Ok(())
 }
 

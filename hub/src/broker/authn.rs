@@ -2,11 +2,14 @@
 //! against the configured list.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use crate::auth::{CredentialCache, constant_time_eq, verify_password};
+use crate::guard::backoff::{BackoffConfig, FailureBackoff};
 use crate::store::SharedStore;
 
 /// The outcome of checking a thing's credentials.
@@ -31,6 +34,8 @@ pub struct Authenticator {
     /// Password hashes verified at once. Each argon2 verification holds its memory cost (MiBs)
     /// on a blocking thread; unbounded, a connect storm would start hundreds of them.
     verify_slots: Arc<Semaphore>,
+    /// Delays before refusing failed CONNECTs, per address and per thing.
+    backoff: Arc<FailureBackoff>,
 }
 
 impl Authenticator {
@@ -46,7 +51,18 @@ impl Authenticator {
             cache,
             service_users: Arc::new(service_users),
             verify_slots: Arc::new(Semaphore::new(parallelism)),
+            backoff: Arc::new(FailureBackoff::new(BackoffConfig::DEFAULT)),
         }
+    }
+
+    /// Records a failed CONNECT of `name` from `addr`; returns how long to hold the refusal back.
+    pub fn failed(&self, addr: Option<IpAddr>, name: &str) -> Duration {
+        self.backoff.failed(addr, name, Instant::now())
+    }
+
+    /// Records a successful CONNECT of `name`, which clears its failures.
+    pub fn succeeded(&self, name: &str) {
+        self.backoff.succeeded(name);
     }
 
     /// Whether `name`/`secret` is a configured service user (constant-time secret compare).

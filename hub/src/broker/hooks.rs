@@ -52,7 +52,7 @@ impl HubHooks {
                 (false, Some(HookResult::AuthResult(result)))
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                let result = subscribe_acl(session, subscribe);
+                let result = self.subscribe_acl(session, subscribe).await;
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
@@ -78,10 +78,29 @@ impl HubHooks {
         }
     }
 
-    /// S-1.2, S-1.3: client identifier = username = thingId, password = the thing's secret.
+    /// Authenticates a CONNECT and, when it fails, holds the refusal back by the failure
+    /// backoff of its address and name, and counts it for the summarized refusal log.
     async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
+        let (result, blame) = self.check_credentials(info).await;
+        let name = info.username().map_or("", |u| u.as_ref());
+        if matches!(result, AuthResult::Allow(..)) {
+            self.deps.authenticator.succeeded(name);
+            return result;
+        }
+        let addr = info.id().remote_addr.map(|a| a.ip());
+        self.deps.refusals.record(addr, blame.reason());
+        if blame == Blame::Client {
+            let delay = self.deps.authenticator.failed(addr, name);
+            tracing::debug!(thing = %name, ?addr, delay_ms = delay.as_millis() as u64, "CONNECT refused");
+            tokio::time::sleep(delay).await;
+        }
+        result
+    }
+
+    /// S-1.2, S-1.3: client identifier = username = thingId, password = the thing's secret.
+    async fn check_credentials(&self, info: &ConnectInfo) -> (AuthResult, Blame) {
         let Some(username) = info.username() else {
-            return AuthResult::BadUsernameOrPassword;
+            return (AuthResult::BadUsernameOrPassword, Blame::Client);
         };
         let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
         let username: &str = username.as_ref();
@@ -91,14 +110,14 @@ impl HubHooks {
                 .authenticator
                 .check_service_user(username, password)
             {
-                true => AuthResult::Allow(false, None::<AuthInfo>),
-                false => AuthResult::BadUsernameOrPassword,
+                true => (AuthResult::Allow(false, None::<AuthInfo>), Blame::None),
+                false => (AuthResult::BadUsernameOrPassword, Blame::Client),
             };
         }
         let client_id: &str = info.client_id().as_ref();
         if client_id != username {
             tracing::debug!(%client_id, %username, "refused: client id differs from username");
-            return AuthResult::BadUsernameOrPassword;
+            return (AuthResult::BadUsernameOrPassword, Blame::Client);
         }
         if let Some(will_topic) = will_topic(info)
             && !Topic::parse(will_topic).is_ok_and(|t| t.thing_may_publish(username))
@@ -106,7 +125,7 @@ impl HubHooks {
             // The broker publishes a Will without asking the ACL hooks, so the allow-list
             // (S-2.1: `T/messages/will/#` and the thing's other own topics) is applied here.
             tracing::debug!(thing = %username, %will_topic, "refused: Will topic outside the allow-list");
-            return AuthResult::NotAuthorized;
+            return (AuthResult::NotAuthorized, Blame::Client);
         }
         match self
             .deps
@@ -116,10 +135,11 @@ impl HubHooks {
         {
             CredentialCheck::Valid => {
                 settle_previous_session(&self.scx, info.id()).await;
-                AuthResult::Allow(false, None)
+                (AuthResult::Allow(false, None), Blame::None)
             }
-            CredentialCheck::Invalid => AuthResult::BadUsernameOrPassword,
-            CredentialCheck::Disabled | CredentialCheck::Unavailable => AuthResult::NotAuthorized,
+            CredentialCheck::Invalid => (AuthResult::BadUsernameOrPassword, Blame::Client),
+            CredentialCheck::Disabled => (AuthResult::NotAuthorized, Blame::Client),
+            CredentialCheck::Unavailable => (AuthResult::NotAuthorized, Blame::Hub),
         }
     }
 
@@ -168,6 +188,27 @@ impl HubHooks {
     }
 }
 
+/// Whose fault a refused CONNECT is; only the client's own failures back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// Not refused.
+    None,
+    /// Wrong or unusable credentials.
+    Client,
+    /// The registry could not be read.
+    Hub,
+}
+
+impl Blame {
+    fn reason(self) -> &'static str {
+        match self {
+            Blame::None => "accepted",
+            Blame::Client => "bad credentials",
+            Blame::Hub => "registry unavailable",
+        }
+    }
+}
+
 /// Longest time spent taking over a previous connection of the same client.
 const SETTLE_LIMIT: Duration = Duration::from_millis(500);
 
@@ -209,19 +250,44 @@ fn will_topic(info: &ConnectInfo) -> Option<&str> {
     }
 }
 
-/// S-2.1 subscribe allow-list (S-2.2: 0x80 in 3.1.1, 0x87 in MQTT 5).
-fn subscribe_acl(session: &Session, subscribe: &Subscribe) -> SubscribeReturn {
-    let sender = session.id.username_ref();
-    let filter: &str = subscribe.topic_filter.as_ref();
-    let allowed = if is_service_user(sender) {
-        filter.starts_with(SERVICE_NAMESPACE)
-    } else {
-        thing_may_subscribe(filter, sender)
-    };
-    if allowed {
+impl HubHooks {
+    /// S-2.1 subscribe allow-list (S-2.2: 0x80 in 3.1.1, 0x87 in MQTT 5), then the cap on a
+    /// thing's subscriptions (0x97 in MQTT 5, 0x80 in 3.1.1).
+    async fn subscribe_acl(&self, session: &Session, subscribe: &Subscribe) -> SubscribeReturn {
+        let sender = session.id.username_ref();
+        let filter: &str = subscribe.topic_filter.as_ref();
+        let service_user = is_service_user(sender);
+        let allowed = if service_user {
+            filter.starts_with(SERVICE_NAMESPACE)
+        } else {
+            thing_may_subscribe(filter, sender)
+        };
+        if !allowed {
+            tracing::debug!(%sender, %filter, "subscribe denied by the allow-list");
+            return SubscribeReturn::new_failure(SubscribeAckReason::NotAuthorized);
+        }
+        if !service_user && self.over_subscription_cap(session, filter).await {
+            tracing::debug!(%sender, %filter, max = self.deps.max_subscriptions, "subscribe refused: subscription cap");
+            return SubscribeReturn::new_failure(SubscribeAckReason::QuotaExceeded);
+        }
         SubscribeReturn::new_success(subscribe.opts.qos(), None)
-    } else {
-        tracing::debug!(%sender, %filter, "subscribe denied by the allow-list");
-        SubscribeReturn::new_failure(SubscribeAckReason::NotAuthorized)
+    }
+
+    /// Whether subscribing `filter` would take the session past the cap. Re-subscribing a
+    /// filter it already holds replaces that subscription (MQTT 3.8.4) and adds none. rmqtt
+    /// handles a SUBSCRIBE's filters one after the other, so the count includes the earlier
+    /// filters of the same packet.
+    async fn over_subscription_cap(&self, session: &Session, filter: &str) -> bool {
+        let Ok(subs) = session.subscriptions().await else {
+            return false;
+        };
+        if subs.len().await < self.deps.max_subscriptions {
+            return false;
+        }
+        !subs
+            .to_topic_filters()
+            .await
+            .iter()
+            .any(|held| AsRef::<str>::as_ref(held) == filter)
     }
 }

@@ -12,6 +12,7 @@
 //! - superusers skip rmqtt's ACL hooks altogether, so service users (S-1.5) are ordinary users whose
 //!   allow-list is "any `$iothub/...` topic"; that keeps their requests flowing through the router.
 
+mod admission;
 pub mod authn;
 mod hooks;
 mod retain;
@@ -47,7 +48,8 @@ use iothub_spec::topic::Topic as SpecTopic;
 /// client connects, and keeps them: 20,000 workers held 10.7 MB (measured with heaptrack). A
 /// handshake's cost is the credential check, bounded by the cores, so 1,000 workers already
 /// keep every core busy during a connect storm; waiting handshakes still obey the handshake
-/// timeout.
+/// timeout. Every handshake holds an unauthenticated slot (`max_pending`), so a refusal
+/// delayed by the failure backoff never holds more workers than there are such slots.
 const HANDSHAKE_WORKERS: usize = 1_000;
 
 /// Settings of the MQTT listener.
@@ -60,6 +62,14 @@ pub struct BrokerConfig {
     /// Largest MQTT packet accepted, in bytes. Shadow payload limits are enforced separately
     /// (S-3.9) so that an oversized request still gets its 413 reply.
     pub max_packet_size: u32,
+    /// The whole handshake (version probe and CONNECT) must arrive within this time.
+    pub handshake_timeout: Duration,
+    /// Largest CONNECT accepted before authentication, in bytes.
+    pub max_connect_size: u32,
+    /// Most connections not yet accepted by a CONNACK, in all.
+    pub max_pending: usize,
+    /// Most connections not yet accepted by a CONNACK, per source address.
+    pub max_pending_per_addr: usize,
 }
 
 /// Everything the hooks need to decide and to hand messages on.
@@ -68,6 +78,10 @@ pub(crate) struct HookDeps {
     pub presence: Presence,
     pub router: RouterHandle,
     pub ota: crate::ota::OtaService,
+    /// Topic filters a thing may hold subscribed at once.
+    pub max_subscriptions: usize,
+    /// Refusals of MQTT connections, summarized in the log.
+    pub refusals: Arc<crate::guard::refusals::RefusalLog>,
 }
 
 /// A running embedded broker.
@@ -92,6 +106,12 @@ impl EmbeddedBroker {
         config: &BrokerConfig,
         deps: HookDeps,
     ) -> anyhow::Result<EmbeddedBroker> {
+        let admission = admission::MqttAdmission::new(
+            config.max_connections,
+            config.max_pending,
+            config.max_pending_per_addr,
+            deps.refusals.clone(),
+        );
         let handler = Arc::new(hooks::HubHooks::new(deps, scx.clone()));
         let register = scx.extends.hook_mgr().register();
         for typ in [
@@ -115,12 +135,19 @@ impl EmbeddedBroker {
             .allow_anonymous(false)
             .allow_zero_keepalive(true)
             .max_connections(config.max_connections)
-            .max_handshaking_limit(HANDSHAKE_WORKERS.min(config.max_connections.max(1)))
+            .max_handshaking_limit(
+                HANDSHAKE_WORKERS
+                    .min(config.max_pending)
+                    .min(config.max_connections)
+                    .max(1),
+            )
             .max_packet_size(config.max_packet_size)
+            .max_connect_size(config.max_connect_size)
+            .admission(rmqtt::net::AdmissionRef(Arc::new(admission)))
             .backlog(4096)
             .reuseaddr(Some(true))
             .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
-            .handshake_timeout(Duration::from_secs(15))
+            .handshake_timeout(config.handshake_timeout)
             .bind()
             .map_err(|e| anyhow::anyhow!("cannot listen for MQTT on {}: {e}", config.addr))?;
         let local_addr = listener

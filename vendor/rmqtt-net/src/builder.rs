@@ -172,6 +172,11 @@ pub struct Builder {
 
     /// QUIC(max_idle_timeout)
     pub idle_timeout: Duration,
+
+    /// iothub patch: largest CONNECT packet read before authentication (0 = max_packet_size).
+    pub max_connect_size: u32,
+    /// iothub patch: admission of each accepted TCP connection (None = admit all).
+    pub admission: Option<crate::AdmissionRef>,
 }
 
 impl Default for Builder {
@@ -242,6 +247,9 @@ impl Builder {
             collect_cert_info: false,
 
             idle_timeout: Duration::from_secs(90),
+
+            max_connect_size: 0, // iothub patch
+            admission: None,     // iothub patch
         }
     }
 
@@ -483,6 +491,18 @@ impl Builder {
         self
     }
 
+    /// iothub patch: sets the largest CONNECT packet read before authentication.
+    pub fn max_connect_size(mut self, max_connect_size: u32) -> Self {
+        self.max_connect_size = max_connect_size; // iothub patch
+        self // iothub patch
+    } // iothub patch
+
+    /// iothub patch: sets the admission of accepted TCP connections.
+    pub fn admission(mut self, admission: crate::AdmissionRef) -> Self {
+        self.admission = Some(admission); // iothub patch
+        self // iothub patch
+    } // iothub patch
+
     /// Sets idle timeout (QUIC)
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
@@ -719,7 +739,16 @@ impl Listener {
     }
 
     async fn accept_tcp(&self, tcp_listener: &TcpListener) -> Result<Acceptor<TcpStream>> {
-        let (mut socket, mut remote_addr) = tcp_listener.accept().await?;
+        // iothub patch: refused connections are closed here, before any byte is read, and the
+        // loop accepts the next one (an Err would make rmqtt's accept loop pause for 1 s).
+        let (mut socket, mut remote_addr, ticket) = loop {
+            let (socket, remote_addr) = tcp_listener.accept().await?; // iothub patch
+            let Some(admission) = &self.cfg.admission else { break (socket, remote_addr, None) }; // iothub patch
+            match admission.0.admit(remote_addr) { // iothub patch
+                Some(ticket) => break (socket, remote_addr, Some(ticket)), // iothub patch
+                None => drop(socket), // iothub patch
+            } // iothub patch
+        }; // iothub patch
         if let Err(e) = socket.set_nodelay(self.cfg.nodelay) {
             return Err(Error::from(e));
         }
@@ -768,6 +797,7 @@ impl Listener {
             acceptor: self.tls_acceptor.clone(),
             cfg: self.cfg.clone(),
             typ: self.typ,
+            ticket, // iothub patch
         })
     }
 
@@ -789,6 +819,7 @@ impl Listener {
                 acceptor: self.tls_acceptor.clone(),
                 cfg: self.cfg.clone(),
                 typ: self.typ,
+                ticket: None, // iothub patch
             })
         } else {
             Err(anyhow!(
@@ -826,6 +857,8 @@ pub struct Acceptor<S> {
     pub cfg: Arc<Builder>,
     /// Active protocol type
     pub typ: ListenerType,
+    /// iothub patch: what admission gave this connection.
+    pub(crate) ticket: Option<crate::Ticket>,
 }
 
 impl<S> Acceptor<S>
@@ -836,7 +869,7 @@ where
     #[inline]
     pub fn tcp(self) -> Result<Dispatcher<S>> {
         if matches!(self.typ, ListenerType::TCP) {
-            Ok(Dispatcher::new(self.socket, self.remote_addr, None, self.cfg))
+            Ok(Dispatcher::new(self.socket, self.remote_addr, None, self.cfg).with_ticket(self.ticket)) // iothub patch
         } else {
             Err(anyhow!("Protocol mismatch: Expected TCP listener"))
         }

@@ -26,6 +26,7 @@
 //! }
 //! ```
 
+mod admission; // iothub patch
 mod builder;
 mod cert_extractor;
 mod error;
@@ -40,6 +41,7 @@ mod ws;
 pub use quic::QuinnBiStream;
 
 /// Server configuration and listener management
+pub use admission::{Admission, AdmissionRef, Ticket}; // iothub patch
 pub use builder::{Builder, Listener, ListenerType};
 
 /// Trait for extracting TLS certificate information from client connections

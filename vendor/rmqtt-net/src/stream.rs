@@ -35,6 +35,11 @@ pub struct Dispatcher<Io> {
     pub cfg: Arc<Builder>,
 
     pub cert_info: Option<CertInfo>,
+
+    /// iothub patch: the version probe and the whole CONNECT must arrive before this instant.
+    deadline: tokio::time::Instant,
+    /// iothub patch: what admission gave this connection (see `crate::Admission`).
+    ticket: Option<crate::Ticket>,
 }
 
 /// iothub patch: initial read and write buffer capacity of a connection, in bytes.
@@ -58,8 +63,15 @@ where
         // write side still flushes at the default 8 KiB boundary. See vendor/README.md.
         let mut io = Framed::with_capacity(io, MqttCodec::Version(VersionCodec), INITIAL_BUFFER_CAPACITY);
         io.set_backpressure_boundary(WRITE_BACKPRESSURE_BOUNDARY);
-        Dispatcher { io, remote_addr, cfg, cert_info }
+        let deadline = tokio::time::Instant::now() + cfg.handshake_timeout; // iothub patch
+        Dispatcher { io, remote_addr, cfg, cert_info, deadline, ticket: None } // iothub patch
     }
+
+    /// iothub patch: attaches the admission ticket, kept by the stream this dispatcher becomes.
+    pub(crate) fn with_ticket(mut self, ticket: Option<crate::Ticket>) -> Self {
+        self.ticket = ticket; // iothub patch
+        self // iothub patch
+    } // iothub patch
 
     /// Negotiates protocol version and returns appropriate stream
     #[inline]
@@ -71,6 +83,8 @@ where
                 cfg: self.cfg,
                 #[cfg(feature = "tls")]
                 cert_info: self.cert_info,
+                deadline: self.deadline, // iothub patch
+                ticket: self.ticket,     // iothub patch
             }),
             ProtocolVersion::MQTT5 => MqttStream::V5(v5::MqttStream {
                 io: self.io,
@@ -78,6 +92,8 @@ where
                 cfg: self.cfg,
                 #[cfg(feature = "tls")]
                 cert_info: self.cert_info,
+                deadline: self.deadline, // iothub patch
+                ticket: self.ticket,     // iothub patch
             }),
         })
     }
@@ -85,14 +101,21 @@ where
     /// Detects protocol version from initial handshake
     #[inline]
     async fn probe_version(&mut self) -> Result<ProtocolVersion> {
-        let Some(Ok((MqttPacket::Version(ver), _))) = self.io.next().await else {
+        // iothub patch: a client that sends nothing (or too little) is cut at the deadline.
+        let Ok(first) = tokio::time::timeout_at(self.deadline, self.io.next()).await else {
+            return Err(MqttError::ReadTimeout.into()); // iothub patch
+        }; // iothub patch
+        let Some(Ok((MqttPacket::Version(ver), _))) = first else {
             return Err(anyhow!(DecodeError::InvalidProtocol));
         };
 
+        // iothub patch: the CONNECT is read under the (smaller) pre-authentication size cap;
+        // recv_connect restores max_packet_size once it has the CONNECT.
+        let connect_max = connect_size_cap(&self.cfg); // iothub patch
         let codec = match ver {
-            ProtocolVersion::MQTT3 => MqttCodec::V3(CodecV3::new(self.cfg.max_packet_size)),
+            ProtocolVersion::MQTT3 => MqttCodec::V3(CodecV3::new(connect_max)), // iothub patch
             ProtocolVersion::MQTT5 => {
-                MqttCodec::V5(CodecV5::new(self.cfg.max_packet_size, self.cfg.max_packet_size))
+                MqttCodec::V5(CodecV5::new(connect_max, self.cfg.max_packet_size)) // iothub patch
             }
         };
 
@@ -100,6 +123,15 @@ where
         Ok(ver)
     }
 }
+
+/// iothub patch: the size cap on a packet read before authentication.
+fn connect_size_cap(cfg: &Builder) -> u32 {
+    match (cfg.max_connect_size, cfg.max_packet_size) { // iothub patch
+        (0, max) => max, // iothub patch
+        (cap, 0) => cap, // iothub patch
+        (cap, max) => cap.min(max), // iothub patch
+    } // iothub patch
+} // iothub patch
 
 /// Version-specific MQTT protocol streams
 pub enum MqttStream<Io> {
@@ -142,6 +174,10 @@ pub mod v3 {
         #[cfg(feature = "tls")]
         /// TLS certificate information (if available)
         pub cert_info: Option<CertInfo>,
+        /// iothub patch: the CONNECT must arrive before this instant.
+        pub(crate) deadline: tokio::time::Instant,
+        /// iothub patch: what admission gave this connection.
+        pub(crate) ticket: Option<crate::Ticket>,
     }
 
     /// # Examples
@@ -238,6 +274,9 @@ pub mod v3 {
             return_code: ConnectAckReason,
             session_present: bool,
         ) -> Result<()> {
+            if return_code == ConnectAckReason::ConnectionAccepted { // iothub patch
+                if let Some(ticket) = &mut self.ticket { ticket.handshake = None; } // iothub patch
+            } // iothub patch
             self.send(PacketV3::ConnectAck(rmqtt_codec::v3::ConnectAck { session_present, return_code }))
                 .await
         }
@@ -286,6 +325,7 @@ pub mod v3 {
         /// Waits for CONNECT packet with timeout
         #[inline]
         pub async fn recv_connect(&mut self, tm: Duration) -> Result<Box<Connect>> {
+            let tm = tm.min(self.deadline.saturating_duration_since(tokio::time::Instant::now())); // iothub patch
             let connect = match self.recv(tm).await {
                 #[allow(unused_mut)]
                 Ok(Some(Packet::Connect(mut connect))) => {
@@ -316,6 +356,9 @@ pub mod v3 {
                     return Err(MqttError::InvalidProtocol.into());
                 }
             };
+            if let MqttCodec::V3(codec) = self.io.codec_mut() { // iothub patch: authenticated size cap
+                codec.set_max_size(self.cfg.max_packet_size); // iothub patch
+            } // iothub patch
             Ok(connect)
         }
     }
@@ -369,6 +412,10 @@ pub mod v5 {
         #[cfg(feature = "tls")]
         /// TLS certificate information (if available)
         pub cert_info: Option<CertInfo>,
+        /// iothub patch: the CONNECT must arrive before this instant.
+        pub(crate) deadline: tokio::time::Instant,
+        /// iothub patch: what admission gave this connection.
+        pub(crate) ticket: Option<crate::Ticket>,
     }
 
     /// # Examples
@@ -460,6 +507,9 @@ pub mod v5 {
         /// Responds to connection request
         #[inline]
         pub async fn send_connect_ack(&mut self, ack: rmqtt_codec::v5::ConnectAck) -> Result<()> {
+            if ack.reason_code == rmqtt_codec::v5::ConnectAckReason::Success { // iothub patch
+                if let Some(ticket) = &mut self.ticket { ticket.handshake = None; } // iothub patch
+            } // iothub patch
             self.send(PacketV5::ConnectAck(Box::new(ack))).await
         }
 
@@ -513,6 +563,7 @@ pub mod v5 {
         /// Waits for CONNECT packet with timeout
         #[inline]
         pub async fn recv_connect(&mut self, tm: Duration) -> Result<Box<Connect>> {
+            let tm = tm.min(self.deadline.saturating_duration_since(tokio::time::Instant::now())); // iothub patch
             let connect = match self.recv(tm).await {
                 #[allow(unused_mut)]
                 Ok(Some(Packet::Connect(mut connect))) => {
@@ -543,6 +594,9 @@ pub mod v5 {
                     return Err(MqttError::InvalidProtocol.into());
                 }
             };
+            if let MqttCodec::V5(codec) = self.io.codec_mut() { // iothub patch: authenticated size cap
+                codec.set_max_inbound_size(self.cfg.max_packet_size); // iothub patch
+            } // iothub patch
             Ok(connect)
         }
     }

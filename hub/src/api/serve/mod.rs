@@ -1,25 +1,30 @@
-//! The HTTP server loop of the REST API: accept, TCP_NODELAY, read timeouts, a connection cap,
+//! The HTTP server loop of the REST API: accept, TCP_NODELAY, deadlines, connection caps,
 //! graceful shutdown.
 //!
 //! Why not `axum::serve`: it gives hyper no timer, so hyper's header-read timeout never fires
 //! and a client that opens a connection and sends nothing (or half a header, or half a body)
 //! holds it and its task forever; it also leaves Nagle's algorithm on. Here each connection is
 //! served by hyper's HTTP/1 builder with tokio's timer:
-//! - a request's head must arrive within [`HttpServerConfig::read_timeout`] (hyper also applies
-//!   this to an idle keep-alive connection waiting for its next request), else the connection
-//!   is closed;
-//! - a request body that stalls for longer than the same timeout ends with an error answer
-//!   (tower-http's `RequestBodyTimeoutLayer`; the body size limits are the router's);
-//! - at most [`HttpServerConfig::max_connections`] connections are served at once; further
-//!   clients wait in the listen backlog until one closes;
+//! - a request's head must arrive within [`HttpServerConfig::header_timeout`] (hyper also
+//!   applies this to an idle keep-alive connection waiting for its next request), else the
+//!   connection is closed;
+//! - a request body must be complete within [`HttpServerConfig::request_timeout`] of its head
+//!   ([`deadline`]), and may not stall for longer than [`HttpServerConfig::read_timeout`]
+//!   between two pieces (tower-http's `RequestBodyTimeoutLayer`); either ends with an error
+//!   answer (the body size limits are the router's);
+//! - at most [`HttpServerConfig::max_connections`] connections are served at once, and at
+//!   most [`HttpServerConfig::max_connections_per_addr`] from one address. A connection over
+//!   a cap is answered 503 at once and closed: queueing it (in the listen backlog) would make
+//!   every client, `/healthz` included, wait behind whoever holds the slots (issue 14);
 //! - accept errors (such as running out of file descriptors) back off with jitter instead of
 //!   spinning.
 //!
 //! Handlers that wait on purpose (a direct method call waits for the device up to its
 //! `timeout`) are not limited here: only reading from the client is.
 
+pub mod deadline;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -28,10 +33,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rand::Rng;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::guard::limiter::{ConnLimiter, ConnPermit};
+use crate::guard::refusals::RefusalLog;
+use deadline::DeadlineBody;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,11 +47,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Limits of the REST API's HTTP server.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpServerConfig {
-    /// Longest wait for a request's head, or between two pieces of a request body.
+    /// Longest wait for a request's head (or for the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Longest wait between two pieces of a request body.
     pub read_timeout: Duration,
+    /// Longest time from a request's head to the end of its body.
+    pub request_timeout: Duration,
     /// Most HTTP connections served at once.
     pub max_connections: usize,
+    /// Most HTTP connections served at once from one IP address.
+    pub max_connections_per_addr: usize,
 }
+
+/// How often refused HTTP connections are summarized in the log.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
 /// (for up to 10 s).
@@ -53,27 +70,30 @@ pub async fn serve(
     config: HttpServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let request_timeout = config.request_timeout;
     let service = TowerToHyperService::new(
         ServiceBuilder::new()
+            .map_request(move |req: hyper::Request<_>| {
+                let deadline = tokio::time::Instant::now() + request_timeout;
+                req.map(|body| DeadlineBody::new(body, deadline))
+            })
             .layer(RequestBodyTimeoutLayer::new(config.read_timeout))
             .service(app),
     );
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(config.read_timeout);
+        .header_read_timeout(config.header_timeout);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let slots = ConnLimiter::new(
+        config.max_connections.max(1),
+        Some(config.max_connections_per_addr.max(1)),
+    );
+    let refusals = RefusalLog::new("HTTP connections");
+    let reporter = refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let mut accept_failures: u32 = 0;
     tokio::pin!(shutdown);
 
     loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_closed) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -90,6 +110,14 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match slots.try_acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                refusals.record(Some(peer.ip()), e.label());
+                refuse(&stream);
+                continue;
+            }
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set on an HTTP connection");
         }
@@ -98,6 +126,7 @@ pub async fn serve(
         tokio::spawn(serve_one(connection, peer, slot));
     }
 
+    reporter.abort();
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
@@ -110,12 +139,39 @@ pub async fn serve(
 async fn serve_one(
     connection: impl Future<Output = Result<(), hyper::Error>>,
     peer: SocketAddr,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: ConnPermit,
 ) {
     if let Err(e) = connection.await {
         // Timeouts and clients that hang up land here; they are the client's business.
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
+}
+
+/// Answers a connection over a cap with 503 and lets it close (when `stream` is dropped).
+///
+/// A fresh socket's send buffer is empty, so the answer is written without waiting; if it
+/// does not fit, the client just sees the connection close, which is an answer too.
+fn refuse(stream: &TcpStream) {
+    let _ = stream.try_write(over_capacity_response());
+}
+
+/// The 503 answer to a connection over a cap, in the API's envelope (S-9.1).
+fn over_capacity_response() -> &'static [u8] {
+    static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESPONSE.get_or_init(|| {
+        let body = serde_json::to_string(&iothub_spec::payload::ApiResponse {
+            code: 503,
+            message: "too many connections; retry later",
+            data: None::<()>,
+        })
+        .unwrap_or_default();
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
 }
 
 /// 10 ms doubling to 1 s, with up to 50 % jitter so that many failing loops do not retry in step.
