@@ -17,6 +17,7 @@ mod fitter;
 mod hooks;
 mod retain;
 mod router;
+mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ impl EmbeddedBroker {
         *scx.extends.retain_mut().await = Box::new(retain::HubRetainer::default());
         *scx.extends.router_mut().await = Box::new(router::ThingRouter::new(Some(scx.clone())));
         *scx.extends.fitter_mgr_mut().await = Box::new(fitter::HubFitterManager);
+        *scx.extends.shared_subscription_mut().await = Box::new(shared::RoundRobin::default());
         scx
     }
 

@@ -53,9 +53,14 @@ async fn puback_is_short_and_carries_no_reason_string() {
     let hub = Hub::start();
     let (id, secret) = new_thing(&hub, "ack").await;
     let (mut raw, _) = Raw::connect_ok(hub.mqtt, &thing_opts(&id, &secret)).await;
-    let (rc, body) = raw.publish_acked(&user_topic(&id, "ok"), b"{}", false, &[]).await;
+    let (rc, body) = raw
+        .publish_acked(&user_topic(&id, "ok"), b"{}", false, &[])
+        .await;
     assert_eq!(rc, 0, "success PUBACK");
-    assert!(body.len() == 2 || body.get(3..) == Some(&[0][..]), "success PUBACK {body:02x?}");
+    assert!(
+        body.len() == 2 || body.get(3..) == Some(&[0][..]),
+        "success PUBACK {body:02x?}"
+    );
     // S-2.1: not on the thing's allow-list.
     let (rc, body) = raw
         .publish_acked(&user_topic("someone-else", "x"), b"{}", false, &[])

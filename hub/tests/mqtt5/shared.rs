@@ -13,10 +13,22 @@ async fn service_users_share_a_subscription_and_each_message_goes_to_one() {
     let topic = user_topic(&id, "data");
     let shared = format!("$share/backend/{}", user_topic(&id, "#"));
     let (mut a, ack) = Raw::connect_ok(hub.mqtt, &service_opts(&unique("svc-a"))).await;
-    assert_ne!(ack.props.int(prop::SHARED_SUBSCRIPTION_AVAILABLE), Some(0), "{ack:?}");
+    assert_ne!(
+        ack.props.int(prop::SHARED_SUBSCRIPTION_AVAILABLE),
+        Some(0),
+        "{ack:?}"
+    );
     let (mut b, _) = Raw::connect_ok(hub.mqtt, &service_opts(&unique("svc-b"))).await;
-    assert_eq!(a.subscribe(&shared, 1).await, 1, "service user's shared subscription");
-    assert_eq!(b.subscribe(&shared, 1).await, 1, "service user's shared subscription");
+    assert_eq!(
+        a.subscribe(&shared, 1).await,
+        1,
+        "service user's shared subscription"
+    );
+    assert_eq!(
+        b.subscribe(&shared, 1).await,
+        1,
+        "service user's shared subscription"
+    );
 
     let (mut thing, _) = Raw::connect_ok(hub.mqtt, &thing_opts(&id, &secret)).await;
     let n = 10;
@@ -33,7 +45,11 @@ async fn service_users_share_a_subscription_and_each_message_goes_to_one() {
     while b.expect_publish(&topic, QUIET).await.is_some() {
         got.1 += 1;
     }
-    assert_eq!(got.0 + got.1, n, "§4.8.2: each message to exactly one member: {got:?}");
+    assert_eq!(
+        got.0 + got.1,
+        n,
+        "§4.8.2: each message to exactly one member: {got:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
