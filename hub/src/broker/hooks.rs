@@ -265,12 +265,7 @@ async fn settle_previous_session(scx: &ServerContext, info: &ConnectInfo) {
     loop {
         let entry = scx.extends.shared().await.entry(id.clone());
         let Some(old) = entry.session() else { return };
-        if resume
-            && old
-                .connect_info()
-                .await
-                .is_ok_and(|old| is_persistent(&old))
-        {
+        if resume && is_persistent(&old).await {
             return;
         }
         let kicked = match entry.try_lock().await {
@@ -286,11 +281,21 @@ async fn settle_previous_session(scx: &ServerContext, info: &ConnectInfo) {
 
 /// Whether a session outlives its connection: MQTT 3.1.1 by Clean Session 0 (§3.1.2.4); MQTT 5
 /// by a Session Expiry Interval above 0, whatever its Clean Start (§3.1.2.11.2: Clean Start
-/// only says whether to discard an existing session at connect time).
-fn is_persistent(info: &ConnectInfo) -> bool {
-    match info {
+/// only says whether to discard an existing session at connect time), the DISCONNECT's
+/// interval replacing the CONNECT's (§3.14.2.2.2).
+async fn is_persistent(session: &Session) -> bool {
+    let Ok(info) = session.connect_info().await else {
+        return false;
+    };
+    match info.as_ref() {
         ConnectInfo::V3(_, connect) => !connect.clean_session,
-        ConnectInfo::V5(_, connect) => connect.session_expiry_interval_secs > 0,
+        ConnectInfo::V5(..) => {
+            let disconnect = session.disconnect().await.ok().flatten();
+            !session
+                .fitter
+                .session_expiry_interval(disconnect.as_ref())
+                .is_zero()
+        }
     }
 }
 

@@ -46,3 +46,25 @@ async fn taken_over_connection_gets_disconnect_0x8e() {
         Some(SESSION_TAKEN_OVER)
     );
 }
+
+/// §3.14.2.2.2 with §3.1.4: a client that ends its persistent session (DISCONNECT with Session
+/// Expiry 0) and reconnects at once with Clean Start 0 is never refused (the Paho MQTT 5 suite
+/// hit "server unavailable" here), 50 times in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_right_after_ending_a_persistent_session_is_never_refused() {
+    let hub = Hub::start();
+    let (id, secret) = new_thing(&hub, "end").await;
+    let opts = thing_opts(&id, &secret)
+        .clean_start(false)
+        .session_expiry(60);
+    let mut refused = Vec::new();
+    for i in 0..50 {
+        let (raw, ack) = Raw::connect(hub.mqtt, &opts).await;
+        if ack.reason != 0 {
+            refused.push((i, ack.reason));
+            continue;
+        }
+        raw.disconnect(Some(if i % 2 == 0 { 0 } else { 60 })).await;
+    }
+    assert!(refused.is_empty(), "refused (try, reason): {refused:?}");
+}
