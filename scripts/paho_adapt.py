@@ -15,7 +15,8 @@ requires, in one place:
 3. The clean-up that subscribes to "#" to find and delete retained messages subscribes to
    prefix + "#" instead (the same messages: every topic the suites use is under the prefix).
 
-Nothing else changes: the tests, their assertions and their timing are the suites' own.
+Nothing else changes: the tests, their assertions and their timing are the suites' own (each
+test gets a 120 s deadline, so a test that waits forever counts as failed instead of hanging).
 
 Output: unittest's report on stderr, then one line per test on stdout,
 `RESULT <suite> <test> pass|fail`, which scripts/paho-interop compares with
@@ -23,14 +24,42 @@ conformance/paho-expected.txt.
 """
 
 import argparse
+import functools
 import importlib
 import os
+import signal
 import sys
 import unittest
 
 TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
 WILDTOPICS = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
 NOSUBSCRIBE = ("test/nosubscribe",)
+# Some tests wait in a loop for a DISCONNECT that a broker may never send (client_test5's
+# test_flow_control2 against a broker that ignores Receive Maximum): each test gets this long.
+TEST_TIMEOUT_S = 120
+
+
+class TestTimeout(Exception):
+    pass
+
+
+def with_timeout(method):
+    """Runs a test method with a SIGALRM deadline (the suites run in the main thread)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        def expire(signum, frame):
+            raise TestTimeout(f"no result within {TEST_TIMEOUT_S} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(TEST_TIMEOUT_S)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return run
 
 
 def adapt(suite, username, password, prefix, host, port):
@@ -67,6 +96,10 @@ def adapt(suite, username, password, prefix, host, port):
     # client_test5 calls setData() from setUpClass; client_test reads the module globals.
     suite.setData = set_data
     set_data()
+
+    for name in dir(suite.Test):
+        if name.startswith("test"):
+            setattr(suite.Test, name, with_timeout(getattr(suite.Test, name)))
 
 
 def main():
