@@ -28,6 +28,9 @@ pub const CONNECT_TIMEOUT_MAX_S: u32 = 300;
 pub const MAX_BATCH_CREATE: usize = 1000;
 /// Largest OTA `progress` value, in percent (S-7.2).
 pub const OTA_PROGRESS_MAX: u8 = 100;
+/// Most retained messages the hub keeps on one thing's `$iothub/user/things/{thingId}/…` topics
+/// (S-2.4); a retained PUBLISH that would add one more is refused (MQTT 5 PUBACK 0x97).
+pub const MAX_RETAINED_PER_THING: usize = 16;
 
 /// The configurable per-hub limits of S-3.9.
 ///

@@ -4,6 +4,7 @@ use crate::case::Case;
 
 pub mod s1;
 pub mod s2;
+pub mod s2_mqtt5;
 pub mod s3;
 pub mod s4;
 pub mod s5;
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Case> {
     let mut v = Vec::new();
     v.extend(s1::cases());
     v.extend(s2::cases());
+    v.extend(s2_mqtt5::cases());
     v.extend(s3::cases());
     v.extend(s4::cases());
     v.extend(s5::cases());

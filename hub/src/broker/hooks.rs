@@ -9,12 +9,13 @@ use iothub_spec::ids::is_service_user;
 use iothub_spec::topic::{Topic, thing_may_subscribe};
 use rmqtt::acl::AuthInfo;
 use rmqtt::codec::types::MQTT_LEVEL_5;
-use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, Id, LastWill, Publish, PublishAclResult, Subscribe, SubscribeReturn,
+    AuthResult, ConnectInfo, LastWill, Publish, PublishAclResult, PublishResult, Subscribe,
+    SubscribeReturn,
 };
 
 use super::HookDeps;
@@ -61,6 +62,7 @@ impl HubHooks {
             }
             Parameter::ClientConnected(session) => {
                 self.deps.presence.connected(session).await;
+                self.resumed(session).await;
                 (true, acc)
             }
             Parameter::SessionSubscribed(session, subscribe) => {
@@ -110,7 +112,11 @@ impl HubHooks {
                 .authenticator
                 .check_service_user(username, password)
             {
-                true => (AuthResult::Allow(false, None::<AuthInfo>), Blame::None),
+                true => {
+                    // Business back ends reconnect at once with the same client id, like things.
+                    settle_previous_session(&self.scx, info).await;
+                    (AuthResult::Allow(false, None::<AuthInfo>), Blame::None)
+                }
                 false => (AuthResult::BadUsernameOrPassword, Blame::Client),
             };
         }
@@ -134,7 +140,7 @@ impl HubHooks {
             .await
         {
             CredentialCheck::Valid => {
-                settle_previous_session(&self.scx, info.id()).await;
+                settle_previous_session(&self.scx, info).await;
                 (AuthResult::Allow(false, None), Blame::None)
             }
             CredentialCheck::Invalid => (AuthResult::BadUsernameOrPassword, Blame::Client),
@@ -158,6 +164,39 @@ impl HubHooks {
         }
     }
 
+    /// A thing that resumes its session (MQTT 5 Clean Start 0 with a live session, MQTT 3.1.1
+    /// Clean Session 0) sends no SUBSCRIBE: its subscriptions come back with the session, which
+    /// rmqtt restores only after this hook returns. Watch for them (bounded), so that queued
+    /// OTA tasks go out as they do after a SUBSCRIBE (S-7.3).
+    async fn resumed(&self, session: &Session) {
+        let thing = session.id.username_ref();
+        if is_service_user(thing) || !session.session_present().await.unwrap_or(false) {
+            return;
+        }
+        let (session, ota, thing) = (session.clone(), self.deps.ota.clone(), thing.to_owned());
+        tokio::spawn(async move {
+            let ota_topic = Topic::OtaTask { thing: &thing }.to_string();
+            let deadline = tokio::time::Instant::now() + RESUME_WATCH;
+            while tokio::time::Instant::now() < deadline {
+                if let Ok(subs) = session.subscriptions().await {
+                    let subs = subs.read().await;
+                    if !subs.is_empty() {
+                        let covers = subs.keys().any(|filter| {
+                            rmqtt::topic::Topic::from_str(filter.as_ref())
+                                .is_ok_and(|f| f.matches_str(&ota_topic))
+                        });
+                        drop(subs);
+                        if covers {
+                            ota.thing_ready(&thing).await;
+                        }
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+
     /// S-2.1 publish allow-list; S-2.2 denial. Allowed requests go to the router from here, the
     /// only place where the allow-list decision is known.
     async fn publish_acl(&self, session: &Session, publish: &Publish) -> PublishAclResult {
@@ -172,8 +211,25 @@ impl HubHooks {
         if !allowed {
             tracing::debug!(%sender, %topic, "publish denied by the allow-list");
             let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
-            // MQTT 5 answers PUBACK 0x87; MQTT 3.1.1 has no way to say no but closing.
-            return PublishAclResult::rejected(!mqtt5, None);
+            // MQTT 5 answers PUBACK 0x87; MQTT 3.1.1 has no way to say no but closing. No
+            // Reason String: rmqtt's default ("PublishRefused") makes the PUBACK longer than
+            // the 4 bytes some clients read, and the code alone says it all (MQTT 5 §3.4.2.2.2
+            // makes the string optional).
+            return PublishAclResult(PublishResult::reason_code(
+                PublishAckReason::NotAuthorized,
+                None,
+                !mqtt5,
+            ));
+        }
+        if publish.retain && self.retain_quota_reached(topic, publish).await {
+            tracing::debug!(%sender, %topic, "retained publish over the per-thing quota");
+            let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
+            // S-2.4: MQTT 5 answers PUBACK 0x97; MQTT 3.1.1 can only close, as for S-2.2.
+            return PublishAclResult(PublishResult::reason_code(
+                PublishAckReason::QuotaExceeded,
+                None,
+                !mqtt5,
+            ));
         }
         self.deps
             .router
@@ -209,27 +265,48 @@ impl Blame {
     }
 }
 
+/// How long a resumed session's subscriptions are awaited (they arrive within milliseconds).
+const RESUME_WATCH: Duration = Duration::from_secs(2);
+
+impl HubHooks {
+    /// S-2.4: a retained message that would be one more than the thing may keep.
+    async fn retain_quota_reached(&self, topic: &str, publish: &Publish) -> bool {
+        let Some(filter) = super::retain::user_space_filter(topic) else {
+            return false;
+        };
+        let existing: Vec<_> = match self.scx.extends.retain().await.get(&filter).await {
+            Ok(found) => found.into_iter().map(|(name, _)| name).collect(),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "retained store unreadable");
+                return true;
+            }
+        };
+        super::retain::would_exceed_cap(topic, publish.payload.is_empty(), &existing)
+    }
+}
+
 /// Longest time spent taking over a previous connection of the same client.
 const SETTLE_LIMIT: Duration = Duration::from_millis(500);
 
-/// Takes over a previous clean-session connection of this client before rmqtt tries to.
+/// Takes over a previous connection of this client before rmqtt tries to, unless its session
+/// is to be resumed.
 ///
 /// rmqtt takes over a session (S-1.4) by sending the old one a kick and awaiting its answer; a
 /// session task that is already ending drops the kick unanswered and rmqtt then refuses the new
-/// CONNECT with "server unavailable" (3 / 0x88). A device that reconnects at once after losing
-/// its connection hits exactly that window. A clean session keeps no state worth handing over, so
-/// the hub kicks it here and retries (bounded) until it is gone; rmqtt then finds no session.
-/// Persistent sessions are left to rmqtt, whose kick carries their state over.
-async fn settle_previous_session(scx: &ServerContext, id: &Id) {
+/// CONNECT with "server unavailable" (3 / 0x88). A client that reconnects at once after losing
+/// its connection hits exactly that window. A session that will not be resumed keeps no state
+/// worth handing over, so the hub kicks it here and retries (bounded) until it is gone; rmqtt
+/// then finds no session. A session that the new CONNECT resumes (Clean Start 0 and a
+/// persistent old session, see [`is_persistent`]) is left to rmqtt, whose kick carries its
+/// state over.
+async fn settle_previous_session(scx: &ServerContext, info: &ConnectInfo) {
+    let id = info.id();
+    let resume = !info.clean_start();
     let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
     loop {
         let entry = scx.extends.shared().await.entry(id.clone());
         let Some(old) = entry.session() else { return };
-        let persistent = old
-            .connect_info()
-            .await
-            .is_ok_and(|info| !info.clean_start());
-        if persistent {
+        if resume && is_persistent(&old).await {
             return;
         }
         let kicked = match entry.try_lock().await {
@@ -240,6 +317,26 @@ async fn settle_previous_session(scx: &ServerContext, id: &Id) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether a session outlives its connection: MQTT 3.1.1 by Clean Session 0 (§3.1.2.4); MQTT 5
+/// by a Session Expiry Interval above 0, whatever its Clean Start (§3.1.2.11.2: Clean Start
+/// only says whether to discard an existing session at connect time), the DISCONNECT's
+/// interval replacing the CONNECT's (§3.14.2.2.2).
+async fn is_persistent(session: &Session) -> bool {
+    let Ok(info) = session.connect_info().await else {
+        return false;
+    };
+    match info.as_ref() {
+        ConnectInfo::V3(_, connect) => !connect.clean_session,
+        ConnectInfo::V5(..) => {
+            let disconnect = session.disconnect().await.ok().flatten();
+            !session
+                .fitter
+                .session_expiry_interval(disconnect.as_ref())
+                .is_zero()
+        }
     }
 }
 
@@ -260,7 +357,10 @@ impl HubHooks {
         let allowed = if service_user {
             filter.starts_with(SERVICE_NAMESPACE)
         } else {
-            thing_may_subscribe(filter, sender)
+            // With `$share/{group}/` already stripped from `filter` by rmqtt. Shared
+            // subscriptions are for back ends that split a stream (MQTT 5 §4.8.2); a thing keeps
+            // the plain allow-list of S-2.1.
+            !subscribe.opts.has_shared_group() && thing_may_subscribe(filter, sender)
         };
         if !allowed {
             tracing::debug!(%sender, %filter, "subscribe denied by the allow-list");

@@ -14,9 +14,11 @@
 
 mod admission;
 pub mod authn;
+mod fitter;
 mod hooks;
 mod retain;
 mod router;
+mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,8 +97,10 @@ impl EmbeddedBroker {
     /// Builds the broker context (hooks not yet attached). Then the hub starts it with its hooks attached.
     pub async fn context() -> ServerContext {
         let scx = ServerContext::new().build().await;
-        *scx.extends.retain_mut().await = Box::new(retain::PresenceRetainer::default());
+        *scx.extends.retain_mut().await = Box::new(retain::HubRetainer::default());
         *scx.extends.router_mut().await = Box::new(router::ThingRouter::new(Some(scx.clone())));
+        *scx.extends.fitter_mgr_mut().await = Box::new(fitter::HubFitterManager);
+        *scx.extends.shared_subscription_mut().await = Box::new(shared::RoundRobin::default());
         scx
     }
 
@@ -148,6 +152,11 @@ impl EmbeddedBroker {
             .reuseaddr(Some(true))
             .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
             .handshake_timeout(config.handshake_timeout)
+            // rmqtt gives a message without a Message Expiry Interval a 300 s one by default,
+            // so a method request or OTA task queued for an offline session would vanish after
+            // 5 minutes. MQTT 5 §3.3.2.3.3: without the property a message does not expire;
+            // one that carries it is still honoured.
+            .message_expiry_interval(Duration::ZERO)
             .bind()
             .map_err(|e| anyhow::anyhow!("cannot listen for MQTT on {}: {e}", config.addr))?;
         let local_addr = listener

@@ -1,9 +1,14 @@
-//! Retained messages, for the one retained topic of SPEC.md: `T/presence` (S-2.3, S-8.1).
+//! Retained messages (S-2.4): the hub's `T/presence` (S-2.3, S-8.1) and the retained messages
+//! published on a thing's free topics `$iothub/user/things/{thingId}/…`, at most
+//! [`MAX_RETAINED_PER_THING`] of those per thing.
 //!
-//! rmqtt keeps retained messages only through a plugin; the hub needs just the presence topics,
-//! so this small store keeps the last presence message per thing. Only topics that parse as
-//! `Topic::Presence` are kept, so things cannot grow it with retained publishes of their own: it
-//! holds at most one message per thing.
+//! rmqtt keeps retained messages only through a plugin; this small store keeps exactly what
+//! SPEC.md allows. Only topics that parse as `Topic::Presence` or `Topic::User` are kept, so
+//! nobody can grow it with retained publishes elsewhere (on a request topic the retain flag has
+//! no effect: requests are commands to the hub, not state), and each thing holds at most one
+//! presence message and [`MAX_RETAINED_PER_THING`] user messages. The cap is checked before a
+//! PUBLISH is accepted ([`would_exceed_cap`], from the publish hook) so the client gets PUBACK
+//! 0x97 rather than a closed connection; `set` enforces it again.
 //!
 //! The messages sit in a map keyed by thing id rather than in rmqtt's `RetainTree`: the tree
 //! spent two nodes with a hash table each per thing (~1.6 KB, heaptrack), the map one entry.
@@ -11,26 +16,80 @@
 //! subscriptions) is answered with one lookup; only filters that may match several things
 //! (service users' `+`/`#` subscriptions) walk the map.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use iothub_spec::limits::MAX_RETAINED_PER_THING;
 use iothub_spec::topic::Topic as SpecTopic;
 use rmqtt::Result;
 use rmqtt::retain::RetainStorage;
 use rmqtt::topic::Topic;
 use rmqtt::types::{Retain, TopicFilter, TopicName};
 
-/// The retained-message store of the embedded broker: thing id → its retained presence message.
+/// What one thing has retained.
 #[derive(Default)]
-pub struct PresenceRetainer {
-    by_thing: RwLock<HashMap<String, Retain>>,
+struct ThingRetained {
+    presence: Option<Retain>,
+    /// Full topic name → message, for `$iothub/user/things/{thingId}/…`.
+    user: BTreeMap<String, Retain>,
+}
+
+impl ThingRetained {
+    fn is_empty(&self) -> bool {
+        self.presence.is_none() && self.user.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Retain> {
+        self.presence.iter().chain(self.user.values())
+    }
+}
+
+/// Which slot of its thing a retained topic goes to.
+enum Slot<'a> {
+    Presence(&'a str),
+    User(&'a str),
+}
+
+fn slot(topic: &str) -> Option<Slot<'_>> {
+    match SpecTopic::parse(topic) {
+        Ok(SpecTopic::Presence { thing }) => Some(Slot::Presence(thing)),
+        Ok(SpecTopic::User { thing, .. }) => Some(Slot::User(thing)),
+        _ => None,
+    }
+}
+
+/// The retained-message store of the embedded broker: thing id → what it has retained.
+#[derive(Default)]
+pub struct HubRetainer {
+    by_thing: RwLock<HashMap<String, ThingRetained>>,
+}
+
+/// For a topic of a thing's free space (`$iothub/user/things/{thingId}/…`), the filter that
+/// covers all of that thing's free topics (the topic up to its id level, then `/#`).
+pub(crate) fn user_space_filter(topic: &str) -> Option<TopicFilter> {
+    let Some(Slot::User(thing)) = slot(topic) else {
+        return None;
+    };
+    // `thing` borrows from `topic`, so its end is an offset into it.
+    let end = (thing.as_ptr() as usize - topic.as_ptr() as usize) + thing.len();
+    Some(TopicFilter::from(format!("{}/#", topic.get(..end)?)))
+}
+
+/// Whether a retained PUBLISH of a non-empty message on `topic` would put a thing over
+/// [`MAX_RETAINED_PER_THING`], given the thing's retained user topics `existing` (as returned
+/// for the filter `$iothub/user/things/{thingId}/#`). Replacing or deleting never does.
+pub(crate) fn would_exceed_cap(topic: &str, empty_payload: bool, existing: &[TopicName]) -> bool {
+    matches!(slot(topic), Some(Slot::User(_)))
+        && !empty_payload
+        && existing.len() >= MAX_RETAINED_PER_THING
+        && !existing.iter().any(|t| t.as_ref() as &str == topic)
 }
 
 #[async_trait]
-impl RetainStorage for PresenceRetainer {
+impl RetainStorage for HubRetainer {
     fn enable(&self) -> bool {
         true
     }
@@ -41,17 +100,38 @@ impl RetainStorage for PresenceRetainer {
         retain: Retain,
         _expiry: Option<Duration>,
     ) -> Result<()> {
-        let Ok(SpecTopic::Presence { thing }) = SpecTopic::parse(topic) else {
+        let Some(slot) = slot(topic) else {
             return Ok(());
         };
         let mut map = self
             .by_thing
             .write()
             .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
-        if retain.publish.payload.is_empty() {
+        let clear = retain.publish.payload.is_empty();
+        let thing = match slot {
+            Slot::Presence(thing) | Slot::User(thing) => thing,
+        };
+        if clear && !map.contains_key(thing) {
+            return Ok(());
+        }
+        let entry = map.entry(thing.to_owned()).or_default();
+        match (slot, clear) {
+            (Slot::Presence(_), true) => entry.presence = None,
+            (Slot::Presence(_), false) => entry.presence = Some(retain),
+            (Slot::User(_), true) => {
+                entry.user.remove(topic.as_ref() as &str);
+            }
+            (Slot::User(_), false) => {
+                let known = entry.user.contains_key(topic.as_ref() as &str);
+                if !known && entry.user.len() >= MAX_RETAINED_PER_THING {
+                    // The publish hook refused this already; a racing second publish lands here.
+                    return Err(anyhow::anyhow!("retained message quota of {thing} reached"));
+                }
+                entry.user.insert(topic.to_string(), retain);
+            }
+        }
+        if entry.is_empty() {
             map.remove(thing);
-        } else {
-            map.insert(thing.to_owned(), retain);
         }
         Ok(())
     }
@@ -63,13 +143,18 @@ impl RetainStorage for PresenceRetainer {
             .read()
             .map_err(|_| anyhow::anyhow!("retain store poisoned"))?;
         let matching = |retain: &&Retain| filter.matches_str::<str>(&retain.publish.topic);
-        let found = match iothub_spec::topic::filter_thing(topic_filter) {
+        let found: Vec<&Retain> = match iothub_spec::topic::filter_thing(topic_filter) {
             Some(thing) => map
                 .get(thing)
-                .filter(matching)
                 .into_iter()
-                .collect::<Vec<_>>(),
-            None => map.values().filter(matching).collect(),
+                .flat_map(ThingRetained::iter)
+                .filter(matching)
+                .collect(),
+            None => map
+                .values()
+                .flat_map(ThingRetained::iter)
+                .filter(matching)
+                .collect(),
         };
         Ok(found
             .into_iter()
@@ -80,7 +165,10 @@ impl RetainStorage for PresenceRetainer {
     async fn count(&self) -> isize {
         self.by_thing
             .read()
-            .map(|m| isize::try_from(m.len()).unwrap_or(isize::MAX))
+            .map(|m| {
+                let n: usize = m.values().map(|t| t.iter().count()).sum();
+                isize::try_from(n).unwrap_or(isize::MAX)
+            })
             .unwrap_or(0)
     }
 
@@ -114,7 +202,7 @@ mod tests {
         }
     }
 
-    async fn topics(store: &PresenceRetainer, filter: &str) -> Vec<String> {
+    async fn topics(store: &HubRetainer, filter: &str) -> Vec<String> {
         let mut found: Vec<String> = store
             .get(&TopicFilter::from(filter))
             .await
@@ -131,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_one_presence_message_per_thing_and_matches_filters() {
-        let store = PresenceRetainer::default();
+        let store = HubRetainer::default();
         let a = SpecTopic::Presence { thing: "a" }.to_string();
         let b = SpecTopic::Presence { thing: "b" }.to_string();
         for (topic, payload) in [(&a, &b"1"[..]), (&b, b"2"), (&a, b"3")] {
@@ -180,5 +268,72 @@ mod tests {
             .expect("clear");
         assert_eq!(topics(&store, &every).await, vec![b.clone()]);
         assert_eq!(store.count().await, 1);
+    }
+
+    #[tokio::test]
+    async fn keeps_user_topics_up_to_the_per_thing_cap() {
+        let store = HubRetainer::default();
+        let user = |rest: &str| SpecTopic::User { thing: "a", rest }.to_string();
+        let names: Vec<String> = (0..MAX_RETAINED_PER_THING)
+            .map(|i| user(&format!("k{i}")))
+            .collect();
+        for name in &names {
+            let topic = TopicName::from(name.as_str());
+            store
+                .set(&topic, retained(name, b"v"), None)
+                .await
+                .expect("set");
+        }
+        let filter = user_space_filter(&names[0]).expect("user topic");
+        let kept: Vec<TopicName> = store
+            .get(&filter)
+            .await
+            .expect("get")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(kept.len(), MAX_RETAINED_PER_THING);
+
+        // One more topic is over the cap, in the hook's check and in the store.
+        let extra = user("extra");
+        assert!(would_exceed_cap(&extra, false, &kept));
+        assert!(
+            !would_exceed_cap(&names[0], false, &kept),
+            "replacing is fine"
+        );
+        assert!(!would_exceed_cap(&extra, true, &kept), "deleting is fine");
+        let extra_name = TopicName::from(extra.as_str());
+        assert!(
+            store
+                .set(&extra_name, retained(&extra, b"v"), None)
+                .await
+                .is_err()
+        );
+
+        // Deleting one makes room again; presence stays separate from the cap.
+        let first = TopicName::from(names[0].as_str());
+        store
+            .set(&first, retained(&names[0], b""), None)
+            .await
+            .expect("clear");
+        store
+            .set(&extra_name, retained(&extra, b"v"), None)
+            .await
+            .expect("room again");
+        let presence = SpecTopic::Presence { thing: "a" }.to_string();
+        let p_name = TopicName::from(presence.as_str());
+        store
+            .set(&p_name, retained(&presence, b"p"), None)
+            .await
+            .expect("presence");
+        assert_eq!(store.count().await, (MAX_RETAINED_PER_THING + 1) as isize);
+        // Another thing's filter sees none of them.
+        let other = SpecTopic::User {
+            thing: "b",
+            rest: "k0",
+        }
+        .to_string();
+        let other_filter = user_space_filter(&other).expect("user topic");
+        assert!(store.get(&other_filter).await.expect("get").is_empty());
     }
 }

@@ -21,8 +21,10 @@
 //! rmqtt's `SubscriptioRelationsCollector` does, so a client matched by filters of both parts
 //! gets one MQTT 5 delivery with every subscription identifier (MQTT 3.1.1: one per filter).
 //!
-//! The hub builds rmqtt without `shared-subscription` (`$share/...` is refused at SUBSCRIBE) and
-//! without `limit-subscription`, the only user of [`Router::relations`].
+//! Shared subscriptions (`$share/{group}/...`, MQTT 5 §4.8.2; service users only, the
+//! subscribe hook refuses them to things) always go to the inner `DefaultRouter`, which picks
+//! one member of each group per message. The hub builds rmqtt without `limit-subscription`,
+//! the only user of [`Router::relations`].
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -185,7 +187,8 @@ fn collect(
 #[async_trait]
 impl Router for ThingRouter {
     async fn add(&self, topic_filter: &str, id: Id, opts: SubscriptionOptions) -> Result<()> {
-        let Some(thing) = filter_thing(topic_filter) else {
+        let confined = filter_thing(topic_filter).filter(|_| !opts.has_shared_group());
+        let Some(thing) = confined else {
             self.inner.add(topic_filter, id, opts).await?;
             self.note_max();
             return Ok(());
@@ -226,13 +229,15 @@ impl Router for ThingRouter {
             return self.inner.remove(topic_filter, id).await;
         };
         let Some(mut subs) = self.things.get_mut(thing) else {
-            return Ok(false);
+            // A shared subscription to a confined filter lives in the inner router.
+            return self.inner.remove(topic_filter, id).await;
         };
         let Some(pos) = subs
             .iter()
             .position(|s| &*s.filter == topic_filter && s.id.client_id == id.client_id)
         else {
-            return Ok(false);
+            drop(subs);
+            return self.inner.remove(topic_filter, id).await;
         };
         // As DefaultRouter::remove: only the session that subscribed removes its subscription,
         // not an older session of the same client id that ends after a takeover.

@@ -393,13 +393,16 @@ pub mod v5 {
     use tokio_util::codec::Framed;
 
     use crate::error::MqttError;
-    use crate::{Builder, Error, Result};
+    use crate::{Builder, Result};
     #[cfg(feature = "tls")]
     use rmqtt_codec::cert::CertInfo;
     use rmqtt_codec::error::DecodeError;
     use rmqtt_codec::types::Publish;
     use rmqtt_codec::v5::{Auth, Connect, Disconnect, Packet as PacketV5, Packet};
     use rmqtt_codec::{MqttCodec, MqttPacket};
+
+    /// iothub patch: longest wait for the client to close after the server's DISCONNECT.
+    const LINGER: Duration = Duration::from_secs(1);
 
     /// MQTT v5.0 protocol stream implementation
     pub struct MqttStream<Io> {
@@ -448,11 +451,36 @@ pub mod v5 {
         Io: AsyncRead + AsyncWrite + Unpin,
     {
         /// Sends DISCONNECT packet with reason code
+        ///
+        /// iothub patch: rmqtt calls this after `close()` as the last thing a server-side close
+        /// does. It used to write after the shutdown (the write failed, the client saw the
+        /// connection drop without a reason) and then sleep 500 ms. Now `close()` only
+        /// flushes, and this writes the DISCONNECT, then shuts the connection down: MQTT 5
+        /// §4.13 wants the reason (0x93, 0x94, ...) to reach the client. A close caused by the
+        /// client's own DISCONNECT (0x00, 0x04) is not echoed. rmqtt reports a session takeover
+        /// as "Kicked" with 0x87 (Not authorized); §3.1.4 says 0x8E (Session taken over).
         #[inline]
-        pub async fn send_disconnect(&mut self, disc: Disconnect) -> Result<()> {
-            self.send(PacketV5::Disconnect(disc)).await?;
-            self.flush().await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        pub async fn send_disconnect(&mut self, mut disc: Disconnect) -> Result<()> {
+            use rmqtt_codec::v5::DisconnectReasonCode;
+            let echo = matches!(
+                disc.reason_code,
+                DisconnectReasonCode::NormalDisconnection | DisconnectReasonCode::DisconnectWithWillMessage
+            );
+            if !echo {
+                if disc.reason_code == DisconnectReasonCode::NotAuthorized
+                    && disc.reason_string.as_deref() == Some("Kicked")
+                {
+                    disc.reason_code = DisconnectReasonCode::SessionTakenOver;
+                }
+                self.send(PacketV5::Disconnect(disc)).await?;
+            }
+            super::close(&mut self.io, self.cfg.send_timeout).await?;
+            // Lingering close: keep reading (and discarding) until the client closes, for at
+            // most LINGER. Closing a socket with unread input makes the kernel send a reset,
+            // which can destroy the DISCONNECT in the client's receive buffer or break its
+            // next write (a client still sending PUBRELs after a 0x93, say).
+            let linger = tokio::time::Instant::now() + LINGER;
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(linger, self.io.next()).await {}
             Ok(())
         }
 
@@ -544,9 +572,12 @@ pub mod v5 {
         }
 
         /// Closes the connection gracefully
+        ///
+        /// iothub patch: only flushes; the shutdown follows the DISCONNECT in
+        /// `send_disconnect`, and dropping the stream closes the socket in any case.
         #[inline]
         pub async fn close(&mut self) -> Result<()> {
-            super::close(&mut self.io, self.cfg.send_timeout).await
+            super::flush(&mut self.io, self.cfg.send_timeout).await
         }
 
         /// Receives next packet with timeout
@@ -610,9 +641,22 @@ pub mod v5 {
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             let next = Pin::new(&mut self.io).poll_next(cx);
             Poll::Ready(match futures::ready!(next) {
+                // iothub patch: a Topic Alias above the maximum this server announced in
+                // CONNACK (listener `max_topic_aliases`) is a protocol error (MQTT 5
+                // §3.3.2.3.4), DISCONNECT 0x94; rmqtt ignored the alias when it offered none.
+                Some(Ok((MqttPacket::V5(Packet::Publish(p)), _)))
+                    if p.properties
+                        .as_ref()
+                        .and_then(|props| props.topic_alias)
+                        .is_some_and(|alias| alias.get() > self.cfg.max_topic_aliases) =>
+                {
+                    Some(Err(MqttError::Decode(DecodeError::TopicAliasInvalid).into()))
+                }
                 Some(Ok((MqttPacket::V5(packet), _))) => Some(Ok(packet)),
                 Some(Ok(_)) => Some(Err(MqttError::Decode(DecodeError::MalformedPacket).into())),
-                Some(Err(e)) => Some(Err(Error::from(e))),
+                // iothub patch: as an MqttError, so that rmqtt's DISCONNECT carries the
+                // decoder's reason code (0x81, 0x94, 0x95, ...) instead of 0x80.
+                Some(Err(e)) => Some(Err(MqttError::Decode(e).into())),
                 None => None,
             })
         }

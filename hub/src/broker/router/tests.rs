@@ -20,6 +20,7 @@ fn session(client: &str, conn: u16) -> Id {
 fn v3() -> SubscriptionOptions {
     SubscriptionOptions::V3(SubOptionsV3 {
         qos: QoS::AtLeastOnce,
+        shared_group: None,
     })
 }
 
@@ -30,6 +31,7 @@ fn v5(no_local: bool, sub_id: Option<u32>) -> SubscriptionOptions {
         retain_as_published: false,
         retain_handling: RetainHandling::AtSubscribe,
         id: sub_id.and_then(NonZeroU32::new),
+        shared_group: None,
     })
 }
 
@@ -259,6 +261,7 @@ async fn wildcard_filters_stay_in_rmqtts_router_and_results_merge_per_client() {
             clientid: clientid.map(str::to_owned),
             topic: topic.map(str::to_owned),
             qos: None,
+            share: None,
             _match_topic: matching.map(str::to_owned),
         };
     assert_eq!(

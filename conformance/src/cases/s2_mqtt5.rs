@@ -1,0 +1,210 @@
+//! S-2 rules that MQTT 5 clients see at the protocol level: session persistence decided by the
+//! Session Expiry Interval (MQTT 5 §3.1.2.11.2), retained messages on a thing's free topics and
+//! their per-thing cap, and Topic Alias misuse closing the connection with DISCONNECT 0x94
+//! (MQTT 5 §3.3.2.3.4; the hub offers no topic aliases).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use iothub_spec::limits::MAX_RETAINED_PER_THING;
+use iothub_spec::topic::Topic;
+
+use crate::case::Case;
+use crate::ctx::Ctx;
+use crate::ensure;
+use crate::mqtt::{Proto, STEP};
+use crate::raw::{RawConn, RawReply};
+
+/// DISCONNECT 0x94 Topic Alias invalid (MQTT 5 §3.3.2.3.4).
+const TOPIC_ALIAS_INVALID: u8 = 0x94;
+/// PUBACK 0x97 Quota exceeded (MQTT 5 §3.4.2.1).
+const QUOTA_EXCEEDED: u8 = 0x97;
+/// How long a case watches for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(700);
+
+/// The MQTT 5 S-2 cases.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case::new(
+            "s2_session_expiry_keeps_session_v5",
+            &["S-2"],
+            "MQTT 5 Clean Start 1 + Session Expiry 3600, offline, Clean Start 0: Session Present 1 and the queued QoS 1 message",
+            session_kept,
+        ),
+        Case::new(
+            "s2_session_expiry_zero_starts_clean_v5",
+            &["S-2"],
+            "MQTT 5 Session Expiry 0 with Clean Start 0: Session Present 0 and nothing queued",
+            session_zero,
+        ),
+        Case::new(
+            "s2_retained_user_topic",
+            &["S-2"],
+            "a retained message on $iothub/user/things/{id}/.. reaches a later subscriber with RETAIN 1",
+            retained_user_topic,
+        ),
+        Case::new(
+            "s2_retained_cap_v5",
+            &["S-2"],
+            "one retained user topic over the per-thing limit gets PUBACK 0x97",
+            retained_cap,
+        ),
+        Case::new(
+            "s2_topic_alias_refused_v5",
+            &["S-2"],
+            "Topic Alias 1 (maximum 0) and Topic Alias 0 each close the connection with DISCONNECT 0x94",
+            topic_alias_refused,
+        ),
+    ]
+}
+
+fn user_topic(thing: &str, rest: &str) -> String {
+    Topic::User { thing, rest }.to_string()
+}
+
+/// Waits until the registry says the thing is offline (S-8.2).
+async fn wait_offline(ctx: &Ctx, thing: &str) -> anyhow::Result<()> {
+    let path = format!("/api/v1/things/{thing}");
+    Ctx::poll_until(STEP, || async {
+        let r = ctx.api.get(&path).await.ok()?;
+        (r.data()["connected"] == serde_json::json!(false)).then_some(())
+    })
+    .await
+    .with_context(|| format!("S-8.2 {thing} still connected after DISCONNECT"))
+}
+
+/// A service user connection that publishes `payload` at QoS 1 on `topic`.
+async fn service_publish(ctx: &Ctx, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+    let mut s = ctx.service(Proto::V5).await?;
+    let ack = s
+        .publish_acked(topic, payload)
+        .await
+        .context("S-1.5 service user publish")?;
+    ensure!(
+        ack == Some(0),
+        "S-1.5 service user publish not acknowledged: {ack:?}"
+    );
+    s.disconnect().await;
+    Ok(())
+}
+
+async fn session_kept(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let (host, port) = (&ctx.mqtt_host, ctx.mqtt_port);
+    let topic = user_topic(&t.id, "queued");
+    let (mut c, present) =
+        RawConn::connect_v5_session(host, port, &t.id, &t.secret, true, 3600).await?;
+    ensure!(
+        !present,
+        "MQTT 5 §3.2.2.1.1: Clean Start 1 reported Session Present 1"
+    );
+    ensure!(
+        c.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+        "S-2.1 own user topic refused"
+    );
+    c.disconnect().await;
+    wait_offline(&ctx, &t.id).await?;
+    service_publish(&ctx, &topic, b"{\"n\":1}").await?;
+    let (mut c, present) =
+        RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 3600).await?;
+    ensure!(
+        present,
+        "MQTT 5 §3.1.2.11.2: a session with Session Expiry 3600 was not kept (Session Present 0)"
+    );
+    let got = c.recv_publish(&topic, STEP).await;
+    ensure!(
+        got.is_some(),
+        "MQTT 5 §4.1: the QoS 1 message queued while offline was lost"
+    );
+    Ok(())
+}
+
+async fn session_zero(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let (host, port) = (&ctx.mqtt_host, ctx.mqtt_port);
+    let topic = user_topic(&t.id, "queued");
+    let (mut c, _) = RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 0).await?;
+    ensure!(
+        c.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+        "S-2.1 own user topic refused"
+    );
+    c.disconnect().await;
+    wait_offline(&ctx, &t.id).await?;
+    service_publish(&ctx, &topic, b"{\"n\":1}").await?;
+    let (mut c, present) =
+        RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 0).await?;
+    ensure!(
+        !present,
+        "MQTT 5 §3.1.2.11.2: a session with Session Expiry 0 outlived its connection"
+    );
+    ensure!(
+        c.recv_publish(&topic, QUIET).await.is_none(),
+        "MQTT 5 §3.1.2.11.2: a message was queued for an ended session"
+    );
+    Ok(())
+}
+
+async fn retained_user_topic(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let topic = user_topic(&t.id, "config");
+    for p in Proto::BOTH {
+        let mut c = RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &t.id, &t.secret).await?;
+        let payload = format!("{{\"proto\":\"{}\"}}", p.tag());
+        ensure!(
+            c.publish_retained(topic.as_bytes(), payload.as_bytes())
+                .await?
+                == RawReply::PubAck(0),
+            "S-2 retained publish on the thing's own user topic not acknowledged ({})",
+            p.tag()
+        );
+        let mut late = RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &t.id, &t.secret).await?;
+        ensure!(
+            late.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+            "S-2.1 own user topic refused"
+        );
+        let got = late.recv_publish(&topic, STEP).await;
+        ensure!(
+            got == Some((true, payload.clone().into_bytes())),
+            "S-2 the retained message did not reach a later subscriber with RETAIN 1 ({}): {got:?}",
+            p.tag()
+        );
+    }
+    Ok(())
+}
+
+async fn retained_cap(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let mut c =
+        RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, Proto::V5, &t.id, &t.secret).await?;
+    for i in 0..MAX_RETAINED_PER_THING {
+        let topic = user_topic(&t.id, &format!("k{i}"));
+        ensure!(
+            c.publish_retained(topic.as_bytes(), b"{}").await? == RawReply::PubAck(0),
+            "S-2 retained message {i} of {MAX_RETAINED_PER_THING} refused"
+        );
+    }
+    let extra = user_topic(&t.id, "extra");
+    let r = c.publish_retained(extra.as_bytes(), b"{}").await?;
+    ensure!(
+        r == RawReply::PubAck(QUOTA_EXCEEDED),
+        "S-2 retained message {} of a thing: want PUBACK 0x97, got {r:?}",
+        MAX_RETAINED_PER_THING + 1
+    );
+    Ok(())
+}
+
+async fn topic_alias_refused(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let topic = user_topic(&t.id, "a");
+    for alias in [1u16, 0] {
+        let mut c =
+            RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, Proto::V5, &t.id, &t.secret).await?;
+        let got = c.publish_with_alias(topic.as_bytes(), alias).await?;
+        ensure!(
+            got == Some(TOPIC_ALIAS_INVALID),
+            "MQTT 5 §3.3.2.3.4: Topic Alias {alias} with Topic Alias Maximum 0: want DISCONNECT 0x94, got {got:?}"
+        );
+    }
+    Ok(())
+}
