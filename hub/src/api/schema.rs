@@ -262,7 +262,7 @@ impl MethodRequest {
         match (self.timeout, self.resp_timeout) {
             (Some(_), Some(_)) => Err("give timeout or respTimeout, not both".into()),
             (Some(t), None) => Ok(Some(t)),
-            (None, Some(t)) if t == 0.0 => Ok(None),
+            (None, Some(0.0)) => Ok(None),
             (None, t) => Ok(t),
         }
     }

@@ -264,10 +264,10 @@ fn rest_updates_write_desired_only() {
 fn tio_requests_read_as_tio_reads_them() {
     let l = limits();
     let report = br#"{"state":{"desired":null,"reported":{"a":1}},"clientToken":"t","version":0}"#;
-    let spec = parse_device_update(report, &l, DeviceUpdates::Spec).unwrap();
+    let spec = parse_device_update(report, &l, DeviceUpdates::Spec).expect("valid");
     assert_eq!(spec.desired, Some(SectionPatch::Clear));
     assert_eq!(spec.version, Some(0));
-    let tio = parse_device_update(report, &l, DeviceUpdates::Tio).unwrap();
+    let tio = parse_device_update(report, &l, DeviceUpdates::Tio).expect("valid");
     assert_eq!(tio.desired, None);
     assert_eq!(tio.version, None);
     assert_eq!(tio.state, json!({"reported": {"a": 1}}));
@@ -275,7 +275,7 @@ fn tio_requests_read_as_tio_reads_them() {
     let v3 = br#"{"state":{"reported":{"a":1}},"version":3}"#;
     assert_eq!(
         parse_device_update(v3, &l, DeviceUpdates::Tio)
-            .unwrap()
+            .expect("valid")
             .version,
         Some(3)
     );
@@ -294,7 +294,7 @@ fn tio_requests_read_as_tio_reads_them() {
         parse_desired_update(rest, &l, DeviceUpdates::Spec).map_err(|e| e.code),
         Err(ErrorCode::BadRequest)
     );
-    let tio = parse_desired_update(rest, &l, DeviceUpdates::Tio).unwrap();
+    let tio = parse_desired_update(rest, &l, DeviceUpdates::Tio).expect("valid");
     assert_eq!((tio.reported, tio.version), (None, None));
     assert_eq!(tio.state, json!({"desired": {"a": 1}}));
 }
