@@ -108,7 +108,7 @@ async fn s3_8_bad_inputs_rejected_shadow_intact(proto: Proto) {
             "JSON nested 10,000 deep",
             deep_json(10_000).into_bytes(),
             400,
-            None,
+            Some("deep"),
         ),
         (
             "JSON nested 9 deep (limit 8)",
