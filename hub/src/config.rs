@@ -35,6 +35,12 @@ pub struct Config {
           value_parser = parse_service_user, hide_env_values = true)]
     pub service_users: Vec<(String, String)>,
 
+    /// Serve clients written for tio as tio does (docs/tio-compatibility.md): the REST API also
+    /// accepts HTTP Basic auth with the admin token as password, and a thing's shadow update
+    /// writes `reported` only, with `"version": 0` meaning no version check.
+    #[arg(long, env = "IOTHUB_TIO_COMPAT")]
+    pub tio_compat: bool,
+
     /// Most concurrent MQTT connections.
     #[arg(long, env = "IOTHUB_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,

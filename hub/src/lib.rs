@@ -98,8 +98,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         presence.clone(),
         metrics.clone(),
     ));
-    let shadows =
-        shadow::service::ShadowService::spawn(store.clone(), committer, bus.clone(), limits);
+    let shadows = shadow::service::ShadowService::spawn(
+        store.clone(),
+        committer,
+        bus.clone(),
+        limits,
+        if config.tio_compat {
+            shadow::DeviceUpdates::Tio
+        } else {
+            shadow::DeviceUpdates::Spec
+        },
+    );
     let methods = method::Methods::new(bus.clone());
     let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
@@ -171,7 +180,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         admin_token.clone(),
         metrics,
     )
-    .with_ota(ota.clone());
+    .with_ota(ota.clone())
+    .with_basic_auth(config.tio_compat);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;

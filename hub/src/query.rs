@@ -7,6 +7,8 @@
 //! - Fields: `thingId`, `connected`, `enabled`, `tags.<path>`, `state.desired.<path>`,
 //!   `state.reported.<path>` (the `default` shadow). A path is dot-separated segments of
 //!   `[0-9A-Za-z_-]`; segments that are not plain SQL identifiers (`tags."x-y"`) may be quoted.
+//! - tio's spelling is accepted too (docs/tio-compatibility.md): `FROM shadow` for `FROM things`,
+//!   and a whole field in backticks (`` `tags.zone` ``), split at its dots.
 //! - Conditions: `AND`, `OR`, `NOT`, parentheses, `=`, `!=`, `<>`, `<`, `<=`, `>`, `>=`,
 //!   `IS NULL`, `IS NOT NULL`. The other side of a comparison is a literal: a `'string'`, a
 //!   number, `TRUE` or `FALSE`.

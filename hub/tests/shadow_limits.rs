@@ -108,14 +108,14 @@ async fn s3_8_bad_inputs_rejected_shadow_intact(proto: Proto) {
             "JSON nested 10,000 deep",
             deep_json(10_000).into_bytes(),
             400,
-            None,
+            Some("deep"),
         ),
         (
             "JSON nested 9 deep (limit 8)",
             deep_json(9).into_bytes(),
             400,
-            // The depth check may run before the token is read; "readable" is the hub's call.
-            None,
+            // Refused before parsing, the token is still recovered (spec crate decision 16).
+            Some("deep"),
         ),
         (
             "payload ~900 KiB (limit 64 KiB here)",
@@ -125,9 +125,9 @@ async fn s3_8_bad_inputs_rejected_shadow_intact(proto: Proto) {
             )
             .into_bytes(),
             413,
-            None,
+            Some("big"),
         ),
-        ("not UTF-8", non_utf8, 415, None),
+        ("not UTF-8", non_utf8, 415, Some("nu")),
         (
             "clientToken of 65 bytes",
             format!(r#"{{"clientToken":"{long_token}","state":{{"reported":{{"a":1}}}}}}"#)
@@ -146,8 +146,12 @@ async fn s3_8_bad_inputs_rejected_shadow_intact(proto: Proto) {
         assert_eq!(r["code"], code, "S-3.8 {what}: {r}");
         assert!(r["message"].is_string(), "S-3.8 {what}: {r}");
         assert!(r["timestamp"].is_u64(), "S-3.8 {what}: {r}");
-        if let Some(token) = token {
-            assert_eq!(r["clientToken"], token, "S-3.8 {what}: token echoed: {r}");
+        match token {
+            Some(token) => assert_eq!(r["clientToken"], token, "S-4.1 {what}: token echoed: {r}"),
+            None => assert!(
+                r.get("clientToken").is_none(),
+                "S-4.1 {what}: no token: {r}"
+            ),
         }
         assert!(hub.is_running(), "hub died on {what}\n{}", hub.stderr());
     }
@@ -182,6 +186,7 @@ async fn s3_9_default_payload_limit_413(proto: Proto) {
     c.publish(&topic, big).await.expect("publish");
     let r = next_rejected(&mut c, &id).await;
     assert_eq!(r["code"], 413, "S-3.9 8 KiB request limit: {r}");
+    assert_eq!(r["clientToken"], "big", "S-4.1 token of a 413: {r}");
 
     c.publish(&topic, deep_json(10_000)).await.expect("publish");
     let r = next_rejected(&mut c, &id).await;
@@ -199,6 +204,7 @@ async fn s3_9_default_payload_limit_413(proto: Proto) {
     c.publish(&topic, huge).await.expect("publish");
     let r = next_rejected(&mut c, &id).await;
     assert_eq!(r["code"], 413, "S-3.8 payload over the limit: {r}");
+    assert_eq!(r["clientToken"], "huge", "S-4.1 token of a 413: {r}");
     assert!(hub.is_running());
     let (status, _) = hub.rest_shadow(&id, "default").await;
     assert_eq!(status, 404, "nothing stored");

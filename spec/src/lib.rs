@@ -15,6 +15,7 @@
 //! | [`payload`] | every JSON message body and the JSON field names | S-3 .. S-9 |
 //! | [`code`] | error codes, method codes, OTA and presence enums | S-3.8, S-5.2, S-7, S-8 |
 //! | [`limits`] | default limits and the non-recursive JSON depth check | S-3.9, S-5.3 |
+//! | [`scan`] | the `clientToken` of a payload refused before parsing | S-3.8, S-4.1 |
 //!
 //! Golden vectors written by hand from SPEC.md live next to this crate in `spec/vectors/`
 //! (see `spec/vectors/README.md`); the hub's tests and the conformance suite check against them.
@@ -71,9 +72,15 @@
 //!     deletions or written as `{}` (metadata has no leaf for it); `{}` merged onto an existing
 //!     object changes nothing. `null` inside an array is a value, not a deletion.
 //! 15. **Request validation order** (S-3.8): size 413, UTF-8 415, depth 400, JSON syntax 400,
-//!     types and required fields 400. A `clientToken` is echoed in the error only when the payload
-//!     parsed as JSON and the token is a string within the limit. `state` must be an object with
-//!     `desired` and/or `reported`, each an object or `null`; anything else is 400.
+//!     types and required fields 400. `state` must be an object with `desired` and/or
+//!     `reported`, each an object or `null`; anything else is 400.
+//! 16. **`clientToken` on error replies** (S-3.8, S-4.1): every error reply echoes the request's
+//!     `clientToken` whenever it can be recovered, whatever the error, 413, 415, the depth 400
+//!     and malformed JSON included. When the payload parsed, the token is its top-level
+//!     `clientToken` string; when it was refused before or while parsing, the token is what
+//!     [`scan::client_token`] finds: the last top-level `"clientToken"` key of the outermost
+//!     object whose value is a complete string. A token over the limit (64 bytes), or one that
+//!     is not a string, is never echoed (it is itself the error, or it is not a token).
 #![no_std]
 
 #[cfg(test)]
@@ -83,6 +90,7 @@ pub mod code;
 pub mod ids;
 pub mod limits;
 pub mod payload;
+pub mod scan;
 pub mod topic;
 
 pub use heapless;

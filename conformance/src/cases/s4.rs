@@ -29,6 +29,13 @@ pub fn cases() -> Vec<Case> {
             "accepted, delta, documents and rejected replies echo the token",
             every_reply,
         ),
+        Case::new(
+            "s4_token_on_refused_requests",
+            &["S-4.1", "S-3.8", "S-3.9"],
+            "requests refused before parsing (413, 415, depth 400, malformed 400) still echo a \
+             readable top-level token; a token over the limit is never echoed",
+            refused_requests,
+        ),
     ]
 }
 
@@ -158,6 +165,102 @@ async fn every_reply(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         .request(DEFAULT_SHADOW, false, br#"{"clientToken":"e-get"}"#, None)
         .await?;
     errs.extend(check::token_echo(r.body(), Some("e-get")).map(|e| format!("get/accepted: {e}")));
+    ensure!(errs.is_empty(), "S-4.1 {}", errs.join("; "));
+    Ok(())
+}
+
+/// The settled S-3.8/S-4.1 ambiguity: the token is echoed whenever it can be recovered, even
+/// when the payload was refused before it was parsed.
+async fn refused_requests(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let mut d = ctx.shadow_device(Proto::V5).await?;
+    let max = ctx.limits.max_request_payload;
+    let depth = ctx.limits.max_json_depth;
+    let over_payload = |token_first: bool| {
+        let blob = "x".repeat(max + 1);
+        if token_first {
+            format!(r#"{{"clientToken":"r-413a","state":{{"reported":{{"blob":"{blob}"}}}}}}"#)
+        } else {
+            format!(r#"{{"state":{{"reported":{{"blob":"{blob}"}}}},"clientToken":"r-413b"}}"#)
+        }
+    };
+    let too_deep = format!(
+        r#"{{"clientToken":"r-deep","state":{{"reported":{}1{}}}}}"#,
+        r#"{"k":"#.repeat(depth),
+        "}".repeat(depth)
+    );
+    let long_token = "t".repeat(ctx.limits.max_client_token + 1);
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
+        (
+            "413, token first",
+            over_payload(true).into_bytes(),
+            413,
+            Some("r-413a"),
+        ),
+        (
+            "413, token last",
+            over_payload(false).into_bytes(),
+            413,
+            Some("r-413b"),
+        ),
+        (
+            "depth over the limit",
+            too_deep.into_bytes(),
+            400,
+            Some("r-deep"),
+        ),
+        (
+            "malformed json",
+            br#"{"clientToken":"r-syntax","state":{"reported":{"a":}}}"#.to_vec(),
+            400,
+            Some("r-syntax"),
+        ),
+        (
+            "not utf-8",
+            b"{\"clientToken\":\"r-415\",\"state\":{\"reported\":{\"a\":\"\xff\"}}}".to_vec(),
+            415,
+            Some("r-415"),
+        ),
+        (
+            "token over the limit",
+            format!(r#"{{"clientToken":"{long_token}","state":{{"reported":{{"a":1}}}}}}"#)
+                .into_bytes(),
+            400,
+            None,
+        ),
+        (
+            "token nested, not top-level",
+            br#"{"state":{"reported":{"clientToken":"inner","a":}}}"#.to_vec(),
+            400,
+            None,
+        ),
+    ];
+    let mut errs = Vec::new();
+    for (what, payload, code, token) in cases {
+        match d.request(DEFAULT_SHADOW, true, &payload, None).await? {
+            Reply::Rejected(r) => errs.extend(
+                check::error_reply(&r, code, token)
+                    .into_iter()
+                    .map(|e| format!("{what}: {e}")),
+            ),
+            Reply::Accepted(a) => errs.push(format!("{what}: accepted: {a}")),
+        }
+    }
+    // A get refused for its size answers on get/rejected with the token too.
+    let get = format!(
+        r#"{{"clientToken":"r-get","pad":"{}"}}"#,
+        "x".repeat(max + 1)
+    );
+    match d
+        .request(DEFAULT_SHADOW, false, get.as_bytes(), None)
+        .await?
+    {
+        Reply::Rejected(r) => errs.extend(
+            check::error_reply(&r, 413, Some("r-get"))
+                .into_iter()
+                .map(|e| format!("get 413: {e}")),
+        ),
+        Reply::Accepted(a) => errs.push(format!("get 413: accepted: {a}")),
+    }
     ensure!(errs.is_empty(), "S-4.1 {}", errs.join("; "));
     Ok(())
 }

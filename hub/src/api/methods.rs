@@ -1,5 +1,6 @@
 //! `POST /api/v1/things/{id}/methods/{method}` (S-5.3, S-9.5): invokes a direct method and
-//! answers the device's `{code,message,data}`.
+//! answers the device's `{code,message,data}`. tio's field names `respTimeout` and
+//! `connTimeout` are read as `timeout` and `connectTimeout` (docs/tio-compatibility.md).
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ fn seconds(
 }
 
 /// Invokes a direct method on a thing and waits for its answer.
-#[utoipa::path(post, path = "/api/v1/things/{id}/methods/{method}", tag = "methods",
+#[utoipa::path(post, path = "/api/v1/things/{id}/methods/{method}", operation_id = "invokeMethod", tag = "methods",
     params(("id" = String, Path, description = "thingId"), ("method" = String, Path, description = "method name, ^[0-9A-Za-z_.-]{1,64}$")),
     request_body = MethodRequest,
     responses(
@@ -58,14 +59,14 @@ pub async fn invoke(
         ));
     }
     let timeout = seconds(
-        req.timeout,
+        req.response_timeout().map_err(ApiError::bad_request)?,
         METHOD_TIMEOUT_DEFAULT_S,
         METHOD_TIMEOUT_MIN_S,
         METHOD_TIMEOUT_MAX_S,
         "timeout",
     )?;
     let connect_timeout = seconds(
-        req.connect_timeout,
+        req.connect_timeout().map_err(ApiError::bad_request)?,
         CONNECT_TIMEOUT_DEFAULT_S,
         0,
         CONNECT_TIMEOUT_MAX_S,

@@ -5,11 +5,16 @@
 //! (401), unknown routes (404), wrong HTTP method (405), bodies over the limit (413). The one
 //! exception is `/metrics`, which speaks the Prometheus text format.
 //!
-//! Every `/api/v1` route, `limits` and `openapi.json` included, needs `Authorization: Bearer
-//! <admin token>`; `/healthz` and `/metrics` are open (probes and scrapers carry no token).
+//! Every `/api/v1` route, `limits` included, needs `Authorization: Bearer <admin token>`. Open
+//! (no token): `/healthz` and `/metrics` (probes and scrapers carry no token), and the API's
+//! description, `GET /api/v1/openapi.json` and Swagger UI at `/api/docs` ([`docs`]): they
+//! describe the API and disclose nothing. With `--tio-compat` the admin routes also accept
+//! HTTP Basic auth whose password is the admin token (tio's clients send Basic auth; see
+//! `docs/tio-compatibility.md`).
 //!
 //! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
-//! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI).
+//! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
+//! [`tio`] (the routes and names tio's clients use, as aliases).
 //!
 //! # Decisions where SPEC.md is silent
 //! - `POST /things` answers **201** with the thing and its `password` (the only time it is
@@ -32,9 +37,11 @@
 //!   the device sent none); too many pending calls hub-wide is a 429.
 //! - A thingId that cannot exist (bad pattern) in a path is a 404, a bad shadow or method name a
 //!   400. The request body content type is not checked.
-//! - `GET /api/v1/openapi.json` is the bare OpenAPI document (not wrapped in the envelope).
+//! - `GET /api/v1/openapi.json` is the bare OpenAPI document (not wrapped in the envelope); its
+//!   operation ids are unique and its one server is `/`, the hub that serves it.
 //! - OTA jobs (S-9.6): status codes, units and the per-thing routes are listed in [`ota`].
 
+pub mod docs;
 pub mod error;
 pub mod methods;
 pub mod ota;
@@ -44,6 +51,7 @@ pub mod serve;
 pub mod shadows;
 pub mod system;
 pub mod things;
+pub mod tio;
 
 use std::sync::Arc;
 
@@ -86,6 +94,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// OTA jobs (S-9.6); `None` answers their routes with 503.
     pub ota: Option<crate::ota::OtaService>,
+    /// `--tio-compat`: HTTP Basic auth with the admin token as password is accepted too.
+    pub basic_auth: bool,
 }
 
 impl AppState {
@@ -108,12 +118,21 @@ impl AppState {
             admin_token: admin_token.into(),
             metrics,
             ota: None,
+            basic_auth: false,
         }
     }
 
     /// Serves the OTA job routes (S-9.6) with `ota`.
     pub fn with_ota(mut self, ota: crate::ota::OtaService) -> AppState {
         self.ota = Some(ota);
+        self
+    }
+
+    /// Also accepts HTTP Basic auth (any user name, the admin token as password), as tio's
+    /// clients send it. Off by default: a browser that once sent Basic credentials attaches
+    /// them to every later request to the hub by itself, which a bearer token never is.
+    pub fn with_basic_auth(mut self, on: bool) -> AppState {
+        self.basic_auth = on;
         self
     }
 }
@@ -153,11 +172,13 @@ pub fn router(state: AppState) -> Router {
             post(ota::cancel_task),
         )
         .route("/limits", get(system::limits))
-        .route("/openapi.json", get(system::openapi))
+        .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
     Router::new()
         .nest("/api/v1", v1)
+        .route("/api/v1/openapi.json", get(system::openapi))
+        .merge(docs::routes())
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .fallback(not_found)
@@ -178,13 +199,15 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
-/// Checks `Authorization: Bearer <token>` against the admin token in constant time.
+/// Checks `Authorization: Bearer <token>` (or, with `--tio-compat`, `Basic`) against the admin
+/// token in constant time.
 async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if bearer_ok(req.headers(), &state.admin_token) {
+    if admin_ok(req.headers(), &state.admin_token, state.basic_auth) {
         next.run(req).await
     } else {
         let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
             .into_response();
+        // Never a Basic challenge: it would make browsers prompt and then cache the secret.
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
@@ -193,7 +216,7 @@ async fn require_admin(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
-fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+fn admin_ok(headers: &HeaderMap, token: &str, basic: bool) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -203,9 +226,27 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
     let Some((scheme, given)) = value.split_once(' ') else {
         return false;
     };
-    scheme.eq_ignore_ascii_case("bearer")
-        && !token.is_empty()
-        && crate::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    if token.is_empty() {
+        return false;
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return crate::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes());
+    }
+    if basic && scheme.eq_ignore_ascii_case("basic") {
+        return basic_password(given.trim())
+            .is_some_and(|p| crate::auth::constant_time_eq(&p, token.as_bytes()));
+    }
+    false
+}
+
+/// The password of a Basic credential `base64(user:password)`; the user name is not checked.
+fn basic_password(encoded: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// Outermost layer: counts every answer by status class, and wraps any error that is not yet

@@ -344,7 +344,7 @@ fn timeout_ms(minutes: Option<f64>) -> Result<Option<u64>, ApiError> {
 }
 
 /// Creates an OTA job and starts its rollout.
-#[utoipa::path(post, path = "/api/v1/ota/jobs", tag = "ota",
+#[utoipa::path(post, path = "/api/v1/ota/jobs", operation_id = "createOtaJob", tag = "ota",
     request_body = CreateJobRequest,
     responses(
         (status = 201, description = "Created; the rollout has started", body = Envelope<JobView>),
@@ -368,7 +368,7 @@ pub async fn create(
 }
 
 /// A job with its counts per state and progress.
-#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}", tag = "ota",
+#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}", operation_id = "getOtaJob", tag = "ota",
     params(("id" = String, Path, description = "jobId")),
     responses(
         (status = 200, description = "The job", body = Envelope<JobView>),
@@ -384,7 +384,7 @@ pub async fn get_job(
 }
 
 /// Cancels a running job: every task not ended becomes `canceled`.
-#[utoipa::path(post, path = "/api/v1/ota/jobs/{id}/cancel", tag = "ota",
+#[utoipa::path(post, path = "/api/v1/ota/jobs/{id}/cancel", operation_id = "cancelOtaJob", tag = "ota",
     params(("id" = String, Path, description = "jobId")),
     responses(
         (status = 200, description = "Canceled; the job with its counts", body = Envelope<JobView>),
@@ -401,7 +401,7 @@ pub async fn cancel(
 }
 
 /// The job's tasks in rollout order, one page.
-#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}/tasks", tag = "ota",
+#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}/tasks", operation_id = "listOtaTasks", tag = "ota",
     params(("id" = String, Path, description = "jobId"), TaskListParams),
     responses(
         (status = 200, description = "One page of tasks", body = Envelope<Page<TaskView>>),
@@ -435,7 +435,7 @@ pub async fn list_tasks(
 }
 
 /// One thing's task with its transitions.
-#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}/tasks/{thing}", tag = "ota",
+#[utoipa::path(get, path = "/api/v1/ota/jobs/{id}/tasks/{thing}", operation_id = "getOtaTask", tag = "ota",
     params(("id" = String, Path, description = "jobId"), ("thing" = String, Path, description = "thingId")),
     responses(
         (status = 200, description = "The task", body = Envelope<TaskDetail>),
@@ -451,7 +451,7 @@ pub async fn get_task(
 }
 
 /// Cancels one thing's task of a running job.
-#[utoipa::path(post, path = "/api/v1/ota/jobs/{id}/tasks/{thing}/cancel", tag = "ota",
+#[utoipa::path(post, path = "/api/v1/ota/jobs/{id}/tasks/{thing}/cancel", operation_id = "cancelOtaTask", tag = "ota",
     params(("id" = String, Path, description = "jobId"), ("thing" = String, Path, description = "thingId")),
     responses(
         (status = 200, description = "Canceled; the task", body = Envelope<TaskDetail>),

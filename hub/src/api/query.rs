@@ -11,7 +11,7 @@ use super::things::DEFAULT_PAGE_SIZE;
 use crate::query::ThingQuery;
 
 /// Runs a thing query; one page of matching things and the total.
-#[utoipa::path(post, path = "/api/v1/things/query", tag = "things",
+#[utoipa::path(post, path = "/api/v1/things/query", operation_id = "queryThings", tag = "things",
     params(PageParams),
     request_body = QueryRequest,
     responses(

@@ -248,6 +248,32 @@ pub struct MethodRequest {
     /// Seconds to wait for an offline thing to connect, 0 to 300 (default 0).
     #[serde(default)]
     pub connect_timeout: Option<f64>,
+    /// tio's name for `timeout`; `0` means the default, as in tio. Give one of the two.
+    #[serde(default)]
+    pub resp_timeout: Option<f64>,
+    /// tio's name for `connectTimeout`. Give one of the two.
+    #[serde(default)]
+    pub conn_timeout: Option<f64>,
+}
+
+impl MethodRequest {
+    /// `timeout`, or tio's `respTimeout` (where `0` means the default); 400 when both are given.
+    pub fn response_timeout(&self) -> Result<Option<f64>, String> {
+        match (self.timeout, self.resp_timeout) {
+            (Some(_), Some(_)) => Err("give timeout or respTimeout, not both".into()),
+            (Some(t), None) => Ok(Some(t)),
+            (None, Some(0.0)) => Ok(None),
+            (None, t) => Ok(t),
+        }
+    }
+
+    /// `connectTimeout`, or tio's `connTimeout`; 400 when both are given.
+    pub fn connect_timeout(&self) -> Result<Option<f64>, String> {
+        match (self.connect_timeout, self.conn_timeout) {
+            (Some(_), Some(_)) => Err("give connectTimeout or connTimeout, not both".into()),
+            (t, None) | (None, t) => Ok(t),
+        }
+    }
 }
 
 /// The device's answer to a direct method (S-5.2).

@@ -23,7 +23,7 @@ fn check_names(thing: &str, shadow: &str) -> Result<(), ApiError> {
 }
 
 /// The shadow document (S-3.2).
-#[utoipa::path(get, path = "/api/v1/things/{id}/shadows/{name}", tag = "shadows",
+#[utoipa::path(get, path = "/api/v1/things/{id}/shadows/{name}", operation_id = "getShadow", tag = "shadows",
     params(("id" = String, Path, description = "thingId"), ("name" = String, Path, description = "shadow name, `default` for the classic shadow")),
     responses(
         (status = 200, description = "The S-3.2 document", body = Envelope<serde_json::Value>),
@@ -35,12 +35,17 @@ pub async fn get_shadow(
     State(state): State<AppState>,
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    check_names(&id, &name)?;
-    Ok(ok(state.shadows.get(&id, &name).await?))
+    read(&state, &id, &name).await
+}
+
+/// `GET /things/{id}/shadows/{name}` for one shadow.
+pub(super) async fn read(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
+    check_names(id, name)?;
+    Ok(ok(state.shadows.get(id, name).await?))
 }
 
 /// Updates `state.desired` (S-3.3/S-3.4); answers the S-3.5 accepted document.
-#[utoipa::path(put, path = "/api/v1/things/{id}/shadows/{name}/state/desired", tag = "shadows",
+#[utoipa::path(put, path = "/api/v1/things/{id}/shadows/{name}/state/desired", operation_id = "putShadowDesired", tag = "shadows",
     params(("id" = String, Path, description = "thingId"), ("name" = String, Path, description = "shadow name")),
     request_body = DesiredRequest,
     responses(
@@ -70,7 +75,7 @@ pub async fn put_desired(
 }
 
 /// Deletes a shadow.
-#[utoipa::path(delete, path = "/api/v1/things/{id}/shadows/{name}", tag = "shadows",
+#[utoipa::path(delete, path = "/api/v1/things/{id}/shadows/{name}", operation_id = "deleteShadow", tag = "shadows",
     params(("id" = String, Path, description = "thingId"), ("name" = String, Path, description = "shadow name")),
     responses(
         (status = 200, description = "Deleted", body = NullEnvelope),
@@ -81,7 +86,12 @@ pub async fn delete_shadow(
     State(state): State<AppState>,
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    check_names(&id, &name)?;
-    state.shadows.delete(&id, &name).await?;
+    remove(&state, &id, &name).await
+}
+
+/// `DELETE /things/{id}/shadows/{name}` for one shadow.
+pub(super) async fn remove(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
+    check_names(id, name)?;
+    state.shadows.delete(id, name).await?;
     Ok(ok(()))
 }

@@ -12,7 +12,7 @@ use super::schema::{self, Envelope, Health};
 
 /// Liveness and readiness: 200 when the store answers and its writes succeed, 503 otherwise,
 /// with the reason in `message` and `data` (a full disk, for one). No token needed.
-#[utoipa::path(get, path = "/healthz", tag = "system",
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", tag = "system",
     responses(
         (status = 200, description = "Healthy", body = Envelope<Health>),
         (status = 503, description = "Storage unavailable: writes fail or reads fail", body = Envelope<Health>),
@@ -42,7 +42,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Metrics in the Prometheus text format (the one route without the envelope). No token needed.
-#[utoipa::path(get, path = "/metrics", tag = "system",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // The store keeps its own health; the gauges mirror it at scrape time.
@@ -58,17 +58,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The configured limits (S-3.9).
-#[utoipa::path(get, path = "/api/v1/limits", tag = "system",
+#[utoipa::path(get, path = "/api/v1/limits", operation_id = "getLimits", tag = "system",
     responses((status = 200, description = "The hub's limits", body = Envelope<serde_json::Value>)),
     security(("bearer" = [])))]
 pub async fn limits(State(state): State<AppState>) -> Response {
     ok(state.limits)
 }
 
-/// This document.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
-    responses((status = 200, description = "The OpenAPI 3.1 document (not enveloped)", body = serde_json::Value)),
-    security(("bearer" = [])))]
+/// This document. No token needed: it describes the API and discloses nothing.
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "getOpenApi", tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document (not enveloped)", body = serde_json::Value)))]
 pub async fn openapi() -> Result<Response, ApiError> {
     let doc = ApiDoc::openapi()
         .to_json()
@@ -79,7 +78,8 @@ pub async fn openapi() -> Result<Response, ApiError> {
 /// The OpenAPI description of the REST API, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query and direct methods (SPEC.md S-9). Every body is the envelope {\"code\",\"message\",\"data\"}."),
+    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query, direct methods and OTA jobs (protocol clause S-9). Every body is the envelope {\"code\",\"message\",\"data\"}. The routes tagged `tio` are aliases for clients written for tio (docs/tio-compatibility.md)."),
+    servers((url = "/", description = "The hub serving this document")),
     paths(
         super::things::create,
         super::things::create_batch,
@@ -99,6 +99,8 @@ pub async fn openapi() -> Result<Response, ApiError> {
         super::ota::list_tasks,
         super::ota::get_task,
         super::ota::cancel_task,
+        super::tio::query_shadows,
+        super::tio::put_shadow_tags,
         healthz,
         metrics,
         limits,
@@ -127,6 +129,7 @@ pub async fn openapi() -> Result<Response, ApiError> {
         super::ota::TaskView,
         super::ota::TaskDetail,
         super::ota::TransitionView,
+        super::tio::TioQueryRequest,
     )),
     modifiers(&BearerAuth),
 )]

@@ -24,7 +24,7 @@ fn to_create(r: CreateThingRequest) -> CreateThing {
 }
 
 /// Creates a thing; its secret is in `password`, shown this once (S-1.6).
-#[utoipa::path(post, path = "/api/v1/things", tag = "things",
+#[utoipa::path(post, path = "/api/v1/things", operation_id = "createThing", tag = "things",
     request_body = CreateThingRequest,
     responses(
         (status = 201, description = "Created; `password` is shown only now", body = Envelope<CreatedThingView>),
@@ -45,7 +45,7 @@ pub async fn create(
 }
 
 /// Creates up to 1000 things in one transaction, with one result per item.
-#[utoipa::path(post, path = "/api/v1/things/batch", tag = "things",
+#[utoipa::path(post, path = "/api/v1/things/batch", operation_id = "createThingsBatch", tag = "things",
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Per-item results in request order", body = Envelope<Vec<BatchItem>>),
@@ -89,7 +89,7 @@ pub async fn create_batch(
 }
 
 /// Lists things in id order.
-#[utoipa::path(get, path = "/api/v1/things", tag = "things",
+#[utoipa::path(get, path = "/api/v1/things", operation_id = "listThings", tag = "things",
     params(ListParams),
     responses(
         (status = 200, description = "One page", body = Envelope<Page<Thing>>),
@@ -115,7 +115,7 @@ pub async fn list(
 }
 
 /// One thing with its connection status (never its secret).
-#[utoipa::path(get, path = "/api/v1/things/{id}", tag = "things",
+#[utoipa::path(get, path = "/api/v1/things/{id}", operation_id = "getThing", tag = "things",
     params(("id" = String, Path, description = "thingId")),
     responses(
         (status = 200, description = "The thing", body = Envelope<Thing>),
@@ -130,7 +130,7 @@ pub async fn get_thing(
 }
 
 /// Enables or disables a thing; disabling closes its live connection (S-1.3).
-#[utoipa::path(patch, path = "/api/v1/things/{id}", tag = "things",
+#[utoipa::path(patch, path = "/api/v1/things/{id}", operation_id = "patchThing", tag = "things",
     params(("id" = String, Path, description = "thingId")),
     request_body = PatchThingRequest,
     responses(
@@ -150,7 +150,7 @@ pub async fn patch(
 }
 
 /// Deletes a thing and its shadows and closes its live connection.
-#[utoipa::path(delete, path = "/api/v1/things/{id}", tag = "things",
+#[utoipa::path(delete, path = "/api/v1/things/{id}", operation_id = "deleteThing", tag = "things",
     params(("id" = String, Path, description = "thingId")),
     responses(
         (status = 200, description = "Deleted", body = NullEnvelope),
@@ -166,7 +166,7 @@ pub async fn delete(
 }
 
 /// Sets tags (`null` deletes one); with `version`, only at that tags version.
-#[utoipa::path(put, path = "/api/v1/things/{id}/tags", tag = "things",
+#[utoipa::path(put, path = "/api/v1/things/{id}/tags", operation_id = "putThingTags", tag = "things",
     params(("id" = String, Path, description = "thingId")),
     request_body = TagsRequest,
     responses(

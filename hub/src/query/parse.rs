@@ -46,9 +46,10 @@ impl ThingQuery {
         let mut bare_select = select.as_ref().clone();
         bare_select.selection = None;
         *bare.body = SetExpr::Select(Box::new(bare_select));
-        if !bare
-            .to_string()
-            .eq_ignore_ascii_case("SELECT * FROM things")
+        let bare = bare.to_string();
+        // `shadow` is tio's name for the same table (docs/tio-compatibility.md).
+        if !bare.eq_ignore_ascii_case("SELECT * FROM things")
+            && !bare.eq_ignore_ascii_case("SELECT * FROM shadow")
         {
             return Err(QueryError::Shape);
         }
@@ -93,6 +94,7 @@ const ALLOWED_WORDS: &[&str] = &[
     "select",
     "from",
     "things",
+    "shadow",
     "where",
     "and",
     "or",
@@ -149,6 +151,11 @@ fn lexical_gate(dialect: &GenericDialect, text: &str) -> Result<(), QueryError> 
             Token::Word(w) => {
                 if matches!(prev, Some(Token::Period)) {
                     continue; // a path segment: any word, validated later
+                }
+                // A backtick-quoted word is a whole dotted field, as tio writes them
+                // (`tags.zone`); it is validated as a field later.
+                if w.quote_style == Some('`') {
+                    continue;
                 }
                 if w.quote_style.is_some()
                     || !ALLOWED_WORDS
@@ -334,24 +341,30 @@ fn idents(e: &SqlExpr) -> Option<Vec<&Ident>> {
 fn convert_field(e: &SqlExpr) -> Result<Field, QueryError> {
     let ids =
         idents(e).ok_or_else(|| QueryError::Unsupported(format!("expected a field, got {e}")))?;
-    let name = |i: &Ident| i.value.clone();
-    let shown = || {
-        ids.iter()
-            .map(|i| i.value.as_str())
-            .collect::<Vec<_>>()
-            .join(".")
-    };
+    // A backtick-quoted identifier is a whole dotted path (tio's `tags.zone`); other quoted
+    // identifiers are one segment each (`tags."x-y"`).
+    let segments: Vec<String> = ids
+        .iter()
+        .flat_map(|i| {
+            if i.quote_style == Some('`') {
+                i.value.split('.').map(str::to_owned).collect::<Vec<_>>()
+            } else {
+                vec![i.value.clone()]
+            }
+        })
+        .collect();
+    let shown = || segments.join(".");
     // Field names are matched exactly: `thingId`, not `THINGID` (JSON names are case-sensitive).
-    match ids.as_slice() {
-        [one] if one.value == "thingId" => Ok(Field::ThingId),
-        [one] if one.value == "connected" => Ok(Field::Connected),
-        [one] if one.value == "enabled" => Ok(Field::Enabled),
-        [head, rest @ ..] if head.value == "tags" && !rest.is_empty() => Ok(Field::Tag(
-            JsonPath::new(rest.iter().map(|i| name(i)).collect())?,
-        )),
-        [head, section, rest @ ..] if head.value == "state" && !rest.is_empty() => {
-            let path = JsonPath::new(rest.iter().map(|i| name(i)).collect())?;
-            match section.value.as_str() {
+    match segments.as_slice() {
+        [one] if one == "thingId" => Ok(Field::ThingId),
+        [one] if one == "connected" => Ok(Field::Connected),
+        [one] if one == "enabled" => Ok(Field::Enabled),
+        [head, rest @ ..] if head == "tags" && !rest.is_empty() => {
+            Ok(Field::Tag(JsonPath::new(rest.to_vec())?))
+        }
+        [head, section, rest @ ..] if head == "state" && !rest.is_empty() => {
+            let path = JsonPath::new(rest.to_vec())?;
+            match section.as_str() {
                 "desired" => Ok(Field::Desired(path)),
                 "reported" => Ok(Field::Reported(path)),
                 _ => Err(QueryError::UnknownField(shown())),

@@ -187,6 +187,31 @@ fn keywords_are_fine_as_path_segments() {
     assert!(q.filter.is_some());
 }
 
+/// tio's spelling (docs/tio-compatibility.md): `FROM shadow` and whole fields in backticks.
+#[test]
+fn tio_spelling_means_the_same_query() {
+    let ours = ThingQuery::parse(
+        "SELECT * FROM things WHERE tags.zone = 'Shanghai' AND state.reported.loc.lat > 30",
+    )
+    .unwrap();
+    let tio = ThingQuery::parse(
+        "select * from shadow where `tags.zone` = 'Shanghai' and `state.reported.loc.lat` > 30",
+    )
+    .unwrap();
+    assert_eq!(ours, tio);
+    assert!(ThingQuery::parse("select * from shadow").is_ok());
+    // Backticks hold a field, never anything else.
+    for bad in [
+        "SELECT * FROM `things`",
+        "SELECT * FROM shadow WHERE `tags..zone` = 1",
+        "SELECT * FROM shadow WHERE `tags.zone; DROP` = 1",
+        "SELECT * FROM shadow WHERE `createdAt` > 1",
+        "SELECT * FROM shadows",
+    ] {
+        assert!(ThingQuery::parse(bad).is_err(), "{bad}");
+    }
+}
+
 proptest! {
     #[test]
     fn parse_never_panics(s in ".{0,300}") {

@@ -48,7 +48,10 @@ pub use document::{
     UpdateReplies, error_payload, get_document, update_replies, update_replies_with,
 };
 pub use merge::{delta, json_eq};
-pub use request::{GetRequest, SectionPatch, UpdateRequest, parse_get, parse_update};
+pub use request::{
+    DeviceUpdates, GetRequest, SectionPatch, UpdateRequest, parse_device_update, parse_get,
+    parse_update,
+};
 pub use service::ShadowService;
 
 /// One shadow in memory: both sections, their metadata mirrors and the version.

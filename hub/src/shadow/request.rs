@@ -3,15 +3,17 @@
 //!
 //! Checks run cheapest-first and never hand a payload to a recursive parser before its nesting
 //! depth is known to be within the limit: size (413), UTF-8 (415), depth (400, by the
-//! non-recursive [`json_depth_exceeds`]), JSON syntax (400), then types (400). Once the JSON
-//! parsed, a string `clientToken` of at most the limit is echoed in the error even when something
-//! else in the request is wrong.
+//! non-recursive [`json_depth_exceeds`]), JSON syntax (400), then types (400). Every error
+//! echoes the request's `clientToken` when it can be recovered (spec crate decision 16): once
+//! the JSON parsed, its top-level string `clientToken` of at most the limit; before that (413,
+//! 415, depth, syntax), what the spec's allocation-free [`scan::client_token`] finds.
 
 use serde_json::{Map, Value};
 
 use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::{Limits, json_depth_exceeds};
 use iothub_spec::payload::field;
+use iothub_spec::scan;
 
 use super::ShadowError;
 
@@ -53,8 +55,12 @@ fn bad(message: impl Into<String>, client_token: Option<String>) -> ShadowError 
 /// Size, UTF-8, depth and syntax checks shared by every request; `Ok(None)` for a payload that
 /// is empty or only whitespace.
 fn parse_json(payload: &[u8], limits: &Limits) -> Result<Option<Value>, ShadowError> {
+    // Every refusal here happens before the document exists; the token still comes back.
+    let refused = |code: ErrorCode, message: String| {
+        ShadowError::new(code, message).with_client_token(client_token_of(payload, limits))
+    };
     if payload.len() > limits.max_request_payload {
-        return Err(ShadowError::new(
+        return Err(refused(
             ErrorCode::PayloadTooLarge,
             format!(
                 "payload of {} bytes is over the limit of {} bytes",
@@ -63,25 +69,25 @@ fn parse_json(payload: &[u8], limits: &Limits) -> Result<Option<Value>, ShadowEr
             ),
         ));
     }
-    let text = std::str::from_utf8(payload).map_err(|_| {
-        ShadowError::new(
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Err(refused(
             ErrorCode::UnsupportedMediaType,
-            "payload is not valid utf-8",
-        )
-    })?;
+            "payload is not valid utf-8".into(),
+        ));
+    };
     if text.trim().is_empty() {
         return Ok(None);
     }
     // Before serde_json: its parser recurses, so depth is checked by the spec's iterative scan.
     if json_depth_exceeds(payload, limits.max_json_depth) {
-        return Err(bad(
+        return Err(refused(
+            ErrorCode::BadRequest,
             format!("json nesting is deeper than {}", limits.max_json_depth),
-            None,
         ));
     }
     serde_json::from_str(text)
         .map(Some)
-        .map_err(|e| bad(format!("malformed json: {e}"), None))
+        .map_err(|e| refused(ErrorCode::BadRequest, format!("malformed json: {e}")))
 }
 
 /// The `clientToken` of a parsed request: `Ok(None)` when absent, `Err` when present but not a
@@ -102,14 +108,19 @@ fn client_token(obj: &Map<String, Value>, limits: &Limits) -> Result<Option<Stri
     }
 }
 
-/// Best-effort `clientToken` of any payload, for error replies produced before (or without)
-/// full validation, e.g. 429 (S-3.8). `None` when the payload fails the size, UTF-8, depth or
-/// syntax checks or has no valid token.
+/// The `clientToken` of any payload, recovered without parsing it (spec crate decision 16): for
+/// error replies produced before, or instead of, full validation (413, 415, 400 for depth or
+/// syntax, 429, 503). `None` when [`scan::client_token`] finds none, or the token decodes to
+/// more than the limit or is not a valid JSON string.
 pub fn client_token_of(payload: &[u8], limits: &Limits) -> Option<String> {
-    match parse_json(payload, limits) {
-        Ok(Some(Value::Object(obj))) => client_token(&obj, limits).ok().flatten(),
-        _ => None,
-    }
+    let raw = scan::client_token(payload, limits.max_client_token)?;
+    let token = if raw.contains('\\') {
+        // Escaped: decode the (bounded) string alone, not the document.
+        serde_json::from_str::<String>(&format!("\"{raw}\"")).ok()?
+    } else {
+        raw.to_owned()
+    };
+    (token.len() <= limits.max_client_token).then_some(token)
 }
 
 /// Validates a `get` payload. An empty payload means `{}` (S-3.8, as AWS).
@@ -175,10 +186,67 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, Sh
     })
 }
 
+/// What a thing's own update over MQTT means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceUpdates {
+    /// As S-3.3/S-3.4 say: a thing may write both sections, `"version": 0` means "only if the
+    /// shadow does not exist yet" (spec crate decision 13).
+    #[default]
+    Spec,
+    /// As tio does (`--tio-compat`, docs/tio-compatibility.md): a thing writes `reported`
+    /// only, its `desired` section is ignored, and `"version": 0` means "no version check".
+    /// tio's Go clients send `"desired": null` and `"version": 0` with every report (its
+    /// `shadow.StateReq` has no `omitempty`); read as S-3.3 says, each report would erase the
+    /// desired state, or be refused with 409 once the shadow exists.
+    Tio,
+}
+
+/// Validates an `update` payload that a thing published (S-3.3), read as `mode` says.
+pub fn parse_device_update(
+    payload: &[u8],
+    limits: &Limits,
+    mode: DeviceUpdates,
+) -> Result<UpdateRequest, ShadowError> {
+    let mut req = parse_update(payload, limits)?;
+    if mode == DeviceUpdates::Tio {
+        if req.version == Some(0) {
+            req.version = None;
+        }
+        if req.desired.take().is_some()
+            && let Value::Object(sections) = &mut req.state
+        {
+            sections.remove(field::DESIRED);
+        }
+        if req.reported.is_none() {
+            return Err(bad(
+                "a thing's update writes state.reported (tio compatibility)",
+                req.client_token,
+            ));
+        }
+    }
+    Ok(req)
+}
+
 /// Validates a REST `PUT .../state/desired` body (S-9.3): an update request whose state holds
-/// `desired` only.
-pub fn parse_desired_update(body: &[u8], limits: &Limits) -> Result<UpdateRequest, ShadowError> {
-    let req = parse_update(body, limits)?;
+/// `desired` only. With [`DeviceUpdates::Tio`] the body of tio's Go `shadow.StateReq` reads as
+/// tio reads it: `"reported": null` is ignored and `"version": 0` is no version check.
+pub fn parse_desired_update(
+    body: &[u8],
+    limits: &Limits,
+    mode: DeviceUpdates,
+) -> Result<UpdateRequest, ShadowError> {
+    let mut req = parse_update(body, limits)?;
+    if mode == DeviceUpdates::Tio {
+        if req.version == Some(0) {
+            req.version = None;
+        }
+        if req.reported == Some(SectionPatch::Clear) {
+            req.reported = None;
+            if let Value::Object(sections) = &mut req.state {
+                sections.remove(field::REPORTED);
+            }
+        }
+    }
     if req.reported.is_some() || req.desired.is_none() {
         return Err(bad(
             "rest updates write state.desired only",

@@ -53,7 +53,9 @@ use super::apply::Applier;
 pub use super::apply::CACHE_CAPACITY;
 use super::pipeline::{Gates, Job, Key, ReplyTo, publish_result, shutting_down};
 use super::reply::Replier;
-use super::request::{client_token_of, parse_desired_update, parse_get, parse_update};
+use super::request::{
+    DeviceUpdates, client_token_of, parse_desired_update, parse_device_update, parse_get,
+};
 use super::{ShadowError, ShadowOp};
 
 /// Capacity of the job queue into the apply task (back-pressure on the router beyond it).
@@ -73,6 +75,7 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
     bus: Arc<dyn Bus>,
     limits: Limits,
+    device_updates: DeviceUpdates,
     committer: GroupCommitter,
     gates: Arc<Gates>,
     closed: AtomicBool,
@@ -83,12 +86,14 @@ impl ShadowService {
     /// Starts the apply and reply tasks on the current Tokio runtime.
     ///
     /// `committer` must write to `store`; `bus` carries the replies; `limits` are the hub's
-    /// configured S-3.9 limits.
+    /// configured S-3.9 limits; `device_updates` says how a thing's own updates read
+    /// (`--tio-compat`).
     pub fn spawn(
         store: SharedStore,
         committer: GroupCommitter,
         bus: Arc<dyn Bus>,
         limits: Limits,
+        device_updates: DeviceUpdates,
     ) -> ShadowService {
         let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
         let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
@@ -103,6 +108,7 @@ impl ShadowService {
                 jobs: jobs_tx,
                 bus,
                 limits,
+                device_updates,
                 committer,
                 gates,
                 closed: AtomicBool::new(false),
@@ -141,14 +147,15 @@ impl ShadowService {
                     op,
                 },
             }),
-            ShadowOp::Update => parse_update(&payload, limits).map(|req| Job::Update {
-                key: key.clone(),
-                req,
-                to: ReplyTo::Mqtt {
+            ShadowOp::Update => parse_device_update(&payload, limits, self.inner.device_updates)
+                .map(|req| Job::Update {
                     key: key.clone(),
-                    op,
-                },
-            }),
+                    req,
+                    to: ReplyTo::Mqtt {
+                        key: key.clone(),
+                        op,
+                    },
+                }),
         };
         match job {
             Ok(job) => {
@@ -185,7 +192,7 @@ impl ShadowService {
         shadow: &str,
         body: &[u8],
     ) -> Result<Value, ShadowError> {
-        let req = parse_desired_update(body, &self.inner.limits)?;
+        let req = parse_desired_update(body, &self.inner.limits, self.inner.device_updates)?;
         let (tx, rx) = oneshot::channel();
         let job = Job::Update {
             key: Key::new(thing, shadow),

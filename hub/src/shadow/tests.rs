@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::Limits;
 
-use super::request::{client_token_of, parse_desired_update};
+use super::request::{DeviceUpdates, client_token_of, parse_desired_update};
 use super::*;
 
 fn limits() -> Limits {
@@ -183,17 +183,120 @@ fn client_token_is_read_best_effort() {
     );
     assert_eq!(client_token_of(b"{\"clientToken\":", &l), None);
     assert_eq!(client_token_of(b"", &l), None);
+    // Escaped tokens are decoded, and the limit applies to the decoded token.
+    assert_eq!(
+        client_token_of(br#"{"clientToken":"a\u0041\"b"}"#, &l),
+        Some("aA\"b".into())
+    );
+    let escaped_long = format!(
+        r#"{{"clientToken":"{}"}}"#,
+        "\\u0041".repeat(l.max_client_token + 1)
+    );
+    assert_eq!(client_token_of(escaped_long.as_bytes(), &l), None);
+}
+
+/// Spec crate decision 16: requests refused before they are parsed still get their token back.
+#[test]
+fn refused_before_parsing_still_echo_the_token() {
+    let l = limits();
+    let big = format!(
+        r#"{{"clientToken":"big","state":{{"reported":{{"a":"{}"}}}}}}"#,
+        "x".repeat(l.max_request_payload)
+    );
+    assert_eq!(
+        code_of(big.as_bytes()),
+        (ErrorCode::PayloadTooLarge, Some("big".into()))
+    );
+    // The token after the oversized part is found too.
+    let big_last = format!(
+        r#"{{"state":{{"reported":{{"a":"{}"}}}},"clientToken":"last"}}"#,
+        "x".repeat(l.max_request_payload)
+    );
+    assert_eq!(code_of(big_last.as_bytes()).1.as_deref(), Some("last"));
+    let deep = format!(
+        r#"{{"clientToken":"deep","state":{{"reported":{}1{}}}}}"#,
+        r#"{"k":"#.repeat(l.max_json_depth),
+        "}".repeat(l.max_json_depth)
+    );
+    assert_eq!(
+        code_of(deep.as_bytes()),
+        (ErrorCode::BadRequest, Some("deep".into()))
+    );
+    assert_eq!(
+        code_of(b"{\"clientToken\":\"utf\",\"state\":{\"reported\":{\"a\":\"\xff\"}}}"),
+        (ErrorCode::UnsupportedMediaType, Some("utf".into()))
+    );
+    assert_eq!(
+        code_of(br#"{"clientToken":"syntax","state":{"reported":{"a":}}}"#),
+        (ErrorCode::BadRequest, Some("syntax".into()))
+    );
+    // A token nested below the top level is not the request's.
+    assert_eq!(
+        code_of(br#"{"state":{"reported":{"clientToken":"inner","a":}}}"#),
+        (ErrorCode::BadRequest, None)
+    );
+    assert_eq!(
+        parse_get(big.as_bytes(), &l).map_err(|e| (e.code, e.client_token)),
+        Err((ErrorCode::PayloadTooLarge, Some("big".into())))
+    );
 }
 
 #[test]
 fn rest_updates_write_desired_only() {
     let l = limits();
-    assert!(parse_desired_update(br#"{"state":{"desired":{"a":1}}}"#, &l).is_ok());
+    assert!(
+        parse_desired_update(br#"{"state":{"desired":{"a":1}}}"#, &l, DeviceUpdates::Spec).is_ok()
+    );
     assert_eq!(
-        parse_desired_update(br#"{"state":{"reported":{"a":1}},"clientToken":"r"}"#, &l)
-            .map_err(|e| (e.code, e.client_token)),
+        parse_desired_update(
+            br#"{"state":{"reported":{"a":1}},"clientToken":"r"}"#,
+            &l,
+            DeviceUpdates::Spec
+        )
+        .map_err(|e| (e.code, e.client_token)),
         Err((ErrorCode::BadRequest, Some("r".into())))
     );
+}
+
+/// `--tio-compat`: tio's Go `StateReq` always carries `"version": 0` and a `null` for the
+/// section it does not write.
+#[test]
+fn tio_requests_read_as_tio_reads_them() {
+    let l = limits();
+    let report = br#"{"state":{"desired":null,"reported":{"a":1}},"clientToken":"t","version":0}"#;
+    let spec = parse_device_update(report, &l, DeviceUpdates::Spec).expect("valid");
+    assert_eq!(spec.desired, Some(SectionPatch::Clear));
+    assert_eq!(spec.version, Some(0));
+    let tio = parse_device_update(report, &l, DeviceUpdates::Tio).expect("valid");
+    assert_eq!(tio.desired, None);
+    assert_eq!(tio.version, None);
+    assert_eq!(tio.state, json!({"reported": {"a": 1}}));
+    // Other versions still count.
+    let v3 = br#"{"state":{"reported":{"a":1}},"version":3}"#;
+    assert_eq!(
+        parse_device_update(v3, &l, DeviceUpdates::Tio)
+            .expect("valid")
+            .version,
+        Some(3)
+    );
+    // A thing writes reported only.
+    assert_eq!(
+        parse_device_update(
+            br#"{"state":{"desired":{"a":1}},"clientToken":"d"}"#,
+            &l,
+            DeviceUpdates::Tio
+        )
+        .map_err(|e| (e.code, e.client_token)),
+        Err((ErrorCode::BadRequest, Some("d".into())))
+    );
+    let rest = br#"{"state":{"desired":{"a":1},"reported":null},"clientToken":"r","version":0}"#;
+    assert_eq!(
+        parse_desired_update(rest, &l, DeviceUpdates::Spec).map_err(|e| e.code),
+        Err(ErrorCode::BadRequest)
+    );
+    let tio = parse_desired_update(rest, &l, DeviceUpdates::Tio).expect("valid");
+    assert_eq!((tio.reported, tio.version), (None, None));
+    assert_eq!(tio.state, json!({"desired": {"a": 1}}));
 }
 
 // ---- apply_update (S-3.4) ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use bytes::Bytes;
 use iothub_spec::limits::Limits;
 use iothub_spec::topic::Topic;
@@ -81,7 +81,13 @@ async fn harness() -> Harness {
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let committer = GroupCommitter::spawn(store.clone(), 64, 1024);
     let limits = Limits::default();
-    let shadows = ShadowService::spawn(store.clone(), committer, dyn_bus.clone(), limits);
+    let shadows = ShadowService::spawn(
+        store.clone(),
+        committer,
+        dyn_bus.clone(),
+        limits,
+        Default::default(),
+    );
     let metrics = Metrics::new();
     let credentials = Arc::new(CredentialCache::new(16));
     let things = Things::new(
@@ -425,8 +431,12 @@ async fn bad_bodies_are_400_envelopes() {
 #[tokio::test]
 async fn auth_routes_and_limits() {
     let h = harness().await;
-    // Missing and wrong token → 401 envelope, on every /api/v1 route.
-    for path in ["/api/v1/things", "/api/v1/limits", "/api/v1/openapi.json"] {
+    // Missing and wrong token → 401 envelope, on every /api/v1 route but the API description.
+    for path in [
+        "/api/v1/things",
+        "/api/v1/limits",
+        "/api/v1/things/t1/shadows/tags",
+    ] {
         let (s, _) = h.send("GET", path, None, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
         let (s, _) = h.send("GET", path, Some("nope"), None).await;
@@ -473,13 +483,26 @@ async fn health_metrics_and_openapi() {
         "{text}"
     );
 
+    // No token: the document describes the API and discloses nothing.
     let req = Request::get("/api/v1/openapi.json")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
         .body(Body::empty())
         .unwrap();
     let (s, _, bytes) = h.raw(req).await;
     assert_eq!(s, StatusCode::OK);
     let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["servers"][0]["url"], json!("/"));
+    let mut ids = std::collections::BTreeSet::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.clone()), "operationId {id} is not unique");
+        }
+    }
+    assert!(operations >= 24, "{operations} operations");
+    assert!(doc["paths"]["/api/v1/openapi.json"]["get"]["security"].is_null());
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/api/v1/things",
@@ -497,4 +520,41 @@ async fn health_metrics_and_openapi() {
         assert!(paths.contains_key(p), "OpenAPI lacks {p}");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[test]
+fn basic_auth_only_when_enabled_and_only_with_the_token() {
+    use base64::Engine as _;
+    let basic = |cred: &str| {
+        let mut h = HeaderMap::new();
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(cred)
+        );
+        h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        h
+    };
+    let good = basic(&format!("admin:{TOKEN}"));
+    assert!(!super::admin_ok(&good, TOKEN, false), "off by default");
+    assert!(super::admin_ok(&good, TOKEN, true));
+    // Any user name; the password must be the token, whole.
+    assert!(super::admin_ok(&basic(&format!("x:{TOKEN}")), TOKEN, true));
+    assert!(!super::admin_ok(&basic("admin:public"), TOKEN, true));
+    assert!(!super::admin_ok(
+        &basic(&format!("admin:{TOKEN}x")),
+        TOKEN,
+        true
+    ));
+    assert!(!super::admin_ok(&basic(TOKEN), TOKEN, true), "no colon");
+    let mut garbage = HeaderMap::new();
+    garbage.insert(header::AUTHORIZATION, "Basic %%%".parse().unwrap());
+    assert!(!super::admin_ok(&garbage, TOKEN, true));
+    // An empty admin token never matches.
+    assert!(!super::admin_ok(&basic("admin:"), "", true));
+    let mut bearer = HeaderMap::new();
+    bearer.insert(
+        header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    assert!(super::admin_ok(&bearer, TOKEN, false));
 }

@@ -212,7 +212,7 @@ async fn hub_with(limits: Limits) -> Hub {
     let shared: SharedStore = store.clone();
     let committer = GroupCommitter::spawn(shared.clone(), 64, 256);
     let bus = Arc::new(RecordingBus::default());
-    let shadows = ShadowService::spawn(shared, committer, bus.clone(), limits);
+    let shadows = ShadowService::spawn(shared, committer, bus.clone(), limits, Default::default());
     Hub {
         _dir: dir,
         store,
