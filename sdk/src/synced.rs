@@ -40,10 +40,17 @@ pub struct Applied {
     pub keys: Vec<String>,
     /// True when the delta came from a document fetched after a (re)connect.
     pub resync: bool,
-    /// The shadow version the new state was reported at, or why the report failed. A failed
-    /// report is sent again after the next resynchronization: the change is applied either way.
+    /// The shadow version the new state was reported at, or why the report failed. A report
+    /// the hub refused for now (429, 503) is retried a few times first; one that still failed
+    /// is sent again after the next resynchronization. The change is applied either way.
     pub report: Result<u64>,
 }
+
+/// Reports the hub refused for now (429, 503) are retried this many times...
+const REPORT_RETRIES: u32 = 4;
+/// ...first after this pause, doubled each time (0.1 + 0.2 + 0.4 + 0.8 s: past the hub's
+/// one-second rate window).
+const REPORT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where [`SyncedState::next`] stands, kept in the struct so that a call dropped half-way (a
 /// lost `select!` race) is finished by the next call instead of being lost.
@@ -137,7 +144,7 @@ where
             if let Stage::Applied { .. } = self.stage {
                 // Re-reporting the whole state is idempotent, so a report cut off by a
                 // cancellation is simply sent again.
-                let report = self.report().await;
+                let report = self.report_retrying().await;
                 let Stage::Applied {
                     version,
                     keys,
@@ -181,6 +188,28 @@ where
     /// is reported again after the next resynchronization.
     pub async fn modify_and_report(&mut self, f: impl FnOnce(&mut T)) -> Result<u64> {
         f(&mut self.state);
+        self.report().await
+    }
+
+    /// Reports, retrying what the hub asked to retry later (429 rate limit, 503 storage) a few
+    /// times with a growing pause; connection errors are left to the next resynchronization.
+    async fn report_retrying(&mut self) -> Result<u64> {
+        let mut pause = REPORT_RETRY_FIRST;
+        for _ in 0..REPORT_RETRIES {
+            match self.report().await {
+                // 429/503 from the hub, or the core's request slots still held by answers to
+                // reports whose futures were dropped (they free up as the answers come).
+                Err(e)
+                    if matches!(e, Error::Core(_))
+                        || (e.is_retryable() && e.rejection_code().is_some()) =>
+                {
+                    tracing::debug!(error = %e, ?pause, "report refused for now; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
         self.report().await
     }
 
