@@ -52,6 +52,30 @@ const REPORT_RETRIES: u32 = 4;
 /// one-second rate window).
 const REPORT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Reports `value`, retrying what the hub asked to retry later (429 rate limit, 503 storage)
+/// or what the core had no room for yet, a few times with a growing pause; connection errors
+/// are left to the next resynchronization.
+async fn report_retrying(shadow: Shadow, value: serde_json::Result<Value>) -> Result<u64> {
+    let value = value?;
+    let mut pause = REPORT_RETRY_FIRST;
+    for _ in 0..REPORT_RETRIES {
+        match shadow.report(&value).await {
+            Err(e)
+                if matches!(e, Error::Core(_))
+                    || (e.is_retryable() && e.rejection_code().is_some()) =>
+            {
+                tracing::debug!(error = %e, ?pause, "report refused for now; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    shadow.report(&value).await
+}
+
+type ReportFuture = Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send>>;
+
 /// Where [`SyncedState::next`] stands, kept in the struct so that a call dropped half-way (a
 /// lost `select!` race) is finished by the next call instead of being lost.
 #[derive(Debug)]
@@ -86,6 +110,8 @@ pub struct SyncedState<T> {
     /// The shadow may not hold the state: a report failed or was cancelled.
     dirty: bool,
     stage: Stage,
+    /// The report of an applied delta, kept across cancelled calls of `next`.
+    in_flight: Option<ReportFuture>,
 }
 
 impl<T> std::fmt::Debug for SyncedState<T> {
@@ -115,6 +141,7 @@ where
             version,
             dirty: false,
             stage: Stage::Idle,
+            in_flight: None,
         }
     }
 
@@ -142,9 +169,23 @@ where
     pub async fn next(&mut self) -> Option<Result<Applied>> {
         loop {
             if let Stage::Applied { .. } = self.stage {
-                // Re-reporting the whole state is idempotent, so a report cut off by a
-                // cancellation is simply sent again.
-                let report = self.report_retrying().await;
+                // The report future lives in `self`: a call dropped while waiting for the answer
+                // is resumed by the next call, never sent twice (a flood of duplicate reports
+                // would hit the hub's rate limit).
+                if self.in_flight.is_none() {
+                    self.dirty = true;
+                    let value = serde_json::to_value(&self.state);
+                    self.in_flight = Some(Box::pin(report_retrying(self.shadow.clone(), value)));
+                }
+                let report = match self.in_flight.as_mut() {
+                    Some(f) => f.await,
+                    None => continue,
+                };
+                self.in_flight = None;
+                if let Ok(v) = report {
+                    self.version = v;
+                    self.dirty = false;
+                }
                 let Stage::Applied {
                     version,
                     keys,
@@ -188,28 +229,6 @@ where
     /// is reported again after the next resynchronization.
     pub async fn modify_and_report(&mut self, f: impl FnOnce(&mut T)) -> Result<u64> {
         f(&mut self.state);
-        self.report().await
-    }
-
-    /// Reports, retrying what the hub asked to retry later (429 rate limit, 503 storage) a few
-    /// times with a growing pause; connection errors are left to the next resynchronization.
-    async fn report_retrying(&mut self) -> Result<u64> {
-        let mut pause = REPORT_RETRY_FIRST;
-        for _ in 0..REPORT_RETRIES {
-            match self.report().await {
-                // 429/503 from the hub, or the core's request slots still held by answers to
-                // reports whose futures were dropped (they free up as the answers come).
-                Err(e)
-                    if matches!(e, Error::Core(_))
-                        || (e.is_retryable() && e.rejection_code().is_some()) =>
-                {
-                    tracing::debug!(error = %e, ?pause, "report refused for now; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                other => return other,
-            }
-        }
         self.report().await
     }
 
