@@ -19,6 +19,9 @@ use crate::bus::Bus;
 pub const MAX_PENDING: usize = 10_000;
 /// How often an offline thing is looked for while `connectTimeout` runs.
 const CONNECT_POLL: Duration = Duration::from_millis(20);
+/// How long a connected thing may take to subscribe to its method topic before a call is sent
+/// regardless.
+const SUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
 
 /// The device's answer (S-5.2), handed back to the REST caller.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -75,7 +78,8 @@ impl Methods {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<MethodReply, MethodError> {
-        if !self.wait_connected(thing, connect_timeout).await {
+        let topic = Topic::MethodRequest { thing, method }.to_string();
+        if !self.wait_connected(thing, &topic, connect_timeout).await {
             return Err(MethodError::Offline);
         }
         if self.pending.len() >= MAX_PENDING {
@@ -96,13 +100,7 @@ impl Methods {
                 return Err(MethodError::Timeout);
             }
         };
-        self.bus
-            .publish(
-                &Topic::MethodRequest { thing, method }.to_string(),
-                payload,
-                false,
-            )
-            .await;
+        self.bus.publish(&topic, payload, false).await;
         let outcome = tokio::time::timeout(timeout, rx).await;
         self.pending.remove(&key);
         match outcome {
@@ -146,13 +144,21 @@ impl Methods {
         }
     }
 
-    async fn wait_connected(&self, thing: &str, connect_timeout: Duration) -> bool {
+    /// Waits for the thing to be connected, and then for its subscription to `topic`: a call
+    /// published between the thing's CONNACK and its SUBSCRIBE would be lost (a 504 for a thing
+    /// that answers). A thing that does not subscribe within [`SUBSCRIBE_GRACE`] gets the call
+    /// anyway (and times out).
+    async fn wait_connected(&self, thing: &str, topic: &str, connect_timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + connect_timeout;
+        let mut grace_ends = None;
         loop {
+            let now = tokio::time::Instant::now();
             if self.bus.is_connected(thing) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
+                let ends = *grace_ends.get_or_insert(now + SUBSCRIBE_GRACE);
+                if now >= ends || self.bus.has_subscribers(topic).await {
+                    return true;
+                }
+            } else if now >= deadline {
                 return false;
             }
             tokio::time::sleep(CONNECT_POLL).await;

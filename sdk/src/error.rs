@@ -5,6 +5,42 @@ use std::time::Duration;
 use iothub_sdk_nostd::ConfigError;
 use iothub_spec::code::ErrorCode;
 
+use crate::typed::StateError;
+
+/// Why a connection attempt failed: the cause kept from the network layer, so that a wrong
+/// port, a wrong host name and a hub that does not answer read differently.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing accepts connections at the address (TCP connection refused).
+    #[error("connection refused by {addr}")]
+    Refused {
+        /// `host:port` as configured.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host name does not resolve.
+    #[error("cannot resolve {host}")]
+    Dns {
+        /// The host as configured.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No CONNACK came within the connect timeout (the address does not answer, or does not
+    /// speak MQTT).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Another network error (connection reset, unreachable network, ...).
+    #[error("network error")]
+    Io(#[source] std::io::Error),
+    /// The peer broke the MQTT protocol or closed the connection.
+    #[error("mqtt: {0}")]
+    Protocol(String),
+}
 /// Why an SDK call failed. Every wait in the SDK is bounded, so a call ends with a value or one
 /// of these, never hangs.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +56,10 @@ pub enum Error {
     /// thing. Returned by [`crate::Thing::connect`]; later refusals are retried with backoff.
     #[error("connection refused by the hub: {0}")]
     Refused(String),
-    /// No connection could be made within [`crate::ThingOptions::connect_timeout`].
+    /// No connection could be made within [`crate::ThingOptions::connect_timeout`]; the
+    /// [`ConnectError`] says why the last attempt failed (refused, DNS, timeout, ...).
     #[error("could not connect: {0}")]
-    Connect(String),
+    Connect(#[source] ConnectError),
     /// TLS could not be set up (bad PEM text, a key that does not match its certificate), or
     /// the TLS handshake of [`crate::Thing::connect`] failed for good (the hub's certificate is
     /// not trusted). Only with the `tls` feature.
@@ -51,6 +88,10 @@ pub enum Error {
     /// The shadow was not listed in [`crate::ThingOptions::shadows`].
     #[error("shadow {0:?} is not followed by this thing")]
     UnknownShadow(String),
+    /// A shadow section or delta does not fit the application's type; the error names the
+    /// keys ([`crate::SyncedState::next`], [`crate::Delta::parse`], [`crate::Document::reported_as`]).
+    #[error("state: {0}")]
+    State(#[from] StateError),
     /// A value could not be turned into JSON or back.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

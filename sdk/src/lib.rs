@@ -9,12 +9,14 @@ mod ntp;
 mod options;
 mod ota;
 mod shadow;
+mod synced;
 mod thing;
 #[cfg(feature = "tls")]
 mod tls;
 mod transport;
+mod typed;
 
-pub use error::{Error, Result};
+pub use error::{ConnectError, Error, Result};
 pub use futures_util::{Stream, StreamExt};
 pub use iothub_sdk_nostd as core;
 pub use iothub_sdk_nostd::spec;
@@ -22,9 +24,13 @@ pub use iothub_sdk_nostd::spec::code::OtaErrorCode;
 pub use method::{MethodError, MethodRequest, MethodResult};
 pub use ntp::{Ntp, NtpResult};
 pub use options::{Backoff, Protocol, ThingOptions};
-pub use ota::{DownloadError, DownloadOptions, Downloaded, Ota, OtaTask};
-pub use shadow::{Delta, Document, Shadow, SyncedState, merge_json};
+#[cfg(feature = "ota-download")]
+pub use ota::{DownloadError, DownloadOptions, Downloaded};
+pub use ota::{Ota, OtaTask};
+pub use shadow::{Delta, Document, Shadow, ShadowUpdate};
+pub use synced::{Applied, SyncedState, merge_json};
 pub use thing::{ConnectionState, Thing, UserMessage};
+pub use typed::StateError;
 
 /// The rustls crate the SDK uses, to build a [`rustls::ClientConfig`] for
 /// [`ThingOptions::tls_config`] (feature `tls`).

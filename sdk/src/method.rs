@@ -8,14 +8,23 @@ use iothub_spec::code::method_code;
 use serde_json::Value;
 
 /// A direct-method call (S-5.1) handed to a handler registered with
-/// [`crate::Thing::on_method`].
-#[derive(Debug, Clone, PartialEq)]
+/// [`crate::ThingOptions::on_method`].
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MethodRequest {
     /// The method name.
     pub method: String,
     /// The call's `data` (`Value::Null` when it had none).
     pub data: Value,
+    pub(crate) thing: Option<crate::Thing>,
+}
+
+impl MethodRequest {
+    /// The connected thing, to report state or send telemetry from the handler (`None` only
+    /// while the thing is being closed).
+    pub fn thing(&self) -> Option<&crate::Thing> {
+        self.thing.as_ref()
+    }
 }
 
 /// A handler's failure, answered with its code (S-5.2: 400 bad input, 500 device error, or

@@ -6,7 +6,7 @@ use crate::driver::Command;
 use crate::error::Result;
 use crate::thing::Thing;
 
-/// The hub's clock as measured by [`Ntp::sync`] (S-6.2).
+/// The hub's clock as measured by [`Ntp::measure`] (S-6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NtpResult {
@@ -33,9 +33,11 @@ impl Ntp {
         self
     }
 
-    /// Runs one exchange of [`Ntp::samples`] samples. Each sample waits at most the request
-    /// timeout; [`crate::Error::Timeout`] when none was answered.
-    pub async fn sync(&self) -> Result<NtpResult> {
+    /// Measures the hub's clock against this machine's: one exchange of [`Ntp::samples`]
+    /// samples. Each sample waits at most the request timeout; [`crate::Error::Timeout`] when
+    /// none was answered. Nothing is changed on this machine: apply
+    /// [`NtpResult::offset_ms`] (or use [`NtpResult::server_time`]) as the application needs.
+    pub async fn measure(&self) -> Result<NtpResult> {
         let samples = self.samples;
         self.thing
             .request_for(

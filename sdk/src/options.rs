@@ -1,6 +1,14 @@
 //! [`ThingOptions`]: how to reach the hub and how the device behaves.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use iothub_spec::ids::is_valid_method_name;
+
+use crate::method::{Handler, MethodRequest, MethodResult};
+use crate::ota::{OtaHandler, OtaTask};
 
 /// The MQTT protocol version (S-1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +71,9 @@ pub struct ThingOptions {
     pub(crate) backoff: Backoff,
     pub(crate) max_concurrent_methods: usize,
     pub(crate) user_topics: bool,
+    /// Direct-method handlers, in place before the first CONNACK.
+    pub(crate) handlers: HashMap<String, Handler>,
+    pub(crate) ota_handler: Option<OtaHandler>,
     /// The TLS configuration, when connecting with TLS.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -80,6 +91,8 @@ impl std::fmt::Debug for ThingOptions {
             .field("port", &self.port)
             .field("protocol", &self.protocol)
             .field("shadows", &self.shadows)
+            .field("methods", &self.handlers.keys().collect::<Vec<_>>())
+            .field("ota_handler", &self.ota_handler.is_some())
             .field("tls", &self.uses_tls())
             .finish_non_exhaustive()
     }
@@ -108,6 +121,8 @@ impl ThingOptions {
             backoff: Backoff::default(),
             max_concurrent_methods: 32,
             user_topics: false,
+            handlers: HashMap::new(),
+            ota_handler: None,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "tls")]
@@ -189,6 +204,46 @@ impl ThingOptions {
     /// [`crate::Thing::user_messages`] (off by default).
     pub fn user_topics(mut self, on: bool) -> Self {
         self.user_topics = on;
+        self
+    }
+
+    /// Registers `handler` for the direct method `name` (S-5), replacing any previous one.
+    /// Handlers are part of the options so that they are in place before the hub accepts the
+    /// connection: a call that arrives right after CONNACK is answered by its handler, never
+    /// with 404.
+    ///
+    /// Each call runs the handler in its own task: `Ok(data)` is answered 200 with `data`,
+    /// `Err(MethodError)` with its code, a panicking handler with 500. Calls of methods without
+    /// a handler are answered 404. At most [`ThingOptions::max_concurrent_methods`] handlers
+    /// run at once; further calls get 503. The hub waits for the answer up to the caller's
+    /// timeout (S-5.3). [`MethodRequest::thing`] gives the handler the connected thing.
+    ///
+    /// Fails with [`crate::Error::InvalidArgument`] for a name S-5.1 does not allow.
+    pub fn on_method<F, Fut>(mut self, name: &str, handler: F) -> Result<Self, crate::Error>
+    where
+        F: Fn(MethodRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = MethodResult> + Send + 'static,
+    {
+        if !is_valid_method_name(name) {
+            return Err(crate::Error::InvalidArgument("invalid method name"));
+        }
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        self.handlers.insert(name.to_owned(), handler);
+        Ok(self)
+    }
+
+    /// Runs `handler` in its own task for every OTA task the hub sends (S-7), from the first
+    /// CONNACK on. The handler reports with [`OtaTask::progress`], [`OtaTask::failed`], and
+    /// [`OtaTask::done`] once the image is installed. A task the hub sends again after a
+    /// reconnect while the device still works on it is handed to the handler again: compare
+    /// [`OtaTask::task_id`] with the one in progress. [`crate::Ota::tasks`] is the alternative
+    /// for applications that want the tasks in their own loop; use one or the other.
+    pub fn on_ota_task<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(OtaTask) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.ota_handler = Some(Arc::new(move |task| Box::pin(handler(task))));
         self
     }
 

@@ -9,12 +9,24 @@ use crate::driver::{Command, OtaUpdate};
 use crate::error::Result;
 use crate::thing::Thing;
 
+#[cfg(feature = "ota-download")]
 #[path = "ota_download.rs"]
 mod download;
+#[cfg(feature = "ota-download")]
 pub use download::{DownloadError, DownloadOptions, Downloaded};
+
+pub(crate) type OtaHandler = std::sync::Arc<
+    dyn Fn(OtaTask) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// An OTA task received from the hub (S-7.1). Report on it with [`OtaTask::progress`],
 /// [`OtaTask::done`], [`OtaTask::failed`] or [`OtaTask::canceled`] (S-7.2).
+///
+/// The flow: fetch the file (`OtaTask::download` with the default `ota-download` feature, or
+/// your own client), install it, then report [`OtaTask::done`]. `done` is never sent by the
+/// SDK on its own: the hub must not see a task finished before the image is installed.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct OtaTask {
@@ -55,7 +67,8 @@ impl OtaTask {
         self.report(OtaUpdate::Progress(percent)).await
     }
 
-    /// Reports `done`: the task is over.
+    /// Reports `done`: the new image is installed and the task is over. Call it only after
+    /// the install succeeded (after a reboot into the new image, if that is how it installs).
     pub async fn done(&self) -> Result<()> {
         self.report(OtaUpdate::Done).await
     }
@@ -78,7 +91,9 @@ pub struct Ota {
 }
 
 impl Ota {
-    /// The OTA tasks the hub sends, starting with the one in progress, if any.
+    /// The OTA tasks the hub sends, starting with the one in progress, if any (a task that
+    /// arrived before this call is not missed). Cancel-safe: `tasks.next()` in a
+    /// `tokio::select!` that loses the race keeps the task for the next call.
     ///
     /// **Newest wins**: the device works on one task at a time (S-7); a task not yet taken
     /// from the stream is replaced by a newer one, whose arrival also makes reports on the

@@ -5,8 +5,8 @@
 //! reports `failed` with the matching S-7.2 code: 1400 when the URL cannot be used (refused,
 //! not found, interrupted, timed out), 1403 when the content is wrong (size or checksum), 1404
 //! when it does not fit ([`DownloadOptions::max_bytes`] or a full disk), 500 for other local
-//! errors. The verified file is handed to the application, and `done` is reported unless
-//! [`DownloadOptions::report_done`] is off (install first, then call [`OtaTask::done`]).
+//! errors. The verified file is handed to the application, which installs it and then reports
+//! [`OtaTask::done`]: a download is not an install, so `done` never comes from here.
 //!
 //! `http://` URLs always work. `https://` URLs need the `tls` feature and
 //! `DownloadOptions::tls` (which roots to trust: e.g. the same rustls config as the thing's
@@ -37,16 +37,13 @@ pub struct DownloadOptions {
     pub timeout: Duration,
     /// Longest time to connect to the file server.
     pub connect_timeout: Duration,
-    /// Report `done` once the file is verified (default). Off: report it after installing.
-    pub report_done: bool,
     /// TLS for `https://` file URLs (feature `tls`); `None`: `https://` fails with 1400.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl DownloadOptions {
-    /// Downloads into `dir`, no size limit, progress every 10 %, 10 minutes at most, `done`
-    /// reported once the file is verified.
+    /// Downloads into `dir`, no size limit, progress every 10 %, 10 minutes at most.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DownloadOptions {
             dir: dir.into(),
@@ -54,7 +51,6 @@ impl DownloadOptions {
             progress_step: 10,
             timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(15),
-            report_done: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -83,12 +79,6 @@ impl DownloadOptions {
     /// Longest time for the whole download.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// Whether `done` is reported once the file is verified.
-    pub fn report_done(mut self, report: bool) -> Self {
-        self.report_done = report;
         self
     }
 }
@@ -169,17 +159,17 @@ fn file_name(task_id: &str) -> String {
 }
 
 impl OtaTask {
-    /// Downloads `fileUrl` into [`DownloadOptions::dir`], reporting progress, verifies it
-    /// against the task's `meta` and reports the outcome (see the module docs). A failure is
-    /// reported as `failed` with its code before it is returned; no partial file is left.
+    /// Downloads `fileUrl` into [`DownloadOptions::dir`], reporting progress, and verifies it
+    /// against the task's `meta` (see the module docs). A failure is reported as `failed` with
+    /// its code before it is returned; no partial file is left. On success the task is still
+    /// `ongoing`: install the file, then call [`OtaTask::done`] (or [`OtaTask::failed`]).
+    ///
+    /// Not cancel-safe: a dropped download leaves the task `ongoing` (and may leave a hidden
+    /// `.part` file). Run it in the body of a `select!` branch or in its own task, not as one
+    /// of the raced futures.
     pub async fn download(&self, opts: &DownloadOptions) -> Result<Downloaded, DownloadError> {
         match self.fetch(opts).await {
-            Ok(file) => {
-                if opts.report_done {
-                    self.done().await?;
-                }
-                Ok(file)
-            }
+            Ok(file) => Ok(file),
             Err(e) => {
                 if let Some(code) = e.code() {
                     tracing::warn!(task = %self.task_id, error = %e, "OTA download failed");

@@ -8,7 +8,9 @@ use tokio::sync::watch;
 
 use crate::driver::Command;
 use crate::error::{Error, Result};
+use crate::synced::SyncedState;
 use crate::thing::Thing;
+use crate::typed::{self, StateError};
 
 /// A shadow document (S-3.2), as answered to [`Shadow::get`].
 ///
@@ -27,6 +29,26 @@ pub struct Document {
     pub delta: Option<Value>,
 }
 
+impl Document {
+    /// `state.reported` as the application's type `T` (an absent section parses as `{}`).
+    /// Fails with [`StateError`] naming the key: one `T` has no field for, or one whose value
+    /// does not fit.
+    pub fn reported_as<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        typed::parse_section(self.reported.as_ref())
+    }
+
+    /// `state.desired` as `T`, checked like [`Document::reported_as`].
+    pub fn desired_as<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        typed::parse_section(self.desired.as_ref())
+    }
+
+    /// `state.delta` as `T`, checked like [`Document::reported_as`]. A delta holds only the
+    /// keys that differ, so `T` is usually a type with `Option` fields and `#[serde(default)]`.
+    pub fn delta_as<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        typed::parse_section(self.delta.as_ref())
+    }
+}
+
 /// What the device should apply to catch up with the desired state (S-3.6).
 ///
 /// `state` is the *full* current delta at `version`, never a difference to a previous delta,
@@ -42,6 +64,74 @@ pub struct Delta {
     /// [`Shadow::get`] rather than from an `update/delta` message: the application is
     /// resynchronized, and should report its whole state again if an earlier report failed.
     pub resync: bool,
+}
+
+impl Delta {
+    /// The delta's state as the application's type `T` (usually `Option` fields with
+    /// `#[serde(default)]`: a delta holds only the keys that differ).
+    ///
+    /// Fails with [`StateError::UnknownKeys`] when the delta has keys `T` has no field for
+    /// (serde would skip them silently, and the delta would stay open for ever), and with
+    /// [`StateError::Invalid`] naming the key whose value does not fit its field.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StateError> {
+        typed::parse(&Value::Object(self.state.clone()))
+    }
+}
+
+/// A shadow update request (S-3.3) for [`Shadow::update`]: `desired` and/or `reported`, each
+/// merged (S-3.4: `null` deletes a key) or cleared whole, optionally only at a given version.
+///
+/// ```
+/// use iothub_sdk::ShadowUpdate;
+/// use serde_json::json;
+/// let request = ShadowUpdate::new()
+///     .reported(json!({"setpoint": 21}))
+///     .clear_desired()
+///     .if_version(7);
+/// # let _ = request;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use]
+pub struct ShadowUpdate {
+    desired: Option<Value>,
+    reported: Option<Value>,
+    version: Option<u64>,
+}
+
+impl ShadowUpdate {
+    /// An empty request (it needs `desired` or `reported` before it is sent).
+    pub fn new() -> Self {
+        ShadowUpdate::default()
+    }
+
+    /// Merges `desired` into `state.desired` (a JSON object; `null` values delete keys).
+    pub fn desired(mut self, desired: Value) -> Self {
+        self.desired = Some(desired);
+        self
+    }
+
+    /// Merges `reported` into `state.reported` (a JSON object; `null` values delete keys).
+    pub fn reported(mut self, reported: Value) -> Self {
+        self.reported = Some(reported);
+        self
+    }
+
+    /// Deletes the whole `state.desired` section (`"desired": null`).
+    pub fn clear_desired(self) -> Self {
+        self.desired(Value::Null)
+    }
+
+    /// Deletes the whole `state.reported` section (`"reported": null`).
+    pub fn clear_reported(self) -> Self {
+        self.reported(Value::Null)
+    }
+
+    /// Applies the request only if the shadow is still at `version` (S-3.4); otherwise the hub
+    /// answers 409 ([`Error::is_version_conflict`]).
+    pub fn if_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
 }
 
 /// One shadow of a connected [`Thing`]; get one with [`Thing::shadow`]. Cheap to clone.
@@ -75,7 +165,7 @@ impl Shadow {
     /// Reports `reported` as `state.reported` (S-3.3: merged; `null` deletes a key). Returns
     /// the shadow's new version, or [`Error::Rejected`] with the hub's code.
     pub async fn report<R: Serialize + ?Sized>(&self, reported: &R) -> Result<u64> {
-        self.update(None, Some(serde_json::to_value(reported)?), None)
+        self.update(ShadowUpdate::new().reported(serde_json::to_value(reported)?))
             .await
     }
 
@@ -86,19 +176,20 @@ impl Shadow {
         reported: &R,
         version: u64,
     ) -> Result<u64> {
-        self.update(None, Some(serde_json::to_value(reported)?), Some(version))
-            .await
+        let request = ShadowUpdate::new().reported(serde_json::to_value(reported)?);
+        self.update(request.if_version(version)).await
     }
 
-    /// A full update request (S-3.3): `desired` and/or `reported` (`Value::Null` clears a
-    /// whole section), with an optional expected `version`. Returns the new version.
-    pub async fn update(
-        &self,
-        desired: Option<Value>,
-        reported: Option<Value>,
-        version: Option<u64>,
-    ) -> Result<u64> {
+    /// Sends a full update request (S-3.3), built with [`ShadowUpdate`]. Returns the new
+    /// version. A request with neither `desired` nor `reported` fails with
+    /// [`Error::InvalidArgument`] without being sent.
+    pub async fn update(&self, request: ShadowUpdate) -> Result<u64> {
         let shadow = self.id()?;
+        let ShadowUpdate {
+            desired,
+            reported,
+            version,
+        } = request;
         if desired.is_none() && reported.is_none() {
             return Err(Error::InvalidArgument(
                 "an update needs desired or reported",
@@ -124,6 +215,9 @@ impl Shadow {
     /// blocks the connection. After every reconnect the stream yields the resynchronized
     /// document's delta (`resync: true`, possibly empty), then deltas newer than it. It ends
     /// when the thing is closed.
+    ///
+    /// Cancel-safe: `deltas.next()` may lose a race in `tokio::select!` without losing a delta
+    /// (the stream keeps its place; the next call returns what the dropped one would have).
     pub fn deltas(&self) -> Result<impl Stream<Item = Delta> + Send + Unpin + 'static> {
         let id = self.id()?;
         let mut rx = self
@@ -137,21 +231,21 @@ impl Shadow {
         Ok(Box::pin(delta_stream(rx)))
     }
 
-    /// Keeps a typed state `T` in sync with this shadow, starting from `initial` (the device's
-    /// actual state). Reports `initial` at once; see [`SyncedState`].
-    pub async fn sync<T>(&self, initial: T) -> Result<SyncedState<T>>
+    /// Binds the application's typed state `T` to this shadow, starting from `initial` (the
+    /// device's actual state): reports `initial` at once, then [`SyncedState::next`] applies
+    /// each delta to it and reports the result. See [`SyncedState`].
+    pub async fn synced_state<T>(&self, initial: T) -> Result<SyncedState<T>>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         let deltas = self.deltas()?;
         let version = self.report(&initial).await?;
-        Ok(SyncedState {
-            shadow: self.clone(),
-            deltas: Box::pin(deltas),
-            state: initial,
+        Ok(SyncedState::new(
+            self.clone(),
+            Box::pin(deltas),
+            initial,
             version,
-            dirty: false,
-        })
+        ))
     }
 }
 
@@ -168,126 +262,4 @@ fn delta_stream(rx: watch::Receiver<Option<Delta>>) -> impl Stream<Item = Delta>
             }
         }
     })
-}
-
-/// Merges `patch` into `target` as S-3.4 does: objects recursively, `null` deletes, anything
-/// else replaces.
-pub fn merge_json(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_json(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
-/// A typed state kept in sync with a shadow: applies each delta to `T`, reports the result
-/// back, and re-reports after a reconnect if a report failed meanwhile.
-///
-/// `T` is the device's whole state as it should appear in `state.reported`; desired keys
-/// that `T` cannot hold make [`SyncedState::next`] return [`Error::Json`] (nothing is
-/// applied nor reported for that delta).
-pub struct SyncedState<T> {
-    shadow: Shadow,
-    deltas: std::pin::Pin<Box<dyn Stream<Item = Delta> + Send>>,
-    state: T,
-    version: u64,
-    dirty: bool,
-}
-
-impl<T> std::fmt::Debug for SyncedState<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncedState")
-            .field("shadow", &self.shadow.name)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> SyncedState<T>
-where
-    T: Serialize + DeserializeOwned + Send + 'static,
-{
-    /// The current state.
-    pub fn get(&self) -> &T {
-        &self.state
-    }
-
-    /// The shadow version of the last successful report.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Waits for the next delta, applies it to the state and reports the new state. Returns
-    /// the new state, or `None` when the thing is closed.
-    ///
-    /// A failed report (connection lost) is returned as an error and retried after the next
-    /// resynchronization.
-    pub async fn next(&mut self) -> Option<Result<&T>> {
-        use futures_util::StreamExt as _;
-        loop {
-            let delta = self.deltas.next().await?;
-            if delta.state.is_empty() && !(delta.resync && self.dirty) {
-                continue;
-            }
-            return Some(self.apply(delta).await.map(|()| &self.state));
-        }
-    }
-
-    async fn apply(&mut self, delta: Delta) -> Result<()> {
-        let mut value = serde_json::to_value(&self.state)?;
-        merge_json(&mut value, &Value::Object(delta.state));
-        self.state = serde_json::from_value(value)?;
-        self.report().await
-    }
-
-    /// Changes the state locally with `f`, then reports it. Returns the new version.
-    pub async fn update(&mut self, f: impl FnOnce(&mut T)) -> Result<u64> {
-        f(&mut self.state);
-        self.report().await?;
-        Ok(self.version)
-    }
-
-    async fn report(&mut self) -> Result<()> {
-        match self.shadow.report(&self.state).await {
-            Ok(v) => {
-                self.version = v;
-                self.dirty = false;
-                Ok(())
-            }
-            Err(e) => {
-                self.dirty = true;
-                Err(e)
-            }
-        }
-    }
-
-    /// The shadow handle.
-    pub fn shadow(&self) -> &Shadow {
-        &self.shadow
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    #[test]
-    fn merge_follows_s_3_4() {
-        let mut t = json!({"a": 1, "o": {"x": 1, "y": 2}, "arr": [1, 2]});
-        super::merge_json(
-            &mut t,
-            &json!({"a": null, "o": {"y": 3, "z": {"k": true}}, "arr": [3]}),
-        );
-        assert_eq!(
-            t,
-            json!({"o": {"x": 1, "y": 3, "z": {"k": true}}, "arr": [3]})
-        );
-    }
 }

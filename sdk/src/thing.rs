@@ -1,22 +1,20 @@
 //! [`Thing`]: the connected device handle.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
 use iothub_sdk_nostd::QoS;
-use iothub_spec::ids::is_valid_method_name;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::driver::{self, Command};
-use crate::error::{Error, Result};
-use crate::method::{Handler, MethodRequest, MethodResult};
+use crate::error::{ConnectError, Error, Result};
+use crate::method::Handler;
 use crate::ntp::Ntp;
 use crate::options::ThingOptions;
-use crate::ota::{Ota, OtaTask};
+use crate::ota::{Ota, OtaHandler, OtaTask};
 use crate::shadow::{Delta, Shadow};
 
 /// Commands waiting for the driver task.
@@ -53,7 +51,9 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) deltas: Vec<watch::Receiver<Option<Delta>>>,
     pub(crate) ota: watch::Receiver<Option<OtaTask>>,
-    pub(crate) handlers: RwLock<HashMap<String, Handler>>,
+    /// Fixed at connect: registered on the options, so none is missing when calls arrive.
+    pub(crate) handlers: HashMap<String, Handler>,
+    pub(crate) ota_handler: Option<OtaHandler>,
     pub(crate) conn: watch::Receiver<ConnectionState>,
     /// Never read: only resubscribed, for each [`Thing::user_messages`] stream.
     pub(crate) user: broadcast::Receiver<UserMessage>,
@@ -70,6 +70,10 @@ pub(crate) struct Shared {
 /// [`Error::NotConnected`]: nothing is dropped silently, and retrying is the caller's choice.
 ///
 /// The task ends on [`Thing::close`] or when every handle is dropped.
+///
+/// Cancellation: streams ([`Shadow::deltas`], [`crate::Ota::tasks`], [`Thing::user_messages`],
+/// [`crate::SyncedState::next`]) are cancel-safe. A request (`report`, `get`, NTP) whose
+/// future is dropped may still reach the hub; only its answer is dropped, as after a timeout.
 #[derive(Clone)]
 pub struct Thing {
     pub(crate) cmd: mpsc::Sender<Command>,
@@ -91,7 +95,8 @@ impl Thing {
     /// then on is missed); the first shadow resynchronization goes on in the background.
     ///
     /// Fails with [`Error::Refused`] when the hub refuses the credentials (not retried), with
-    /// [`Error::Connect`] when no connection was made within the connect timeout, with
+    /// [`Error::Connect`] when no connection was made within the connect timeout (its
+    /// [`ConnectError`] keeps the cause of the last attempt: refused, DNS, timeout), with
     /// `Error::Tls` (feature `tls`) when the TLS handshake failed for good (the hub's
     /// certificate is not trusted; not retried), and with [`Error::Config`] for invalid options.
     /// Must be called inside a tokio runtime.
@@ -109,7 +114,8 @@ impl Thing {
             request_timeout: options.request_timeout,
             deltas: delta_rx,
             ota: ota_rx,
-            handlers: RwLock::new(HashMap::new()),
+            handlers: options.handlers.clone(),
+            ota_handler: options.ota_handler.clone(),
             conn: conn_rx,
             user: user_rx,
         });
@@ -133,7 +139,9 @@ impl Thing {
             Ok(Ok(Ok(()))) => Ok(Thing { cmd, shared }),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Connect("timed out".into())),
+            // The driver gives up at the connect deadline with the cause; this only guards
+            // against a stuck driver.
+            Err(_) => Err(Error::Connect(ConnectError::Timeout(deadline))),
         }
     }
 
@@ -153,40 +161,6 @@ impl Thing {
         }
     }
 
-    /// Registers `handler` for the direct method `name` (S-5), replacing any previous one.
-    ///
-    /// Each call runs the handler in its own task: `Ok(data)` is answered 200 with `data`,
-    /// `Err(MethodError)` with its code, a panicking handler with 500. Calls of methods without
-    /// a handler are answered 404. At most [`ThingOptions::max_concurrent_methods`] handlers
-    /// run at once; further calls get 503. The hub waits for the answer up to the caller's
-    /// timeout (S-5.3).
-    ///
-    /// A handler that captures this `Thing` keeps the connection alive until
-    /// [`Thing::close`].
-    pub fn on_method<F, Fut>(&self, name: &str, handler: F) -> Result<()>
-    where
-        F: Fn(MethodRequest) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = MethodResult> + Send + 'static,
-    {
-        if !is_valid_method_name(name) {
-            return Err(Error::InvalidArgument("invalid method name"));
-        }
-        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        self.shared
-            .handlers
-            .write()
-            .map_err(|_| Error::Closed)?
-            .insert(name.to_owned(), handler);
-        Ok(())
-    }
-
-    /// Removes the handler of `name`; later calls are answered 404.
-    pub fn remove_method(&self, name: &str) {
-        if let Ok(mut h) = self.shared.handlers.write() {
-            h.remove(name);
-        }
-    }
-
     /// NTP with the hub (S-6).
     pub fn ntp(&self) -> Ntp {
         Ntp {
@@ -202,9 +176,9 @@ impl Thing {
         }
     }
 
-    /// Publishes telemetry (a JSON object) on `T/messages/property` at QoS 1. Returns once it is
-    /// handed to the connection.
-    pub async fn publish_property<V: Serialize + ?Sized>(&self, value: &V) -> Result<()> {
+    /// Sends telemetry (a JSON object) on `T/messages/property` at QoS 1, forwarded by the hub
+    /// to service users. Returns once it is handed to the connection.
+    pub async fn send_telemetry<V: Serialize + ?Sized>(&self, value: &V) -> Result<()> {
         let value = serde_json::to_value(value)?;
         if !value.is_object() {
             return Err(Error::InvalidArgument("telemetry must be a JSON object"));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::v5;
 
+use crate::error::ConnectError;
 use crate::options::{Protocol, ThingOptions};
 
 /// Largest MQTT packet accepted or sent: a whole shadow document with metadata (S-3.9 limits
@@ -43,8 +44,10 @@ pub(crate) enum NetError {
     /// The TLS handshake failed for a reason retrying does not fix.
     #[cfg(feature = "tls")]
     Tls(rustls::Error),
-    /// Network or protocol error.
-    Other(String),
+    /// No CONNACK within the connect timeout.
+    Timeout,
+    /// Network or protocol error, with its cause.
+    Other(ConnectError),
 }
 
 /// A message to hand to rumqttc.
@@ -213,6 +216,10 @@ async fn poll4(el: &mut rumqttc::EventLoop) -> Result<NetEvent, NetError> {
         Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
             Err(NetError::Refused(format!("{code:?}")))
         }
+        Err(rumqttc::ConnectionError::NetworkTimeout) => Err(NetError::Timeout),
+        Err(rumqttc::ConnectionError::Io(io)) => {
+            Err(io_error(el.mqtt_options.broker_address(), io).await)
+        }
         Err(e) => Err(other(&e)),
     }
 }
@@ -239,6 +246,8 @@ async fn poll5(el: &mut v5::EventLoop) -> Result<NetEvent, NetError> {
         Err(v5::ConnectionError::ConnectionRefused(code)) => {
             Err(NetError::Refused(format!("{code:?}")))
         }
+        Err(v5::ConnectionError::Timeout(_)) => Err(NetError::Timeout),
+        Err(v5::ConnectionError::Io(io)) => Err(io_error(el.options.broker_address(), io).await),
         // rumqttc's v5 StateError does not expose its cause as `source()`: an alert received
         // while reading CONNACK (the hub refused the client certificate) sits in here.
         #[cfg(feature = "tls")]
@@ -256,5 +265,28 @@ fn other(e: &(dyn std::error::Error + 'static)) -> NetError {
     if let Some(tls) = crate::tls::permanent_handshake_error(e) {
         return NetError::Tls(tls);
     }
-    NetError::Other(e.to_string())
+    NetError::Other(ConnectError::Protocol(e.to_string()))
+}
+
+/// An I/O error of the connection, with its cause: refused, a name that does not resolve
+/// (rumqttc reports a failed lookup as a plain I/O error, so the name is looked up again to
+/// tell), or anything else.
+async fn io_error((host, port): (String, u16), io: std::io::Error) -> NetError {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = crate::tls::permanent_handshake_error(&io) {
+        return NetError::Tls(tls);
+    }
+    let addr = format!("{host}:{port}");
+    let cause = match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => ConnectError::Refused { addr, source: io },
+        std::io::ErrorKind::TimedOut => ConnectError::Io(io),
+        _ if host.parse::<std::net::IpAddr>().is_err() => {
+            match tokio::net::lookup_host(addr.as_str()).await {
+                Err(source) => ConnectError::Dns { host, source },
+                Ok(_) => ConnectError::Io(io),
+            }
+        }
+        _ => ConnectError::Io(io),
+    };
+    NetError::Other(cause)
 }

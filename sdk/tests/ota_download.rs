@@ -131,6 +131,8 @@ async fn download_verifies_reports_and_hands_over_the_file() {
         (file.md5.as_str(), file.sha256.as_str()),
         (md5.as_str(), sha.as_str())
     );
+    // Downloaded and verified is not installed: `done` is the application's call.
+    task.done().await.expect("done after install");
     assert_eq!(
         std::fs::read(&file.path).unwrap(),
         fw,
@@ -253,12 +255,10 @@ async fn https_file_urls_need_a_trusted_certificate() {
 
     let job = create_job(&hub, &id, &format!("{base}/fw.bin"), meta.clone()).await;
     let trusting = DownloadOptions::new(dir.path()).tls(Arc::new(client));
-    let file = next(&mut tasks)
-        .await
-        .download(&trusting)
-        .await
-        .expect("download over https");
+    let task = next(&mut tasks).await;
+    let file = task.download(&trusting).await.expect("download over https");
     assert_eq!(std::fs::read(&file.path).unwrap(), fw);
+    task.done().await.expect("done after install");
     assert_eq!(ended_task(&hub, &job, &id).await["status"], "done");
 
     let job = create_job(&hub, &id, &format!("{base}/fw.bin"), meta).await;

@@ -25,21 +25,21 @@ async fn main() -> anyhow::Result<()> {
     if env.mqtt5 {
         options = options.mqtt5();
     }
-    let thing = Thing::connect(options).await.context("connecting")?;
-    eprintln!("shim-std: connected as {}", thing.thing_id());
-
-    thing.on_method(METHOD, |req| async move {
+    // Handlers go on the options: in place before the first call can arrive.
+    let options = options.on_method(METHOD, |req| async move {
         let delay = req.data.get("delay").and_then(|d| d.as_u64()).unwrap_or(0);
         if delay > 60 {
             return Err(MethodError::bad_input("delay must be at most 60 s"));
         }
         Ok(json!({ "rebootingIn": delay }))
     })?;
+    let thing = Thing::connect(options).await.context("connecting")?;
+    eprintln!("shim-std: connected as {}", thing.thing_id());
 
     // The clock sync runs beside the application, as on a real device.
     let ntp = thing.ntp();
     tokio::spawn(async move {
-        match ntp.sync().await {
+        match ntp.measure().await {
             Ok(c) => eprintln!("shim-std: clock offset {} ms", c.offset_ms),
             Err(e) => eprintln!("shim-std: NTP failed: {e}"),
         }
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shadow = thing.shadow(iothub_sdk::spec::ids::DEFAULT_SHADOW);
     let mut state = loop {
-        match shadow.sync(Thermostat::default()).await {
+        match shadow.synced_state(Thermostat::default()).await {
             Ok(s) => break s,
             Err(e) => {
                 eprintln!("shim-std: first report failed ({e}); retrying");
@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             changed = state.next() => match changed {
-                Some(Ok(s)) => eprintln!("shim-std: applied setpoint {}", s.setpoint),
+                Some(Ok(_)) => eprintln!("shim-std: applied setpoint {}", state.get().setpoint),
                 Some(Err(e)) => eprintln!("shim-std: could not apply a delta: {e}"),
                 None => break,
             },
@@ -86,13 +86,13 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             Some(version) = installed.recv() => {
-                if let Err(e) = state.update(|s| s.firmware = version).await {
+                if let Err(e) = state.modify_and_report(|s| s.firmware = version).await {
                     eprintln!("shim-std: firmware not reported: {e}");
                 }
             }
             _ = telemetry.tick() => {
                 let t = state.get().setpoint;
-                if let Err(e) = thing.publish_property(&json!({ "temperature": t })).await {
+                if let Err(e) = thing.send_telemetry(&json!({ "temperature": t })).await {
                     eprintln!("shim-std: telemetry not sent: {e}");
                 }
             }

@@ -61,6 +61,11 @@ impl Driver<'_> {
                     file_url: unescape(t.file_url),
                     thing: None,
                 };
+                if let Some(handler) = self.shared.ota_handler.clone() {
+                    let mut task = task.clone();
+                    task.thing = self.thing();
+                    tokio::spawn(handler(task));
+                }
                 self.senders.ota.send_replace(Some(task));
             }
             Event::Ntp { request, sample } => {
@@ -126,6 +131,14 @@ impl Driver<'_> {
         }
     }
 
+    /// A handle on the thing for handlers; `None` once every application handle is gone.
+    fn thing(&self) -> Option<crate::Thing> {
+        Some(crate::Thing {
+            cmd: self.weak.upgrade()?,
+            shared: self.shared.clone(),
+        })
+    }
+
     fn publish_delta(&self, shadow: ShadowId, delta: Delta) {
         if let Some(tx) = self.senders.deltas.get(shadow.index()) {
             tx.send_replace(Some(delta));
@@ -134,12 +147,7 @@ impl Driver<'_> {
 
     /// Runs the handler of a method call in its own task, or answers 404 / 503 at once.
     fn dispatch(&mut self, method: &str, token: &str, data: Value) {
-        let handler = self
-            .shared
-            .handlers
-            .read()
-            .ok()
-            .and_then(|h| h.get(method).cloned());
+        let handler = self.shared.handlers.get(method).cloned();
         let Some(handler) = handler else {
             self.respond(
                 method,
@@ -155,10 +163,12 @@ impl Driver<'_> {
             return;
         };
         let (method, token, weak) = (method.to_owned(), token.to_owned(), self.weak.clone());
+        let thing = self.thing();
         tokio::spawn(async move {
             let req = MethodRequest {
                 method: method.clone(),
                 data,
+                thing,
             };
             let outcome = tokio::spawn(handler(req)).await;
             drop(permit);

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 
-use crate::error::{Error, Result};
+use crate::error::{ConnectError, Error, Result};
 use crate::ntp::NtpResult;
 use crate::options::{Backoff, ThingOptions};
 use crate::ota::OtaTask;
@@ -112,6 +112,7 @@ enum Wake {
     Cmd(Option<Command>),
     Timer,
     CloseTimeout,
+    ConnectDeadline,
 }
 
 fn random_unit() -> f64 {
@@ -202,6 +203,8 @@ pub(crate) async fn run(
         subs_by_pkid: HashMap::new(),
         ready: Some(ready),
         connect_deadline: start + opts.connect_timeout,
+        connect_timeout: opts.connect_timeout,
+        last_error: None,
         attempt: 0,
         backoff: opts.backoff,
         user_topics: opts.user_topics,
@@ -231,6 +234,9 @@ struct Driver<'a> {
     subs_by_pkid: HashMap<u16, Option<SubscriptionId>>,
     ready: Option<oneshot::Sender<Result<()>>>,
     connect_deadline: TokioInstant,
+    connect_timeout: Duration,
+    /// Why the last connection attempt failed, for the error of [`crate::Thing::connect`].
+    last_error: Option<ConnectError>,
     attempt: u32,
     backoff: Backoff,
     user_topics: bool,
@@ -253,11 +259,13 @@ impl Driver<'_> {
                 .poll_timeout()
                 .map(|t| self.start + Duration::from_millis(t.as_millis()));
             let closing = self.closing.is_some();
+            let connect_deadline = self.ready.as_ref().map(|_| self.connect_deadline);
             let wake = tokio::select! {
                 (el, r) = &mut self.poll => Wake::Net(el, r),
                 c = rx.recv(), if !closing => Wake::Cmd(c),
                 () = sleep_opt(timer) => Wake::Timer,
                 () = sleep_opt(self.close_deadline) => Wake::CloseTimeout,
+                () = sleep_opt(connect_deadline) => Wake::ConnectDeadline,
             };
             let go_on = match wake {
                 Wake::Net(el, r) => self.on_net(el, r),
@@ -269,6 +277,17 @@ impl Driver<'_> {
                     true
                 }
                 Wake::CloseTimeout => false,
+                Wake::ConnectDeadline => {
+                    // Give up with the cause of the last failed attempt, not a bare timeout.
+                    let cause = self
+                        .last_error
+                        .take()
+                        .unwrap_or(ConnectError::Timeout(self.connect_timeout));
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Err(Error::Connect(cause)));
+                    }
+                    false
+                }
             };
             if !go_on {
                 break;
@@ -345,15 +364,20 @@ impl Driver<'_> {
                 self.outbox = None;
                 self.subs.clear();
                 self.subs_by_pkid.clear();
+                tracing::debug!(error = ?e, "connection attempt failed");
                 if self.ready.is_some() {
-                    let fatal = match &e {
-                        NetError::Refused(code) => Some(Error::Refused(code.clone())),
+                    let fatal = match e {
+                        NetError::Refused(code) => Some(Error::Refused(code)),
                         #[cfg(feature = "tls")]
-                        NetError::Tls(e) => Some(Error::Tls(crate::TlsError::Handshake(e.clone()))),
-                        NetError::Other(m) if TokioInstant::now() >= self.connect_deadline => {
-                            Some(Error::Connect(m.clone()))
+                        NetError::Tls(e) => Some(Error::Tls(crate::TlsError::Handshake(e))),
+                        NetError::Timeout => {
+                            self.last_error = Some(ConnectError::Timeout(self.connect_timeout));
+                            None
                         }
-                        NetError::Other(_) => None,
+                        NetError::Other(cause) => {
+                            self.last_error = Some(cause);
+                            None
+                        }
                     };
                     if let Some(err) = fatal {
                         if let Some(ready) = self.ready.take() {
@@ -364,7 +388,7 @@ impl Driver<'_> {
                 }
                 delay = self.backoff.delay(self.attempt, random_unit());
                 self.attempt = self.attempt.saturating_add(1);
-                tracing::debug!(?delay, error = ?e, "reconnecting");
+                tracing::debug!(?delay, "reconnecting");
             }
         }
         self.poll = transport::poll(el, delay);
