@@ -1,5 +1,7 @@
-//! The iothub wire contract: every topic string, payload struct, error code and limit of
-//! `SPEC.md`, in one `no_std`, heap-free crate.
+//! The iothub wire contract: every topic string, payload struct, error code and limit of the
+//! protocol, in one `no_std`, heap-free crate. The protocol's text, normative for everything
+//! here, is `docs/spec.md` at the root of the repository; clause ids such as S-3.4 and decision
+//! ids such as D-12 in these docs refer to it.
 //!
 //! The hub, both SDKs, the simulator and the conformance suite depend on this crate so that no
 //! other crate spells `"$iothub/..."` or a JSON field name (see `STYLE.md`, "The wire lives in one
@@ -8,72 +10,27 @@
 //! payload structs borrow their strings from the received bytes and are generic over the JSON
 //! bodies, so a std user plugs `serde_json::Value` and a `no_std` user plugs a typed struct.
 //!
-//! | module | what it owns | SPEC.md |
+//! | module | what it owns | `docs/spec.md` |
 //! | --- | --- | --- |
 //! | [`ids`] | thing ids, shadow and method names, service users | S-1.1, S-1.5, S-2, S-5.1 |
-//! | [`topic`] | topic parser and builders, subscription filters, the S-2.1 allow-list | S-2 |
-//! | [`payload`] | every JSON message body and the JSON field names | S-3 .. S-9 |
-//! | [`code`] | error codes, method codes, OTA and presence enums | S-3.8, S-5.2, S-7, S-8 |
-//! | [`limits`] | default limits and the non-recursive JSON depth check | S-3.9, S-5.3 |
+//! | [`topic`] | topic parser and builders, subscription filters, the S-2.1 allow-list | S-2, D-7, D-8 |
+//! | [`payload`] | every JSON message body and the JSON field names | S-3 .. S-9, D-3 .. D-6 |
+//! | [`code`] | error codes, method codes, OTA and presence enums | S-3.8, S-5.2, S-7, S-8, "Error codes" |
+//! | [`limits`] | default limits and the non-recursive JSON depth check | S-3.9, S-5.3, D-1, "Limits" |
 //!
-//! Golden vectors written by hand from SPEC.md live next to this crate in `spec/vectors/`
+//! Golden vectors written by hand from `docs/spec.md` live next to this crate in `spec/vectors/`
 //! (see `spec/vectors/README.md`); the hub's tests and the conformance suite check against them.
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions where the clauses are silent
 //!
-//! Where SPEC.md says nothing, this crate follows AWS IoT Device Shadow (and Azure device twins
-//! where AWS is silent too). Each decision below is normative for our hub and SDKs.
-//!
-//! 1. **JSON depth** (S-3.9 "JSON depth 8") is counted over the *whole* request payload, as
-//!    [`limits::json_depth_exceeds`] does: every `{` or `[` opens one level, a bare scalar root is
-//!    depth 0, `{}` is depth 1 and `{"a":{"b":1}}` is depth 2. So in an update request
-//!    `{"state":{"desired":{..}}}` the `desired` object itself is at depth 3, and five more object
-//!    levels fit below it. A payload deeper than the limit is rejected with 400 before it reaches
-//!    a recursive parser.
-//! 2. **Empty `get` payload** (S-3.8) means `{}`; so does a payload of only JSON whitespace.
-//!    An empty or whitespace-only `update` payload is a 400.
-//! 3. **`update/documents` for the first version** (S-3.7): `previous` is omitted (the shadow did
-//!    not exist). Readers accept both an absent and a `null` `previous`
-//!    ([`payload::Documents::previous`]).
-//! 4. **`metadata` is always present** in get/accepted, update/accepted, update/delta and
-//!    documents, as `{}` when nothing is in it, so typed readers need no default.
-//! 5. **Method response** (S-5.2): `clientToken` and `code` are required; `message` and `data` may
-//!    be omitted by the device (the hub then reports `message` as `""` and `data` as `null`). The
-//!    method request always carries `data` (`null` when the REST call gave none).
-//! 6. **REST envelope** (S-9.1): `data` is always written, as `null` when there is none, since
-//!    S-9.1 says every body has the three keys; readers accept it absent.
-//! 7. **Topic levels**: a topic name never holds `+`, `#` or NUL; the free-form tails of
-//!    `T/messages/will/{anything}` and `$iothub/user/things/{id}/{anything}` must not contain an
-//!    empty level (`a//b`, a trailing `/`). The bare `T/messages/will` is the Will topic with an
-//!    empty tail (an MQTT filter `T/messages/will/#` matches it); `$iothub/user/things/{id}` with
-//!    nothing after it is not a topic of this spec. Topics and filters are at most
-//!    [`limits::MAX_TOPIC_LEN`] bytes.
-//! 8. **Subscribe allow-list** (S-2.1): a filter must lie strictly below `T` or
-//!    `$iothub/user/things/{ownId}` (the bare `T` is refused, `T/#` is allowed), must be a
-//!    well-formed MQTT filter, and must not contain an empty level after the id.
-//! 9. **Unknown JSON fields** in requests are ignored (as AWS), except that the hub still applies
-//!    the size and depth limits to the whole payload.
-//! 10. **Strings are borrowed** from the payload: with `serde-json-core` a string containing JSON
-//!     escapes is either handed over still escaped (plain `from_slice`) or needs an unescape
-//!     buffer (`from_slice_escaped`); with `serde_json` a borrowed `&str` field fails on escapes.
-//!     Client tokens, ids and enum strings never need escapes.
-//! 11. **Timestamps** are milliseconds since the Unix epoch, `u64`.
-//! 12. **Named shadow quota** ([`limits::Limits::max_named_shadows`]): counts named shadows
-//!     only; `default` is the classic shadow (S-2) and is always allowed. An update that would
-//!     create one named shadow too many is refused with 403 (as Azure answers an exceeded
-//!     quota); a `get` of a missing shadow stays 404.
-//! 13. **Versions**: every accepted update adds 1 to the version, even one that changes nothing
-//!     (`{"state":{"desired":{}}}`, a `null` for a missing key), as AWS. A shadow that does not
-//!     exist is at version 0, so `"version":0` is accepted when creating it and any other version
-//!     gets 409. An update that leaves `desired` or `reported` empty keeps the shadow, with that
-//!     section omitted.
-//! 14. **Empty objects**: an object that is empty after the merge is removed, whether emptied by
-//!     deletions or written as `{}` (metadata has no leaf for it); `{}` merged onto an existing
-//!     object changes nothing. `null` inside an array is a value, not a deletion.
-//! 15. **Request validation order** (S-3.8): size 413, UTF-8 415, depth 400, JSON syntax 400,
-//!     types and required fields 400. A `clientToken` is echoed in the error only when the payload
-//!     parsed as JSON and the token is a string within the limit. `state` must be an object with
-//!     `desired` and/or `reported`, each an object or `null`; anything else is 400.
+//! They are in `docs/spec.md`, each next to the clause it completes and listed in its "Decision
+//! index". D-1 to D-15 are the fifteen decisions this crate's documentation used to list, under
+//! the same numbers (so "spec crate decision 12" is D-12): depth counting (D-1), empty payloads
+//! (D-2), the first `update/documents` (D-3), `metadata` always present (D-4), method response
+//! fields (D-5), the REST envelope (D-6), topic levels (D-7), the subscribe allow-list (D-8),
+//! unknown fields (D-9), strings without escapes (D-10), timestamps (D-11), the named-shadow
+//! quota (D-12), versions (D-13), empty objects (D-14), validation order and the token in errors
+//! (D-15).
 #![no_std]
 
 #[cfg(test)]

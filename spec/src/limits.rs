@@ -51,8 +51,8 @@ pub struct Limits {
     pub shadow_requests_per_sec: u32,
     /// Shadow requests in flight per thing (default 10); more gets 429.
     pub max_in_flight: u32,
-    /// Named shadows per thing, `default` included (default 10); an update that would create one
-    /// more gets 403 (as Azure answers a quota, see the crate's decisions).
+    /// Named shadows per thing, `default` not counted (default 10); an update that would create
+    /// one more gets 403 (as Azure answers a quota; `docs/spec.md` D-12).
     pub max_named_shadows: u32,
 }
 
