@@ -11,7 +11,7 @@
 //! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI).
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions (docs/spec.md D-6, D-24 to D-31)
 //! - `POST /things` answers **201** with the thing and its `password` (the only time it is
 //!   shown); `POST /things/batch` answers 200 with one `{code,message,thingId?,data}` per item in
 //!   request order (201 created, 400 invalid, 409 duplicate in the store *or earlier in the same

@@ -65,7 +65,7 @@ pub async fn openapi() -> Result<Response, ApiError> {
 /// The OpenAPI description of the REST API, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query and direct methods (SPEC.md S-9). Every body is the envelope {\"code\",\"message\",\"data\"}."),
+    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query and direct methods (docs/spec.md S-9). Every body is the envelope {\"code\",\"message\",\"data\"}."),
     paths(
         super::things::create,
         super::things::create_batch,

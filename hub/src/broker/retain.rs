@@ -1,4 +1,4 @@
-//! Retained messages, for the one retained topic of SPEC.md: `T/presence` (S-2.3, S-8.1).
+//! Retained messages, for the one retained topic of docs/spec.md: `T/presence` (S-2.3, S-8.1).
 //!
 //! rmqtt keeps retained messages only through a plugin; the hub needs just the presence topics,
 //! so this small store keeps the last presence message per thing. Only topics that parse as

@@ -1,5 +1,5 @@
 //! Validation of shadow request payloads (S-3.3, S-3.8, S-3.9, S-4): untrusted bytes in, a typed
-//! request or a [`ShadowError`] with its SPEC code out.
+//! request or a [`ShadowError`] with its protocol code out.
 //!
 //! Checks run cheapest-first and never hand a payload to a recursive parser before its nesting
 //! depth is known to be within the limit: size (413), UTF-8 (415), depth (400, by the
@@ -125,7 +125,7 @@ pub fn parse_get(payload: &[u8], limits: &Limits) -> Result<GetRequest, ShadowEr
 
 /// Validates an `update` payload (S-3.3). An empty payload is a 400 (S-3.8, stricter than tio).
 ///
-/// Unknown keys, at the top level or inside `state`, are ignored (spec crate decision 9), but
+/// Unknown keys, at the top level or inside `state`, are ignored (docs/spec.md D-9), but
 /// `state` must hold `desired` or `reported`, so `{"state":{"delta":..}}` is a 400.
 pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, ShadowError> {
     let Some(value) = parse_json(payload, limits)? else {
