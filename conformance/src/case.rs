@@ -64,7 +64,7 @@ pub type CaseFn<C = Ctx> = Arc<dyn Fn(Arc<C>) -> CaseFuture + Send + Sync>;
 pub struct Case<C = Ctx> {
     /// Unique id, snake_case, starting with the clause group (`s3_vector_null_deletes_key`).
     pub id: String,
-    /// The SPEC.md clauses it checks (`S-3.4`).
+    /// The docs/spec.md clauses it checks (`S-3.4`).
     pub clauses: Vec<String>,
     /// One line saying what it checks.
     pub title: String,

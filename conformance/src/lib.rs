@@ -1,10 +1,10 @@
-//! `iothub-conformance`: an independent checker of SPEC.md, in the manner of h2spec or Autobahn.
+//! `iothub-conformance`: an independent checker of docs/spec.md, after h2spec and Autobahn.
 //!
 //! The hub side plays devices (MQTT 3.1.1 and 5, several at once, via rumqttc) and the business
-//! side (REST) against any hub that implements SPEC.md, and checks every clause the hub owns.
-//! Expected results come from SPEC.md and the hand-written golden vectors in `spec/vectors/`,
-//! never from a hub's code. Each implementation has a committed expected-results file
-//! (`expected/reference-hub.json`); `--expect` diffs a run against it.
+//! side (REST) against any hub that implements docs/spec.md, and checks every clause the hub
+//! owns. Expected results come from docs/spec.md and the hand-written golden vectors in
+//! `spec/vectors/`, never from a hub's code. Each implementation has a committed
+//! expected-results file (`expected/reference-hub.json`); `--expect` diffs a run against it.
 //!
 //! The device side ([`device`]) plays the hub instead: a scripted MQTT server on a free
 //! loopback port, the device under test run as a child process, and cases judging what the

@@ -14,7 +14,7 @@ use iothub_conformance::report::{self, CaseResult};
 use iothub_conformance::spawn::SpawnedHub;
 
 #[derive(Parser)]
-#[command(version, about = "Conformance suite for iothub hubs (SPEC.md)")]
+#[command(version, about = "Conformance suite for iothub hubs (docs/spec.md)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, the unit of every timestamp in SPEC.md.
+/// Milliseconds since the Unix epoch, the unit of every timestamp in docs/spec.md.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

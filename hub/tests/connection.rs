@@ -26,7 +26,7 @@ fn assert_refused(proto: Proto, what: &str, result: Result<Client, ConnectError>
     match result {
         Err(ConnectError::Refused(code)) => assert!(
             refused_codes(proto).contains(&code),
-            "{what} ({proto:?}): CONNACK code {code:#x}, SPEC S-1.3 wants one of {:?}",
+            "{what} ({proto:?}): CONNACK code {code:#x}, S-1.3 wants one of {:?}",
             refused_codes(proto)
         ),
         Err(ConnectError::Failed(e)) => {

@@ -15,7 +15,7 @@ use serde_json::json;
 use support::*;
 use tokio::sync::mpsc;
 
-/// The filters a device subscribes (S-2), written from SPEC.md.
+/// The filters a device subscribes (S-2), written from docs/spec.md.
 fn device_filters(thing: &str) -> [String; 5] {
     let t = thing_topic(thing);
     [

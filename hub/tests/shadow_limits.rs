@@ -1,6 +1,6 @@
 //! End-to-end tests of S-3.8 and S-3.9 over MQTT 3.1.1 and MQTT 5: bad input and limits
 //! (malformed and oversized requests, deep JSON, the state size limit, the request rate) are
-//! answered with SPEC's codes, the hub survives, and the stored shadow stays intact.
+//! answered with the protocol's codes, the hub survives, and the stored shadow stays intact.
 
 mod support;
 
@@ -114,7 +114,7 @@ async fn s3_8_bad_inputs_rejected_shadow_intact(proto: Proto) {
             "JSON nested 9 deep (limit 8)",
             deep_json(9).into_bytes(),
             400,
-            // Refused before parsing, the token is still recovered (spec crate decision 16).
+            // Refused before parsing, the token is still recovered (docs/spec.md D-16).
             Some("deep"),
         ),
         (

@@ -477,7 +477,7 @@ async fn s3_4_version_conflict_409(proto: Proto) {
         )
         .await;
     // `version: 0` on a shadow that does not exist yet: either accepted as "must not exist" or
-    // 409; the SPEC only fixes the behaviour against an existing version.
+    // 409; docs/spec.md only fixes the behaviour against an existing version.
     if !ok {
         let (ok2, r) = c
             .update(&id, "default", json!({"state":{"reported":{"a":1}}}))

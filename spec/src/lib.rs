@@ -17,12 +17,12 @@
 //! | [`limits`] | default limits and the non-recursive JSON depth check | S-3.9, S-5.3 |
 //! | [`scan`] | the `clientToken` of a payload refused before parsing | S-3.8, S-4.1 |
 //!
-//! Golden vectors written by hand from SPEC.md live next to this crate in `spec/vectors/`
+//! Golden vectors written by hand from docs/spec.md live next to this crate in `spec/vectors/`
 //! (see `spec/vectors/README.md`); the hub's tests and the conformance suite check against them.
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions where the clauses are silent
 //!
-//! Where SPEC.md says nothing, this crate follows AWS IoT Device Shadow (and Azure device twins
+//! Where docs/spec.md says nothing, this crate follows AWS IoT Device Shadow (and Azure device twins
 //! where AWS is silent too). Each decision below is normative for our hub and SDKs.
 //!
 //! 1. **JSON depth** (S-3.9 "JSON depth 8") is counted over the *whole* request payload, as

@@ -54,8 +54,8 @@ pub struct Limits {
     pub shadow_requests_per_sec: u32,
     /// Shadow requests in flight per thing (default 10); more gets 429.
     pub max_in_flight: u32,
-    /// Named shadows per thing, `default` included (default 10); an update that would create one
-    /// more gets 403 (as Azure answers a quota, see the crate's decisions).
+    /// Named shadows per thing, `default` not counted (default 10); an update that would create
+    /// one more gets 403 (as Azure answers a quota; `docs/spec.md` D-12).
     pub max_named_shadows: u32,
     /// Topic filters one thing may hold subscribed at once (default 100); a SUBSCRIBE that would
     /// add one more is refused for that filter with SUBACK 0x97 (MQTT 5) or 0x80 (3.1.1).

@@ -1,4 +1,5 @@
-//! Every JSON message body of S-3 .. S-9, as serde structs with the exact field names of SPEC.md.
+//! Every JSON message body of S-3 .. S-9 (docs/spec.md), as serde structs with the exact field
+//! names of the wire.
 //!
 //! Strings are borrowed from the received bytes (`&'a str`), so parsing allocates nothing; JSON
 //! bodies whose shape is application-defined (shadow state, metadata, method data) are generic

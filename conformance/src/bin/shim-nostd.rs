@@ -286,7 +286,7 @@ async fn drive(
         }
         // What the main loop handed to rumqttc before the core learned of the loss belongs to
         // the old connection: rumqttc would send it first on the new one, before the core's
-        // SUBSCRIBEs (SPEC S-2). The core re-sends what it still needs after reconnecting.
+        // SUBSCRIBEs (S-2). The core re-sends what it still needs after reconnecting.
         eventloop.clean();
         eventloop.pending.clear();
         let wait = backoff(failures);

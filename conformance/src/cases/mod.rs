@@ -1,4 +1,4 @@
-//! Every case, grouped by the SPEC.md clause it mainly checks (one module per clause).
+//! Every case, grouped by the docs/spec.md clause it mainly checks (one module per clause).
 
 use crate::case::Case;
 

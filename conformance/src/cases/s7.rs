@@ -2,7 +2,7 @@
 //! update the task's status, a pending task is sent again on reconnect, a job can be cancelled,
 //! a task without a final result times out.
 //!
-//! Where SPEC.md is silent the cases read the REST shapes the S-9 conventions imply: the
+//! Where docs/spec.md is silent the cases read the REST shapes the S-9 conventions imply: the
 //! created job's id in `data.jobId`, tasks listed as an S-9.2 page
 //! (`{"total","content":[{"thingId","status",..}]}`) with the S-7.3 state names, job counts in
 //! `data.counts` keyed by those names, `timeoutMinutes` accepting a fraction of a minute.

@@ -1,5 +1,5 @@
 //! The device cases: each starts its own scripted hub and device, plays the hub and the
-//! business side, and judges the device against SPEC.md.
+//! business side, and judges the device against docs/spec.md.
 //!
 //! What the suite assumes of a device (documented in the crate README): it follows the
 //! `default` shadow and applies a desired `setpoint` (the suite sends small integers, so

@@ -1,6 +1,6 @@
 //! The scripted hub's behaviour, without I/O: what it records about the device (the
 //! observation log the cases judge) and how it answers the device's requests (shadow get and
-//! update, NTP), written from SPEC.md with the payload types of `spec/`.
+//! update, NTP), written from docs/spec.md with the payload types of `spec/`.
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -6,7 +6,7 @@
 //! credentials in the environment ([`ENV_ADDR`], [`ENV_THING`], [`ENV_SECRET`]). The case then
 //! plays business-side actions (desired changes, method calls, OTA tasks, a dropped
 //! connection) and judges what the device publishes and subscribes ([`judge`]). Every
-//! expectation comes from SPEC.md and the `spec/` types; every wait has a time limit.
+//! expectation comes from docs/spec.md and the `spec/` types; every wait has a time limit.
 //!
 //! | module | what it holds |
 //! | --- | --- |

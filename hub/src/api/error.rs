@@ -105,7 +105,7 @@ impl From<ThingsError> for ApiError {
 
 impl From<ShadowError> for ApiError {
     fn from(e: ShadowError) -> Self {
-        // The shadow service carries the SPEC code (400/404/409/413/429/503, S-3.8, S-9.3).
+        // The shadow service carries the protocol's code (400/404/409/413/429/503, S-3.8, S-9.3).
         let status = StatusCode::from_u16(e.code.as_u16())
             .ok()
             .filter(|s| s.is_client_error() || s.is_server_error())

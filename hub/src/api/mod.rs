@@ -16,7 +16,7 @@
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
 //! [`tio`] (the routes and names tio's clients use, as aliases).
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions (docs/spec.md D-6, D-24 to D-31)
 //! - `POST /things` answers **201** with the thing and its `password` (the only time it is
 //!   shown); `POST /things/batch` answers 200 with one `{code,message,thingId?,data}` per item in
 //!   request order (201 created, 400 invalid, 409 duplicate in the store *or earlier in the same

@@ -1,5 +1,5 @@
 //! Shadow routes (S-9.3): read, write `desired`, delete, through the shadow pipeline so REST
-//! and MQTT updates are ordered, versioned and published alike. Errors keep the pipeline's SPEC
+//! and MQTT updates are ordered, versioned and published alike. Errors keep the pipeline's protocol
 //! code (400/404/409/413/429/503), never a blanket 500.
 
 use axum::extract::{Request, State};

@@ -3,7 +3,7 @@
 //! [`MAX_RETAINED_PER_THING`] of those per thing.
 //!
 //! rmqtt keeps retained messages only through a plugin; this small store keeps exactly what
-//! SPEC.md allows. Only topics that parse as `Topic::Presence` or `Topic::User` are kept, so
+//! docs/spec.md allows. Only topics that parse as `Topic::Presence` or `Topic::User` are kept, so
 //! nobody can grow it with retained publishes elsewhere (on a request topic the retain flag has
 //! no effect: requests are commands to the hub, not state), and each thing holds at most one
 //! presence message and [`MAX_RETAINED_PER_THING`] user messages. The cap is checked before a

@@ -8,7 +8,7 @@
 //! so a crash loses nothing that was shown. [`machine`] holds the transition rules, `rate.rs`
 //! the pacing (pure, virtual-time tested) and `wire.rs` the S-7 payloads.
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions (docs/spec.md D-20 to D-23)
 //! - `taskId` is `{jobId}-{attempt}`: a retry is a new task for the device (the SDKs ignore a
 //!   task id they have seen, answering its final result again). `clientToken` is random per
 //!   attempt; a result must carry both.

@@ -314,8 +314,8 @@ impl Applier {
     }
 
     /// Refuses to create one more named shadow when the thing has `max_named_shadows` already
-    /// (S-3.9; `default` is the classic shadow, not a named one, and is always allowed: spec
-    /// crate decision 12). Counts what the store has plus created shadows whose write is still
+    /// (S-3.9; `default` is the classic shadow, not a named one, and is always allowed:
+    /// docs/spec.md D-12). Counts what the store has plus created shadows whose write is still
     /// queued (they are in the cache).
     async fn check_shadow_quota(&mut self, key: &Key) -> Result<(), ShadowError> {
         if key.shadow == DEFAULT_SHADOW {

@@ -93,7 +93,7 @@ pub struct UpdateReplies {
 /// `update/accepted` echoes the request's state and stamps every key it wrote, `null`s included
 /// (S-3.5). `update/delta` is the full current delta, present only when the request had a
 /// `desired` section and the delta is not empty (S-3.6). `update/documents` omits `previous` when
-/// the update created the shadow (S-3.7, spec crate decision 3).
+/// the update created the shadow (S-3.7, docs/spec.md D-3).
 pub fn update_replies(
     previous: &Shadow,
     current: &Shadow,

@@ -1,4 +1,4 @@
-//! Shadows (SPEC S-3, S-4): the pure core and the service that drives it.
+//! Shadows (docs/spec.md S-3, S-4): the pure core and the service that drives it.
 //!
 //! The submodules split the work as the rest of the hub does, sans-IO core first:
 //! - [`request`] validates untrusted request payloads into typed requests or a [`ShadowError`];
@@ -8,7 +8,7 @@
 //!   parameter;
 //! - [`service`] is the only part that does I/O: the ordered apply/commit/reply pipeline.
 //!
-//! # Decisions where SPEC.md is silent
+//! # Decisions (docs/spec.md D-9, D-12 to D-19)
 //! - **Version on a shadow that does not exist.** A shadow that was never written is treated as
 //!   version 0, so `"version": 0` is accepted when creating it and any other version is a 409.
 //!   AWS rejects every version on a missing document; we follow S-3.2 instead, whose SDKs treat
@@ -18,9 +18,9 @@
 //! - **Empty objects.** An object written as `{}` (or left empty by deletions) is removed, so the
 //!   state never holds an empty object and metadata mirrors state key for key. An object written
 //!   onto a scalar or array replaces it.
-//! - **Unknown keys** in a request, top level or inside `state`, are ignored (spec crate decision
-//!   9); `update/accepted` echoes `state` as sent but stamps only `desired` and `reported`.
-//! - **Named shadow quota** (spec crate decision 12): creating a shadow when the thing already has
+//! - **Unknown keys** in a request, top level or inside `state`, are ignored (docs/spec.md
+//!   D-9); `update/accepted` echoes `state` as sent but stamps only `desired` and `reported`.
+//! - **Named shadow quota** (docs/spec.md D-12): creating a shadow when the thing already has
 //!   `max_named_shadows` named shadows (`default` not counted) is a 403. Enforced by the [`service`].
 //! - **State size (413).** "Whole shadow state" is the compact JSON of
 //!   `{"desired":..,"reported":..}` after the merge, metadata excluded.
@@ -137,7 +137,7 @@ pub enum ShadowOp {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ShadowError {
-    /// The SPEC code (400, 404, 409, 413, 415, 429, 500, 503).
+    /// The protocol's code (400, 404, 409, 413, 415, 429, 500, 503).
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: String,

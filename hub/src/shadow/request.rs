@@ -1,10 +1,10 @@
 //! Validation of shadow request payloads (S-3.3, S-3.8, S-3.9, S-4): untrusted bytes in, a typed
-//! request or a [`ShadowError`] with its SPEC code out.
+//! request or a [`ShadowError`] with its protocol code out.
 //!
 //! Checks run cheapest-first and never hand a payload to a recursive parser before its nesting
 //! depth is known to be within the limit: size (413), UTF-8 (415), depth (400, by the
 //! non-recursive [`json_depth_exceeds`]), JSON syntax (400), then types (400). Every error
-//! echoes the request's `clientToken` when it can be recovered (spec crate decision 16): once
+//! echoes the request's `clientToken` when it can be recovered (docs/spec.md D-16): once
 //! the JSON parsed, its top-level string `clientToken` of at most the limit; before that (413,
 //! 415, depth, syntax), what the spec's allocation-free [`scan::client_token`] finds.
 
@@ -108,7 +108,7 @@ fn client_token(obj: &Map<String, Value>, limits: &Limits) -> Result<Option<Stri
     }
 }
 
-/// The `clientToken` of any payload, recovered without parsing it (spec crate decision 16): for
+/// The `clientToken` of any payload, recovered without parsing it (docs/spec.md D-16): for
 /// error replies produced before, or instead of, full validation (413, 415, 400 for depth or
 /// syntax, 429, 503). `None` when [`scan::client_token`] finds none, or the token decodes to
 /// more than the limit or is not a valid JSON string.
@@ -136,7 +136,7 @@ pub fn parse_get(payload: &[u8], limits: &Limits) -> Result<GetRequest, ShadowEr
 
 /// Validates an `update` payload (S-3.3). An empty payload is a 400 (S-3.8, stricter than tio).
 ///
-/// Unknown keys, at the top level or inside `state`, are ignored (spec crate decision 9), but
+/// Unknown keys, at the top level or inside `state`, are ignored (docs/spec.md D-9), but
 /// `state` must hold `desired` or `reported`, so `{"state":{"delta":..}}` is a 400.
 pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, ShadowError> {
     let Some(value) = parse_json(payload, limits)? else {
@@ -190,7 +190,7 @@ pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, Sh
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceUpdates {
     /// As S-3.3/S-3.4 say: a thing may write both sections, `"version": 0` means "only if the
-    /// shadow does not exist yet" (spec crate decision 13).
+    /// shadow does not exist yet" (docs/spec.md D-13).
     #[default]
     Spec,
     /// As tio does (`--tio-compat`, docs/tio-compatibility.md): a thing writes `reported`

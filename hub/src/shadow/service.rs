@@ -23,7 +23,7 @@
 //!   `shadow_requests_per_sec` per thing (burst = one second's worth) and at most `max_in_flight`
 //!   unanswered requests per thing, both answered 429. REST calls are admin calls and skip both.
 //!   Creating a named shadow when the thing has `max_named_shadows` already (`default` is not
-//!   counted) is a 403 (spec crate decision 12).
+//!   counted) is a 403 (docs/spec.md D-12).
 //! - **Early rejections** (429, a malformed payload, shutting down) are published by
 //!   `handle_mqtt` at once, so they may overtake replies to the same thing's earlier requests;
 //!   clients match replies by clientToken (S-4.1), and every accepted reply stays in order.
@@ -185,7 +185,7 @@ impl ShadowService {
     /// REST `PUT /things/{id}/shadows/{name}/state/desired` (S-9.3): `body` is
     /// `{"state":{"desired":..},"clientToken"?,"version"?}`. Returns the S-3.5 accepted payload
     /// once the update is durable; `update/delta` and `update/documents` are published to the
-    /// thing as for MQTT updates. Errors carry their SPEC code (400, 409, 413, 415, 503).
+    /// thing as for MQTT updates. Errors carry their protocol code (400, 409, 413, 415, 503).
     pub async fn update_desired(
         &self,
         thing: &str,

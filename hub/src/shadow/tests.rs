@@ -1,6 +1,6 @@
 //! Tests of the pure shadow core: request validation, update application, reply payloads, and
-//! property tests of the merge/delta invariants. The golden vectors written from SPEC.md are run
-//! in `vectors.rs`.
+//! property tests of the merge/delta invariants. The golden vectors written from docs/spec.md
+//! are run in `vectors.rs`.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

@@ -1,7 +1,7 @@
 //! The hand-written golden vectors of `spec/vectors/` (see its README), run through the pure
 //! shadow core: `shadow.json` (merge, delta, version), `errors.json` (request validation) and the
-//! shadow messages of `payloads.json` (reply shapes). The vectors come from SPEC.md, not from this
-//! code, so these tests never check the code against its own output.
+//! shadow messages of `payloads.json` (reply shapes). The vectors come from docs/spec.md, not from
+//! this code, so these tests never check the code against its own output.
 
 use std::collections::BTreeSet;
 
@@ -165,7 +165,7 @@ fn shadow_vectors() {
         if got != want {
             problems.push(format!("metadata paths {got:?}, want {want:?}"));
         }
-        // SPEC S-3.4: every key written gets a fresh timestamp; the others keep theirs.
+        // S-3.4: every key written gets a fresh timestamp; the others keep theirs.
         let mut written = BTreeSet::new();
         for name in [field::DESIRED, field::REPORTED] {
             if let Some(patch) = case["update"][field::STATE].get(name) {

@@ -6,7 +6,7 @@
 //! occur).
 //!
 //! # Durability
-//! SPEC S-3.5 says an accepted update is published only after it is durably stored. The store
+//! S-3.5 says an accepted update is published only after it is durably stored. The store
 //! therefore never weakens fsync (`synchronous=FULL` on SQLite): when a write method returns `Ok`,
 //! the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
 //! rate, so shadow writes are funnelled through the [`commit::GroupCommitter`], which commits many

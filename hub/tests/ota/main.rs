@@ -2,7 +2,7 @@
 //! many things with offline, failing and canceled ones, restarts mid-rollout, refused result
 //! sequences, pacing, timeouts and retries, and the REST validation of job bodies.
 //!
-//! Devices are plain MQTT clients that speak S-7 as written in SPEC.md.
+//! Devices are plain MQTT clients that speak S-7 as written in docs/spec.md.
 
 #[path = "../support/mod.rs"]
 mod support;

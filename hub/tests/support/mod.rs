@@ -2,7 +2,7 @@
 //! drives it over TCP with rumqttc (MQTT 3.1.1 and MQTT 5) and reqwest (REST).
 //!
 //! Nothing here sleeps to synchronize: every wait polls with a deadline. Topics and payloads are
-//! written from SPEC.md by hand (never taken from the hub's or the spec crate's code), so the
+//! written from docs/spec.md by hand (never taken from the hub's or the spec crate's code), so the
 //! tests are an independent check of the wire contract.
 #![allow(dead_code)]
 

@@ -1,5 +1,5 @@
 //! The bodies the device sends itself, written by hand with [`JsonWriter`] from the
-//! `iothub_spec::payload` structs that define them (SPEC.md S-3.2, S-3.3, S-5.2, S-6.1, S-7.2).
+//! `iothub_spec::payload` structs that define them (S-3.2, S-3.3, S-5.2, S-6.1, S-7.2).
 //!
 //! Each writer produces exactly what `serde-json-core` writes for the same struct (same members,
 //! same order, `None` members left out), checked by the tests below; it only saves the

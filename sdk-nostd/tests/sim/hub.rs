@@ -1,5 +1,5 @@
-//! The simulated hub (written from SPEC.md, not from the hub's code): shadows, method calls, NTP
-//! answers and OTA tasks, with random rejections.
+//! The simulated hub (written from docs/spec.md, not from the hub's code): shadows, method
+//! calls, NTP answers and OTA tasks, with random rejections.
 
 use std::collections::HashMap;
 

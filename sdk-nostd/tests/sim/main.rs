@@ -1,5 +1,5 @@
 //! Deterministic virtual-time harness: the sans-IO `Device`, a simulated MQTT broker and a
-//! simulated hub (written from SPEC.md, not from the hub's code), connected by a network with
+//! simulated hub (written from docs/spec.md, not from the hub's code), connected by a network with
 //! latency, loss, duplicate delivery and disconnects. Nothing sleeps: the loop jumps to the
 //! earliest of the next delivery, the device's timer and the next scripted action.
 //!
