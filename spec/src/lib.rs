@@ -1,5 +1,5 @@
 //! The iothub wire contract: every topic string, payload struct, error code and limit of
-//! `SPEC.md`, in one `no_std`, heap-free crate.
+//! [docs/spec.md](../docs/spec.md), in one `no_std`, heap-free crate.
 //!
 //! The hub, both SDKs, the simulator and the conformance suite depend on this crate so that no
 //! other crate spells `"$iothub/..."` or a JSON field name (see `STYLE.md`, "The wire lives in one
@@ -8,7 +8,7 @@
 //! payload structs borrow their strings from the received bytes and are generic over the JSON
 //! bodies, so a std user plugs `serde_json::Value` and a `no_std` user plugs a typed struct.
 //!
-//! | module | what it owns | SPEC.md |
+//! | module | what it owns | `docs/spec.md` |
 //! | --- | --- | --- |
 //! | [`ids`] | thing ids, shadow and method names, service users | S-1.1, S-1.5, S-2, S-5.1 |
 //! | [`topic`] | topic parser and builders, subscription filters, the S-2.1 allow-list | S-2 |
