@@ -158,7 +158,7 @@ mod tests {
         let n = serde_json_core::to_slice(&Limits::DEFAULT, &mut buf).unwrap();
         assert_eq!(
             core::str::from_utf8(&buf[..n]).unwrap(),
-            r#"{"maxRequestPayload":8192,"maxStateBytes":32768,"maxJsonDepth":8,"maxClientToken":64,"shadowRequestsPerSec":20,"maxInFlight":10,"maxNamedShadows":10}"#
+            r#"{"maxRequestPayload":8192,"maxStateBytes":32768,"maxJsonDepth":8,"maxClientToken":64,"shadowRequestsPerSec":20,"maxInFlight":10,"maxNamedShadows":10,"maxSubscriptions":100}"#
         );
         let (back, _): (Limits, _) = serde_json_core::from_slice(&buf[..n]).unwrap();
         assert_eq!(back, Limits::DEFAULT);
