@@ -114,7 +114,7 @@ impl HubHooks {
             {
                 true => {
                     // Business back ends reconnect at once with the same client id, like things.
-                    settle_previous_session(&self.scx, info).await;
+                    super::takeover::settle_previous_session(&self.scx, info).await;
                     (AuthResult::Allow(false, None::<AuthInfo>), Blame::None)
                 }
                 false => (AuthResult::BadUsernameOrPassword, Blame::Client),
@@ -140,7 +140,7 @@ impl HubHooks {
             .await
         {
             CredentialCheck::Valid => {
-                settle_previous_session(&self.scx, info).await;
+                super::takeover::settle_previous_session(&self.scx, info).await;
                 (AuthResult::Allow(false, None), Blame::None)
             }
             CredentialCheck::Invalid => (AuthResult::BadUsernameOrPassword, Blame::Client),
@@ -282,61 +282,6 @@ impl HubHooks {
             }
         };
         super::retain::would_exceed_cap(topic, publish.payload.is_empty(), &existing)
-    }
-}
-
-/// Longest time spent taking over a previous connection of the same client.
-const SETTLE_LIMIT: Duration = Duration::from_millis(500);
-
-/// Takes over a previous connection of this client before rmqtt tries to, unless its session
-/// is to be resumed.
-///
-/// rmqtt takes over a session (S-1.4) by sending the old one a kick and awaiting its answer; a
-/// session task that is already ending drops the kick unanswered and rmqtt then refuses the new
-/// CONNECT with "server unavailable" (3 / 0x88). A client that reconnects at once after losing
-/// its connection hits exactly that window. A session that will not be resumed keeps no state
-/// worth handing over, so the hub kicks it here and retries (bounded) until it is gone; rmqtt
-/// then finds no session. A session that the new CONNECT resumes (Clean Start 0 and a
-/// persistent old session, see [`is_persistent`]) is left to rmqtt, whose kick carries its
-/// state over.
-async fn settle_previous_session(scx: &ServerContext, info: &ConnectInfo) {
-    let id = info.id();
-    let resume = !info.clean_start();
-    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
-    loop {
-        let entry = scx.extends.shared().await.entry(id.clone());
-        let Some(old) = entry.session() else { return };
-        if resume && is_persistent(&old).await {
-            return;
-        }
-        let kicked = match entry.try_lock().await {
-            Ok(mut locked) => locked.kick(true, true, false).await.is_ok(),
-            Err(_) => false,
-        };
-        if kicked || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Whether a session outlives its connection: MQTT 3.1.1 by Clean Session 0 (§3.1.2.4); MQTT 5
-/// by a Session Expiry Interval above 0, whatever its Clean Start (§3.1.2.11.2: Clean Start
-/// only says whether to discard an existing session at connect time), the DISCONNECT's
-/// interval replacing the CONNECT's (§3.14.2.2.2).
-async fn is_persistent(session: &Session) -> bool {
-    let Ok(info) = session.connect_info().await else {
-        return false;
-    };
-    match info.as_ref() {
-        ConnectInfo::V3(_, connect) => !connect.clean_session,
-        ConnectInfo::V5(..) => {
-            let disconnect = session.disconnect().await.ok().flatten();
-            !session
-                .fitter
-                .session_expiry_interval(disconnect.as_ref())
-                .is_zero()
-        }
     }
 }
 

@@ -19,6 +19,7 @@ mod hooks;
 mod retain;
 mod router;
 mod shared;
+mod takeover;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
