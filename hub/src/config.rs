@@ -134,6 +134,20 @@ pub struct Config {
     /// (0x97 in MQTT 5, 0x80 in 3.1.1). Service users are not limited.
     #[arg(long, env = "IOTHUB_MAX_SUBSCRIPTIONS", default_value_t = Limits::DEFAULT.max_subscriptions)]
     pub max_subscriptions: u32,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
+    /// included) for log collectors. Colours only when stderr is a terminal.
+    #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {

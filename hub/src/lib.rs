@@ -17,6 +17,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod guard;
+pub mod logging;
 pub mod method;
 pub mod metrics;
 pub mod ntp;
@@ -98,7 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         presence.clone(),
         metrics.clone(),
     ));
-    let shadows = shadow::service::ShadowService::spawn(
+    let shadows = shadow::service::ShadowService::spawn_with_metrics(
         store.clone(),
         committer,
         bus.clone(),
@@ -108,6 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         } else {
             shadow::DeviceUpdates::Spec
         },
+        Some(metrics.clone()),
     );
     let methods = method::Methods::new(bus.clone());
     let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());

@@ -77,7 +77,7 @@ pub async fn run(queue: RouterQueue, mut stop: oneshot::Receiver<()>, services: 
     loop {
         tokio::select! {
             message = rx.recv() => match message {
-                Some(message) => dispatch(&services, message).await,
+                Some(message) => dispatch_in_span(&services, message).await,
                 None => return,
             },
             _ = &mut stop => break,
@@ -85,8 +85,18 @@ pub async fn run(queue: RouterQueue, mut stop: oneshot::Receiver<()>, services: 
     }
     rx.close();
     while let Some(message) = rx.recv().await {
-        dispatch(&services, message).await;
+        dispatch_in_span(&services, message).await;
     }
+}
+
+/// Every log line about a message names its publisher (the thing id, for a thing).
+async fn dispatch_in_span(services: &Services, message: Inbound) {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("mqtt", thing_id = %message.sender);
+    span.in_scope(
+        || tracing::debug!(topic = %message.topic, bytes = message.payload.len(), "received"),
+    );
+    dispatch(services, message).instrument(span).await
 }
 
 async fn dispatch(services: &Services, message: Inbound) {

@@ -44,6 +44,7 @@
 pub mod docs;
 pub mod error;
 pub mod methods;
+pub mod observe;
 pub mod ota;
 pub mod query;
 pub mod schema;
@@ -187,6 +188,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             envelope_and_count,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
         ))
         .with_state(state)
 }

@@ -16,17 +16,18 @@ use iothub_spec::topic::Topic;
 use crate::bus::Bus;
 use crate::store::StoreError;
 
-use super::ShadowError;
 use super::document::update_replies_with;
 use super::pipeline::{
     AcceptedUpdate, Feedback, Gates, Key, Reply, ReplyTo, publish_json, publish_result, store_error,
 };
+use super::{ShadowError, ShadowOp};
 
 pub(super) struct Replier {
     bus: Arc<dyn Bus>,
     gates: Arc<Gates>,
     limits: Limits,
     feedback: mpsc::UnboundedSender<Feedback>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Cache generations with a lost write: answers built on them are not trustworthy.
     poisoned: HashMap<Key, u64>,
 }
@@ -38,12 +39,14 @@ impl Replier {
         gates: Arc<Gates>,
         limits: Limits,
         feedback: mpsc::UnboundedSender<Feedback>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Replier {
         Replier {
             bus,
             gates,
             limits,
             feedback,
+            metrics,
             poisoned: HashMap::new(),
         }
     }
@@ -152,7 +155,16 @@ impl Replier {
 
     async fn answer(&self, to: ReplyTo, result: Result<Value, ShadowError>) {
         match to {
-            ReplyTo::Mqtt { key, op } => {
+            ReplyTo::Mqtt { key, op, received } => {
+                if let (Some(metrics), ShadowOp::Update) = (&self.metrics, op) {
+                    match &result {
+                        Ok(_) => {
+                            metrics.inc_shadow_update_accepted();
+                            metrics.observe_shadow_update(received.elapsed());
+                        }
+                        Err(e) => metrics.inc_shadow_update_rejected(e.code.as_u16()),
+                    }
+                }
                 publish_result(&*self.bus, &key, op, result).await;
                 self.gates.release(&key.thing, &self.limits, Instant::now());
             }

@@ -46,6 +46,7 @@ use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::Limits;
 
 use crate::bus::Bus;
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 use crate::store::commit::GroupCommitter;
 
@@ -78,6 +79,7 @@ struct Inner {
     device_updates: DeviceUpdates,
     committer: GroupCommitter,
     gates: Arc<Gates>,
+    metrics: Option<Arc<Metrics>>,
     closed: AtomicBool,
     tasks: tokio::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
 }
@@ -95,12 +97,31 @@ impl ShadowService {
         limits: Limits,
         device_updates: DeviceUpdates,
     ) -> ShadowService {
+        ShadowService::spawn_with_metrics(store, committer, bus, limits, device_updates, None)
+    }
+
+    /// [`ShadowService::spawn`] that also counts MQTT updates accepted and rejected and times
+    /// each accepted one in `metrics`.
+    pub fn spawn_with_metrics(
+        store: SharedStore,
+        committer: GroupCommitter,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+        device_updates: DeviceUpdates,
+        metrics: Option<Arc<Metrics>>,
+    ) -> ShadowService {
         let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
         let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
         let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
         let gates = Arc::new(Gates::default());
         let apply = Applier::new(store, committer.clone(), limits, reply_tx);
-        let replier = Replier::new(bus.clone(), gates.clone(), limits, feedback_tx);
+        let replier = Replier::new(
+            bus.clone(),
+            gates.clone(),
+            limits,
+            feedback_tx,
+            metrics.clone(),
+        );
         let apply_task = tokio::spawn(apply.run(jobs_rx, feedback_rx));
         let reply_task = tokio::spawn(replier.run(reply_rx));
         ShadowService {
@@ -111,6 +132,7 @@ impl ShadowService {
                 device_updates,
                 committer,
                 gates,
+                metrics,
                 closed: AtomicBool::new(false),
                 tasks: tokio::sync::Mutex::new(Some((apply_task, reply_task))),
             }),
@@ -122,17 +144,20 @@ impl ShadowService {
     ///
     /// Returns once the request is queued (it waits only when the pipeline is saturated).
     pub async fn handle_mqtt(&self, thing: &str, shadow: &str, op: ShadowOp, payload: Bytes) {
+        let received = Instant::now();
         let key = Key::new(thing, shadow);
         let limits = &self.inner.limits;
         if self.inner.closed.load(Ordering::Acquire) {
             let err = ShadowError::new(ErrorCode::Unavailable, "hub is shutting down")
                 .with_client_token(client_token_of(&payload, limits));
+            self.count_early_rejection(op, &err);
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             return;
         }
         if let Err(message) = self.inner.gates.admit(thing, limits, Instant::now()) {
             let err = ShadowError::new(ErrorCode::TooManyRequests, message)
                 .with_client_token(client_token_of(&payload, limits));
+            self.count_early_rejection(op, &err);
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             return;
         }
@@ -145,6 +170,7 @@ impl ShadowService {
                 to: ReplyTo::Mqtt {
                     key: key.clone(),
                     op,
+                    received,
                 },
             }),
             ShadowOp::Update => parse_device_update(&payload, limits, self.inner.device_updates)
@@ -154,6 +180,7 @@ impl ShadowService {
                     to: ReplyTo::Mqtt {
                         key: key.clone(),
                         op,
+                        received,
                     },
                 }),
         };
@@ -165,8 +192,16 @@ impl ShadowService {
             }
             Err(err) => {
                 self.release(thing);
+                self.count_early_rejection(op, &err);
                 publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             }
+        }
+    }
+
+    /// An MQTT update answered before it reached the pipeline (429, bad payload, shutting down).
+    fn count_early_rejection(&self, op: ShadowOp, err: &ShadowError) {
+        if let (Some(metrics), ShadowOp::Update) = (&self.inner.metrics, op) {
+            metrics.inc_shadow_update_rejected(err.code.as_u16());
         }
     }
 
