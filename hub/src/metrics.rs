@@ -158,7 +158,7 @@ impl Metrics {
         self.method_round_trip_seconds.observe(elapsed);
     }
 
-    /// An HTTP request on `route` (a route template such as `/api/v1/things/{id}`, or
+    /// An HTTP request on `route` (a route template such as `/api/v1/things/:id`, or
     /// [`UNMATCHED_ROUTE`]) was answered after `elapsed`.
     pub fn observe_http_request(&self, route: &str, elapsed: Duration) {
         if let Some(h) = self.http_request_seconds.get(route) {

@@ -35,9 +35,10 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     );
     let resp = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    state
-        .metrics
-        .observe_http_request(route.as_deref().unwrap_or(UNMATCHED_ROUTE), elapsed);
+    let label = route
+        .as_deref()
+        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), route_label);
+    state.metrics.observe_http_request(&label, elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status = resp.status().as_u16(),
@@ -46,6 +47,12 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         );
     });
     resp
+}
+
+/// A route template as a metric label: `/things/{id}` becomes `/things/:id`. Braces are valid
+/// in label values, but several Prometheus text parsers in use cut a label set at the first `}`.
+fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 /// The thing id in `path` where `route` has a thing parameter. Only `/things/{id}...` routes
@@ -63,7 +70,15 @@ fn thing_in<'a>(route: &str, path: &'a str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::thing_in;
+    use super::{route_label, thing_in};
+
+    #[test]
+    fn route_labels_have_no_braces() {
+        assert_eq!(
+            route_label("/api/v1/things/{id}/shadows/{name}"),
+            "/api/v1/things/:id/shadows/:name"
+        );
+    }
 
     #[test]
     fn finds_the_thing_parameter() {

@@ -156,14 +156,10 @@ impl Replier {
     async fn answer(&self, to: ReplyTo, result: Result<Value, ShadowError>) {
         match to {
             ReplyTo::Mqtt { key, op, received } => {
-                if let (Some(metrics), ShadowOp::Update) = (&self.metrics, op) {
-                    match &result {
-                        Ok(_) => {
-                            metrics.inc_shadow_update_accepted();
-                            metrics.observe_shadow_update(received.elapsed());
-                        }
-                        Err(e) => metrics.inc_shadow_update_rejected(e.code.as_u16()),
-                    }
+                // Accepted and rejected updates are counted where the bus publishes replies
+                // (broker/mod.rs); only the time an accepted one took is known here.
+                if let (Some(metrics), ShadowOp::Update, Ok(_)) = (&self.metrics, op, &result) {
+                    metrics.observe_shadow_update(received.elapsed());
                 }
                 publish_result(&*self.bus, &key, op, result).await;
                 self.gates.release(&key.thing, &self.limits, Instant::now());

@@ -79,7 +79,6 @@ struct Inner {
     device_updates: DeviceUpdates,
     committer: GroupCommitter,
     gates: Arc<Gates>,
-    metrics: Option<Arc<Metrics>>,
     closed: AtomicBool,
     tasks: tokio::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
 }
@@ -100,8 +99,7 @@ impl ShadowService {
         ShadowService::spawn_with_metrics(store, committer, bus, limits, device_updates, None)
     }
 
-    /// [`ShadowService::spawn`] that also counts MQTT updates accepted and rejected and times
-    /// each accepted one in `metrics`.
+    /// [`ShadowService::spawn`] that also times each accepted MQTT update in `metrics`.
     pub fn spawn_with_metrics(
         store: SharedStore,
         committer: GroupCommitter,
@@ -115,13 +113,7 @@ impl ShadowService {
         let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
         let gates = Arc::new(Gates::default());
         let apply = Applier::new(store, committer.clone(), limits, reply_tx);
-        let replier = Replier::new(
-            bus.clone(),
-            gates.clone(),
-            limits,
-            feedback_tx,
-            metrics.clone(),
-        );
+        let replier = Replier::new(bus.clone(), gates.clone(), limits, feedback_tx, metrics);
         let apply_task = tokio::spawn(apply.run(jobs_rx, feedback_rx));
         let reply_task = tokio::spawn(replier.run(reply_rx));
         ShadowService {
@@ -132,7 +124,6 @@ impl ShadowService {
                 device_updates,
                 committer,
                 gates,
-                metrics,
                 closed: AtomicBool::new(false),
                 tasks: tokio::sync::Mutex::new(Some((apply_task, reply_task))),
             }),
@@ -150,14 +141,12 @@ impl ShadowService {
         if self.inner.closed.load(Ordering::Acquire) {
             let err = ShadowError::new(ErrorCode::Unavailable, "hub is shutting down")
                 .with_client_token(client_token_of(&payload, limits));
-            self.count_early_rejection(op, &err);
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             return;
         }
         if let Err(message) = self.inner.gates.admit(thing, limits, Instant::now()) {
             let err = ShadowError::new(ErrorCode::TooManyRequests, message)
                 .with_client_token(client_token_of(&payload, limits));
-            self.count_early_rejection(op, &err);
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             return;
         }
@@ -192,16 +181,8 @@ impl ShadowService {
             }
             Err(err) => {
                 self.release(thing);
-                self.count_early_rejection(op, &err);
                 publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             }
-        }
-    }
-
-    /// An MQTT update answered before it reached the pipeline (429, bad payload, shutting down).
-    fn count_early_rejection(&self, op: ShadowOp, err: &ShadowError) {
-        if let (Some(metrics), ShadowOp::Update) = (&self.inner.metrics, op) {
-            metrics.inc_shadow_update_rejected(err.code.as_u16());
         }
     }
 
