@@ -38,5 +38,5 @@ pub use patch::Patch;
 pub use time::Instant;
 pub use types::{
     Config, ConfigError, DeltaEvent, Error, Event, Ignored, MethodCall, NtpSample, OtaReport, QoS,
-    RawJson, RequestId, ShadowEvent, ShadowId, SubscriptionId, Transmit,
+    RawJson, RequestId, ShadowEvent, ShadowId, SubscriptionId, TooLarge, TooLargeKind, Transmit,
 };
