@@ -144,8 +144,8 @@ impl Download {
 
 /// [`crate::run`] with real OTA downloads from `source`: events as they come,
 /// [`Thermostat::on_tick`] every `tick`, and the current task's file read chunk by chunk.
-pub async fn run_downloading<M: RawMutex, S: FileSource>(
-    mut client: AppClient<'_, '_, M>,
+pub async fn run_downloading<M: RawMutex, S: FileSource, const INBOX_BYTES: usize>(
+    mut client: AppClient<'_, '_, M, INBOX_BYTES>,
     thermostat: &mut Thermostat,
     tick: Duration,
     source: &mut S,
