@@ -29,7 +29,8 @@ const FILE_MD5: &str = "4a6989f25338745123c5b2bc3b8fd0e0";
 const FILE_SHA256: &str = "2f7c06c11ae8773025de62a6eee9c83c0638a2b80c2b47363227d4676f1a9eff";
 
 /// A tiny HTTP/1.0 file server on an ephemeral port: `GET /fw.bin` answers [`firmware_file`]
-/// (written in 1,000-byte pieces), any other path 404.
+/// (written in 1,000-byte pieces), `GET /stall.bin` its first piece and then nothing while
+/// keeping the connection open, any other path 404.
 fn serve_files() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind file server");
     let addr = listener.local_addr().unwrap();
@@ -47,7 +48,18 @@ fn serve_files() -> SocketAddr {
                     }
                 }
                 let req = String::from_utf8_lossy(&req);
-                if req.split_whitespace().nth(1) != Some("/fw.bin") {
+                let path = req.split_whitespace().nth(1);
+                if path == Some("/stall.bin") {
+                    let file = firmware_file();
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", file.len());
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&file[..1000]);
+                    // Held open, silent, until the device gives up and closes it.
+                    let _ = conn.set_read_timeout(Some(STEP * 2));
+                    let _ = conn.read(&mut byte);
+                    return;
+                }
+                if path != Some("/fw.bin") {
                     let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
                     return;
                 }
@@ -160,6 +172,17 @@ async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
         err_code(&results),
         code(OtaErrorCode::NoSpace),
         "{results:?}"
+    );
+
+    // A server that stops sending mid-file: the download gives up after `READ_TIMEOUT` (per
+    // chunk, however often the application's ticker wins the select meanwhile) with 1400.
+    let stall = format!("http://{files}/stall.bin");
+    let results = ota(mqtt, &thing, "fw-task-5", &stall, meta(FILE_MD5, len)).await;
+    assert_eq!(
+        err_code(&results),
+        code(OtaErrorCode::FileUrlUnusable),
+        "{results:?}\n{}",
+        log()
     );
 
     // The hub restarts on the same data directory and ports; the device reconnects, resyncs
