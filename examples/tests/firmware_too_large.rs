@@ -7,6 +7,11 @@
 //!
 //! The sizes are checked against the messages the hub sent, seen by a service user subscribed
 //! to the same topics (topic plus payload: what the inbox must hold).
+//!
+//! A desired state larger than minimq's receive buffer never reaches the device (the broker
+//! closes the connection instead of sending it): the second test checks that the device still
+//! says so (`Event::SyncLost`, reported as `too_large.sync_lost`) and syncs once the desired
+//! state shrinks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -116,6 +121,41 @@ async fn a_desired_state_larger_than_the_inbox_is_reported_with_its_size_then_sy
         .await;
     let reported = reported_until(&rest, &thing, "setpoint 25 without too_large", |r| {
         r["setpoint"] == 25 && r.get("too_large").is_none()
+    })
+    .await;
+    assert_eq!(reported["mode"], "off", "{reported}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_larger_than_the_receive_buffer_is_reported_as_sync_lost_then_syncs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_hub, mqtt, http) = spawn_hub(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    let rest = Rest::new(http);
+    let thing = format!("fw-huge-{}", std::process::id());
+    let secret = rest.create_thing(&thing).await;
+    // The firmware's own sizes: documents of up to 1,440 bytes, minimq's rx of 1,728.
+    let _device: Proc = spawn_device(dir.path(), mqtt, &thing, &secret, &["--tick-ms", "200"]);
+    let log = || device_log(dir.path());
+    rest.converge(&thing, json!({"setpoint": 23})).await;
+
+    // 3 KiB of desired state: neither the delta nor the document can be sent to the device.
+    rest.set_desired(&thing, json!({"label": "x".repeat(3 * 1024)}))
+        .await;
+    let reported = reported_until(&rest, &thing, "too_large.sync_lost", |r| {
+        r["too_large"]["sync_lost"].is_u64()
+    })
+    .await;
+    assert_eq!(
+        reported["too_large"]["sync_lost"],
+        iothub_sdk_nostd::SYNC_LOST_AFTER,
+        "{reported}\n{}",
+        log()
+    );
+
+    rest.set_desired(&thing, json!({"label": null, "setpoint": 26}))
+        .await;
+    let reported = reported_until(&rest, &thing, "setpoint 26 without too_large", |r| {
+        r["setpoint"] == 26 && r.get("too_large").is_none()
     })
     .await;
     assert_eq!(reported["mode"], "off", "{reported}");

@@ -35,6 +35,9 @@ const COMMON_FILTERS: usize = cfg!(feature = "methods") as usize
     + cfg!(feature = "ota") as usize;
 /// Most shadows a device may follow (the subscription set is a 64-bit mask).
 const MAX_SHADOWS: usize = 30;
+/// Connections lost in a row with the device's own get of a shadow unanswered after which the
+/// application is told ([`Event::SyncLost`]).
+pub const SYNC_LOST_AFTER: u8 = 3;
 
 /// The device's own `get` of one shadow (connection state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,11 @@ struct Session<const SHADOWS: usize> {
     applied: [Option<u64>; SHADOWS],
     /// Whether the device has connected since it started (the first connect always resyncs).
     started: bool,
+    /// Per shadow, connections lost in a row while the device's own get waited for its
+    /// document (reset by a document).
+    lost_gets: [u8; SHADOWS],
+    /// Shadows whose `lost_gets` just reached [`SYNC_LOST_AFTER`], not yet reported.
+    sync_lost: u64,
     next_id: u32,
     clock: Option<NtpSample>,
     #[cfg(feature = "ota")]
@@ -291,6 +299,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             session: Session {
                 applied: [None; SHADOWS],
                 started: false,
+                lost_gets: [0; SHADOWS],
+                sync_lost: 0,
                 next_id: 0,
                 clock: None,
                 #[cfg(feature = "ota")]

@@ -30,7 +30,7 @@ mod time;
 mod token;
 mod types;
 
-pub use device::{Device, MIN_TX_BUFFER};
+pub use device::{Device, MIN_TX_BUFFER, SYNC_LOST_AFTER};
 pub use iothub_spec as spec;
 #[cfg(feature = "ota-verify")]
 pub use ota_chunks::{OtaPacing, OtaVerifier, OtaVerifyError};

@@ -324,6 +324,19 @@ pub enum Event<'p> {
         /// Which subscription.
         subscription: SubscriptionId,
     },
+    /// The connection ended `connections` times in a row (first at
+    /// [`crate::SYNC_LOST_AFTER`]) while the device's own `get` of `shadow` waited for
+    /// its document. The likeliest cause is a document larger than the MQTT client's receive
+    /// buffer: the client announces that size (MQTT 5 Maximum Packet Size) and the broker
+    /// under the hub closes the connection rather than send more. The size is not known on
+    /// the device. The device keeps asking, later each time (so the connection stays up in
+    /// between); a smaller desired state, or larger buffers, end it. Reported once per streak.
+    SyncLost {
+        /// The shadow.
+        shadow: ShadowId,
+        /// Connections lost in a row.
+        connections: u8,
+    },
     /// A received message did not fit the driver's buffers and was lost; reported by the
     /// driver through [`crate::Device::handle_too_large`], never a silent drop.
     TooLarge(TooLarge),

@@ -8,7 +8,8 @@
 use iothub_sdk_nostd::spec::payload::field;
 use iothub_sdk_nostd::spec::topic::Topic;
 use iothub_sdk_nostd::{
-    Config, Device, Event, Ignored, Instant, ShadowId, TooLarge, TooLargeKind, Transmit,
+    Config, Device, Event, Ignored, Instant, SYNC_LOST_AFTER, ShadowId, TooLarge, TooLargeKind,
+    Transmit,
 };
 use serde_json::{Value, json};
 
@@ -221,4 +222,71 @@ fn other_messages_are_reported_by_kind_or_ignored() {
         Err(Ignored::Echo)
     );
     assert!(drain(&mut d, 5).is_empty(), "none of these resyncs");
+}
+
+#[test]
+fn connections_lost_while_the_document_is_awaited_are_reported_and_slow_the_get_down() {
+    let mut tx = [0u8; 1024];
+    let mut c = Config::new(T, &SHADOWS);
+    c.token_seed = 7;
+    let mut d: Device<'_> = Device::new(c, &mut tx).unwrap();
+    let gets = |d: &mut Device<'_>, now: u64| -> usize {
+        drain(d, now)
+            .iter()
+            .filter(|(t, _)| *t == get_topic())
+            .count()
+    };
+    // What a broker does with a document larger than the client's receive buffer: the get
+    // goes out, the connection ends. Asked again at once after the first loss...
+    let mut now = 0;
+    d.handle_connected(at(now), false);
+    assert_eq!(gets(&mut d, now), 1);
+    d.handle_disconnected(at(now + 5));
+    now = 1_000;
+    d.handle_connected(at(now), false);
+    assert_eq!(gets(&mut d, now), 1);
+    assert_eq!(d.poll_event(), None);
+    d.handle_disconnected(at(now + 5));
+    // ...then after a backoff that doubles, so the connection stays up in between.
+    for (lost, wait) in [(2u8, 1_000u64), (3, 2_000), (4, 4_000)] {
+        now += 10_000;
+        d.handle_connected(at(now), false);
+        assert_eq!(gets(&mut d, now), 0, "{lost} lost: not at once");
+        assert_eq!(d.poll_timeout(), Some(at(now + wait)));
+        d.handle_timeout(at(now + wait));
+        assert_eq!(gets(&mut d, now + wait), 1);
+        d.handle_disconnected(at(now + wait + 5));
+        let expected = (lost + 1 == SYNC_LOST_AFTER).then_some(Event::SyncLost {
+            shadow: ShadowId::FIRST,
+            connections: SYNC_LOST_AFTER,
+        });
+        assert_eq!(d.poll_event(), expected, "after {} lost", lost + 1);
+        assert_eq!(d.poll_event(), None, "once per streak");
+    }
+
+    // The document arrives: the streak ends, the next connection gets at once again.
+    now += 100_000;
+    d.handle_connected(at(now), false);
+    d.handle_timeout(at(now + 60_000));
+    let sent = drain(&mut d, now + 60_000);
+    let tok = sent
+        .iter()
+        .find(|(t, _)| *t == get_topic())
+        .map(|(_, p)| p[field::CLIENT_TOKEN].as_str().unwrap().to_owned())
+        .unwrap();
+    let topic = Topic::ShadowGetAccepted {
+        thing: T,
+        shadow: "default",
+    }
+    .to_string();
+    let body = json!({field::STATE: {}, field::METADATA: {}, field::VERSION: 3, field::TIMESTAMP: 1, field::CLIENT_TOKEN: tok});
+    let body = serde_json::to_vec(&body).unwrap();
+    assert!(matches!(
+        d.handle_publish(at(now + 60_001), &topic, &body),
+        Ok(Some(Event::Shadow(_)))
+    ));
+    d.handle_disconnected(at(now + 60_002));
+    d.handle_connected(at(now + 70_000), false);
+    assert_eq!(gets(&mut d, now + 70_000), 1);
+    assert_eq!(d.poll_event(), None);
 }

@@ -13,9 +13,10 @@
 //!   file and verifies it with the SDK's `OtaVerifier` (`done`, or `failed` 1400/1403/1404);
 //!   otherwise it simulates one, `ongoing` every tick (25 % steps), then `done`;
 //! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick;
-//! - reports a message too large for its buffers (`Event::TooLarge`) as `too_large` in its
-//!   reported state, by kind with the bytes needed, until a delta or document applies again
-//!   (the operator sees it in the shadow; the device cannot take that desired state).
+//! - reports a message too large for its buffers (`Event::TooLarge`, or `Event::SyncLost` when
+//!   it is larger than minimq's receive buffer) as `too_large` in its reported state, until a
+//!   delta or document applies again (the operator sees it in the shadow; the device cannot
+//!   take that desired state).
 #![no_std]
 
 #[cfg(feature = "ota-download")]
@@ -147,6 +148,10 @@ pub struct TooLargeSeen {
     /// Anything else.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other: Option<Sizes>,
+    /// Connections lost in a row waiting for the shadow document (`Event::SyncLost`): most
+    /// likely a document larger than minimq's receive buffer, size unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_lost: Option<u8>,
 }
 
 /// A telemetry message.
@@ -316,6 +321,11 @@ impl Thermostat {
             }
             Event::OtaTask(task) => self.on_ota_task(&task, dev, now),
             Event::TooLarge(t) => self.on_too_large(t),
+            Event::SyncLost { connections, .. } => {
+                let seen = self.too_large.get_or_insert_with(TooLargeSeen::default);
+                seen.sync_lost = Some(connections);
+                self.report_due = true;
+            }
             Event::Rejected { request, .. } | Event::TimedOut { request }
                 if Some(request) == self.last_report =>
             {

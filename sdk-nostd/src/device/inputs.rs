@@ -5,7 +5,10 @@ use iothub_spec::limits::json_depth_exceeds;
 use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
-use super::{Connection, Device, GetState, Kind, ReqState, as_u64, is_object, raw_json};
+use super::{
+    Connection, Device, GetState, Kind, ReqState, SYNC_LOST_AFTER, as_u64, backoff_ms, is_object,
+    raw_json,
+};
 use crate::fmt::debug;
 use crate::json::{self, JsonError, bit};
 use crate::time::Instant;
@@ -35,6 +38,28 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 };
             }
         }
+        // A get lost with its connection is asked again even when the session was resumed (its
+        // answer went to a request the device no longer has); after two losses in a row, later
+        // each time: some brokers close the connection rather than send a message larger than
+        // the client's Maximum Packet Size, so the get itself may be what ends it, and the
+        // connection should stay up in between (to report, to answer methods).
+        for (i, g) in self.conn.gets.iter_mut().enumerate() {
+            let lost = self.session.lost_gets.get(i).copied().unwrap_or(0);
+            if lost > 0 {
+                let not_before = match lost {
+                    1 => now,
+                    _ => now.add_millis(backoff_ms(
+                        self.config.retry_backoff_ms,
+                        self.config.max_retry_backoff_ms,
+                        lost - 2,
+                    )),
+                };
+                *g = GetState::Wanted {
+                    not_before,
+                    attempt: lost,
+                };
+            }
+        }
         self.session.started = true;
         debug!("connected at {} ms", now.as_millis());
     }
@@ -43,6 +68,15 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// queue is dropped, and a running NTP exchange ends with the samples it has.
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
+        for (i, g) in self.conn.gets.iter().enumerate() {
+            if let (GetState::InFlight { .. }, Some(lost)) = (g, self.session.lost_gets.get_mut(i))
+            {
+                *lost = lost.saturating_add(1);
+                if *lost == SYNC_LOST_AFTER {
+                    self.session.sync_lost |= bit(i);
+                }
+            }
+        }
         for r in self.requests.iter_mut() {
             if !matches!(r.kind, Kind::Get { internal: true }) {
                 r.state = ReqState::Failed;
