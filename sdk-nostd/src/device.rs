@@ -156,7 +156,9 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 ///    the device sends again what it still needs.
 /// 3. For every PUBLISH received call [`Device::handle_publish`]; it returns at once the event
 ///    the message produced, borrowing the topic and payload (zero-copy): handle it before the
-///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped.
+///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped. A
+///    PUBLISH the driver could not hold goes to [`Device::handle_too_large`] instead, with the
+///    bytes it needed: the application gets [`Event::TooLarge`], never a silent drop.
 /// 4. Optionally report SUBACKs with [`Device::handle_suback`].
 /// 5. After **every** `handle_*` call and every application command, drain the outputs:
 ///    loop on [`Device::poll_transmit`] until `Ok(None)`, sending each [`Transmit`] in order on
@@ -181,6 +183,10 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 /// - It hands the application a delta or document only when its version is not older than the
 ///   last applied one (deltas: strictly newer), so state is applied in version order whatever the
 ///   network does.
+/// - A delta too large for the driver makes it `get` the shadow again; a document too large
+///   answers its get. When the connection keeps ending while its own get waits (a document
+///   larger than the MQTT client's receive buffer), it asks again after a doubling backoff and
+///   says so with [`Event::SyncLost`].
 /// - It answers 404 to calls of unregistered methods, keeps the best of N NTP samples, keeps the
 ///   OTA task's ids and re-sends the final result when the hub sends the same task again.
 ///
