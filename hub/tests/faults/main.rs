@@ -17,5 +17,6 @@ mod support;
 mod crash;
 mod disk_full;
 mod injected;
+mod ota_reload;
 mod stream;
 mod tmpfs;
