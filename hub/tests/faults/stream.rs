@@ -237,12 +237,27 @@ pub async fn healthz(hub: &Hub) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// After a restart: each shadow is exactly at its last accepted version and state (every
-/// answer was received, so a higher stored version would be a write reported as failed that
-/// was stored anyway, and a lower one a lost acknowledged write).
+/// Every accepted write took its own version and no refused one took any: the accepted
+/// versions of one shadow with one writer are exactly 1..=n.
+fn assert_consecutive(what: &str, mut versions: Vec<u64>) {
+    versions.sort_unstable();
+    let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+    assert_eq!(
+        versions, expected,
+        "{what}: accepted versions are not 1..=n (a gap or a repeat is an acknowledged write \
+         that was lost, or a refused one that took a version)"
+    );
+}
+
+/// After a restart: each shadow is exactly at its last accepted version and state, and its
+/// accepted versions are 1..=n. Together: every acknowledged update is durable (a lost one
+/// leaves a repeat or a gap), and every refused one was reported and not stored (every answer
+/// was received; a refused update that was stored anyway would have taken a version, making
+/// the stored version higher than the last accepted one).
 pub async fn check_shadows(hub: &Hub, seen: &[Seen]) {
     for s in seen {
         assert_eq!(s.unanswered, 0, "{}: requests left unanswered", s.thing);
+        assert_consecutive(&s.thing, s.accepted.values().map(|(_, v)| *v).collect());
         let (status, doc) = hub.rest_shadow(&s.thing, "default").await;
         let Some((version, seq)) = s.last() else {
             assert_eq!(
@@ -269,8 +284,22 @@ pub async fn check_shadows(hub: &Hub, seen: &[Seen]) {
 }
 
 /// After a restart: every created thing (201) exists, every refused one (503) does not; the
-/// desired state is the last accepted one.
+/// desired state is at the last accepted version, and the accepted versions are 1..=n.
 pub async fn check_rest(hub: &Hub, seen: &RestSeen) {
+    for (_, status, _) in &seen.desired {
+        assert!(
+            [200, 503].contains(status),
+            "desired write answered {status}: neither stored nor reported unavailable"
+        );
+    }
+    assert_consecutive(
+        "desired writes",
+        seen.desired
+            .iter()
+            .filter(|(_, status, _)| *status == 200)
+            .map(|(_, _, v)| v.expect("a 200 carries the version"))
+            .collect(),
+    );
     for (id, (_, status)) in &seen.created {
         let (now, body) = hub.rest_thing(id).await;
         match status {
