@@ -51,7 +51,7 @@ async fn disk_full_mid_stream_refuses_with_503_and_the_hub_recovers() {
     let mut streams = Vec::new();
     for i in 0..THINGS {
         let proto = if i % 2 == 0 { Proto::V311 } else { Proto::V5 };
-        streams.push(spawn_stream(&hub, proto, phase.clone(), PACE).await);
+        streams.push(spawn_stream(&hub, proto, phase.clone(), PACED).await);
     }
     let rest_thing = unique("desired");
     hub.create_thing(&rest_thing).await;
@@ -198,7 +198,8 @@ async fn issue_14_scenario_2mib_100_things() {
     let mut streams = Vec::new();
     for i in 0..N {
         let proto = if i % 2 == 0 { Proto::V311 } else { Proto::V5 };
-        streams.push(spawn_stream(&hub, proto, phase.clone(), Duration::from_millis(200)).await);
+        streams
+            .push(spawn_stream(&hub, proto, phase.clone(), (4, Duration::from_millis(200))).await);
     }
     let rest_thing = unique("desired");
     hub.create_thing(&rest_thing).await;
