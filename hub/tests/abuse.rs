@@ -331,3 +331,30 @@ async fn under_a_1024_descriptor_limit_things_and_rest_still_get_in() {
         hub.stderr()
     );
 }
+
+/// Refusals are counted in `/metrics` by listener and reason (the log only summarizes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connects_are_counted_in_metrics() {
+    let hub = Hub::start_args(&["--max-pending-connects-per-addr", "2"]);
+    let id = unique("refused");
+    hub.create_thing(&id).await;
+    let refused = Client::connect(Proto::V311, hub.mqtt, &id, &id, "wrong-password").await;
+    assert!(refused.is_err(), "a wrong password was accepted");
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(hub.mqtt)).collect();
+    let mut extra = tokio::task::block_in_place(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        connect(hub.mqtt)
+    });
+    assert!(
+        tokio::task::block_in_place(|| closed_within(&mut extra, Duration::from_secs(2))),
+        "a 3rd pending connection from one address was kept"
+    );
+    let (_, _, metrics) = hub.get_text("/metrics").await;
+    for line in [
+        "iothub_connections_refused_total{listener=\"mqtt\",reason=\"bad_credentials\"} 1\n",
+        "iothub_connections_refused_total{listener=\"mqtt\",reason=\"per_address_cap\"} ",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    drop(held);
+}
