@@ -10,6 +10,10 @@
 //!   commit) through the test build's fault injection (`IOTHUB_FAULT_FILE`, `store/fault.rs`).
 //! - [`crash`]: SIGKILL at random points of streams of thing creations and OTA job creations
 //!   and cancellations (shadows: `tests/crash.rs`).
+//! - [`ota_reload`]: the OTA engine going back to the store after a turn it could not store.
+//!
+//! The shadow and REST write streams and the checks after a restart are `support/streams.rs`,
+//! shared with `tests/crash.rs`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -17,5 +21,7 @@ mod support;
 mod crash;
 mod disk_full;
 mod injected;
-mod stream;
+mod ota_reload;
 mod tmpfs;
+
+use support::streams as stream;
