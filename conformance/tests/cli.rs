@@ -241,3 +241,29 @@ fn every_binary_answers_help_without_its_environment() {
         assert!(text.contains(words), "{bin}: {text}");
     }
 }
+
+#[test]
+fn a_device_that_exits_at_start_up_is_reported_at_once() {
+    let out = Command::new(SUITE)
+        .args(["device", "--exec"])
+        .arg("sh -c 'echo starting >&2; echo cannot open /dev/ttyX >&2; exit 3'")
+        .args([
+            "--only",
+            "dev_s2_subscribes_before_requests",
+            "--report",
+            "json",
+        ])
+        .output()
+        .expect("runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let r = &report["results"][0];
+    assert_eq!(r["result"], "fail", "{report}");
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("exit status: 3"), "{reason}");
+    assert!(
+        reason.contains("starting | cannot open /dev/ttyX"),
+        "the last stderr lines: {reason}"
+    );
+    let millis = r["millis"].as_u64().unwrap_or(u64::MAX);
+    assert!(millis < 2000, "reported after {millis} ms");
+}
