@@ -17,7 +17,20 @@ impl Report {
             let parts: Vec<String> = self
                 .shards
                 .iter()
-                .map(|p| format!("{}: {} things, {} accepted", p.shard, p.things, p.accepted))
+                .map(|p| {
+                    let sim = p.simulator.as_ref().map_or(String::new(), |u| {
+                        format!(
+                            " (pid {}, cpu {:.1} s, peak rss {:.0} MiB)",
+                            u.pid,
+                            u.cpu_s,
+                            u.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+                        )
+                    });
+                    format!(
+                        "{}: {} things, {} connected, {} accepted{sim}",
+                        p.shard, p.things, p.connected, p.accepted
+                    )
+                })
                 .collect();
             line("shards", parts.join("; "));
         }
