@@ -56,6 +56,17 @@ pub fn table(results: &[CaseResult]) -> String {
     }
     out.push_str(&summary(results));
     out.push('\n');
+    let profile: Vec<CaseResult> = results
+        .iter()
+        .filter(|r| r.clauses.iter().any(|c| c == crate::case::PROFILE))
+        .cloned()
+        .collect();
+    if !profile.is_empty() {
+        let (p, f, s) = counts(&profile);
+        out.push_str(&format!(
+            "of which profile checks (no clause, not spec failures): {p} passed, {f} failed, {s} skipped\n"
+        ));
+    }
     out
 }
 

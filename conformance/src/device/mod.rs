@@ -272,9 +272,10 @@ impl Run {
             .await
     }
 
-    /// Waits until the device is up: connected, got an answer to a `get` of the `default`
-    /// shadow, and reported its state (an `update` with `state.reported`) after it. Returns the
-    /// log index of that report.
+    /// Waits until the device is up: connected, and its `get` of the `default` shadow answered
+    /// (S-3.2). Returns the log index of that answer. A device that reports its state only on
+    /// change is up here too: the start-up report is a profile check of its own
+    /// ([`Run::reported_at_start_up`]), so its absence never fails the other cases.
     pub async fn ready(&self) -> anyhow::Result<usize> {
         self.or_exit(self.ready_inner()).await
     }
@@ -282,25 +283,41 @@ impl Run {
     async fn ready_inner(&self) -> anyhow::Result<usize> {
         self.connected_inner().await?;
         let get = self.topic_get();
-        let update = self.topic_update();
         let accepted = format!("{get}/accepted");
         let rejected = format!("{get}/rejected");
         self.hub
             .wait_for(
                 STARTUP,
-                "the device never reported its state (an update with state.reported) after getting its shadow",
+                &format!(
+                    "S-3.2 the device never got its shadow after connecting (no {get} answered)"
+                ),
                 |log| {
-                    let answered = log.iter().position(|o| {
+                    log.iter().position(|o| {
                         matches!(&o.ev, ObsEv::Sent { topic, delivered: true, .. }
                             if *topic == accepted || *topic == rejected)
-                    })?;
-                    log.iter().enumerate().skip(answered).find_map(|(i, o)| {
-                        let (t, v) = o.publish()?;
-                        (t == update && v[field::STATE][field::REPORTED].is_object()).then_some(i)
                     })
                 },
             )
             .await
+    }
+
+    /// Waits for the device's first state report (an `update` with `state.reported`) after its
+    /// start-up `get` was answered; returns its log index. No clause requires it: the case
+    /// using it is a profile check.
+    pub async fn reported_at_start_up(&self) -> anyhow::Result<usize> {
+        let answered = self.ready().await?;
+        let update = self.topic_update();
+        self.or_exit(self.hub.wait_for(
+            STARTUP,
+            "profile check (no clause): the device did not report its state (an update with state.reported) after getting its shadow",
+            |log| {
+                log.iter().enumerate().skip(answered).find_map(|(i, o)| {
+                    let (t, v) = o.publish()?;
+                    (t == update && v[field::STATE][field::REPORTED].is_object()).then_some(i)
+                })
+            },
+        ))
+        .await
     }
 
     /// Waits for a report (an `update` of `default` after log index `after`) whose
