@@ -195,6 +195,27 @@ mod tests {
     }
 
     #[test]
+    fn profile_checks_are_counted_apart() {
+        let mut p = r(
+            "dev_profile_x",
+            Outcome::Fail("profile check (no clause): x".into()),
+        );
+        p.clauses = vec![crate::case::PROFILE.into()];
+        let t = table(&[
+            r("a", Outcome::Pass),
+            r("b", Outcome::Fail("S-1.2 y".into())),
+            p,
+        ]);
+        assert!(t.contains("\n1 passed, 2 failed, 0 skipped\n"), "{t}");
+        assert!(
+            t.ends_with("of which profile checks (no clause, not spec failures): 0 passed, 1 failed, 0 skipped\n"),
+            "{t}"
+        );
+        let t = table(&[r("a", Outcome::Pass)]);
+        assert!(!t.contains("profile"), "{t}");
+    }
+
+    #[test]
     fn diff_reports_better_and_worse() {
         let exp = parse_expected(
             r#"{"cases":{"a":{"result":"pass"},"b":{"result":"fail","reason":"x"},"c":{"result":"skip","reason":"y"}}}"#,
