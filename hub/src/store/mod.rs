@@ -157,8 +157,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(u64, Vec<ThingRecord>), StoreError>;
 
     /// One page of the things matching the S-9.4 query `q`, in the query's `ORDER BY` and then by
-    /// id, and the total number of matches. The SQL comes from [`crate::query::render_sqlite`]
-    /// (every value bound, nothing spliced). `page_index` is 0-based; `page_size` is capped at 1000.
+    /// id, and the total number of matches. Each backend renders `q` in its own SQL with the
+    /// comparison rules of D-32 (every value bound, nothing spliced). `page_index` is 0-based; `page_size` is capped at 1000.
     async fn query_things(
         &self,
         q: &crate::query::ThingQuery,

@@ -34,6 +34,7 @@ use super::wal;
 use super::StoreError;
 
 mod ota;
+pub mod query;
 mod statements;
 mod write;
 
