@@ -17,7 +17,7 @@
 //! # Portability
 //! Statements use `$N` placeholders, `TRUE`/`FALSE`, `ON CONFLICT ... DO NOTHING` and `RETURNING`,
 //! which PostgreSQL also accepts. Differences for a PostgreSQL implementation are noted at each
-//! statement; the schema is in `migrations/`.
+//! statement; the schema is in `migrations/sqlite/`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use super::fault::Faults;
 use super::health::StoreHealth;
 use super::wal;
 
-use super::StoreError;
+use super::{StoreError, from_db, to_db};
 
 mod ota;
 pub mod query;
@@ -48,8 +48,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent read connections.
 const READERS: u32 = 4;
 
-/// Schema migrations, embedded in the binary.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+/// Schema migrations, embedded in the binary. sqlx checksums each file as a whole, comments
+/// included: an applied migration is never edited, not even its comments.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 /// [`Store`](super::Store) on a SQLite file. Cheap to share behind an `Arc`; see the module docs
 /// for the connection layout.
@@ -72,16 +73,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         StoreError::Unavailable(format!("migration failed: {e}"))
     }
-}
-
-/// u64 → SQL INTEGER (i64). Timestamps and versions never come near `i64::MAX`; saturate anyway.
-fn to_db(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// SQL INTEGER → u64. Negative values are never written; clamp to 0 anyway.
-fn from_db(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 impl SqliteStore {

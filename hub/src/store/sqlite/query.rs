@@ -34,7 +34,7 @@ pub enum QueryParam {
     Real(f64),
 }
 
-/// Table and column names of the SQLite schema (`store/migrations`) the rendered SQL reads.
+/// Table and column names of the SQLite schema (`store/migrations/sqlite`) the rendered SQL reads.
 mod schema {
     pub const THINGS: &str = "things";
     pub const THING_ID: &str = "thing_id";

@@ -1,0 +1,630 @@
+//! The [`Store`] operations on PostgreSQL.
+//!
+//! Batches are bound as arrays and expanded with `unnest`, so each statement has one shape
+//! whatever the batch size (one prepared statement, one round trip).
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row};
+
+use super::query::QueryParam;
+use super::write::{TxError, WriteTx};
+use super::{MAX_PAGE_SIZE, PgStore, deadline, from_db, to_db};
+use crate::store::fault::Writer;
+use crate::store::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
+
+/// Columns of [`ThingRecord`], in the order [`thing_from_row`] reads them.
+macro_rules! thing_cols {
+    () => {
+        "thing_id, enabled, tags, tags_version, connected, connected_at, disconnected_at, created_at"
+    };
+}
+
+pub(super) fn thing_from_row(row: &PgRow) -> Result<ThingRecord, StoreError> {
+    let thing_id: String = row.try_get(0)?;
+    let tags_text: String = row.try_get(2)?;
+    let tags = serde_json::from_str::<Map<String, Value>>(&tags_text)
+        .map_err(|e| StoreError::Unavailable(format!("corrupt tags of thing {thing_id}: {e}")))?;
+    Ok(ThingRecord {
+        enabled: row.try_get(1)?,
+        tags,
+        tags_version: from_db(row.try_get(3)?),
+        connected: row.try_get(4)?,
+        connected_at: row.try_get::<Option<i64>, _>(5)?.map(from_db),
+        disconnected_at: row.try_get::<Option<i64>, _>(6)?.map(from_db),
+        created_at: from_db(row.try_get(7)?),
+        thing_id,
+    })
+}
+
+/// Binds the parameters of a rendered thing query ([`super::query::render`]) in order.
+fn bind_query_params<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    params: &'q [QueryParam],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    for p in params {
+        query = match p {
+            QueryParam::Text(s) => query.bind(s.as_str()),
+            QueryParam::Path(segments) => query.bind(segments.as_slice()),
+            QueryParam::Int(i) => query.bind(*i),
+            QueryParam::Real(f) => query.bind(*f),
+            QueryParam::Bool(b) => query.bind(*b),
+            QueryParam::NullBool => query.bind(None::<bool>),
+        };
+    }
+    query
+}
+
+fn tags_json(tags: &Map<String, Value>) -> Result<String, StoreError> {
+    serde_json::to_string(tags).map_err(|e| StoreError::Unavailable(format!("tags: {e}")))
+}
+
+/// Shadow writes as columns, for `unnest`.
+#[derive(Default)]
+struct Columns<'a> {
+    thing: Vec<&'a str>,
+    name: Vec<&'a str>,
+    new_version: Vec<i64>,
+    body: Vec<&'a str>,
+    updated_at: Vec<i64>,
+    expected: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(writes: &'a [ShadowWrite], rows: &[usize]) -> Self {
+        let mut c = Columns::default();
+        for &i in rows {
+            let w = &writes[i];
+            c.thing.push(&w.thing_id);
+            c.name.push(&w.name);
+            c.new_version.push(to_db(w.new_version));
+            c.body.push(&w.body);
+            c.updated_at.push(to_db(w.updated_at));
+            c.expected.push(to_db(w.expected_version));
+        }
+        c
+    }
+}
+
+type Keys = HashSet<(String, String)>;
+
+fn written_keys(rows: Vec<PgRow>) -> Result<Keys, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+impl PgStore {
+    /// Creates the things of `ts` that do not exist yet, in one statement; per entry `Some` with
+    /// the record, or `None` when the id was taken (before, or by an earlier entry of `ts`).
+    async fn insert_things(
+        tx: &mut WriteTx<'_>,
+        ts: &[NewThing],
+        now: u64,
+    ) -> Result<Vec<Option<ThingRecord>>, TxError> {
+        let mut ids = Vec::with_capacity(ts.len());
+        let mut hashes = Vec::with_capacity(ts.len());
+        let mut enabled = Vec::with_capacity(ts.len());
+        let mut tags = Vec::with_capacity(ts.len());
+        for t in ts {
+            ids.push(t.thing_id.as_str());
+            hashes.push(t.password_hash.as_str());
+            enabled.push(t.enabled);
+            tags.push(tags_json(&t.tags)?);
+        }
+        // `ON CONFLICT DO NOTHING` rather than a caught unique violation, which would abort the
+        // transaction. Rows go in input order, so of two entries with one id the first wins.
+        let created: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO things \
+               (thing_id, password_hash, enabled, tags, tags_version, connected, created_at) \
+             SELECT id, hash, en, tg, 1, FALSE, $5 \
+               FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[]) \
+                    WITH ORDINALITY AS v(id, hash, en, tg, ord) \
+              ORDER BY ord \
+             ON CONFLICT (thing_id) DO NOTHING RETURNING thing_id",
+        )
+        .bind(&ids)
+        .bind(&hashes)
+        .bind(&enabled)
+        .bind(&tags)
+        .bind(to_db(now))
+        .fetch_all(tx.conn()?)
+        .await?
+        .into_iter()
+        .collect();
+        let mut claimed = HashSet::new();
+        Ok(ts
+            .iter()
+            .map(|t| {
+                (created.contains(&t.thing_id) && claimed.insert(t.thing_id.as_str())).then(|| {
+                    ThingRecord {
+                        thing_id: t.thing_id.clone(),
+                        enabled: t.enabled,
+                        tags: t.tags.clone(),
+                        tags_version: 1,
+                        connected: false,
+                        connected_at: None,
+                        disconnected_at: None,
+                        created_at: now,
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// Applies `writes` inside `tx`: in rounds in which each shadow appears at most once (a batch
+    /// may hold v1→v2 and v2→v3 of one shadow), each round one INSERT for first versions and one
+    /// UPDATE for the others. Per-write failures are read from the `RETURNING` rows, never from
+    /// SQL errors, so they leave the transaction usable.
+    async fn apply_writes(
+        tx: &mut WriteTx<'_>,
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, TxError> {
+        // Lock the existing rows of the batch in key order before changing any, so that two
+        // instances writing overlapping batches queue instead of deadlocking.
+        let all = Columns::of(writes, &(0..writes.len()).collect::<Vec<_>>());
+        sqlx::query(
+            "SELECT 1 FROM shadows s \
+               JOIN unnest($1::text[], $2::text[]) AS k(thing_id, name) \
+                 ON s.thing_id = k.thing_id AND s.name = k.name \
+              ORDER BY s.thing_id, s.name FOR UPDATE OF s",
+        )
+        .bind(&all.thing)
+        .bind(&all.name)
+        .fetch_all(tx.conn()?)
+        .await?;
+
+        let mut out: Vec<Option<Result<(), StoreError>>> = vec![None; writes.len()];
+        let mut pending: Vec<usize> = (0..writes.len()).collect();
+        while !pending.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = pending
+                .iter()
+                .partition(|&&i| seen.insert((&writes[i].thing_id, &writes[i].name)));
+            pending = later;
+            let (creates, updates): (Vec<usize>, Vec<usize>) = round
+                .iter()
+                .partition(|&&i| writes[i].expected_version == 0);
+            let mut written = Self::insert_shadows(tx, writes, &creates).await?;
+            written.extend(Self::update_shadows(tx, writes, &updates).await?);
+            let missed: Vec<&str> = round
+                .iter()
+                .map(|&i| &writes[i])
+                .filter(|w| !written.contains(&(w.thing_id.clone(), w.name.clone())))
+                .map(|w| w.thing_id.as_str())
+                .collect();
+            let existing: HashSet<String> = if missed.is_empty() {
+                HashSet::new()
+            } else {
+                sqlx::query_scalar("SELECT thing_id FROM things WHERE thing_id = ANY($1::text[])")
+                    .bind(&missed)
+                    .fetch_all(tx.conn()?)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            for &i in &round {
+                let w = &writes[i];
+                out[i] = Some(if written.contains(&(w.thing_id.clone(), w.name.clone())) {
+                    Ok(())
+                } else if existing.contains(&w.thing_id) {
+                    Err(StoreError::VersionConflict)
+                } else {
+                    Err(StoreError::NotFound)
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Unavailable("write not attempted".into()))))
+            .collect())
+    }
+
+    /// Creates the shadows at `rows` (expected version 0); returns the keys written. The EXISTS
+    /// guard avoids a foreign-key error for a thing that does not exist.
+    async fn insert_shadows(
+        tx: &mut WriteTx<'_>,
+        writes: &[ShadowWrite],
+        rows: &[usize],
+    ) -> Result<Keys, TxError> {
+        if rows.is_empty() {
+            return Ok(Keys::default());
+        }
+        let c = Columns::of(writes, rows);
+        let rows = sqlx::query(
+            "INSERT INTO shadows (thing_id, name, version, body, updated_at) \
+             SELECT v.thing_id, v.name, v.version, v.body, v.updated_at \
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[]) \
+                    AS v(thing_id, name, version, body, updated_at) \
+              WHERE EXISTS (SELECT 1 FROM things t WHERE t.thing_id = v.thing_id) \
+              ORDER BY v.thing_id, v.name \
+             ON CONFLICT (thing_id, name) DO NOTHING RETURNING thing_id, name",
+        )
+        .bind(&c.thing)
+        .bind(&c.name)
+        .bind(&c.new_version)
+        .bind(&c.body)
+        .bind(&c.updated_at)
+        .fetch_all(tx.conn()?)
+        .await?;
+        Ok(written_keys(rows)?)
+    }
+
+    /// Moves the shadows at `rows` from their expected version to the new one (CAS); returns
+    /// the keys written.
+    async fn update_shadows(
+        tx: &mut WriteTx<'_>,
+        writes: &[ShadowWrite],
+        rows: &[usize],
+    ) -> Result<Keys, TxError> {
+        if rows.is_empty() {
+            return Ok(Keys::default());
+        }
+        let c = Columns::of(writes, rows);
+        let rows = sqlx::query(
+            "UPDATE shadows s SET version = v.version, body = v.body, updated_at = v.updated_at \
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], \
+                           $6::int8[]) AS v(thing_id, name, version, body, updated_at, expected) \
+              WHERE s.thing_id = v.thing_id AND s.name = v.name AND s.version = v.expected \
+             RETURNING s.thing_id, s.name",
+        )
+        .bind(&c.thing)
+        .bind(&c.name)
+        .bind(&c.new_version)
+        .bind(&c.body)
+        .bind(&c.updated_at)
+        .bind(&c.expected)
+        .fetch_all(tx.conn()?)
+        .await?;
+        Ok(written_keys(rows)?)
+    }
+
+    /// A page of things and the number of matches, read from one snapshot.
+    async fn page(
+        &self,
+        count_sql: &str,
+        page_sql: &str,
+        params: &[QueryParam],
+        count_params: usize,
+        size: u64,
+        offset: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        deadline(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+            let total: i64 = bind_query_params(sqlx::query(count_sql), &params[..count_params])
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let rows = bind_query_params(sqlx::query(page_sql), params)
+                .bind(to_db(size))
+                .bind(to_db(offset))
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let things = rows
+                .iter()
+                .map(thing_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((from_db(total), things))
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn create_thing(&self, t: &NewThing, now: u64) -> Result<ThingRecord, StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let created = Self::insert_things(&mut tx, std::slice::from_ref(t), now).await?;
+            tx.commit().await?;
+            Ok(created.into_iter().next().flatten())
+        })
+        .await?
+        .ok_or(StoreError::AlreadyExists)
+    }
+
+    async fn create_things(
+        &self,
+        ts: &[NewThing],
+        now: u64,
+    ) -> Result<Vec<Result<ThingRecord, StoreError>>, StoreError> {
+        if ts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let created = Self::insert_things(&mut tx, ts, now).await?;
+            tx.commit().await?;
+            Ok(created
+                .into_iter()
+                .map(|c| c.ok_or(StoreError::AlreadyExists))
+                .collect())
+        })
+        .await
+    }
+
+    async fn get_thing(&self, id: &str) -> Result<Option<ThingRecord>, StoreError> {
+        deadline(async {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                thing_cols!(),
+                " FROM things WHERE thing_id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(thing_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn password_hash(&self, id: &str) -> Result<Option<(String, bool)>, StoreError> {
+        deadline(async {
+            let row = sqlx::query("SELECT password_hash, enabled FROM things WHERE thing_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            match row {
+                Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_things(
+        &self,
+        page_index: u64,
+        page_size: u64,
+        enabled: Option<bool>,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        let size = page_size.min(MAX_PAGE_SIZE);
+        let offset = page_index.saturating_mul(size);
+        // `$1 IS NULL OR …` keeps one statement for both cases.
+        let params = [match enabled {
+            Some(e) => QueryParam::Bool(e),
+            None => QueryParam::NullBool,
+        }];
+        self.page(
+            "SELECT COUNT(*) FROM things WHERE ($1::bool IS NULL OR enabled = $1)",
+            concat!(
+                "SELECT ",
+                thing_cols!(),
+                " FROM things WHERE ($1::bool IS NULL OR enabled = $1) \
+                  ORDER BY thing_id LIMIT $2 OFFSET $3"
+            ),
+            &params,
+            1,
+            size,
+            offset,
+        )
+        .await
+    }
+
+    async fn query_things(
+        &self,
+        q: &crate::query::ThingQuery,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
+        let size = page_size.min(MAX_PAGE_SIZE);
+        let offset = page_index.saturating_mul(size);
+        let rendered = super::query::render(q);
+        self.page(
+            &rendered.count_sql,
+            &rendered.page_sql,
+            &rendered.params,
+            rendered.count_params,
+            size,
+            offset,
+        )
+        .await
+    }
+
+    async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let row = sqlx::query(concat!(
+                "UPDATE things SET enabled = $2 WHERE thing_id = $1 RETURNING ",
+                thing_cols!()
+            ))
+            .bind(id)
+            .bind(enabled)
+            .fetch_optional(tx.conn()?)
+            .await?;
+            let record = row.as_ref().map(thing_from_row).transpose()?;
+            tx.commit().await?;
+            Ok(record.ok_or(StoreError::NotFound)?)
+        })
+        .await
+    }
+
+    async fn delete_thing(&self, id: &str) -> Result<(), StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            // Shadows and OTA tasks go by ON DELETE CASCADE.
+            let done = sqlx::query("DELETE FROM things WHERE thing_id = $1")
+                .bind(id)
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound.into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_tags(
+        &self,
+        id: &str,
+        tags: &Map<String, Value>,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
+        let text = tags_json(tags)?;
+        let text = text.as_str();
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            // The row lock makes a concurrent replace wait, then fail its version check.
+            let row = sqlx::query(
+                "UPDATE things SET tags = $2, tags_version = tags_version + 1 \
+                 WHERE thing_id = $1 AND tags_version = $3 RETURNING tags_version",
+            )
+            .bind(id)
+            .bind(text)
+            .bind(to_db(expected_version))
+            .fetch_optional(tx.conn()?)
+            .await?;
+            let result = match row {
+                Some(row) => Ok(from_db(row.try_get(0)?)),
+                None => {
+                    let exists = sqlx::query("SELECT 1 FROM things WHERE thing_id = $1")
+                        .bind(id)
+                        .fetch_optional(tx.conn()?)
+                        .await?
+                        .is_some();
+                    Err(if exists {
+                        StoreError::VersionConflict
+                    } else {
+                        StoreError::NotFound
+                    })
+                }
+            };
+            tx.commit().await?;
+            Ok(result)
+        })
+        .await?
+    }
+
+    async fn set_connected(&self, id: &str, connected: bool, at: u64) -> Result<(), StoreError> {
+        let sql = if connected {
+            "UPDATE things SET connected = TRUE, connected_at = $2 WHERE thing_id = $1"
+        } else {
+            // A disconnect older than the last connect (session takeover) must not mark the
+            // thing offline; it still records the time.
+            "UPDATE things SET disconnected_at = $2, connected = CASE \
+               WHEN connected_at IS NOT NULL AND connected_at > $2 THEN connected ELSE FALSE END \
+             WHERE thing_id = $1"
+        };
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Presence).await?;
+            let done = sqlx::query(sql)
+                .bind(id)
+                .bind(to_db(at))
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound.into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_all_disconnected(&self, at: u64) -> Result<(), StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Presence).await?;
+            sqlx::query(
+                "UPDATE things SET connected = FALSE, disconnected_at = $1 WHERE connected = TRUE",
+            )
+            .bind(to_db(at))
+            .execute(tx.conn()?)
+            .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn get_shadow(
+        &self,
+        thing: &str,
+        name: &str,
+    ) -> Result<Option<StoredShadow>, StoreError> {
+        deadline(async {
+            let row = sqlx::query(
+                "SELECT version, body, updated_at FROM shadows WHERE thing_id = $1 AND name = $2",
+            )
+            .bind(thing)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                Some(row) => Ok(Some(StoredShadow {
+                    thing_id: thing.to_owned(),
+                    name: name.to_owned(),
+                    version: from_db(row.try_get(0)?),
+                    body: row.try_get(1)?,
+                    updated_at: from_db(row.try_get(2)?),
+                })),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn shadow_names(&self, thing: &str) -> Result<Vec<String>, StoreError> {
+        deadline(async {
+            Ok(
+                sqlx::query_scalar("SELECT name FROM shadows WHERE thing_id = $1 ORDER BY name")
+                    .bind(thing)
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
+    async fn delete_shadow(&self, thing: &str, name: &str) -> Result<(), StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Shadows).await?;
+            let done = sqlx::query("DELETE FROM shadows WHERE thing_id = $1 AND name = $2")
+                .bind(thing)
+                .bind(name)
+                .execute(tx.conn()?)
+                .await?;
+            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound.into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_shadows(
+        &self,
+        writes: &[ShadowWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction for the whole batch (one WAL flush on the server).
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Shadows).await?;
+            let out = Self::apply_writes(&mut tx, writes).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    fn ota(&self) -> Option<&dyn crate::store::ota::OtaStore> {
+        Some(self)
+    }
+
+    fn health(&self) -> crate::store::health::HealthReport {
+        self.health.report()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
