@@ -155,6 +155,7 @@ pub(crate) async fn deadline<T>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

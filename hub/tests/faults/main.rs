@@ -8,6 +8,8 @@
 //!   without a mount.
 //! - [`injected`]: the store's write transactions fail at a chosen step (begin, each statement,
 //!   commit) through the test build's fault injection (`IOTHUB_FAULT_FILE`, `store/fault.rs`).
+//! - [`postgres_down`]: the hub on a real PostgreSQL that is stopped mid-stream and started
+//!   again: 503s and an unhealthy `/healthz` while it is down, recovery without a restart.
 //! - [`crash`]: SIGKILL at random points of streams of thing creations and OTA job creations
 //!   and cancellations (shadows: `tests/crash.rs`).
 
@@ -17,5 +19,6 @@ mod support;
 mod crash;
 mod disk_full;
 mod injected;
+mod postgres_down;
 mod stream;
 mod tmpfs;

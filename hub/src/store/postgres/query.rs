@@ -59,7 +59,7 @@ const THING_COLUMNS: &str = "t.thing_id, t.enabled, t.tags, t.tags_version, t.co
 pub fn render(q: &ThingQuery) -> Rendered {
     let mut r = Renderer::default();
     let mut from_where = String::new();
-    r.from_where(q, &mut from_where);
+    r.push_from_where(q, &mut from_where);
     let count_params = r.params.len();
     let count_sql = format!("SELECT COUNT(*) {from_where}");
 
@@ -156,7 +156,7 @@ impl Renderer {
         format!("${}", self.params.len())
     }
 
-    fn from_where(&mut self, q: &ThingQuery, out: &mut String) {
+    fn push_from_where(&mut self, q: &ThingQuery, out: &mut String) {
         let shadow = self.bind(QueryParam::Text(DEFAULT_SHADOW.to_owned()));
         out.push_str(&format!(
             "FROM things t LEFT JOIN shadows s ON s.thing_id = t.thing_id AND s.name = {shadow}::text"
