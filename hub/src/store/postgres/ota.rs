@@ -136,7 +136,8 @@ async fn insert_tasks(tx: &mut WriteTx<'_>, job: &NewOtaJob) -> Result<(), TxErr
 impl PgStore {
     async fn read_ota_job(&self, job_id: &str) -> Result<Option<OtaJobRecord>, StoreError> {
         // One read transaction: the job and its counts come from the same snapshot.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let row = sqlx::query(
             "SELECT task_type, version, md5, sha256, content_type, content_length, file_url, \
                target_query, max_per_minute, timeout_ms, retries, status, created_at, updated_at \
@@ -190,7 +191,7 @@ impl PgStore {
             "SELECT job_id FROM ota_jobs WHERE status = $1 ORDER BY created_at, job_id",
         )
         .bind(OtaJobStatus::Running.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(ids)
     }
@@ -205,7 +206,7 @@ impl PgStore {
         .bind(OtaTaskState::Queued.as_str())
         .bind(OtaTaskState::Sent.as_str())
         .bind(OtaTaskState::Ongoing.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(task_from_row).collect()
     }
@@ -221,7 +222,8 @@ impl PgStore {
         let offset = page_index.saturating_mul(size);
         // `$2 IS NULL OR status = $2` keeps one statement for both cases.
         let status = status.map(|s| s.as_str());
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let total: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM ota_tasks WHERE job_id = $1 AND ($2::text IS NULL OR status = $2::text)",
         )
@@ -251,7 +253,8 @@ impl PgStore {
         job_id: &str,
         thing_id: &str,
     ) -> Result<Option<(OtaTaskRecord, Vec<OtaTransition>)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let row = sqlx::query(concat!(
             "SELECT ",
             task_cols!(),

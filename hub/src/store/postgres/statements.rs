@@ -292,7 +292,8 @@ impl PgStore {
         offset: u64,
     ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
         deadline(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = self.conn().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
                 .await?;
@@ -357,7 +358,7 @@ impl Store for PgStore {
                 " FROM things WHERE thing_id = $1"
             ))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
             row.as_ref().map(thing_from_row).transpose()
         })
@@ -368,7 +369,7 @@ impl Store for PgStore {
         deadline(async {
             let row = sqlx::query("SELECT password_hash, enabled FROM things WHERE thing_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
             match row {
                 Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
@@ -554,7 +555,7 @@ impl Store for PgStore {
             )
             .bind(thing)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?;
             match row {
                 Some(row) => Ok(Some(StoredShadow {
@@ -575,7 +576,7 @@ impl Store for PgStore {
             Ok(
                 sqlx::query_scalar("SELECT name FROM shadows WHERE thing_id = $1 ORDER BY name")
                     .bind(thing)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn().await?)
                     .await?,
             )
         })

@@ -23,6 +23,9 @@ use crate::store::fault::{Step, Writer};
 
 /// Attempts of a write transaction that the server aborted for a transient reason.
 const ATTEMPTS: u32 = 4;
+/// How long a request waits for a connection while the store is unhealthy. The probe, which
+/// finds out that the server is back, waits the pool's full acquire timeout instead.
+const UNHEALTHY_ACQUIRE: Duration = Duration::from_millis(250);
 /// First and largest pause of the unhealthy store's probe (doubling, with jitter).
 const PROBE_MIN: Duration = Duration::from_millis(250);
 const PROBE_MAX: Duration = Duration::from_secs(5);
@@ -69,9 +72,31 @@ impl From<StoreError> for TxError {
 }
 
 impl PgStore {
+    /// A connection from the pool, for a read or a write.
+    ///
+    /// While the store is unhealthy a connection is awaited for [`UNHEALTHY_ACQUIRE`] only, not
+    /// the pool's full acquire timeout: with the server down, every request would otherwise hang
+    /// for the whole timeout (sqlx keeps retrying a refused connection until then) and devices
+    /// would see their requests time out instead of a prompt 503.
+    pub(super) async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        if self.health.is_healthy() {
+            return Ok(self.pool.acquire().await?);
+        }
+        match tokio::time::timeout(UNHEALTHY_ACQUIRE, self.pool.acquire()).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no postgres connection within {} ms while writes are failing",
+                UNHEALTHY_ACQUIRE.as_millis()
+            ))),
+        }
+    }
+
     /// Starts a write transaction for `writer`.
     pub(super) async fn begin_write(&self, writer: Writer) -> Result<WriteTx<'_>, TxError> {
-        let conn = self.pool.acquire().await?;
+        let conn = match writer {
+            Writer::Probe => self.pool.acquire().await?,
+            _ => self.conn().await?,
+        };
         let mut tx = WriteTx {
             conn,
             store: self,
