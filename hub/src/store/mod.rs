@@ -9,8 +9,8 @@
 //!
 //! # Durability
 //! S-3.5 says an accepted update is published only after it is durably stored. The store
-//! therefore never weakens fsync (`synchronous=FULL` on SQLite): when a write method returns `Ok`,
-//! the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
+//! therefore never weakens fsync (`synchronous=FULL` on SQLite, `synchronous_commit` left on for
+//! PostgreSQL): when a write method returns `Ok`, the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
 //! rate, so shadow writes are funnelled through the [`commit::GroupCommitter`], which commits many
 //! queued updates in a single transaction (one fsync) and answers each of them afterwards.
 //!

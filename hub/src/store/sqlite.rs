@@ -14,10 +14,11 @@
 //! - **Foreign keys on**, so deleting a thing cascades to its shadows; `busy_timeout` covers the
 //!   rare lock held by a checkpoint or by another process (e.g. a backup).
 //!
-//! # Portability
-//! Statements use `$N` placeholders, `TRUE`/`FALSE`, `ON CONFLICT ... DO NOTHING` and `RETURNING`,
-//! which PostgreSQL also accepts. Differences for a PostgreSQL implementation are noted at each
-//! statement; the schema is in `migrations/sqlite/`.
+//! # PostgreSQL
+//! The PostgreSQL store (`store/postgres/`) has its own statements and migrations; the comments
+//! here that mention PostgreSQL explain why a statement avoids SQL errors for per-row answers
+//! (an error aborts a PostgreSQL transaction), which both stores rely on. The schema is in
+//! `migrations/sqlite/`.
 
 use std::str::FromStr;
 use std::sync::Arc;
