@@ -39,6 +39,7 @@ use super::fault::Faults;
 use super::health::StoreHealth;
 use super::{StoreError, from_db, to_db};
 
+mod batch;
 mod ota;
 pub mod query;
 mod statements;
