@@ -293,6 +293,25 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
+/// The embedded hub's flags: the user's `--hub-arg`s, and a per-address cap on unauthenticated
+/// connections that fits the scenario. The hub's default (32) protects it from one address
+/// holding many half-open connections; the simulator puts `things_per_source_address` things on
+/// each loopback address by design, and a fast ramp on a busy machine otherwise has more CONNECTs
+/// of one address in flight than that, which the hub refuses at accept.
+fn embedded_hub_args(scenario: &Scenario, user: &[String]) -> Vec<String> {
+    const FLAG: &str = "--max-pending-connects-per-addr";
+    let mut hub_args = user.to_vec();
+    if !user.iter().any(|a| a.starts_with(FLAG)) {
+        let per_addr = scenario
+            .population
+            .things_per_source_address
+            .min(scenario.population.count)
+            .max(32);
+        hub_args.push(format!("{FLAG}={per_addr}"));
+    }
+    hub_args
+}
+
 /// The `run` command: starts the embedded hub when no hub is given, runs, reports, and stops the
 /// hub however the run ends (done, failed, or interrupted by SIGINT/SIGTERM).
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -303,7 +322,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let embedded = match &args.mqtt {
         Some(_) => None,
         None => {
-            let hub_args = args.hub_args.clone();
+            let hub_args = embedded_hub_args(&scenario, &args.hub_args);
             let hub = tokio::task::spawn_blocking(move || EmbeddedHub::start(&hub_args))
                 .await
                 .context("the embedded hub's start panicked")??;

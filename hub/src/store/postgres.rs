@@ -8,7 +8,7 @@
 //!   fresh ones: the pool reconnects by itself once the server is back.
 //! - **Deadlines everywhere**: the pool's acquire timeout bounds connecting (and waiting for a
 //!   free connection), `statement_timeout` bounds every statement on the server, and every
-//!   operation as a whole runs under [`OP_DEADLINE`] on the client, which also covers a server
+//!   operation as a whole runs under a client-side deadline (`OP_DEADLINE`, 15 s), which also covers a server
 //!   that stopped answering without closing the socket. A missed deadline is
 //!   [`StoreError::Unavailable`] (503).
 //! - **Durability** is PostgreSQL's own: `synchronous_commit` is left at its default (`on`), so a
