@@ -25,6 +25,7 @@ pub mod presence;
 pub mod query;
 pub mod router;
 pub mod shadow;
+pub mod shard;
 pub mod store;
 pub mod things;
 
@@ -54,8 +55,8 @@ pub struct RunningHub {
     broker: EmbeddedBroker,
     http: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
-    router_stop: tokio::sync::oneshot::Sender<()>,
-    router: JoinHandle<()>,
+    router_stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    routers: Vec<JoinHandle<()>>,
     presence: JoinHandle<()>,
     refusal_reporter: JoinHandle<()>,
     ota: ota::OtaService,
@@ -98,7 +99,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         presence.clone(),
         metrics.clone(),
     ));
-    let shadows = shadow::service::ShadowService::spawn(
+    let shards = config
+        .dispatch_shards
+        .map_or_else(shard::default_shards, usize::from)
+        .max(1);
+    tracing::info!(shards, "dispatching device requests");
+    let shadows = shadow::service::ShadowService::spawn_sharded(
+        shards,
         store.clone(),
         committer,
         bus.clone(),
@@ -113,19 +120,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
 
-    let (router_handle, router_queue) = router::channel();
-    let (router_stop, router_stop_rx) = tokio::sync::oneshot::channel();
-    let router = tokio::spawn(router::run(
-        router_queue,
-        router_stop_rx,
-        router::Services {
-            shadows: shadows.clone(),
-            methods: methods.clone(),
-            ota: ota.clone(),
-            bus: bus.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
+    let (router_handle, router_queues) = router::channel(shards);
+    let services = Arc::new(router::Services {
+        shadows: shadows.clone(),
+        methods: methods.clone(),
+        ota: ota.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    });
+    let (router_stops, routers) = router_queues
+        .into_iter()
+        .map(|queue| {
+            let (stop, stop_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(router::run(queue, stop_rx, services.clone()));
+            (stop, task)
+        })
+        .unzip();
     let presence_task = tokio::spawn(presence::run(presence_queue, bus.clone(), store.clone()));
 
     let authenticator = broker::authn::Authenticator::new(
@@ -210,8 +220,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         broker,
         http,
         http_stop,
-        router_stop,
-        router,
+        router_stops,
+        routers,
         presence: presence_task,
         refusal_reporter,
         ota,
@@ -227,8 +237,12 @@ impl RunningHub {
         let _ = self.http_stop.send(());
         let _ = self.http.await;
         self.broker.stop().await;
-        let _ = self.router_stop.send(());
-        let _ = self.router.await;
+        for stop in self.router_stops {
+            let _ = stop.send(());
+        }
+        for router in self.routers {
+            let _ = router.await;
+        }
         self.ota.stop().await;
         self.ota_task.join().await;
         self.shadows.shutdown().await;

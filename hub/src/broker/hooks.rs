@@ -203,10 +203,11 @@ impl HubHooks {
         let received_at = now_ms();
         let sender = session.id.username_ref();
         let topic: &str = publish.topic.as_ref();
+        let parsed = Topic::parse(topic).ok();
         let allowed = if is_service_user(sender) {
             topic.starts_with(SERVICE_NAMESPACE)
         } else {
-            Topic::parse(topic).is_ok_and(|t| t.thing_may_publish(sender))
+            parsed.is_some_and(|t| t.thing_may_publish(sender))
         };
         if !allowed {
             tracing::debug!(%sender, %topic, "publish denied by the allow-list");
@@ -231,14 +232,20 @@ impl HubHooks {
                 !mqtt5,
             ));
         }
+        // A request belongs to the thing its topic names (a service user may speak for any);
+        // that thing's shard keeps its requests in order.
+        let thing = parsed.as_ref().map_or(sender, |t| t.thing());
         self.deps
             .router
-            .offer(Inbound {
-                sender: sender.into(),
-                topic: topic.into(),
-                payload: publish.payload.clone(),
-                received_at,
-            })
+            .offer(
+                thing,
+                Inbound {
+                    sender: sender.into(),
+                    topic: topic.into(),
+                    payload: publish.payload.clone(),
+                    received_at,
+                },
+            )
             .await;
         PublishAclResult::allow()
     }
