@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod guard;
 pub mod method;
 pub mod metrics;
@@ -38,7 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 
-use broker::{BrokerConfig, EmbeddedBroker, HookDeps, RmqttBus};
+use broker::{BrokerConfig, EmbeddedBroker};
 
 /// How often refused connections are summarized in the log.
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -93,12 +94,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(metrics.clone()),
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
-    let scx = EmbeddedBroker::context().await;
-    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(
-        scx.clone(),
-        presence.clone(),
-        metrics.clone(),
-    ));
+    let prepared = EmbeddedBroker::prepare().await;
+    let bus: Arc<dyn Bus> = Arc::new(prepared.bus(metrics.clone()));
     let shards = config
         .dispatch_shards
         .map_or_else(shard::default_shards, usize::from)
@@ -138,7 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         .unzip();
     let presence_task = tokio::spawn(presence::run(presence_queue, bus.clone(), store.clone()));
 
-    let authenticator = broker::authn::Authenticator::new(
+    let authenticator = edge::authn::Authenticator::new(
         store.clone(),
         credentials.clone(),
         config.service_users.iter().cloned().collect(),
@@ -147,28 +144,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let budget = guard::fds::Budget::plan(&config, fds);
     let mqtt_refusals = guard::refusals::RefusalLog::new("MQTT connections");
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
-    let broker = EmbeddedBroker::start(
-        scx,
-        &BrokerConfig {
-            addr: config.mqtt_addr,
-            max_connections: budget.mqtt_connections,
-            max_packet_size: 1024 * 1024,
-            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
-            max_connect_size: config.max_connect_size,
-            max_pending: budget.mqtt_pending,
-            max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
-                .unwrap_or(usize::MAX),
-        },
-        HookDeps {
-            authenticator,
-            presence: presence.clone(),
-            router: router_handle,
-            ota: ota.clone(),
-            max_subscriptions: limits.max_subscriptions as usize,
-            refusals: mqtt_refusals,
-        },
-    )
-    .await?;
+    let events = Arc::new(edge::HubEvents::new(
+        authenticator,
+        presence,
+        router_handle,
+        ota.clone(),
+        metrics.clone(),
+        mqtt_refusals.clone(),
+    ));
+    let broker = prepared
+        .start(
+            &BrokerConfig {
+                addr: config.mqtt_addr,
+                max_connections: budget.mqtt_connections,
+                max_packet_size: 1024 * 1024,
+                handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
+                max_connect_size: config.max_connect_size,
+                max_pending: budget.mqtt_pending,
+                max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
+                    .unwrap_or(usize::MAX),
+                max_subscriptions: limits.max_subscriptions as usize,
+            },
+            events,
+            mqtt_refusals,
+        )
+        .await?;
 
     let admin_token = config
         .admin_token

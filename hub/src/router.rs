@@ -108,7 +108,6 @@ pub async fn run(queue: RouterQueue, mut stop: oneshot::Receiver<()>, services: 
 }
 
 async fn dispatch(services: &Services, message: Inbound) {
-    services.metrics.inc_mqtt_messages_in();
     let Ok(topic) = Topic::parse(&message.topic) else {
         // Service users may use other `$iothub/...` topics; those are plain MQTT routing.
         return;

@@ -84,8 +84,11 @@ struct Inner {
     device_updates: DeviceUpdates,
     committer: GroupCommitter,
     closed: AtomicBool,
-    tasks: tokio::sync::Mutex<Option<Vec<(JoinHandle<()>, JoinHandle<()>)>>>,
+    tasks: tokio::sync::Mutex<Option<Vec<ShardTasks>>>,
 }
+
+/// A shard's apply and reply tasks.
+type ShardTasks = (JoinHandle<()>, JoinHandle<()>);
 
 /// One shard's way in: its apply task's queue and the admission state of its things.
 struct Shard {
