@@ -70,7 +70,10 @@ impl Events for Recorder {
         if ok {
             Admission::Allow
         } else {
-            self.refused.lock().unwrap().push(c.client_id.to_owned());
+            self.refused
+                .lock()
+                .expect("recorder lock")
+                .push(c.client_id.to_owned());
             Admission::BadCredentials
         }
     }
@@ -105,11 +108,11 @@ impl Events for Recorder {
 
 impl Recorder {
     fn push(&self, event: Event) {
-        self.events.lock().unwrap().push(event);
+        self.events.lock().expect("recorder lock").push(event);
     }
 
     fn all(&self) -> Vec<Event> {
-        self.events.lock().unwrap().clone()
+        self.events.lock().expect("recorder lock").clone()
     }
 
     /// Waits (at most [`WAIT`]) for an event `wanted` accepts, and returns it.
@@ -154,7 +157,7 @@ impl BrokerUnderTest for Embedded {
         let prepared = EmbeddedBroker::prepare().await;
         let bus: Arc<dyn Bus> = Arc::new(prepared.bus(Metrics::new()));
         let config = BrokerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr: "127.0.0.1:0".parse().expect("address"),
             max_connections: 64,
             max_packet_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(5),
@@ -222,7 +225,10 @@ async fn refused_connect_never_connects<B: BrokerUnderTest>(proto: Proto) {
         Proto::V5 => 0x86,
     };
     assert_eq!(refused.err(), Some(ConnectError::Refused(expected)));
-    assert_eq!(rec.refused.lock().unwrap().as_slice(), ["seam-a"]);
+    assert_eq!(
+        rec.refused.lock().expect("recorder lock").as_slice(),
+        ["seam-a"]
+    );
     assert!(!b.bus().is_connected("seam-a"));
     assert!(rec.all().is_empty(), "{:#?}", rec.all());
     b.stop().await;
