@@ -44,7 +44,7 @@ pub struct RouterHandle(Arc<[mpsc::Sender<Inbound>]>);
 /// One shard's end of its queue, handed to [`run`].
 pub struct RouterQueue(mpsc::Receiver<Inbound>);
 
-/// A router of `shards` shards (at least 1), [`QUEUE`] messages in all.
+/// A router of `shards` shards (at least 1), 16,384 queued messages in all.
 pub fn channel(shards: usize) -> (RouterHandle, Vec<RouterQueue>) {
     channel_with(shards, QUEUE.div_ceil(shards.max(1)))
 }

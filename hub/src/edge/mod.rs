@@ -25,6 +25,16 @@
 //!
 //! The embedded rmqtt broker ([`crate::broker`]) is one implementation; [`HubEvents`] is the
 //! core's side.
+//!
+//! How an external broker (issue 23, the hub as a privileged MQTT 5 client) maps onto it:
+//! `authenticate` answers the broker's HTTP authentication hook (EMQX, VerneMQ) or, for
+//! Mosquitto's dynamic-security plugin, decides what the hub provisions; the publish/subscribe
+//! decisions of its HTTP authorization hook or its per-thing roles come from the same
+//! [`iothub_spec::topic::acl`] functions; `publish_in` is fed from shared subscriptions to the
+//! request topics ([`iothub_spec::topic::Topic::is_hub_request`]), whose sender is the topic's
+//! thing (the broker's allow-list already holds a thing to its own topics); `connected` and
+//! `disconnected` come from the broker's client events; the [`Bus`](crate::bus::Bus) publishes
+//! through the hub's own connection and keeps is-connected from those events.
 
 pub mod authn;
 mod core;
