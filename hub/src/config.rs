@@ -20,7 +20,10 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Database URL; overrides --data-dir. Example: `sqlite:///var/lib/iothub/iothub.db`.
+    /// Database URL; overrides --data-dir. The scheme picks the store:
+    /// `sqlite:///var/lib/iothub/iothub.db` (embedded, the default) or
+    /// `postgres://user:password@host:5432/iothub` (shared by several hub instances;
+    /// `?max_connections=N` sizes the pool, default 8).
     #[arg(long, env = "IOTHUB_DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -139,6 +142,20 @@ pub struct Config {
     /// (0x97 in MQTT 5, 0x80 in 3.1.1). Service users are not limited.
     #[arg(long, env = "IOTHUB_MAX_SUBSCRIPTIONS", default_value_t = Limits::DEFAULT.max_subscriptions)]
     pub max_subscriptions: u32,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
+    /// included) for log collectors. Colours only when stderr is a terminal.
+    #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {

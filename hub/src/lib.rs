@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod guard;
+pub mod logging;
 pub mod method;
 pub mod metrics;
 pub mod ntp;
@@ -112,6 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         } else {
             shadow::DeviceUpdates::Spec
         },
+        Some(metrics.clone()),
     );
     let methods = method::Methods::new(bus.clone());
     let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
@@ -142,7 +144,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let fds = guard::fds::raise_nofile_limit();
     let budget = guard::fds::Budget::plan(&config, fds);
-    let mqtt_refusals = guard::refusals::RefusalLog::new("MQTT connections");
+    let mqtt_refusals =
+        guard::refusals::RefusalLog::counted("MQTT connections", "mqtt", metrics.clone());
+    let http_refusals =
+        guard::refusals::RefusalLog::counted("HTTP connections", "http", metrics.clone());
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let events = Arc::new(edge::HubEvents::new(
         authenticator,
@@ -207,7 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             .unwrap_or(usize::MAX),
     };
     let http = tokio::spawn(async move {
-        api::serve::serve(listener, app, http_config, async move {
+        api::serve::serve(listener, app, http_config, http_refusals, async move {
             let _ = http_stop_rx.await;
         })
         .await;

@@ -1,19 +1,37 @@
 //! Hub metrics: lock-free counters and gauges, rendered by hand in the Prometheus text
 //! exposition format (version 0.0.4) at `GET /metrics` (S-9.7).
 //!
-//! Every service gets an `Arc<Metrics>` and calls the `inc_*`/`set_*` methods on its hot path;
-//! each is one relaxed atomic operation (ordering between counters does not matter for metrics).
+//! Every service gets an `Arc<Metrics>` and calls the `inc_*`/`set_*`/`observe_*` methods on its
+//! hot path; each is a few relaxed atomic operations (ordering between counters does not matter
+//! for metrics).
+//!
+//! [`Metrics::render`] is the one list of the hub's metrics. Names follow Prometheus' conventions:
+//! units in the name (`_seconds`, `_bytes`), `_total` on counters, `process_*` as client
+//! libraries export them. `docs/grafana/iothub.json` is a dashboard built on them.
 
+pub mod histogram;
+pub mod process;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use histogram::{FAST_SECONDS, Histogram, ROUND_TRIP_SECONDS};
+
+/// The `route` label of HTTP requests that matched no route (their paths are not labels: any
+/// client could create unbounded label values with them).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Shadow error codes that get their own `code` label (S-3.8); any other code is counted as
 /// `code="other"`.
 const SHADOW_CODES: [u16; 10] = [400, 403, 404, 409, 413, 415, 429, 500, 503, 504];
 
-/// The hub's counters and gauges.
-#[derive(Debug, Default)]
+/// The hub's counters, gauges and histograms.
+#[derive(Debug)]
 pub struct Metrics {
     connected_things: AtomicI64,
     mqtt_messages_in: AtomicU64,
@@ -30,6 +48,39 @@ pub struct Metrics {
     /// 1 while storage writes succeed (starts healthy).
     store_unhealthy: AtomicI64,
     store_write_failures: AtomicU64,
+    /// (listener, reason) → connections refused. Bounded: both are static strings of the hub's
+    /// own code (`crate::guard::refusals`), never taken from the network.
+    connections_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// MQTT shadow update: arrival at the shadow service to `update/accepted` (durable).
+    shadow_update_seconds: Histogram,
+    /// REST direct method call: request published to the device's answer.
+    method_round_trip_seconds: Histogram,
+    /// By route template (axum's `MatchedPath`): bounded by the router's table.
+    http_request_seconds: DashMap<String, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            connected_things: AtomicI64::default(),
+            mqtt_messages_in: AtomicU64::default(),
+            mqtt_messages_out: AtomicU64::default(),
+            shadow_updates_accepted: AtomicU64::default(),
+            shadow_updates_rejected: Default::default(),
+            shadow_updates_rejected_other: AtomicU64::default(),
+            group_commit_batches: AtomicU64::default(),
+            group_commit_writes: AtomicU64::default(),
+            method_invocations: AtomicU64::default(),
+            lifecycle_events: AtomicU64::default(),
+            rest_requests: Default::default(),
+            store_unhealthy: AtomicI64::default(),
+            store_write_failures: AtomicU64::default(),
+            shadow_update_seconds: Histogram::new(FAST_SECONDS),
+            method_round_trip_seconds: Histogram::new(ROUND_TRIP_SECONDS),
+            http_request_seconds: DashMap::new(),
+            connections_refused: Mutex::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -102,12 +153,46 @@ impl Metrics {
         self.rest_requests[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An MQTT shadow update was accepted `elapsed` after it reached the shadow service.
+    pub fn observe_shadow_update(&self, elapsed: Duration) {
+        self.shadow_update_seconds.observe(elapsed);
+    }
+
+    /// A direct method's device answered `elapsed` after the call was published.
+    pub fn observe_method_round_trip(&self, elapsed: Duration) {
+        self.method_round_trip_seconds.observe(elapsed);
+    }
+
+    /// An HTTP request on `route` (a route template such as `/api/v1/things/:id`, or
+    /// [`UNMATCHED_ROUTE`]) was answered after `elapsed`.
+    pub fn observe_http_request(&self, route: &str, elapsed: Duration) {
+        if let Some(h) = self.http_request_seconds.get(route) {
+            h.observe(elapsed);
+            return;
+        }
+        self.http_request_seconds
+            .entry(route.to_owned())
+            .or_insert_with(|| Histogram::new(FAST_SECONDS))
+            .observe(elapsed);
+    }
+
     /// Mirrors the store's write health (sampled when metrics are scraped).
     pub fn set_store_health(&self, report: &crate::store::health::HealthReport) {
         self.store_unhealthy
             .store(i64::from(!report.healthy), Ordering::Relaxed);
         self.store_write_failures
             .store(report.write_failures, Ordering::Relaxed);
+    }
+
+    /// A connection to `listener` (`mqtt`, `http`) was refused for `reason` (a cap, failed
+    /// authentication); see `crate::guard::refusals::RefusalLog`.
+    pub fn inc_connection_refused(&self, listener: &'static str, reason: &'static str) {
+        *self
+            .connections_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((listener, reason))
+            .or_insert(0) += 1;
     }
 
     /// The current connected-things gauge.
@@ -199,6 +284,26 @@ impl Metrics {
         );
         header(
             &mut out,
+            "iothub_connections_refused_total",
+            "Connections refused before being served (caps at accept, failed CONNECT \
+             authentication), by listener and reason; the log has one summary line per 10 s.",
+            "counter",
+        );
+        let refused = self
+            .connections_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for ((listener, reason), n) in refused {
+            // The log's reasons are prose ("bad credentials"); labels are snake_case.
+            let reason = reason.replace([' ', '-'], "_");
+            let _ = writeln!(
+                out,
+                "iothub_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
             "iothub_rest_requests_total",
             "REST requests answered, by status class.",
             "counter",
@@ -211,8 +316,67 @@ impl Metrics {
                 get(n)
             );
         }
+        header(
+            &mut out,
+            "iothub_shadow_update_duration_seconds",
+            "MQTT shadow updates from arrival to update/accepted (stored durably), in seconds.",
+            "histogram",
+        );
+        self.shadow_update_seconds
+            .render(&mut out, "iothub_shadow_update_duration_seconds", "");
+        header(
+            &mut out,
+            "iothub_method_round_trip_seconds",
+            "REST direct method calls until the device answered (any wait to connect included), in seconds.",
+            "histogram",
+        );
+        self.method_round_trip_seconds
+            .render(&mut out, "iothub_method_round_trip_seconds", "");
+        header(
+            &mut out,
+            "iothub_http_request_duration_seconds",
+            "HTTP requests by route template, from arrival to the response head, in seconds.",
+            "histogram",
+        );
+        let mut routes: Vec<_> = self
+            .http_request_seconds
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        routes.sort();
+        for route in routes {
+            if let Some(h) = self.http_request_seconds.get(&route) {
+                let label = format!("route=\"{}\"", escape_label(&route));
+                h.render(&mut out, "iothub_http_request_duration_seconds", &label);
+            }
+        }
+        header(
+            &mut out,
+            "iothub_build_info",
+            "Always 1; the labels say which build of the hub is running.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "iothub_build_info{{version=\"{}\",profile=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        );
+        process::render(&mut out);
         out
     }
+}
+
+/// A label value with `\`, `"` and newlines escaped as the text format requires.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -249,7 +413,16 @@ mod tests {
         m.inc_rest_request(404);
         m.inc_rest_request(404);
         m.inc_rest_request(999);
+        m.inc_connection_refused("mqtt", "bad credentials");
+        m.inc_connection_refused("mqtt", "bad credentials");
+        m.inc_connection_refused("http", "per-address cap");
         let text = m.render();
+        assert!(text.contains(
+            "iothub_connections_refused_total{listener=\"mqtt\",reason=\"bad_credentials\"} 2\n"
+        ));
+        assert!(text.contains(
+            "iothub_connections_refused_total{listener=\"http\",reason=\"per_address_cap\"} 1\n"
+        ));
         assert!(text.contains("iothub_store_healthy 1\n"));
         m.set_store_health(&crate::store::health::HealthReport {
             healthy: false,

@@ -95,7 +95,7 @@ pub async fn run(queue: RouterQueue, mut stop: oneshot::Receiver<()>, services: 
     loop {
         tokio::select! {
             message = rx.recv() => match message {
-                Some(message) => dispatch(&services, message).await,
+                Some(message) => dispatch_in_span(&services, message).await,
                 None => return,
             },
             _ = &mut stop => break,
@@ -103,8 +103,23 @@ pub async fn run(queue: RouterQueue, mut stop: oneshot::Receiver<()>, services: 
     }
     rx.close();
     while let Some(message) = rx.recv().await {
-        dispatch(&services, message).await;
+        dispatch_in_span(&services, message).await;
     }
+}
+
+/// Every log line about a message names its publisher (the thing id, for a thing).
+///
+/// A debug-level span: at the default level it is disabled and costs nothing per message (an
+/// enabled span formats its fields into a new string for every message of the hub's hot path);
+/// the lines about single messages are at debug level, and the warnings and errors of the
+/// shadow pipeline name the thing themselves.
+async fn dispatch_in_span(services: &Services, message: Inbound) {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!("mqtt", thing_id = %message.sender);
+    span.in_scope(
+        || tracing::debug!(topic = %message.topic, bytes = message.payload.len(), "received"),
+    );
+    dispatch(services, message).instrument(span).await
 }
 
 async fn dispatch(services: &Services, message: Inbound) {

@@ -75,16 +75,20 @@ pub async fn invoke(
     // 404 for an unknown thing before anything is published (S-5.3).
     state.things.get(&id).await?;
     state.metrics.inc_method_invocation();
+    let started = std::time::Instant::now();
     match state
         .methods
         .invoke(&id, &method, req.data, timeout, connect_timeout)
         .await
     {
-        Ok(reply) => Ok(ok(MethodResult {
-            code: reply.code,
-            message: reply.message.unwrap_or_default(),
-            data: reply.data.unwrap_or(serde_json::Value::Null),
-        })),
+        Ok(reply) => {
+            state.metrics.observe_method_round_trip(started.elapsed());
+            Ok(ok(MethodResult {
+                code: reply.code,
+                message: reply.message.unwrap_or_default(),
+                data: reply.data.unwrap_or(serde_json::Value::Null),
+            }))
+        }
         Err(MethodError::Offline) => Err(ApiError::new(StatusCode::CONFLICT, "thing is offline")),
         Err(MethodError::Timeout) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,

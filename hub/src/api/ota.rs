@@ -1,10 +1,7 @@
 //! OTA jobs (S-9.6): `/api/v1/ota/jobs...`.
 //!
-//! Decisions (docs/spec.md D-24): `POST /ota/jobs` answers **201** with the job;
-//! `timeoutMinutes` may be fractional (at least one second); `retries` (0 to 10, default 0) is
-//! the number of extra attempts after `failed` or `timed_out`; a job's `progress` is the percent
-//! of its tasks that have ended. Per-thing routes show a task's transitions and cancel one task.
-//! Canceling a job or task that has ended is a 409; an unknown job or task a 404.
+//! The shapes, units and status codes are docs/spec.md D-24. Per-thing routes show a task's
+//! transitions and cancel one task.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,14 +34,14 @@ fn service(state: &AppState) -> Result<&OtaService, ApiError> {
 }
 
 /// Which things a job targets: exactly one of `thingIds` and `query`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetsBody {
     /// These things (each must exist; duplicates are dropped).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thing_ids: Option<Vec<String>>,
     /// The things an S-9.4 query matches now, e.g. `SELECT * FROM things WHERE tags.site = 'b1'`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
 }
 
@@ -119,7 +116,7 @@ impl From<OtaTemplate> for TaskBody {
 }
 
 /// `POST /ota/jobs` body (S-9.6).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateJobRequest {
     /// The things.
@@ -127,18 +124,18 @@ pub struct CreateJobRequest {
     /// The task.
     pub task: TaskBody,
     /// Most tasks sent per minute, 1 to 1,000,000 (default 1000).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_per_minute: Option<u32>,
     /// Minutes a sent task may take before it times out (fractions allowed; default 60).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_minutes: Option<f64>,
     /// Extra attempts after `failed` or `timed_out`, 0 to 10 (default 0).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
 }
 
 /// Tasks per state (S-7.3).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CountsView {
     /// Waiting for the rate or for the thing to connect.
     pub queued: u64,
@@ -171,7 +168,7 @@ impl From<OtaCounts> for CountsView {
 }
 
 /// A job with its counts.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     /// The job's id.
@@ -226,7 +223,7 @@ impl From<OtaJobRecord> for JobView {
 }
 
 /// One thing's task.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     /// The thing.

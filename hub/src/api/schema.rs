@@ -11,7 +11,7 @@ use crate::store::ThingRecord;
 use crate::things::CreatedThing;
 
 /// The S-9.1 envelope (documentation only; responses are built by [`super::envelope`]).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Envelope<T> {
     /// Equal to the HTTP status.
     pub code: u16,
@@ -34,7 +34,7 @@ pub struct NullEnvelope {
 }
 
 /// A page of results (S-9.2).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     /// Items matching, over all pages.
     pub total: u64,
@@ -43,7 +43,7 @@ pub struct Page<T> {
 }
 
 /// A thing as the API shows it (S-9.2): never its secret.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Thing {
     /// The id (S-1.1).
@@ -81,7 +81,7 @@ impl From<ThingRecord> for Thing {
 }
 
 /// A thing just created, with its secret: the only time the secret is shown (S-1.6).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedThingView {
     /// The id (S-1.1).
@@ -116,17 +116,17 @@ impl From<CreatedThing> for CreatedThingView {
 }
 
 /// `POST /things` body, and one item of a batch.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateThingRequest {
     /// The id; generated when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thing_id: Option<String>,
     /// The secret; generated when absent. 1 to 256 bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Initial tags.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub tags: Option<Map<String, Value>>,
 }
@@ -182,7 +182,7 @@ pub struct ListParams {
 }
 
 /// `PATCH /things/{id}` body.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PatchThingRequest {
     /// Enable or disable; disabling closes the live connection (S-1.3).
     pub enabled: bool,
@@ -210,16 +210,16 @@ pub struct TagsView {
 }
 
 /// `POST /things/query` body (S-9.4).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryRequest {
     /// `SELECT * FROM things [WHERE ..] [ORDER BY ..]`.
     pub query: String,
     /// 0-based page number (default 0; the query string's `pageIndex` wins).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_index: Option<u64>,
     /// Page size, 1 to 1000 (default 20; the query string's `pageSize` wins).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_size: Option<u64>,
 }
 
@@ -235,7 +235,7 @@ pub struct PageParams {
 }
 
 /// `POST /things/{id}/methods/{method}` body (S-9.5).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MethodRequest {
     /// Sent to the device as the request's `data`.
@@ -243,16 +243,16 @@ pub struct MethodRequest {
     #[schema(value_type = Object)]
     pub data: Value,
     /// Seconds to wait for the device's answer, 1 to 300 (default 30).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
     /// Seconds to wait for an offline thing to connect, 0 to 300 (default 0).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<f64>,
     /// tio's name for `timeout`; `0` means the default, as in tio. Give one of the two.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resp_timeout: Option<f64>,
     /// tio's name for `connectTimeout`. Give one of the two.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn_timeout: Option<f64>,
 }
 
@@ -277,7 +277,7 @@ impl MethodRequest {
 }
 
 /// The device's answer to a direct method (S-5.2).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MethodResult {
     /// The device's status code.
     pub code: u16,
@@ -290,15 +290,17 @@ pub struct MethodResult {
 
 /// `PUT /things/{id}/shadows/{name}/state/desired` body (S-9.3, documentation only: the raw body
 /// goes to the shadow pipeline, which validates it as an S-3.3 update).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DesiredRequest {
     /// `{"desired":{..}}`.
     #[schema(value_type = Object)]
     pub state: Value,
     /// Echoed in the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
     /// Apply only at this shadow version (409 otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
 

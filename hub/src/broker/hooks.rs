@@ -22,6 +22,7 @@ use rmqtt::types::{
 use super::Live;
 use crate::clock::now_ms;
 use crate::edge::{Admission, Client, Connect, Events, PublishIn};
+use crate::guard::limiter::ConnLimiter;
 
 /// Registers once per hook type; all share one [`HubHooks`].
 pub(super) struct SharedHooks(pub Arc<HubHooks>);
@@ -38,6 +39,9 @@ pub(super) struct HubHooks {
     live: Live,
     max_subscriptions: usize,
     scx: ServerContext,
+    /// The listener's unauthenticated-connection slots (a failed CONNECT holds one while its
+    /// refusal is delayed).
+    pending: ConnLimiter,
 }
 
 /// The boundary's view of an rmqtt client.
@@ -55,12 +59,14 @@ impl HubHooks {
         live: Live,
         max_subscriptions: usize,
         scx: ServerContext,
+        pending: ConnLimiter,
     ) -> Self {
         HubHooks {
             events,
             live,
             max_subscriptions,
             scx,
+            pending,
         }
     }
 
@@ -120,6 +126,7 @@ impl HubHooks {
             has_username: info.username().is_some(),
             password: info.password().map(|p| p.as_ref()).unwrap_or_default(),
             will_topic: will_topic(info),
+            crowded: self.pending.crowded(),
         };
         match self.events.authenticate(&connect).await {
             Admission::Allow => {

@@ -146,6 +146,7 @@ impl EmbeddedBroker {
             live,
             config.max_subscriptions,
             scx.clone(),
+            admission.unauthenticated(),
         ));
         let register = scx.extends.hook_mgr().register();
         for typ in [

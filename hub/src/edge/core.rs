@@ -2,6 +2,7 @@
 //! presence, OTA and the request router.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use iothub_spec::ids::is_service_user;
@@ -82,6 +83,7 @@ impl HubEvents {
             CredentialCheck::Invalid => (Admission::BadCredentials, Blame::Client),
             CredentialCheck::Disabled => (Admission::NotAuthorized, Blame::Client),
             CredentialCheck::Unavailable => (Admission::NotAuthorized, Blame::Hub),
+            CredentialCheck::Busy => (Admission::NotAuthorized, Blame::Busy),
         }
     }
 }
@@ -100,7 +102,14 @@ impl Events for HubEvents {
         let addr = connect.client.remote_addr.map(|a| a.ip());
         self.refusals.record(addr, blame.reason());
         if blame == Blame::Client {
-            let delay = self.authenticator.failed(addr, name);
+            let mut delay = self.authenticator.failed(addr, name);
+            if connect.crowded {
+                // A delayed refusal holds an unauthenticated slot for the whole delay. From many
+                // addresses at once, delayed refusals alone would fill those slots and shut out
+                // every legitimate device at accept (issue 14), so while half of them are held
+                // refusals go out at once; guessing stays bounded by the verification queue.
+                delay = Duration::ZERO;
+            }
             tracing::debug!(thing = %name, ?addr, delay_ms = delay.as_millis() as u64, "CONNECT refused");
             tokio::time::sleep(delay).await;
         }
@@ -167,6 +176,8 @@ enum Blame {
     Client,
     /// The registry could not be read.
     Hub,
+    /// Too many password verifications waiting (a flood); not counted against the client.
+    Busy,
 }
 
 impl Blame {
@@ -175,6 +186,7 @@ impl Blame {
             Blame::None => "accepted",
             Blame::Client => "bad credentials",
             Blame::Hub => "registry unavailable",
+            Blame::Busy => "busy",
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct Connect<'a> {
     pub password: &'a [u8],
     /// The topic of the CONNECT's Will, if it has one.
     pub will_topic: Option<&'a str>,
+    /// Whether the broker's unauthenticated-connection slots are crowded (half of them held). A
+    /// delayed refusal holds such a slot for the whole delay, so a refusal then goes out at once
+    /// (issue 14); a broker without such slots says `false`.
+    pub crowded: bool,
 }
 
 /// The answer to a CONNECT (D-33 names the CONNACK codes).

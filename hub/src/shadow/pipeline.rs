@@ -41,7 +41,12 @@ impl Key {
 /// Where an answer goes.
 pub(super) enum ReplyTo {
     /// Publish on the request's `accepted`/`rejected` topic and free its in-flight slot.
-    Mqtt { key: Key, op: ShadowOp },
+    Mqtt {
+        key: Key,
+        op: ShadowOp,
+        /// When `handle_mqtt` took it (for the update-duration histogram).
+        received: Instant,
+    },
     /// Hand it to the waiting REST call.
     Rest(oneshot::Sender<Result<Value, ShadowError>>),
 }

@@ -16,17 +16,18 @@ use iothub_spec::topic::Topic;
 use crate::bus::Bus;
 use crate::store::StoreError;
 
-use super::ShadowError;
 use super::document::update_replies_with;
 use super::pipeline::{
     AcceptedUpdate, Feedback, Gates, Key, Reply, ReplyTo, publish_json, publish_result, store_error,
 };
+use super::{ShadowError, ShadowOp};
 
 pub(super) struct Replier {
     bus: Arc<dyn Bus>,
     gates: Arc<Gates>,
     limits: Limits,
     feedback: mpsc::UnboundedSender<Feedback>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Cache generations with a lost write: answers built on them are not trustworthy.
     poisoned: HashMap<Key, u64>,
 }
@@ -38,12 +39,14 @@ impl Replier {
         gates: Arc<Gates>,
         limits: Limits,
         feedback: mpsc::UnboundedSender<Feedback>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Replier {
         Replier {
             bus,
             gates,
             limits,
             feedback,
+            metrics,
             poisoned: HashMap::new(),
         }
     }
@@ -152,7 +155,12 @@ impl Replier {
 
     async fn answer(&self, to: ReplyTo, result: Result<Value, ShadowError>) {
         match to {
-            ReplyTo::Mqtt { key, op } => {
+            ReplyTo::Mqtt { key, op, received } => {
+                // Accepted and rejected updates are counted where the bus publishes replies
+                // (broker/mod.rs); only the time an accepted one took is known here.
+                if let (Some(metrics), ShadowOp::Update, Ok(_)) = (&self.metrics, op, &result) {
+                    metrics.observe_shadow_update(received.elapsed());
+                }
                 publish_result(&*self.bus, &key, op, result).await;
                 self.gates.release(&key.thing, &self.limits, Instant::now());
             }

@@ -50,6 +50,7 @@ use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::Limits;
 
 use crate::bus::Bus;
+use crate::metrics::Metrics;
 use crate::shard::shard_of;
 use crate::store::SharedStore;
 use crate::store::commit::GroupCommitter;
@@ -109,11 +110,23 @@ impl ShadowService {
         limits: Limits,
         device_updates: DeviceUpdates,
     ) -> ShadowService {
-        Self::spawn_sharded(1, store, committer, bus, limits, device_updates)
+        Self::spawn_sharded(1, store, committer, bus, limits, device_updates, None)
     }
 
-    /// As [`ShadowService::spawn`], with `shards` apply and reply task pairs (at least 1), each
-    /// owning the things [`shard_of`] gives it.
+    /// [`ShadowService::spawn`] that also times each accepted MQTT update in `metrics`.
+    pub fn spawn_with_metrics(
+        store: SharedStore,
+        committer: GroupCommitter,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+        device_updates: DeviceUpdates,
+        metrics: Option<Arc<Metrics>>,
+    ) -> ShadowService {
+        Self::spawn_sharded(1, store, committer, bus, limits, device_updates, metrics)
+    }
+
+    /// As [`ShadowService::spawn_with_metrics`], with `shards` apply and reply task pairs (at
+    /// least 1), each owning the things [`shard_of`] gives it.
     pub fn spawn_sharded(
         shards: usize,
         store: SharedStore,
@@ -121,6 +134,7 @@ impl ShadowService {
         bus: Arc<dyn Bus>,
         limits: Limits,
         device_updates: DeviceUpdates,
+        metrics: Option<Arc<Metrics>>,
     ) -> ShadowService {
         let n = shards.max(1);
         let mut tasks = Vec::with_capacity(n);
@@ -137,7 +151,13 @@ impl ShadowService {
                     CACHE_CAPACITY.div_ceil(n),
                     reply_tx,
                 );
-                let replier = Replier::new(bus.clone(), gates.clone(), limits, feedback_tx);
+                let replier = Replier::new(
+                    bus.clone(),
+                    gates.clone(),
+                    limits,
+                    feedback_tx,
+                    metrics.clone(),
+                );
                 tasks.push((
                     tokio::spawn(apply.run(jobs_rx, feedback_rx)),
                     tokio::spawn(replier.run(reply_rx)),
@@ -170,6 +190,7 @@ impl ShadowService {
     ///
     /// Returns once the request is queued (it waits only when the pipeline is saturated).
     pub async fn handle_mqtt(&self, thing: &str, shadow: &str, op: ShadowOp, payload: Bytes) {
+        let received = Instant::now();
         let key = Key::new(thing, shadow);
         let limits = &self.inner.limits;
         let shard = self.shard(thing);
@@ -194,6 +215,7 @@ impl ShadowService {
                 to: ReplyTo::Mqtt {
                     key: key.clone(),
                     op,
+                    received,
                 },
             }),
             ShadowOp::Update => parse_device_update(&payload, limits, self.inner.device_updates)
@@ -203,6 +225,7 @@ impl ShadowService {
                     to: ReplyTo::Mqtt {
                         key: key.clone(),
                         op,
+                        received,
                     },
                 }),
         };

@@ -227,6 +227,7 @@ async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub 
         bus.clone(),
         limits,
         Default::default(),
+        None,
     );
     Hub {
         _dir: dir,

@@ -1,0 +1,319 @@
+//! `--config FILE`: the hub's settings from a TOML file, and `iothub config print|example`.
+//!
+//! The file's keys are the ids of [`Config`]'s arguments (the field names: `mqtt_addr`,
+//! `service_users`, ...), so the list of settings lives once, in the clap definitions, and a flag
+//! added there is a key here too. Precedence is file < environment < flags because the file's
+//! values become the arguments' *default values* before clap parses: clap itself then prefers
+//! `IOTHUB_*` variables and flags over them. Values go through the same value parsers as flags.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command};
+use iothub_hub::Config;
+
+/// The environment variable naming the config file (the `--config` flag wins).
+pub const CONFIG_ENV: &str = "IOTHUB_CONFIG";
+
+/// Settings read from a config file: key → values (one, or several for list settings).
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    /// The file they came from.
+    pub path: Option<PathBuf>,
+    values: BTreeMap<String, Vec<String>>,
+}
+
+/// The argument ids of [`Config`] (the file's keys), in declaration order.
+pub fn config_keys() -> Vec<clap::Arg> {
+    let mut cmd = Config::augment_args(Command::new("iothub"));
+    // Building fills in what the derive leaves implicit, such as `false` as a switch's default.
+    cmd.build();
+    cmd.get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .cloned()
+        .collect()
+}
+
+/// `--config PATH` or `--config=PATH` from the raw arguments, else [`CONFIG_ENV`]. Read before
+/// clap parses, because the file changes what clap is given.
+pub fn config_path(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let Some(text) = arg.to_str() else { continue };
+        if text == "--" {
+            break;
+        }
+        if text == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os(CONFIG_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+impl FileSettings {
+    /// Reads and checks `path`: a TOML table whose keys are all known settings.
+    pub fn load(path: &Path) -> anyhow::Result<FileSettings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let mut settings = FileSettings::parse(&text)
+            .with_context(|| format!("in the config file {}", path.display()))?;
+        settings.path = Some(path.to_path_buf());
+        Ok(settings)
+    }
+
+    /// Parses the text of a config file.
+    pub fn parse(text: &str) -> anyhow::Result<FileSettings> {
+        let table: toml::Table = text.parse().context("not valid TOML")?;
+        let keys = config_keys();
+        let mut values = BTreeMap::new();
+        for (key, value) in table {
+            let Some(arg) = keys.iter().find(|a| a.get_id().as_str() == key) else {
+                let known: Vec<&str> = keys.iter().map(|a| a.get_id().as_str()).collect();
+                bail!("unknown key {key:?} (known keys: {})", known.join(", "));
+            };
+            let list = match value {
+                toml::Value::Array(items) => {
+                    if !takes_many(arg) {
+                        bail!("key {key:?} takes one value, not a list");
+                    }
+                    items
+                        .into_iter()
+                        .map(|v| scalar(&key, v))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+                other => vec![scalar(&key, other)?],
+            };
+            values.insert(key, list);
+        }
+        Ok(FileSettings { path: None, values })
+    }
+
+    /// Whether the file set `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// `cmd` and its subcommands with the file's values as the defaults of the arguments they
+    /// name, so that environment variables and flags still win.
+    pub fn apply(&self, mut cmd: Command) -> Command {
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        for (key, values) in &self.values {
+            if ids.contains(key) {
+                let values = values.clone();
+                cmd = cmd.mut_arg(key, |a| a.default_values(values));
+            }
+        }
+        let subcommands: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in subcommands {
+            cmd = cmd.mut_subcommand(name, |sub| self.apply(sub));
+        }
+        cmd
+    }
+}
+
+/// Whether a setting takes a list (a repeatable flag or one with a value delimiter).
+fn takes_many(arg: &clap::Arg) -> bool {
+    matches!(arg.get_action(), clap::ArgAction::Append) || arg.get_value_delimiter().is_some()
+}
+
+/// `text` broken into lines of at most `width` characters at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for paragraph in text.lines() {
+        let mut line = String::new();
+        for word in paragraph.split_whitespace() {
+            if !line.is_empty() && line.len() + 1 + word.len() > width {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+fn scalar(key: &str, value: toml::Value) -> anyhow::Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s,
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("key {key:?} has a {} value", other.type_str()),
+    })
+}
+
+/// Whether a setting holds a credential: its environment value is hidden from `--help`.
+fn is_secret(arg: &clap::Arg) -> bool {
+    arg.is_hide_env_values_set()
+}
+
+/// A URL with its password (if any) replaced by `****`.
+fn mask_url_password(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{host}{path}"),
+            None => value.to_owned(),
+        },
+        None => value.to_owned(),
+    }
+}
+
+/// A value as TOML: numbers and booleans bare, everything else quoted.
+fn toml_value(raw: &str) -> String {
+    if raw.parse::<i64>().is_ok() || raw == "true" || raw == "false" {
+        raw.to_owned()
+    } else {
+        toml::Value::String(raw.to_owned()).to_string()
+    }
+}
+
+/// The effective configuration in `matches` (of a command that flattens [`Config`]) as TOML,
+/// each line saying where its value came from; secrets are masked.
+pub fn render_effective(matches: &ArgMatches, file: &FileSettings) -> String {
+    let mut out = String::new();
+    if let Some(path) = &file.path {
+        let _ = writeln!(out, "# config file: {}", path.display());
+    }
+    for arg in config_keys() {
+        let id = arg.get_id().as_str();
+        let raw: Vec<String> = matches
+            .get_raw(id)
+            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) if file.has(id) => "file",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let shown: Vec<String> = raw
+            .iter()
+            .map(|v| {
+                if is_secret(&arg) {
+                    toml_value("****")
+                } else {
+                    toml_value(&mask_url_password(v))
+                }
+            })
+            .collect();
+        match (shown.as_slice(), takes_many(&arg)) {
+            ([], _) => {
+                let _ = writeln!(out, "# {id} is not set");
+            }
+            (_, true) => {
+                let _ = writeln!(out, "{id} = [{}]  # {source}", shown.join(", "));
+            }
+            ([one], false) => {
+                let _ = writeln!(out, "{id} = {one}  # {source}");
+            }
+            (_, false) => {
+                let _ = writeln!(out, "{id} = [{}]  # {source}", shown.join(", "));
+            }
+        }
+    }
+    out
+}
+
+/// A commented config file with every setting at its default, generated from the flags' help
+/// (`hub/iothub.example.toml` is this text; a test keeps them equal).
+pub fn render_example() -> String {
+    let mut out = String::from(
+        "# iothub configuration: `iothub serve --config iothub.toml` (or IOTHUB_CONFIG=iothub.toml).\n\
+         # Every key is a flag of `iothub serve`; environment variables and flags override the file.\n\
+         # Unknown keys are an error. Generated by `iothub config example`; every value below is the\n\
+         # default, and commented keys have none.\n",
+    );
+    for arg in config_keys() {
+        let id = arg.get_id().as_str();
+        out.push('\n');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for line in wrap(&help, 96) {
+            let _ = writeln!(out, "# {line}");
+        }
+        let flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_default();
+        let env = arg
+            .get_env()
+            .map(|e| format!(", env {}", e.to_string_lossy()))
+            .unwrap_or_default();
+        let _ = writeln!(out, "# (flag {flag}{env})");
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| toml_value(&v.to_string_lossy()))
+            .collect();
+        match (defaults.as_slice(), takes_many(&arg)) {
+            ([], true) => {
+                let _ = writeln!(out, "# {id} = []");
+            }
+            ([], false) => {
+                let _ = writeln!(out, "# {id} = \"\"");
+            }
+            ([one], false) => {
+                let _ = writeln!(out, "{id} = {one}");
+            }
+            (many, _) => {
+                let _ = writeln!(out, "{id} = [{}]", many.join(", "));
+            }
+        }
+    }
+    // Trailing spaces of empty comment lines would trip editors and `git diff --check`.
+    out.lines()
+        .map(|l| l.trim_end().to_owned() + "\n")
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = FileSettings::parse("mqtt_addr = \"127.0.0.1:1\"\nmqtt_adr = 1\n")
+            .expect_err("typo refused");
+        assert!(err.to_string().contains("\"mqtt_adr\""), "{err}");
+    }
+
+    #[test]
+    fn lists_only_for_list_settings() {
+        assert!(FileSettings::parse("service_users = [\"$a:b\", \"$c:d\"]").is_ok());
+        let err = FileSettings::parse("mqtt_addr = [\"a\", \"b\"]").expect_err("not a list");
+        assert!(err.to_string().contains("mqtt_addr"), "{err}");
+        assert!(FileSettings::parse("[section]\nx = 1").is_err());
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://hub:s3cret@db:5432/iothub"),
+            "postgres://hub:****@db:5432/iothub"
+        );
+        assert_eq!(mask_url_password("sqlite://./x.db"), "sqlite://./x.db");
+    }
+}
