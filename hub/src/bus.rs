@@ -1,4 +1,5 @@
-//! How services publish to things and service users without knowing which broker carries it.
+//! How services publish to things and service users without knowing which broker carries it:
+//! the operations-out half of the broker boundary ([`crate::edge`] has the whole contract).
 //!
 //! The embedded rmqtt broker implements [`Bus`]; an external broker can implement it later.
 

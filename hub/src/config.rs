@@ -105,6 +105,11 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_COMMIT_BATCH", default_value_t = 512)]
     pub commit_batch: usize,
 
+    /// Dispatch shards for device requests (shadow, NTP, method responses, OTA results): each
+    /// thing belongs to one shard, whose requests are handled in order. Default: one per core.
+    #[arg(long, env = "IOTHUB_DISPATCH_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub dispatch_shards: Option<u16>,
+
     /// Largest shadow request payload in bytes (S-3.9); larger requests get 413.
     #[arg(long, env = "IOTHUB_MAX_REQUEST_PAYLOAD", default_value_t = Limits::DEFAULT.max_request_payload)]
     pub max_request_payload: usize,

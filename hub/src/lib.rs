@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod guard;
 pub mod logging;
 pub mod method;
@@ -26,6 +27,7 @@ pub mod presence;
 pub mod query;
 pub mod router;
 pub mod shadow;
+pub mod shard;
 pub mod store;
 pub mod things;
 
@@ -38,7 +40,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 
-use broker::{BrokerConfig, EmbeddedBroker, HookDeps, RmqttBus};
+use broker::{BrokerConfig, EmbeddedBroker};
 
 /// How often refused connections are summarized in the log.
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -55,8 +57,8 @@ pub struct RunningHub {
     broker: EmbeddedBroker,
     http: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
-    router_stop: tokio::sync::oneshot::Sender<()>,
-    router: JoinHandle<()>,
+    router_stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    routers: Vec<JoinHandle<()>>,
     presence: JoinHandle<()>,
     refusal_reporter: JoinHandle<()>,
     ota: ota::OtaService,
@@ -93,13 +95,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(metrics.clone()),
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
-    let scx = EmbeddedBroker::context().await;
-    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(
-        scx.clone(),
-        presence.clone(),
-        metrics.clone(),
-    ));
-    let shadows = shadow::service::ShadowService::spawn_with_metrics(
+    let prepared = EmbeddedBroker::prepare().await;
+    let bus: Arc<dyn Bus> = Arc::new(prepared.bus(metrics.clone()));
+    let shards = config
+        .dispatch_shards
+        .map_or_else(shard::default_shards, usize::from)
+        .max(1);
+    tracing::info!(shards, "dispatching device requests");
+    let shadows = shadow::service::ShadowService::spawn_sharded(
+        shards,
         store.clone(),
         committer,
         bus.clone(),
@@ -115,22 +119,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
 
-    let (router_handle, router_queue) = router::channel();
-    let (router_stop, router_stop_rx) = tokio::sync::oneshot::channel();
-    let router = tokio::spawn(router::run(
-        router_queue,
-        router_stop_rx,
-        router::Services {
-            shadows: shadows.clone(),
-            methods: methods.clone(),
-            ota: ota.clone(),
-            bus: bus.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
+    let (router_handle, router_queues) = router::channel(shards);
+    let services = Arc::new(router::Services {
+        shadows: shadows.clone(),
+        methods: methods.clone(),
+        ota: ota.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    });
+    let (router_stops, routers) = router_queues
+        .into_iter()
+        .map(|queue| {
+            let (stop, stop_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(router::run(queue, stop_rx, services.clone()));
+            (stop, task)
+        })
+        .unzip();
     let presence_task = tokio::spawn(presence::run(presence_queue, bus.clone(), store.clone()));
 
-    let authenticator = broker::authn::Authenticator::new(
+    let authenticator = edge::authn::Authenticator::new(
         store.clone(),
         credentials.clone(),
         config.service_users.iter().cloned().collect(),
@@ -142,28 +149,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let http_refusals =
         guard::refusals::RefusalLog::counted("HTTP connections", "http", metrics.clone());
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
-    let broker = EmbeddedBroker::start(
-        scx,
-        &BrokerConfig {
-            addr: config.mqtt_addr,
-            max_connections: budget.mqtt_connections,
-            max_packet_size: 1024 * 1024,
-            handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
-            max_connect_size: config.max_connect_size,
-            max_pending: budget.mqtt_pending,
-            max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
-                .unwrap_or(usize::MAX),
-        },
-        HookDeps {
-            authenticator,
-            presence: presence.clone(),
-            router: router_handle,
-            ota: ota.clone(),
-            max_subscriptions: limits.max_subscriptions as usize,
-            refusals: mqtt_refusals,
-        },
-    )
-    .await?;
+    let events = Arc::new(edge::HubEvents::new(
+        authenticator,
+        presence,
+        router_handle,
+        ota.clone(),
+        metrics.clone(),
+        mqtt_refusals.clone(),
+    ));
+    let broker = prepared
+        .start(
+            &BrokerConfig {
+                addr: config.mqtt_addr,
+                max_connections: budget.mqtt_connections,
+                max_packet_size: 1024 * 1024,
+                handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
+                max_connect_size: config.max_connect_size,
+                max_pending: budget.mqtt_pending,
+                max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
+                    .unwrap_or(usize::MAX),
+                max_subscriptions: limits.max_subscriptions as usize,
+            },
+            events,
+            mqtt_refusals,
+        )
+        .await?;
 
     let admin_token = config
         .admin_token
@@ -215,8 +225,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         broker,
         http,
         http_stop,
-        router_stop,
-        router,
+        router_stops,
+        routers,
         presence: presence_task,
         refusal_reporter,
         ota,
@@ -232,8 +242,12 @@ impl RunningHub {
         let _ = self.http_stop.send(());
         let _ = self.http.await;
         self.broker.stop().await;
-        let _ = self.router_stop.send(());
-        let _ = self.router.await;
+        for stop in self.router_stops {
+            let _ = stop.send(());
+        }
+        for router in self.routers {
+            let _ = router.await;
+        }
         self.ota.stop().await;
         self.ota_task.join().await;
         self.shadows.shutdown().await;

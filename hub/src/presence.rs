@@ -1,28 +1,26 @@
 //! Presence (S-8.1, S-8.2): who is connected, events for service users, the registry's record.
 //!
-//! The broker hooks call `Presence::connected` and `Presence::disconnected`; they only update
-//! the live map and queue a change, so a CONNECT never waits for storage. One task publishes the
-//! events and writes the registry, in order, batching registry writes.
+//! The broker boundary's events ([`crate::edge::Events`]) call `Presence::connected` and
+//! `Presence::disconnected`; they only queue a change, so a CONNECT never waits for storage. One
+//! task publishes the events and writes the registry, in order, batching registry writes. Which
+//! things are connected now is the broker's to say ([`Bus::is_connected`]).
 //!
 //! Session takeover (S-1.4): the new connection's `connected` can be seen before the old one's
-//! `disconnected`. The live map remembers which connection is current, so the old connection's
+//! `disconnected`. The broker says which connection is current, so the old connection's
 //! disconnect is still announced on the (non-retained) event topic but neither overwrites the
-//! retained `T/presence` nor marks the thing disconnected in the registry.
+//! retained `T/presence` nor marks the thing disconnected in the registry (D-34).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use iothub_spec::code::PresenceEventType;
-use iothub_spec::ids::is_service_user;
 use iothub_spec::payload::PresenceEvent;
 use iothub_spec::topic::Topic;
-use rmqtt::session::Session;
-use rmqtt::types::Id;
 use tokio::sync::mpsc;
 
 use crate::bus::Bus;
 use crate::clock::now_ms;
+use crate::edge::Client;
 use crate::metrics::Metrics;
 use crate::store::{SharedStore, StoreError};
 
@@ -31,10 +29,9 @@ const QUEUE: usize = 8192;
 /// Registry writes per transaction.
 const BATCH: usize = 512;
 
-/// Live connection state of things, shared by the broker hooks, the bus and direct methods.
+/// Presence of things: the broker's connection events, queued for the presence task.
 #[derive(Clone)]
 pub struct Presence {
-    live: Arc<DashMap<String, Id>>,
     tx: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
 }
@@ -57,68 +54,35 @@ impl Presence {
     /// A presence tracker and the queue its task consumes.
     pub fn new(metrics: Arc<Metrics>) -> (Presence, PresenceQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (
-            Presence {
-                live: Arc::new(DashMap::new()),
-                tx,
-                metrics,
-            },
-            PresenceQueue(rx),
-        )
+        (Presence { tx, metrics }, PresenceQueue(rx))
     }
 
-    /// Whether the thing has a live connection.
-    pub fn is_connected(&self, thing: &str) -> bool {
-        self.live.contains_key(thing)
-    }
-
-    /// How many things are connected now.
-    pub fn connected_count(&self) -> usize {
-        self.live.len()
-    }
-
-    /// Called by the broker once a connection is fully established.
-    pub(crate) async fn connected(&self, session: &Session) {
-        let thing = session.id.client_id.to_string();
-        if is_service_user(session.id.username_ref()) {
-            return;
-        }
-        if self
-            .live
-            .insert(thing.clone(), session.id.clone())
-            .is_none()
-        {
+    /// A thing's connection is established; `replaced`: it took over a live one (S-1.4).
+    pub(crate) async fn connected(&self, client: &Client<'_>, replaced: bool) {
+        if !replaced {
             self.metrics.inc_connected();
         }
         self.send(Change {
-            thing,
+            thing: client.client_id.to_owned(),
             event: PresenceEventType::Connected,
             at: now_ms(),
-            remote_addr: remote_addr(&session.id),
+            remote_addr: remote_addr(client),
             reason: None,
             current: true,
         })
         .await;
     }
 
-    /// Called by the broker when a connection ends, for whatever reason.
-    pub(crate) async fn disconnected(&self, session: &Session, reason: &str) {
-        if is_service_user(session.id.username_ref()) {
-            return;
-        }
-        let thing = session.id.client_id.to_string();
-        let current = self
-            .live
-            .remove_if(&thing, |_, live| *live == session.id)
-            .is_some();
+    /// A thing's connection ended; `current`: it had not been taken over (D-34).
+    pub(crate) async fn disconnected(&self, client: &Client<'_>, reason: &str, current: bool) {
         if current {
             self.metrics.dec_connected();
         }
         self.send(Change {
-            thing,
+            thing: client.client_id.to_owned(),
             event: PresenceEventType::Disconnected,
             at: now_ms(),
-            remote_addr: remote_addr(&session.id),
+            remote_addr: remote_addr(client),
             reason: Some(reason.to_owned()),
             current,
         })
@@ -132,8 +96,11 @@ impl Presence {
     }
 }
 
-fn remote_addr(id: &Id) -> String {
-    id.remote_addr.map(|a| a.to_string()).unwrap_or_default()
+fn remote_addr(client: &Client<'_>) -> String {
+    client
+        .remote_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// Publishes presence events and records them in the registry until the queue closes.

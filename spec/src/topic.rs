@@ -1,6 +1,7 @@
 //! Topic names and filters of S-2: a parser ([`Topic::parse`]), builders ([`Topic::write_to`],
 //! [`Filter::write_to`], `Display`) and the per-thing allow-list of S-2.1
-//! ([`Topic::thing_may_publish`], [`thing_may_subscribe`]), and the MQTT helpers a broker needs
+//! ([`Topic::thing_may_publish`], [`thing_may_subscribe`]; a broker asks [`acl`], which adds the
+//! service users' rule), and the MQTT helpers a broker needs
 //! to index subscriptions by thing ([`filter_thing`], [`topic_thing`], [`filter_matches`]).
 //!
 //! With `T = $iothub/things/{thingId}` and `S = T/shadows/name/{shadowName}`:
@@ -28,6 +29,7 @@ use core::fmt;
 use crate::ids::{is_valid_method_name, is_valid_shadow_name, is_valid_thing_id};
 use crate::limits::MAX_TOPIC_LEN;
 
+pub mod acl;
 mod filter;
 mod parse;
 

@@ -1,12 +1,13 @@
-//! The hub's rmqtt hook handlers: authentication, allow-lists, presence and request hand-off.
+//! The rmqtt hook handlers: rmqtt's events translated to the broker boundary
+//! ([`crate::edge::Events`]), the allow-lists decided by [`iothub_spec::topic::acl`], and what
+//! only this broker needs (its takeover, its retained-message and subscription quotas).
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use iothub_spec::ids::is_service_user;
-use iothub_spec::topic::{Topic, thing_may_subscribe};
+use iothub_spec::topic::acl::{may_publish, may_subscribe};
 use rmqtt::acl::AuthInfo;
 use rmqtt::codec::types::MQTT_LEVEL_5;
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
@@ -14,18 +15,14 @@ use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, LastWill, Publish, PublishAclResult, PublishResult, Subscribe,
+    AuthResult, ConnectInfo, Id, LastWill, Publish, PublishAclResult, PublishResult, Subscribe,
     SubscribeReturn,
 };
 
-use super::HookDeps;
-use super::authn::CredentialCheck;
+use super::Live;
 use crate::clock::now_ms;
+use crate::edge::{Admission, Client, Connect, Events, PublishIn};
 use crate::guard::limiter::ConnLimiter;
-use crate::router::Inbound;
-
-/// Every `$iothub/...` topic and filter belongs to the hub's namespace (S-1.5).
-const SERVICE_NAMESPACE: &str = "$iothub/";
 
 /// Registers once per hook type; all share one [`HubHooks`].
 pub(super) struct SharedHooks(pub Arc<HubHooks>);
@@ -38,16 +35,39 @@ impl Handler for SharedHooks {
 }
 
 pub(super) struct HubHooks {
-    deps: HookDeps,
+    events: Arc<dyn Events>,
+    live: Live,
+    max_subscriptions: usize,
     scx: ServerContext,
     /// The listener's unauthenticated-connection slots (a failed CONNECT holds one while its
     /// refusal is delayed).
     pending: ConnLimiter,
 }
 
+/// The boundary's view of an rmqtt client.
+fn client(id: &Id) -> Client<'_> {
+    Client {
+        client_id: &id.client_id,
+        username: id.username_ref(),
+        remote_addr: id.remote_addr,
+    }
+}
+
 impl HubHooks {
-    pub(super) fn new(deps: HookDeps, scx: ServerContext, pending: ConnLimiter) -> Self {
-        HubHooks { deps, scx, pending }
+    pub(super) fn new(
+        events: Arc<dyn Events>,
+        live: Live,
+        max_subscriptions: usize,
+        scx: ServerContext,
+        pending: ConnLimiter,
+    ) -> Self {
+        HubHooks {
+            events,
+            live,
+            max_subscriptions,
+            scx,
+            pending,
+        }
     }
 
     async fn hook(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
@@ -65,18 +85,31 @@ impl HubHooks {
                 (false, Some(HookResult::PublishAclResult(result)))
             }
             Parameter::ClientConnected(session) => {
-                self.deps.presence.connected(session).await;
+                let id = &session.id;
+                let replaced = self
+                    .live
+                    .insert(id.client_id.to_string(), id.clone())
+                    .is_some();
+                self.events.connected(&client(id), replaced).await;
                 self.resumed(session).await;
                 (true, acc)
             }
             Parameter::SessionSubscribed(session, subscribe) => {
-                self.subscribed(session, subscribe).await;
+                self.events
+                    .subscribed(&client(&session.id), subscribe.topic_filter.as_ref())
+                    .await;
                 (true, acc)
             }
             Parameter::ClientDisconnected(session, reason) => {
-                self.deps
-                    .presence
-                    .disconnected(session, &reason.to_string())
+                let id = &session.id;
+                // Only the current connection of a client id leaves the live map; one that was
+                // taken over ends after its successor connected (D-34).
+                let current = self
+                    .live
+                    .remove_if(&*id.client_id, |_, live| live == id)
+                    .is_some();
+                self.events
+                    .disconnected(&client(id), &reason.to_string(), current)
                     .await;
                 (true, acc)
             }
@@ -84,122 +117,48 @@ impl HubHooks {
         }
     }
 
-    /// Authenticates a CONNECT and, when it fails, holds the refusal back by the failure
-    /// backoff of its address and name, and counts it for the summarized refusal log.
+    /// Asks the core about a CONNECT; an allowed one first settles a previous connection of the
+    /// same client (S-1.4, `takeover.rs`).
     async fn authenticate(&self, info: &ConnectInfo) -> AuthResult {
-        let (result, blame) = self.check_credentials(info).await;
-        let name = info.username().map_or("", |u| u.as_ref());
-        if matches!(result, AuthResult::Allow(..)) {
-            self.deps.authenticator.succeeded(name);
-            return result;
-        }
-        let addr = info.id().remote_addr.map(|a| a.ip());
-        self.deps.refusals.record(addr, blame.reason());
-        if blame == Blame::Client {
-            let mut delay = self.deps.authenticator.failed(addr, name);
-            if self.pending.crowded() {
-                // A delayed refusal holds an unauthenticated slot for the whole delay. From many
-                // addresses at once, delayed refusals alone would fill those slots and shut out
-                // every legitimate device at accept (issue 14), so while half of them are held
-                // refusals go out at once; guessing stays bounded by the verification queue.
-                delay = Duration::ZERO;
-            }
-            tracing::debug!(thing = %name, ?addr, delay_ms = delay.as_millis() as u64, "CONNECT refused");
-            tokio::time::sleep(delay).await;
-        }
-        result
-    }
-
-    /// S-1.2, S-1.3: client identifier = username = thingId, password = the thing's secret.
-    async fn check_credentials(&self, info: &ConnectInfo) -> (AuthResult, Blame) {
-        let Some(username) = info.username() else {
-            return (AuthResult::BadUsernameOrPassword, Blame::Client);
+        let id = info.id();
+        let connect = Connect {
+            client: client(id),
+            has_username: info.username().is_some(),
+            password: info.password().map(|p| p.as_ref()).unwrap_or_default(),
+            will_topic: will_topic(info),
+            crowded: self.pending.crowded(),
         };
-        let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
-        let username: &str = username.as_ref();
-        if is_service_user(username) {
-            return match self
-                .deps
-                .authenticator
-                .check_service_user(username, password)
-            {
-                true => {
-                    // Business back ends reconnect at once with the same client id, like things.
-                    super::takeover::settle_previous_session(&self.scx, info).await;
-                    (AuthResult::Allow(false, None::<AuthInfo>), Blame::None)
-                }
-                false => (AuthResult::BadUsernameOrPassword, Blame::Client),
-            };
-        }
-        let client_id: &str = info.client_id().as_ref();
-        if client_id != username {
-            tracing::debug!(%client_id, %username, "refused: client id differs from username");
-            return (AuthResult::BadUsernameOrPassword, Blame::Client);
-        }
-        if let Some(will_topic) = will_topic(info)
-            && !Topic::parse(will_topic).is_ok_and(|t| t.thing_may_publish(username))
-        {
-            // The broker publishes a Will without asking the ACL hooks, so the allow-list
-            // (S-2.1: `T/messages/will/#` and the thing's other own topics) is applied here.
-            tracing::debug!(thing = %username, %will_topic, "refused: Will topic outside the allow-list");
-            return (AuthResult::NotAuthorized, Blame::Client);
-        }
-        match self
-            .deps
-            .authenticator
-            .check_thing(username, password)
-            .await
-        {
-            CredentialCheck::Valid => {
+        match self.events.authenticate(&connect).await {
+            Admission::Allow => {
+                // Things and back ends alike reconnect at once with the same client id.
                 super::takeover::settle_previous_session(&self.scx, info).await;
-                (AuthResult::Allow(false, None), Blame::None)
+                AuthResult::Allow(false, None::<AuthInfo>)
             }
-            CredentialCheck::Invalid => (AuthResult::BadUsernameOrPassword, Blame::Client),
-            CredentialCheck::Disabled => (AuthResult::NotAuthorized, Blame::Client),
-            CredentialCheck::Unavailable => (AuthResult::NotAuthorized, Blame::Hub),
-            CredentialCheck::Busy => (AuthResult::NotAuthorized, Blame::Busy),
-        }
-    }
-
-    /// A thing's subscription that covers its `T/ota/task` makes it ready for OTA tasks (S-7.3):
-    /// only now can a task published to it arrive.
-    async fn subscribed(&self, session: &Session, subscribe: &Subscribe) {
-        let thing = session.id.username_ref();
-        if is_service_user(thing) {
-            return;
-        }
-        let ota_topic = Topic::OtaTask { thing }.to_string();
-        let covers = rmqtt::topic::Topic::from_str(subscribe.topic_filter.as_ref())
-            .is_ok_and(|f| f.matches_str(&ota_topic));
-        if covers {
-            self.deps.ota.thing_ready(thing).await;
+            Admission::BadCredentials => AuthResult::BadUsernameOrPassword,
+            Admission::NotAuthorized => AuthResult::NotAuthorized,
         }
     }
 
     /// A thing that resumes its session (MQTT 5 Clean Start 0 with a live session, MQTT 3.1.1
     /// Clean Session 0) sends no SUBSCRIBE: its subscriptions come back with the session, which
-    /// rmqtt restores only after this hook returns. Watch for them (bounded), so that queued
-    /// OTA tasks go out as they do after a SUBSCRIBE (S-7.3).
+    /// rmqtt restores only after this hook returns. Watch for them (bounded) and report them as
+    /// subscriptions, so that queued OTA tasks go out as they do after a SUBSCRIBE (S-7.3).
     async fn resumed(&self, session: &Session) {
-        let thing = session.id.username_ref();
-        if is_service_user(thing) || !session.session_present().await.unwrap_or(false) {
+        if is_service_user(session.id.username_ref())
+            || !session.session_present().await.unwrap_or(false)
+        {
             return;
         }
-        let (session, ota, thing) = (session.clone(), self.deps.ota.clone(), thing.to_owned());
+        let (session, events) = (session.clone(), self.events.clone());
         tokio::spawn(async move {
-            let ota_topic = Topic::OtaTask { thing: &thing }.to_string();
             let deadline = tokio::time::Instant::now() + RESUME_WATCH;
             while tokio::time::Instant::now() < deadline {
                 if let Ok(subs) = session.subscriptions().await {
-                    let subs = subs.read().await;
-                    if !subs.is_empty() {
-                        let covers = subs.keys().any(|filter| {
-                            rmqtt::topic::Topic::from_str(filter.as_ref())
-                                .is_ok_and(|f| f.matches_str(&ota_topic))
-                        });
-                        drop(subs);
-                        if covers {
-                            ota.thing_ready(&thing).await;
+                    let filters: Vec<String> =
+                        subs.read().await.keys().map(|f| f.to_string()).collect();
+                    if !filters.is_empty() {
+                        for filter in &filters {
+                            events.subscribed(&client(&session.id), filter).await;
                         }
                         return;
                     }
@@ -215,12 +174,7 @@ impl HubHooks {
         let received_at = now_ms();
         let sender = session.id.username_ref();
         let topic: &str = publish.topic.as_ref();
-        let allowed = if is_service_user(sender) {
-            topic.starts_with(SERVICE_NAMESPACE)
-        } else {
-            Topic::parse(topic).is_ok_and(|t| t.thing_may_publish(sender))
-        };
-        if !allowed {
+        if !may_publish(sender, topic) {
             tracing::debug!(%sender, %topic, "publish denied by the allow-list");
             let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
             // MQTT 5 answers PUBACK 0x87; MQTT 3.1.1 has no way to say no but closing. No
@@ -243,40 +197,15 @@ impl HubHooks {
                 !mqtt5,
             ));
         }
-        self.deps
-            .router
-            .offer(Inbound {
-                sender: sender.into(),
-                topic: topic.into(),
-                payload: publish.payload.clone(),
+        self.events
+            .publish_in(PublishIn {
+                sender,
+                topic,
+                payload: &publish.payload,
                 received_at,
             })
             .await;
         PublishAclResult::allow()
-    }
-}
-
-/// Whose fault a refused CONNECT is; only the client's own failures back off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Blame {
-    /// Not refused.
-    None,
-    /// Wrong or unusable credentials.
-    Client,
-    /// The registry could not be read.
-    Hub,
-    /// Too many password verifications waiting (a flood); not counted against the client.
-    Busy,
-}
-
-impl Blame {
-    fn reason(self) -> &'static str {
-        match self {
-            Blame::None => "accepted",
-            Blame::Client => "bad credentials",
-            Blame::Hub => "registry unavailable",
-            Blame::Busy => "busy",
-        }
     }
 }
 
@@ -314,20 +243,14 @@ impl HubHooks {
         let sender = session.id.username_ref();
         let filter: &str = subscribe.topic_filter.as_ref();
         let service_user = is_service_user(sender);
-        let allowed = if service_user {
-            filter.starts_with(SERVICE_NAMESPACE)
-        } else {
-            // With `$share/{group}/` already stripped from `filter` by rmqtt. Shared
-            // subscriptions are for back ends that split a stream (MQTT 5 §4.8.2); a thing keeps
-            // the plain allow-list of S-2.1.
-            !subscribe.opts.has_shared_group() && thing_may_subscribe(filter, sender)
-        };
+        // With `$share/{group}/` already stripped from `filter` by rmqtt.
+        let allowed = may_subscribe(sender, filter, subscribe.opts.has_shared_group());
         if !allowed {
             tracing::debug!(%sender, %filter, "subscribe denied by the allow-list");
             return SubscribeReturn::new_failure(SubscribeAckReason::NotAuthorized);
         }
         if !service_user && self.over_subscription_cap(session, filter).await {
-            tracing::debug!(%sender, %filter, max = self.deps.max_subscriptions, "subscribe refused: subscription cap");
+            tracing::debug!(%sender, %filter, max = self.max_subscriptions, "subscribe refused: subscription cap");
             return SubscribeReturn::new_failure(SubscribeAckReason::QuotaExceeded);
         }
         SubscribeReturn::new_success(subscribe.opts.qos(), None)
@@ -341,7 +264,7 @@ impl HubHooks {
         let Ok(subs) = session.subscriptions().await else {
             return false;
         };
-        if subs.len().await < self.deps.max_subscriptions {
+        if subs.len().await < self.max_subscriptions {
             return false;
         }
         !subs

@@ -1,9 +1,10 @@
-//! The embedded MQTT broker: `rmqtt` used as a library (MQTT 3.1.1 and 5 on one port).
+//! The embedded MQTT broker: `rmqtt` used as a library (MQTT 3.1.1 and 5 on one port), one
+//! implementation of the broker boundary ([`crate::edge`]).
 //!
-//! rmqtt owns sockets, sessions, QoS flows and routing between clients. The hub plugs in through
-//! rmqtt's hooks (`hooks.rs`): CONNECT authentication (S-1), the subscribe and publish allow-lists
-//! (S-2.1, S-2.2), connect/disconnect events for presence (S-8) and the hand-off of authorized
-//! requests to the [`crate::router`]. The hub publishes through [`RmqttBus`], its [`Bus`].
+//! rmqtt owns sockets, sessions, QoS flows and routing between clients. Its hooks (`hooks.rs`)
+//! turn CONNECTs, connections, subscriptions and authorized publishes into the boundary's
+//! [`Events`] and apply the allow-lists of [`iothub_spec::topic::acl`] (S-2.1, S-2.2). The hub
+//! publishes through [`RmqttBus`], this broker's [`Bus`].
 //!
 //! Two rmqtt facts shape this module:
 //! - rmqtt runs its `message_publish` hook *before* the ACL check, so the hub takes requests in the
@@ -13,7 +14,6 @@
 //!   allow-list is "any `$iothub/...` topic"; that keeps their requests flowing through the router.
 
 mod admission;
-pub mod authn;
 mod fitter;
 mod hooks;
 mod retain;
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use dashmap::DashMap;
 use rmqtt::codec::types::Publish as CodecPublish;
 use rmqtt::codec::types::QoS;
 use rmqtt::codec::v5::PublishProperties;
@@ -38,10 +39,9 @@ use rmqtt::types::{From, Id, Publish};
 use tokio::task::JoinHandle;
 
 use crate::bus::Bus;
+use crate::edge::Events;
+use crate::guard::refusals::RefusalLog;
 use crate::metrics::Metrics;
-use crate::presence::Presence;
-use crate::router::RouterHandle;
-use authn::Authenticator;
 use iothub_spec::payload::ErrorResponse;
 use iothub_spec::topic::Topic as SpecTopic;
 
@@ -73,18 +73,37 @@ pub struct BrokerConfig {
     pub max_pending: usize,
     /// Most connections not yet accepted by a CONNACK, per source address.
     pub max_pending_per_addr: usize,
-}
-
-/// Everything the hooks need to decide and to hand messages on.
-pub(crate) struct HookDeps {
-    pub authenticator: Authenticator,
-    pub presence: Presence,
-    pub router: RouterHandle,
-    pub ota: crate::ota::OtaService,
     /// Topic filters a thing may hold subscribed at once.
     pub max_subscriptions: usize,
-    /// Refusals of MQTT connections, summarized in the log.
-    pub refusals: Arc<crate::guard::refusals::RefusalLog>,
+}
+
+/// The current connection of each connected client id: is-connected for the [`Bus`], and which
+/// connection a disconnect ends (a taken-over one is not current any more).
+type Live = Arc<DashMap<String, Id>>;
+
+/// A broker whose context exists (so its [`RmqttBus`] can be handed to the services) but that
+/// does not listen yet; [`PreparedBroker::start`] attaches the core's events and listens.
+pub struct PreparedBroker {
+    scx: ServerContext,
+    live: Live,
+}
+
+impl PreparedBroker {
+    /// The bus that publishes into this broker as the hub itself.
+    pub fn bus(&self, metrics: Arc<Metrics>) -> RmqttBus {
+        RmqttBus::new(self.scx.clone(), self.live.clone(), metrics)
+    }
+
+    /// Hands every CONNECT, connection, subscription and authorized publish to `events`, then
+    /// listens. Refused connections (over the limits) are counted in `refusals`.
+    pub async fn start(
+        self,
+        config: &BrokerConfig,
+        events: Arc<dyn Events>,
+        refusals: Arc<RefusalLog>,
+    ) -> anyhow::Result<EmbeddedBroker> {
+        EmbeddedBroker::start(self, config, events, refusals).await
+    }
 }
 
 /// A running embedded broker.
@@ -95,30 +114,37 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Builds the broker context (hooks not yet attached). Then the hub starts it with its hooks attached.
-    pub async fn context() -> ServerContext {
+    /// Builds the broker context (nothing attached, not listening); the hub takes its bus, then
+    /// starts it with [`PreparedBroker::start`].
+    pub async fn prepare() -> PreparedBroker {
         let scx = ServerContext::new().build().await;
         *scx.extends.retain_mut().await = Box::new(retain::HubRetainer::default());
         *scx.extends.router_mut().await = Box::new(router::ThingRouter::new(Some(scx.clone())));
         *scx.extends.fitter_mgr_mut().await = Box::new(fitter::HubFitterManager);
         *scx.extends.shared_subscription_mut().await = Box::new(shared::RoundRobin::default());
-        scx
+        PreparedBroker {
+            scx,
+            live: Arc::new(DashMap::new()),
+        }
     }
 
-    /// Attaches the hub's hooks and starts listening.
-    pub(crate) async fn start(
-        scx: ServerContext,
+    async fn start(
+        prepared: PreparedBroker,
         config: &BrokerConfig,
-        deps: HookDeps,
+        events: Arc<dyn Events>,
+        refusals: Arc<RefusalLog>,
     ) -> anyhow::Result<EmbeddedBroker> {
+        let PreparedBroker { scx, live } = prepared;
         let admission = admission::MqttAdmission::new(
             config.max_connections,
             config.max_pending,
             config.max_pending_per_addr,
-            deps.refusals.clone(),
+            refusals,
         );
         let handler = Arc::new(hooks::HubHooks::new(
-            deps,
+            events,
+            live,
+            config.max_subscriptions,
             scx.clone(),
             admission.unauthenticated(),
         ));
@@ -212,18 +238,17 @@ impl EmbeddedBroker {
 #[derive(Clone)]
 pub struct RmqttBus {
     scx: ServerContext,
-    presence: Presence,
+    live: Live,
     metrics: Arc<Metrics>,
     hub_id: Id,
 }
 
 impl RmqttBus {
-    /// A bus that publishes into `scx` as the hub itself.
-    pub fn new(scx: ServerContext, presence: Presence, metrics: Arc<Metrics>) -> Self {
+    fn new(scx: ServerContext, live: Live, metrics: Arc<Metrics>) -> Self {
         let hub_id = Id::new(scx.node.id(), 0, None, None, "$iothub".into(), None);
         RmqttBus {
             scx,
-            presence,
+            live,
             metrics,
             hub_id,
         }
@@ -300,7 +325,7 @@ impl Bus for RmqttBus {
     }
 
     fn is_connected(&self, client_id: &str) -> bool {
-        self.presence.is_connected(client_id)
+        self.live.contains_key(client_id)
     }
 
     async fn has_subscribers(&self, topic: &str) -> bool {

@@ -21,7 +21,7 @@ use super::pipeline::{AcceptedUpdate, Feedback, Job, Key, Reply, ReplyTo, not_fo
 use super::request::UpdateRequest;
 use super::{Shadow, ShadowError, apply_update};
 
-/// Most shadows the apply task keeps in memory.
+/// Most shadows the apply tasks keep in memory, in all (each shard gets its share).
 pub const CACHE_CAPACITY: usize = 16_384;
 
 struct Entry {
@@ -138,13 +138,14 @@ impl Applier {
         store: SharedStore,
         committer: GroupCommitter,
         limits: Limits,
+        cache_capacity: usize,
         replies: mpsc::Sender<Reply>,
     ) -> Applier {
         Applier {
             store,
             committer,
             limits,
-            cache: Cache::new(CACHE_CAPACITY),
+            cache: Cache::new(cache_capacity),
             replies,
             next_generation: 1,
         }

@@ -7,8 +7,12 @@
 //!                                                     └──────────▶ reply task ──▶ Bus / REST caller
 //! ```
 //!
-//! - **One apply task** owns every shadow mutation, so two writers can never both win against the
-//!   same version (S-3.4) and each thing's requests keep their arrival order. It keeps a cache of
+//! - **Shards.** The pipeline below runs once per dispatch shard ([`crate::shard`]); each thing
+//!   belongs to one shard, so everything said here of "the" apply or reply task holds per thing.
+//!   Shards share only the group committer (one SQLite writer, larger batches).
+//! - **One apply task** (per shard) owns every mutation of its things' shadows, so two writers can
+//!   never both win against the same version (S-3.4) and each thing's requests keep their
+//!   arrival order. It keeps a cache of
 //!   shadows (loaded from the store on first use), merges, moves the cache to the new version and
 //!   *submits* the write (expected version = the old one) without waiting for durability, so it
 //!   merges the next request while the batch commits.
@@ -27,7 +31,7 @@
 //! - **Early rejections** (429, a malformed payload, shutting down) are published by
 //!   `handle_mqtt` at once, so they may overtake replies to the same thing's earlier requests;
 //!   clients match replies by clientToken (S-4.1), and every accepted reply stays in order.
-//! - **Cache bound:** at most [`CACHE_CAPACITY`] shadows; past that the least recently used
+//! - **Cache bound:** at most [`CACHE_CAPACITY`] shadows in all (split between the shards); past that the least recently used
 //!   shadows without pending writes are evicted (an eighth at a time, to amortize the scan).
 //! - **Delete** (REST) waits until every earlier write is durable (a barrier through the reply
 //!   task), then deletes in the store; it briefly pauses the apply task, which is fine for a rare
@@ -47,6 +51,7 @@ use iothub_spec::limits::Limits;
 
 use crate::bus::Bus;
 use crate::metrics::Metrics;
+use crate::shard::shard_of;
 use crate::store::SharedStore;
 use crate::store::commit::GroupCommitter;
 
@@ -59,9 +64,10 @@ use super::request::{
 };
 use super::{ShadowError, ShadowOp};
 
-/// Capacity of the job queue into the apply task (back-pressure on the router beyond it).
+/// Capacity of the job queues into the apply tasks, in all (back-pressure on the router beyond
+/// it; split between the shards).
 const JOB_QUEUE: usize = 1024;
-/// Capacity of the reply FIFO (back-pressure on the apply task beyond it).
+/// Capacity of the reply FIFOs, in all (back-pressure on the apply tasks beyond it).
 const REPLY_QUEUE: usize = 4096;
 
 /// The shadow service: takes MQTT and REST shadow requests, keeps them in order, stores and
@@ -73,14 +79,22 @@ pub struct ShadowService {
 }
 
 struct Inner {
-    jobs: mpsc::Sender<Job>,
+    shards: Box<[Shard]>,
     bus: Arc<dyn Bus>,
     limits: Limits,
     device_updates: DeviceUpdates,
     committer: GroupCommitter,
-    gates: Arc<Gates>,
     closed: AtomicBool,
-    tasks: tokio::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    tasks: tokio::sync::Mutex<Option<Vec<ShardTasks>>>,
+}
+
+/// A shard's apply and reply tasks.
+type ShardTasks = (JoinHandle<()>, JoinHandle<()>);
+
+/// One shard's way in: its apply task's queue and the admission state of its things.
+struct Shard {
+    jobs: mpsc::Sender<Job>,
+    gates: Arc<Gates>,
 }
 
 impl ShadowService {
@@ -96,7 +110,7 @@ impl ShadowService {
         limits: Limits,
         device_updates: DeviceUpdates,
     ) -> ShadowService {
-        ShadowService::spawn_with_metrics(store, committer, bus, limits, device_updates, None)
+        Self::spawn_sharded(1, store, committer, bus, limits, device_updates, None)
     }
 
     /// [`ShadowService::spawn`] that also times each accepted MQTT update in `metrics`.
@@ -108,26 +122,67 @@ impl ShadowService {
         device_updates: DeviceUpdates,
         metrics: Option<Arc<Metrics>>,
     ) -> ShadowService {
-        let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE);
-        let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE);
-        let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
-        let gates = Arc::new(Gates::default());
-        let apply = Applier::new(store, committer.clone(), limits, reply_tx);
-        let replier = Replier::new(bus.clone(), gates.clone(), limits, feedback_tx, metrics);
-        let apply_task = tokio::spawn(apply.run(jobs_rx, feedback_rx));
-        let reply_task = tokio::spawn(replier.run(reply_rx));
+        Self::spawn_sharded(1, store, committer, bus, limits, device_updates, metrics)
+    }
+
+    /// As [`ShadowService::spawn_with_metrics`], with `shards` apply and reply task pairs (at
+    /// least 1), each owning the things [`shard_of`] gives it.
+    pub fn spawn_sharded(
+        shards: usize,
+        store: SharedStore,
+        committer: GroupCommitter,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+        device_updates: DeviceUpdates,
+        metrics: Option<Arc<Metrics>>,
+    ) -> ShadowService {
+        let n = shards.max(1);
+        let mut tasks = Vec::with_capacity(n);
+        let shards = (0..n)
+            .map(|_| {
+                let (jobs_tx, jobs_rx) = mpsc::channel(JOB_QUEUE.div_ceil(n));
+                let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE.div_ceil(n));
+                let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
+                let gates = Arc::new(Gates::default());
+                let apply = Applier::new(
+                    store.clone(),
+                    committer.clone(),
+                    limits,
+                    CACHE_CAPACITY.div_ceil(n),
+                    reply_tx,
+                );
+                let replier = Replier::new(
+                    bus.clone(),
+                    gates.clone(),
+                    limits,
+                    feedback_tx,
+                    metrics.clone(),
+                );
+                tasks.push((
+                    tokio::spawn(apply.run(jobs_rx, feedback_rx)),
+                    tokio::spawn(replier.run(reply_rx)),
+                ));
+                Shard {
+                    jobs: jobs_tx,
+                    gates,
+                }
+            })
+            .collect();
         ShadowService {
             inner: Arc::new(Inner {
-                jobs: jobs_tx,
+                shards,
                 bus,
                 limits,
                 device_updates,
                 committer,
-                gates,
                 closed: AtomicBool::new(false),
-                tasks: tokio::sync::Mutex::new(Some((apply_task, reply_task))),
+                tasks: tokio::sync::Mutex::new(Some(tasks)),
             }),
         }
+    }
+
+    fn shard(&self, thing: &str) -> &Shard {
+        &self.inner.shards[shard_of(thing, self.inner.shards.len())]
     }
 
     /// MQTT requests from the router, in arrival order (already authorized by the broker's
@@ -138,13 +193,14 @@ impl ShadowService {
         let received = Instant::now();
         let key = Key::new(thing, shadow);
         let limits = &self.inner.limits;
+        let shard = self.shard(thing);
         if self.inner.closed.load(Ordering::Acquire) {
             let err = ShadowError::new(ErrorCode::Unavailable, "hub is shutting down")
                 .with_client_token(client_token_of(&payload, limits));
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
             return;
         }
-        if let Err(message) = self.inner.gates.admit(thing, limits, Instant::now()) {
+        if let Err(message) = shard.gates.admit(thing, limits, Instant::now()) {
             let err = ShadowError::new(ErrorCode::TooManyRequests, message)
                 .with_client_token(client_token_of(&payload, limits));
             publish_result(&*self.inner.bus, &key, op, Err(err)).await;
@@ -175,7 +231,7 @@ impl ShadowService {
         };
         match job {
             Ok(job) => {
-                if self.inner.jobs.send(job).await.is_err() {
+                if shard.jobs.send(job).await.is_err() {
                     self.release(thing);
                 }
             }
@@ -195,7 +251,7 @@ impl ShadowService {
             client_token: None,
             to: ReplyTo::Rest(tx),
         };
-        self.rest_call(job, rx).await
+        self.rest_call(thing, job, rx).await
     }
 
     /// REST `PUT /things/{id}/shadows/{name}/state/desired` (S-9.3): `body` is
@@ -215,7 +271,7 @@ impl ShadowService {
             req,
             to: ReplyTo::Rest(tx),
         };
-        self.rest_call(job, rx).await
+        self.rest_call(thing, job, rx).await
     }
 
     /// REST `DELETE /things/{id}/shadows/{name}` (S-9.3): removes the shadow after every earlier
@@ -226,7 +282,8 @@ impl ShadowService {
             key: Key::new(thing, shadow),
             done: tx,
         };
-        if self.inner.closed.load(Ordering::Acquire) || self.inner.jobs.send(job).await.is_err() {
+        let jobs = &self.shard(thing).jobs;
+        if self.inner.closed.load(Ordering::Acquire) || jobs.send(job).await.is_err() {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -235,13 +292,14 @@ impl ShadowService {
     /// The thing was deleted: drop its cached shadows and its rate-limit state. Call after the
     /// store deleted it (and its shadows).
     pub fn forget_thing(&self, thing: &str) {
-        self.inner.gates.forget(thing);
-        match self.inner.jobs.try_send(Job::Forget(thing.to_owned())) {
+        let shard = self.shard(thing);
+        shard.gates.forget(thing);
+        match shard.jobs.try_send(Job::Forget(thing.to_owned())) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 // Queue full: hand the job to a task rather than block a sync caller.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let jobs = self.inner.jobs.clone();
+                    let jobs = shard.jobs.clone();
                     rt.spawn(async move {
                         let _ = jobs.send(job).await;
                     });
@@ -254,32 +312,38 @@ impl ShadowService {
     /// drains the group committer. Later calls return at once.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let Some((apply, reply)) = self.inner.tasks.lock().await.take() else {
+        let Some(tasks) = self.inner.tasks.lock().await.take() else {
             return;
         };
-        let _ = self.inner.jobs.send(Job::Shutdown).await;
-        if let Err(e) = apply.await {
-            tracing::error!("shadow apply task failed: {e}");
+        for shard in &self.inner.shards {
+            let _ = shard.jobs.send(Job::Shutdown).await;
         }
-        if let Err(e) = reply.await {
-            tracing::error!("shadow reply task failed: {e}");
+        for (apply, reply) in tasks {
+            if let Err(e) = apply.await {
+                tracing::error!("shadow apply task failed: {e}");
+            }
+            if let Err(e) = reply.await {
+                tracing::error!("shadow reply task failed: {e}");
+            }
         }
         self.inner.committer.shutdown().await;
     }
 
     async fn rest_call(
         &self,
+        thing: &str,
         job: Job,
         rx: oneshot::Receiver<Result<Value, ShadowError>>,
     ) -> Result<Value, ShadowError> {
-        if self.inner.closed.load(Ordering::Acquire) || self.inner.jobs.send(job).await.is_err() {
+        let jobs = &self.shard(thing).jobs;
+        if self.inner.closed.load(Ordering::Acquire) || jobs.send(job).await.is_err() {
             return Err(shutting_down());
         }
         rx.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 
     fn release(&self, thing: &str) {
-        self.inner
+        self.shard(thing)
             .gates
             .release(thing, &self.inner.limits, Instant::now());
     }

@@ -27,6 +27,7 @@ use crate::store::{
     NewThing, ShadowWrite, SharedStore, Store, StoreError, StoredShadow, ThingRecord,
 };
 
+mod shards;
 mod writers;
 
 // ---- fakes ------------------------------------------------------------------------------------
@@ -185,11 +186,18 @@ struct Hub {
 
 const THING: &str = "t1";
 
+/// Shards of the service under test: more than one, so every test also runs sharded.
+const SHARDS: usize = 3;
+
 async fn hub_with(limits: Limits) -> Hub {
+    hub_with_things(limits, SHARDS, &[THING, "t2"]).await
+}
+
+async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let inner = crate::store::open(&url).await.unwrap();
-    for id in [THING, "t2"] {
+    for &id in things {
         inner
             .create_thing(
                 &NewThing {
@@ -212,7 +220,15 @@ async fn hub_with(limits: Limits) -> Hub {
     let shared: SharedStore = store.clone();
     let committer = GroupCommitter::spawn(shared.clone(), 64, 256);
     let bus = Arc::new(RecordingBus::default());
-    let shadows = ShadowService::spawn(shared, committer, bus.clone(), limits, Default::default());
+    let shadows = ShadowService::spawn_sharded(
+        shards,
+        shared,
+        committer,
+        bus.clone(),
+        limits,
+        Default::default(),
+        None,
+    );
     Hub {
         _dir: dir,
         store,
