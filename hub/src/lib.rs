@@ -161,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             ota: ota.clone(),
             max_subscriptions: limits.max_subscriptions as usize,
             refusals: mqtt_refusals,
+            metrics: metrics.clone(),
         },
     )
     .await?;

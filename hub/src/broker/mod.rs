@@ -16,6 +16,7 @@ mod admission;
 pub mod authn;
 mod fitter;
 mod hooks;
+mod oversize;
 mod retain;
 mod router;
 mod shared;
@@ -85,6 +86,8 @@ pub(crate) struct HookDeps {
     pub max_subscriptions: usize,
     /// Refusals of MQTT connections, summarized in the log.
     pub refusals: Arc<crate::guard::refusals::RefusalLog>,
+    /// Counts deliveries discarded as too large for the client (D-40).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running embedded broker.
@@ -117,6 +120,7 @@ impl EmbeddedBroker {
             config.max_pending_per_addr,
             deps.refusals.clone(),
         );
+        let oversize = oversize::DropOversized::new(deps.metrics.clone());
         let handler = Arc::new(hooks::HubHooks::new(
             deps,
             scx.clone(),
@@ -135,6 +139,9 @@ impl EmbeddedBroker {
                 .add(typ, Box::new(hooks::SharedHooks(handler.clone())))
                 .await;
         }
+        register
+            .add(Type::MessageExpiryCheck, Box::new(oversize))
+            .await;
         register.start().await;
 
         let listener = Builder::new()

@@ -13,6 +13,8 @@ mod raw;
 mod aliases;
 mod flow_control;
 mod keep_alive;
+mod max_packet;
+mod oversize;
 mod retain;
 mod sessions;
 mod shared;
