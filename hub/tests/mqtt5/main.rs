@@ -14,7 +14,6 @@ mod aliases;
 mod flow_control;
 mod keep_alive;
 mod max_packet;
-mod oversize;
 mod retain;
 mod sessions;
 mod shared;

@@ -4,8 +4,10 @@
 //! Application Message". The hub discards, counts it in `/metrics` and keeps the connection
 //! (D-40); it used to close the connection on the encoder's refusal.
 
+use serde_json::{Value, json};
+
 use super::raw::Raw;
-use super::support::{QUIET, STEP};
+use super::support::{QUIET, STEP, shadow_topic};
 use super::*;
 
 /// Maximum Packet Size property (four bytes, MQTT 5 §3.1.2.11.4).
@@ -80,4 +82,70 @@ async fn oversized_delivery_is_discarded_and_the_connection_stays() {
         "the largest packet the hub sends must be delivered, one byte more discarded"
     );
     assert_eq!(dropped(&hub).await, before + 2, "the one byte over counted");
+}
+
+/// A shadow delta over a thing's Maximum Packet Size is discarded the same way (D-40): no
+/// DISCONNECT, and the next delta that fits arrives on the same connection with a `version`
+/// more than one ahead of the last one the thing saw, which is how the thing learns of the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_shadow_delta_is_discarded_and_the_version_skips() {
+    const MAX: u32 = 1024;
+    let hub = Hub::start();
+    let (id, secret) = new_thing(&hub, "maxdelta").await;
+    let mut opts = thing_opts(&id, &secret);
+    opts.props.push((MAXIMUM_PACKET_SIZE, MAX));
+    let (mut thing, _) = Raw::connect_ok(hub.mqtt, &opts).await;
+    let delta = shadow_topic(&id, "default", "update/delta");
+    assert_eq!(thing.subscribe(&delta, 1).await, 1);
+    let before = dropped(&hub).await;
+    let desired = format!("/things/{id}/shadows/default/state/desired");
+    let version = |p: &super::raw::Publish| {
+        let body: Value = serde_json::from_slice(&p.payload).expect("JSON delta");
+        (body["version"].as_u64().expect("version"), body)
+    };
+
+    let (status, _) = hub
+        .put(&desired, json!({"state": {"desired": {"setpoint": 20}}}))
+        .await;
+    assert_eq!(status, 200);
+    let first = thing
+        .expect_publish(&delta, STEP)
+        .await
+        .expect("small delta");
+    let (v1, _) = version(&first);
+
+    let (status, _) = hub
+        .put(
+            &desired,
+            json!({"state": {"desired": {"label": "y".repeat(2 * MAX as usize)}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        thing.expect_publish(&delta, QUIET).await.is_none(),
+        "§3.1.2.11.4: a delta over the client's maximum was sent"
+    );
+
+    let (status, _) = hub
+        .put(
+            &desired,
+            json!({"state": {"desired": {"label": null, "setpoint": 21}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let got = thing
+        .expect_publish(&delta, STEP)
+        .await
+        .expect("a delta within the maximum arrives on the same connection");
+    let (v3, body) = version(&got);
+    assert_eq!(body["state"], json!({"setpoint": 21}), "{body}");
+    assert!(
+        v3 > v1 + 1,
+        "D-40: the version shows the gap: {v1} then {v3}"
+    );
+    assert!(
+        thing.read(QUIET).await.is_none_or(|p| p.kind != 14),
+        "no DISCONNECT"
+    );
+    assert_eq!(dropped(&hub).await, before + 1, "the discard counted");
 }
