@@ -133,8 +133,7 @@ async fn a_message_over_the_limit_is_an_error_with_its_size() {
         .await
         .expect("an answer in time")
         .expect("not closed")
-        .err()
-        .expect("the oversized delta is an error");
+        .expect_err("the oversized delta is an error");
     match err {
         Error::TooLarge { needed, capacity } => {
             assert_eq!(capacity, 4096);
