@@ -6,8 +6,7 @@ use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
 use super::{
-    Connection, Device, GetState, Kind, ReqState, SYNC_LOST_AFTER, as_u64, backoff_ms, is_object,
-    raw_json,
+    Connection, Device, GetState, Kind, ReqState, as_u64, backoff_ms, is_object, raw_json,
 };
 use crate::fmt::debug;
 use crate::json::{self, JsonError, bit};
