@@ -23,15 +23,19 @@ pub enum Protocol {
 }
 
 /// An upper bound of any MQTT packet the hub sends a thing when its whole shadow state is at
-/// most `max_state_bytes` (the hub's `maxStateBytes`, `GET /api/v1/limits`): the largest is the
-/// `get/accepted` document.
+/// most `max_state_bytes` (the hub's `maxStateBytes`, `GET /api/v1/limits`). The largest is
+/// `update/documents` (S-3.7: the previous and the current document), which the device
+/// receives with its `update/+` subscription; then the `get/accepted` document.
 ///
-/// Desired and reported together take at most `S` bytes, the delta at most desired again, and
-/// the metadata replaces each leaf value by `{"timestamp":N}` (27 bytes): a leaf of the state
-/// takes at least 5 bytes (`"":0` and a separator), so the metadata is at most `S + 26 S / 5`.
-/// With 1 KiB for the envelope, topic and MQTT header: `8.2 S + 1024`.
+/// Metadata replaces each leaf value by `{"timestamp":N}` (27 bytes) and a leaf takes at least
+/// 5 bytes of state (`"":0` and a separator), so the metadata of a section of `x` bytes is at
+/// most `x + 26 x / 5`: a section with its metadata is at most `7.2 x`. Desired and reported
+/// together take at most `S` bytes and the delta at most desired again, so a document is at
+/// most `7.2 * 2 S`, and two documents (previous and current, each without delta) as much. With
+/// 1 KiB for the envelope, topic and MQTT header: `14.4 S + 1024`. Measured on the hub: a
+/// 32 KiB desired state of 4,090 leaves gives an `update/documents` of 343,508 bytes.
 pub const fn max_document_bytes(max_state_bytes: usize) -> usize {
-    max_state_bytes.saturating_mul(41) / 5 + 1024
+    max_state_bytes.saturating_mul(72) / 5 + 1024
 }
 
 /// Reconnection policy: exponential backoff with jitter.
@@ -211,8 +215,8 @@ impl ThingOptions {
 
     /// The largest MQTT packet the thing accepts (announced to the hub as the MQTT 5 Maximum
     /// Packet Size). Default: [`max_document_bytes`] of the hub's default `maxStateBytes`
-    /// (32 KiB), 269,722 bytes, so no shadow document or delta of a hub with default limits
-    /// is ever too large. For a hub run with a larger `--max-state-bytes` (see
+    /// (32 KiB), 472,883 bytes, so no shadow message of a hub with default limits is ever too
+    /// large (rumqttc allocates as messages come, not the limit up front). For a hub run with a larger `--max-state-bytes` (see
     /// `GET /api/v1/limits`), pass `max_document_bytes(that)`.
     ///
     /// A larger message is lost, never silently: [`crate::SyncedState::next`] returns

@@ -91,6 +91,9 @@ async fn full_size_state_reaches_the_device(protocol: Protocol) {
         .await
         .expect("the whole document reaches the device");
     assert_eq!(doc.desired, Some(Value::Object(desired)));
+    // Nothing was over the limit: the connection never restarted (an `update/documents` of
+    // the previous and the current document, 343,508 bytes here, once did).
+    assert_eq!(thing.connection_state().connects, 1, "reconnected");
     thing.close().await;
 }
 
