@@ -114,8 +114,10 @@ pub enum Error {
         capacity: usize,
     },
     /// The thing's own `get` of the shadow went unanswered `attempts` times in a row (the
-    /// connection ended while it waited): the likeliest cause is a document larger than
-    /// [`crate::ThingOptions::max_message_bytes`]. The SDK keeps asking, later each time.
+    /// connection ended while it waited, or no answer came in time: over MQTT 5 the hub
+    /// discards a document over the announced size, D-40): the likeliest cause is a document
+    /// larger than [`crate::ThingOptions::max_message_bytes`]. The SDK keeps asking, later each
+    /// time.
     #[error("shadow document out of reach after {attempts} attempts (too large?)")]
     SyncLost {
         /// Attempts in a row.

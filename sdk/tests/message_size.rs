@@ -164,3 +164,41 @@ async fn a_message_over_the_limit_is_an_error_with_its_size() {
     }
     thing.close().await;
 }
+
+/// MQTT 5: the thing announces its limit as Maximum Packet Size and the hub discards a larger
+/// message (D-40), so nothing arrives at all; the device's own `get` of a document over the
+/// limit times out, and after three in a row `SyncedState::next` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_over_the_limit_is_sync_lost_over_mqtt5() {
+    let hub = Hub::start();
+    let (id, opts) = hub.new_thing("lost").await;
+    let (status, _) = hub
+        .set_desired(&id, "default", json!({"label": "x".repeat(6000)}))
+        .await;
+    assert_eq!(status, 200);
+    let opts = opts
+        .mqtt5()
+        .max_message_bytes(4096)
+        .request_timeout(Duration::from_secs(1));
+    let thing = Thing::connect(opts).await.expect("connect");
+    let mut state = thing
+        .shadow("default")
+        .synced_state(State::default())
+        .await
+        .expect("synced state");
+    let err = tokio::time::timeout(Duration::from_secs(30), state.next())
+        .await
+        .expect("an answer in time")
+        .expect("not closed")
+        .expect_err("the document never arrives");
+    assert!(
+        matches!(err, Error::SyncLost { attempts: 3 }),
+        "expected SyncLost after 3 attempts, got {err}"
+    );
+    assert_eq!(
+        thing.connection_state().connects,
+        1,
+        "the connection stays up"
+    );
+    thing.close().await;
+}
