@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             },
             events,
             mqtt_refusals,
+            metrics.clone(),
         )
         .await?;
 

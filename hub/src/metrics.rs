@@ -36,6 +36,7 @@ pub struct Metrics {
     connected_things: AtomicI64,
     mqtt_messages_in: AtomicU64,
     mqtt_messages_out: AtomicU64,
+    mqtt_oversized_dropped: AtomicU64,
     shadow_updates_accepted: AtomicU64,
     shadow_updates_rejected: [AtomicU64; SHADOW_CODES.len()],
     shadow_updates_rejected_other: AtomicU64,
@@ -65,6 +66,7 @@ impl Default for Metrics {
             connected_things: AtomicI64::default(),
             mqtt_messages_in: AtomicU64::default(),
             mqtt_messages_out: AtomicU64::default(),
+            mqtt_oversized_dropped: AtomicU64::default(),
             shadow_updates_accepted: AtomicU64::default(),
             shadow_updates_rejected: Default::default(),
             shadow_updates_rejected_other: AtomicU64::default(),
@@ -113,6 +115,12 @@ impl Metrics {
     /// The hub published a message (through the bus).
     pub fn inc_mqtt_messages_out(&self) {
         self.mqtt_messages_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery was discarded because it was larger than the MQTT 5 client's Maximum Packet
+    /// Size (D-40).
+    pub fn inc_mqtt_oversized_dropped(&self) {
+        self.mqtt_oversized_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A shadow update was accepted (and durably stored).
@@ -221,6 +229,12 @@ impl Metrics {
             "iothub_mqtt_messages_out_total",
             "Messages published by the hub.",
             get(&self.mqtt_messages_out),
+        );
+        counter(
+            &mut out,
+            "iothub_mqtt_oversized_dropped_total",
+            "Deliveries discarded as larger than the client's MQTT 5 Maximum Packet Size (D-40).",
+            get(&self.mqtt_oversized_dropped),
         );
         counter(
             &mut out,

@@ -324,17 +324,18 @@ pub enum Event<'p> {
         /// Which subscription.
         subscription: SubscriptionId,
     },
-    /// The connection ended `connections` times in a row (first at
-    /// [`crate::SYNC_LOST_AFTER`]) while the device's own `get` of `shadow` waited for
-    /// its document. The likeliest cause is a document larger than the MQTT client's receive
-    /// buffer: the client announces that size (MQTT 5 Maximum Packet Size) and the broker
-    /// under the hub closes the connection rather than send more. The size is not known on
-    /// the device. The device keeps asking, later each time (so the connection stays up in
-    /// between); a smaller desired state, or larger buffers, end it. Reported once per streak.
+    /// The device's own `get` of `shadow` went unanswered `connections` times in a row (first
+    /// at [`crate::SYNC_LOST_AFTER`]): lost with its connection, or no answer within
+    /// `request_timeout_ms`. The likeliest cause is a document larger than the MQTT client's
+    /// receive buffer: the client announces that size (MQTT 5 Maximum Packet Size), and the
+    /// broker either discards the message (MQTT 5 §3.1.2.11.4; the reference hub, D-40) or
+    /// closes the connection rather than send it. The size is not known on the device. The
+    /// device keeps asking, later each time (so the connection stays up in between); a smaller
+    /// desired state, or larger buffers, end it. Reported once per streak.
     SyncLost {
         /// The shadow.
         shadow: ShadowId,
-        /// Connections lost in a row.
+        /// Gets lost in a row (the name predates D-40, when only lost connections counted).
         connections: u8,
     },
     /// A received message did not fit the driver's buffers and was lost; reported by the

@@ -290,3 +290,50 @@ fn connections_lost_while_the_document_is_awaited_are_reported_and_slow_the_get_
     assert_eq!(gets(&mut d, now + 70_000), 1);
     assert_eq!(d.poll_event(), None);
 }
+
+/// What the reference hub does with a document over the client's Maximum Packet Size (D-40):
+/// it discards it and keeps the connection. The get times out, is asked again later each time,
+/// and the third unanswered one in a row is `Event::SyncLost`, once.
+#[test]
+fn gets_unanswered_on_a_connection_that_stays_up_are_reported_as_sync_lost() {
+    let mut tx = [0u8; 1024];
+    let mut c = Config::new(T, &SHADOWS);
+    c.token_seed = 7;
+    let mut d: Device<'_> = Device::new(c, &mut tx).unwrap();
+    let mut now = 0;
+    d.handle_connected(at(now), false);
+    let mut gets = 0;
+    let mut sync_lost = Vec::new();
+    // Enough steps for the streak; every wait is the one poll_timeout asks for.
+    for _ in 0..40 {
+        gets += drain(&mut d, now)
+            .iter()
+            .filter(|(t, _)| *t == get_topic())
+            .count();
+        while let Some(ev) = d.poll_event() {
+            match ev {
+                Event::SyncLost { .. } => sync_lost.push((ev, gets)),
+                Event::TimedOut { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let Some(next) = d.poll_timeout() else {
+            break;
+        };
+        now = next.as_millis().max(now);
+        d.handle_timeout(at(now));
+    }
+    assert!(d.is_connected(), "nothing here ends the connection");
+    assert_eq!(
+        sync_lost,
+        vec![(
+            Event::SyncLost {
+                shadow: ShadowId::FIRST,
+                connections: SYNC_LOST_AFTER,
+            },
+            usize::from(SYNC_LOST_AFTER)
+        )],
+        "reported once, after the third unanswered get"
+    );
+    assert!(gets > usize::from(SYNC_LOST_AFTER), "still asking: {gets}");
+}

@@ -102,6 +102,27 @@ pub enum Error {
     /// The OTA task is no longer the current one (a newer task replaced it, or it is finished).
     #[error("ota task {0:?} is not in progress")]
     OtaTaskGone(String),
+    /// A message from the hub was larger than [`crate::ThingOptions::max_message_bytes`]
+    /// (`capacity`) and was lost: `needed` bytes (the MQTT packet). Which message is not known
+    /// (the packet was not read); the likeliest is a shadow document or delta, so raise the
+    /// limit (see [`crate::max_document_bytes`]) or shrink the desired state.
+    #[error("a message of {needed} bytes was over the {capacity}-byte limit and was lost")]
+    TooLarge {
+        /// Bytes the message needed.
+        needed: usize,
+        /// The limit.
+        capacity: usize,
+    },
+    /// The thing's own `get` of the shadow went unanswered `attempts` times in a row (the
+    /// connection ended while it waited, or no answer came in time: over MQTT 5 the hub
+    /// discards a document over the announced size, D-40): the likeliest cause is a document
+    /// larger than [`crate::ThingOptions::max_message_bytes`]. The SDK keeps asking, later each
+    /// time.
+    #[error("shadow document out of reach after {attempts} attempts (too large?)")]
+    SyncLost {
+        /// Attempts in a row.
+        attempts: u8,
+    },
     /// [`crate::Thing::close`] was called or the driver task ended.
     #[error("the thing is closed")]
     Closed,

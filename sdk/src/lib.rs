@@ -23,7 +23,7 @@ pub use iothub_sdk_nostd::spec;
 pub use iothub_sdk_nostd::spec::code::OtaErrorCode;
 pub use method::{MethodError, MethodRequest, MethodResult};
 pub use ntp::{Ntp, NtpResult};
-pub use options::{Backoff, Protocol, ThingOptions};
+pub use options::{Backoff, Protocol, ThingOptions, max_document_bytes};
 #[cfg(feature = "ota-download")]
 pub use ota::{DownloadError, DownloadOptions, Downloaded};
 pub use ota::{Ota, OtaTask};

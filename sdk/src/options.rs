@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iothub_spec::ids::is_valid_method_name;
+use iothub_spec::limits::Limits;
 
 use crate::method::{Handler, MethodRequest, MethodResult};
 use crate::ota::{OtaHandler, OtaTask};
@@ -19,6 +20,22 @@ pub enum Protocol {
     V311,
     /// MQTT 5, through `rumqttc::v5`.
     V5,
+}
+
+/// An upper bound of any MQTT packet the hub sends a thing when its whole shadow state is at
+/// most `max_state_bytes` (the hub's `maxStateBytes`, `GET /api/v1/limits`). The largest is
+/// `update/documents` (S-3.7: the previous and the current document), which the device
+/// receives with its `update/+` subscription; then the `get/accepted` document.
+///
+/// Metadata replaces each leaf value by `{"timestamp":N}` (27 bytes) and a leaf takes at least
+/// 5 bytes of state (`"":0` and a separator), so the metadata of a section of `x` bytes is at
+/// most `x + 26 x / 5`: a section with its metadata is at most `7.2 x`. Desired and reported
+/// together take at most `S` bytes and the delta at most desired again, so a document is at
+/// most `7.2 * 2 S`, and two documents (previous and current, each without delta) as much. With
+/// 1 KiB for the envelope, topic and MQTT header: `14.4 S + 1024`. Measured on the hub: a
+/// 32 KiB desired state of 4,090 leaves gives an `update/documents` of 343,508 bytes.
+pub const fn max_document_bytes(max_state_bytes: usize) -> usize {
+    max_state_bytes.saturating_mul(72) / 5 + 1024
 }
 
 /// Reconnection policy: exponential backoff with jitter.
@@ -71,6 +88,7 @@ pub struct ThingOptions {
     pub(crate) backoff: Backoff,
     pub(crate) max_concurrent_methods: usize,
     pub(crate) user_topics: bool,
+    pub(crate) max_message_bytes: usize,
     /// Direct-method handlers, in place before the first CONNACK.
     pub(crate) handlers: HashMap<String, Handler>,
     pub(crate) ota_handler: Option<OtaHandler>,
@@ -121,6 +139,7 @@ impl ThingOptions {
             backoff: Backoff::default(),
             max_concurrent_methods: 32,
             user_topics: false,
+            max_message_bytes: max_document_bytes(Limits::DEFAULT.max_state_bytes),
             handlers: HashMap::new(),
             ota_handler: None,
             #[cfg(feature = "tls")]
@@ -191,6 +210,21 @@ impl ThingOptions {
     /// The reconnection policy.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// The largest MQTT packet the thing accepts (announced to the hub as the MQTT 5 Maximum
+    /// Packet Size). Default: [`max_document_bytes`] of the hub's default `maxStateBytes`
+    /// (32 KiB), 472,883 bytes, so no shadow message of a hub with default limits is ever too
+    /// large (rumqttc allocates as messages come, not the limit up front). For a hub run with a larger `--max-state-bytes` (see
+    /// `GET /api/v1/limits`), pass `max_document_bytes(that)`.
+    ///
+    /// A larger message is lost, never silently: [`crate::SyncedState::next`] returns
+    /// [`crate::Error::TooLarge`] with its size (MQTT 3.1.1: the connection restarts, as the
+    /// client cannot skip the packet), or [`crate::Error::SyncLost`] when the shadow document
+    /// stays out of reach (MQTT 5: the hub discards what does not fit, D-38).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes.max(1024);
         self
     }
 

@@ -239,10 +239,20 @@ impl Shadow {
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         let deltas = self.deltas()?;
+        let mut problems = self
+            .thing
+            .shared
+            .problems
+            .get(self.id()?)
+            .ok_or_else(|| Error::UnknownShadow(self.name.clone()))?
+            .clone();
+        // Only problems from now on.
+        problems.borrow_and_update();
         let version = self.report(&initial).await?;
         Ok(SyncedState::new(
             self.clone(),
             Box::pin(deltas),
+            problems,
             initial,
             version,
         ))

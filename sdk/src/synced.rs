@@ -7,6 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use tokio::sync::watch;
+
+use crate::driver::SyncProblem;
 use crate::error::{Error, Result};
 use crate::shadow::{Delta, Shadow};
 use crate::typed;
@@ -105,6 +108,7 @@ enum Stage {
 pub struct SyncedState<T> {
     shadow: Shadow,
     deltas: Pin<Box<dyn Stream<Item = Delta> + Send>>,
+    problems: watch::Receiver<Option<SyncProblem>>,
     state: T,
     version: u64,
     /// The shadow may not hold the state: a report failed or was cancelled.
@@ -131,12 +135,14 @@ where
     pub(crate) fn new(
         shadow: Shadow,
         deltas: Pin<Box<dyn Stream<Item = Delta> + Send>>,
+        problems: watch::Receiver<Option<SyncProblem>>,
         state: T,
         version: u64,
     ) -> Self {
         SyncedState {
             shadow,
             deltas,
+            problems,
             state,
             version,
             dirty: false,
@@ -165,7 +171,10 @@ where
     /// what changed; `None` when the thing is closed.
     ///
     /// `Err(Error::State(_))`: the delta does not fit `T` (the error names the keys); nothing
-    /// was applied. Cancel-safe (see [`SyncedState`]).
+    /// was applied. `Err(Error::TooLarge { .. })` / `Err(Error::SyncLost { .. })`: a message
+    /// over [`crate::ThingOptions::max_message_bytes`] was lost; the SDK resyncs by itself,
+    /// which succeeds once the desired state shrinks or the limit grows. Cancel-safe (see
+    /// [`SyncedState`]).
     pub async fn next(&mut self) -> Option<Result<Applied>> {
         loop {
             if let Stage::Applied { .. } = self.stage {
@@ -201,7 +210,18 @@ where
                     report,
                 }));
             }
-            let delta = self.deltas.next().await?;
+            // Both branches are cancel-safe: a watch keeps its place, and the delta stream
+            // keeps a delta it had not handed out yet.
+            let delta = tokio::select! {
+                biased;
+                Ok(()) = self.problems.changed() => {
+                    if let Some(p) = *self.problems.borrow_and_update() {
+                        return Some(Err(p.error()));
+                    }
+                    continue;
+                }
+                d = self.deltas.next() => d?,
+            };
             if delta.state.is_empty() && !(delta.resync && self.dirty) {
                 continue;
             }

@@ -50,6 +50,7 @@ pub(crate) struct Shared {
     pub(crate) shadows: Vec<String>,
     pub(crate) request_timeout: Duration,
     pub(crate) deltas: Vec<watch::Receiver<Option<Delta>>>,
+    pub(crate) problems: Vec<watch::Receiver<Option<driver::SyncProblem>>>,
     pub(crate) ota: watch::Receiver<Option<OtaTask>>,
     /// Fixed at connect: registered on the options, so none is missing when calls arrive.
     pub(crate) handlers: HashMap<String, Handler>,
@@ -105,6 +106,9 @@ impl Thing {
         let (delta_tx, delta_rx) = (0..options.shadows.len())
             .map(|_| watch::channel(None))
             .unzip();
+        let (problem_tx, problem_rx) = (0..options.shadows.len())
+            .map(|_| watch::channel(None))
+            .unzip();
         let (ota_tx, ota_rx) = watch::channel(None);
         let (conn_tx, conn_rx) = watch::channel(ConnectionState::default());
         let (user_tx, user_rx) = broadcast::channel(USER_MESSAGES);
@@ -113,6 +117,7 @@ impl Thing {
             shadows: options.shadows.clone(),
             request_timeout: options.request_timeout,
             deltas: delta_rx,
+            problems: problem_rx,
             ota: ota_rx,
             handlers: options.handlers.clone(),
             ota_handler: options.ota_handler.clone(),
@@ -121,6 +126,7 @@ impl Thing {
         });
         let senders = driver::Senders {
             deltas: delta_tx,
+            problems: problem_tx,
             ota: ota_tx,
             conn: conn_tx,
             user: user_tx,

@@ -11,9 +11,6 @@ use rumqttc::v5;
 use crate::error::ConnectError;
 use crate::options::{Protocol, ThingOptions};
 
-/// Largest MQTT packet accepted or sent: a whole shadow document with metadata (S-3.9 limits
-/// the state to 32 KiB; metadata roughly doubles it) fits with room to spare.
-const MAX_PACKET: usize = 256 * 1024;
 /// Requests the rumqttc channel holds; the driver keeps at most one more aside when it is full.
 const CHANNEL: usize = 256;
 
@@ -46,6 +43,9 @@ pub(crate) enum NetError {
     Tls(rustls::Error),
     /// No CONNACK within the connect timeout.
     Timeout,
+    /// A packet over the incoming size limit: `needed` bytes. rumqttc cannot skip it, so the
+    /// connection ends.
+    TooLarge(usize),
     /// Network or protocol error, with its cause.
     Other(ConnectError),
 }
@@ -100,7 +100,9 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
             o.set_credentials(&opts.thing_id, &opts.secret)
                 .set_keep_alive(opts.keep_alive)
                 .set_clean_start(true)
-                .set_max_packet_size(Some(MAX_PACKET as u32))
+                .set_max_packet_size(Some(
+                    u32::try_from(opts.max_message_bytes).unwrap_or(u32::MAX),
+                ))
                 .set_request_channel_capacity(CHANNEL)
                 .set_network_options(net);
             #[cfg(feature = "tls")]
@@ -118,7 +120,7 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
             o.set_credentials(&opts.thing_id, &opts.secret)
                 .set_keep_alive(opts.keep_alive)
                 .set_clean_session(true)
-                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+                .set_max_packet_size(opts.max_message_bytes, opts.max_message_bytes)
                 .set_request_channel_capacity(CHANNEL);
             #[cfg(feature = "tls")]
             if let Some(tls) = opts.tls.clone() {
@@ -217,6 +219,9 @@ async fn poll4(el: &mut rumqttc::EventLoop) -> Result<NetEvent, NetError> {
             Err(NetError::Refused(format!("{code:?}")))
         }
         Err(rumqttc::ConnectionError::NetworkTimeout) => Err(NetError::Timeout),
+        Err(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(remaining),
+        ))) => Err(NetError::TooLarge(packet_len(remaining))),
         Err(rumqttc::ConnectionError::Io(io)) => {
             Err(io_error(el.mqtt_options.broker_address(), io).await)
         }
@@ -247,6 +252,9 @@ async fn poll5(el: &mut v5::EventLoop) -> Result<NetEvent, NetError> {
             Err(NetError::Refused(format!("{code:?}")))
         }
         Err(v5::ConnectionError::Timeout(_)) => Err(NetError::Timeout),
+        Err(v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+        ))) => Err(NetError::TooLarge(packet_len(pkt_size))),
         Err(v5::ConnectionError::Io(io)) => Err(io_error(el.options.broker_address(), io).await),
         // rumqttc's v5 StateError does not expose its cause as `source()`: an alert received
         // while reading CONNACK (the hub refused the client certificate) sits in here.
@@ -256,6 +264,18 @@ async fn poll5(el: &mut v5::EventLoop) -> Result<NetEvent, NetError> {
         ))) => Err(other(&io)),
         Err(e) => Err(other(&e)),
     }
+}
+
+/// The whole packet's size from its remaining length (what rumqttc reports): plus the type byte
+/// and the remaining length's own bytes (MQTT §2.1.4).
+fn packet_len(remaining: usize) -> usize {
+    let header = match remaining {
+        0..=127 => 2,
+        128..=16_383 => 3,
+        16_384..=2_097_151 => 4,
+        _ => 5,
+    };
+    remaining + header
 }
 
 /// A network or protocol error; with TLS, a handshake failure that retrying does not fix is

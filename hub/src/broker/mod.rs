@@ -16,6 +16,7 @@
 mod admission;
 mod fitter;
 mod hooks;
+mod oversize;
 mod retain;
 mod router;
 mod shared;
@@ -101,8 +102,9 @@ impl PreparedBroker {
         config: &BrokerConfig,
         events: Arc<dyn Events>,
         refusals: Arc<RefusalLog>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<EmbeddedBroker> {
-        EmbeddedBroker::start(self, config, events, refusals).await
+        EmbeddedBroker::start(self, config, events, refusals, metrics).await
     }
 }
 
@@ -133,6 +135,7 @@ impl EmbeddedBroker {
         config: &BrokerConfig,
         events: Arc<dyn Events>,
         refusals: Arc<RefusalLog>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<EmbeddedBroker> {
         let PreparedBroker { scx, live } = prepared;
         let admission = admission::MqttAdmission::new(
@@ -141,6 +144,7 @@ impl EmbeddedBroker {
             config.max_pending_per_addr,
             refusals,
         );
+        let oversize = oversize::DropOversized::new(metrics);
         let handler = Arc::new(hooks::HubHooks::new(
             events,
             live,
@@ -161,6 +165,9 @@ impl EmbeddedBroker {
                 .add(typ, Box::new(hooks::SharedHooks(handler.clone())))
                 .await;
         }
+        register
+            .add(Type::MessageExpiryCheck, Box::new(oversize))
+            .await;
         register.start().await;
 
         let listener = Builder::new()

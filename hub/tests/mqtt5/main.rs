@@ -13,6 +13,7 @@ mod raw;
 mod aliases;
 mod flow_control;
 mod keep_alive;
+mod max_packet;
 mod retain;
 mod sessions;
 mod shared;

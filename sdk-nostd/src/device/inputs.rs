@@ -6,8 +6,7 @@ use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
 use super::{
-    Connection, Device, GetState, Kind, ReqState, SYNC_LOST_AFTER, as_u64, backoff_ms, is_object,
-    raw_json,
+    Connection, Device, GetState, Kind, ReqState, as_u64, backoff_ms, is_object, raw_json,
 };
 use crate::fmt::debug;
 use crate::json::{self, JsonError, bit};
@@ -68,13 +67,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// queue is dropped, and a running NTP exchange ends with the samples it has.
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
-        for (i, g) in self.conn.gets.iter().enumerate() {
-            if let (GetState::InFlight { .. }, Some(lost)) = (g, self.session.lost_gets.get_mut(i))
-            {
-                *lost = lost.saturating_add(1);
-                if *lost == SYNC_LOST_AFTER {
-                    self.session.sync_lost |= bit(i);
-                }
+        for i in 0..SHADOWS {
+            if matches!(self.conn.gets.get(i), Some(GetState::InFlight { .. })) {
+                self.count_lost_get(i);
             }
         }
         for r in self.requests.iter_mut() {
@@ -117,6 +112,10 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
         self.drop_internal_gets(true);
         for i in 0..SHADOWS {
             if retry & bit(i) != 0 {
+                // An unanswered get counts as lost like one lost with its connection: a hub
+                // that discards a document over the Maximum Packet Size (MQTT 5
+                // §3.1.2.11.4, D-40) keeps the connection, so only the silence tells.
+                self.count_lost_get(i);
                 self.retry_get(i, now, true);
             }
         }

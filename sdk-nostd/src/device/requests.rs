@@ -5,10 +5,11 @@ use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
 use super::{
-    Device, GetState, Kind, ReqState, Request, as_u64, is_object, raw_json, wire, write_publish,
+    Device, GetState, Kind, ReqState, Request, SYNC_LOST_AFTER, as_u64, is_object, raw_json, wire,
+    write_publish,
 };
 use crate::fmt::warning;
-use crate::json;
+use crate::json::{self, bit};
 use crate::time::Instant;
 use crate::token;
 use crate::types::*;
@@ -111,6 +112,17 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             })
             .ok_or(Ignored::Unmatched)?;
         self.remove_request(pos).ok_or(Ignored::Unmatched)
+    }
+
+    /// One more of the device's own gets of shadow `index` went unanswered in a row (lost with
+    /// its connection, or timed out); at [`SYNC_LOST_AFTER`] the application hears of it once.
+    pub(super) fn count_lost_get(&mut self, index: usize) {
+        if let Some(lost) = self.session.lost_gets.get_mut(index) {
+            *lost = lost.saturating_add(1);
+            if *lost == SYNC_LOST_AFTER {
+                self.session.sync_lost |= bit(index);
+            }
+        }
     }
 
     /// Schedules the device's own get of shadow `index` again once its backoff has passed (after a

@@ -121,6 +121,22 @@ impl Driver<'_> {
                     None => {}
                 }
             }
+            Event::SyncLost {
+                shadow,
+                connections,
+            } => {
+                tracing::warn!(
+                    thing = %self.shared.thing_id,
+                    shadow = shadow.index(),
+                    attempts = connections,
+                    "shadow document out of reach (larger than max_message_bytes?)"
+                );
+                if let Some(tx) = self.senders.problems.get(shadow.index()) {
+                    tx.send_replace(Some(super::SyncProblem::SyncLost {
+                        attempts: connections,
+                    }));
+                }
+            }
             Event::SubscribeFailed { subscription } => {
                 tracing::warn!(
                     index = subscription.index(),

@@ -93,9 +93,27 @@ pub(crate) enum OtaUpdate {
     Canceled,
 }
 
+/// Why a shadow may be out of sync, for [`crate::SyncedState::next`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SyncProblem {
+    TooLarge { needed: usize, capacity: usize },
+    SyncLost { attempts: u8 },
+}
+
+impl SyncProblem {
+    pub(crate) fn error(self) -> Error {
+        match self {
+            SyncProblem::TooLarge { needed, capacity } => Error::TooLarge { needed, capacity },
+            SyncProblem::SyncLost { attempts } => Error::SyncLost { attempts },
+        }
+    }
+}
+
 /// The sending halves of the channels the handles read.
 pub(crate) struct Senders {
     pub(crate) deltas: Vec<watch::Sender<Option<Delta>>>,
+    /// Per shadow, the newest reason it may be out of sync (every send notifies).
+    pub(crate) problems: Vec<watch::Sender<Option<SyncProblem>>>,
     pub(crate) ota: watch::Sender<Option<OtaTask>>,
     pub(crate) conn: watch::Sender<ConnectionState>,
     pub(crate) user: broadcast::Sender<UserMessage>,
@@ -212,6 +230,7 @@ pub(crate) async fn run(
         closing: None,
         close_deadline: None,
         subscribing: false,
+        max_message: opts.max_message_bytes,
     };
     driver.run(rx).await;
 }
@@ -245,6 +264,8 @@ struct Driver<'a> {
     close_deadline: Option<TokioInstant>,
     /// Connected, waiting for the SUBACKs of the subscriptions made on connecting.
     subscribing: bool,
+    /// [`ThingOptions::max_message_bytes`].
+    max_message: usize,
 }
 
 impl Driver<'_> {
@@ -355,6 +376,23 @@ impl Driver<'_> {
                 if self.closing.is_some() {
                     return false;
                 }
+                if let NetError::TooLarge(needed) = e {
+                    // Which message is not known (rumqttc did not read it): every shadow's
+                    // application hears of it; the resync after reconnecting asks again.
+                    tracing::warn!(
+                        thing = %self.shared.thing_id,
+                        needed,
+                        capacity = self.max_message,
+                        "message over max_message_bytes lost; reconnecting"
+                    );
+                    let problem = SyncProblem::TooLarge {
+                        needed,
+                        capacity: self.max_message,
+                    };
+                    for tx in &self.senders.problems {
+                        tx.send_replace(Some(problem));
+                    }
+                }
                 self.subscribing = false;
                 if self.device.is_connected() {
                     tracing::warn!(thing = %self.shared.thing_id, error = ?e, "connection lost");
@@ -376,6 +414,12 @@ impl Driver<'_> {
                         }
                         NetError::Other(cause) => {
                             self.last_error = Some(cause);
+                            None
+                        }
+                        NetError::TooLarge(needed) => {
+                            self.last_error = Some(ConnectError::Protocol(format!(
+                                "a message of {needed} bytes was over max_message_bytes"
+                            )));
                             None
                         }
                     };
