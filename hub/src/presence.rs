@@ -10,6 +10,7 @@
 //! retained `T/presence` nor marks the thing disconnected in the registry.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -37,10 +38,11 @@ pub struct Presence {
     live: Arc<DashMap<String, Id>>,
     tx: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
 }
 
 /// The receiving end, handed to [`run`].
-pub struct PresenceQueue(mpsc::Receiver<Change>);
+pub struct PresenceQueue(mpsc::Receiver<Change>, Arc<AtomicBool>);
 
 #[derive(Debug)]
 struct Change {
@@ -57,14 +59,25 @@ impl Presence {
     /// A presence tracker and the queue its task consumes.
     pub fn new(metrics: Arc<Metrics>) -> (Presence, PresenceQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let stopping = Arc::new(AtomicBool::new(false));
         (
             Presence {
                 live: Arc::new(DashMap::new()),
                 tx,
                 metrics,
+                stopping: stopping.clone(),
             },
-            PresenceQueue(rx),
+            PresenceQueue(rx, stopping),
         )
+    }
+
+    /// The hub is stopping: from now on the presence task still publishes the events but no
+    /// longer records each change in the registry. Every connection is about to close, and
+    /// one durable write per thing (an fsync each) made a hub with 18,000 connections take
+    /// longer than 15 s to stop (issue 24); the shutdown marks every thing disconnected in one
+    /// statement instead ([`crate::RunningHub::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Whether the thing has a live connection.
@@ -138,11 +151,15 @@ fn remote_addr(id: &Id) -> String {
 
 /// Publishes presence events and records them in the registry until the queue closes.
 pub async fn run(queue: PresenceQueue, bus: Arc<dyn Bus>, store: SharedStore) {
-    let mut rx = queue.0;
+    let PresenceQueue(mut rx, stopping) = queue;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for change in &batch {
             publish(bus.as_ref(), change).await;
+        }
+        if stopping.load(Ordering::Relaxed) {
+            batch.clear();
+            continue;
         }
         for change in batch.drain(..).filter(|c| c.current) {
             let connected = change.event == PresenceEventType::Connected;
