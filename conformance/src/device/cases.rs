@@ -427,7 +427,13 @@ async fn allow_list(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     }
     .await;
     acl(&run)?;
-    scenario
+    // Its own clause first: what stopped the session is another case's verdict (S-3.6, S-5.2,
+    // S-7.2 have their cases), here only the reason the allow-list saw less than a session.
+    scenario.map_err(|e| {
+        anyhow!(
+            "S-2.1 no allow-list breach seen, but the session it is judged over did not complete              (the failing step has its own case): {e:#}"
+        )
+    })
 }
 
 /// Drops the device, refuses its next attempts, changes its desired state while it is away and
