@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::check;
+use crate::transcript::{self, Dir};
 
 /// One REST response.
 #[derive(Debug, Clone)]
@@ -101,18 +102,35 @@ impl Api {
         if auth {
             rb = rb.bearer_auth(&self.token);
         }
+        transcript::note(
+            "http",
+            Dir::Out,
+            &format!(
+                "{method} {path}{} {}",
+                if auth { "" } else { " (no token)" },
+                body.as_deref()
+                    .map(|b| transcript::payload(b.as_bytes()))
+                    .unwrap_or_default()
+            ),
+        );
         if let Some(b) = body {
             rb = rb.header("content-type", "application/json").body(b);
         }
-        let r = rb
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}: request failed"))?;
+        let r = rb.send().await.map_err(|e| {
+            transcript::note("http", Dir::Note, &format!("{method} {path} failed: {e}"));
+            e
+        });
+        let r = r.with_context(|| format!("{method} {path}: request failed"))?;
         let status = r.status().as_u16();
         let text = r
             .text()
             .await
             .with_context(|| format!("{method} {path}: reading body"))?;
+        transcript::note(
+            "http",
+            Dir::In,
+            &format!("HTTP {status} {}", transcript::payload(text.as_bytes())),
+        );
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if path.starts_with("/api/v1/") && !path.ends_with("openapi.json") {
             check::envelope(status, &body).map_err(|e| {

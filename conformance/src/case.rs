@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ctx::Ctx;
+use crate::transcript::Transcript;
 
 /// The clause name of a profile check: a case checking something docs/spec.md does not require
 /// (a habit most devices have, such as reporting state at start-up). Profile checks are listed
@@ -151,16 +152,19 @@ impl<C: Send + Sync + 'static> Case<C> {
             || prefixes.iter().any(|p| p == &self.id)
     }
 
-    /// Runs the case within its time limit and turns errors into an [`Outcome`].
-    pub async fn execute(&self, ctx: Arc<C>) -> (Outcome, Duration) {
+    /// Runs the case within its time limit and turns errors into an [`Outcome`]. The messages
+    /// the case exchanged ([`crate::transcript`]) are returned with a failure, else empty.
+    pub async fn execute(&self, ctx: Arc<C>) -> (Outcome, Duration, Vec<String>) {
         let start = Instant::now();
         let Some(run) = &self.run else {
             return (
                 Outcome::Skip(self.pending.clone().unwrap_or_default()),
                 start.elapsed(),
+                Vec::new(),
             );
         };
-        let mut task = tokio::spawn(run(ctx));
+        let transcript = Transcript::new();
+        let mut task = tokio::spawn(crate::transcript::scope(transcript.clone(), run(ctx)));
         let out = match tokio::time::timeout(self.limit, &mut task).await {
             Err(_) => {
                 task.abort();
@@ -173,7 +177,11 @@ impl<C: Send + Sync + 'static> Case<C> {
                 None => Outcome::Fail(format!("{e:#}")),
             },
         };
-        (out, start.elapsed())
+        let exchange = match out {
+            Outcome::Fail(_) => transcript.lines(),
+            _ => Vec::new(),
+        };
+        (out, start.elapsed(), exchange)
     }
 }
 

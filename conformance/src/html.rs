@@ -1,5 +1,6 @@
 //! The run as one HTML page (`--html FILE`): the summary, then one table per clause with its
-//! cases, results and reasons; failures first and in full. Self-contained (no script, nothing
+//! cases, results and reasons; failures first and in full, each with the messages its case
+//! exchanged ([`crate::transcript`]), escaped. Self-contained (no script, nothing
 //! fetched), so it can be kept as a CI artefact.
 
 use std::collections::BTreeMap;
@@ -36,15 +37,25 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
         .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
         .collect();
     if !failures.is_empty() {
-        s.push_str("<h2>Failures</h2><table><tr><th>clause</th><th>case</th><th>reason</th></tr>");
+        s.push_str("<h2>Failures</h2><table><tr><th>clause</th><th>case</th><th>reason and exchanged messages</th></tr>");
         for r in failures {
             let _ = write!(
                 s,
-                r#"<tr><td>{}</td><td>{}</td><td class="fail"><pre>{}</pre></td></tr>"#,
+                r#"<tr><td>{}</td><td>{}</td><td><pre class="fail">{}</pre>"#,
                 escape(&r.clauses.join(", ")),
                 escape(&r.id),
                 escape(r.outcome.reason())
             );
+            if !r.exchange.is_empty() {
+                // Folded: a failing case may have exchanged a few hundred messages.
+                let _ = write!(
+                    s,
+                    r#"<details class="exchange"><summary>{} exchanged message(s)</summary><pre>{}</pre></details>"#,
+                    r.exchange.len(),
+                    escape(&r.exchange.join("\n"))
+                );
+            }
+            s.push_str("</td></tr>");
         }
         s.push_str("</table>");
     }
@@ -75,4 +86,41 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
     }
     s.push_str("</body></html>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_shows_its_exchange_escaped() {
+        let results = [
+            CaseResult {
+                id: "s3_x".into(),
+                clauses: vec!["S-3.3".into()],
+                outcome: Outcome::Fail("S-3.3 update <refused>".into()),
+                elapsed: Duration::from_millis(3),
+                exchange: vec![
+                    "+  0.001s [v5] t -> PUBLISH a/b qos1 {\"x\":\"<script>\"}".into(),
+                    "+  0.002s [v5] t <- PUBACK 0x87".into(),
+                ],
+            },
+            CaseResult {
+                id: "s3_y".into(),
+                clauses: vec!["S-3.3".into()],
+                outcome: Outcome::Pass,
+                elapsed: Duration::from_millis(3),
+                exchange: Vec::new(),
+            },
+        ];
+        let page = render("hub", "127.0.0.1:1883", &results);
+        assert!(page.contains("2 exchanged message(s)"), "{page}");
+        assert!(page.contains("PUBLISH a/b qos1 {&quot;x&quot;:&quot;&lt;script&gt;&quot;}"));
+        assert!(page.contains("&lt;- PUBACK 0x87"));
+        assert!(page.contains("S-3.3 update &lt;refused&gt;"));
+        assert!(!page.contains("<script>"));
+        assert_eq!(page.matches("<details").count(), 1, "only the failure");
+    }
 }

@@ -58,13 +58,22 @@ pub fn render(side: &str, results: &[CaseResult]) -> String {
             Outcome::Pass => s.push_str("/>\n"),
             Outcome::Fail(reason) => {
                 let first = reason.lines().next().unwrap_or_default();
-                let _ = writeln!(
+                let _ = write!(
                     s,
-                    ">\n      <failure message=\"{}\" type=\"{}\">{}</failure>\n    </testcase>",
+                    ">\n      <failure message=\"{}\" type=\"{}\">{}</failure>\n",
                     escape(first),
                     escape(r.clauses.first().map_or("", String::as_str)),
                     escape(reason)
                 );
+                // The exchanged messages, where CI shows a case's output.
+                if !r.exchange.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "      <system-out>{}</system-out>",
+                        escape(&r.exchange.join("\n"))
+                    );
+                }
+                s.push_str("    </testcase>\n");
             }
             Outcome::Skip(reason) => {
                 let _ = writeln!(
@@ -91,6 +100,7 @@ mod tests {
             clauses: vec!["S-3.4".into()],
             outcome: o,
             elapsed: Duration::from_millis(1500),
+            exchange: Vec::new(),
         };
         let xml = render(
             "hub",

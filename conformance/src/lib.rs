@@ -21,6 +21,7 @@
 //! | [`ctx`] | the hub under test and helpers to create and connect things |
 //! | [`spawn`] | `--spawn-hub` |
 //! | [`report`] | table, JSON report, expected-results diff |
+//! | [`transcript`] | the messages a case exchanged, shown with its failure |
 //! | [`junit`], [`html`] | the JUnit XML (`--junit`) and HTML (`--html`) reports |
 //! | [`preflight`] | the hub side's checks before any case (addresses, token, version) |
 //! | [`vectors`] | the golden vectors, compiled in |
@@ -43,4 +44,5 @@ pub mod raw;
 pub mod report;
 pub mod shim;
 pub mod spawn;
+pub mod transcript;
 pub mod vectors;

@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
+use crate::transcript::{self, Dir, Transcript};
+
 /// The MQTT protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -118,6 +120,33 @@ pub struct Conn {
     buf: VecDeque<Ev>,
     task: JoinHandle<()>,
     closed: Option<String>,
+    /// Where the case records this connection's messages.
+    rec: Rec,
+}
+
+/// Records one connection's messages into the transcript of the case that opened it.
+#[derive(Clone)]
+struct Rec {
+    t: Option<Transcript>,
+    who: String,
+}
+
+impl Rec {
+    fn log(&self, dir: Dir, what: impl FnOnce() -> String) {
+        if let Some(t) = &self.t {
+            t.push(&self.who, dir, &what());
+        }
+    }
+
+    fn publish(&self, dir: Dir, topic: &str, qos: u8, retain: bool, payload: &[u8]) {
+        self.log(dir, || {
+            format!(
+                "PUBLISH {topic} qos{qos}{} {}",
+                if retain { " retain" } else { "" },
+                transcript::payload(payload)
+            )
+        });
+    }
 }
 
 impl Drop for Conn {
@@ -201,6 +230,26 @@ impl Conn {
     ) -> Result<Conn, ConnectError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ctx, crx) = oneshot::channel::<Result<(), ConnectError>>();
+        let rec = Rec {
+            t: transcript::current(),
+            who: format!("[{}] {}", proto.tag(), opts.client_id),
+        };
+        rec.log(Dir::Out, || {
+            format!(
+                "CONNECT user {:?}{}{}",
+                opts.username,
+                if opts.will.is_some() {
+                    " with a Will"
+                } else {
+                    ""
+                },
+                if opts.pre_subscribe.is_empty() {
+                    String::new()
+                } else {
+                    format!(", then SUBSCRIBE {:?}", opts.pre_subscribe)
+                }
+            )
+        });
         let (client, task) = match proto {
             Proto::V311 => {
                 let mut o = rumqttc::MqttOptions::new(&opts.client_id, host, port);
@@ -223,7 +272,10 @@ impl Conn {
                         .try_subscribe(f, rumqttc::QoS::AtLeastOnce)
                         .map_err(|e| ConnectError::Other(e.to_string()))?;
                 }
-                (Client::V4(client), tokio::spawn(drive_v4(el, tx, ctx)))
+                (
+                    Client::V4(client),
+                    tokio::spawn(drive_v4(el, tx, ctx, rec.clone())),
+                )
             }
             Proto::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(&opts.client_id, host, port);
@@ -247,7 +299,10 @@ impl Conn {
                         .try_subscribe(f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
                         .map_err(|e| ConnectError::Other(e.to_string()))?;
                 }
-                (Client::V5(client), tokio::spawn(drive_v5(el, tx, ctx)))
+                (
+                    Client::V5(client),
+                    tokio::spawn(drive_v5(el, tx, ctx, rec.clone())),
+                )
             }
         };
         let conn = Conn {
@@ -257,6 +312,7 @@ impl Conn {
             buf: VecDeque::new(),
             task,
             closed: None,
+            rec,
         };
         match tokio::time::timeout(STEP, crx).await {
             Ok(Ok(Ok(()))) => Ok(conn),
@@ -346,6 +402,8 @@ impl Conn {
     /// Subscribes to `filter` at QoS 1 and returns the SUBACK codes. Errors when the client
     /// refuses the filter locally, or no SUBACK arrives within [`STEP`].
     pub async fn subscribe(&mut self, filter: &str) -> anyhow::Result<Vec<u8>> {
+        self.rec
+            .log(Dir::Out, || format!("SUBSCRIBE {filter} qos1"));
         match &self.client {
             Client::V4(c) => c
                 .subscribe(filter, rumqttc::QoS::AtLeastOnce)
@@ -376,6 +434,8 @@ impl Conn {
 
     /// Publishes without waiting for an acknowledgement.
     pub async fn publish(&self, topic: &str, payload: &[u8], qos1: bool) -> anyhow::Result<()> {
+        self.rec
+            .publish(Dir::Out, topic, u8::from(qos1), false, payload);
         match &self.client {
             Client::V4(c) => {
                 let q = if qos1 {
@@ -445,6 +505,7 @@ impl Conn {
 
     /// Sends DISCONNECT and waits (at most [`STEP`]) for the socket to close.
     pub async fn disconnect(mut self) {
+        self.rec.log(Dir::Out, || "DISCONNECT".into());
         let _ = match &self.client {
             Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
             Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
@@ -454,6 +515,9 @@ impl Conn {
 
     /// Drops the TCP connection without DISCONNECT (so the hub publishes the Will).
     pub fn kill(self) {
+        self.rec.log(Dir::Note, || {
+            "TCP connection dropped without DISCONNECT".into()
+        });
         self.task.abort();
     }
 }
@@ -462,12 +526,14 @@ async fn drive_v4(
     mut el: rumqttc::EventLoop,
     tx: mpsc::UnboundedSender<Ev>,
     connack: oneshot::Sender<Result<(), ConnectError>>,
+    rec: Rec,
 ) {
     use rumqttc::{ConnectionError, Event, Packet};
     let mut connack = Some(connack);
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                rec.log(Dir::In, || format!("CONNACK {:?}", a.code));
                 if let Some(c) = connack.take() {
                     let _ = c.send(Ok(()));
                 }
@@ -480,13 +546,16 @@ async fn drive_v4(
                         rumqttc::SubscribeReasonCode::Success(q) => *q as u8,
                         rumqttc::SubscribeReasonCode::Failure => 0x80,
                     })
-                    .collect();
+                    .collect::<Vec<u8>>();
+                rec.log(Dir::In, || format!("SUBACK {codes:02x?}"));
                 let _ = tx.send(Ev::SubAck(codes));
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
+                rec.log(Dir::In, || "PUBACK".into());
                 let _ = tx.send(Ev::PubAck(0));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                rec.publish(Dir::In, &p.topic, p.qos as u8, p.retain, &p.payload);
                 let _ = tx.send(Ev::Publish(Msg {
                     topic: p.topic.clone(),
                     payload: p.payload.to_vec(),
@@ -496,6 +565,7 @@ async fn drive_v4(
             }
             Ok(_) => {}
             Err(e) => {
+                rec.log(Dir::Note, || format!("connection ended: {e}"));
                 if let Some(c) = connack.take() {
                     let err = match e {
                         ConnectionError::ConnectionRefused(code) => {
@@ -517,6 +587,7 @@ async fn drive_v5(
     mut el: rumqttc::v5::EventLoop,
     tx: mpsc::UnboundedSender<Ev>,
     connack: oneshot::Sender<Result<(), ConnectError>>,
+    rec: Rec,
 ) {
     use p5::Packet;
     use rumqttc::v5::{ConnectionError, Event};
@@ -524,6 +595,9 @@ async fn drive_v5(
     loop {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                rec.log(Dir::In, || {
+                    format!("CONNACK {:#04x}", v5_connack_code(a.code))
+                });
                 if let Some(c) = connack.take() {
                     let r = if a.code == p5::ConnectReturnCode::Success {
                         Ok(())
@@ -538,14 +612,23 @@ async fn drive_v5(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
-                let _ = tx.send(Ev::SubAck(
-                    s.return_codes.iter().map(v5_suback_code).collect(),
-                ));
+                let codes: Vec<u8> = s.return_codes.iter().map(v5_suback_code).collect();
+                rec.log(Dir::In, || format!("SUBACK {codes:02x?}"));
+                let _ = tx.send(Ev::SubAck(codes));
             }
             Ok(Event::Incoming(Packet::PubAck(a))) => {
-                let _ = tx.send(Ev::PubAck(v5_puback_code(&a.reason)));
+                let code = v5_puback_code(&a.reason);
+                rec.log(Dir::In, || format!("PUBACK {code:#04x}"));
+                let _ = tx.send(Ev::PubAck(code));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                rec.publish(
+                    Dir::In,
+                    &String::from_utf8_lossy(&p.topic),
+                    p.qos as u8,
+                    p.retain,
+                    &p.payload,
+                );
                 let _ = tx.send(Ev::Publish(Msg {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
                     payload: p.payload.to_vec(),
@@ -554,6 +637,9 @@ async fn drive_v5(
                 }));
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                rec.log(Dir::In, || {
+                    format!("DISCONNECT {:#04x}", d.reason_code as u8)
+                });
                 let _ = tx.send(Ev::Closed(format!(
                     "server DISCONNECT {:#04x}",
                     d.reason_code as u8
@@ -562,6 +648,7 @@ async fn drive_v5(
             }
             Ok(_) => {}
             Err(e) => {
+                rec.log(Dir::Note, || format!("connection ended: {e}"));
                 if let Some(c) = connack.take() {
                     let err = match e {
                         ConnectionError::ConnectionRefused(code) => {

@@ -18,6 +18,9 @@ pub struct CaseResult {
     pub outcome: Outcome,
     /// How long it took.
     pub elapsed: Duration,
+    /// What a failing case exchanged with the hub or device, one line per message
+    /// ([`crate::transcript`]); empty otherwise.
+    pub exchange: Vec<String>,
 }
 
 /// `(passed, failed, skipped)`.
@@ -80,6 +83,7 @@ pub fn json_report(results: &[CaseResult]) -> Value {
             "result": r.outcome.word(),
             "reason": r.outcome.reason(),
             "millis": r.elapsed.as_millis() as u64,
+            "exchange": r.exchange,
         })).collect::<Vec<_>>(),
         "passed": p, "failed": f, "skipped": s,
         "summary": summary(results),
@@ -191,6 +195,7 @@ mod tests {
             clauses: vec!["S-1.2".into()],
             outcome: o,
             elapsed: Duration::ZERO,
+            exchange: Vec::new(),
         }
     }
 

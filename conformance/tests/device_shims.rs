@@ -92,7 +92,10 @@ const BREAKS: [(&str, &[&str]); 5] = [
     ("stale-delta", &["dev_s3_stale_delta_ignored"]),
     (
         "no-client-token",
-        &["dev_s4_client_tokens", "dev_s5_method_answered"],
+        &[
+            "dev_profile_client_token_on_every_request",
+            "dev_s5_method_answered",
+        ],
     ),
     ("acl", &["dev_s2_allow_list"]),
     ("no-404", &["dev_s5_unknown_method_404"]),
@@ -115,6 +118,14 @@ fn broken_shim_fails(shim: &str) {
                 r["result"], "fail",
                 "{shim} with IOTHUB_SHIM_BREAK={brk}: {} did not fail: {r}",
                 r["case"]
+            );
+            // The failure comes with the messages the case exchanged with the device.
+            let exchange = r["exchange"].as_array().expect("exchange");
+            assert!(
+                exchange
+                    .iter()
+                    .any(|l| l.as_str().is_some_and(|l| l.contains("device PUBLISH"))),
+                "{shim} with {brk}: no exchanged messages shown: {r}"
             );
         }
     }

@@ -60,6 +60,8 @@ pub struct RunningHub {
     router_stops: Vec<tokio::sync::oneshot::Sender<()>>,
     routers: Vec<JoinHandle<()>>,
     presence: JoinHandle<()>,
+    /// Told when the hub stops, so closing every connection writes no presence per thing.
+    live: presence::Presence,
     refusal_reporter: JoinHandle<()>,
     ota: ota::OtaService,
     ota_task: ota::OtaTask,
@@ -229,6 +231,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         router_stops,
         routers,
         presence: presence_task,
+        live: presence.clone(),
         refusal_reporter,
         ota,
         ota_task,
@@ -242,6 +245,7 @@ impl RunningHub {
     pub async fn shutdown(self) {
         let _ = self.http_stop.send(());
         let _ = self.http.await;
+        self.live.begin_shutdown();
         self.broker.stop().await;
         for stop in self.router_stops {
             let _ = stop.send(());
@@ -255,6 +259,10 @@ impl RunningHub {
         self.refusal_reporter.abort();
         self.presence.abort();
         let _ = self.presence.await;
+        // Instead of one write per connection closed above (see `Presence::begin_shutdown`).
+        if let Err(e) = self.store.mark_all_disconnected(clock::now_ms()).await {
+            tracing::warn!(error = %e, "cannot record the things as disconnected at shutdown");
+        }
         self.store.close().await;
     }
 }

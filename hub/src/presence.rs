@@ -11,6 +11,7 @@
 //! retained `T/presence` nor marks the thing disconnected in the registry (D-34).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use iothub_spec::code::PresenceEventType;
@@ -34,10 +35,11 @@ const BATCH: usize = 512;
 pub struct Presence {
     tx: mpsc::Sender<Change>,
     metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
 }
 
 /// The receiving end, handed to [`run`].
-pub struct PresenceQueue(mpsc::Receiver<Change>);
+pub struct PresenceQueue(mpsc::Receiver<Change>, Arc<AtomicBool>);
 
 #[derive(Debug)]
 struct Change {
@@ -54,7 +56,24 @@ impl Presence {
     /// A presence tracker and the queue its task consumes.
     pub fn new(metrics: Arc<Metrics>) -> (Presence, PresenceQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Presence { tx, metrics }, PresenceQueue(rx))
+        let stopping = Arc::new(AtomicBool::new(false));
+        (
+            Presence {
+                tx,
+                metrics,
+                stopping: stopping.clone(),
+            },
+            PresenceQueue(rx, stopping),
+        )
+    }
+
+    /// The hub is stopping: from now on the presence task still publishes the events but no
+    /// longer records each change in the registry. Every connection is about to close, and
+    /// one durable write per thing (an fsync each) made a hub with 18,000 connections take
+    /// longer than 15 s to stop (issue 24); the shutdown marks every thing disconnected in one
+    /// statement instead ([`crate::RunningHub::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// A thing's connection is established; `replaced`: it took over a live one (S-1.4).
@@ -105,11 +124,15 @@ fn remote_addr(client: &Client<'_>) -> String {
 
 /// Publishes presence events and records them in the registry until the queue closes.
 pub async fn run(queue: PresenceQueue, bus: Arc<dyn Bus>, store: SharedStore) {
-    let mut rx = queue.0;
+    let PresenceQueue(mut rx, stopping) = queue;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         for change in &batch {
             publish(bus.as_ref(), change).await;
+        }
+        if stopping.load(Ordering::Relaxed) {
+            batch.clear();
+            continue;
         }
         for change in batch.drain(..).filter(|c| c.current) {
             let connected = change.event == PresenceEventType::Connected;

@@ -177,9 +177,14 @@ fn stop_child(child: &mut Child, parent_alive: &mut Option<ChildStdin>) -> anyho
         bail!("the embedded hub had exited during the run ({status})");
     }
     terminate(child, parent_alive);
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let start = Instant::now();
+    let deadline = start + STOP_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
+            tracing::debug!(
+                millis = start.elapsed().as_millis() as u64,
+                "embedded hub stopped"
+            );
             return check_exit(status);
         }
         if Instant::now() >= deadline {

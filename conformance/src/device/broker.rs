@@ -80,6 +80,8 @@ struct Shared {
     secret: String,
     st: Mutex<State>,
     seq: watch::Sender<u64>,
+    /// The transcript of the case that started this hub.
+    rec: Option<crate::transcript::Transcript>,
 }
 
 impl Shared {
@@ -90,6 +92,15 @@ impl Shared {
     fn record(&self, st: &mut State, conn: u32, ev: ObsEv) {
         if self.trace {
             eprintln!("[hub {}] conn {conn}: {}", self.thing, describe(&ev));
+        }
+        if let Some(t) = &self.rec {
+            use crate::transcript::Dir;
+            let dir = match &ev {
+                ObsEv::Sent { .. } | ObsEv::Refused => Dir::Out,
+                ObsEv::Accepted | ObsEv::Closed(_) => Dir::Note,
+                _ => Dir::In,
+            };
+            t.push(&format!("conn {conn}"), dir, &describe(&ev));
         }
         st.log.push(Obs {
             at: Instant::now(),
@@ -178,6 +189,7 @@ impl Broker {
                 refuse: 0,
             }),
             seq,
+            rec: crate::transcript::current(),
         });
         let sh2 = sh.clone();
         let accept = tokio::spawn(async move {

@@ -72,8 +72,8 @@ pub fn all() -> Vec<Case<DeviceCtx>> {
         ),
         case(
             "dev_s3_delta_applied",
-            &["S-3.6", "S-3.3", "S-4.1"],
-            "a delta is applied and reported back in an update carrying a clientToken",
+            &["S-3.6", "S-3.3"],
+            "a delta is applied and reported back in an update",
             delta_applied,
         ),
         case(
@@ -85,7 +85,7 @@ pub fn all() -> Vec<Case<DeviceCtx>> {
         case(
             "dev_s4_client_tokens",
             &["S-4.1"],
-            "every get and update carries a clientToken of 1..64 bytes, never reused",
+            "a clientToken the device sends with a get or update is a string of at most 64 bytes",
             client_tokens,
         ),
         case(
@@ -119,10 +119,28 @@ pub fn all() -> Vec<Case<DeviceCtx>> {
             state_report_at_start_up,
         ),
         case(
+            "dev_profile_client_token_on_every_request",
+            &[PROFILE],
+            "profile check (D-41, no clause): every get and update carries a clientToken of 1..64 bytes, never reused",
+            tokens_on_every_request,
+        ),
+        case(
+            "dev_profile_reports_without_desired",
+            &[PROFILE],
+            "profile check (D-41, no clause): the update reporting an applied delta writes reported only, not desired",
+            reports_without_desired,
+        ),
+        case(
             "dev_reconnect_backoff_resync",
             &["S-1.2", "S-3.2", "S-3.6"],
-            "after the broker drops it the device reconnects with backoff, resubscribes, gets its shadow again and applies what changed",
+            "after the broker drops it the device reconnects, resubscribes, gets its shadow again and applies what changed",
             reconnect,
+        ),
+        case(
+            "dev_profile_reconnect_pause",
+            &[PROFILE],
+            "profile check (D-41, no clause): after a drop the device does not retry in a tight loop (median pause at least 50 ms)",
+            reconnect_pause,
         ),
     ]
 }
@@ -230,25 +248,38 @@ async fn get_after_connect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets `setpoint` to `v` and waits for the device to report it; returns that report.
+async fn apply_delta(run: &Run, v: u64) -> anyhow::Result<super::Seen> {
+    let mark = run.mark();
+    run.hub.set_desired(DEFAULT_SHADOW, &obj(json!({KEY: v})))?;
+    run.reported(
+        mark,
+        KEY,
+        &json!(v),
+        REACT,
+        &format!("S-3.6 the device did not report setpoint {v} after a delta asking for it"),
+    )
+    .await
+}
+
 async fn delta_applied(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     let run = ctx.start(Shadows::new()).await?;
     run.ready().await?;
-    let mark = run.mark();
-    run.hub
-        .set_desired(DEFAULT_SHADOW, &obj(json!({KEY: 25})))?;
-    let seen = run
-        .reported(
-            mark,
-            KEY,
-            &json!(25),
-            REACT,
-            "S-3.6 the device did not report setpoint 25 after a delta asking for it",
-        )
-        .await?;
-    judge::client_token(&seen.body, "the update reporting the delta").map_err(|e| anyhow!(e))?;
+    let seen = apply_delta(&run, 25).await?;
+    judge::optional_client_token(&seen.body, "the update reporting the delta")
+        .map_err(|e| anyhow!(e))?;
+    Ok(())
+}
+
+/// D-41: S-3.3 lets a thing write both sections; a device that rewrites desired while it
+/// reports may overwrite what the business side asked for meanwhile.
+async fn reports_without_desired(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    let run = ctx.start(Shadows::new()).await?;
+    run.ready().await?;
+    let seen = apply_delta(&run, 25).await?;
     ensure!(
         seen.body[field::STATE].get(field::DESIRED).is_none(),
-        "S-3.3 the device wrote desired while reporting a delta: {}",
+        "profile check (D-41, no clause): the device wrote desired while reporting a delta: {}",
         seen.body
     );
     Ok(())
@@ -310,19 +341,24 @@ async fn stale_delta(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the clientToken of every get and update so far (S-4.1): present, 1..64 bytes, never
-/// reused. Returns how many requests there were.
-fn check_tokens(run: &Run) -> anyhow::Result<usize> {
+/// Checks the clientToken of every get and update so far: with `required` (the D-41 profile
+/// check) present, 1..64 bytes and never reused; else (S-4.1) only that a token sent is a string
+/// of at most 64 bytes. Returns how many requests there were.
+fn check_tokens(run: &Run, required: bool) -> anyhow::Result<usize> {
     let mut seen = BTreeSet::new();
     let mut n = 0;
     for topic in [run.topic_get(), run.topic_update()] {
         for s in run.published(0, &topic) {
             let what = format!("request on {topic}");
-            let tok = judge::client_token(&s.body, &what).map_err(|e| anyhow!(e))?;
-            ensure!(
-                seen.insert(tok.clone()),
-                "S-4.1 clientToken {tok:?} used by two requests"
-            );
+            if required {
+                let tok = judge::client_token(&s.body, &what).map_err(|e| anyhow!(e))?;
+                ensure!(
+                    seen.insert(tok.clone()),
+                    "profile check (D-41, no clause): clientToken {tok:?} used by two requests"
+                );
+            } else {
+                judge::optional_client_token(&s.body, &what).map_err(|e| anyhow!(e))?;
+            }
             n += 1;
         }
     }
@@ -330,9 +366,17 @@ fn check_tokens(run: &Run) -> anyhow::Result<usize> {
 }
 
 async fn client_tokens(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    token_case(ctx, false).await
+}
+
+async fn tokens_on_every_request(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    token_case(ctx, true).await
+}
+
+async fn token_case(ctx: Arc<DeviceCtx>, required: bool) -> anyhow::Result<()> {
     let run = ctx.start(Shadows::new()).await?;
     run.ready().await?;
-    check_tokens(&run)?;
+    check_tokens(&run, required)?;
     for v in [31, 32] {
         let mark = run.mark();
         run.hub.set_desired(DEFAULT_SHADOW, &obj(json!({KEY: v})))?;
@@ -345,10 +389,10 @@ async fn client_tokens(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
         )
         .await?;
     }
-    let n = check_tokens(&run)?;
+    let n = check_tokens(&run, required)?;
     ensure!(
         n >= 3,
-        "S-4.1 only {n} shadow requests seen, want at least a get and two updates"
+        "S-3.2, S-3.6 only {n} shadow requests seen, want at least a get and two updates"
     );
     Ok(())
 }
@@ -383,10 +427,19 @@ async fn allow_list(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
     }
     .await;
     acl(&run)?;
-    scenario
+    // Its own clause first: what stopped the session is another case's verdict (S-3.6, S-5.2,
+    // S-7.2 have their cases), here only the reason the allow-list saw less than a session.
+    scenario.map_err(|e| {
+        anyhow!(
+            "S-2.1 no allow-list breach seen, but the session it is judged over did not complete              (the failing step has its own case): {e:#}"
+        )
+    })
 }
 
-async fn reconnect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+/// Drops the device, refuses its next attempts, changes its desired state while it is away and
+/// waits for its reconnection. Returns the run, the log mark of the drop, the accepted
+/// connection and the pauses between its connection attempts.
+async fn drop_and_reconnect(ctx: &DeviceCtx) -> anyhow::Result<(Run, usize, u32, Vec<Duration>)> {
     let run = ctx.start(Shadows::new()).await?;
     let first = run.connected().await?;
     run.ready().await?;
@@ -436,7 +489,17 @@ async fn reconnect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
         attempts.len().saturating_sub(1)
     );
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
-    judge::backoff(&gaps).map_err(|e| anyhow!("reconnect {e}"))?;
+    Ok((run, mark, conn, gaps))
+}
+
+/// D-41: no clause says how a device retries; only a tight loop fails ([`judge::backoff`]).
+async fn reconnect_pause(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    let (_run, _, _, gaps) = drop_and_reconnect(&ctx).await?;
+    judge::backoff(&gaps).map_err(|e| anyhow!("reconnect {e}"))
+}
+
+async fn reconnect(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    let (run, mark, conn, _) = drop_and_reconnect(&ctx).await?;
     let get = run.topic_get();
     run.hub
         .wait_for(

@@ -104,7 +104,23 @@ pub fn allow_list(log: &[Obs], thing: &str) -> Vec<String> {
     problems
 }
 
-/// Checks a request's clientToken (S-4.1): a string of 1 to 64 bytes. Returns it.
+/// Checks a clientToken the device chose to send (S-4.1: optional for devices, and when
+/// present a string of at most 64 bytes). Returns it, or `None` when the request carries none.
+pub fn optional_client_token(body: &Value, what: &str) -> Result<Option<String>, String> {
+    match body.get(field::CLIENT_TOKEN) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.len() <= Limits::DEFAULT.max_client_token => {
+            Ok(Some(s.clone()))
+        }
+        Some(v) => Err(format!(
+            "S-4.1 {what} has clientToken {v} (want a string of at most {} bytes)",
+            Limits::DEFAULT.max_client_token
+        )),
+    }
+}
+
+/// Checks that a request carries a clientToken of 1 to 64 bytes (the profile check of D-41:
+/// docs/spec.md lets a device leave it out). Returns it.
 pub fn client_token(body: &Value, what: &str) -> Result<String, String> {
     match body.get(field::CLIENT_TOKEN) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= Limits::DEFAULT.max_client_token => {
@@ -114,7 +130,9 @@ pub fn client_token(body: &Value, what: &str) -> Result<String, String> {
             "S-4.1 {what} has clientToken {v} (want a string of 1 to {} bytes)",
             Limits::DEFAULT.max_client_token
         )),
-        None => Err(format!("S-4.1 {what} carries no clientToken: {body}")),
+        None => Err(format!(
+            "profile check (D-41, no clause): {what} carries no clientToken: {body}"
+        )),
     }
 }
 
@@ -347,6 +365,13 @@ mod tests {
             "a"
         );
         assert!(client_token(&json!({}), "x").is_err());
+        assert_eq!(optional_client_token(&json!({}), "x"), Ok(None));
+        assert_eq!(
+            optional_client_token(&json!({"clientToken": "a"}), "x"),
+            Ok(Some("a".into()))
+        );
+        assert!(optional_client_token(&json!({"clientToken": 5}), "x").is_err());
+        assert!(optional_client_token(&json!({"clientToken": "a".repeat(65)}), "x").is_err());
         assert!(client_token(&json!({"clientToken": 5}), "x").is_err());
         assert!(client_token(&json!({"clientToken": "a".repeat(65)}), "x").is_err());
         let r = json!({"clientToken": "k", "code": 200, "data": {"a": 1}});

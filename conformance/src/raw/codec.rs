@@ -389,6 +389,95 @@ impl Packet {
     pub fn disconnect_reason(&self) -> Option<u8> {
         (self.kind == 14).then(|| self.body.first().copied().unwrap_or(0))
     }
+
+    /// One line saying what this packet is, for a case's transcript
+    /// ([`crate::transcript`]); a packet that does not decode is shown by its first bytes.
+    pub fn describe(&self) -> String {
+        const NAMES: [&str; 16] = [
+            "reserved(0)",
+            "CONNECT",
+            "CONNACK",
+            "PUBLISH",
+            "PUBACK",
+            "PUBREC",
+            "PUBREL",
+            "PUBCOMP",
+            "SUBSCRIBE",
+            "SUBACK",
+            "UNSUBSCRIBE",
+            "UNSUBACK",
+            "PINGREQ",
+            "PINGRESP",
+            "DISCONNECT",
+            "AUTH",
+        ];
+        let name = NAMES[usize::from(self.kind & 0x0F)];
+        let decoded = match self.kind {
+            2 => self.connack().map(|a| {
+                format!(
+                    "reason {:#04x}, session present {}",
+                    a.reason, a.session_present
+                )
+            }),
+            3 => self.publish().map(|p| {
+                format!(
+                    "{} qos{}{} {}",
+                    p.topic,
+                    p.qos,
+                    if p.retain { " retain" } else { "" },
+                    crate::transcript::payload(&p.payload)
+                )
+            }),
+            8 => {
+                // Packet id, (MQTT 5) properties, then the first filter as sent, malformed or not.
+                let mut at = 2;
+                self.props_at(&mut at)
+                    .and_then(|_| read_bin(&self.body, &mut at))
+                    .map(|f| format!("{:?}", String::from_utf8_lossy(&f)))
+            }
+            9 => self.suback_codes().map(|c| format!("{c:02x?}")),
+            4 => self
+                .puback()
+                .map(|(id, r)| format!("id {id}, reason {r:#04x}")),
+            14 => self.disconnect_reason().map(|r| format!("reason {r:#04x}")),
+            _ => None,
+        };
+        match decoded {
+            Some(d) => format!("{name} {d}"),
+            None => format!(
+                "{name} flags {:#x}, {} byte(s): {:02x?}",
+                self.flags,
+                self.body.len(),
+                &self.body[..self.body.len().min(32)]
+            ),
+        }
+    }
+
+    /// The packet framed in `bytes` (fixed header, remaining length, body), as written by a
+    /// client of `proto`; `None` when `bytes` is not one whole packet.
+    pub fn parse_frame(bytes: &[u8], proto: Proto) -> Option<Packet> {
+        let first = *bytes.first()?;
+        let (mut len, mut mult, mut at) = (0usize, 1usize, 1usize);
+        loop {
+            let b = *bytes.get(at)?;
+            at += 1;
+            len += usize::from(b & 0x7F) * mult;
+            mult *= 128;
+            if b & 0x80 == 0 {
+                break;
+            }
+            if at > 4 {
+                return None;
+            }
+        }
+        let body = bytes.get(at..at + len)?.to_vec();
+        Some(Packet {
+            kind: first >> 4,
+            flags: first & 0x0F,
+            body,
+            proto,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +497,24 @@ mod tests {
         assert_eq!(&a[12..18], &[5, prop::SESSION_EXPIRY, 0, 0, 0, 60]);
         assert_eq!(&b[12..15], &[0, 1, b't']);
         assert_eq!(a.len(), b.len() + 6);
+    }
+
+    #[test]
+    fn packets_describe_themselves() {
+        let sub = subscribe_packet(Proto::V5, 1, b"a/#/b", 1);
+        let p = Packet::parse_frame(&sub, Proto::V5).expect("one packet");
+        assert_eq!(p.describe(), "SUBSCRIBE \"a/#/b\"");
+        let publ = publish_packet(Proto::V311, b"t/1", b"{\"a\":1}", (1, true, 7), &[]);
+        let p = Packet::parse_frame(&publ, Proto::V311).expect("one packet");
+        assert_eq!(p.describe(), "PUBLISH t/1 qos1 retain {\"a\":1}");
+        assert!(Packet::parse_frame(&publ[..publ.len() - 1], Proto::V311).is_none());
+        let odd = Packet {
+            kind: 3,
+            flags: 0,
+            body: vec![0xFF],
+            proto: Proto::V5,
+        };
+        assert_eq!(odd.describe(), "PUBLISH flags 0x0, 1 byte(s): [ff]");
     }
 
     #[test]

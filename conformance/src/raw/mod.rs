@@ -18,6 +18,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::time::timeout;
 
 use crate::mqtt::Proto;
+use crate::transcript::{self, Dir, Transcript};
 
 pub use codec::{ConnAck, ConnectOpts, Packet, Props, Publish, Value, prop};
 
@@ -52,6 +53,8 @@ pub struct Raw {
     stream: TcpStream,
     proto: Proto,
     next_id: u16,
+    /// The transcript of the case that opened it, and this connection's name in it.
+    rec: Option<(Transcript, String)>,
 }
 
 impl Raw {
@@ -68,6 +71,8 @@ impl Raw {
             stream,
             proto: opts.proto,
             next_id: 1,
+            rec: transcript::current()
+                .map(|t| (t, format!("[raw {}] {}", opts.proto.tag(), opts.client_id))),
         };
         raw.send(&opts.packet()).await;
         let p = match raw.read_packet(STEP).await {
@@ -99,6 +104,19 @@ impl Raw {
 
     /// Writes raw bytes; a failed write is left to the next read to notice (the peer closed).
     pub async fn send(&mut self, bytes: &[u8]) {
+        if let Some((t, who)) = &self.rec {
+            let what = match Packet::parse_frame(bytes, self.proto) {
+                Some(p) if bytes.first() != Some(&0x10) => p.describe(),
+                // A CONNECT carries the password: name it only.
+                Some(_) => "CONNECT".to_owned(),
+                None => format!(
+                    "{} byte(s): {:02x?}",
+                    bytes.len(),
+                    &bytes[..bytes.len().min(32)]
+                ),
+            };
+            t.push(who, Dir::Out, &what);
+        }
         let _ = self.stream.write_all(bytes).await;
     }
 
@@ -135,11 +153,19 @@ impl Raw {
                 proto,
             }))
         };
-        match timeout(within, fut).await {
+        let r = match timeout(within, fut).await {
             Ok(Ok(Some(p))) => Ok(p),
             Ok(Ok(None) | Err(_)) => Err(RawReply::Closed),
             Err(_) => Err(RawReply::Silent),
+        };
+        if let Some((t, who)) = &self.rec {
+            match &r {
+                Ok(p) => t.push(who, Dir::In, &p.describe()),
+                Err(RawReply::Closed) => t.push(who, Dir::Note, "connection closed by the hub"),
+                Err(_) => {}
+            }
         }
+        r
     }
 
     /// Reads one packet; `None` on EOF, reset or timeout.
