@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::shadow::ShadowService;
 use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
 
+pub mod merge_patch;
 mod validate;
 
 use validate::{check_page, check_tags, prepare};
@@ -351,12 +352,7 @@ impl Things {
         patch: Map<String, Value>,
         version: Option<u64>,
     ) -> Result<Tags, ThingsError> {
-        for _ in 0..TAGS_CAS_RETRIES {
-            let current = self.get(id).await?;
-            if version.is_some_and(|v| v != current.tags_version) {
-                return Err(ThingsError::VersionConflict);
-            }
-            let mut tags = current.tags;
+        self.edit_tags(id, version, |tags| {
             for (k, v) in &patch {
                 if v.is_null() {
                     tags.remove(k);
@@ -364,6 +360,38 @@ impl Things {
                     tags.insert(k.clone(), v.clone());
                 }
             }
+        })
+        .await
+    }
+
+    /// Applies an RFC 7386 JSON merge-patch to the tags (`PATCH /things/{id}/tags`, D-42): a
+    /// deep merge where `null` deletes. `version` is a precondition as in [`Things::update_tags`].
+    pub async fn merge_tags(
+        &self,
+        id: &str,
+        patch: Map<String, Value>,
+        version: Option<u64>,
+    ) -> Result<Tags, ThingsError> {
+        self.edit_tags(id, version, |tags| merge_patch::merge_patch(tags, &patch))
+            .await
+    }
+
+    /// The compare-and-swap loop behind every tags edit: read, check `version`, edit, check the
+    /// limits on the result, write at the version read. Without `version`, losing the race to
+    /// another writer retries with the newer tags.
+    async fn edit_tags(
+        &self,
+        id: &str,
+        version: Option<u64>,
+        edit: impl Fn(&mut Map<String, Value>),
+    ) -> Result<Tags, ThingsError> {
+        for _ in 0..TAGS_CAS_RETRIES {
+            let current = self.get(id).await?;
+            if version.is_some_and(|v| v != current.tags_version) {
+                return Err(ThingsError::VersionConflict);
+            }
+            let mut tags = current.tags;
+            edit(&mut tags);
             check_tags(&tags)?;
             match self
                 .inner

@@ -56,6 +56,12 @@ pub fn cases() -> Vec<Case> {
             tags,
         ),
         Case::new(
+            "s9_tags_merge_patch",
+            &["S-9.3"],
+            "PATCH tags deep-merges (RFC 7386), null deletes at any depth, stale version 409",
+            tags_merge_patch,
+        ),
+        Case::new(
             "s9_query",
             &["S-9.4"],
             "the S-9.4 example query, OR/NOT/IS NULL/ORDER BY, and injection attempts",
@@ -315,6 +321,47 @@ async fn shadow_rest(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         .get(&base)
         .await?
         .expect("S-9.3 GET deleted shadow", &[404])?;
+    Ok(())
+}
+
+async fn tags_merge_patch(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx
+        .create_thing_with(
+            json!({"tags": {"loc": {"b": "b1", "floor": 2, "room": {"n": 7}}, "o": "x"}}),
+        )
+        .await?;
+    let id = t.id;
+    let tp = format!("/api/v1/things/{id}/tags");
+    let r = ctx
+        .api
+        .patch(
+            &tp,
+            json!({"tags": {"loc": {"floor": 3, "room": {"n": null}}, "o": null, "z": [1]}}),
+        )
+        .await?;
+    r.expect("S-9.3 PATCH tags", &[200])?;
+    let want = json!({"loc": {"b": "b1", "floor": 3, "room": {}}, "z": [1]});
+    ensure!(
+        check::json_eq(&r.data()["tags"], &want),
+        "S-9.3 tags after merge-patch {} (want {want})",
+        r.data()["tags"]
+    );
+    let v = r.data()["version"].as_u64().unwrap_or_default();
+    ctx.api
+        .patch(&tp, json!({"tags": {"z": null}, "version": v + 1}))
+        .await?
+        .expect("S-9.3 PATCH tags with a stale version", &[409])?;
+    ctx.api
+        .patch(&tp, json!({"tags": {"z": null}, "version": v}))
+        .await?
+        .expect("S-9.3 PATCH tags at the current version", &[200])?;
+    let g = ctx.api.get(&format!("/api/v1/things/{id}")).await?;
+    let want = json!({"loc": {"b": "b1", "floor": 3, "room": {}}});
+    ensure!(
+        check::json_eq(&g.data()["tags"], &want),
+        "S-9.3 tags after the second patch {} (want {want})",
+        g.data()["tags"]
+    );
     Ok(())
 }
 

@@ -21,7 +21,7 @@
 //! errors), D-24 (OTA job shapes, in [`ota`]), D-25 (creating things, batches), D-26 (paging),
 //! D-27 (tags), D-28 (enabling and disabling), D-29 (method calls), D-30 (identifiers in paths),
 //! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
-//! [`crate::query`]) and D-36 (REST shadow writes).
+//! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
 
 pub mod docs;
 pub mod error;
@@ -135,7 +135,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(things::patch)
                 .delete(things::delete),
         )
-        .route("/things/{id}/tags", put(things::put_tags))
+        .route(
+            "/things/{id}/tags",
+            put(things::put_tags).patch(things::patch_tags),
+        )
         .route(
             "/things/{id}/shadows/{name}",
             get(shadows::get_shadow).delete(shadows::delete_shadow),

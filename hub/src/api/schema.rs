@@ -188,19 +188,20 @@ pub struct PatchThingRequest {
     pub enabled: bool,
 }
 
-/// `PUT /things/{id}/tags` body: each key replaces that tag, `null` deletes it.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// `PUT /things/{id}/tags` body: each key replaces that tag, `null` deletes it. The same shape
+/// is the body of `PATCH /things/{id}/tags`, where `tags` is a JSON merge-patch (D-42).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TagsRequest {
-    /// The tags to set (`null` values delete).
+    /// The tags to set (`null` values delete); for `PATCH`, the RFC 7386 merge-patch.
     #[schema(value_type = Object)]
     pub tags: Map<String, Value>,
     /// Apply only if this is the current tags version (409 otherwise).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
 
 /// Tags after an update.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TagsView {
     /// All tags.
     #[schema(value_type = Object)]

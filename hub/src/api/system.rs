@@ -88,6 +88,7 @@ pub async fn openapi() -> Result<Response, ApiError> {
         super::things::patch,
         super::things::delete,
         super::things::put_tags,
+        super::things::patch_tags,
         super::query::query,
         super::shadows::get_shadow,
         super::shadows::put_desired,

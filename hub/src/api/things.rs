@@ -1,7 +1,7 @@
 //! Registry routes (S-9.2) and tags (S-9.3): `/api/v1/things...`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
@@ -186,4 +186,63 @@ pub async fn put_tags(
         tags: tags.tags,
         version: tags.version,
     }))
+}
+
+/// Deep-merges an RFC 7386 JSON merge-patch into the tags (D-42): objects merge, `null` deletes,
+/// anything else replaces. The tags version, in `If-Match` or in `version`, is a precondition.
+#[utoipa::path(patch, path = "/api/v1/things/{id}/tags", operation_id = "patchThingTags", tag = "things",
+    params(
+        ("id" = String, Path, description = "thingId"),
+        ("If-Match" = Option<String>, Header, description = "The tags version the patch applies to, as the ETag `\"N\"` this route answers (or `*`)"),
+    ),
+    request_body = TagsRequest,
+    responses(
+        (status = 200, description = "All tags and their new version (also in `ETag`)", body = Envelope<TagsView>),
+        (status = 400, description = "Bad body, bad If-Match, If-Match and version disagree, or the result is too large or too deep", body = NullEnvelope),
+        (status = 404, description = "No such thing", body = NullEnvelope),
+        (status = 409, description = "The tags version is not the one given", body = NullEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn patch_tags(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<TagsRequest>,
+) -> Result<Response, ApiError> {
+    let version = match (if_match(&headers)?, req.version) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "If-Match and version name different tags versions",
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    let tags = state.things.merge_tags(&id, req.tags, version).await?;
+    let etag = HeaderValue::from_str(&format!("\"{}\"", tags.version))
+        .map_err(|_| ApiError::bad_request("unrepresentable version"))?;
+    let mut resp = ok(TagsView {
+        tags: tags.tags,
+        version: tags.version,
+    });
+    resp.headers_mut().insert(header::ETAG, etag);
+    Ok(resp)
+}
+
+/// The tags version of an `If-Match` header: `"N"` (or `W/"N"`, or a bare `N`); `*` or no
+/// header is no precondition. A list of several versions is refused: one write has one base.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::bad_request("If-Match must be one tags version, as \"N\"");
+    let text = raw.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    text.parse::<u64>().map(Some).map_err(|_| bad())
 }

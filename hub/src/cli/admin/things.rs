@@ -1,10 +1,12 @@
-//! `iothub things create|list|get|enable|disable|delete` (S-9.2).
+//! `iothub things create|list|get|enable|disable|delete|tag` (S-9.2, S-9.3).
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use iothub_hub::api::schema::{CreateThingRequest, CreatedThingView, PatchThingRequest, Thing};
+use iothub_hub::api::schema::{
+    CreateThingRequest, CreatedThingView, PatchThingRequest, TagsRequest, TagsView, Thing,
+};
 
 use super::{PageArgs, page_query, show, show_page, typed};
 use crate::cli::client::{Client, DEFAULT_TIMEOUT, Failure, Remote, segment};
@@ -61,6 +63,26 @@ enum ThingsCommand {
         /// The thing id.
         id: String,
     },
+    /// Edit a thing's tags in place with a JSON merge-patch (RFC 7386): objects merge, `null`
+    /// deletes, anything else replaces; the other tags stay (D-42).
+    Tag {
+        /// The thing id.
+        id: String,
+        /// The merge-patch, a JSON object, e.g. '{"location":{"floor":3},"owner":null}'.
+        #[arg(long, value_parser = parse_patch)]
+        patch: Map<String, Value>,
+        /// Apply only at this tags version (exit code 4 when the tags have changed since).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+fn parse_patch(s: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the patch must be a JSON object".into()),
+        Err(e) => Err(format!("the patch is not JSON: {e}")),
+    }
 }
 
 fn parse_tag(s: &str) -> Result<(String, Value), String> {
@@ -140,6 +162,25 @@ pub async fn things(args: ThingsArgs) -> Result<Outcome, Failure> {
                 .await?;
             show(remote, data, |_| {
                 println!("deleted {id}");
+                Ok(())
+            })?;
+        }
+        ThingsCommand::Tag { id, patch, version } => {
+            let path = format!("/things/{}/tags", segment(&id));
+            let body = TagsRequest {
+                tags: patch,
+                version,
+            };
+            let data = client
+                .call(Method::PATCH, &path, &[], Some(&body), DEFAULT_TIMEOUT)
+                .await?;
+            show(remote, data, |data| {
+                let t: TagsView = typed(data)?;
+                fields(&[
+                    ("thing", id.clone()),
+                    ("tags", Value::Object(t.tags).to_string()),
+                    ("tags version", t.version.to_string()),
+                ]);
                 Ok(())
             })?;
         }
