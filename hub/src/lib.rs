@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod guard;
 pub mod logging;
 pub mod method;
@@ -94,11 +95,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     let scx = EmbeddedBroker::context().await;
-    let bus: Arc<dyn Bus> = Arc::new(RmqttBus::new(
+    // The console sees what the hub publishes about things through a tee on the bus.
+    let (bus, console_events) = console::TeeBus::wrap(Arc::new(RmqttBus::new(
         scx.clone(),
         presence.clone(),
         metrics.clone(),
-    ));
+    )));
+    let bus: Arc<dyn Bus> = bus;
     let shadows = shadow::service::ShadowService::spawn_with_metrics(
         store.clone(),
         committer,
@@ -183,7 +186,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         metrics,
     )
     .with_ota(ota.clone())
-    .with_basic_auth(config.tio_compat);
+    .with_basic_auth(config.tio_compat)
+    .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;

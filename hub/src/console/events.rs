@@ -1,0 +1,269 @@
+//! Live updates for console pages: what the hub publishes about things (presence, lifecycle,
+//! shadow changes), teed off the [`Bus`] into a bounded broadcast channel and streamed to
+//! browsers as server-sent events.
+//!
+//! Bounds: the channel holds [`CHANNEL`] events; a stream that falls behind gets `resync` and the
+//! page reloads. At most [`MAX_STREAMS`] streams are open at once (503 beyond), and each ends
+//! after [`STREAM_LIFETIME`] (the browser's `EventSource` reconnects, which re-checks the session).
+//! With no stream open, the tee costs one atomic load per publish.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use bytes::Bytes;
+use futures::Stream;
+use iothub_spec::topic::Topic;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::time::Instant;
+
+use super::{PageError, SignedIn, thing};
+use crate::api::{ApiError, AppState};
+use crate::bus::Bus;
+
+/// Events buffered for the slowest stream.
+pub const CHANNEL: usize = 1024;
+/// Most event streams open at once.
+pub const MAX_STREAMS: usize = 32;
+/// How long one stream lasts before the browser must reconnect.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(3600);
+/// Comment lines sent on an idle stream, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Something the hub published about a thing.
+#[derive(Debug, Clone)]
+pub struct HubEvent {
+    /// The thing.
+    pub thing: String,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of [`HubEvent`].
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A presence event (S-8.1) and whether the thing is connected right after it.
+    Presence {
+        /// Connected now.
+        connected: bool,
+        /// The S-8.1 payload.
+        payload: Bytes,
+    },
+    /// A lifecycle event (S-8.3).
+    Lifecycle {
+        /// The S-8.3 payload.
+        payload: Bytes,
+    },
+    /// A shadow changed (update accepted, delta or documents published).
+    Shadow {
+        /// The shadow name.
+        name: String,
+    },
+}
+
+/// The console's side of the tee: subscribe to events, count open streams, ask who is connected.
+#[derive(Clone)]
+pub struct ConsoleEvents {
+    tx: broadcast::Sender<HubEvent>,
+    streams: Arc<Semaphore>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+impl Default for ConsoleEvents {
+    fn default() -> Self {
+        ConsoleEvents {
+            tx: broadcast::channel(CHANNEL).0,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            bus: None,
+        }
+    }
+}
+
+impl ConsoleEvents {
+    /// Whether `thing` is connected now, when the live state is known (`None` without a bus).
+    pub fn is_connected(&self, thing: &str) -> Option<bool> {
+        self.bus.as_ref().map(|b| b.is_connected(thing))
+    }
+
+    /// A receiver of every later event.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.tx.subscribe()
+    }
+
+    fn open_stream(&self) -> Option<OwnedSemaphorePermit> {
+        self.streams.clone().try_acquire_owned().ok()
+    }
+}
+
+/// A [`Bus`] that forwards everything to `inner` and copies the publications the console shows.
+pub struct TeeBus {
+    inner: Arc<dyn Bus>,
+    tx: broadcast::Sender<HubEvent>,
+}
+
+impl TeeBus {
+    /// Wraps `inner`; the returned [`ConsoleEvents`] receives the copies.
+    pub fn wrap(inner: Arc<dyn Bus>) -> (Arc<TeeBus>, ConsoleEvents) {
+        let events = ConsoleEvents {
+            bus: Some(inner.clone()),
+            ..ConsoleEvents::default()
+        };
+        let tee = Arc::new(TeeBus {
+            inner,
+            tx: events.tx.clone(),
+        });
+        (tee, events)
+    }
+
+    fn copy(&self, topic: &str, payload: &Bytes) {
+        let Ok(parsed) = Topic::parse(topic) else {
+            return;
+        };
+        let kind = match parsed {
+            Topic::PresenceEvent { thing } => EventKind::Presence {
+                connected: self.inner.is_connected(thing),
+                payload: payload.clone(),
+            },
+            Topic::LifecycleEvent { .. } => EventKind::Lifecycle {
+                payload: payload.clone(),
+            },
+            Topic::ShadowUpdateAccepted { shadow, .. }
+            | Topic::ShadowUpdateDelta { shadow, .. }
+            | Topic::ShadowUpdateDocuments { shadow, .. } => EventKind::Shadow {
+                name: shadow.to_owned(),
+            },
+            _ => return,
+        };
+        // An error only means that no stream is open any more.
+        let _ = self.tx.send(HubEvent {
+            thing: parsed.thing().to_owned(),
+            kind,
+        });
+    }
+}
+
+#[async_trait]
+impl Bus for TeeBus {
+    async fn publish(&self, topic: &str, payload: Bytes, retain: bool) {
+        if self.tx.receiver_count() > 0 {
+            self.copy(topic, &payload);
+        }
+        self.inner.publish(topic, payload, retain).await;
+    }
+
+    async fn disconnect(&self, client_id: &str) {
+        self.inner.disconnect(client_id).await;
+    }
+
+    fn is_connected(&self, client_id: &str) -> bool {
+        self.inner.is_connected(client_id)
+    }
+
+    async fn has_subscribers(&self, topic: &str) -> bool {
+        // Shadow documents are built only for listeners; an open console page is one.
+        if self.tx.receiver_count() > 0
+            && matches!(Topic::parse(topic), Ok(Topic::ShadowUpdateDocuments { .. }))
+        {
+            return true;
+        }
+        self.inner.has_subscribers(topic).await
+    }
+}
+
+/// `?thing=` narrows a stream to one thing.
+#[derive(Deserialize)]
+pub struct StreamParams {
+    thing: Option<String>,
+}
+
+struct StreamState {
+    rx: broadcast::Receiver<HubEvent>,
+    app: AppState,
+    thing: Option<String>,
+    ends: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// `GET /console/events`: `presence` (`{"thing","connected","row"}`), and with `?thing=` also
+/// `shadow` (the changed shadow's markup) and `activity` (a lifecycle event's row); `resync`
+/// asks the page to reload (events were lost).
+pub async fn stream(
+    _signed: SignedIn,
+    State(app): State<AppState>,
+    Query(p): Query<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, PageError> {
+    let events = &app.console.events;
+    let Some(permit) = events.open_stream() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many console event streams open",
+        )
+        .into());
+    };
+    let state = StreamState {
+        rx: events.subscribe(),
+        thing: p.thing,
+        app: app.clone(),
+        ends: Instant::now() + STREAM_LIFETIME,
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let event = next_event(&mut s).await?;
+        Some((Ok(event), s))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+async fn next_event(s: &mut StreamState) -> Option<Event> {
+    loop {
+        let received = tokio::time::timeout_at(s.ends, s.rx.recv()).await.ok()?;
+        let ev = match received {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                return Some(Event::default().event("resync").data("lagged"));
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        if s.thing.as_deref().is_some_and(|t| t != ev.thing) {
+            continue;
+        }
+        match ev.kind {
+            EventKind::Presence { connected, payload } => {
+                let row =
+                    thing::activity_row(&ev.thing, "presence", &String::from_utf8_lossy(&payload));
+                let data = serde_json::json!({
+                    "thing": ev.thing,
+                    "connected": connected,
+                    "row": row.into_string(),
+                });
+                return Some(Event::default().event("presence").data(data.to_string()));
+            }
+            EventKind::Lifecycle { payload } if s.thing.is_some() => {
+                return Some(activity(&ev.thing, "lifecycle", &payload));
+            }
+            EventKind::Lifecycle { .. } => {}
+            EventKind::Shadow { name } if s.thing.is_some() => {
+                // Read after the event, so the page shows the state the event announced (or newer).
+                let markup = match s.app.shadows.get(&ev.thing, &name).await {
+                    Ok(doc) => thing::shadow_section(&name, &doc),
+                    Err(e) => {
+                        tracing::debug!(thing = %ev.thing, shadow = %name, error = %e.message, "console cannot read shadow");
+                        continue;
+                    }
+                };
+                return Some(Event::default().event("shadow").data(markup.into_string()));
+            }
+            EventKind::Shadow { .. } => {}
+        }
+    }
+}
+
+fn activity(thing: &str, kind: &str, payload: &[u8]) -> Event {
+    let row = thing::activity_row(thing, kind, &String::from_utf8_lossy(payload));
+    Event::default().event("activity").data(row.into_string())
+}
