@@ -182,6 +182,8 @@ pub struct StreamParams {
 }
 
 struct StreamState {
+    /// Sent before anything from `rx`: the state when the stream opened.
+    first: std::collections::VecDeque<Event>,
     rx: broadcast::Receiver<HubEvent>,
     app: AppState,
     thing: Option<String>,
@@ -205,8 +207,15 @@ pub async fn stream(
         )
         .into());
     };
+    // Subscribe before reading the snapshot, so that no change falls between the two.
+    let rx = events.subscribe();
+    let first = match &p.thing {
+        Some(thing) => snapshot(&app, thing).await,
+        None => Default::default(),
+    };
     let state = StreamState {
-        rx: events.subscribe(),
+        first,
+        rx,
         thing: p.thing,
         app: app.clone(),
         ends: Instant::now() + STREAM_LIFETIME,
@@ -219,7 +228,26 @@ pub async fn stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
+/// A thing's connected state and shadows now: what changed between the page and its stream.
+async fn snapshot(app: &AppState, thing: &str) -> std::collections::VecDeque<Event> {
+    let mut out = std::collections::VecDeque::new();
+    if let Some(connected) = app.console.events.is_connected(thing) {
+        let data = serde_json::json!({ "thing": thing, "connected": connected });
+        out.push_back(Event::default().event("presence").data(data.to_string()));
+    }
+    for name in app.store.shadow_names(thing).await.unwrap_or_default() {
+        if let Ok(doc) = app.shadows.get(thing, &name).await {
+            let markup = thing::shadow_section(&name, &doc);
+            out.push_back(Event::default().event("shadow").data(markup.into_string()));
+        }
+    }
+    out
+}
+
 async fn next_event(s: &mut StreamState) -> Option<Event> {
+    if let Some(first) = s.first.pop_front() {
+        return Some(first);
+    }
     loop {
         let received = tokio::time::timeout_at(s.ends, s.rx.recv()).await.ok()?;
         let ev = match received {

@@ -12,6 +12,8 @@
   var thing = body.dataset.thing;
   var url = "/console/events" + (thing ? "?thing=" + encodeURIComponent(thing) : "");
   var source = new EventSource(url);
+  // Marks the page once its stream is open (tests wait for it before acting on the hub).
+  source.addEventListener("open", function () { body.dataset.streaming = "1"; });
   function addRow(html) {
     var list = document.getElementById("activity");
     if (!list) return;
@@ -26,7 +28,7 @@
       el.textContent = m.connected ? "connected" : "disconnected";
       el.className = "conn " + (m.connected ? "on" : "off");
     });
-    if (thing) addRow(m.row);
+    if (thing && m.row) addRow(m.row);
   });
   source.addEventListener("activity", function (e) { addRow(e.data); });
   source.addEventListener("shadow", function (e) {

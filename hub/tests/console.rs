@@ -1,0 +1,256 @@
+//! The web console end to end in a real browser: headless Chromium driven through chromedriver
+//! (WebDriver), against the real hub binary and a real device built on `iothub-sdk`.
+//!
+//! Sign in, create a thing, connect the device with the secret the page showed and watch the
+//! list turn it connected without a reload, set desired state in the page and see the device's
+//! reported value appear, call a method and see the answer, then an unknown method and its error
+//! code. Screenshots of each page go to `$CARGO_TARGET_TMPDIR/console-screenshots/`
+//! (examples are committed in `docs/console/`). Needs `chromium` and `chromedriver` (Debian
+//! packages `chromium` and `chromium-driver`; `scripts/test` installs them when missing).
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::{ADMIN_TOKEN, Hub, STEP, eventually, unique};
+
+/// chromedriver, killed when the test ends however it ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn start_browser() -> (Driver, Client) {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver must be installed (Debian package chromium-driver; scripts/test installs it)");
+    let driver = Driver(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000"] }),
+    );
+    let client = eventually(STEP, || {
+        let caps = caps.clone();
+        let url = url.clone();
+        async move {
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await
+    .expect("chromedriver starts a browser session");
+    (driver, client)
+}
+
+fn shots_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(shots_dir().join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn text(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Waits until the element's text satisfies `ok`; fails with the last text seen.
+async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
+    let found = eventually(STEP, || async { text(c, css).await.filter(|t| ok(t)) }).await;
+    match found {
+        Some(t) => t,
+        None => panic!(
+            "{css}: never as expected; last text {:?}",
+            text(c, css).await
+        ),
+    }
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let el = c.find(Locator::Css(css)).await.expect(css);
+    el.clear().await.expect("clear");
+    el.send_keys(value).await.expect("type");
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .expect(css)
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn wait_streaming(c: &Client) {
+    eventually(STEP, || async {
+        let v = c
+            .execute("return document.body.dataset.streaming || null", vec![])
+            .await
+            .ok()?;
+        (v == Value::String("1".into())).then_some(())
+    })
+    .await
+    .expect("the page's event stream opens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_drives_a_real_device() {
+    let hub = Hub::start();
+    let base = hub.base_url();
+    let (_driver, c) = start_browser().await;
+
+    // Signed out, every page leads to the sign-in form; a wrong token is refused.
+    c.goto(&format!("{base}/")).await.expect("open console");
+    c.wait()
+        .for_element(Locator::Css("#token"))
+        .await
+        .expect("sign-in form");
+    shot(&c, "01-sign-in").await;
+    fill(&c, "#token", "wrong").await;
+    click(&c, "#sign-in").await;
+    wait_text(&c, "#notice", |t| t.contains("Wrong token")).await;
+    fill(&c, "#token", ADMIN_TOKEN).await;
+    click(&c, "#sign-in").await;
+    c.wait()
+        .for_element(Locator::Css("#things"))
+        .await
+        .expect("things list");
+
+    // Create: the secret is shown once.
+    let id = unique("console");
+    fill(&c, "#new-thing-id", &id).await;
+    click(&c, "#create-thing").await;
+    let secret = wait_text(&c, "#secret", |t| !t.is_empty()).await;
+    let badge = format!("[data-conn=\"{id}\"]");
+    assert_eq!(text(&c, &badge).await.as_deref(), Some("disconnected"));
+    wait_streaming(&c).await;
+    // A marker that a reload would wipe out.
+    c.execute("window.__sameDocument = 1", vec![])
+        .await
+        .expect("marker");
+    shot(&c, "02-things-created").await;
+
+    // A real SDK device with the shown secret: the badge turns without a reload.
+    let options = iothub_sdk::ThingOptions::with_addr(&id, &secret, &hub.mqtt.to_string())
+        .expect("options")
+        .on_method("reboot", |req| async move {
+            Ok(json!({ "rebooting": true, "asked": req.data }))
+        })
+        .expect("method handler");
+    let device = iothub_sdk::Thing::connect(options)
+        .await
+        .expect("device connects");
+    wait_text(&c, &badge, |t| t == "connected").await;
+    let same = c
+        .execute("return window.__sameDocument || null", vec![])
+        .await
+        .expect("marker read");
+    assert_eq!(same, json!(1), "the list updated without a reload");
+    shot(&c, "03-things-connected").await;
+
+    // The device reports whatever desired state it is sent.
+    let shadow = device.shadow("default");
+    let mut deltas = shadow.deltas().expect("deltas");
+    let reporter = tokio::spawn(async move {
+        use iothub_sdk::StreamExt as _;
+        while let Some(delta) = deltas.next().await {
+            if shadow.report(&delta.state).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Desired state set in the page; the device's reported value appears in it.
+    c.goto(&format!("{base}/console/things/{id}"))
+        .await
+        .expect("thing page");
+    c.wait()
+        .for_element(Locator::Css("#desired-form"))
+        .await
+        .expect("thing page");
+    fill(&c, "#desired", r#"{"led":"on","period":5}"#).await;
+    click(&c, "#set-desired").await;
+    wait_text(&c, "#notice", |t| t.contains("accepted")).await;
+    wait_text(&c, "#shadow-default [data-part=reported] pre", |t| {
+        t.contains("\"led\": \"on\"") && t.contains("\"period\": 5")
+    })
+    .await;
+    wait_text(&c, "#shadow-default [data-part=desired] pre", |t| {
+        t.contains("\"led\": \"on\"")
+    })
+    .await;
+    shot(&c, "04-thing-shadow").await;
+
+    // A method call and its answer; an unknown method and its error code.
+    fill(&c, "#method", "reboot").await;
+    fill(&c, "#payload", r#"{"delay":2}"#).await;
+    click(&c, "#invoke").await;
+    wait_text(&c, "#method-code", |t| t == "200").await;
+    let data = wait_text(&c, "#method-data", |t| t.contains("rebooting")).await;
+    assert!(
+        data.contains("\"delay\": 2"),
+        "the payload reached the device: {data}"
+    );
+    shot(&c, "05-thing-method").await;
+    fill(&c, "#method", "no-such-method").await;
+    fill(&c, "#timeout", "5").await;
+    click(&c, "#invoke").await;
+    wait_text(&c, "#method-code", |t| t == "404").await;
+
+    // The same answers through the REST API: the page showed the hub's real state.
+    let (status, doc) = hub.rest_shadow(&id, "default").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["state"]["reported"]["led"], json!("on"));
+
+    // Disabling from the thing page closes the device's connection (S-1.3).
+    c.find(Locator::XPath(
+        "//form[contains(@action,'/enabled')]//button",
+    ))
+    .await
+    .expect("disable button")
+    .click()
+    .await
+    .expect("disable");
+    wait_text(&c, "#thing-id + [data-conn]", |t| t == "disconnected").await;
+    assert!(
+        text(&c, "main")
+            .await
+            .unwrap_or_default()
+            .contains("Disabled")
+    );
+    let (_, thing) = hub.rest_thing(&id).await;
+    assert_eq!(thing["enabled"], json!(false));
+
+    reporter.abort();
+    device.close().await;
+    c.close().await.expect("close browser");
+}
