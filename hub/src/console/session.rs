@@ -195,7 +195,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            "a=1; iothub_console=xyz; b=2".parse().unwrap(),
+            "a=1; iothub_console=xyz; b=2"
+                .parse()
+                .expect("header value"),
         );
         assert_eq!(cookie(&h, COOKIE), Some("xyz"));
         let set = set_cookie(Some("xyz"), true);
