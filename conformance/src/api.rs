@@ -125,6 +125,23 @@ impl Api {
         Ok(Resp { status, body, text })
     }
 
+    /// The HTTP status of `GET path` (with the admin token when `auth`), the body unchecked:
+    /// for the preflight, which must tell a refused token from a broken envelope.
+    pub async fn status_of(&self, path: &str, auth: bool, limit: Duration) -> anyhow::Result<u16> {
+        let mut rb = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .timeout(limit);
+        if auth {
+            rb = rb.bearer_auth(&self.token);
+        }
+        let r = rb
+            .send()
+            .await
+            .with_context(|| format!("GET {path}: request failed"))?;
+        Ok(r.status().as_u16())
+    }
+
     /// Authorized JSON call with the default time limit.
     pub async fn call(
         &self,

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::ctx::Ctx;
 
+/// The clause name of a profile check: a case checking something docs/spec.md does not require
+/// (a habit most devices have, such as reporting state at start-up). Profile checks are listed
+/// apart from the spec's clauses in the report and never gate other cases.
+pub const PROFILE: &str = "profile";
+
 /// The result of one case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -88,7 +88,7 @@ impl Ctx {
         hub_bin: Option<PathBuf>,
     ) -> anyhow::Result<Ctx> {
         let (host, port) = parse_mqtt(mqtt)?;
-        let api = Api::new(api, token)?;
+        let api = Api::new(&iothub_launch::addr::http_base(api)?, token)?;
         let limits = match api.get("/api/v1/limits").await {
             Ok(r) if r.status == 200 => {
                 serde_json::from_value(r.data().clone()).unwrap_or_default()
@@ -109,6 +109,44 @@ impl Ctx {
             run: format!("cf{:x}", t % 0xFF_FFFF),
             counter: AtomicU32::new(0),
         })
+    }
+
+    /// This run's id (`cf<hex>`): part of the id of every thing the run creates.
+    pub fn run_id(&self) -> &str {
+        &self.run
+    }
+
+    /// Deletes every thing on the hub whose id contains this run's id; returns how many. Pages
+    /// through `GET /api/v1/things` first (ids only), then deletes, so paging is not disturbed.
+    pub async fn cleanup(&self) -> anyhow::Result<usize> {
+        const PAGE: u64 = 500;
+        let mut ours = Vec::new();
+        let mut index = 0u64;
+        loop {
+            let r = self
+                .api
+                .get(&format!("/api/v1/things?pageIndex={index}&pageSize={PAGE}"))
+                .await?;
+            r.expect("S-9.2 GET /api/v1/things", &[200])?;
+            let content = r.data()["content"].as_array().cloned().unwrap_or_default();
+            ours.extend(
+                content
+                    .iter()
+                    .filter_map(|t| t["thingId"].as_str())
+                    .filter(|id| id.contains(&self.run))
+                    .map(str::to_owned),
+            );
+            let total = r.data()["total"].as_u64().unwrap_or(0);
+            index += 1;
+            if content.is_empty() || index * PAGE >= total {
+                break;
+            }
+        }
+        for id in &ours {
+            let r = self.api.delete(&format!("/api/v1/things/{id}")).await?;
+            r.expect("S-9.2 DELETE /api/v1/things/{id}", &[200, 204, 404])?;
+        }
+        Ok(ours.len())
     }
 
     /// A fresh thing id, unique in this run (`cf<run>-<n>`).
@@ -391,13 +429,10 @@ pub fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Splits `mqtt://host:port` (or `host:port`) into host and port.
+/// Splits `mqtt://host:port` (or `host:port`, the forms every tool accepts, see
+/// `iothub_launch::addr`) into host and port.
 pub fn parse_mqtt(s: &str) -> anyhow::Result<(String, u16)> {
-    let rest = s
-        .strip_prefix("mqtt://")
-        .or_else(|| s.strip_prefix("tcp://"))
-        .unwrap_or(s);
-    let rest = rest.trim_end_matches('/');
+    let rest = iothub_launch::addr::mqtt(s)?;
     let (host, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("MQTT address {s:?} has no port"))?;

@@ -21,6 +21,8 @@
 //! | [`ctx`] | the hub under test and helpers to create and connect things |
 //! | [`spawn`] | `--spawn-hub` |
 //! | [`report`] | table, JSON report, expected-results diff |
+//! | [`junit`], [`html`] | the JUnit XML (`--junit`) and HTML (`--html`) reports |
+//! | [`preflight`] | the hub side's checks before any case (addresses, token, version) |
 //! | [`vectors`] | the golden vectors, compiled in |
 //! | [`device`] | the device side: scripted hub, device cases, judges |
 //! | [`shim`] | shared code of the device shims (environment, break proxy) |
@@ -33,7 +35,10 @@ pub mod cases;
 pub mod check;
 pub mod ctx;
 pub mod device;
+pub mod html;
+pub mod junit;
 pub mod mqtt;
+pub mod preflight;
 pub mod raw;
 pub mod report;
 pub mod shim;

@@ -33,15 +33,26 @@ enum Format {
 enum Cmd {
     /// Check a hub: play devices over MQTT and the business side over REST.
     Hub {
-        /// MQTT address of the hub, `mqtt://HOST:PORT`.
+        /// MQTT address of the hub: `HOST:PORT` or `mqtt://HOST:PORT`.
         #[arg(long, required_unless_present = "spawn_hub")]
         mqtt: Option<String>,
-        /// REST address of the hub, `http://HOST:PORT`.
+        /// REST address of the hub: `HOST:PORT` or `http://HOST:PORT`.
         #[arg(long, required_unless_present = "spawn_hub")]
         api: Option<String>,
         /// Admin bearer token.
-        #[arg(long, required_unless_present = "spawn_hub")]
+        #[arg(
+            long,
+            env = "IOTHUB_ADMIN_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "spawn_hub"
+        )]
         token: Option<String>,
+        /// Keep the things the run created (their ids carry the run id, printed at the start);
+        /// by default they are deleted at the end, also after Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        files: ReportFiles,
         /// A service user of the hub, `$name:secret` (cases that need one are skipped without).
         #[arg(long)]
         service_user: Option<String>,
@@ -101,6 +112,8 @@ enum Cmd {
         /// Name of the implementation recorded by --write-expected.
         #[arg(long, default_value = "device")]
         implementation: String,
+        #[command(flatten)]
+        files: ReportFiles,
     },
     /// Print the coverage list: every case with the clauses it checks.
     List,
@@ -148,8 +161,53 @@ fn list_side<C>(all: &[Case<C>]) {
     println!("  {} cases over {} clauses", all.len(), clauses.len());
 }
 
+/// Report files of a run.
+#[derive(clap::Args)]
+struct ReportFiles {
+    /// Write the run as JUnit XML (one test case per conformance case, its clauses as the class
+    /// name) for CI servers.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write the run as one HTML page (failures first, then a table per clause).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+/// Exit status when the preflight stops the run.
+const EXIT_PREFLIGHT: i32 = 2;
+/// Exit status of a run interrupted by SIGINT or SIGTERM (128 + SIGINT).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// What both sides share: selection, skips, output, expected-results diff.
 struct RunOpts {
+    side: &'static str,
+    target: String,
+    junit: Option<PathBuf>,
+    html: Option<PathBuf>,
     only: Vec<String>,
     skip: Vec<String>,
     format: Format,
@@ -235,6 +293,17 @@ async fn run_side<C: Send + Sync + 'static>(
         std::fs::write(p, serde_json::to_string_pretty(&v)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    if let Some(p) = &o.junit {
+        std::fs::write(p, iothub_conformance::junit::render(o.side, &results))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &o.html {
+        std::fs::write(
+            p,
+            iothub_conformance::html::render(o.side, &o.target, &results),
+        )
+        .with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok(failed)
 }
 
@@ -256,8 +325,13 @@ async fn main() -> anyhow::Result<()> {
             expect,
             write_expected,
             implementation,
+            files,
         } => {
             let o = RunOpts {
+                side: "device",
+                target: format!("device: {exec}"),
+                junit: files.junit,
+                html: files.html,
                 only,
                 skip,
                 format,
@@ -280,8 +354,14 @@ async fn main() -> anyhow::Result<()> {
             expect,
             write_expected,
             implementation,
+            keep,
+            files,
         } => {
-            let o = RunOpts {
+            let mut o = RunOpts {
+                side: "hub",
+                target: String::new(),
+                junit: files.junit,
+                html: files.html,
                 only,
                 skip,
                 format,
@@ -289,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
                 write_expected,
                 implementation,
             };
+            let spawned = spawn_hub.is_some();
             let mut _hub = None;
             let ctx = match spawn_hub {
                 Some(bin) => {
@@ -317,7 +398,52 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                 }
             };
-            run_side(cases::all(), Arc::new(ctx), &o).await?
+            let ctx = Arc::new(ctx);
+            let pre =
+                match iothub_conformance::preflight::hub(&ctx.mqtt_host, ctx.mqtt_port, &ctx.api)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("iothub-conformance: preflight: {e}");
+                        std::process::exit(EXIT_PREFLIGHT);
+                    }
+                };
+            o.target = format!(
+                "hub {} at mqtt={}:{} api={} (run id {})",
+                pre.hub_version.as_deref().unwrap_or("(version not stated)"),
+                ctx.mqtt_host,
+                ctx.mqtt_port,
+                ctx.api.base(),
+                ctx.run_id()
+            );
+            eprintln!("preflight: {}", o.target);
+            let outcome = tokio::select! {
+                r = run_side(cases::all(), ctx.clone(), &o) => Some(r),
+                () = interrupted() => None,
+            };
+            // A spawned hub goes away with its data; a hub given by address keeps only what
+            // --keep asks for.
+            if !spawned {
+                if keep {
+                    eprintln!("kept the things of run {}", ctx.run_id());
+                } else {
+                    match ctx.cleanup().await {
+                        Ok(n) => eprintln!("deleted the {n} things of run {}", ctx.run_id()),
+                        Err(e) => eprintln!(
+                            "iothub-conformance: could not delete the things of run {}: {e:#}",
+                            ctx.run_id()
+                        ),
+                    }
+                }
+            }
+            match outcome {
+                Some(r) => r?,
+                None => {
+                    eprintln!("iothub-conformance: interrupted");
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+            }
         }
     };
     if failed {

@@ -56,6 +56,17 @@ pub fn table(results: &[CaseResult]) -> String {
     }
     out.push_str(&summary(results));
     out.push('\n');
+    let profile: Vec<CaseResult> = results
+        .iter()
+        .filter(|r| r.clauses.iter().any(|c| c == crate::case::PROFILE))
+        .cloned()
+        .collect();
+    if !profile.is_empty() {
+        let (p, f, s) = counts(&profile);
+        out.push_str(&format!(
+            "of which profile checks (no clause, not spec failures): {p} passed, {f} failed, {s} skipped\n"
+        ));
+    }
     out
 }
 
@@ -181,6 +192,27 @@ mod tests {
             outcome: o,
             elapsed: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn profile_checks_are_counted_apart() {
+        let mut p = r(
+            "dev_profile_x",
+            Outcome::Fail("profile check (no clause): x".into()),
+        );
+        p.clauses = vec![crate::case::PROFILE.into()];
+        let t = table(&[
+            r("a", Outcome::Pass),
+            r("b", Outcome::Fail("S-1.2 y".into())),
+            p,
+        ]);
+        assert!(t.contains("\n1 passed, 2 failed, 0 skipped\n"), "{t}");
+        assert!(
+            t.ends_with("of which profile checks (no clause, not spec failures): 0 passed, 1 failed, 0 skipped\n"),
+            "{t}"
+        );
+        let t = table(&[r("a", Outcome::Pass)]);
+        assert!(!t.contains("profile"), "{t}");
     }
 
     #[test]

@@ -10,134 +10,15 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use iothub_launch::{HubCommand, HubProcess};
 use iothub_sdk_nostd::spec::code::OtaErrorCode;
 use iothub_sdk_nostd::spec::payload::{self, field};
 use serde_json::{Value, json};
 
-const ADMIN_TOKEN: &str = "fw-test-token";
-/// The service user the test hub is started with (S-1.5), to send an OTA task.
-const SVC: (&str, &str) = ("$svc", "svc-secret");
-/// How long something that must happen may take (connect, converge, answer).
-const STEP: Duration = Duration::from_secs(20);
+mod support;
 
-/// Kills the child when dropped (a failed assertion must not leave processes behind).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `iothub` on `dir` and the given addresses; returns it with its real addresses.
-fn spawn_hub(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr, SocketAddr) {
-    let hub = HubCommand::new(iothub_launch::hub_binary().expect("iothub binary"))
-        .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
-        .arg(format!("{}:{}", SVC.0, SVC.1))
-        .env("RUST_LOG", "warn")
-        .stderr_to(dir.join("hub.log"))
-        .spawn()
-        .expect("start iothub");
-    let ready = hub.ready();
-    (hub, ready.mqtt, ready.http)
-}
-
-struct Rest {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Rest {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let Ok(resp) = req.send().await else {
-            return (0, Value::Null);
-        };
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn reported(&self, thing: &str) -> Value {
-        let (_, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/things/{thing}/shadows/default"),
-                None,
-            )
-            .await;
-        body["data"]["state"]["reported"].clone()
-    }
-
-    /// Sets desired state and waits until the device reported every key of it.
-    async fn converge(&self, thing: &str, desired: Value) -> Value {
-        let path = format!("/things/{thing}/shadows/default/state/desired");
-        let (status, body) = self
-            .call(
-                reqwest::Method::PUT,
-                &path,
-                Some(json!({"state": {"desired": desired}})),
-            )
-            .await;
-        assert!((200..300).contains(&status), "set desired: {status} {body}");
-        let deadline = Instant::now() + STEP;
-        loop {
-            let reported = self.reported(thing).await;
-            let done = desired
-                .as_object()
-                .unwrap()
-                .iter()
-                .all(|(k, v)| reported.get(k) == Some(v));
-            if done {
-                return reported;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "reported {reported} never reached desired {desired}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Invokes a method, retrying while the device is offline (409) until `STEP` passes.
-    async fn invoke(&self, thing: &str, method: &str) -> Value {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let (status, body) = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/things/{thing}/methods/{method}"),
-                    Some(json!({"data": {}, "timeout": 5})),
-                )
-                .await;
-            if status == 200 {
-                return body["data"].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "invoke {method}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
+use support::{Proc, Rest, STEP, device_log, ota, spawn_device, spawn_hub};
 
 /// The test firmware file: 20,000 deterministic bytes.
 fn firmware_file() -> Vec<u8> {
@@ -148,7 +29,8 @@ const FILE_MD5: &str = "4a6989f25338745123c5b2bc3b8fd0e0";
 const FILE_SHA256: &str = "2f7c06c11ae8773025de62a6eee9c83c0638a2b80c2b47363227d4676f1a9eff";
 
 /// A tiny HTTP/1.0 file server on an ephemeral port: `GET /fw.bin` answers [`firmware_file`]
-/// (written in 1,000-byte pieces), any other path 404.
+/// (written in 1,000-byte pieces), `GET /stall.bin` its first piece and then nothing while
+/// keeping the connection open, any other path 404.
 fn serve_files() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind file server");
     let addr = listener.local_addr().unwrap();
@@ -166,7 +48,18 @@ fn serve_files() -> SocketAddr {
                     }
                 }
                 let req = String::from_utf8_lossy(&req);
-                if req.split_whitespace().nth(1) != Some("/fw.bin") {
+                let path = req.split_whitespace().nth(1);
+                if path == Some("/stall.bin") {
+                    let file = firmware_file();
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", file.len());
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&file[..1000]);
+                    // Held open, silent, until the device gives up and closes it.
+                    let _ = conn.set_read_timeout(Some(STEP * 2));
+                    let _ = conn.read(&mut byte);
+                    return;
+                }
+                if path != Some("/fw.bin") {
                     let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
                     return;
                 }
@@ -182,67 +75,6 @@ fn serve_files() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Sends an OTA task (S-7.1) for `url` to `thing` as the service user and returns every result
-/// (S-7.2) up to the final one.
-async fn ota(
-    mqtt: SocketAddr,
-    thing: &str,
-    task_id: &str,
-    url: &str,
-    meta: payload::OtaMeta<'_>,
-) -> Vec<Value> {
-    use iothub_sdk_nostd::spec::topic::Topic;
-    let mut o =
-        rumqttc::MqttOptions::new(format!("svc-{task_id}"), mqtt.ip().to_string(), mqtt.port());
-    o.set_credentials(SVC.0, SVC.1);
-    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
-    let result_topic = Topic::OtaTaskResult { thing }.to_string();
-    client
-        .subscribe(result_topic, rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let token = format!("svc-{task_id}");
-    let task = serde_json::to_string(&payload::OtaTask {
-        client_token: &token,
-        task_id,
-        r#type: "app",
-        meta,
-        file_url: url,
-    })
-    .unwrap();
-    let mut results = Vec::new();
-    let mut sent = false;
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let Ok(ev) = tokio::time::timeout_at(deadline, el.poll()).await else {
-            panic!("no final OTA result in time: {results:?}");
-        };
-        let ev = ev.expect("service connection");
-        match ev {
-            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
-                let topic = Topic::OtaTask { thing }.to_string();
-                client
-                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, task.clone())
-                    .await
-                    .unwrap();
-                sent = true;
-            }
-            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                let r: Value = serde_json::from_slice(&p.payload).unwrap();
-                if r[field::TASK_ID] != task_id {
-                    continue;
-                }
-                let done = r[field::STATUS] != "ongoing";
-                results.push(r);
-                if done {
-                    return results;
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// The task's `meta` for the test file, with `md5` replaced.
@@ -268,47 +100,11 @@ fn err_code(results: &[Value]) -> Option<u64> {
 async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (hub, mqtt, http) = spawn_hub(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
-    let rest = Rest {
-        base: format!("http://{http}"),
-        http: reqwest::Client::builder().no_proxy().build().unwrap(),
-    };
+    let rest = Rest::new(http);
     let thing = format!("fw-{}", std::process::id());
-    let (status, body) = rest
-        .call(
-            reqwest::Method::POST,
-            "/things",
-            Some(json!({"thingId": thing})),
-        )
-        .await;
-    assert!(
-        (200..300).contains(&status),
-        "create thing: {status} {body}"
-    );
-    let secret = body["data"]["password"]
-        .as_str()
-        .expect("password")
-        .to_owned();
-
-    let device_log = std::fs::File::create(dir.path().join("device.log")).unwrap();
-    let _device = Proc(
-        Command::new(env!("CARGO_BIN_EXE_firmware_host"))
-            .args([
-                "--mqtt",
-                &mqtt.to_string(),
-                "--thing",
-                &thing,
-                "--tick-ms",
-                "200",
-            ])
-            .env("IOTHUB_THING_SECRET", &secret)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(device_log))
-            .spawn()
-            .expect("spawn firmware_host"),
-    );
-    let log = || std::fs::read_to_string(dir.path().join("device.log")).unwrap_or_default();
+    let secret = rest.create_thing(&thing).await;
+    let _device: Proc = spawn_device(dir.path(), mqtt, &thing, &secret, &["--tick-ms", "200"]);
+    let log = || device_log(dir.path());
 
     // A desired change set made over REST is applied and reported back.
     let reported = rest
@@ -376,6 +172,17 @@ async fn firmware_host_syncs_answers_and_survives_a_hub_restart() {
         err_code(&results),
         code(OtaErrorCode::NoSpace),
         "{results:?}"
+    );
+
+    // A server that stops sending mid-file: the download gives up after `READ_TIMEOUT` (per
+    // chunk, however often the application's ticker wins the select meanwhile) with 1400.
+    let stall = format!("http://{files}/stall.bin");
+    let results = ota(mqtt, &thing, "fw-task-5", &stall, meta(FILE_MD5, len)).await;
+    assert_eq!(
+        err_code(&results),
+        code(OtaErrorCode::FileUrlUnusable),
+        "{results:?}\n{}",
+        log()
     );
 
     // The hub restarts on the same data directory and ports; the device reconnects, resyncs

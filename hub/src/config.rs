@@ -20,7 +20,10 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Database URL; overrides --data-dir. Example: `sqlite:///var/lib/iothub/iothub.db`.
+    /// Database URL; overrides --data-dir. The scheme picks the store:
+    /// `sqlite:///var/lib/iothub/iothub.db` (embedded, the default) or
+    /// `postgres://user:password@host:5432/iothub` (shared by several hub instances;
+    /// `?max_connections=N` sizes the pool, default 8).
     #[arg(long, env = "IOTHUB_DATABASE_URL")]
     pub database_url: Option<String>,
 

@@ -140,7 +140,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let fds = guard::fds::raise_nofile_limit();
     let budget = guard::fds::Budget::plan(&config, fds);
-    let mqtt_refusals = guard::refusals::RefusalLog::new("MQTT connections");
+    let mqtt_refusals =
+        guard::refusals::RefusalLog::counted("MQTT connections", "mqtt", metrics.clone());
+    let http_refusals =
+        guard::refusals::RefusalLog::counted("HTTP connections", "http", metrics.clone());
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let broker = EmbeddedBroker::start(
         scx,
@@ -203,7 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             .unwrap_or(usize::MAX),
     };
     let http = tokio::spawn(async move {
-        api::serve::serve(listener, app, http_config, async move {
+        api::serve::serve(listener, app, http_config, http_refusals, async move {
             let _ = http_stop_rx.await;
         })
         .await;

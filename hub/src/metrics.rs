@@ -12,9 +12,10 @@
 pub mod histogram;
 pub mod process;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -47,6 +48,9 @@ pub struct Metrics {
     /// 1 while storage writes succeed (starts healthy).
     store_unhealthy: AtomicI64,
     store_write_failures: AtomicU64,
+    /// (listener, reason) → connections refused. Bounded: both are static strings of the hub's
+    /// own code (`crate::guard::refusals`), never taken from the network.
+    connections_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// MQTT shadow update: arrival at the shadow service to `update/accepted` (durable).
     shadow_update_seconds: Histogram,
     /// REST direct method call: request published to the device's answer.
@@ -74,6 +78,7 @@ impl Default for Metrics {
             shadow_update_seconds: Histogram::new(FAST_SECONDS),
             method_round_trip_seconds: Histogram::new(ROUND_TRIP_SECONDS),
             http_request_seconds: DashMap::new(),
+            connections_refused: Mutex::default(),
         }
     }
 }
@@ -179,6 +184,17 @@ impl Metrics {
             .store(report.write_failures, Ordering::Relaxed);
     }
 
+    /// A connection to `listener` (`mqtt`, `http`) was refused for `reason` (a cap, failed
+    /// authentication); see `crate::guard::refusals::RefusalLog`.
+    pub fn inc_connection_refused(&self, listener: &'static str, reason: &'static str) {
+        *self
+            .connections_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((listener, reason))
+            .or_insert(0) += 1;
+    }
+
     /// The current connected-things gauge.
     pub fn connected(&self) -> i64 {
         self.connected_things.load(Ordering::Relaxed)
@@ -266,6 +282,26 @@ impl Metrics {
             "Storage write transactions that failed (each answered 503 to its callers).",
             get(&self.store_write_failures),
         );
+        header(
+            &mut out,
+            "iothub_connections_refused_total",
+            "Connections refused before being served (caps at accept, failed CONNECT \
+             authentication), by listener and reason; the log has one summary line per 10 s.",
+            "counter",
+        );
+        let refused = self
+            .connections_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for ((listener, reason), n) in refused {
+            // The log's reasons are prose ("bad credentials"); labels are snake_case.
+            let reason = reason.replace([' ', '-'], "_");
+            let _ = writeln!(
+                out,
+                "iothub_connections_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
+            );
+        }
         header(
             &mut out,
             "iothub_rest_requests_total",
@@ -377,7 +413,16 @@ mod tests {
         m.inc_rest_request(404);
         m.inc_rest_request(404);
         m.inc_rest_request(999);
+        m.inc_connection_refused("mqtt", "bad credentials");
+        m.inc_connection_refused("mqtt", "bad credentials");
+        m.inc_connection_refused("http", "per-address cap");
         let text = m.render();
+        assert!(text.contains(
+            "iothub_connections_refused_total{listener=\"mqtt\",reason=\"bad_credentials\"} 2\n"
+        ));
+        assert!(text.contains(
+            "iothub_connections_refused_total{listener=\"http\",reason=\"per_address_cap\"} 1\n"
+        ));
         assert!(text.contains("iothub_store_healthy 1\n"));
         m.set_store_health(&crate::store::health::HealthReport {
             healthy: false,

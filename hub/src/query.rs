@@ -1,6 +1,8 @@
-//! The thing query language of S-9.4: parsed with `sqlparser`, checked against a tiny grammar,
-//! turned into a typed [`ThingQuery`], and rendered to SQLite SQL whose every user-supplied value
-//! (literals *and* JSON paths) is a bound parameter. User text is never spliced into SQL.
+//! The thing query language of S-9.4: parsed with `sqlparser`, checked against a tiny grammar and
+//! turned into a typed [`ThingQuery`]. That tree, not SQL, is what the store receives
+//! ([`crate::store::Store::query_things`]): each store backend renders its own SQL from it
+//! (`store/sqlite/query.rs` with JSON1, `store/postgres/query.rs` with jsonb), binding every
+//! user-supplied value (literals *and* JSON paths). User text is never spliced into SQL.
 //!
 //! Accepted: `SELECT * FROM things [WHERE <cond>] [ORDER BY <field> [ASC|DESC] [NULLS FIRST|LAST], ..]`.
 //!
@@ -13,13 +15,15 @@
 //!   `IS NULL`, `IS NOT NULL`. The other side of a comparison is a literal: a `'string'`, a
 //!   number, `TRUE` or `FALSE`.
 //!
-//! Comparison semantics are SQLite's for `json_extract` values, on purpose (one rule, no
+//! Comparison semantics are SQLite's for `json_extract` values (D-32), on purpose (one rule, no
 //! surprises from the hub re-implementing SQL): a JSON string compares as TEXT (binary
 //! collation, so `state.reported.fw < '2.0'` is a *lexicographic* comparison), a JSON number as
 //! INTEGER/REAL, `true`/`false` as 1/0 (so `tags.flag = true` also matches `1`), and across
 //! storage classes numbers sort before text. A missing path is SQL `NULL`: it matches
 //! `IS NULL` and no comparison at all (not even `!=`). Objects and arrays compare as their JSON
-//! text. Things without a default shadow see every `state.*` path as `NULL`.
+//! text. Things without a default shadow see every `state.*` path as `NULL`. Other backends
+//! reproduce these rules in their own SQL; the store behaviour suite (`hub/tests/store_suite`)
+//! runs the same queries against every backend.
 
 use std::fmt;
 
@@ -101,22 +105,6 @@ impl JsonPath {
     pub fn segments(&self) -> &[String] {
         &self.0
     }
-
-    /// The SQLite JSON path (`$."a"."b"`), prefixed by `prefix` segments. Segments are quoted
-    /// so `-` and leading digits need no special case; validation guarantees no `"` inside.
-    fn sqlite_path(&self, prefix: &[&str]) -> String {
-        let mut p = String::from("$");
-        for seg in prefix
-            .iter()
-            .copied()
-            .chain(self.0.iter().map(String::as_str))
-        {
-            p.push_str(".\"");
-            p.push_str(seg);
-            p.push('"');
-        }
-        p
-    }
 }
 
 impl fmt::Display for JsonPath {
@@ -143,7 +131,8 @@ pub enum Field {
 }
 
 impl Field {
-    fn is_path(&self) -> bool {
+    /// Whether the field is a JSON path (`tags.*`, `state.*`).
+    pub fn is_path(&self) -> bool {
         matches!(self, Field::Tag(_) | Field::Desired(_) | Field::Reported(_))
     }
 }
@@ -179,7 +168,8 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
-    fn sql(self) -> &'static str {
+    /// The SQL spelling, the same in every backend.
+    pub fn sql(self) -> &'static str {
         match self {
             CmpOp::Eq => "=",
             CmpOp::Ne => "<>",
@@ -236,7 +226,8 @@ pub struct OrderKey {
     pub field: Field,
     /// `DESC`.
     pub descending: bool,
-    /// `NULLS FIRST` (`Some(true)`) / `NULLS LAST` (`Some(false)`), or SQLite's default.
+    /// `NULLS FIRST` (`Some(true)`) / `NULLS LAST` (`Some(false)`), or the default: nulls sort as
+    /// the smallest value (first ascending, last descending), as in SQLite.
     pub nulls_first: Option<bool>,
 }
 
@@ -247,168 +238,6 @@ pub struct ThingQuery {
     pub filter: Option<Filter>,
     /// The `ORDER BY` keys; results are always finally ordered by `thingId` for stable pages.
     pub order: Vec<OrderKey>,
-}
-
-/// A bound SQL parameter produced by [`render_sqlite`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum QueryParam {
-    /// TEXT.
-    Text(String),
-    /// INTEGER (booleans are 1/0, as SQLite and `json_extract` represent them).
-    Int(i64),
-    /// REAL.
-    Real(f64),
-}
-
-/// Table and column names of the SQLite schema (`store/migrations`) the rendered SQL reads.
-mod schema {
-    pub const THINGS: &str = "things";
-    pub const THING_ID: &str = "thing_id";
-    pub const CONNECTED: &str = "connected";
-    pub const ENABLED: &str = "enabled";
-    pub const TAGS: &str = "tags";
-    pub const SHADOWS: &str = "shadows";
-    pub const SHADOW_THING: &str = "thing_id";
-    pub const SHADOW_NAME: &str = "name";
-    pub const SHADOW_BODY: &str = "body";
-    /// The selected thing columns, in the order `store::sqlite` reads a thing row (never the
-    /// password hash).
-    pub const THING_COLUMNS: &str = "t.thing_id, t.enabled, t.tags, t.tags_version, t.connected, \
-                                     t.connected_at, t.disconnected_at, t.created_at";
-}
-
-/// Renders `q` as a SQLite `SELECT <thing columns> FROM things t LEFT JOIN shadows s ... WHERE ...
-/// ORDER BY ...` without `LIMIT`/`OFFSET` (the store appends `LIMIT ? OFFSET ?` and binds the
-/// page).
-///
-/// Every literal, JSON path and the shadow name are bound parameters (`?`, in order); the SQL
-/// text is built only from fixed fragments. The columns are those of a thing row in the order
-/// `thing_id, enabled, tags, tags_version, connected, connected_at, disconnected_at, created_at`;
-/// the default shadow is joined as `s` (absent shadow: every `state.*` is `NULL`).
-pub fn render_sqlite(q: &ThingQuery) -> (String, Vec<QueryParam>) {
-    let mut r = Renderer::default();
-    r.sql.push_str("SELECT ");
-    r.sql.push_str(schema::THING_COLUMNS);
-    r.sql.push(' ');
-    r.push_from_where(q);
-    r.sql.push_str(" ORDER BY ");
-    for key in &q.order {
-        r.field(&key.field);
-        r.sql
-            .push_str(if key.descending { " DESC" } else { " ASC" });
-        match key.nulls_first {
-            Some(true) => r.sql.push_str(" NULLS FIRST"),
-            Some(false) => r.sql.push_str(" NULLS LAST"),
-            None => {}
-        }
-        r.sql.push_str(", ");
-    }
-    r.sql.push_str("t.");
-    r.sql.push_str(schema::THING_ID);
-    r.sql.push_str(" ASC");
-    (r.sql, r.params)
-}
-
-/// Renders `SELECT COUNT(*) ...` for the same filter as [`render_sqlite`] (the page's `total`).
-pub fn render_sqlite_count(q: &ThingQuery) -> (String, Vec<QueryParam>) {
-    let mut r = Renderer::default();
-    r.sql.push_str("SELECT COUNT(*) ");
-    r.push_from_where(q);
-    (r.sql, r.params)
-}
-
-#[derive(Default)]
-struct Renderer {
-    sql: String,
-    params: Vec<QueryParam>,
-}
-
-impl Renderer {
-    fn bind(&mut self, p: QueryParam) {
-        self.sql.push('?');
-        self.params.push(p);
-    }
-
-    fn push_from_where(&mut self, q: &ThingQuery) {
-        use schema::*;
-        self.sql.push_str(&format!(
-            "FROM {THINGS} t LEFT JOIN {SHADOWS} s ON s.{SHADOW_THING} = t.{THING_ID} AND s.{SHADOW_NAME} = "
-        ));
-        self.bind(QueryParam::Text(DEFAULT_SHADOW.to_owned()));
-        if let Some(f) = &q.filter {
-            self.sql.push_str(" WHERE ");
-            self.filter(f);
-        }
-    }
-
-    fn field(&mut self, f: &Field) {
-        use schema::*;
-        match f {
-            Field::ThingId => self.sql.push_str(&format!("t.{THING_ID}")),
-            Field::Connected => self.sql.push_str(&format!("t.{CONNECTED}")),
-            Field::Enabled => self.sql.push_str(&format!("t.{ENABLED}")),
-            Field::Tag(p) => {
-                self.sql.push_str(&format!("json_extract(t.{TAGS}, "));
-                self.bind(QueryParam::Text(p.sqlite_path(&[])));
-                self.sql.push(')');
-            }
-            Field::Desired(p) | Field::Reported(p) => {
-                let section = if matches!(f, Field::Desired(_)) {
-                    "desired"
-                } else {
-                    "reported"
-                };
-                self.sql
-                    .push_str(&format!("json_extract(s.{SHADOW_BODY}, "));
-                self.bind(QueryParam::Text(p.sqlite_path(&["state", section])));
-                self.sql.push(')');
-            }
-        }
-    }
-
-    fn filter(&mut self, f: &Filter) {
-        match f {
-            Filter::And(a, b) | Filter::Or(a, b) => {
-                self.sql.push('(');
-                self.filter(a);
-                self.sql.push_str(if matches!(f, Filter::And(..)) {
-                    " AND "
-                } else {
-                    " OR "
-                });
-                self.filter(b);
-                self.sql.push(')');
-            }
-            Filter::Not(a) => {
-                self.sql.push_str("(NOT ");
-                self.filter(a);
-                self.sql.push(')');
-            }
-            Filter::Cmp { field, op, value } => {
-                self.sql.push('(');
-                self.field(field);
-                self.sql.push(' ');
-                self.sql.push_str(op.sql());
-                self.sql.push(' ');
-                self.bind(match value {
-                    Literal::Str(s) => QueryParam::Text(s.clone()),
-                    Literal::Int(i) => QueryParam::Int(*i),
-                    Literal::Float(x) => QueryParam::Real(*x),
-                    Literal::Bool(b) => QueryParam::Int(i64::from(*b)),
-                });
-                self.sql.push(')');
-            }
-            Filter::IsNull { field, negated } => {
-                self.sql.push('(');
-                self.field(field);
-                self.sql.push_str(if *negated {
-                    " IS NOT NULL)"
-                } else {
-                    " IS NULL)"
-                });
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! drains the hub's stdout for the whole life of the process keeps the hub from ever blocking on a
 //! full pipe. Async callers run [`HubCommand::spawn`] on a blocking thread.
 
+pub mod addr;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{BufRead, BufReader};

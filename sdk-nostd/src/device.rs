@@ -35,6 +35,9 @@ const COMMON_FILTERS: usize = cfg!(feature = "methods") as usize
     + cfg!(feature = "ota") as usize;
 /// Most shadows a device may follow (the subscription set is a 64-bit mask).
 const MAX_SHADOWS: usize = 30;
+/// Connections lost in a row with the device's own get of a shadow unanswered after which the
+/// application is told ([`Event::SyncLost`]).
+pub const SYNC_LOST_AFTER: u8 = 3;
 
 /// The device's own `get` of one shadow (connection state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,11 @@ struct Session<const SHADOWS: usize> {
     applied: [Option<u64>; SHADOWS],
     /// Whether the device has connected since it started (the first connect always resyncs).
     started: bool,
+    /// Per shadow, connections lost in a row while the device's own get waited for its
+    /// document (reset by a document).
+    lost_gets: [u8; SHADOWS],
+    /// Shadows whose `lost_gets` just reached [`SYNC_LOST_AFTER`], not yet reported.
+    sync_lost: u64,
     next_id: u32,
     clock: Option<NtpSample>,
     #[cfg(feature = "ota")]
@@ -148,7 +156,9 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 ///    the device sends again what it still needs.
 /// 3. For every PUBLISH received call [`Device::handle_publish`]; it returns at once the event
 ///    the message produced, borrowing the topic and payload (zero-copy): handle it before the
-///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped.
+///    payload buffer is reused. `Err(Ignored)` only explains why a message was dropped. A
+///    PUBLISH the driver could not hold goes to [`Device::handle_too_large`] instead, with the
+///    bytes it needed: the application gets [`Event::TooLarge`], never a silent drop.
 /// 4. Optionally report SUBACKs with [`Device::handle_suback`].
 /// 5. After **every** `handle_*` call and every application command, drain the outputs:
 ///    loop on [`Device::poll_transmit`] until `Ok(None)`, sending each [`Transmit`] in order on
@@ -173,6 +183,10 @@ impl<const SHADOWS: usize, const QUEUE: usize> Connection<SHADOWS, QUEUE> {
 /// - It hands the application a delta or document only when its version is not older than the
 ///   last applied one (deltas: strictly newer), so state is applied in version order whatever the
 ///   network does.
+/// - A delta too large for the driver makes it `get` the shadow again; a document too large
+///   answers its get. When the connection keeps ending while its own get waits (a document
+///   larger than the MQTT client's receive buffer), it asks again after a doubling backoff and
+///   says so with [`Event::SyncLost`].
 /// - It answers 404 to calls of unregistered methods, keeps the best of N NTP samples, keeps the
 ///   OTA task's ids and re-sends the final result when the hub sends the same task again.
 ///
@@ -291,6 +305,8 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             session: Session {
                 applied: [None; SHADOWS],
                 started: false,
+                lost_gets: [0; SHADOWS],
+                sync_lost: 0,
                 next_id: 0,
                 clock: None,
                 #[cfg(feature = "ota")]

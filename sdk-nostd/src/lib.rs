@@ -30,7 +30,7 @@ mod time;
 mod token;
 mod types;
 
-pub use device::{Device, MIN_TX_BUFFER};
+pub use device::{Device, MIN_TX_BUFFER, SYNC_LOST_AFTER};
 pub use iothub_spec as spec;
 #[cfg(feature = "ota-verify")]
 pub use ota_chunks::{OtaPacing, OtaVerifier, OtaVerifyError};
@@ -38,5 +38,5 @@ pub use patch::Patch;
 pub use time::Instant;
 pub use types::{
     Config, ConfigError, DeltaEvent, Error, Event, Ignored, MethodCall, NtpSample, OtaReport, QoS,
-    RawJson, RequestId, ShadowEvent, ShadowId, SubscriptionId, Transmit,
+    RawJson, RequestId, ShadowEvent, ShadowId, SubscriptionId, TooLarge, TooLargeKind, Transmit,
 };

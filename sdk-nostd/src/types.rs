@@ -193,6 +193,81 @@ pub struct MethodCall<'p> {
     pub data: RawJson<'p>,
 }
 
+/// A received message that did not fit the driver's buffers (the event
+/// [`Event::TooLarge`]): what it was, how many bytes it needed and how many there were.
+///
+/// `needed` and `capacity` are in the unit of the buffer that was too small; for the minimq
+/// adapter that is its inbox (topic plus payload, the `INBOX` of `minimq::State`). The message
+/// itself is lost; see [`TooLargeKind`] for what the device does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TooLarge {
+    /// What the message was, from its topic.
+    pub kind: TooLargeKind,
+    /// Bytes the message needed.
+    pub needed: usize,
+    /// Bytes the buffer had.
+    pub capacity: usize,
+}
+
+/// What a message too large for the driver's buffers was, and what the device did about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TooLargeKind {
+    /// A delta of `shadow`. The device resyncs: it asks for the whole document with its own
+    /// `get` (unless one is already under way), which comes as [`Event::Shadow`] when it fits,
+    /// or as a second `TooLarge` of kind [`TooLargeKind::Document`] when it does not. A later
+    /// delta that fits is applied as usual (a delta holds every key that differs).
+    Delta {
+        /// The shadow.
+        shadow: ShadowId,
+    },
+    /// A shadow document (the answer to a get) of `shadow`. It answers `request`, the
+    /// application's oldest get of that shadow in flight, or the device's own get (`None`),
+    /// which is not retried: the document will not fit until desired state shrinks or the
+    /// buffers grow. The application should say so (report it, log it): this is the case
+    /// where only larger buffers help.
+    Document {
+        /// The shadow.
+        shadow: ShadowId,
+        /// The application's get it answers, `None` for the device's own.
+        request: Option<RequestId>,
+    },
+    /// The hub's answer to an update of `shadow` (`update/accepted` echoes the whole state
+    /// written, so a large report has a large answer). It answers `request`, the oldest update
+    /// of that shadow in flight, if any: `accepted` says which topic it came on, so the outcome
+    /// is known even though the new version is not.
+    UpdateReply {
+        /// The shadow.
+        shadow: ShadowId,
+        /// The update it answers, if one was in flight.
+        request: Option<RequestId>,
+        /// `true` on `update/accepted`, `false` on `update/rejected`.
+        accepted: bool,
+    },
+    /// A direct-method call: it cannot be answered (its clientToken is in the payload), so the
+    /// caller gets the hub's timeout (S-5).
+    MethodCall,
+    /// An OTA task: it cannot be answered (its ids are in the payload).
+    OtaTask,
+    /// Anything else, including a message whose topic did not fit either.
+    Other,
+}
+
+impl TooLargeKind {
+    /// A short lowercase name of the kind (`delta`, `document`, `update-reply`, `method-call`,
+    /// `ota-task`, `other`), for logs and reports.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            TooLargeKind::Delta { .. } => "delta",
+            TooLargeKind::Document { .. } => "document",
+            TooLargeKind::UpdateReply { .. } => "update-reply",
+            TooLargeKind::MethodCall => "method-call",
+            TooLargeKind::OtaTask => "ota-task",
+            TooLargeKind::Other => "other",
+        }
+    }
+}
+
 /// What the device tells the application.
 ///
 /// Events produced by a received message borrow from the topic and payload given to
@@ -249,6 +324,22 @@ pub enum Event<'p> {
         /// Which subscription.
         subscription: SubscriptionId,
     },
+    /// The connection ended `connections` times in a row (first at
+    /// [`crate::SYNC_LOST_AFTER`]) while the device's own `get` of `shadow` waited for
+    /// its document. The likeliest cause is a document larger than the MQTT client's receive
+    /// buffer: the client announces that size (MQTT 5 Maximum Packet Size) and the broker
+    /// under the hub closes the connection rather than send more. The size is not known on
+    /// the device. The device keeps asking, later each time (so the connection stays up in
+    /// between); a smaller desired state, or larger buffers, end it. Reported once per streak.
+    SyncLost {
+        /// The shadow.
+        shadow: ShadowId,
+        /// Connections lost in a row.
+        connections: u8,
+    },
+    /// A received message did not fit the driver's buffers and was lost; reported by the
+    /// driver through [`crate::Device::handle_too_large`], never a silent drop.
+    TooLarge(TooLarge),
 }
 
 /// How the device reports on its OTA task (S-7.2).

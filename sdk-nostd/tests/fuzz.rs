@@ -142,6 +142,7 @@ enum Op {
     Telemetry,
     Transmit(usize),
     Events,
+    TooLarge(usize, usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -161,6 +162,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Telemetry),
         (0usize..1200).prop_map(Op::Transmit),
         Just(Op::Events),
+        (0..n, 0usize..100_000, 0usize..4096).prop_map(|(i, a, b)| Op::TooLarge(i, a, b)),
     ]
 }
 
@@ -252,6 +254,7 @@ proptest! {
                 Op::Telemetry => { let _ = d.publish_telemetry(t, &[now; 4], QoS::AtMostOnce); }
                 Op::Transmit(n) => { let _ = d.poll_transmit(t, &mut buf[..n]); }
                 Op::Events => while d.poll_event().is_some() {},
+                Op::TooLarge(i, needed, cap) => { let _ = d.handle_too_large(t, &topics[i], needed, cap); }
             }
             prop_assert!(d.in_flight() <= 10);
             if let Some(deadline) = d.poll_timeout() {

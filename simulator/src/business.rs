@@ -89,7 +89,7 @@ async fn desired_loop(
     start: Instant,
     end: Instant,
 ) {
-    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0xD351_43D0);
+    let mut rng = SmallRng::seed_from_u64(fleet.business_seed(0xD351_43D0));
     let mut tick = ticker(start, fleet.scenario.business.desired_per_s);
     let next = AtomicU64::new(1);
     let mut calls = JoinSet::new();
@@ -139,7 +139,7 @@ async fn method_loop(
     start: Instant,
     end: Instant,
 ) {
-    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0x3E7_40D5);
+    let mut rng = SmallRng::seed_from_u64(fleet.business_seed(0x3E7_40D5));
     let b = &fleet.scenario.business;
     let mut tick = ticker(start, b.methods_per_s);
     let mut calls = JoinSet::new();
@@ -190,7 +190,7 @@ const OTA_JOB_LIMIT: Duration = Duration::from_secs(600);
 const OTA_POLL: Duration = Duration::from_millis(100);
 
 async fn ota_loop(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant) {
-    let mut rng = SmallRng::seed_from_u64(fleet.scenario.seed ^ 0x07A_0B5);
+    let mut rng = SmallRng::seed_from_u64(fleet.business_seed(0x07A_0B5));
     let b = &fleet.scenario.business;
     let mut tick = ticker(start, 1.0 / b.ota_job_interval_s);
     let mut jobs = JoinSet::new();

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::scenario::Scenario;
+use crate::shard::Shard;
 use crate::stats::Stats;
 
 /// Where the run is.
@@ -61,6 +62,11 @@ pub struct Fleet {
     /// more cheaply than chosen ones (see the hub's `auth` module), which matters for connect
     /// storms.
     pub secrets: Vec<Box<str>>,
+    /// The shard this process runs (the whole fleet by default).
+    pub shard: Shard,
+    /// Index in the whole fleet of this shard's first thing: thing `i` here is thing
+    /// `first + i` of the scenario (its id, its seed, its protocol version).
+    pub first: usize,
 }
 
 impl Fleet {
@@ -84,12 +90,24 @@ impl Fleet {
             epoch: Instant::now(),
             phase,
             secrets: Vec::new(),
+            shard: Shard::default(),
+            first: 0,
         }
     }
 
     /// The id of thing `i`.
     pub fn thing_id(&self, i: usize) -> String {
-        self.scenario.thing_id(i)
+        self.scenario.thing_id(self.global(i))
+    }
+
+    /// The index in the whole fleet of this shard's thing `i`.
+    pub fn global(&self, i: usize) -> usize {
+        self.first + i
+    }
+
+    /// The seed of the business side's choices (one per shard).
+    pub fn business_seed(&self, salt: u64) -> u64 {
+        self.shard.seed(self.scenario.seed) ^ salt
     }
 
     /// The secret of thing `i` (empty before provisioning).
@@ -108,7 +126,7 @@ impl Fleet {
     /// Whether thing `i` speaks MQTT 5 (the first `mqtt5_share` of every 1,000 things).
     pub fn uses_mqtt5(&self, i: usize) -> bool {
         let share = self.scenario.population.mqtt5_share;
-        ((i % 1000) as f64) < share * 1000.0
+        ((self.global(i) % 1000) as f64) < share * 1000.0
     }
 
     /// The local address thing `i` binds before connecting: several loopback addresses when the

@@ -12,7 +12,9 @@
 //! With no `--mqtt`/`--api` the binary starts the reference hub itself (as a child process with
 //! a temporary data directory, see [`embedded`]), so it needs no setup; the report gives the CPU
 //! and memory of both processes ([`resources`]). `--metrics-addr` serves live Prometheus
-//! metrics while running ([`metrics`]).
+//! metrics while running ([`metrics`]). A run can be split into shards ([`shard`]) run by
+//! several processes ([`workers`]) or machines, whose reports merge exactly
+//! ([`report::merge`]); [`threshold`]s decide whether a run passed.
 
 pub mod business;
 pub mod embedded;
@@ -25,5 +27,9 @@ pub mod report;
 pub mod resources;
 pub mod run;
 pub mod scenario;
+pub mod series;
+pub mod shard;
 pub mod stats;
 pub mod thing;
+pub mod threshold;
+pub mod workers;

@@ -8,8 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use iothub_sim::embedded::{self, ChildArgs, EmbeddedHub};
+use iothub_sim::progress::Mode;
+use iothub_sim::report::Report;
 use iothub_sim::run::{Options, Target, run};
 use iothub_sim::scenario::Scenario;
+use iothub_sim::shard::Shard;
+use iothub_sim::threshold::{self, EXIT_THRESHOLDS};
+use iothub_sim::{report, workers};
 use tracing_subscriber::EnvFilter;
 
 /// Load runs against an iothub hub: virtual things, each with its own MQTT connection and the
@@ -39,6 +44,10 @@ enum Command {
     /// and its data removed when the run ends, fails or is interrupted (Ctrl-C: exit status 130).
     /// The report gives the CPU and memory of the simulator's and the hub's processes.
     Run(Box<RunArgs>),
+    /// Merge the JSON reports of a run's shards (`run --shard I/N --report-json`) into the report
+    /// of the whole run: counts added, latency histograms added (exact percentiles), thresholds
+    /// checked on the merged figures.
+    Merge(MergeArgs),
     /// The embedded hub's process (started by `run`; not for direct use).
     #[command(name = embedded::SUBCOMMAND, hide = true)]
     EmbeddedHub(Box<ChildArgs>),
@@ -52,8 +61,8 @@ struct RunArgs {
     /// Number of virtual things (each one MQTT connection).
     #[arg(long)]
     things: Option<usize>,
-    /// Seconds of measured activity after the ramp.
-    #[arg(long)]
+    /// Measured activity after the ramp: 15s, 2m, 1h30m (a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
     duration: Option<f64>,
     /// Reported-state updates per second over all things.
     #[arg(long)]
@@ -97,12 +106,12 @@ struct RunArgs {
     /// Prefix of the generated thing ids (shorthand for --id-pattern PREFIX-{i:06}).
     #[arg(long, conflicts_with = "id_pattern")]
     id_prefix: Option<String>,
-    /// MQTT address of an external hub (host:port). Without it, the reference hub is started as
-    /// a child process.
-    #[arg(long, requires_all = ["api", "token"])]
+    /// MQTT address of an external hub: HOST:PORT or mqtt://HOST:PORT. Without it, the
+    /// reference hub is started as a child process.
+    #[arg(long, requires_all = ["api", "token"], value_parser = parse_mqtt)]
     mqtt: Option<String>,
-    /// Base URL of the external hub's REST API (e.g. http://127.0.0.1:9000).
-    #[arg(long, requires = "mqtt")]
+    /// The external hub's REST API: HOST:PORT or a base URL (http://127.0.0.1:9000).
+    #[arg(long, requires = "mqtt", value_parser = parse_api)]
     api: Option<String>,
     /// Admin token of the external hub.
     #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
@@ -110,13 +119,29 @@ struct RunArgs {
     /// Keep the things on an external hub after the run (they are deleted by default).
     #[arg(long)]
     keep: bool,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    report_json: Option<PathBuf>,
-    /// Write the report as CSV to this file.
-    #[arg(long)]
-    report_csv: Option<PathBuf>,
-    /// No live progress line (it is shown only on a terminal anyway).
+    #[command(flatten)]
+    out: Outputs,
+    /// Pass criterion, as in k6 (repeatable, added to the scenario's `thresholds`):
+    /// METRIC.STAT OP VALUE, e.g. 'update.p99<10ms', 'connect.max<2s', 'errors==0',
+    /// 'accepted_per_sec>=4500'. A failed one makes the exit status 99 and is named on stderr.
+    #[arg(long = "threshold", value_name = "EXPR")]
+    thresholds: Vec<String>,
+    /// Run only shard I of N (from 0): a deterministic slice of the fleet with its share of the
+    /// fleet-wide rates; merge the shards' --report-json files with `iothub-sim merge`.
+    #[arg(long, value_name = "I/N", conflicts_with = "workers")]
+    shard: Option<Shard>,
+    /// Run the scenario as N local worker processes (one shard each, past one process's
+    /// descriptor limit) and merge their reports.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+    /// Live progress: bar (a line fitted to the terminal), plain (a status line every
+    /// --progress-interval, for logs and CI), none, or auto (bar on a terminal, else plain).
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    progress: Mode,
+    /// Interval of the plain progress lines.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    progress_interval: f64,
+    /// Same as --progress none.
     #[arg(long)]
     no_progress: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics while running (off by default; port 0
@@ -131,6 +156,54 @@ struct RunArgs {
     /// admin token is generated per run).
     #[arg(long = "hub-arg", allow_hyphen_values = true)]
     hub_args: Vec<String>,
+}
+
+/// Where the report goes besides stdout.
+#[derive(clap::Args, Clone)]
+struct Outputs {
+    /// Write the report as JSON to this file (with the latency histograms `merge` needs).
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write the report as CSV to this file (a `kind` column: latency, counter, resource).
+    #[arg(long)]
+    report_csv: Option<PathBuf>,
+    /// Write the report as one HTML page with charts (opens offline).
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The shards' JSON reports.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    #[command(flatten)]
+    out: Outputs,
+    /// Pass criterion checked on the merged report (repeatable; added to the scenario's).
+    #[arg(long = "threshold", value_name = "EXPR")]
+    thresholds: Vec<String>,
+}
+
+/// A duration flag in seconds: `15s`, `2m`, `1h30m`, `500ms`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<f64, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(secs)
+        } else {
+            Err(format!("{s:?}: not a duration"))
+        };
+    }
+    humantime::parse_duration(s.trim())
+        .map(|d| d.as_secs_f64())
+        .map_err(|e| format!("{s:?}: {e} (e.g. 15s, 2m, 1h)"))
+}
+
+fn parse_mqtt(s: &str) -> Result<String, String> {
+    iothub_launch::addr::mqtt(s).map_err(|e| e.to_string())
+}
+
+fn parse_api(s: &str) -> Result<String, String> {
+    iothub_launch::addr::http_base(s).map_err(|e| e.to_string())
 }
 
 /// The simulator allocates many small buffers across worker threads; mimalloc keeps that cheap
@@ -153,6 +226,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run_command(*args).await,
+        Command::Merge(args) => merge_command(&args),
         Command::EmbeddedHub(args) => {
             embedded::serve_child(*args).await?;
             Ok(ExitCode::SUCCESS)
@@ -214,6 +288,7 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     if let Some(p) = &args.id_prefix {
         s.population.id_pattern = format!("{p}-{{i:06}}");
     }
+    s.thresholds.extend(args.thresholds.iter().cloned());
     s.validate()?;
     Ok(s)
 }
@@ -264,13 +339,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     match outcome? {
         None => Ok(ExitCode::from(INTERRUPTED)),
-        Some(false) => {
-            eprintln!("iothub-sim: the run was not clean (see the report)");
-            Ok(ExitCode::FAILURE)
-        }
         // A hub that crashed or would not stop spoils the run even if the things saw nothing.
-        Some(true) if stopped.is_err() => Ok(ExitCode::FAILURE),
-        Some(true) => Ok(ExitCode::SUCCESS),
+        Some(Verdict::Passed) if stopped.is_err() => Ok(ExitCode::FAILURE),
+        Some(v) => Ok(exit_code(v)),
     }
 }
 
@@ -296,13 +367,24 @@ fn interrupted() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
-/// Runs the scenario against the embedded hub or the one given, prints the report and writes
-/// its files; returns whether the run was clean.
+/// How a run ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Clean, every threshold held.
+    Passed,
+    /// Something the run counts as an error happened (see the report).
+    Unclean,
+    /// A threshold failed (named on stderr).
+    ThresholdsFailed,
+}
+
+/// Runs the scenario against the embedded hub or the one given (in this process, or in
+/// `--workers` processes), prints the report and writes its files.
 async fn drive(
     args: &RunArgs,
     scenario: Scenario,
     embedded: Option<&EmbeddedHub>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Verdict> {
     let target = match embedded {
         Some(hub) => Target {
             mqtt: hub.mqtt_addr,
@@ -323,22 +405,100 @@ async fn drive(
             }
         }
     };
-    let options = Options {
-        progress: !args.no_progress && iothub_sim::progress::wanted(),
-        // The embedded hub's database is temporary: nothing to clean up.
-        keep: args.keep || embedded.is_some(),
-        hub_pid: embedded.map(EmbeddedHub::pid).or(args.hub_pid),
-        metrics_addr: args.metrics_addr,
+    let progress = if args.no_progress {
+        Mode::None
+    } else {
+        args.progress
     };
-    let report = run(scenario, target, options).await?;
+    let progress_every = std::time::Duration::from_secs_f64(args.progress_interval.max(1.0));
+    // The embedded hub's database is temporary: nothing to clean up.
+    let keep = args.keep || embedded.is_some();
+    let hub_pid = embedded.map(EmbeddedHub::pid).or(args.hub_pid);
+    let thresholds = threshold::parse_all(&scenario.thresholds)?;
+    let mut report = match args.workers {
+        Some(n) if n > 1 => {
+            workers::run(&workers::Plan {
+                workers: usize::from(n),
+                scenario,
+                target,
+                keep,
+                hub_pid,
+                progress,
+                progress_every,
+                metrics_addr: args.metrics_addr,
+            })
+            .await?
+        }
+        _ => {
+            let options = Options {
+                progress,
+                progress_every,
+                shard: args.shard.unwrap_or_default(),
+                keep,
+                hub_pid,
+                metrics_addr: args.metrics_addr,
+            };
+            run(scenario, target, options).await?
+        }
+    };
+    report.thresholds = thresholds.iter().map(|t| t.check(&report)).collect();
+    finish(&report, &args.out)
+}
+
+/// The `merge` command: the whole run's report from its shards' JSON reports.
+fn merge_command(args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    let mut parts = Vec::with_capacity(args.reports.len());
+    for path in &args.reports {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let r: Report = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a report of iothub-sim", path.display()))?;
+        parts.push(r);
+    }
+    let mut merged = report::merge::merge(&parts)?;
+    merged
+        .scenario
+        .thresholds
+        .extend(args.thresholds.iter().cloned());
+    let thresholds = threshold::parse_all(&merged.scenario.thresholds)?;
+    merged.thresholds = thresholds.iter().map(|t| t.check(&merged)).collect();
+    Ok(exit_code(finish(&merged, &args.out)?))
+}
+
+/// Prints `report`, writes its files, names failed thresholds; returns the verdict.
+fn finish(report: &Report, out: &Outputs) -> anyhow::Result<Verdict> {
     println!("{}", report.table());
-    if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    let write = |path: &Option<PathBuf>, bytes: Vec<u8>| -> anyhow::Result<()> {
+        if let Some(path) = path {
+            std::fs::write(path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    };
+    write(&out.report_json, serde_json::to_vec_pretty(report)?)?;
+    write(&out.report_csv, report.csv().into_bytes())?;
+    write(&out.report_html, report::html::render(report).into_bytes())?;
+    let failed: Vec<_> = report.thresholds.iter().filter(|c| !c.passed).collect();
+    for c in &failed {
+        eprintln!("iothub-sim: threshold {c}");
     }
-    if let Some(path) = &args.report_csv {
-        std::fs::write(path, report.csv())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(if !failed.is_empty() {
+        Verdict::ThresholdsFailed
+    } else if report.is_clean() {
+        Verdict::Passed
+    } else {
+        Verdict::Unclean
+    })
+}
+
+/// The exit status of a verdict.
+fn exit_code(v: Verdict) -> ExitCode {
+    match v {
+        Verdict::Passed => ExitCode::SUCCESS,
+        Verdict::Unclean => {
+            eprintln!("iothub-sim: the run was not clean (see the report)");
+            ExitCode::FAILURE
+        }
+        Verdict::ThresholdsFailed => ExitCode::from(EXIT_THRESHOLDS),
     }
-    Ok(report.is_clean())
 }

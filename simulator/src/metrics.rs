@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::fleet::{Fleet, Phase};
 use crate::resources;
+use crate::shard::Shard;
 
 mod text;
 
@@ -34,6 +35,7 @@ const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 struct Shared {
     fleet: OnceLock<Arc<Fleet>>,
     hub_pid: Option<u32>,
+    shard: Shard,
 }
 
 /// A running `/metrics` endpoint; it stops when dropped.
@@ -45,8 +47,13 @@ pub struct Exporter {
 
 impl Exporter {
     /// Binds `addr` (port 0 picks a free one) and serves at once: until [`Exporter::attach`]
-    /// the run is shown as provisioning. `hub_pid` adds the hub process's CPU and memory.
-    pub async fn start(addr: SocketAddr, hub_pid: Option<u32>) -> anyhow::Result<Exporter> {
+    /// the run is shown as provisioning. `hub_pid` adds the hub process's CPU and memory; every
+    /// sample of a sharded run is labelled `shard="I/N"`.
+    pub async fn start(
+        addr: SocketAddr,
+        hub_pid: Option<u32>,
+        shard: Shard,
+    ) -> anyhow::Result<Exporter> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
@@ -54,6 +61,7 @@ impl Exporter {
         let shared = Arc::new(Shared {
             fleet: OnceLock::new(),
             hub_pid,
+            shard,
         });
         let app = Router::new()
             .route("/metrics", get(scrape))
@@ -84,14 +92,25 @@ impl Drop for Exporter {
 }
 
 async fn scrape(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let body = render(shared.fleet.get().map(|f| &**f), shared.hub_pid);
+    let body = render(
+        shared.fleet.get().map(|f| &**f),
+        shared.hub_pid,
+        shared.shard,
+    );
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)
 }
 
 /// Every metric as Prometheus text: the phase and processes always, the fleet's figures once
 /// there is a fleet.
-pub fn render(fleet: Option<&Fleet>, hub_pid: Option<u32>) -> String {
-    let mut w = Writer(String::with_capacity(8 * 1024));
+pub fn render(fleet: Option<&Fleet>, hub_pid: Option<u32>, shard: Shard) -> String {
+    let mut w = Writer {
+        out: String::with_capacity(8 * 1024),
+        shard: if shard.is_whole() {
+            String::new()
+        } else {
+            shard.to_string()
+        },
+    };
     let phase = match fleet.map(|f| *f.phase.borrow()) {
         None => "provisioning",
         Some(Phase::Ramp) => "ramp",
@@ -110,7 +129,7 @@ pub fn render(fleet: Option<&Fleet>, hub_pid: Option<u32>) -> String {
     if let Some(fleet) = fleet {
         fleet_metrics(&mut w, fleet);
     }
-    w.0
+    w.out
 }
 
 /// A per-process metric: name, help, type, and its value in a sample.
@@ -420,7 +439,7 @@ mod tests {
             s.update.record(Duration::from_millis(ms));
         }
         let _ = phase.send(Phase::Stop);
-        let text = render(Some(&fleet), None);
+        let text = render(Some(&fleet), None, Shard::default());
         assert_well_formed(&text);
         assert_eq!(value(&text, "iothub_sim_things"), Some(10.0));
         assert_eq!(value(&text, "iothub_sim_connected_things"), Some(2.0));
@@ -474,11 +493,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn labels_every_sample_with_the_shard() {
+        let (fleet, _phase) = fleet();
+        fleet.stats.updates_accepted.inc();
+        let text = render(Some(&fleet), None, Shard { index: 1, count: 3 });
+        assert_well_formed(&text);
+        assert_eq!(
+            value(&text, "iothub_sim_updates_accepted_total{shard=\"1/3\"}"),
+            Some(1.0)
+        );
+        assert!(
+            value(&text, "iothub_sim_phase{phase=\"ramp\",shard=\"1/3\"}").is_some(),
+            "{text}"
+        );
+        let samples = text.lines().filter(|l| !l.starts_with('#'));
+        for line in samples {
+            assert!(line.contains("shard=\"1/3\""), "{line}");
+        }
+    }
+
     #[tokio::test]
     async fn serves_the_text_over_http() {
-        let exporter = Exporter::start("127.0.0.1:0".parse().expect("addr"), None)
-            .await
-            .expect("bind");
+        let exporter =
+            Exporter::start("127.0.0.1:0".parse().expect("addr"), None, Shard::default())
+                .await
+                .expect("bind");
         let get = || async {
             let mut conn = tokio::net::TcpStream::connect(exporter.local_addr())
                 .await

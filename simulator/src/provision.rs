@@ -62,6 +62,22 @@ impl Api {
         })
     }
 
+    /// The hub's version as its OpenAPI document states it (`info.version`; no token needed),
+    /// `None` when the hub does not say.
+    pub async fn hub_version(&self) -> Option<String> {
+        let doc: Value = self
+            .http
+            .get(self.url("/api/v1/openapi.json"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        doc.pointer("/info/version")?.as_str().map(str::to_owned)
+    }
+
     /// Creates the things `ids` with batch requests of at most [`MAX_BATCH_CREATE`], letting the
     /// hub generate their secrets, and returns the secrets in the order of `ids`.
     pub async fn create_things(&self, ids: &[String]) -> anyhow::Result<Vec<Box<str>>> {

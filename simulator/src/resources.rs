@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,7 +79,7 @@ pub struct Readings {
 }
 
 /// CPU and memory of one process over a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessUsage {
     /// Its process id.
     pub pid: u32,
@@ -109,6 +109,15 @@ impl ProcessUsage {
             (things > 0).then(|| bytes.saturating_sub(base) / things as u64)
         };
         let rss_measured = r.measure_end.map(|s| s.rss_bytes);
+        // VmHWM and VmRSS are read from two files at slightly different moments, and a
+        // sample's RSS can exceed the final reading's VmHWM by the pages touched in between:
+        // the peak is at least every figure seen.
+        let peak = [r.before, r.measure_start, r.measure_end, Some(end)]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| [s.rss_bytes, s.peak_rss_bytes])
+            .max()
+            .unwrap_or(end.peak_rss_bytes);
         Some(ProcessUsage {
             pid,
             cpu_s: end.cpu_s,
@@ -118,9 +127,9 @@ impl ProcessUsage {
                 .map(|(a, b)| (b.cpu_s - a.cpu_s).max(0.0)),
             rss_before_bytes: before,
             rss_measured_bytes: rss_measured,
-            peak_rss_bytes: end.peak_rss_bytes,
+            peak_rss_bytes: peak,
             per_thing_bytes: rss_measured.and_then(per_thing),
-            peak_per_thing_bytes: per_thing(end.peak_rss_bytes),
+            peak_per_thing_bytes: per_thing(peak),
         })
     }
 
@@ -148,7 +157,7 @@ impl ProcessUsage {
 }
 
 /// CPU and memory of both sides of a run.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Resources {
     /// The simulator's own process.
     pub simulator: Option<ProcessUsage>,
@@ -228,6 +237,27 @@ mod tests {
         let me = sample(Some(std::process::id())).expect("own pid");
         assert!(me.peak_rss_bytes > 0);
         assert_eq!(sample(Some(u32::MAX)), None, "no such process");
+    }
+
+    #[test]
+    fn peak_is_at_least_every_sample() {
+        let at = |rss: u64, peak: u64| {
+            Some(Sample {
+                cpu_s: 1.0,
+                rss_bytes: rss,
+                peak_rss_bytes: peak,
+            })
+        };
+        // The reading: 12.9 MiB while measuring, a final VmHWM of 12.6 MiB.
+        let r = Readings {
+            before: at(10 << 20, 10 << 20),
+            measure_start: at(12 << 20, 12 << 20),
+            measure_end: at(13_526_630, 12_000_000),
+            end: at(12 << 20, 13_212_057),
+        };
+        let u = ProcessUsage::from_readings(7, &r, 10).expect("final sample");
+        assert_eq!(u.peak_rss_bytes, 13_526_630);
+        assert!(u.peak_rss_bytes >= u.rss_measured_bytes.unwrap_or(0));
     }
 
     #[test]

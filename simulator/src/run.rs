@@ -13,9 +13,11 @@ use crate::fleet::{Fleet, Phase};
 use crate::metrics::Exporter;
 use crate::provision::Api;
 use crate::report::Report;
+use crate::report::Versions;
 use crate::resources::{self, ProcessUsage, Readings, Resources, Sample};
 use crate::scenario::Scenario;
-use crate::{business, progress, thing};
+use crate::shard::Shard;
+use crate::{business, progress, series, thing};
 
 /// Longest wait, after the measured period, for desired changes still converging.
 const CONVERGE_GRACE: Duration = Duration::from_secs(10);
@@ -34,8 +36,12 @@ pub struct Target {
 /// How to run, besides the scenario.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
-    /// Show the live progress line.
-    pub progress: bool,
+    /// How to show progress.
+    pub progress: progress::Mode,
+    /// Interval of the plain progress lines.
+    pub progress_every: Duration,
+    /// The slice of the scenario's fleet this process runs.
+    pub shard: Shard,
     /// Keep the things on the hub afterwards.
     pub keep: bool,
     /// The hub's process id when it runs on this machine (the embedded hub, or `--hub-pid`):
@@ -77,18 +83,28 @@ fn sample_processes(hub_pid: Option<u32>) -> (Option<Sample>, Option<Sample>) {
 }
 
 /// Runs `scenario` against `target` and returns the report.
-pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow::Result<Report> {
-    scenario.validate()?;
+pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::Result<Report> {
+    whole.validate()?;
+    let (scenario, first) = options.shard.apply(&whole)?;
     let api = Arc::new(Api::new(&target.api, &target.token)?);
+    let hub_version = api.hub_version().await;
     let count = scenario.population.count;
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
     let duration = Duration::from_secs_f64(scenario.duration_s);
     let settle = Duration::from_secs_f64(scenario.ramp.settle_s);
     let max_wait = Duration::from_secs_f64(scenario.ramp.max_wait_s);
-    let mut fleet = Arc::new(Fleet::new(scenario, target.mqtt, phase_rx));
+    let mut fleet = Fleet::new(scenario, target.mqtt, phase_rx);
+    fleet.shard = options.shard;
+    fleet.first = first;
+    let mut fleet = Arc::new(fleet);
+    let label = if options.shard.is_whole() {
+        String::new()
+    } else {
+        format!("shard {}", options.shard)
+    };
     let exporter = match options.metrics_addr {
         Some(addr) => {
-            let e = Exporter::start(addr, options.hub_pid).await?;
+            let e = Exporter::start(addr, options.hub_pid, options.shard).await?;
             eprintln!("metrics: http://{}/metrics", e.local_addr());
             Some(e)
         }
@@ -97,7 +113,10 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     let (mut sim, mut hub) = (Readings::default(), Readings::default());
     (sim.before, hub.before) = sample_processes(options.hub_pid);
 
-    eprintln!("provisioning {count} things ...");
+    eprintln!(
+        "{label}{}provisioning {count} things ...",
+        if label.is_empty() { "" } else { ": " }
+    );
     let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
     let secrets = api.create_things(&ids).await?;
     drop(ids);
@@ -119,12 +138,15 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
         fleet.stats.running.inc();
         tasks.spawn(thing::run(fleet.clone(), i));
     }
-    let progress = options.progress.then(|| {
-        AbortOnDrop(Some(tokio::spawn(progress::run(
-            fleet.clone(),
-            options.hub_pid,
-        ))))
-    });
+    let sampler = AbortOnDrop(Some(tokio::spawn(series::run(fleet.clone(), ramp_began))));
+    let progress = AbortOnDrop(Some(tokio::spawn(progress::run(
+        fleet.clone(),
+        ramp_began,
+        options.progress,
+        options.progress_every,
+        label.clone(),
+        options.hub_pid,
+    ))));
 
     // Measure only once every thing has connected (or given up), so that connect work never
     // overlaps the measured period.
@@ -134,7 +156,8 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     }
     let connected = fleet.stats.ever_connected.get();
     eprintln!(
-        "{connected} of {count} things connected in {:.1} s; measuring for {:.0} s",
+        "{label}{}{connected} of {count} things connected in {:.1} s; measuring for {:.0} s",
+        if label.is_empty() { "" } else { ": " },
         ramp_began.elapsed().as_secs_f64(),
         duration.as_secs_f64()
     );
@@ -166,18 +189,25 @@ pub async fn run(scenario: Scenario, target: Target, options: Options) -> anyhow
     while let Some(r) = tasks.join_next().await {
         r.context("a virtual thing panicked")?;
     }
-    if let Some(p) = progress {
-        p.stop().await;
-    }
+    progress.stop().await;
+    sampler.stop().await;
     (sim.end, hub.end) = sample_processes(options.hub_pid);
     drop(exporter);
     let mut report = Report::build(&fleet, duration.as_secs_f64());
+    report.scenario = whole;
+    report.versions = Versions {
+        hub: hub_version,
+        ..Versions::this()
+    };
     report.resources = Resources {
         simulator: ProcessUsage::from_readings(std::process::id(), &sim, count),
         hub: options
             .hub_pid
             .and_then(|pid| ProcessUsage::from_readings(pid, &hub, count)),
     };
+    if let Some(part) = report.shards.first_mut() {
+        part.simulator.clone_from(&report.resources.simulator);
+    }
     if !options.keep {
         let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
         api.delete_things(&ids).await?;

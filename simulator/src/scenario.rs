@@ -9,16 +9,19 @@ use std::path::Path;
 
 use anyhow::Context;
 use iothub_sdk_nostd::spec::code::OtaErrorCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A whole run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scenario {
     /// Seed of every random choice of the run.
     pub seed: u64,
     /// Seconds of measured activity, once every thing has connected.
     pub duration_s: f64,
+    /// Pass criteria checked on the report, as with `--threshold` (e.g. `"update.p99<10ms"`,
+    /// `"errors==0"`; see [`crate::threshold`]): a failed one makes the exit status non-zero.
+    pub thresholds: Vec<String>,
     /// Who connects.
     pub population: Population,
     /// How fast they connect.
@@ -30,7 +33,7 @@ pub struct Scenario {
 }
 
 /// The fleet.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Population {
     /// Number of virtual things, each with its own MQTT connection.
@@ -45,7 +48,7 @@ pub struct Population {
 }
 
 /// The connect ramp.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ramp {
     /// New connections per second.
@@ -57,7 +60,7 @@ pub struct Ramp {
 }
 
 /// The behaviour of every virtual thing.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Profile {
     /// Reported-state updates per second per thing (0 = none).
@@ -109,7 +112,7 @@ pub struct Profile {
 }
 
 /// Business-side load through the hub's REST API.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Business {
     /// Desired-state changes per second (REST PUT of desired), each measured until the thing's
@@ -137,6 +140,7 @@ impl Default for Scenario {
         Scenario {
             seed: 1,
             duration_s: 60.0,
+            thresholds: Vec::new(),
             population: Population::default(),
             ramp: Ramp::default(),
             profile: Profile::default(),
@@ -293,6 +297,9 @@ impl Scenario {
             iothub_spec::ids::is_valid_method_name(&self.business.method),
             "invalid business.method"
         );
+        for t in &self.thresholds {
+            crate::threshold::Threshold::parse(t)?;
+        }
         for i in [0, self.population.count - 1] {
             let id = self.thing_id(i);
             anyhow::ensure!(

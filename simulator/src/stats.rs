@@ -14,13 +14,14 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-/// A histogram to record into from many tasks.
+/// A histogram to record into from many tasks, with a second one for the current window of the
+/// time series (taken and reset every second by [`crate::series`]).
 #[derive(Debug)]
-pub struct Latency(Mutex<Histogram<u64>>);
+pub struct Latency(Mutex<[Histogram<u64>; 2]>);
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency(Mutex::new(histogram()))
+        Latency(Mutex::new([histogram(), histogram()]))
     }
 }
 
@@ -29,15 +30,25 @@ impl Latency {
     pub fn record(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         if let Ok(mut h) = self.0.lock() {
-            let _ = h.record(us);
+            for h in h.iter_mut() {
+                let _ = h.record(us);
+            }
         }
     }
 
-    /// A copy of the histogram.
+    /// A copy of the histogram of the whole run.
     pub fn snapshot(&self) -> Histogram<u64> {
         self.0
             .lock()
-            .map(|h| h.clone())
+            .map(|h| h[0].clone())
+            .unwrap_or_else(|_| histogram())
+    }
+
+    /// The samples since the last call (or the start), and a fresh window.
+    pub fn take_window(&self) -> Histogram<u64> {
+        self.0
+            .lock()
+            .map(|mut h| std::mem::replace(&mut h[1], histogram()))
             .unwrap_or_else(|_| histogram())
     }
 }
@@ -195,9 +206,29 @@ pub struct Stats {
     pub running: Counter,
     /// Set when the measured period has begun.
     pub measuring: AtomicBool,
+    /// The per-second time series of the run (see [`crate::series`]).
+    pub series: Mutex<Vec<crate::series::Point>>,
 }
 
 impl Stats {
+    /// Errors so far, as the progress line and the time series count them: protocol errors,
+    /// rejected and unanswered updates, failed connection attempts, REST errors of the business
+    /// side.
+    pub fn errors(&self) -> u64 {
+        self.protocol_errors.total()
+            + self.updates_rejected.total()
+            + self.updates_timed_out.get()
+            + self.connect_errors.total()
+            + self.desired_errors.total()
+            + self.rest_call_errors.total()
+            + self.ota_job_errors.total()
+    }
+
+    /// Connections made so far (first ones and reconnects).
+    pub fn connections(&self) -> u64 {
+        self.ever_connected.get() + self.reconnects.get()
+    }
+
     /// Every latency histogram with its interaction id (`snake_case`, as the metrics endpoint
     /// labels it): one list, so an interaction added here is exported everywhere.
     pub fn latencies(&self) -> [(&'static str, &Latency); 8] {

@@ -200,11 +200,12 @@ fn short_run_against_the_embedded_hub_is_clean() {
     let csv = std::fs::read_to_string(&csv_path).expect("csv written");
     assert!(
         csv.lines()
-            .any(|l| l.starts_with(&format!("updates_accepted,{sent},"))),
+            .any(|l| l.starts_with(&format!("counter,updates_accepted,{sent},"))),
         "{csv}"
     );
     assert!(
-        csv.lines().any(|l| l.starts_with("hub_peak_rss_bytes,")),
+        csv.lines()
+            .any(|l| l.starts_with("resource,hub_peak_rss_bytes,")),
         "{csv}"
     );
 }

@@ -366,7 +366,7 @@ fn error_vectors_schema() {
         if utf8 && json_depth_exceeds(&bytes, limits.max_json_depth) {
             assert_eq!(code, Some(400), "{name}: too deep");
         }
-        // Decision 16: the token is echoed whenever it can be recovered, parsed or not.
+        // S-4.2: the token is echoed whenever it can be recovered, parsed or not.
         let recovered = iothub_spec::scan::client_token(&bytes, limits.max_client_token);
         if let Some(token) = c["expectClientToken"].as_str() {
             assert!(token.len() <= limits.max_client_token, "{name}");

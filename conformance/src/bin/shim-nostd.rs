@@ -164,6 +164,9 @@ fn backoff(n: u32) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    iothub_conformance::shim::answer_help(
+        "Usage: shim-nostd\n\nshim-nostd: a thermostat-like device on the sans-IO device core (iothub-sdk-nostd), the device under\ntest of `iothub-conformance device --exec shim-nostd`. Runs until killed or until its stdin closes.",
+    );
     let env = Env::from_env()?;
     iothub_conformance::shim::exit_on_stdin_eof();
     let (host, port) = Env::split_addr(&env.connect_addr().await?)?;

@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    iothub_conformance::shim::answer_help(
+        "Usage: shim-std\n\nshim-std: a thermostat-like device on iothub-sdk (tokio + rumqttc), the device under test of\n`iothub-conformance device --exec shim-std`. Runs until killed or until its stdin closes.",
+    );
     let env = Env::from_env()?;
     iothub_conformance::shim::exit_on_stdin_eof();
     let addr = env.connect_addr().await?;

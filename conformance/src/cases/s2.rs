@@ -15,7 +15,7 @@ use crate::check::{self, PubOutcome, SubOutcome};
 use crate::ctx::{Ctx, Thing, own_filter};
 use crate::ensure;
 use crate::mqtt::{Conn, ConnectOpts, Proto, STEP};
-use crate::raw::{RawConn, RawReply};
+use crate::raw::{self, Raw, RawReply};
 use crate::vectors;
 
 /// The S-2 cases.
@@ -135,11 +135,15 @@ async fn acl_publish(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
             delivered: false,
         };
         if malformed {
-            let mut raw =
-                RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &who.id, &who.secret).await?;
-            match raw.publish(topic.as_bytes(), payload.as_bytes()).await? {
+            let opts = raw::ConnectOpts::new(&who.id, &who.id, &who.secret).proto(p);
+            let (mut raw, _) =
+                Raw::connect_ok((ctx.mqtt_host.as_str(), ctx.mqtt_port), &opts).await?;
+            match raw
+                .publish_acked(&topic, payload.as_bytes(), false, &[])
+                .await
+            {
                 RawReply::PubAck(c) => got.ack = Some(c),
-                RawReply::Closed => got.closed = true,
+                r if r.is_closed() => got.closed = true,
                 _ => {}
             }
         } else {
@@ -191,15 +195,16 @@ async fn acl_subscribe(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
         let filter = subst(&filter, &th.a.id, &th.b.id, &th.c.id);
         let malformed = !is_valid_filter(&filter) || filter.is_empty();
         let got = if malformed {
-            let mut raw =
-                RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &th.a.id, &th.a.secret).await?;
-            let r = raw.subscribe(filter.as_bytes()).await?;
+            let opts = raw::ConnectOpts::new(&th.a.id, &th.a.id, &th.a.secret).proto(p);
+            let (mut raw, _) =
+                Raw::connect_ok((ctx.mqtt_host.as_str(), ctx.mqtt_port), &opts).await?;
+            let r = raw.subscribe_raw(&filter, 1).await;
             // The raw connection took the session over; reconnect the rumqttc one.
             drop(raw);
             d = ctx.connect(&th.a, p, vec![]).await?;
             match r {
                 RawReply::SubAck(c) => SubOutcome::Codes(c),
-                RawReply::Closed => SubOutcome::Closed,
+                r if r.is_closed() => SubOutcome::Closed,
                 _ => SubOutcome::Silent,
             }
         } else {

@@ -14,7 +14,7 @@ use crate::case::Case;
 use crate::ctx::Ctx;
 use crate::ensure;
 use crate::mqtt::{Proto, STEP};
-use crate::raw::{RawConn, RawReply};
+use crate::raw::{ConnectOpts, Raw, RawReply, prop};
 
 /// DISCONNECT 0x94 Topic Alias invalid (MQTT 5 §3.3.2.3.4).
 const TOPIC_ALIAS_INVALID: u8 = 0x94;
@@ -91,28 +91,27 @@ async fn service_publish(ctx: &Ctx, topic: &str, payload: &[u8]) -> anyhow::Resu
 
 async fn session_kept(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let (host, port) = (&ctx.mqtt_host, ctx.mqtt_port);
+    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
     let topic = user_topic(&t.id, "queued");
-    let (mut c, present) =
-        RawConn::connect_v5_session(host, port, &t.id, &t.secret, true, 3600).await?;
+    let opts = ConnectOpts::new(&t.id, &t.id, &t.secret).session_expiry(3600);
+    let (mut c, ack) = Raw::connect_ok(addr, &opts).await?;
     ensure!(
-        !present,
+        !ack.session_present,
         "MQTT 5 §3.2.2.1.1: Clean Start 1 reported Session Present 1"
     );
     ensure!(
-        c.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+        c.subscribe_raw(&topic, 1).await == RawReply::SubAck(vec![1]),
         "S-2.1 own user topic refused"
     );
-    c.disconnect().await;
+    c.disconnect(None).await;
     wait_offline(&ctx, &t.id).await?;
     service_publish(&ctx, &topic, b"{\"n\":1}").await?;
-    let (mut c, present) =
-        RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 3600).await?;
+    let (mut c, ack) = Raw::connect_ok(addr, &opts.clean_start(false)).await?;
     ensure!(
-        present,
+        ack.session_present,
         "MQTT 5 §3.1.2.11.2: a session with Session Expiry 3600 was not kept (Session Present 0)"
     );
-    let got = c.recv_publish(&topic, STEP).await;
+    let got = c.expect_publish(&topic, STEP).await;
     ensure!(
         got.is_some(),
         "MQTT 5 §4.1: the QoS 1 message queued while offline was lost"
@@ -122,24 +121,26 @@ async fn session_kept(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 
 async fn session_zero(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let (host, port) = (&ctx.mqtt_host, ctx.mqtt_port);
+    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
     let topic = user_topic(&t.id, "queued");
-    let (mut c, _) = RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 0).await?;
+    let opts = ConnectOpts::new(&t.id, &t.id, &t.secret)
+        .clean_start(false)
+        .session_expiry(0);
+    let (mut c, _) = Raw::connect_ok(addr, &opts).await?;
     ensure!(
-        c.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+        c.subscribe_raw(&topic, 1).await == RawReply::SubAck(vec![1]),
         "S-2.1 own user topic refused"
     );
-    c.disconnect().await;
+    c.disconnect(None).await;
     wait_offline(&ctx, &t.id).await?;
     service_publish(&ctx, &topic, b"{\"n\":1}").await?;
-    let (mut c, present) =
-        RawConn::connect_v5_session(host, port, &t.id, &t.secret, false, 0).await?;
+    let (mut c, ack) = Raw::connect_ok(addr, &opts).await?;
     ensure!(
-        !present,
+        !ack.session_present,
         "MQTT 5 §3.1.2.11.2: a session with Session Expiry 0 outlived its connection"
     );
     ensure!(
-        c.recv_publish(&topic, QUIET).await.is_none(),
+        c.expect_publish(&topic, QUIET).await.is_none(),
         "MQTT 5 §3.1.2.11.2: a message was queued for an ended session"
     );
     Ok(())
@@ -148,22 +149,25 @@ async fn session_zero(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 async fn retained_user_topic(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
     let topic = user_topic(&t.id, "config");
+    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
     for p in Proto::BOTH {
-        let mut c = RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &t.id, &t.secret).await?;
+        let opts = ConnectOpts::new(&t.id, &t.id, &t.secret).proto(p);
+        let (mut c, _) = Raw::connect_ok(addr, &opts).await?;
         let payload = format!("{{\"proto\":\"{}\"}}", p.tag());
         ensure!(
-            c.publish_retained(topic.as_bytes(), payload.as_bytes())
-                .await?
-                == RawReply::PubAck(0),
+            c.publish_acked(&topic, payload.as_bytes(), true, &[]).await == RawReply::PubAck(0),
             "S-2 retained publish on the thing's own user topic not acknowledged ({})",
             p.tag()
         );
-        let mut late = RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, p, &t.id, &t.secret).await?;
+        let (mut late, _) = Raw::connect_ok(addr, &opts).await?;
         ensure!(
-            late.subscribe(topic.as_bytes()).await? == RawReply::SubAck(vec![1]),
+            late.subscribe_raw(&topic, 1).await == RawReply::SubAck(vec![1]),
             "S-2.1 own user topic refused"
         );
-        let got = late.recv_publish(&topic, STEP).await;
+        let got = late
+            .expect_publish(&topic, STEP)
+            .await
+            .map(|p| (p.retain, p.payload));
         ensure!(
             got == Some((true, payload.clone().into_bytes())),
             "S-2 the retained message did not reach a later subscriber with RETAIN 1 ({}): {got:?}",
@@ -175,17 +179,17 @@ async fn retained_user_topic(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 
 async fn retained_cap(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let mut c =
-        RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, Proto::V5, &t.id, &t.secret).await?;
+    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let (mut c, _) = Raw::connect_ok(addr, &ConnectOpts::new(&t.id, &t.id, &t.secret)).await?;
     for i in 0..MAX_RETAINED_PER_THING {
         let topic = user_topic(&t.id, &format!("k{i}"));
         ensure!(
-            c.publish_retained(topic.as_bytes(), b"{}").await? == RawReply::PubAck(0),
+            c.publish_acked(&topic, b"{}", true, &[]).await == RawReply::PubAck(0),
             "S-2 retained message {i} of {MAX_RETAINED_PER_THING} refused"
         );
     }
     let extra = user_topic(&t.id, "extra");
-    let r = c.publish_retained(extra.as_bytes(), b"{}").await?;
+    let r = c.publish_acked(&extra, b"{}", true, &[]).await;
     ensure!(
         r == RawReply::PubAck(QUOTA_EXCEEDED),
         "S-2 retained message {} of a thing: want PUBACK 0x97, got {r:?}",
@@ -197,12 +201,14 @@ async fn retained_cap(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 async fn topic_alias_refused(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
     let topic = user_topic(&t.id, "a");
-    for alias in [1u16, 0] {
-        let mut c =
-            RawConn::connect(&ctx.mqtt_host, ctx.mqtt_port, Proto::V5, &t.id, &t.secret).await?;
-        let got = c.publish_with_alias(topic.as_bytes(), alias).await?;
+    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    for alias in [1u32, 0] {
+        let (mut c, _) = Raw::connect_ok(addr, &ConnectOpts::new(&t.id, &t.id, &t.secret)).await?;
+        let got = c
+            .publish_acked(&topic, b"{}", false, &[(prop::TOPIC_ALIAS, alias)])
+            .await;
         ensure!(
-            got == Some(TOPIC_ALIAS_INVALID),
+            got == RawReply::Disconnect(TOPIC_ALIAS_INVALID),
             "MQTT 5 §3.3.2.3.4: Topic Alias {alias} with Topic Alias Maximum 0: want DISCONNECT 0x94, got {got:?}"
         );
     }

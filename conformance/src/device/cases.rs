@@ -21,6 +21,7 @@ use super::hub::{HubShadow, ObsEv, Shadows};
 use super::judge;
 use super::{DeviceCtx, REACT, Run, STARTUP, published_in};
 use crate::case::Case;
+use crate::case::PROFILE;
 use crate::ensure;
 
 mod services;
@@ -112,6 +113,12 @@ pub fn all() -> Vec<Case<DeviceCtx>> {
             ota_progress,
         ),
         case(
+            "dev_profile_state_report_at_start_up",
+            &[PROFILE],
+            "profile check (no clause): after getting its shadow the device reports its state once, not only on change",
+            state_report_at_start_up,
+        ),
+        case(
             "dev_reconnect_backoff_resync",
             &["S-1.2", "S-3.2", "S-3.6"],
             "after the broker drops it the device reconnects with backoff, resubscribes, gets its shadow again and applies what changed",
@@ -166,6 +173,12 @@ async fn identity(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
         run.thing
     );
     ensure!(password_ok, "S-1.2 the password is not the thing's secret");
+    Ok(())
+}
+
+async fn state_report_at_start_up(ctx: Arc<DeviceCtx>) -> anyhow::Result<()> {
+    let run = ctx.start(Shadows::new()).await?;
+    run.reported_at_start_up().await?;
     Ok(())
 }
 

@@ -16,8 +16,10 @@
 //! | [`judge`] | pure checks over the log |
 //! | [`cases`] | the device cases |
 
-use std::process::Stdio;
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,7 +27,10 @@ use iothub_spec::ids::DEFAULT_SHADOW;
 use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::ctx::rand_u32;
 
@@ -50,6 +55,9 @@ pub const ENV_SECRET: &str = "IOTHUB_THING_SECRET";
 pub const STARTUP: Duration = Duration::from_secs(20);
 /// How long the device may take to react to one hub action (a delta, a method call).
 pub const REACT: Duration = Duration::from_secs(5);
+
+/// Lines of the device's stderr kept to explain an exit.
+pub const STDERR_TAIL: usize = 10;
 
 /// What every device case gets: how to start the device under test.
 pub struct DeviceCtx {
@@ -93,18 +101,53 @@ impl DeviceCtx {
             .stdin(Stdio::piped())
             .kill_on_drop(true);
         if !self.show_output {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.stdout(Stdio::null());
         }
+        // Always read: the last lines explain a device that exits.
+        cmd.stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting the device {argv:?}"))?;
         // The device's stdin stays open until the case ends: a device may exit on its EOF, so
         // that it never outlives a suite that was killed.
         let stdin = child.stdin.take();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let (eof_tx, eof) = watch::channel(false);
+        if let Some(err) = child.stderr.take() {
+            let (tail, show) = (tail.clone(), self.show_output);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if show {
+                        eprintln!("{line}");
+                    }
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == STDERR_TAIL {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+                let _ = eof_tx.send(true);
+            });
+        }
+        // The task owns the process: dropping the run aborts it, and `kill_on_drop` ends the
+        // device with it.
+        let (exit_tx, exited) = watch::channel(None);
+        let waiter = tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let _ = exit_tx.send(Some(status));
+            }
+            // Keep the sender (and the process handle) until the run ends.
+            std::future::pending::<()>().await;
+        });
         Ok(Run {
             hub,
             thing,
-            child,
+            waiter,
+            exited,
+            stderr_eof: eof,
+            stderr_tail: tail,
             _stdin: stdin,
         })
     }
@@ -116,14 +159,30 @@ pub struct Run {
     pub hub: Broker,
     /// The thing id the device was given.
     pub thing: String,
-    child: Child,
+    waiter: JoinHandle<()>,
+    exited: watch::Receiver<Option<ExitStatus>>,
+    stderr_eof: watch::Receiver<bool>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
     _stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        // Only the process the suite started, by its own handle.
-        let _ = self.child.start_kill();
+        // Only the process the suite started, by its own handle (dropped with the task).
+        self.waiter.abort();
+    }
+}
+
+/// The exit status once the process has ended (never completes while it runs).
+async fn exit_of(mut rx: watch::Receiver<Option<ExitStatus>>) -> String {
+    loop {
+        let status = *rx.borrow_and_update();
+        if let Some(s) = status {
+            return s.to_string();
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -168,8 +227,37 @@ impl Run {
         self.hub.with(|st| st.log.len())
     }
 
+    /// `wait`, unless the device process ends first: then an error at once with its exit
+    /// status and the last lines of its stderr (instead of the wait's full time limit).
+    pub async fn or_exit<T>(
+        &self,
+        wait: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            r = wait => r,
+            status = exit_of(self.exited.clone()) => {
+                // The last lines may still be in the pipe.
+                let mut eof = self.stderr_eof.clone();
+                let _ = tokio::time::timeout(Duration::from_millis(500), eof.wait_for(|e| *e)).await;
+                let tail: Vec<String> = self
+                    .stderr_tail
+                    .lock()
+                    .map(|t| t.iter().cloned().collect())
+                    .unwrap_or_default();
+                Err(anyhow::anyhow!(
+                    "the device process ended ({status}) before the case was done; its last stderr lines: {}",
+                    if tail.is_empty() { "(none)".to_owned() } else { tail.join(" | ") }
+                ))
+            }
+        }
+    }
+
     /// Waits for the device's first accepted connection; returns its connection id.
     pub async fn connected(&self) -> anyhow::Result<u32> {
+        self.or_exit(self.connected_inner()).await
+    }
+
+    async fn connected_inner(&self) -> anyhow::Result<u32> {
         self.hub
             .wait_for(
                 STARTUP,
@@ -184,31 +272,52 @@ impl Run {
             .await
     }
 
-    /// Waits until the device is up: connected, got an answer to a `get` of the `default`
-    /// shadow, and reported its state (an `update` with `state.reported`) after it. Returns the
-    /// log index of that report.
+    /// Waits until the device is up: connected, and its `get` of the `default` shadow answered
+    /// (S-3.2). Returns the log index of that answer. A device that reports its state only on
+    /// change is up here too: the start-up report is a profile check of its own
+    /// ([`Run::reported_at_start_up`]), so its absence never fails the other cases.
     pub async fn ready(&self) -> anyhow::Result<usize> {
-        self.connected().await?;
+        self.or_exit(self.ready_inner()).await
+    }
+
+    async fn ready_inner(&self) -> anyhow::Result<usize> {
+        self.connected_inner().await?;
         let get = self.topic_get();
-        let update = self.topic_update();
         let accepted = format!("{get}/accepted");
         let rejected = format!("{get}/rejected");
         self.hub
             .wait_for(
                 STARTUP,
-                "the device never reported its state (an update with state.reported) after getting its shadow",
+                &format!(
+                    "S-3.2 the device never got its shadow after connecting (no {get} answered)"
+                ),
                 |log| {
-                    let answered = log.iter().position(|o| {
+                    log.iter().position(|o| {
                         matches!(&o.ev, ObsEv::Sent { topic, delivered: true, .. }
                             if *topic == accepted || *topic == rejected)
-                    })?;
-                    log.iter().enumerate().skip(answered).find_map(|(i, o)| {
-                        let (t, v) = o.publish()?;
-                        (t == update && v[field::STATE][field::REPORTED].is_object()).then_some(i)
                     })
                 },
             )
             .await
+    }
+
+    /// Waits for the device's first state report (an `update` with `state.reported`) after its
+    /// start-up `get` was answered; returns its log index. No clause requires it: the case
+    /// using it is a profile check.
+    pub async fn reported_at_start_up(&self) -> anyhow::Result<usize> {
+        let answered = self.ready().await?;
+        let update = self.topic_update();
+        self.or_exit(self.hub.wait_for(
+            STARTUP,
+            "profile check (no clause): the device did not report its state (an update with state.reported) after getting its shadow",
+            |log| {
+                log.iter().enumerate().skip(answered).find_map(|(i, o)| {
+                    let (t, v) = o.publish()?;
+                    (t == update && v[field::STATE][field::REPORTED].is_object()).then_some(i)
+                })
+            },
+        ))
+        .await
     }
 
     /// Waits for a report (an `update` of `default` after log index `after`) whose
@@ -222,13 +331,12 @@ impl Run {
         what: &str,
     ) -> anyhow::Result<Seen> {
         let update = self.topic_update();
-        self.hub
-            .wait_for(within, what, |log| {
-                published_in(log, after, &update).into_iter().find(|s| {
-                    crate::check::json_eq(&s.body[field::STATE][field::REPORTED][key], value)
-                })
-            })
-            .await
+        self.or_exit(self.hub.wait_for(within, what, |log| {
+            published_in(log, after, &update)
+                .into_iter()
+                .find(|s| crate::check::json_eq(&s.body[field::STATE][field::REPORTED][key], value))
+        }))
+        .await
     }
 
     /// `$iothub/things/{id}/shadows/name/default/get`.

@@ -77,6 +77,21 @@ pub struct Env {
     pub brk: Option<Break>,
 }
 
+/// Answers `--help` (or `-h`) with `usage` and exits 0, before the shim reads its environment:
+/// a shim run by hand learns what it needs instead of failing on a missing variable.
+pub fn answer_help(usage: &str) {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        println!();
+        println!("Environment (set by `iothub-conformance device --exec`):");
+        println!("  {ENV_ADDR:<22} the (scripted) hub's MQTT address, HOST:PORT");
+        println!("  {ENV_THING:<22} the thing id: MQTT client id and user name");
+        println!("  {ENV_SECRET:<22} the thing's secret: the MQTT password");
+        println!("  {ENV_MQTT:<22} 5 for MQTT 5 (default 3.1.1)");
+        std::process::exit(0);
+    }
+}
+
 impl Env {
     /// Reads the environment.
     pub fn from_env() -> anyhow::Result<Env> {

@@ -12,7 +12,11 @@
 //! - runs OTA tasks: with feature `ota-download` and `ota::run_downloading` it downloads the
 //!   file and verifies it with the SDK's `OtaVerifier` (`done`, or `failed` 1400/1403/1404);
 //!   otherwise it simulates one, `ongoing` every tick (25 % steps), then `done`;
-//! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick.
+//! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick;
+//! - reports a message too large for its buffers (`Event::TooLarge`, or `Event::SyncLost` when
+//!   it is larger than minimq's receive buffer) as `too_large` in its reported state, until a
+//!   delta or document applies again (the operator sees it in the shadow; the device cannot
+//!   take that desired state).
 #![no_std]
 
 #[cfg(feature = "ota-download")]
@@ -23,7 +27,9 @@ use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_time::{Duration, Ticker};
 use iothub_sdk_nostd::minimq::{self, Client};
 use iothub_sdk_nostd::spec::payload::OtaTask;
-use iothub_sdk_nostd::{Config, Device, Event, Instant, OtaReport, QoS, RequestId};
+use iothub_sdk_nostd::{
+    Config, Device, Event, Instant, OtaReport, QoS, RequestId, TooLarge, TooLargeKind,
+};
 use serde::{Deserialize, Serialize};
 
 /// The shadows the thermostat keeps.
@@ -56,8 +62,9 @@ pub const OUT: usize = QUEUE_BYTES;
 pub type AppDevice<'a> = Device<'a, N_SHADOWS, IN_FLIGHT, QUEUE>;
 /// The shared state of this application.
 pub type AppState<'a, M> = minimq::State<'a, M, N_SHADOWS, IN_FLIGHT, QUEUE, INBOX>;
-/// The client of this application.
-pub type AppClient<'s, 'a, M> = Client<'s, 'a, M, N_SHADOWS, IN_FLIGHT, QUEUE, INBOX>;
+/// The client of this application (`INBOX` bytes of inbox, [`INBOX`] by default).
+pub type AppClient<'s, 'a, M, const INBOX_BYTES: usize = INBOX> =
+    Client<'s, 'a, M, N_SHADOWS, IN_FLIGHT, QUEUE, INBOX_BYTES>;
 /// The runner's buffers of this application.
 pub type AppResources = minimq::Resources<RX, TX, OUT>;
 
@@ -109,6 +116,42 @@ pub struct Reported<'a> {
     pub firmware: &'a str,
     /// Whether the clock has been set by NTP.
     pub time_synced: bool,
+    /// Messages that did not fit since the last delta or document applied; `null` (which
+    /// deletes the key, S-3.4) when there were none.
+    pub too_large: Option<TooLargeSeen>,
+}
+
+/// Bytes needed and available of the last message of one kind that did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sizes {
+    /// Bytes the message needed.
+    pub needed: usize,
+    /// Bytes the buffer had.
+    pub capacity: usize,
+}
+
+/// The messages too large for the device's buffers since it last synced, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TooLargeSeen {
+    /// A delta (the device asked for the document again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Sizes>,
+    /// A shadow document: only larger buffers or a smaller desired state help.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<Sizes>,
+    /// A method call (its caller got the hub's timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_call: Option<Sizes>,
+    /// An OTA task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_task: Option<Sizes>,
+    /// Anything else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other: Option<Sizes>,
+    /// Connections lost in a row waiting for the shadow document (`Event::SyncLost`): most
+    /// likely a document larger than minimq's receive buffer, size unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_lost: Option<u8>,
 }
 
 /// A telemetry message.
@@ -144,6 +187,8 @@ pub struct Thermostat {
     pub ota_progress: Option<u8>,
     /// Deltas and documents applied.
     pub applied: u32,
+    /// Messages too large for the buffers since the last delta or document applied.
+    pub too_large: Option<TooLargeSeen>,
     report_due: bool,
     last_report: Option<RequestId>,
     last_ntp: Option<RequestId>,
@@ -167,6 +212,7 @@ impl Thermostat {
             unix_ms: None,
             ota_progress: None,
             applied: 0,
+            too_large: None,
             report_due: true,
             last_report: None,
             last_ntp: None,
@@ -186,6 +232,7 @@ impl Thermostat {
             boots: self.boots,
             firmware: self.firmware,
             time_synced: self.unix_ms.is_some(),
+            too_large: self.too_large,
         }
     }
 
@@ -197,6 +244,33 @@ impl Thermostat {
             self.mode = m;
         }
         self.applied = self.applied.saturating_add(1);
+        self.report_due = true;
+    }
+
+    /// A message did not fit: remembered (and reported) when it carried state the thermostat
+    /// needs. The echo of its own large report is not: reporting again would only echo again.
+    fn on_too_large(&mut self, t: TooLarge) {
+        if let TooLargeKind::UpdateReply {
+            request, accepted, ..
+        } = t.kind
+        {
+            if request.is_some() && request == self.last_report && !accepted {
+                self.report_due = true;
+            }
+            return;
+        }
+        let sizes = Some(Sizes {
+            needed: t.needed,
+            capacity: t.capacity,
+        });
+        let seen = self.too_large.get_or_insert_with(TooLargeSeen::default);
+        match t.kind {
+            TooLargeKind::Delta { .. } => seen.delta = sizes,
+            TooLargeKind::Document { .. } => seen.document = sizes,
+            TooLargeKind::MethodCall => seen.method_call = sizes,
+            TooLargeKind::OtaTask => seen.ota_task = sizes,
+            _ => seen.other = sizes,
+        }
         self.report_due = true;
     }
 
@@ -218,6 +292,8 @@ impl Thermostat {
     pub fn on_event(&mut self, event: Event<'_>, dev: &mut AppDevice<'_>, now: Instant) {
         match event {
             Event::Shadow(doc) => {
+                // In sync again: whatever did not fit before is superseded.
+                self.too_large = None;
                 // After every (re)connect: the whole document; apply what differs.
                 if let Some(Ok(delta)) = doc.delta.map(|d| d.parse::<Desired>()) {
                     self.apply(delta);
@@ -226,6 +302,8 @@ impl Thermostat {
                 self.ntp_due |= self.unix_ms.is_none();
             }
             Event::Delta(delta) => {
+                // Reported as `null`, which removes what was reported before.
+                self.report_due |= self.too_large.take().is_some();
                 if let Ok(desired) = delta.state.parse::<Desired>() {
                     self.apply(desired);
                 }
@@ -242,6 +320,12 @@ impl Thermostat {
                 self.unix_ms = Some(sample.unix_time_ms(now));
             }
             Event::OtaTask(task) => self.on_ota_task(&task, dev, now),
+            Event::TooLarge(t) => self.on_too_large(t),
+            Event::SyncLost { connections, .. } => {
+                let seen = self.too_large.get_or_insert_with(TooLargeSeen::default);
+                seen.sync_lost = Some(connections);
+                self.report_due = true;
+            }
             Event::Rejected { request, .. } | Event::TimedOut { request }
                 if Some(request) == self.last_report =>
             {
@@ -324,8 +408,8 @@ impl Thermostat {
 
 /// The application loop: events as they come, [`Thermostat::on_tick`] every `tick`. Runs
 /// forever next to the [`minimq::Runner`].
-pub async fn run<M: RawMutex>(
-    mut client: AppClient<'_, '_, M>,
+pub async fn run<M: RawMutex, const INBOX_BYTES: usize>(
+    mut client: AppClient<'_, '_, M, INBOX_BYTES>,
     thermostat: &mut Thermostat,
     tick: Duration,
 ) -> ! {

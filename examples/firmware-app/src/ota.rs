@@ -7,7 +7,7 @@
 
 use embassy_futures::select::{Either3, select3};
 use embassy_sync::blocking_mutex::raw::RawMutex;
-use embassy_time::{Duration, Ticker, with_timeout};
+use embassy_time::{Duration, Ticker, with_deadline, with_timeout};
 use iothub_sdk_nostd::spec::payload::OtaTask;
 use iothub_sdk_nostd::{Error, Instant, OtaPacing, OtaReport, OtaVerifier, OtaVerifyError};
 
@@ -144,8 +144,8 @@ impl Download {
 
 /// [`crate::run`] with real OTA downloads from `source`: events as they come,
 /// [`Thermostat::on_tick`] every `tick`, and the current task's file read chunk by chunk.
-pub async fn run_downloading<M: RawMutex, S: FileSource>(
-    mut client: AppClient<'_, '_, M>,
+pub async fn run_downloading<M: RawMutex, S: FileSource, const INBOX_BYTES: usize>(
+    mut client: AppClient<'_, '_, M, INBOX_BYTES>,
     thermostat: &mut Thermostat,
     tick: Duration,
     source: &mut S,
@@ -153,6 +153,10 @@ pub async fn run_downloading<M: RawMutex, S: FileSource>(
     thermostat.downloads = true;
     let mut ticker = Ticker::every(tick);
     let mut buf = [0u8; CHUNK];
+    // The read below is dropped whenever an event or a tick wins the select, so its time limit
+    // is a deadline kept across those restarts: a `with_timeout` around each new read would
+    // start over on every tick and never expire.
+    let mut read_deadline: Option<embassy_time::Instant> = None;
     loop {
         if thermostat.download.as_ref().is_some_and(Download::finished) {
             thermostat.download = None;
@@ -166,9 +170,15 @@ pub async fn run_downloading<M: RawMutex, S: FileSource>(
             }
         }
         let reading = thermostat.download.as_ref().is_some_and(Download::reading);
+        let deadline = if reading {
+            *read_deadline.get_or_insert_with(|| embassy_time::Instant::now() + READ_TIMEOUT)
+        } else {
+            read_deadline = None;
+            embassy_time::Instant::MAX
+        };
         let read = async {
             if reading {
-                match with_timeout(READ_TIMEOUT, source.read(&mut buf)).await {
+                match with_deadline(deadline, source.read(&mut buf)).await {
                     Ok(Ok(n)) => Ok(n),
                     _ => Err(()),
                 }
@@ -186,6 +196,8 @@ pub async fn run_downloading<M: RawMutex, S: FileSource>(
             Either3::First(()) => {}
             Either3::Second(()) => client.command(|dev, now| thermostat.on_tick(dev, now)),
             Either3::Third(read) => {
+                // A chunk (or the end, or a failure) arrived: the next one gets a new deadline.
+                read_deadline = None;
                 let reported = client.command(|dev, now| {
                     thermostat
                         .download

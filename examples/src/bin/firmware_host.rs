@@ -3,6 +3,10 @@
 //! (through `embedded-io-adapters`) instead of an embassy-net socket and embassy-time's std
 //! driver instead of a hardware timer. OTA tasks are downloaded over plain HTTP (`http://` URLs
 //! only) and verified by the SDK's `OtaVerifier`. See `examples/README.md`.
+//!
+//! `--small-inbox` shrinks the adapter's inbox to 256 bytes (with a receive buffer for 4 KiB
+//! documents), so that a desired state of a few hundred bytes shows what a message too large
+//! for the device does: `Event::TooLarge`, reported by the thermostat as `too_large`.
 
 use std::net::SocketAddr;
 
@@ -10,9 +14,9 @@ use clap::Parser;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embedded_io_adapters::tokio_1::FromTokio;
 use iothub_firmware_app::ota::{FileSource, run_downloading};
-use iothub_firmware_app::{AppResources, AppState, Thermostat, device_config};
+use iothub_firmware_app::{IN_FLIGHT, N_SHADOWS, OUT, QUEUE, TX, Thermostat, device_config};
 use iothub_sdk_nostd::Device;
-use iothub_sdk_nostd::minimq::{MqttConfig, Runner, Transport};
+use iothub_sdk_nostd::minimq::{self, MqttConfig, Resources, Runner, State, Transport};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
@@ -32,7 +36,18 @@ struct Args {
     /// Milliseconds between ticks (telemetry, OTA progress, retries).
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
+    /// Use a 256-byte inbox (and a receive buffer for 4 KiB documents) instead of the
+    /// firmware's sizes: messages larger than 256 bytes become `Event::TooLarge`.
+    #[arg(long)]
+    small_inbox: bool,
 }
+
+/// The inbox of `--small-inbox`.
+const SMALL_INBOX: usize = 256;
+/// minimq's receive buffer with `--small-inbox`: documents of states up to 1 KiB, so that what
+/// does not fit the small inbox still reaches the adapter (a message larger than minimq's
+/// receive buffer never does: the broker refuses to send it, see sdk-nostd's README).
+const SMALL_INBOX_RX: usize = minimq::rx_size(minimq::document_size(1024, 8));
 
 /// Opens a new TCP connection for every (re)connect of the runner.
 struct Tcp {
@@ -117,6 +132,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if args.small_inbox {
+        run::<SMALL_INBOX, SMALL_INBOX_RX>(args).await
+    } else {
+        run::<{ iothub_firmware_app::INBOX }, { iothub_firmware_app::RX }>(args).await
+    }
+}
+
+/// Runs the thermostat with an inbox of `INBOX` bytes and minimq's receive buffer of `RX`.
+async fn run<const INBOX: usize, const RX: usize>(args: Args) -> anyhow::Result<()> {
     let seed = std::process::id();
 
     // On the microcontroller these are `StaticCell`s; here the runner and the application are
@@ -124,8 +148,8 @@ async fn main() -> anyhow::Result<()> {
     let mut queue = [0u8; iothub_firmware_app::QUEUE_BYTES];
     let device = Device::new(device_config(&args.thing, seed), &mut queue)
         .map_err(|e| anyhow::anyhow!("device config: {e}"))?;
-    let state: AppState<'_, NoopRawMutex> = AppState::new(device);
-    let mut resources = AppResources::new();
+    let state: State<'_, NoopRawMutex, N_SHADOWS, IN_FLIGHT, QUEUE, INBOX> = State::new(device);
+    let mut resources = Resources::<RX, TX, OUT>::new();
     let mut mqtt = MqttConfig::new(&args.thing, args.secret.as_bytes());
     mqtt.jitter_seed = seed;
     mqtt.backoff_max_ms = 5_000;
@@ -133,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("mqtt config: {e}"))?;
 
     let mut thermostat = Thermostat::new(env!("CARGO_PKG_VERSION"), 1);
-    println!("firmware_host started thing={}", args.thing);
+    println!(
+        "firmware_host started thing={} inbox={INBOX} rx={RX}",
+        args.thing
+    );
     let tick = embassy_time::Duration::from_millis(args.tick_ms);
     let mut files = HttpSource::default();
     tokio::select! {

@@ -17,30 +17,12 @@
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
 //! [`tio`] (the routes and names tio's clients use, as aliases).
 //!
-//! # Decisions (docs/spec.md D-6, D-24 to D-31)
-//! - `POST /things` answers **201** with the thing and its `password` (the only time it is
-//!   shown); `POST /things/batch` answers 200 with one `{code,message,thingId?,data}` per item in
-//!   request order (201 created, 400 invalid, 409 duplicate in the store *or earlier in the same
-//!   batch*). More than 1000 items is a 400 for the whole batch, nothing created. The batch body
-//!   may be `{"things":[..]}` or a bare array, and up to [`MAX_BATCH_BODY`] bytes.
-//! - Paging: `pageIndex` is **0-based** (default 0), `pageSize` 1 to 1000 (default 20), anything
-//!   else is a 400. `POST /things/query` takes them from the query string or the body (the query
-//!   string wins).
-//! - `PUT /things/{id}/tags` merges at the top level: each key replaces that tag whole, `null`
-//!   deletes it. Without `version` it retries over concurrent writers; with it, a stale version
-//!   is a 409. The answer's `data` is `{"tags":{..all..},"version":N}`; `GET /things/{id}` shows
-//!   the version as `tagsVersion`.
-//! - `PATCH /things/{id}` publishes `enable`/`disable` only when the flag changes; disabling
-//!   always closes the live connection (and once more shortly after, in case a CONNECT was
-//!   being authenticated concurrently).
-//! - Direct methods: `timeout`/`connectTimeout` are seconds (fractions allowed); the answer's
-//!   `data` is `{"code","message","data"}` of the device (`message` `""` and `data` `null` when
-//!   the device sent none); too many pending calls hub-wide is a 429.
-//! - A thingId that cannot exist (bad pattern) in a path is a 404, a bad shadow or method name a
-//!   400. The request body content type is not checked.
-//! - `GET /api/v1/openapi.json` is the bare OpenAPI document (not wrapped in the envelope); its
-//!   operation ids are unique and its one server is `/`, the hub that serves it.
-//! - OTA jobs (S-9.6): status codes, units and the per-thing routes are listed in [`ota`].
+//! # Decisions
+//! Where S-9 is silent, the routes follow docs/spec.md D-6 (the envelope and the API's own
+//! errors), D-24 (OTA job shapes, in [`ota`]), D-25 (creating things, batches), D-26 (paging),
+//! D-27 (tags), D-28 (enabling and disabling), D-29 (method calls), D-30 (identifiers in paths),
+//! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
+//! [`crate::query`]) and D-36 (REST shadow writes).
 
 pub mod docs;
 pub mod error;

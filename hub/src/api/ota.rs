@@ -1,10 +1,7 @@
 //! OTA jobs (S-9.6): `/api/v1/ota/jobs...`.
 //!
-//! Decisions (docs/spec.md D-24): `POST /ota/jobs` answers **201** with the job;
-//! `timeoutMinutes` may be fractional (at least one second); `retries` (0 to 10, default 0) is
-//! the number of extra attempts after `failed` or `timed_out`; a job's `progress` is the percent
-//! of its tasks that have ended. Per-thing routes show a task's transitions and cancel one task.
-//! Canceling a job or task that has ended is a 409; an unknown job or task a 404.
+//! The shapes, units and status codes are docs/spec.md D-24. Per-thing routes show a task's
+//! transitions and cancel one task.
 
 use axum::extract::State;
 use axum::http::StatusCode;

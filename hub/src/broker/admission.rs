@@ -36,6 +36,13 @@ impl MqttAdmission {
     }
 }
 
+impl MqttAdmission {
+    /// The unauthenticated-connection slots, shared with the hooks that authenticate.
+    pub(crate) fn unauthenticated(&self) -> ConnLimiter {
+        self.unauthenticated.clone()
+    }
+}
+
 impl Admission for MqttAdmission {
     fn admit(&self, remote: SocketAddr) -> Option<Ticket> {
         let ip = remote.ip();

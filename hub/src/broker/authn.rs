@@ -23,7 +23,17 @@ pub enum CredentialCheck {
     Disabled,
     /// The registry could not be read; refuse rather than guess.
     Unavailable,
+    /// Too many password verifications wait already; refused without checking (the client
+    /// tries again later).
+    Busy,
 }
+
+/// Verifications that may wait for a slot, per slot. A wrong-password flood is refused the
+/// moment more wait: otherwise its CONNECTs queue for the slow hash while each holds an
+/// unauthenticated connection slot, until the cap on those refuses everyone at accept,
+/// legitimate devices included (issue 14, an attack from many addresses). A secret verified
+/// before is cached and never waits here.
+const VERIFY_QUEUE_PER_SLOT: usize = 4;
 
 /// Checks credentials presented in CONNECT.
 #[derive(Clone)]
@@ -34,6 +44,8 @@ pub struct Authenticator {
     /// Password hashes verified at once. Each argon2 verification holds its memory cost (MiBs)
     /// on a blocking thread; unbounded, a connect storm would start hundreds of them.
     verify_slots: Arc<Semaphore>,
+    /// Verifications running or waiting for a slot ([`VERIFY_QUEUE_PER_SLOT`]).
+    verify_queue: Arc<Semaphore>,
     /// Delays before refusing failed CONNECTs, per address and per thing.
     backoff: Arc<FailureBackoff>,
 }
@@ -51,6 +63,7 @@ impl Authenticator {
             cache,
             service_users: Arc::new(service_users),
             verify_slots: Arc::new(Semaphore::new(parallelism)),
+            verify_queue: Arc::new(Semaphore::new(parallelism * (1 + VERIFY_QUEUE_PER_SLOT))),
             backoff: Arc::new(FailureBackoff::new(BackoffConfig::DEFAULT)),
         }
     }
@@ -87,6 +100,9 @@ impl Authenticator {
         let valid = if self.cache.check(thing, secret) {
             true
         } else {
+            let Ok(_queued) = self.verify_queue.try_acquire() else {
+                return CredentialCheck::Busy;
+            };
             let Ok(_slot) = self.verify_slots.acquire().await else {
                 return CredentialCheck::Unavailable;
             };

@@ -21,6 +21,7 @@ use rmqtt::types::{
 use super::HookDeps;
 use super::authn::CredentialCheck;
 use crate::clock::now_ms;
+use crate::guard::limiter::ConnLimiter;
 use crate::router::Inbound;
 
 /// Every `$iothub/...` topic and filter belongs to the hub's namespace (S-1.5).
@@ -39,11 +40,14 @@ impl Handler for SharedHooks {
 pub(super) struct HubHooks {
     deps: HookDeps,
     scx: ServerContext,
+    /// The listener's unauthenticated-connection slots (a failed CONNECT holds one while its
+    /// refusal is delayed).
+    pending: ConnLimiter,
 }
 
 impl HubHooks {
-    pub(super) fn new(deps: HookDeps, scx: ServerContext) -> Self {
-        HubHooks { deps, scx }
+    pub(super) fn new(deps: HookDeps, scx: ServerContext, pending: ConnLimiter) -> Self {
+        HubHooks { deps, scx, pending }
     }
 
     async fn hook(&self, param: &Parameter<'_>, acc: Option<HookResult>) -> ReturnType {
@@ -92,7 +96,14 @@ impl HubHooks {
         let addr = info.id().remote_addr.map(|a| a.ip());
         self.deps.refusals.record(addr, blame.reason());
         if blame == Blame::Client {
-            let delay = self.deps.authenticator.failed(addr, name);
+            let mut delay = self.deps.authenticator.failed(addr, name);
+            if self.pending.crowded() {
+                // A delayed refusal holds an unauthenticated slot for the whole delay. From many
+                // addresses at once, delayed refusals alone would fill those slots and shut out
+                // every legitimate device at accept (issue 14), so while half of them are held
+                // refusals go out at once; guessing stays bounded by the verification queue.
+                delay = Duration::ZERO;
+            }
             tracing::debug!(thing = %name, ?addr, delay_ms = delay.as_millis() as u64, "CONNECT refused");
             tokio::time::sleep(delay).await;
         }
@@ -146,6 +157,7 @@ impl HubHooks {
             CredentialCheck::Invalid => (AuthResult::BadUsernameOrPassword, Blame::Client),
             CredentialCheck::Disabled => (AuthResult::NotAuthorized, Blame::Client),
             CredentialCheck::Unavailable => (AuthResult::NotAuthorized, Blame::Hub),
+            CredentialCheck::Busy => (AuthResult::NotAuthorized, Blame::Busy),
         }
     }
 
@@ -253,6 +265,8 @@ enum Blame {
     Client,
     /// The registry could not be read.
     Hub,
+    /// Too many password verifications waiting (a flood); not counted against the client.
+    Busy,
 }
 
 impl Blame {
@@ -261,6 +275,7 @@ impl Blame {
             Blame::None => "accepted",
             Blame::Client => "bad credentials",
             Blame::Hub => "registry unavailable",
+            Blame::Busy => "busy",
         }
     }
 }

@@ -117,7 +117,11 @@ impl EmbeddedBroker {
             config.max_pending_per_addr,
             deps.refusals.clone(),
         );
-        let handler = Arc::new(hooks::HubHooks::new(deps, scx.clone()));
+        let handler = Arc::new(hooks::HubHooks::new(
+            deps,
+            scx.clone(),
+            admission.unauthenticated(),
+        ));
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,

@@ -1,4 +1,4 @@
-//! The web console (docs/spec.md D-38): server-rendered pages at `/` and `/console/...`, served by
+//! The web console (docs/spec.md D-39): server-rendered pages at `/` and `/console/...`, served by
 //! the REST API's axum server and driving the same services (never the REST API over HTTP).
 //!
 //! - Sign-in ([`session`]): the admin token, once, for a random session id in a cookie

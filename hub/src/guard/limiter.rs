@@ -93,6 +93,12 @@ impl ConnLimiter {
         })
     }
 
+    /// Whether at least half of the slots are held: the moment to stop spending them on
+    /// anything but getting connections through (see the failure backoff in the broker hooks).
+    pub fn crowded(&self) -> bool {
+        self.in_use().saturating_mul(2) >= self.inner.total_max
+    }
+
     /// Connections holding a slot now.
     pub fn in_use(&self) -> usize {
         self.inner.lock().total

@@ -8,14 +8,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
+
 /// Most distinct addresses counted per window; later ones count under "others".
 const MAX_ADDRS: usize = 1024;
 /// Addresses named in a summary line.
 const TOP_ADDRS: usize = 5;
 
-/// Counts refusals of one listener between two summary lines.
+/// Counts refusals of one listener between two summary lines, and in the hub's metrics.
 pub struct RefusalLog {
     what: &'static str,
+    /// The `listener` label and the metrics every refusal is counted in.
+    metrics: Option<(&'static str, Arc<Metrics>)>,
     window: Mutex<Window>,
 }
 
@@ -42,12 +46,26 @@ impl RefusalLog {
     pub fn new(what: &'static str) -> Arc<Self> {
         Arc::new(RefusalLog {
             what,
+            metrics: None,
+            window: Mutex::new(Window::default()),
+        })
+    }
+
+    /// Like [`RefusalLog::new`], also counting each refusal in `metrics`
+    /// (`iothub_connections_refused_total{listener, reason}`).
+    pub fn counted(what: &'static str, listener: &'static str, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(RefusalLog {
+            what,
+            metrics: Some((listener, metrics)),
             window: Mutex::new(Window::default()),
         })
     }
 
     /// Counts one refusal.
     pub fn record(&self, addr: Option<IpAddr>, reason: &'static str) {
+        if let Some((listener, metrics)) = &self.metrics {
+            metrics.inc_connection_refused(listener, reason);
+        }
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         w.total += 1;
         *w.reasons.entry(reason).or_insert(0) += 1;

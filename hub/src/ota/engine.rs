@@ -4,6 +4,12 @@
 //! then sends what the rollout rate allows and times out what is overdue, writes every change
 //! of the turn in ONE store transaction, and only then publishes tasks and answers callers.
 //! A crash therefore never shows a task as sent that the store does not know about.
+//!
+//! A turn that cannot be stored leaves memory ahead of the store (tasks moved, jobs ended that
+//! the store still has running). The engine then drops its memory and loads every running job
+//! again from the store before it takes another command ([`Engine::reload`]); while that load
+//! fails it refuses cancels with 503 and leaves results unhandled (the store is unchanged, so
+//! their tasks time out and are retried as for any lost result).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -32,6 +38,8 @@ const TURN: usize = 512;
 const WRITE_ATTEMPTS: u32 = 4;
 /// How often jobs with offline things are checked for deleted things.
 const SWEEP_EVERY_MS: u64 = 60_000;
+/// How long to wait before loading the jobs again after a failed load.
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<(), OtaError>>;
 
@@ -96,6 +104,9 @@ struct Engine {
     by_thing: HashMap<String, Vec<String>>,
     /// (deadline ms, job, thing, attempt); stale entries are skipped when popped.
     deadlines: BinaryHeap<Reverse<(u64, String, String, u32)>>,
+    /// Memory may differ from the store (start-up, or a turn that could not be stored): the
+    /// running jobs must be loaded again before the next command.
+    stale: bool,
 }
 
 /// Runs the engine until [`Cmd::Stop`] or until every sender is gone.
@@ -106,23 +117,32 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
         jobs: HashMap::new(),
         by_thing: HashMap::new(),
         deadlines: BinaryHeap::new(),
+        stale: true,
     };
-    engine.resume().await;
     let mut cmds = Vec::with_capacity(TURN);
     let mut last_sweep = now_ms();
+    let mut turn = Turn::default();
     loop {
+        if engine.stale {
+            engine.reload(now_ms(), &mut turn).await;
+        }
         let now = now_ms();
-        let sleep = engine
-            .next_wake(now)
-            .map_or(Duration::from_secs(3600), |at| {
-                Duration::from_millis(at.saturating_sub(now))
-            });
+        let sleep = if engine.stale {
+            RELOAD_RETRY
+        } else if !turn.is_empty() {
+            Duration::ZERO
+        } else {
+            engine
+                .next_wake(now)
+                .map_or(Duration::from_secs(3600), |at| {
+                    Duration::from_millis(at.saturating_sub(now))
+                })
+        };
         let mut stop = false;
         tokio::select! {
             n = rx.recv_many(&mut cmds, TURN) => if n == 0 { stop = true },
             _ = tokio::time::sleep(sleep) => {}
         }
-        let mut turn = Turn::default();
         for cmd in cmds.drain(..) {
             match cmd {
                 Cmd::Stop => stop = true,
@@ -136,7 +156,7 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
         }
         engine.expire(now, &mut turn);
         engine.pace(now, &mut turn);
-        engine.commit(turn).await;
+        engine.commit(std::mem::take(&mut turn)).await;
         if stop {
             return;
         }
@@ -148,29 +168,38 @@ impl Engine {
         self.store.ota()
     }
 
-    /// Loads every running job (start-up).
-    async fn resume(&mut self) {
+    /// Forgets every job and loads the running ones from the store (at start-up, and after a
+    /// turn that could not be stored). Stays [`Engine::stale`] when the store cannot be read;
+    /// the run loop tries again after [`RELOAD_RETRY`].
+    async fn reload(&mut self, now: u64, turn: &mut Turn) {
+        self.jobs.clear();
+        self.by_thing.clear();
+        self.deadlines.clear();
         let Some(store) = self.ota() else {
             tracing::warn!("store without OTA tables: OTA jobs disabled");
+            self.stale = false;
             return;
         };
         let ids = match store.ota_running_jobs().await {
             Ok(ids) => ids,
             Err(e) => {
-                tracing::error!(error = %e, "cannot load running OTA jobs");
+                tracing::error!(error = %e, "cannot load running OTA jobs; retrying");
                 return;
             }
         };
-        let mut turn = Turn::default();
         for id in &ids {
-            if let Err(e) = self.load(id, now_ms(), &mut turn).await {
-                tracing::error!(job = %id, error = %e, "cannot resume OTA job");
+            if let Err(e) = self.load(id, now, turn).await {
+                tracing::error!(job = %id, error = %e, "cannot load OTA job; retrying");
+                self.jobs.clear();
+                self.by_thing.clear();
+                self.deadlines.clear();
+                return;
             }
         }
+        self.stale = false;
         if !ids.is_empty() {
-            tracing::info!(jobs = ids.len(), "OTA jobs resumed");
+            tracing::info!(jobs = ids.len(), "OTA jobs loaded from the store");
         }
-        self.commit(turn).await;
     }
 
     async fn load(&mut self, job_id: &str, now: u64, turn: &mut Turn) -> Result<(), OtaError> {
@@ -225,14 +254,27 @@ impl Engine {
 
     async fn handle(&mut self, cmd: Cmd, turn: &mut Turn) {
         let now = now_ms();
+        if self.stale {
+            return Self::refuse(cmd);
+        }
         match cmd {
             Cmd::Start { job_id, reply } => {
+                // The job is stored already: it runs, now or after the next reload, whatever
+                // becomes of this turn. So the answer does not wait for the turn's write.
                 let r = if self.jobs.contains_key(&job_id) {
                     Ok(())
                 } else {
-                    self.load(&job_id, now, turn).await
+                    match self.load(&job_id, now, turn).await {
+                        Err(OtaError::Unavailable(e)) => {
+                            tracing::warn!(job = %job_id, error = %e,
+                                "cannot load a new OTA job; it starts after the next reload");
+                            self.stale = true;
+                            Ok(())
+                        }
+                        r => r,
+                    }
                 };
-                turn.replies.push((reply, r));
+                let _ = reply.send(r);
             }
             Cmd::Cancel {
                 job_id,
@@ -249,6 +291,29 @@ impl Engine {
                 turn.replies.push((reply, r));
             }
             Cmd::Stop => {}
+        }
+    }
+
+    /// A command that comes while the jobs cannot be loaded from the store.
+    fn refuse(cmd: Cmd) {
+        let unavailable = || {
+            Err(OtaError::Unavailable(
+                "OTA jobs are being loaded again from the store".into(),
+            ))
+        };
+        match cmd {
+            Cmd::Start { reply, .. } => {
+                // Stored already; the reload that ends this state loads it.
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Cancel { reply, .. } | Cmd::Sweep { reply, .. } => {
+                let _ = reply.send(unavailable());
+            }
+            Cmd::Result { thing, .. } => {
+                tracing::warn!(%thing, "ota result not handled: OTA jobs are being loaded again");
+            }
+            // The reload finds the things that are connected by itself.
+            Cmd::Ready { .. } | Cmd::Stop => {}
         }
     }
 
@@ -402,9 +467,11 @@ impl Engine {
                 }
             }
             Err(e) => {
-                // Nothing is published that the store does not have; things get their tasks
-                // again when they next subscribe.
-                tracing::error!(error = %e, changes = writes.len(), "OTA changes lost");
+                // Nothing is published that the store does not have, and memory goes back to
+                // what the store has before the next command.
+                tracing::error!(error = %e, changes = writes.len(),
+                    "OTA changes not stored; loading the jobs again from the store");
+                self.stale = true;
                 for (reply, _) in replies {
                     let _ = reply.send(Err(OtaError::Unavailable(e.to_string())));
                 }

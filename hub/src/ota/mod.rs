@@ -8,21 +8,10 @@
 //! so a crash loses nothing that was shown. [`machine`] holds the transition rules, `rate.rs`
 //! the pacing (pure, virtual-time tested) and `wire.rs` the S-7 payloads.
 //!
-//! # Decisions (docs/spec.md D-20 to D-23)
-//! - `taskId` is `{jobId}-{attempt}`: a retry is a new task for the device (the SDKs ignore a
-//!   task id they have seen, answering its final result again). `clientToken` is random per
-//!   attempt; a result must carry both.
-//! - Pacing: tasks are spaced `60 s / maxPerMinute` apart and never more than `maxPerMinute`
-//!   are sent in any 60 s. A task whose thing is offline stays `queued` without using the rate
-//!   and is sent after the thing subscribes to `T/ota/task`. A `sent` task is sent again, with
-//!   the same ids, each time its thing subscribes to `T/ota/task` (after a reconnect, or a hub
-//!   restart); an `ongoing` one is not.
-//! - The timeout runs from the first send of an attempt, online or not; `ongoing` does not
-//!   extend it. A failed or timed-out task is queued again while attempts remain
-//!   (`retries` extra attempts); `canceled` from the device is final.
-//! - Refused results (no such task, wrong token, before `sent`, after a final state, progress
-//!   backwards or over 100, malformed) change nothing and are logged at `warn` with the reason.
-//!   Progress updates within `ongoing` update the task but are not transitions.
+//! # Decisions
+//! Where S-7 is silent, the engine follows docs/spec.md D-20 (task ids and tokens: a retry is a
+//! new `taskId`), D-21 (pacing, and resending `sent` tasks on subscribe), D-22 (timeouts and
+//! retries) and D-23 (refused results are logged with their reason and change nothing).
 
 mod engine;
 pub mod machine;

@@ -8,27 +8,12 @@
 //!   parameter;
 //! - [`service`] is the only part that does I/O: the ordered apply/commit/reply pipeline.
 //!
-//! # Decisions (docs/spec.md D-9, D-12 to D-19)
-//! - **Version on a shadow that does not exist.** A shadow that was never written is treated as
-//!   version 0, so `"version": 0` is accepted when creating it and any other version is a 409.
-//!   AWS rejects every version on a missing document; we follow S-3.2 instead, whose SDKs treat
-//!   404 as "empty shadow at version 0" and so may send exactly that.
-//! - **Delete resets the version.** A deleted shadow no longer exists; the next update creates it
-//!   at version 1 again (AWS keeps counting; our store keeps no tombstone).
-//! - **Empty objects.** An object written as `{}` (or left empty by deletions) is removed, so the
-//!   state never holds an empty object and metadata mirrors state key for key. An object written
-//!   onto a scalar or array replaces it.
-//! - **Unknown keys** in a request, top level or inside `state`, are ignored (docs/spec.md
-//!   D-9); `update/accepted` echoes `state` as sent but stamps only `desired` and `reported`.
-//! - **Named shadow quota** (docs/spec.md D-12): creating a shadow when the thing already has
-//!   `max_named_shadows` named shadows (`default` not counted) is a 403. Enforced by the [`service`].
-//! - **State size (413).** "Whole shadow state" is the compact JSON of
-//!   `{"desired":..,"reported":..}` after the merge, metadata excluded.
-//! - **Delta publication.** `update/delta` goes out when the request carried a `desired`
-//!   section (even `null` or unchanged values) and the resulting delta is not empty.
-//! - **`update/accepted` metadata** stamps every leaf of the request's state, `null`s included
-//!   (a delete is a write).
-//! - **`update/documents`** omits `previous` when the update created the shadow.
+//! # Decisions
+//! Where S-3 is silent, this module follows the decisions of docs/spec.md, written there once:
+//! D-3 (the first `update/documents`), D-9 (unknown fields), D-12 (the named-shadow quota,
+//! enforced by the [`service`]), D-13 (versions, a missing shadow at version 0), D-14 (empty
+//! objects), D-16 (deleting resets the version), D-17 (what the state size measures), D-18 (when
+//! a delta is published), D-19 (metadata of `update/accepted`).
 
 mod apply;
 pub mod document;

@@ -4,7 +4,7 @@
 //! Checks run cheapest-first and never hand a payload to a recursive parser before its nesting
 //! depth is known to be within the limit: size (413), UTF-8 (415), depth (400, by the
 //! non-recursive [`json_depth_exceeds`]), JSON syntax (400), then types (400). Every error
-//! echoes the request's `clientToken` when it can be recovered (docs/spec.md D-16): once
+//! echoes the request's `clientToken` when it can be recovered (docs/spec.md S-4.2): once
 //! the JSON parsed, its top-level string `clientToken` of at most the limit; before that (413,
 //! 415, depth, syntax), what the spec's allocation-free [`scan::client_token`] finds.
 
@@ -108,7 +108,7 @@ fn client_token(obj: &Map<String, Value>, limits: &Limits) -> Result<Option<Stri
     }
 }
 
-/// The `clientToken` of any payload, recovered without parsing it (docs/spec.md D-16): for
+/// The `clientToken` of any payload, recovered without parsing it (docs/spec.md S-4.2): for
 /// error replies produced before, or instead of, full validation (413, 415, 400 for depth or
 /// syntax, 429, 503). `None` when [`scan::client_token`] finds none, or the token decodes to
 /// more than the limit or is not a valid JSON string.

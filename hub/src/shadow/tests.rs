@@ -195,7 +195,7 @@ fn client_token_is_read_best_effort() {
     assert_eq!(client_token_of(escaped_long.as_bytes(), &l), None);
 }
 
-/// Spec crate decision 16: requests refused before they are parsed still get their token back.
+/// docs/spec.md S-4.2: requests refused before they are parsed still get their token back.
 #[test]
 fn refused_before_parsing_still_echo_the_token() {
     let l = limits();

@@ -1,14 +1,16 @@
 //! Durable state of the hub: the thing registry and the shadow documents.
 //!
 //! Everything that must survive a restart goes through the [`Store`] trait, so the rest of the hub
-//! never sees SQL. One implementation exists today, [`sqlite::SqliteStore`]; its statements are
-//! written so that a PostgreSQL implementation can reuse them (differences are noted where they
-//! occur).
+//! never sees SQL. Two implementations exist, chosen by the URL's scheme ([`open`]):
+//! [`sqlite::SqliteStore`], the embedded default, and [`postgres::PgStore`], for several hub
+//! instances sharing one database. Each renders its own SQL (the S-9.4 query included) from its
+//! own migrations (`migrations/sqlite`, `migrations/postgres`), and both pass one behavioural
+//! suite (`hub/tests/store_suite`).
 //!
 //! # Durability
 //! S-3.5 says an accepted update is published only after it is durably stored. The store
-//! therefore never weakens fsync (`synchronous=FULL` on SQLite): when a write method returns `Ok`,
-//! the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
+//! therefore never weakens fsync (`synchronous=FULL` on SQLite, `synchronous_commit` left on for
+//! PostgreSQL): when a write method returns `Ok`, the data is on disk. Paying one fsync per shadow update would cap throughput at the disk's sync
 //! rate, so shadow writes are funnelled through the [`commit::GroupCommitter`], which commits many
 //! queued updates in a single transaction (one fsync) and answers each of them afterwards.
 //!
@@ -27,6 +29,7 @@ pub mod commit;
 pub mod fault;
 pub mod health;
 pub mod ota;
+pub mod postgres;
 pub mod sqlite;
 mod wal;
 
@@ -157,8 +160,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(u64, Vec<ThingRecord>), StoreError>;
 
     /// One page of the things matching the S-9.4 query `q`, in the query's `ORDER BY` and then by
-    /// id, and the total number of matches. The SQL comes from [`crate::query::render_sqlite`]
-    /// (every value bound, nothing spliced). `page_index` is 0-based; `page_size` is capped at 1000.
+    /// id, and the total number of matches. Each backend renders `q` in its own SQL with the
+    /// comparison rules of D-32 (every value bound, nothing spliced). `page_index` is 0-based; `page_size` is capped at 1000.
     async fn query_things(
         &self,
         q: &crate::query::ThingQuery,
@@ -224,13 +227,29 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// u64 → SQL integer (i64). Timestamps and versions never come near `i64::MAX`; saturate anyway.
+pub(crate) fn to_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// SQL integer → u64. Negative values are never written; clamp to 0 anyway.
+pub(crate) fn from_db(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
 /// Opens the store named by `url` and brings its schema up to date.
 ///
-/// Supported: `sqlite://path` (relative) or `sqlite:///abs/path`; the file and its parent
-/// directories are created if missing. See [`sqlite::SqliteStore::open`].
+/// The scheme chooses the backend:
+/// - `sqlite://path` (relative) or `sqlite:///abs/path`: the embedded default; the file and its
+///   parent directories are created if missing. See [`sqlite::SqliteStore::open`].
+/// - `postgres://…` or `postgresql://…`: a PostgreSQL database that several hub instances may
+///   share. See [`postgres::PgStore::open`].
 pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url).await?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = postgres::PgStore::open(url).await?;
         Ok(Arc::new(store))
     } else {
         Err(StoreError::Unavailable(format!(

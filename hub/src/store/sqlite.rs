@@ -14,10 +14,11 @@
 //! - **Foreign keys on**, so deleting a thing cascades to its shadows; `busy_timeout` covers the
 //!   rare lock held by a checkpoint or by another process (e.g. a backup).
 //!
-//! # Portability
-//! Statements use `$N` placeholders, `TRUE`/`FALSE`, `ON CONFLICT ... DO NOTHING` and `RETURNING`,
-//! which PostgreSQL also accepts. Differences for a PostgreSQL implementation are noted at each
-//! statement; the schema is in `migrations/`.
+//! # PostgreSQL
+//! The PostgreSQL store (`store/postgres/`) has its own statements and migrations; the comments
+//! here that mention PostgreSQL explain why a statement avoids SQL errors for per-row answers
+//! (an error aborts a PostgreSQL transaction), which both stores rely on. The schema is in
+//! `migrations/sqlite/`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,9 +32,10 @@ use super::fault::Faults;
 use super::health::StoreHealth;
 use super::wal;
 
-use super::StoreError;
+use super::{StoreError, from_db, to_db};
 
 mod ota;
+pub mod query;
 mod statements;
 mod write;
 
@@ -47,8 +49,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent read connections.
 const READERS: u32 = 4;
 
-/// Schema migrations, embedded in the binary.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+/// Schema migrations, embedded in the binary. sqlx checksums each file as a whole, comments
+/// included: an applied migration is never edited, not even its comments.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 /// [`Store`](super::Store) on a SQLite file. Cheap to share behind an `Arc`; see the module docs
 /// for the connection layout.
@@ -71,16 +74,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         StoreError::Unavailable(format!("migration failed: {e}"))
     }
-}
-
-/// u64 → SQL INTEGER (i64). Timestamps and versions never come near `i64::MAX`; saturate anyway.
-fn to_db(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// SQL INTEGER → u64. Negative values are never written; clamp to 0 anyway.
-fn from_db(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 impl SqliteStore {

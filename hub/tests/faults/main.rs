@@ -8,8 +8,14 @@
 //!   without a mount.
 //! - [`injected`]: the store's write transactions fail at a chosen step (begin, each statement,
 //!   commit) through the test build's fault injection (`IOTHUB_FAULT_FILE`, `store/fault.rs`).
+//! - [`postgres_down`]: the hub on a real PostgreSQL that is stopped mid-stream and started
+//!   again: 503s and an unhealthy `/healthz` while it is down, recovery without a restart.
 //! - [`crash`]: SIGKILL at random points of streams of thing creations and OTA job creations
 //!   and cancellations (shadows: `tests/crash.rs`).
+//! - [`ota_reload`]: the OTA engine going back to the store after a turn it could not store.
+//!
+//! The shadow and REST write streams and the checks after a restart are `support/streams.rs`,
+//! shared with `tests/crash.rs`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -17,5 +23,8 @@ mod support;
 mod crash;
 mod disk_full;
 mod injected;
-mod stream;
+mod ota_reload;
+mod postgres_down;
 mod tmpfs;
+
+use support::streams as stream;

@@ -23,6 +23,8 @@ pub struct Hub {
     dir: PathBuf,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
+    bin: PathBuf,
     /// The MQTT listener.
     pub mqtt: SocketAddr,
     /// The HTTP listener.
@@ -51,12 +53,46 @@ impl Hub {
 
     /// Starts a hub on `dir` with extra flags and environment variables (e.g. `RUST_LOG`).
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Hub {
+        Hub::start_full(&[], None, dir, extra, env)
+    }
+
+    /// Starts `bin` (another build of `iothub`, e.g. a release build for a load tool) on a
+    /// fresh temporary data directory with extra flags.
+    pub fn start_bin(bin: &Path, extra: &[&str]) -> Hub {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut hub = Hub::start_full(&[], Some(bin), tmp.path(), extra, &[]);
+        hub._tmp = Some(tmp);
+        hub
+    }
+
+    /// Starts a hub on a fresh temporary data directory through `wrapper`, a command that sets
+    /// something up and then execs its arguments in the same process (e.g. `prlimit
+    /// --nofile=1024:1024 --`), so the hub runs under it from its first instruction.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Hub {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut hub = Hub::start_full(wrapper, None, tmp.path(), extra, &[]);
+        hub._tmp = Some(tmp);
+        hub
+    }
+
+    fn start_full(
+        wrapper: &[&str],
+        bin: Option<&Path>,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Hub {
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (process, mqtt, http) = spawn_hub(dir, &extra, &env);
+        let bin = bin.map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_iothub")),
+            Path::to_path_buf,
+        );
+        let (process, mqtt, http) = spawn_hub(&wrapper, &bin, dir, &extra, &env);
         let http_client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_proxy()
@@ -68,6 +104,8 @@ impl Hub {
             dir: dir.to_path_buf(),
             extra,
             env,
+            wrapper,
+            bin,
             mqtt,
             http,
             http_client,
@@ -104,7 +142,8 @@ impl Hub {
     /// runs). Ports change.
     pub fn restart(&mut self) {
         self.kill();
-        let (process, mqtt, http) = spawn_hub(&self.dir, &self.extra, &self.env);
+        let (process, mqtt, http) =
+            spawn_hub(&self.wrapper, &self.bin, &self.dir, &self.extra, &self.env);
         self.process = Some(process);
         self.mqtt = mqtt;
         self.http = http;
@@ -302,12 +341,21 @@ fn stderr_tail(dir: &Path) -> String {
 }
 
 fn spawn_hub(
+    wrapper: &[String],
+    bin: &Path,
     dir: &Path,
     extra: &[String],
     env: &[(String, String)],
 ) -> (HubProcess, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).expect("create data dir");
-    let mut cmd = HubCommand::new(env!("CARGO_BIN_EXE_iothub"));
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = HubCommand::new(program);
+            cmd.args(args).arg(bin);
+            cmd
+        }
+        None => HubCommand::new(bin),
+    };
     cmd.args(["--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)

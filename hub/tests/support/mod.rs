@@ -13,6 +13,8 @@ use serde_json::Value;
 
 mod hub;
 mod mqtt;
+pub mod postgres;
+pub mod streams;
 
 pub use hub::*;
 pub use mqtt::*;

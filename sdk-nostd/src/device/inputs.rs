@@ -5,7 +5,10 @@ use iothub_spec::limits::json_depth_exceeds;
 use iothub_spec::payload::field;
 use iothub_spec::topic::Topic;
 
-use super::{Connection, Device, GetState, Kind, ReqState, as_u64, is_object, raw_json};
+use super::{
+    Connection, Device, GetState, Kind, ReqState, SYNC_LOST_AFTER, as_u64, backoff_ms, is_object,
+    raw_json,
+};
 use crate::fmt::debug;
 use crate::json::{self, JsonError, bit};
 use crate::time::Instant;
@@ -35,6 +38,28 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 };
             }
         }
+        // A get lost with its connection is asked again even when the session was resumed (its
+        // answer went to a request the device no longer has); after two losses in a row, later
+        // each time: some brokers close the connection rather than send a message larger than
+        // the client's Maximum Packet Size, so the get itself may be what ends it, and the
+        // connection should stay up in between (to report, to answer methods).
+        for (i, g) in self.conn.gets.iter_mut().enumerate() {
+            let lost = self.session.lost_gets.get(i).copied().unwrap_or(0);
+            if lost > 0 {
+                let not_before = match lost {
+                    1 => now,
+                    _ => now.add_millis(backoff_ms(
+                        self.config.retry_backoff_ms,
+                        self.config.max_retry_backoff_ms,
+                        lost - 2,
+                    )),
+                };
+                *g = GetState::Wanted {
+                    not_before,
+                    attempt: lost,
+                };
+            }
+        }
         self.session.started = true;
         debug!("connected at {} ms", now.as_millis());
     }
@@ -43,6 +68,15 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
     /// queue is dropped, and a running NTP exchange ends with the samples it has.
     pub fn handle_disconnected(&mut self, now: Instant) {
         let _ = now;
+        for (i, g) in self.conn.gets.iter().enumerate() {
+            if let (GetState::InFlight { .. }, Some(lost)) = (g, self.session.lost_gets.get_mut(i))
+            {
+                *lost = lost.saturating_add(1);
+                if *lost == SYNC_LOST_AFTER {
+                    self.session.sync_lost |= bit(i);
+                }
+            }
+        }
         for r in self.requests.iter_mut() {
             if !matches!(r.kind, Kind::Get { internal: true }) {
                 r.state = ReqState::Failed;
@@ -171,6 +205,108 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             (Topic::OtaTask { .. }, _) => self.on_ota_task(now, payload),
             _ => Err(Ignored::NotForDevice),
         }
+    }
+
+    /// A PUBLISH arrived on `topic` that did not fit the driver's buffer: `needed` bytes for a
+    /// buffer of `capacity` (for example the minimq adapter's inbox). Pass an empty `topic`
+    /// when the topic did not fit either.
+    ///
+    /// Returns the [`Event::TooLarge`] to hand to the application, after acting on it
+    /// ([`TooLargeKind`] says how): a delta starts a resync (the device's own `get` of that
+    /// shadow, to drain with `poll_transmit`), a document or an update reply answers the
+    /// oldest matching request in flight. `Err` when the message was not for this device (its
+    /// topic names another thing or an unknown shadow, or is the `update/documents` echo).
+    pub fn handle_too_large(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        needed: usize,
+        capacity: usize,
+    ) -> Result<Event<'static>, Ignored> {
+        let kind = match Topic::parse(topic) {
+            // Subscribed topics only arrive here; one that cannot be read is still reported.
+            Err(_) => TooLargeKind::Other,
+            Ok(topic) => {
+                if topic.thing() != self.config.thing_id {
+                    return Err(Ignored::OtherThing);
+                }
+                let shadow = match topic.shadow() {
+                    Some(name) => Some(self.shadow_id(name).ok_or(Ignored::UnknownShadow)?),
+                    None => None,
+                };
+                match (topic, shadow) {
+                    (Topic::ShadowUpdateDelta { .. }, Some(s)) => {
+                        self.resync(now, s);
+                        TooLargeKind::Delta { shadow: s }
+                    }
+                    (Topic::ShadowGetAccepted { .. }, Some(s)) => TooLargeKind::Document {
+                        shadow: s,
+                        request: self.settle_oldest(s, true),
+                    },
+                    (Topic::ShadowUpdateAccepted { .. }, Some(s)) => TooLargeKind::UpdateReply {
+                        shadow: s,
+                        request: self.settle_oldest(s, false),
+                        accepted: true,
+                    },
+                    (Topic::ShadowUpdateRejected { .. }, Some(s)) => TooLargeKind::UpdateReply {
+                        shadow: s,
+                        request: self.settle_oldest(s, false),
+                        accepted: false,
+                    },
+                    (Topic::ShadowUpdateDocuments { .. }, _) => return Err(Ignored::Echo),
+                    (Topic::MethodRequest { .. }, _) => TooLargeKind::MethodCall,
+                    (Topic::OtaTask { .. }, _) => TooLargeKind::OtaTask,
+                    _ => TooLargeKind::Other,
+                }
+            }
+        };
+        debug!(
+            "message too large: {} needs {} bytes, {} available",
+            kind.as_str(),
+            needed,
+            capacity
+        );
+        Ok(Event::TooLarge(TooLarge {
+            kind,
+            needed,
+            capacity,
+        }))
+    }
+
+    /// Asks for shadow `s` again with the device's own get, unless one is already wanted or in
+    /// flight (a delta was lost; the document tells what it said).
+    fn resync(&mut self, now: Instant, s: ShadowId) {
+        if let Some(g) = self.conn.gets.get_mut(s.index())
+            && *g == GetState::Idle
+            && self.conn.up
+        {
+            *g = GetState::Wanted {
+                not_before: now,
+                attempt: 0,
+            };
+        }
+    }
+
+    /// Removes the oldest sent get (`get`) or update of shadow `s`: the request an unreadable
+    /// reply answers, since the hub answers in order. The application's id, `None` when there
+    /// was none or it was the device's own get (which then is not retried: its document does
+    /// not fit).
+    fn settle_oldest(&mut self, s: ShadowId, get: bool) -> Option<RequestId> {
+        let pos = self
+            .requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.shadow == s.0
+                    && matches!(r.state, ReqState::Sent { .. })
+                    && matches!(r.kind, Kind::Get { .. }) == get
+            })
+            // Ids grow with every request, so the smallest is the oldest.
+            .min_by_key(|(_, r)| r.id)
+            .map(|(i, _)| i)?;
+        let req = self.remove_request(pos)?;
+        self.finish_get(&req);
+        (!matches!(req.kind, Kind::Get { internal: true })).then_some(RequestId(req.id))
     }
 
     /// A delta of shadow `s` at `version` with its `state` member: handed to the application

@@ -86,6 +86,14 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
                 subscription: SubscriptionId(u8::try_from(i).unwrap_or(u8::MAX)),
             });
         }
+        if self.session.sync_lost != 0 {
+            let i = self.session.sync_lost.trailing_zeros() as usize;
+            self.session.sync_lost &= self.session.sync_lost.wrapping_sub(1);
+            return Some(Event::SyncLost {
+                shadow: ShadowId(u8::try_from(i).unwrap_or(u8::MAX)),
+                connections: self.session.lost_gets.get(i).copied().unwrap_or(0),
+            });
+        }
         #[cfg(feature = "ntp")]
         if let Some(ntp) = self.ntp
             && ntp.finished

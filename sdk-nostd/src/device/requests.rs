@@ -248,6 +248,9 @@ impl<'a, const SHADOWS: usize, const IN_FLIGHT: usize, const QUEUE: usize>
             };
         }
         *slot = Some(version);
+        if let Some(lost) = self.session.lost_gets.get_mut(s.index()) {
+            *lost = 0;
+        }
         Ok(Some(Event::Shadow(ShadowEvent {
             shadow: s,
             version,

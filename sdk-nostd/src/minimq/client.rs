@@ -10,12 +10,24 @@ use super::now;
 use crate::fmt::{debug, warning};
 use crate::{Device, Event, Instant};
 
-/// One received message (topic then payload), copied out of minimq's buffer for the client.
+/// One received message (topic then payload), copied out of minimq's buffer for the client;
+/// or, for a message that did not fit, its topic (when that fits) and the size it needed.
 pub(super) struct Inbox<const N: usize> {
     buf: [u8; N],
     topic_len: usize,
     len: usize,
     full: bool,
+    /// Set when the message did not fit: the bytes it needed (topic plus payload).
+    too_large: Option<usize>,
+}
+
+/// What the inbox holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Held<'i> {
+    Message(&'i str, &'i [u8]),
+    /// A message that did not fit: its topic (empty when that did not fit either) and the
+    /// bytes it needed.
+    TooLarge(&'i str, usize),
 }
 
 impl<const N: usize> Inbox<N> {
@@ -25,6 +37,7 @@ impl<const N: usize> Inbox<N> {
             topic_len: 0,
             len: 0,
             full: false,
+            too_large: None,
         }
     }
 
@@ -47,16 +60,34 @@ impl<const N: usize> Inbox<N> {
         self.topic_len = t;
         self.len = total;
         self.full = true;
+        self.too_large = None;
         true
     }
 
-    /// The stored message, if any.
-    fn get(&self) -> Option<(&str, &[u8])> {
+    /// Stores a message, or when it does not fit its topic (if that fits) and the size it
+    /// needed, so that the client can report it. `false` when it did not fit.
+    fn put_or_mark(&mut self, topic: &str, payload: &[u8]) -> bool {
+        if self.put(topic, payload) {
+            return true;
+        }
+        let needed = topic.len().saturating_add(payload.len());
+        let topic = if topic.len() <= N { topic } else { "" };
+        let _ = self.put(topic, b"");
+        self.too_large = Some(needed);
+        false
+    }
+
+    /// What is stored, if anything.
+    fn get(&self) -> Option<Held<'_>> {
         if !self.full {
             return None;
         }
         let (t, p) = self.buf.get(..self.len)?.split_at_checked(self.topic_len)?;
-        Some((core::str::from_utf8(t).ok()?, p))
+        let t = core::str::from_utf8(t).ok()?;
+        Some(match self.too_large {
+            Some(needed) => Held::TooLarge(t, needed),
+            None => Held::Message(t, p),
+        })
     }
 }
 
@@ -70,7 +101,7 @@ pub(super) struct Shared<
     pub(super) device: Device<'a, SHADOWS, IN_FLIGHT, QUEUE>,
     inbox: Inbox<INBOX>,
     pub(super) connected: bool,
-    /// Messages dropped because they did not fit the inbox.
+    /// Messages that did not fit the inbox (each also reported as `Event::TooLarge`).
     pub(super) dropped: u32,
 }
 
@@ -127,17 +158,18 @@ impl<
         self.shared.lock(|cell| f(&mut cell.borrow_mut()))
     }
 
-    /// Stores a received message for the client. `false` when the inbox is still full (wait for
+    /// Stores a received message for the client, or the fact that it did not fit (the client
+    /// reports it as `Event::TooLarge`). `false` when the inbox is still full (wait for
     /// `wake_runner` and try again).
     pub(super) fn deliver(&self, topic: &str, payload: &[u8]) -> bool {
         let stored = self.with(|s| {
             if s.inbox.full {
                 return false;
             }
-            if !s.inbox.put(topic, payload) {
+            if !s.inbox.put_or_mark(topic, payload) {
                 s.dropped = s.dropped.saturating_add(1);
                 warning!(
-                    "dropped a message of {} bytes: larger than the inbox ({} bytes)",
+                    "a message of {} bytes is larger than the inbox ({} bytes)",
                     topic.len().saturating_add(payload.len()),
                     INBOX
                 );
@@ -193,10 +225,16 @@ impl<
     /// that `f` can answer at once (apply a delta and `report`, `respond` to a method); what it
     /// queues is sent when it returns. Returns what `f` returns.
     ///
-    /// Events are the device's own ([`Device::poll_event`]: timeouts, NTP results) and those
-    /// caused by received messages ([`Device::handle_publish`]); messages the device drops are
-    /// logged at debug level and skipped. Cancel-safe: a message is consumed only together with
-    /// the call of `f`.
+    /// Events are the device's own ([`Device::poll_event`]: timeouts, NTP results), those
+    /// caused by received messages ([`Device::handle_publish`]), and [`Event::TooLarge`] for a
+    /// message larger than the inbox ([`Device::handle_too_large`], with the bytes it needed);
+    /// messages the device drops are logged at debug level and skipped.
+    ///
+    /// Cancel-safe: a message is consumed only together with the call of `f`, which runs
+    /// synchronously inside the poll that returns `Ready`. So `select(client.next_event(..),
+    /// timer)` loses nothing when the timer wins: the message stays in the inbox for the next
+    /// call. What is not safe is an `await` inside the application's handling: `f` is a plain
+    /// closure, so there is none.
     ///
     /// `f` must not call the client again (the state is locked while it runs).
     pub async fn next_event<R>(
@@ -210,10 +248,17 @@ impl<
                 if let Some(event) = s.device.poll_event() {
                     return (f.take().map(|f| f(event, &mut s.device, now)), false);
                 }
-                let Some((topic, payload)) = s.inbox.get() else {
+                let Some(held) = s.inbox.get() else {
                     return (None, false);
                 };
-                let out = match s.device.handle_publish(now, topic, payload) {
+                let event = match held {
+                    Held::Message(topic, payload) => s.device.handle_publish(now, topic, payload),
+                    Held::TooLarge(topic, needed) => s
+                        .device
+                        .handle_too_large(now, topic, needed, INBOX)
+                        .map(Some),
+                };
+                let out = match event {
                     Ok(Some(event)) => f.take().map(|f| f(event, &mut s.device, now)),
                     Ok(None) => None,
                     Err(why) => {
@@ -242,7 +287,8 @@ impl<
         self.state.with(|s| s.connected)
     }
 
-    /// How many received messages were dropped because they did not fit the inbox.
+    /// How many received messages did not fit the inbox (each was also reported as
+    /// [`Event::TooLarge`]).
     pub fn dropped(&self) -> u32 {
         self.state.with(|s| s.dropped)
     }
@@ -263,14 +309,14 @@ impl<
 
 #[cfg(test)]
 mod tests {
-    use super::Inbox;
+    use super::{Held, Inbox};
 
     #[test]
     fn inbox_holds_one_message_and_refuses_what_does_not_fit() {
         let mut inbox = Inbox::<16>::new();
         assert_eq!(inbox.get(), None);
         assert!(inbox.put("a/b", b"{\"x\":1}"));
-        assert_eq!(inbox.get(), Some(("a/b", &b"{\"x\":1}"[..])));
+        assert_eq!(inbox.get(), Some(Held::Message("a/b", &b"{\"x\":1}"[..])));
         inbox.full = false;
         assert!(
             !inbox.put("topic/too", b"long payload"),
@@ -278,6 +324,21 @@ mod tests {
         );
         assert_eq!(inbox.get(), None);
         assert!(inbox.put("", b""));
-        assert_eq!(inbox.get(), Some(("", &b""[..])));
+        assert_eq!(inbox.get(), Some(Held::Message("", &b""[..])));
+    }
+
+    #[test]
+    fn a_message_too_large_leaves_its_topic_and_size() {
+        let mut inbox = Inbox::<16>::new();
+        assert!(!inbox.put_or_mark("topic/too", b"long payload"));
+        assert_eq!(inbox.get(), Some(Held::TooLarge("topic/too", 21)));
+        inbox.full = false;
+        // A topic longer than the inbox is left out; the size still counts it.
+        assert!(!inbox.put_or_mark("a/topic/of/17/byt", b"xy"));
+        assert_eq!(inbox.get(), Some(Held::TooLarge("", 19)));
+        inbox.full = false;
+        // What fits is a message again.
+        assert!(inbox.put_or_mark("a/b", b"{}"));
+        assert_eq!(inbox.get(), Some(Held::Message("a/b", &b"{}"[..])));
     }
 }

@@ -22,24 +22,11 @@
 //!
 //! ## Sizing rules
 //!
-//! Let `T` = [`MAX_TOPIC_LEN`] (256, the longest topic S-2 allows), `D` = the largest shadow
-//! document the hub may send this device (a `get/accepted` reply: `desired`, `reported`,
-//! `delta` and `metadata` together; see [`document_size`]), `R` = the largest report or reply
-//! the device sends, and `Q` = the device transmit-queue buffer.
-//!
-//! | buffer | must hold | rule | for `D` = 2 KiB, `R` = 512 B |
-//! | --- | --- | --- | --- |
-//! | minimq `rx` | one inbound PUBLISH (header, topic, properties, payload) | `>= D + T + 32` ([`rx_size`]) | 2336 |
-//! | `State` inbox (`INBOX`) | one inbound topic + payload, copied for the client | `>= D + T` ([`inbox_size`]) | 2304 |
-//! | minimq `tx` | every QoS 1 PUBLISH/SUBSCRIBE until acked, plus CONNECT | `>= n * (R + T + 16) + 256` with `n` in flight ([`tx_size`]) | 4 x 784 + 256 = 3392 |
-//! | `out` | one transmit of the core | `>= Q` (a queued message never exceeds the queue buffer) | = `Q` |
-//! | device queue `Q` | queued reports and replies | `>= `[`MIN_TX_BUFFER`] + `R` | 1024 |
-//!
-//! A publish larger than `rx` is refused by the broker (minimq announces `rx` as its MQTT 5
-//! maximum packet size), one larger than the inbox is dropped with a warning, so a document that
-//! outgrows the buffers is lost, never a crash. When minimq's `tx` is full the runner waits for
-//! acknowledgements before it sends more (and gives up the connection after
-//! [`MqttConfig::stall_timeout_ms`]).
+//! The crate's README ("Sizing the buffers") has the rules for every buffer, a worked table
+//! for the hub's default limits (`GET /api/v1/limits`), and what happens to a message that
+//! does not fit: larger than the inbox, it becomes [`Event::TooLarge`](crate::Event::TooLarge)
+//! with its size; larger than `rx`, the broker does not deliver it. [`document_size`],
+//! [`rx_size`], [`inbox_size`] and [`tx_size`] compute them.
 //!
 //! ## Flow control
 //!
@@ -48,8 +35,6 @@
 //! nothing is read, and minimq's keepalive is not served either: an application that blocks for
 //! longer than the keepalive is disconnected (and reconnected) by the broker.
 //!
-//! [`MAX_TOPIC_LEN`]: crate::spec::limits::MAX_TOPIC_LEN
-//! [`MIN_TX_BUFFER`]: crate::MIN_TX_BUFFER
 
 mod client;
 mod runner;

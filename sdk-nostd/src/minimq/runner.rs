@@ -29,6 +29,11 @@ pub struct MqttConfig<'r> {
     pub backoff_min_ms: u64,
     /// ...up to this (default 30 s). Each delay is drawn uniformly from its upper half (jitter).
     pub backoff_max_ms: u64,
+    /// How long a connection must have lasted for the next reconnect to start from
+    /// `backoff_min_ms` again (default 20 s). A connection that the broker closes right after
+    /// CONNACK (a message larger than minimq's `rx` makes rmqtt close it, see the module's
+    /// sizing rules) therefore backs off like a refused one instead of reconnecting at once.
+    pub stable_after_ms: u64,
     /// How long a message may wait for room in minimq's `tx` (acks outstanding) before the
     /// connection is given up (default 10 s).
     pub stall_timeout_ms: u64,
@@ -46,6 +51,7 @@ impl<'r> MqttConfig<'r> {
             connect_timeout_ms: 10_000,
             backoff_min_ms: 500,
             backoff_max_ms: 30_000,
+            stable_after_ms: 20_000,
             stall_timeout_ms: 10_000,
             jitter_seed: 0x1d5e_ed01,
         }
@@ -142,11 +148,21 @@ impl<
     pub async fn run(mut self) -> ! {
         let mut attempt: u32 = 0;
         loop {
-            match self.connect_and_serve(&mut attempt).await {
-                Down::Transport | Down::Handshake => {}
-                why => info!("mqtt connection ended: {}", why.as_str()),
-            }
+            let (why, since) = self.connect_and_serve().await;
             let t = now();
+            let lasted = since.map(|since| t.millis_since(since));
+            attempt = attempt_after(attempt, lasted, self.config.stable_after_ms);
+            if lasted.is_some() {
+                info!("mqtt connection ended: {}", why.as_str());
+                if attempt >= 2 {
+                    warning!(
+                        "mqtt connection lost {} times in a row within {} ms of CONNACK; \
+                         a message larger than the rx buffer is a common cause",
+                        attempt.saturating_add(1),
+                        self.config.stable_after_ms
+                    );
+                }
+            }
             self.state.with(|s| {
                 s.device.handle_disconnected(t);
                 s.connected = false;
@@ -164,23 +180,23 @@ impl<
         backoff_ms(min, max, attempt, &mut self.rng)
     }
 
-    async fn connect_and_serve(&mut self, attempt: &mut u32) -> Down {
+    /// One connection: why it ended, and when CONNACK arrived (`None` when it never did).
+    async fn connect_and_serve(&mut self) -> (Down, Option<crate::Instant>) {
         let limit = Duration::from_millis(self.config.connect_timeout_ms);
         let io = match with_timeout(limit, self.transport.connect()).await {
             Ok(Ok(io)) => io,
             _ => {
                 debug!("transport connect failed");
-                return Down::Transport;
+                return (Down::Transport, None);
             }
         };
         let mut conn = match with_timeout(limit, self.session.connect(io)).await {
             Ok(Ok(conn)) => conn,
             _ => {
                 warning!("mqtt connect to the broker failed");
-                return Down::Handshake;
+                return (Down::Handshake, None);
             }
         };
-        *attempt = 0;
         let resumed = conn.connect_event() == ConnectEvent::Reconnected;
         let t = now();
         self.state.with(|s| {
@@ -190,7 +206,17 @@ impl<
         self.state.wake_client.signal(());
         info!("mqtt connected (session resumed: {})", resumed);
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
-        serve(&mut conn, self.state, self.out, stall).await
+        (serve(&mut conn, self.state, self.out, stall).await, Some(t))
+    }
+}
+
+/// The attempt number of the next backoff: back to 0 only after a connection that lasted
+/// `stable_after_ms` (`lasted_ms` is `None` when no connection came up), so that a broker that
+/// closes every connection soon after CONNACK is not hammered.
+fn attempt_after(attempt: u32, lasted_ms: Option<u64>, stable_after_ms: u64) -> u32 {
+    match lasted_ms {
+        Some(lasted) if lasted >= stable_after_ms => 0,
+        _ => attempt,
     }
 }
 
@@ -384,7 +410,15 @@ async fn publish<
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::{attempt_after, backoff_ms};
+
+    #[test]
+    fn only_a_stable_connection_resets_the_backoff() {
+        assert_eq!(attempt_after(5, Some(20_000), 20_000), 0);
+        assert_eq!(attempt_after(5, Some(19_999), 20_000), 5, "closed too soon");
+        assert_eq!(attempt_after(5, None, 20_000), 5, "never connected");
+        assert_eq!(attempt_after(0, Some(3), 20_000), 0);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {

@@ -8,30 +8,37 @@ use hdrhistogram::Histogram;
 
 use super::QUANTILES;
 
-/// Prometheus text, written line by line.
-pub(super) struct Writer(pub(super) String);
+/// Prometheus text, written line by line; `shard` (`I/N`, empty for an unsharded run) labels
+/// every sample, so one Prometheus scraping every shard of a distributed run can aggregate them.
+pub(super) struct Writer {
+    pub(super) out: String,
+    pub(super) shard: String,
+}
 
 impl Writer {
     pub(super) fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
     pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Value) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
+        self.out.push_str(name);
+        let shard = [("shard", self.shard.as_str())];
+        let all = labels
+            .iter()
+            .chain(shard.iter().filter(|(_, v)| !v.is_empty()));
+        let mut first = true;
+        for (k, v) in all {
+            self.out.push(if first { '{' } else { ',' });
+            first = false;
+            let _ = write!(self.out, "{k}=\"{}\"", escape(v));
         }
-        self.0.push(' ');
-        value.write(&mut self.0);
-        self.0.push('\n');
+        if !first {
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        value.write(&mut self.out);
+        self.out.push('\n');
     }
 
     pub(super) fn counter(&mut self, name: &str, help: &str, v: u64) {

@@ -200,7 +200,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
     config.methods = fleet.methods;
     config.request_timeout_ms = profile.request_timeout_ms;
     let mut rng = SmallRng::seed_from_u64(
-        fleet.scenario.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        fleet.scenario.seed ^ (fleet.global(index) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
     config.token_seed = rng.r#gen();
     let mut device = match Core::new(config, &mut tx[..]) {

@@ -25,6 +25,7 @@
 pub mod deadline;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -63,11 +64,12 @@ pub struct HttpServerConfig {
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
-/// (for up to 10 s).
+/// (for up to 10 s). Connections refused at accept are counted in `refusals`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: HttpServerConfig,
+    refusals: Arc<RefusalLog>,
     shutdown: impl Future<Output = ()>,
 ) {
     let request_timeout = config.request_timeout;
@@ -88,7 +90,6 @@ pub async fn serve(
         config.max_connections.max(1),
         Some(config.max_connections_per_addr.max(1)),
     );
-    let refusals = RefusalLog::new("HTTP connections");
     let reporter = refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let mut accept_failures: u32 = 0;
     tokio::pin!(shutdown);

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite};
 
+use super::query::QueryParam;
 use super::write::WriteTx;
 use super::{MAX_PAGE_SIZE, SqliteStore, from_db, to_db};
 use crate::store::fault::Writer;
@@ -34,16 +35,16 @@ fn thing_from_row(row: &SqliteRow) -> Result<ThingRecord, StoreError> {
     })
 }
 
-/// Binds the parameters of a rendered thing query ([`crate::query::render_sqlite`]) in order.
+/// Binds the parameters of a rendered thing query ([`super::query::render`]) in order.
 fn bind_query_params<'q>(
     mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    params: &'q [crate::query::QueryParam],
+    params: &'q [QueryParam],
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
     for p in params {
         query = match p {
-            crate::query::QueryParam::Text(s) => query.bind(s.as_str()),
-            crate::query::QueryParam::Int(i) => query.bind(*i),
-            crate::query::QueryParam::Real(f) => query.bind(*f),
+            QueryParam::Text(s) => query.bind(s.as_str()),
+            QueryParam::Int(i) => query.bind(*i),
+            QueryParam::Real(f) => query.bind(*f),
         };
     }
     query
@@ -371,8 +372,8 @@ impl Store for SqliteStore {
     ) -> Result<(u64, Vec<ThingRecord>), StoreError> {
         let size = page_size.min(MAX_PAGE_SIZE);
         let offset = page_index.saturating_mul(size);
-        let (count_sql, count_params) = crate::query::render_sqlite_count(q);
-        let (page_sql, page_params) = crate::query::render_sqlite(q);
+        let (count_sql, count_params) = super::query::render_count(q);
+        let (page_sql, page_params) = super::query::render(q);
         let page_sql = format!("{page_sql} LIMIT ? OFFSET ?");
         // One read transaction: the total and the page come from the same snapshot.
         let mut tx = self.reader.begin().await?;

@@ -1,17 +1,95 @@
-//! The end-of-run report: a human table, JSON and CSV with the same figures.
+//! The end-of-run report: a human table, JSON, CSV and an HTML page ([`html`]) with the same
+//! figures. The JSON carries every latency histogram's buckets, so the reports of a run's shards
+//! merge exactly ([`merge`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fleet::Fleet;
-use crate::resources::Resources;
+use crate::resources::{ProcessUsage, Resources};
+use crate::scenario::Scenario;
+use crate::series::Point;
+use crate::shard::Shard;
+use crate::threshold::Checked;
+
+pub mod html;
+pub mod merge;
+mod text;
+
+/// Shown for a figure that has no sample.
+pub const EMPTY: &str = "—";
+
+/// A histogram's buckets as `[value_us, count]` pairs (the highest value of each non-empty
+/// bucket): recording them again into [`crate::stats::histogram`] gives the same histogram.
+pub type Buckets = Vec<[u64; 2]>;
+
+/// The buckets of `h`.
+pub fn buckets(h: &Histogram<u64>) -> Buckets {
+    h.iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect()
+}
+
+/// The histogram of `buckets`.
+pub fn histogram_of(buckets: &[[u64; 2]]) -> Histogram<u64> {
+    let mut h = crate::stats::histogram();
+    for &[v, n] in buckets {
+        // Values beyond the bounds saturate at the top bucket rather than being lost.
+        let _ = h.record_n(v.min(h.high()), n);
+    }
+    h
+}
+
+/// Versions of the tools and the hub of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    /// This simulator.
+    pub simulator: String,
+    /// The hub, as its OpenAPI document states it (`None`: not known).
+    pub hub: Option<String>,
+}
+
+impl Versions {
+    /// One line for the table.
+    pub fn describe(&self) -> String {
+        format!(
+            "iothub-sim {}, hub {}",
+            self.simulator,
+            self.hub.as_deref().unwrap_or("unknown")
+        )
+    }
+
+    /// This simulator's version, the hub's unknown.
+    pub fn this() -> Versions {
+        Versions {
+            simulator: env!("CARGO_PKG_VERSION").to_owned(),
+            hub: None,
+        }
+    }
+}
+
+/// One shard's part of a (merged) run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardPart {
+    /// Which shard.
+    pub shard: Shard,
+    /// Its things.
+    pub things: usize,
+    /// ... connected at least once.
+    pub connected: u64,
+    /// Updates it sent.
+    pub sent: u64,
+    /// ... accepted.
+    pub accepted: u64,
+    /// Its simulator process.
+    pub simulator: Option<ProcessUsage>,
+}
 
 /// Percentiles of one interaction, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -30,7 +108,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    /// The percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         Percentiles {
             count: h.len(),
@@ -45,7 +124,7 @@ impl Percentiles {
 }
 
 /// Latency of every measured interaction.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latencies {
     /// TCP connect to the last SUBACK (every connection, reconnects included).
     pub connect: Percentiles,
@@ -65,8 +144,26 @@ pub struct Latencies {
     pub lost_to_resync: Percentiles,
 }
 
+impl Latencies {
+    /// The percentiles of `histograms` (keyed by the field names; a missing one is empty).
+    pub fn of(histograms: &BTreeMap<String, Histogram<u64>>) -> Latencies {
+        let empty = crate::stats::histogram();
+        let p = |name: &str| Percentiles::of(histograms.get(name).unwrap_or(&empty));
+        Latencies {
+            connect: p("connect"),
+            update_to_accepted: p("update_to_accepted"),
+            telemetry_ack: p("telemetry_ack"),
+            convergence: p("convergence"),
+            method_rtt: p("method_rtt"),
+            ntp_rtt: p("ntp_rtt"),
+            ota_job: p("ota_job"),
+            lost_to_resync: p("lost_to_resync"),
+        }
+    }
+}
+
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Things in the run.
     pub things: usize,
@@ -156,14 +253,33 @@ pub struct Report {
     pub latency: Latencies,
     /// Whether churn was part of the scenario (aborted requests and 409s are then expected).
     pub churn: bool,
-    /// CPU and memory of the simulator's and the hub's processes (filled in by the run).
+    /// CPU and memory of the simulator's and the hub's processes (filled in by the run; a
+    /// merged report has the hub's only, each shard's simulator is in `shards`).
     pub resources: Resources,
+    /// The scenario as given (the whole fleet's, flags applied), also in a shard's report.
+    pub scenario: Scenario,
+    /// Versions of the simulator and the hub.
+    pub versions: Versions,
+    /// The shards this report covers: one for a single process, each of them when merged.
+    pub shards: Vec<ShardPart>,
+    /// The thresholds checked on this report (see [`crate::threshold`]).
+    pub thresholds: Vec<Checked>,
+    /// Per second of the run: sent, accepted, connected, update p50/p99, errors.
+    pub series: Vec<Point>,
+    /// Every latency histogram's buckets by interaction (the `latency` field names), the exact
+    /// data the percentiles come from: [`merge`] adds them.
+    pub histograms: BTreeMap<String, Buckets>,
 }
 
 impl Report {
     /// The report of `fleet`'s run over a measured period of `duration_s`.
     pub fn build(fleet: &Fleet, duration_s: f64) -> Report {
         let s = &fleet.stats;
+        let histograms: BTreeMap<String, Histogram<u64>> = s
+            .latencies()
+            .iter()
+            .map(|(name, l)| ((*name).to_owned(), l.snapshot()))
+            .collect();
         let things = fleet.slots.len();
         let connected = s.ever_connected.get();
         let unconverged = fleet
@@ -214,19 +330,53 @@ impl Report {
             connect_errors: s.connect_errors.snapshot(),
             protocol_errors: s.protocol_errors.snapshot(),
             ignored: s.ignored.snapshot(),
-            latency: Latencies {
-                connect: Percentiles::of(&s.connect.snapshot()),
-                update_to_accepted: Percentiles::of(&s.update.snapshot()),
-                telemetry_ack: Percentiles::of(&s.telemetry_ack.snapshot()),
-                convergence: Percentiles::of(&s.convergence.snapshot()),
-                method_rtt: Percentiles::of(&s.method_rtt.snapshot()),
-                ntp_rtt: Percentiles::of(&s.ntp_rtt.snapshot()),
-                ota_job: Percentiles::of(&s.ota_job.snapshot()),
-                lost_to_resync: Percentiles::of(&s.resync.snapshot()),
-            },
+            latency: Latencies::of(&histograms),
             churn: fleet.scenario.profile.churn_per_s > 0.0,
             resources: Resources::default(),
+            scenario: fleet.scenario.clone(),
+            versions: Versions::this(),
+            shards: vec![ShardPart {
+                shard: fleet.shard,
+                things,
+                connected,
+                sent: s.updates_sent.get(),
+                accepted: s.updates_accepted.get(),
+                simulator: None,
+            }],
+            thresholds: Vec::new(),
+            series: s.series.lock().map(|v| v.clone()).unwrap_or_default(),
+            histograms: histograms
+                .iter()
+                .map(|(k, h)| (k.clone(), buckets(h)))
+                .collect(),
         }
+    }
+
+    /// Errors of every kind that [`Report::is_clean`] refuses (the `errors` threshold): things
+    /// that never connected, protocol errors, rejected, unanswered and reordered updates, REST
+    /// errors, unconverged desired changes, NTP timeouts, OTA job errors; without churn also
+    /// lost connections, aborted updates, failed method calls and unacknowledged telemetry.
+    pub fn errors(&self) -> u64 {
+        let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        let mut n = self.connect_failures
+            + sum(&self.protocol_errors)
+            + sum(&self.rejected)
+            + self.unanswered
+            + self.out_of_order
+            + sum(&self.desired_errors)
+            + self.unconverged
+            + self.ntp_timed_out
+            + sum(&self.ota_job_errors)
+            + (self.ota_jobs - self.ota_jobs_ended.min(self.ota_jobs));
+        if !self.churn {
+            n += self.lost + self.aborted + sum(&self.method_errors) + self.telemetry_unacked;
+        }
+        n
+    }
+
+    /// Whether every threshold held (true without thresholds).
+    pub fn thresholds_passed(&self) -> bool {
+        self.thresholds.iter().all(|c| c.passed)
     }
 
     /// Whether the run met its contract: every thing connected; every update accepted, in order;
@@ -253,7 +403,23 @@ impl Report {
             && !self.ota_task_states.contains_key("timed_out")
     }
 
-    fn rows(&self) -> [(&'static str, &Percentiles); 8] {
+    /// The latency rows with their JSON (and CSV, metrics) names.
+    pub fn latency_fields(&self) -> [(&'static str, &Percentiles); 8] {
+        let l = &self.latency;
+        [
+            ("connect", &l.connect),
+            ("update_to_accepted", &l.update_to_accepted),
+            ("telemetry_ack", &l.telemetry_ack),
+            ("convergence", &l.convergence),
+            ("method_rtt", &l.method_rtt),
+            ("ntp_rtt", &l.ntp_rtt),
+            ("ota_job", &l.ota_job),
+            ("lost_to_resync", &l.lost_to_resync),
+        ]
+    }
+
+    /// The latency rows with their table names.
+    pub fn rows(&self) -> [(&'static str, &Percentiles); 8] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
@@ -265,153 +431,5 @@ impl Report {
             ("ota job", &l.ota_job),
             ("lost->resynced", &l.lost_to_resync),
         ]
-    }
-
-    /// The human table.
-    pub fn table(&self) -> String {
-        let mut s = String::new();
-        let mut line = |name: &str, value: String| {
-            let _ = writeln!(s, "{name:<18}{value}");
-        };
-        line(
-            "things",
-            format!(
-                "{} ({} connected, {} failed; {} reconnects, {} churned, {} lost)",
-                self.things,
-                self.connected,
-                self.connect_failures,
-                self.reconnects,
-                self.churned,
-                self.lost
-            ),
-        );
-        line(
-            "updates",
-            format!(
-                "{} sent, {} accepted ({:.0}/s over {:.1} s), {} unanswered, {} aborted",
-                self.sent,
-                self.accepted,
-                self.accepted_per_sec,
-                self.duration_s,
-                self.unanswered,
-                self.aborted
-            ),
-        );
-        line("rejected", format!("{:?}", self.rejected));
-        line("out of order", self.out_of_order.to_string());
-        line("throttled ticks", self.throttled.to_string());
-        line(
-            "desired changes",
-            format!(
-                "{} sent, {} converged, {} unconverged, errors {:?}",
-                self.desired_sent, self.converged, self.unconverged, self.desired_errors
-            ),
-        );
-        line(
-            "method calls",
-            format!(
-                "{} made, {} ok, device codes {:?}, errors {:?}",
-                self.method_calls, self.method_ok, self.method_device_codes, self.method_errors
-            ),
-        );
-        line(
-            "ntp",
-            format!(
-                "{} started, {} done, {} timed out",
-                self.ntp_started, self.ntp_done, self.ntp_timed_out
-            ),
-        );
-        line(
-            "telemetry",
-            format!(
-                "{} sent, {} acked (QoS 1), {} unacked",
-                self.telemetry_sent, self.telemetry_acked, self.telemetry_unacked
-            ),
-        );
-        line(
-            "ota",
-            format!(
-                "{} jobs, {} ended, tasks {:?}, {} tasks received, results sent {:?}, errors {:?}",
-                self.ota_jobs,
-                self.ota_jobs_ended,
-                self.ota_task_states,
-                self.ota_tasks,
-                self.ota_results,
-                self.ota_job_errors
-            ),
-        );
-        line("connect errors", format!("{:?}", self.connect_errors));
-        line("protocol errors", format!("{:?}", self.protocol_errors));
-        line("ignored", format!("{:?}", self.ignored));
-        for (name, value) in self.resources.lines() {
-            line(name, value);
-        }
-        let _ = writeln!(
-            s,
-            "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
-            "interaction (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-        );
-        for (name, p) in self.rows() {
-            let _ = writeln!(
-                s,
-                "{:<22}{:>9}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}",
-                name, p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
-            );
-        }
-        s
-    }
-
-    /// The latency rows and counters as CSV: `metric,count,p50_ms,p90_ms,p99_ms,p999_ms,max_ms`
-    /// (counters fill `count` only).
-    pub fn csv(&self) -> String {
-        let mut s = String::from("metric,count,p50_ms,p90_ms,p99_ms,p999_ms,max_ms\n");
-        for (name, p) in self.rows() {
-            let _ = writeln!(
-                s,
-                "{},{},{:.3},{:.3},{:.3},{:.3},{:.3}",
-                name.replace(' ', "_"),
-                p.count,
-                p.p50_ms,
-                p.p90_ms,
-                p.p99_ms,
-                p.p999_ms,
-                p.max_ms
-            );
-        }
-        let counters = [
-            ("things", self.things as u64),
-            ("connected", self.connected),
-            ("connect_failures", self.connect_failures),
-            ("reconnects", self.reconnects),
-            ("churned", self.churned),
-            ("lost", self.lost),
-            ("updates_sent", self.sent),
-            ("updates_accepted", self.accepted),
-            ("updates_rejected", self.rejected.values().sum()),
-            ("updates_unanswered", self.unanswered),
-            ("updates_aborted", self.aborted),
-            ("out_of_order", self.out_of_order),
-            ("desired_sent", self.desired_sent),
-            ("converged", self.converged),
-            ("unconverged", self.unconverged),
-            ("method_calls", self.method_calls),
-            ("method_ok", self.method_ok),
-            ("method_errors", self.method_errors.values().sum()),
-            ("ntp_done", self.ntp_done),
-            ("ntp_timed_out", self.ntp_timed_out),
-            ("telemetry_sent", self.telemetry_sent),
-            ("telemetry_acked", self.telemetry_acked),
-            ("telemetry_unacked", self.telemetry_unacked),
-            ("ota_jobs", self.ota_jobs),
-            ("ota_jobs_ended", self.ota_jobs_ended),
-            ("protocol_errors", self.protocol_errors.values().sum()),
-        ];
-        for (name, v) in counters {
-            let _ = writeln!(s, "{name},{v},,,,,");
-        }
-        for (name, v) in self.resources.counters() {
-            let _ = writeln!(s, "{name},{v},,,,,");
-        }
-        s
     }
 }

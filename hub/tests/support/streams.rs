@@ -1,14 +1,16 @@
-//! Streams of writes that record every answer, tagged with the phase of the test in which the
-//! request was sent, and the checks made after a restart.
+//! Streams of shadow updates (and REST writes) that record every answer, tagged with the phase
+//! of the test in which the request was sent, and the checks made after a restart: shared by the
+//! crash tests (`tests/crash.rs`, SIGKILL and SIGTERM mid-stream) and the fault-injection suite
+//! (`tests/faults/`, disk full and injected store errors).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::*;
+use super::{ADMIN_TOKEN, Client, Hub, Proto, STEP, assert_envelope, shadow_topic, unique};
 
 /// Flags that keep the per-thing rate limits out of the way.
 pub const FLAGS: &[&str] = &[
@@ -18,10 +20,9 @@ pub const FLAGS: &[&str] = &[
     "64",
 ];
 
-/// Updates in flight per thing.
-const WINDOW: u64 = 4;
-/// Pause between two requests of one stream, to leave the CPU to the hub.
-pub const PACE: Duration = Duration::from_millis(10);
+/// The streams of the fault tests: 4 updates in flight, 10 ms apart, leaving the CPU to the
+/// hub.
+pub const PACED: (u64, Duration) = (4, Duration::from_millis(10));
 
 /// The phase of a test, shared with the streams (each request remembers the phase it was sent
 /// in).
@@ -29,6 +30,7 @@ pub const PACE: Duration = Duration::from_millis(10);
 pub struct Phase {
     now: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
 }
 
 impl Phase {
@@ -49,6 +51,11 @@ impl Phase {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+
+    /// Updates accepted so far by every stream of this phase.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
 }
 
 /// What one shadow stream saw.
@@ -59,7 +66,7 @@ pub struct Seen {
     pub accepted: BTreeMap<u64, (u8, u64)>,
     /// seq → (phase sent, code) of every rejected update.
     pub rejected: BTreeMap<u64, (u8, u64)>,
-    /// Requests still unanswered at the end (must be none).
+    /// Requests still unanswered at the end (none unless the hub went away).
     pub unanswered: u64,
 }
 
@@ -82,13 +89,14 @@ impl Seen {
     }
 }
 
-/// Creates a thing, connects it and streams `{"reported":{"seq":n,..}}` updates until
-/// [`Phase::stop`]; then waits for every outstanding answer.
+/// Creates a thing, connects it and streams `{"reported":{"seq":n,..}}` updates, at most
+/// `window` in flight, `pace` apart, until [`Phase::stop`]; then waits for every outstanding
+/// answer. A stream whose hub goes away (killed) ends there, its open requests `unanswered`.
 pub async fn spawn_stream(
     hub: &Hub,
     proto: Proto,
     phase: Phase,
-    pace: Duration,
+    (window, pace): (u64, Duration),
 ) -> tokio::task::JoinHandle<Seen> {
     let id = unique("full");
     let secret = hub.create_thing(&id).await;
@@ -100,10 +108,10 @@ pub async fn spawn_stream(
             .expect("subscribe");
         assert!(rc < 0x80);
     }
-    tokio::spawn(stream(c, id, phase, pace))
+    tokio::spawn(stream(c, id, phase, window, pace))
 }
 
-async fn stream(mut c: Client, thing: String, phase: Phase, pace: Duration) -> Seen {
+async fn stream(mut c: Client, thing: String, phase: Phase, window: u64, pace: Duration) -> Seen {
     let topic = shadow_topic(&thing, "default", "update");
     let accepted = shadow_topic(&thing, "default", "update/accepted");
     let rejected = shadow_topic(&thing, "default", "update/rejected");
@@ -115,17 +123,21 @@ async fn stream(mut c: Client, thing: String, phase: Phase, pace: Duration) -> S
     let pad = "p".repeat(200);
     let mut next = 0u64;
     loop {
-        while !phase.stopped() && (sent.len() as u64) < WINDOW {
+        while !phase.stopped() && (sent.len() as u64) < window {
             let req = json!({
                 "state": {"reported": {"seq": next, "pad": pad}},
                 "clientToken": format!("c-{next}"),
             });
+            let bytes = serde_json::to_vec(&req).expect("json");
+            if c.publish_nowait(&topic, bytes).await.is_err() {
+                seen.unanswered = sent.len() as u64;
+                return seen;
+            }
             sent.insert(next, phase.get());
-            c.publish_nowait(&topic, serde_json::to_vec(&req).expect("json"))
-                .await
-                .expect("publish");
             next += 1;
-            tokio::time::sleep(pace).await;
+            if !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
         }
         if sent.is_empty() {
             return seen;
@@ -148,7 +160,13 @@ async fn stream(mut c: Client, thing: String, phase: Phase, pace: Duration) -> S
         let sent_in = sent.remove(&seq).expect("an answer to a request in flight");
         if m.topic == accepted {
             let version = v["version"].as_u64().expect("version");
+            assert_eq!(
+                v["state"]["reported"]["seq"].as_u64(),
+                Some(seq),
+                "S-3.5: update/accepted echoes its request's state; S-4.1: and its token"
+            );
             seen.accepted.insert(seq, (sent_in, version));
+            phase.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
             let code = v["code"].as_u64().expect("S-3.8 code");
             seen.rejected.insert(seq, (sent_in, code));
@@ -237,40 +255,93 @@ pub async fn healthz(hub: &Hub) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// After a restart: each shadow is exactly at its last accepted version and state (every
-/// answer was received, so a higher stored version would be a write reported as failed that
-/// was stored anyway, and a lower one a lost acknowledged write).
+/// Every accepted write took its own version and no refused one took any: the accepted
+/// versions of one shadow with one writer are exactly 1..=n.
+fn assert_consecutive(what: &str, mut versions: Vec<u64>) {
+    versions.sort_unstable();
+    let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+    assert_eq!(
+        versions, expected,
+        "{what}: accepted versions are not 1..=n (a gap or a repeat is an acknowledged write \
+         that was lost, or a refused one that took a version)"
+    );
+}
+
+/// After a restart: each shadow is exactly at its last accepted version and state, and its
+/// accepted versions are 1..=n. Together: every acknowledged update is durable (a lost one
+/// leaves a repeat or a gap), and every refused one was reported and not stored (every answer
+/// was received; a refused update that was stored anyway would have taken a version, making
+/// the stored version higher than the last accepted one).
 pub async fn check_shadows(hub: &Hub, seen: &[Seen]) {
     for s in seen {
         assert_eq!(s.unanswered, 0, "{}: requests left unanswered", s.thing);
-        let (status, doc) = hub.rest_shadow(&s.thing, "default").await;
-        let Some((version, seq)) = s.last() else {
-            assert_eq!(
-                status, 404,
-                "{}: nothing accepted but stored: {doc}",
-                s.thing
-            );
-            continue;
-        };
-        assert_eq!(status, 200, "S-3.5: {} lost its shadow: {doc}", s.thing);
+        assert_consecutive(&s.thing, s.accepted.values().map(|(_, v)| *v).collect());
+    }
+    check_shadows_after_crash(hub, seen).await;
+    for s in seen {
+        let (_, doc) = hub.rest_shadow(&s.thing, "default").await;
+        let last = s.last().map(|(v, _)| v);
         assert_eq!(
             doc["version"].as_u64(),
-            Some(version),
-            "S-3.5: {} stored version differs from the last accepted one",
-            s.thing
-        );
-        assert_eq!(
-            doc["state"]["reported"]["seq"].as_u64(),
-            Some(seq),
-            "{}: stored state is not the last accepted one",
+            last,
+            "{}: a refused or unanswered update was stored",
             s.thing
         );
     }
 }
 
+/// After a crash that left requests unanswered: each shadow holds at least its last accepted
+/// version and state (S-3.5); what the crash cut off may or may not be stored, but a stored
+/// state that was answered carries the version it was accepted at.
+pub async fn check_shadows_after_crash(hub: &Hub, seen: &[Seen]) {
+    for s in seen {
+        let (status, doc) = hub.rest_shadow(&s.thing, "default").await;
+        let Some((version, seq)) = s.last() else {
+            if s.unanswered == 0 {
+                assert_eq!(
+                    status, 404,
+                    "{}: nothing accepted but stored: {doc}",
+                    s.thing
+                );
+            }
+            continue;
+        };
+        assert_eq!(status, 200, "S-3.5: {} lost its shadow: {doc}", s.thing);
+        let stored_version = doc["version"].as_u64().expect("version");
+        let stored_seq = doc["state"]["reported"]["seq"].as_u64().expect("seq");
+        assert!(
+            stored_version >= version && stored_seq >= seq,
+            "S-3.5: {} stored version {stored_version} (seq {stored_seq}) is older than the \
+             last accepted {version} (seq {seq})",
+            s.thing
+        );
+        if let Some((_, v)) = s.accepted.get(&stored_seq) {
+            assert_eq!(
+                *v, stored_version,
+                "{}: stored state of seq {stored_seq} was accepted at another version",
+                s.thing
+            );
+        }
+    }
+}
+
 /// After a restart: every created thing (201) exists, every refused one (503) does not; the
-/// desired state is the last accepted one.
+/// desired state is at the last accepted version, and the accepted versions are 1..=n.
 pub async fn check_rest(hub: &Hub, seen: &RestSeen) {
+    for (_, status, _) in &seen.desired {
+        assert!(
+            [200, 503].contains(status),
+            "desired write answered {status}: neither stored nor reported unavailable"
+        );
+    }
+    assert_consecutive(
+        "desired writes",
+        seen.desired
+            .iter()
+            .filter(|(_, status, _)| *status == 200)
+            .map(|(_, _, v)| v.expect("a 200 carries the version"))
+            .collect(),
+    );
     for (id, (_, status)) in &seen.created {
         let (now, body) = hub.rest_thing(id).await;
         match status {
