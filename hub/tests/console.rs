@@ -165,7 +165,12 @@ async fn console_drives_a_real_device() {
         .on_method("reboot", |req| async move {
             Ok(json!({ "rebooting": true, "asked": req.data }))
         })
-        .expect("method handler");
+        .expect("method handler")
+        // Installs whatever it is sent: half-way, then done.
+        .on_ota_task(|task| async move {
+            let _ = task.progress(50).await;
+            let _ = task.done().await;
+        });
     let device = iothub_sdk::Thing::connect(options)
         .await
         .expect("device connects");
@@ -226,6 +231,90 @@ async fn console_drives_a_real_device() {
     click(&c, "#invoke").await;
     wait_text(&c, "#method-code", |t| t == "404").await;
 
+    // The metrics page draws its charts from live samples: one thing connected, and the
+    // shadow updates above went through the hub.
+    c.goto(&format!("{base}/console/metrics"))
+        .await
+        .expect("metrics page");
+    eventually(STEP, || async {
+        let v = c
+            .execute(
+                "return Number(document.getElementById('charts').dataset.samples || 0)",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (v.as_u64()? >= 3).then_some(())
+    })
+    .await
+    .expect("the metrics page takes samples");
+    wait_text(&c, "#last-connected", |t| t == "now: 1").await;
+    let points = c
+        .find(Locator::Css("#chart-connected polyline"))
+        .await
+        .expect("the connected-things chart has a line")
+        .attr("points")
+        .await
+        .expect("points")
+        .unwrap_or_default();
+    assert!(
+        points.split(' ').count() >= 2,
+        "a line of samples: {points:?}"
+    );
+    for id in ["rate", "update-latency", "method-latency"] {
+        c.find(Locator::Css(&format!("#chart-{id} polyline")))
+            .await
+            .unwrap_or_else(|_| panic!("chart {id} is drawn"));
+    }
+    shot(&c, "06-metrics").await;
+    // An OTA job created in the page: the device installs it and the page shows the progress.
+    c.goto(&format!("{base}/console/ota"))
+        .await
+        .expect("ota page");
+    fill(&c, "#targets", &id).await;
+    fill(&c, "#version", "1.2.3").await;
+    fill(&c, "#file_url", "http://127.0.0.1:9/firmware-1.2.3.bin").await;
+    shot(&c, "07-ota-new-job").await;
+    click(&c, "#create-job").await;
+    wait_text(&c, "#count-done", |t| t == "1").await;
+    wait_text(&c, "#job-status", |t| t == "completed").await;
+    let job_id = wait_text(&c, "#job-id", |t| t.len() == 16).await;
+    wait_text(&c, &format!("[data-task=\"{id}\"] .state"), |t| t == "done").await;
+    shot(&c, "08-ota-job-done").await;
+    let (status, job) = hub.get(&format!("/ota/jobs/{job_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["data"]["status"], json!("completed"), "{job}");
+
+    // A job for a thing that is not connected waits, and the page cancels it.
+    let idle = unique("console-idle");
+    hub.create_thing(&idle).await;
+    c.goto(&format!("{base}/console/ota"))
+        .await
+        .expect("ota page");
+    fill(&c, "#targets", &idle).await;
+    fill(&c, "#version", "1.2.4").await;
+    fill(&c, "#file_url", "http://127.0.0.1:9/firmware-1.2.4.bin").await;
+    click(&c, "#create-job").await;
+    wait_text(&c, "#count-queued", |t| t == "1").await;
+    c.goto(&format!("{base}/console/ota"))
+        .await
+        .expect("ota list");
+    wait_text(&c, "#jobs", |t| t.contains("1.2.4")).await;
+    shot(&c, "09-ota-running").await;
+    click(&c, "#jobs a").await;
+    click(&c, "#cancel").await;
+    wait_text(&c, "#job-status", |t| t == "canceled").await;
+    wait_text(&c, "#count-canceled", |t| t == "1").await;
+    shot(&c, "10-ota-job-canceled").await;
+
+    c.goto(&format!("{base}/console/things/{id}"))
+        .await
+        .expect("thing page again");
+    c.wait()
+        .for_element(Locator::Css("#desired-form"))
+        .await
+        .expect("thing page");
+
     // The same answers through the REST API: the page showed the hub's real state.
     let (status, doc) = hub.rest_shadow(&id, "default").await;
     assert_eq!(status, 200);
@@ -253,4 +342,179 @@ async fn console_drives_a_real_device() {
     reporter.abort();
     device.close().await;
     c.close().await.expect("close browser");
+}
+
+/// A plain HTTP client that shows redirects instead of following them.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// Signs in with the admin token; returns the `name=value` cookie pair of the session.
+async fn sign_in(base: &str) -> String {
+    let resp = http()
+        .post(format!("{base}/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(resp.status(), 303, "signed in and sent to the list");
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie");
+    set.split(';').next().expect("name=value").to_owned()
+}
+
+/// A form POST with the session cookie; returns the status, the `Location` and the body.
+async fn post_form(base: &str, path: &str, cookie: &str, body: &str) -> (u16, String, String) {
+    let resp = http()
+        .post(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect(path);
+    let status = resp.status().as_u16();
+    let location = location(&resp);
+    (status, location, resp.text().await.unwrap_or_default())
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The CSRF token a page puts into its forms.
+async fn csrf_of(base: &str, cookie: &str) -> String {
+    let page = http()
+        .get(format!("{base}/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("list page")
+        .text()
+        .await
+        .expect("list page text");
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .expect("a CSRF field on the page");
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').expect("end of value")].to_owned()
+}
+
+#[tokio::test]
+async fn pages_without_a_live_session_lead_to_sign_in() {
+    let hub = Hub::start();
+    let base = hub.base_url();
+    let get = |cookie: Option<String>, path: &'static str| {
+        let base = base.clone();
+        async move {
+            let mut req = http().get(format!("{base}{path}"));
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            let resp = req.send().await.expect(path);
+            (resp.status().as_u16(), location(&resp))
+        }
+    };
+    let to_sign_in = (303, "/console/login".to_owned());
+    assert_eq!(get(None, "/").await, to_sign_in, "no cookie");
+    let unknown = Some("iothub_console=not-a-session".to_owned());
+    assert_eq!(get(unknown.clone(), "/").await, to_sign_in, "unknown id");
+    assert_eq!(
+        get(unknown, "/console/events").await,
+        to_sign_in,
+        "no event stream either"
+    );
+
+    // A live session sees the list; once it has ended, its cookie leads to sign-in again.
+    let cookie = sign_in(&base).await;
+    assert_eq!(get(Some(cookie.clone()), "/").await.0, 200);
+    let csrf = csrf_of(&base, &cookie).await;
+    let (status, to, _) =
+        post_form(&base, "/console/logout", &cookie, &format!("csrf={csrf}")).await;
+    assert_eq!((status, to.as_str()), (303, "/console/login"));
+    assert_eq!(get(Some(cookie), "/").await, to_sign_in, "ended session");
+}
+
+#[tokio::test]
+async fn writes_without_the_csrf_token_are_refused() {
+    let hub = Hub::start();
+    let base = hub.base_url();
+    let cookie = sign_in(&base).await;
+    let id = unique("csrf");
+    for body in [
+        format!("thing_id={id}"),
+        format!("thing_id={id}&csrf=forged"),
+    ] {
+        let (status, _, page) = post_form(&base, "/console/things", &cookie, &body).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(page.contains("CSRF"), "the page says why: {page}");
+        assert_eq!(hub.rest_thing(&id).await.0, 404, "nothing was created");
+    }
+    let csrf = csrf_of(&base, &cookie).await;
+    let (status, _, page) = post_form(
+        &base,
+        "/console/things",
+        &cookie,
+        &format!("thing_id={id}&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(hub.rest_thing(&id).await.0, 200, "created with the token");
+    let (status, _, _) = post_form(
+        &base,
+        &format!("/console/things/{id}/delete"),
+        &cookie,
+        "csrf=",
+    )
+    .await;
+    assert_eq!(status, 403, "an empty token is no token");
+    assert_eq!(hub.rest_thing(&id).await.0, 200, "still there");
+}
+
+#[tokio::test]
+async fn the_thirty_third_event_stream_is_refused() {
+    let hub = Hub::start();
+    let base = hub.base_url();
+    let cookie = sign_in(&base).await;
+    let client = http();
+    let open = || async {
+        client
+            .get(format!("{base}/console/events"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("event stream")
+    };
+    // Held open (their bodies unread) until the end of the test.
+    let mut streams = Vec::new();
+    for _ in 0..32 {
+        let resp = open().await;
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("text/event-stream"))
+        );
+        streams.push(resp);
+    }
+    let refused = open().await;
+    assert_eq!(refused.status(), 503);
+    let text = refused.text().await.expect("refusal page");
+    assert!(
+        text.contains("too many console event streams open"),
+        "it says so: {text}"
+    );
+    drop(streams);
 }

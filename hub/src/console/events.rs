@@ -2,8 +2,9 @@
 //! shadow changes), teed off the [`Bus`] into a bounded broadcast channel and streamed to
 //! browsers as server-sent events.
 //!
-//! Bounds: the channel holds [`CHANNEL`] events; a stream that falls behind gets `resync` and the
-//! page reloads. At most [`MAX_STREAMS`] streams are open at once (503 beyond), and each ends
+//! Bounds: the channel holds [`CHANNEL`] events; a thing's stream that falls behind gets a
+//! `snapshot` event followed by the thing's presence and every shadow again, the list's stream
+//! gets `resync` and its page reloads. At most [`MAX_STREAMS`] streams are open at once (503 beyond), and each ends
 //! after [`STREAM_LIFETIME`] (the browser's `EventSource` reconnects, which re-checks the session).
 //! With no stream open, the tee costs one atomic load per publish.
 
@@ -76,8 +77,14 @@ pub struct ConsoleEvents {
 
 impl Default for ConsoleEvents {
     fn default() -> Self {
+        ConsoleEvents::with_capacity(CHANNEL)
+    }
+}
+
+impl ConsoleEvents {
+    fn with_capacity(capacity: usize) -> Self {
         ConsoleEvents {
-            tx: broadcast::channel(CHANNEL).0,
+            tx: broadcast::channel(capacity).0,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             bus: None,
         }
@@ -109,9 +116,14 @@ pub struct TeeBus {
 impl TeeBus {
     /// Wraps `inner`; the returned [`ConsoleEvents`] receives the copies.
     pub fn wrap(inner: Arc<dyn Bus>) -> (Arc<TeeBus>, ConsoleEvents) {
+        Self::wrap_with_capacity(inner, CHANNEL)
+    }
+
+    /// [`TeeBus::wrap`] with a channel of `capacity` events (tests make streams lag with it).
+    fn wrap_with_capacity(inner: Arc<dyn Bus>, capacity: usize) -> (Arc<TeeBus>, ConsoleEvents) {
         let events = ConsoleEvents {
             bus: Some(inner.clone()),
-            ..ConsoleEvents::default()
+            ..ConsoleEvents::with_capacity(capacity)
         };
         let tee = Arc::new(TeeBus {
             inner,
@@ -192,8 +204,9 @@ struct StreamState {
 }
 
 /// `GET /console/events`: `presence` (`{"thing","connected","row"}`), and with `?thing=` also
-/// `shadow` (the changed shadow's markup) and `activity` (a lifecycle event's row); `resync`
-/// asks the page to reload (events were lost).
+/// `shadow` (the changed shadow's markup) and `activity` (a lifecycle event's row). When events
+/// were lost, a thing's stream sends `snapshot` (the number lost) and the current state again;
+/// the list's stream sends `resync`, which asks the page to reload.
 pub async fn stream(
     _signed: SignedIn,
     State(app): State<AppState>,
@@ -252,8 +265,17 @@ async fn next_event(s: &mut StreamState) -> Option<Event> {
         let received = tokio::time::timeout_at(s.ends, s.rx.recv()).await.ok()?;
         let ev = match received {
             Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                return Some(Event::default().event("resync").data("lagged"));
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "console event stream lagged; resyncing");
+                // A thing's page gets its state again on the same stream; the list (every
+                // thing) is cheaper to render again, so its page reloads.
+                return Some(match &s.thing {
+                    Some(thing) => {
+                        s.first = snapshot(&s.app, thing).await;
+                        Event::default().event("snapshot").data(missed.to_string())
+                    }
+                    None => Event::default().event("resync").data("lagged"),
+                });
             }
             Err(broadcast::error::RecvError::Closed) => return None,
         };
@@ -294,4 +316,116 @@ async fn next_event(s: &mut StreamState) -> Option<Event> {
 fn activity(thing: &str, kind: &str, payload: &[u8]) -> Event {
     let row = thing::activity_row(thing, kind, &String::from_utf8_lossy(payload));
     Event::default().event("activity").data(row.into_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::things::CreateThing;
+
+    /// The hub's side of the bus with no device on it: only the tee's copies matter here.
+    struct NoDevices;
+
+    #[async_trait]
+    impl Bus for NoDevices {
+        async fn publish(&self, _topic: &str, _payload: Bytes, _retain: bool) {}
+        async fn disconnect(&self, _client_id: &str) {}
+        fn is_connected(&self, _client_id: &str) -> bool {
+            false
+        }
+    }
+
+    /// The events as a browser receives them.
+    async fn sse_text(events: Vec<Event>) -> String {
+        let body = Sse::new(futures::stream::iter(
+            events.into_iter().map(Ok::<_, Infallible>),
+        ))
+        .into_response()
+        .into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .expect("sse body");
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn a_lagging_thing_stream_gets_the_state_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::store::open(&url).await.expect("store");
+        // A channel of 4: the updates below publish more than that before the stream reads.
+        let (tee, events) = TeeBus::wrap_with_capacity(Arc::new(NoDevices), 4);
+        let bus: Arc<dyn Bus> = tee;
+        let committer = crate::store::commit::GroupCommitter::spawn(store.clone(), 64, 1024);
+        let limits = iothub_spec::limits::Limits::default();
+        let shadows = crate::shadow::ShadowService::spawn(
+            store.clone(),
+            committer,
+            bus.clone(),
+            limits,
+            Default::default(),
+        );
+        let metrics = crate::metrics::Metrics::new();
+        let things = crate::things::Things::new(
+            store.clone(),
+            bus.clone(),
+            shadows.clone(),
+            Arc::new(crate::auth::CredentialCache::new(16)),
+            metrics.clone(),
+        );
+        let app = AppState::new(
+            store,
+            shadows.clone(),
+            crate::method::Methods::new(bus),
+            things.clone(),
+            limits,
+            "token",
+            metrics,
+        )
+        .with_console_events(events.clone());
+        things
+            .create(CreateThing {
+                thing_id: Some("t1".into()),
+                ..CreateThing::default()
+            })
+            .await
+            .expect("create");
+        let mut s = StreamState {
+            first: Default::default(),
+            rx: events.subscribe(),
+            app,
+            thing: Some("t1".into()),
+            ends: Instant::now() + STREAM_LIFETIME,
+            _permit: events.open_stream().expect("a stream slot"),
+        };
+        for v in 1..=5 {
+            let body = format!(r#"{{"state":{{"desired":{{"v":{v}}}}}}}"#);
+            shadows
+                .update_desired("t1", "default", body.as_bytes())
+                .await
+                .expect("update");
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(next_event(&mut s).await.expect("an event"));
+        }
+        let text = sse_text(got).await;
+        let blocks: Vec<&str> = text.split("\n\n").collect();
+        assert!(
+            blocks[0].starts_with("event: snapshot\n"),
+            "lag announced first: {text}"
+        );
+        assert!(
+            blocks[1].starts_with("event: presence\n")
+                && blocks[1].contains(r#""connected":false"#),
+            "then the thing's presence: {text}"
+        );
+        assert!(
+            blocks[2].starts_with("event: shadow\n")
+                && blocks[2].contains(r#"<span class="version">5</span>"#),
+            "then the shadow as it is now (version 5): {text}"
+        );
+    }
 }

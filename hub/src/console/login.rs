@@ -23,6 +23,8 @@ pub struct SignInForm {
 /// The sign-out form.
 #[derive(Deserialize)]
 pub struct SignOutForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
 }
 

@@ -5,7 +5,8 @@
 //!   (`HttpOnly`, `SameSite=Strict`; `Secure` behind an HTTPS proxy). Every write is a POST form
 //!   carrying the session's CSRF token, checked in constant time.
 //! - Pages, one file each: [`things`] (list, search by S-9.4 query, create, enable, disable,
-//!   delete), [`thing`] (shadows, desired state, methods, event stream).
+//!   delete), [`thing`] (shadows, desired state, methods, event stream), [`ota`] (jobs:
+//!   list, create, progress, cancel), [`metrics`] (live charts).
 //! - Live updates ([`events`]): a [`Bus`](crate::bus::Bus) wrapper tees presence, lifecycle and
 //!   shadow publications into a bounded broadcast channel, streamed as server-sent events. The
 //!   markup of a changed shadow is rendered here and sent whole, so the script only swaps nodes.
@@ -14,6 +15,8 @@
 
 pub mod events;
 pub mod login;
+pub mod metrics;
+pub mod ota;
 pub mod session;
 pub mod thing;
 pub mod things;
@@ -59,6 +62,13 @@ pub fn routes() -> Router<AppState> {
         .route("/console/things/{id}/desired", post(thing::set_desired))
         .route("/console/things/{id}/method", post(thing::call_method))
         .route("/console/events", get(events::stream))
+        .route("/console/ota", get(ota::page))
+        .route("/console/ota/open", get(ota::open))
+        .route("/console/ota/jobs", post(ota::create))
+        .route("/console/ota/jobs/{id}", get(ota::job_page))
+        .route("/console/ota/jobs/{id}/cancel", post(ota::cancel))
+        .route("/console/metrics", get(metrics::page))
+        .route("/console/metrics/sample", get(metrics::sample))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
 }
@@ -106,6 +116,8 @@ pub(crate) fn layout(
                     @if let Some(s) = signed {
                         nav {
                             a href="/" { "Things" }
+                            a href="/console/ota" { "OTA jobs" }
+                            a href="/console/metrics" { "Metrics" }
                             form.inline method="post" action="/console/logout" {
                                 (s.csrf_field())
                                 button #sign-out type="submit" { "Sign out" }

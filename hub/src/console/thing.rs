@@ -22,6 +22,8 @@ const DEFAULT_SHADOW: &str = "default";
 /// The desired-state form.
 #[derive(Deserialize)]
 pub struct DesiredForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     shadow: String,
     /// The `desired` object as JSON text.
@@ -31,6 +33,8 @@ pub struct DesiredForm {
 /// The method form.
 #[derive(Deserialize)]
 pub struct MethodForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     method: String,
     /// The request's data as JSON text (empty: `null`).

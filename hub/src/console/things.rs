@@ -29,6 +29,8 @@ pub struct ListParams {
 /// The create form: an optional id (generated when empty).
 #[derive(Deserialize)]
 pub struct CreateForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     thing_id: String,
@@ -37,6 +39,8 @@ pub struct CreateForm {
 /// The enable/disable form; `back` says which page to return to.
 #[derive(Deserialize)]
 pub struct EnabledForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     enabled: bool,
     #[serde(default)]
@@ -46,6 +50,8 @@ pub struct EnabledForm {
 /// The delete form.
 #[derive(Deserialize)]
 pub struct DeleteForm {
+    /// Missing is refused like a wrong token (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
 }
 
