@@ -13,6 +13,7 @@ mod support;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -249,6 +250,40 @@ async fn console_drives_a_real_device() {
     .await
     .expect("the metrics page takes samples");
     wait_text(&c, "#last-connected", |t| t == "now: 1").await;
+    // Shadow updates and method calls while the page samples: its percentiles become numbers.
+    let traffic = async {
+        for n in 0u64.. {
+            let (status, _) = hub
+                .put(
+                    &format!("/things/{id}/shadows/default/state/desired"),
+                    json!({"state": {"desired": {"n": n}}}),
+                )
+                .await;
+            assert_eq!(status, 200, "desired write for the charts");
+            let (status, _) = hub
+                .post(
+                    &format!("/things/{id}/methods/reboot"),
+                    json!({"data": {"n": n}}),
+                )
+                .await;
+            assert_eq!(status, 200, "method call for the charts");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let charted = async {
+        for id in ["#last-update-latency", "#last-method-latency"] {
+            wait_text(&c, id, |t| {
+                t.strip_prefix("now: ")
+                    .and_then(|v| v.split(" / ").next())
+                    .is_some_and(|p50| p50.parse::<f64>().is_ok())
+            })
+            .await;
+        }
+    };
+    tokio::select! {
+        () = traffic => unreachable!("the traffic loop runs until the charts show it"),
+        () = charted => {}
+    }
     let points = c
         .find(Locator::Css("#chart-connected polyline"))
         .await

@@ -93,8 +93,11 @@
     var svg = document.getElementById("chart-" + name);
     if (!svg) return;
     while (svg.firstChild) svg.removeChild(svg.firstChild);
-    var lines = series[name], max = 0;
-    lines.forEach(function (l) { l.forEach(function (v) { if (v !== null && v > max) max = v; }); });
+    var lines = series[name], max = 0, held = 2;
+    lines.forEach(function (l) {
+      if (l.length > held) held = l.length;
+      l.forEach(function (v) { if (v !== null && v > max) max = v; });
+    });
     if (max <= 0) max = 1;
     var grid = document.createElementNS(NS, "line");
     grid.setAttribute("x1", "0"); grid.setAttribute("x2", "600");
@@ -111,7 +114,8 @@
       var pts = [];
       l.forEach(function (v, j) {
         if (v === null) return;
-        var x = (keep <= 1 ? 0 : j * 600 / (keep - 1)).toFixed(1);
+        // Spread over the samples held so far, so a fresh page draws across the whole width.
+        var x = (j * 600 / (held - 1)).toFixed(1);
         var y = (155 - (v / max) * 135).toFixed(1);
         pts.push(x + "," + y);
       });
