@@ -96,6 +96,18 @@ async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// How many samples the metrics page has taken (0 before the first or on an error).
+async fn samples(c: &Client) -> u64 {
+    c.execute(
+        "return Number(document.getElementById('charts').dataset.samples || 0)",
+        vec![],
+    )
+    .await
+    .ok()
+    .and_then(|v| v.as_u64())
+    .unwrap_or(0)
+}
+
 async fn fill(c: &Client, css: &str, value: &str) {
     let el = c.find(Locator::Css(css)).await.expect(css);
     el.clear().await.expect("clear");
@@ -237,18 +249,9 @@ async fn console_drives_a_real_device() {
     c.goto(&format!("{base}/console/metrics"))
         .await
         .expect("metrics page");
-    eventually(STEP, || async {
-        let v = c
-            .execute(
-                "return Number(document.getElementById('charts').dataset.samples || 0)",
-                vec![],
-            )
-            .await
-            .ok()?;
-        (v.as_u64()? >= 3).then_some(())
-    })
-    .await
-    .expect("the metrics page takes samples");
+    eventually(STEP, || async { (samples(&c).await >= 3).then_some(()) })
+        .await
+        .expect("the metrics page takes samples");
     wait_text(&c, "#last-connected", |t| t == "now: 1").await;
     // Shadow updates and method calls while the page samples: its percentiles become numbers.
     let traffic = async {
@@ -279,6 +282,11 @@ async fn console_drives_a_real_device() {
             })
             .await;
         }
+        // One more interval under traffic, so the percentile charts hold a line, not a dot.
+        let seen = samples(&c).await;
+        eventually(STEP, || async { (samples(&c).await > seen).then_some(()) })
+            .await
+            .expect("one more sample");
     };
     tokio::select! {
         () = traffic => unreachable!("the traffic loop runs until the charts show it"),

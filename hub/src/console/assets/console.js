@@ -115,7 +115,7 @@
       l.forEach(function (v, j) {
         if (v === null) return;
         // Spread over the samples held so far, so a fresh page draws across the whole width.
-        var x = (j * 600 / (held - 1)).toFixed(1);
+        var x = (4 + j * 592 / (held - 1)).toFixed(1);
         var y = (155 - (v / max) * 135).toFixed(1);
         pts.push(x + "," + y);
       });
@@ -125,6 +125,14 @@
       pl.setAttribute("stroke", COLORS[i % COLORS.length]);
       pl.setAttribute("stroke-width", "2");
       svg.appendChild(pl);
+      // A dot on the latest value: a single sample (or one after a gap) draws no line.
+      if (pts.length && l.length && l[l.length - 1] !== null) {
+        var xy = pts[pts.length - 1].split(",");
+        var dot = document.createElementNS(NS, "circle");
+        dot.setAttribute("cx", xy[0]); dot.setAttribute("cy", xy[1]); dot.setAttribute("r", "3");
+        dot.setAttribute("fill", COLORS[i % COLORS.length]);
+        svg.appendChild(dot);
+      }
       var v = l.length ? l[l.length - 1] : null;
       last.push(v === null ? "–" : v.toFixed(digits));
     });
