@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod guard;
 pub mod logging;
@@ -98,7 +99,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     let prepared = EmbeddedBroker::prepare().await;
-    let bus: Arc<dyn Bus> = Arc::new(prepared.bus(metrics.clone()));
+    // The console sees what the hub publishes about things through a tee on the bus.
+    let (bus, console_events) = console::TeeBus::wrap(Arc::new(prepared.bus(metrics.clone())));
+    let bus: Arc<dyn Bus> = bus;
     let shards = config
         .dispatch_shards
         .map_or_else(shard::default_shards, usize::from)
@@ -199,7 +202,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         metrics,
     )
     .with_ota(ota.clone())
-    .with_basic_auth(config.tio_compat);
+    .with_basic_auth(config.tio_compat)
+    .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;

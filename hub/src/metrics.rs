@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use histogram::{FAST_SECONDS, Histogram, ROUND_TRIP_SECONDS};
+use histogram::{FAST_SECONDS, Histogram, HistogramSample, ROUND_TRIP_SECONDS};
 
 /// The `route` label of HTTP requests that matched no route (their paths are not labels: any
 /// client could create unbounded label values with them).
@@ -29,6 +29,22 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// Shadow error codes that get their own `code` label (S-3.8); any other code is counted as
 /// `code="other"`.
 const SHADOW_CODES: [u16; 10] = [400, 403, 404, 409, 413, 415, 429, 500, 503, 504];
+
+/// What the console's metrics page plots ([`Metrics::chart_sample`]); the page turns counters
+/// into rates and bucket differences into percentiles between two samples.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChartSample {
+    /// `iothub_connected_things`.
+    pub connected_things: i64,
+    /// `iothub_shadow_updates_accepted_total`.
+    pub shadow_updates_accepted_total: u64,
+    /// `iothub_mqtt_messages_in_total`.
+    pub mqtt_messages_in_total: u64,
+    /// `iothub_shadow_update_duration_seconds`.
+    pub shadow_update_seconds: HistogramSample,
+    /// `iothub_method_round_trip_seconds`.
+    pub method_round_trip_seconds: HistogramSample,
+}
 
 /// The hub's counters, gauges and histograms.
 #[derive(Debug)]
@@ -206,6 +222,17 @@ impl Metrics {
     /// The current connected-things gauge.
     pub fn connected(&self) -> i64 {
         self.connected_things.load(Ordering::Relaxed)
+    }
+
+    /// The figures the console's metrics page plots, read now.
+    pub fn chart_sample(&self) -> ChartSample {
+        ChartSample {
+            connected_things: self.connected().max(0),
+            shadow_updates_accepted_total: self.shadow_updates_accepted.load(Ordering::Relaxed),
+            mqtt_messages_in_total: self.mqtt_messages_in.load(Ordering::Relaxed),
+            shadow_update_seconds: self.shadow_update_seconds.sample(),
+            method_round_trip_seconds: self.method_round_trip_seconds.sample(),
+        }
     }
 
     /// Renders every metric in the Prometheus text format.

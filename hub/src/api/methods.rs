@@ -53,41 +53,57 @@ pub async fn invoke(
     ApiPath((id, method)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<MethodRequest>,
 ) -> Result<Response, ApiError> {
-    if !is_valid_method_name(&method) {
+    let timeout = req.response_timeout().map_err(ApiError::bad_request)?;
+    let connect_timeout = req.connect_timeout().map_err(ApiError::bad_request)?;
+    let result = call(&state, &id, &method, req.data, timeout, connect_timeout).await?;
+    Ok(ok(result))
+}
+
+/// Invokes `method` on thing `id` with `data` and waits for the device's answer: the REST
+/// route and the web console share it. Timeouts are seconds from the caller (`None`: defaults).
+pub async fn call(
+    state: &AppState,
+    id: &str,
+    method: &str,
+    data: serde_json::Value,
+    timeout: Option<f64>,
+    connect_timeout: Option<f64>,
+) -> Result<MethodResult, ApiError> {
+    if !is_valid_method_name(method) {
         return Err(ApiError::bad_request(
             "invalid method name: must match ^[0-9A-Za-z_.-]{1,64}$",
         ));
     }
     let timeout = seconds(
-        req.response_timeout().map_err(ApiError::bad_request)?,
+        timeout,
         METHOD_TIMEOUT_DEFAULT_S,
         METHOD_TIMEOUT_MIN_S,
         METHOD_TIMEOUT_MAX_S,
         "timeout",
     )?;
     let connect_timeout = seconds(
-        req.connect_timeout().map_err(ApiError::bad_request)?,
+        connect_timeout,
         CONNECT_TIMEOUT_DEFAULT_S,
         0,
         CONNECT_TIMEOUT_MAX_S,
         "connectTimeout",
     )?;
     // 404 for an unknown thing before anything is published (S-5.3).
-    state.things.get(&id).await?;
+    state.things.get(id).await?;
     state.metrics.inc_method_invocation();
     let started = std::time::Instant::now();
     match state
         .methods
-        .invoke(&id, &method, req.data, timeout, connect_timeout)
+        .invoke(id, method, data, timeout, connect_timeout)
         .await
     {
         Ok(reply) => {
             state.metrics.observe_method_round_trip(started.elapsed());
-            Ok(ok(MethodResult {
+            Ok(MethodResult {
                 code: reply.code,
                 message: reply.message.unwrap_or_default(),
                 data: reply.data.unwrap_or(serde_json::Value::Null),
-            }))
+            })
         }
         Err(MethodError::Offline) => Err(ApiError::new(StatusCode::CONFLICT, "thing is offline")),
         Err(MethodError::Timeout) => Err(ApiError::new(

@@ -1,4 +1,5 @@
-//! The REST API (S-9): axum routes under `/api/v1`, plus `/healthz` and `/metrics`.
+//! The REST API (S-9): axum routes under `/api/v1`, plus `/healthz` and `/metrics`; the same
+//! server also serves the web console at `/` and `/console/...` ([`crate::console`]).
 //!
 //! Every body is the S-9.1 envelope `{"code","message","data"}` with `code` equal to the HTTP
 //! status, errors included: bad JSON and wrong field types (400), missing or wrong bearer token
@@ -79,6 +80,8 @@ pub struct AppState {
     pub ota: Option<crate::ota::OtaService>,
     /// `--tio-compat`: HTTP Basic auth with the admin token as password is accepted too.
     pub basic_auth: bool,
+    /// The web console's sessions and live events (`crate::console`).
+    pub console: crate::console::Console,
 }
 
 impl AppState {
@@ -102,12 +105,20 @@ impl AppState {
             metrics,
             ota: None,
             basic_auth: false,
+            console: crate::console::Console::default(),
         }
     }
 
     /// Serves the OTA job routes (S-9.6) with `ota`.
     pub fn with_ota(mut self, ota: crate::ota::OtaService) -> AppState {
         self.ota = Some(ota);
+        self
+    }
+
+    /// Streams `events` (from the [`TeeBus`](crate::console::TeeBus) around the hub's bus) to
+    /// console pages.
+    pub fn with_console_events(mut self, events: crate::console::ConsoleEvents) -> AppState {
+        self.console.events = events;
         self
     }
 
@@ -165,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", v1)
         .route("/api/v1/openapi.json", get(system::openapi))
         .merge(docs::routes())
+        .merge(crate::console::routes())
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .fallback(not_found)
@@ -245,12 +257,13 @@ async fn envelope_and_count(State(state): State<AppState>, req: Request, next: N
     let resp = next.run(req).await;
     let status = resp.status();
     state.metrics.inc_rest_request(status.as_u16());
-    let is_json = resp
+    let is_own_body = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
+    // Console pages (HTML) carry their own error page.
+    if (status.is_client_error() || status.is_server_error()) && !is_own_body {
         let mut wrapped = ApiError::from_status(status).into_response();
         if let Some(v) = resp.headers().get(header::WWW_AUTHENTICATE) {
             wrapped

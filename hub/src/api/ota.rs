@@ -24,7 +24,7 @@ impl From<OtaError> for ApiError {
     }
 }
 
-fn service(state: &AppState) -> Result<&OtaService, ApiError> {
+pub(crate) fn service(state: &AppState) -> Result<&OtaService, ApiError> {
     state.ota.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -330,7 +330,7 @@ fn targets(t: TargetsBody) -> Result<Targets, ApiError> {
     }
 }
 
-fn timeout_ms(minutes: Option<f64>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn timeout_ms(minutes: Option<f64>) -> Result<Option<u64>, ApiError> {
     match minutes {
         None => Ok(None),
         Some(m) if m.is_finite() && m > 0.0 && m <= 1e7 => Ok(Some((m * 60_000.0).round() as u64)),

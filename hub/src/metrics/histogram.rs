@@ -13,6 +13,15 @@ pub const ROUND_TRIP_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// A copy of a histogram's buckets ([`Histogram::sample`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistogramSample {
+    /// Upper bounds in seconds, ascending (`+Inf` is implied after the last).
+    pub le: &'static [f64],
+    /// Cumulative counts, one per bound and one for `+Inf`.
+    pub cumulative: Vec<u64>,
+}
+
 /// Counts of observations per bucket, their number and their sum.
 #[derive(Debug)]
 pub struct Histogram {
@@ -46,6 +55,23 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The upper bounds (seconds) and the cumulative count of each bucket, `+Inf` last (one
+    /// more count than bounds): what the console's charts turn into percentiles.
+    pub fn sample(&self) -> HistogramSample {
+        let mut cumulative = 0;
+        HistogramSample {
+            le: self.bounds,
+            cumulative: self
+                .buckets
+                .iter()
+                .map(|n| {
+                    cumulative += n.load(Ordering::Relaxed);
+                    cumulative
+                })
+                .collect(),
+        }
     }
 
     /// Observations so far.
