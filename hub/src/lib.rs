@@ -156,7 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
     let events = Arc::new(edge::HubEvents::new(
         authenticator,
-        presence,
+        presence.clone(),
         router_handle,
         ota.clone(),
         metrics.clone(),

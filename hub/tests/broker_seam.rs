@@ -167,7 +167,12 @@ impl BrokerUnderTest for Embedded {
             max_subscriptions: 16,
         };
         let broker = prepared
-            .start(&config, events, RefusalLog::new("seam test"))
+            .start(
+                &config,
+                events,
+                RefusalLog::new("seam test"),
+                Metrics::new(),
+            )
             .await
             .expect("start the embedded broker");
         Embedded { broker, bus }
