@@ -164,10 +164,15 @@ impl<C: Send + Sync + 'static> Case<C> {
             );
         };
         let transcript = Transcript::new();
-        let mut task = tokio::spawn(crate::transcript::scope(transcript.clone(), run(ctx)));
-        let out = match tokio::time::timeout(self.limit, &mut task).await {
+        // Aborted when this future is dropped too (Ctrl-C ends the run by dropping it): a case
+        // left running would create things after the run's clean-up listed them.
+        let mut task = AbortOnDrop(tokio::spawn(crate::transcript::scope(
+            transcript.clone(),
+            run(ctx),
+        )));
+        let out = match tokio::time::timeout(self.limit, &mut task.0).await {
             Err(_) => {
-                task.abort();
+                task.0.abort();
                 Outcome::Fail(format!("case did not finish within {:?}", self.limit))
             }
             Ok(Err(join)) => Outcome::Fail(format!("case panicked: {join}")),
@@ -182,6 +187,15 @@ impl<C: Send + Sync + 'static> Case<C> {
             _ => Vec::new(),
         };
         (out, start.elapsed(), exchange)
+    }
+}
+
+/// A spawned case that ends with its owner.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
