@@ -297,7 +297,8 @@ impl PresenceEventType {
     }
 }
 
-/// The `op` of a lifecycle event (S-8.3): `"create"`, `"delete"`, `"enable"`, `"disable"`.
+/// The `op` of a lifecycle event (S-8.3): `"create"`, `"delete"`, `"enable"`, `"disable"`, and
+/// `"provision"` (S-10.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LifecycleOp {
@@ -309,6 +310,8 @@ pub enum LifecycleOp {
     Enable,
     /// The thing was disabled.
     Disable,
+    /// The thing was provisioned over MQTT (S-10.4): created, or given a new secret.
+    Provision,
 }
 
 impl LifecycleOp {
@@ -319,6 +322,7 @@ impl LifecycleOp {
             LifecycleOp::Delete => "delete",
             LifecycleOp::Enable => "enable",
             LifecycleOp::Disable => "disable",
+            LifecycleOp::Provision => "provision",
         }
     }
 }

@@ -35,12 +35,23 @@ pub fn is_valid_method_name(s: &str) -> bool {
     all_bytes(s, b"_.-")
 }
 
-/// Whether an MQTT username belongs to a hub-side service user (it starts with `$`, S-1.1, S-1.5).
+/// The start of a claim connection's user name, `$claim/{enrollment}/{serial}` (S-10.1); see
+/// [`crate::topic::provision::Claim`].
+pub const CLAIM_USER_PREFIX: &str = "$claim/";
+
+/// Whether an MQTT username belongs to a hub-side service user (it starts with `$`, S-1.1, S-1.5),
+/// claim user names (`$claim/...`, S-10.1) excepted.
 ///
 /// Service users bypass the per-thing allow-list of S-2.1; the hub still authenticates them
 /// against its configuration.
 pub fn is_service_user(username: &str) -> bool {
-    username.starts_with('$')
+    username.starts_with('$') && !is_claim_user(username)
+}
+
+/// Whether an MQTT username is in the claim form `$claim/...` (S-10.1), valid or not: such a
+/// name is never a service user and never a thing.
+pub fn is_claim_user(username: &str) -> bool {
+    username.starts_with(CLAIM_USER_PREFIX)
 }
 
 #[cfg(test)]
@@ -79,5 +90,9 @@ mod tests {
         assert!(is_service_user("$admin"));
         assert!(!is_service_user("t1"));
         assert!(!is_service_user(""));
+        assert!(!is_service_user("$claim/e1/s1"));
+        assert!(!is_service_user("$claim/"));
+        assert!(is_claim_user("$claim/e1/s1"));
+        assert!(is_service_user("$claimant"));
     }
 }

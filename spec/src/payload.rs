@@ -101,6 +101,10 @@ pub mod field {
     pub const TOTAL: &str = "total";
     /// `content` of a page (S-9.2).
     pub const CONTENT: &str = "content";
+    /// `attributes` of a provisioning request (S-10.2), also the tag the hub keeps them under.
+    pub const ATTRIBUTES: &str = "attributes";
+    /// `serial` of a provisioning request (S-10.2), also the tag the hub keeps it under.
+    pub const SERIAL: &str = "serial";
 }
 
 /// `S/get` request body (S-3.2, S-4): `{"clientToken"?}`.
@@ -461,6 +465,9 @@ pub struct Page<C> {
     /// This page's items, usually a list.
     pub content: C,
 }
+
+mod provision;
+pub use provision::{ProvisionAccepted, ProvisionRequest, ProvisionSettings, provision_message};
 
 #[cfg(test)]
 mod tests;

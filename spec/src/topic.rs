@@ -32,6 +32,7 @@ use crate::limits::MAX_TOPIC_LEN;
 pub mod acl;
 mod filter;
 mod parse;
+pub mod provision;
 
 pub use filter::{
     Filter, filter_matches, filter_thing, is_valid_filter, thing_may_subscribe, topic_thing,

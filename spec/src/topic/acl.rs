@@ -2,8 +2,9 @@
 //! user name and the topic or filter, so that every broker the hub runs on (the embedded one, an
 //! external broker's authorization hook) decides exactly alike.
 
+use super::provision::{Claim, claim_may_publish, claim_may_subscribe};
 use super::{PREFIX, Topic, thing_may_subscribe};
-use crate::ids::is_service_user;
+use crate::ids::{is_claim_user, is_service_user};
 
 /// Whether `topic` or `filter` lies in the hub's namespace, `$iothub/...` (S-1.5).
 pub fn in_hub_namespace(topic_or_filter: &str) -> bool {
@@ -15,8 +16,12 @@ pub fn in_hub_namespace(topic_or_filter: &str) -> bool {
 /// Whether the client with user name `username` may publish on `topic`.
 ///
 /// A service user (S-1.5) may publish anywhere under `$iothub/`; a thing only on its own
-/// allow-list (S-2.1, [`Topic::thing_may_publish`]).
+/// allow-list (S-2.1, [`Topic::thing_may_publish`]); a claim connection only its own
+/// provisioning request (S-10.3).
 pub fn may_publish(username: &str, topic: &str) -> bool {
+    if is_claim_user(username) {
+        return Claim::parse(username).is_some_and(|c| claim_may_publish(&c, topic));
+    }
     if is_service_user(username) {
         return in_hub_namespace(topic);
     }
@@ -28,8 +33,11 @@ pub fn may_publish(username: &str, topic: &str) -> bool {
 ///
 /// A service user may subscribe to any filter under `$iothub/`, shared or not (back ends split a
 /// stream that way, MQTT 5 §4.8.2); a thing only to its own filters (S-2.1) and never shared
-/// (D-35).
+/// (D-35); a claim connection only to its own provisioning replies (S-10.3).
 pub fn may_subscribe(username: &str, filter: &str, shared: bool) -> bool {
+    if is_claim_user(username) {
+        return Claim::parse(username).is_some_and(|c| claim_may_subscribe(&c, filter, shared));
+    }
     if is_service_user(username) {
         return in_hub_namespace(filter);
     }
@@ -38,8 +46,12 @@ pub fn may_subscribe(username: &str, filter: &str, shared: bool) -> bool {
 
 /// Whether a CONNECT from `username` may carry a Will on `will_topic` (D-33): a broker publishes
 /// a Will without asking the publish allow-list, so a thing's Will must already be on it
-/// (`T/messages/will/#` or its other own topics). Service users are trusted back ends.
+/// (`T/messages/will/#` or its other own topics). Service users are trusted back ends; a claim
+/// connection has nothing to say in a Will (S-10.3).
 pub fn may_set_will(username: &str, will_topic: &str) -> bool {
+    if is_claim_user(username) {
+        return false;
+    }
     is_service_user(username) || may_publish(username, will_topic)
 }
 
@@ -106,6 +118,35 @@ mod tests {
         assert!(may_set_will("t1", "$iothub/things/t1/messages/will"));
         assert!(!may_set_will("t1", "$iothub/things/t2/messages/will"));
         assert!(!may_set_will("t1", "$iothub/things/t1/presence"));
+    }
+
+    #[test]
+    fn claims_only_provision() {
+        let claim = "$claim/e1/s1";
+        assert!(may_publish(claim, "$iothub/provision/e1/s1/request"));
+        assert!(!may_publish(claim, "$iothub/provision/e1/s2/request"));
+        assert!(!may_publish(claim, "$iothub/things/s1/ntp/req"));
+        assert!(!may_publish(claim, "$iothub/anything"));
+        assert!(!may_publish("$claim/bad", "$iothub/provision/bad/request"));
+        assert!(may_subscribe(
+            claim,
+            "$iothub/provision/e1/s1/accepted",
+            false
+        ));
+        assert!(!may_subscribe(claim, "$iothub/#", false));
+        assert!(!may_subscribe(
+            claim,
+            "$iothub/provision/e1/s1/accepted",
+            true
+        ));
+        assert!(!may_set_will(claim, "$iothub/provision/e1/s1/request"));
+        // A thing may not use the provisioning topics.
+        assert!(!may_publish("s1", "$iothub/provision/e1/s1/request"));
+        assert!(!may_subscribe(
+            "s1",
+            "$iothub/provision/e1/s1/accepted",
+            false
+        ));
     }
 
     #[test]
