@@ -105,6 +105,8 @@ pub mod field {
     pub const ATTRIBUTES: &str = "attributes";
     /// `serial` of a provisioning request (S-10.2), also the tag the hub keeps it under.
     pub const SERIAL: &str = "serial";
+    /// The tag naming the enrollment a thing was provisioned under (S-10.4).
+    pub const ENROLLMENT: &str = "enrollment";
 }
 
 /// `S/get` request body (S-3.2, S-4): `{"clientToken"?}`.

@@ -49,6 +49,12 @@ impl<'a> Claim<'a> {
             .then_some(Claim { enrollment, serial })
     }
 
+    /// The claim of `serial` under `enrollment`, `None` when either is not valid (S-10.1).
+    pub fn parse_parts(enrollment: &'a str, serial: &'a str) -> Option<Claim<'a>> {
+        (is_valid_thing_id(enrollment) && is_valid_serial(serial))
+            .then_some(Claim { enrollment, serial })
+    }
+
     /// Writes the user name (also the client identifier) into `buf`, without the heap.
     pub fn write_to<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, TopicError> {
         write_pieces(&self.pieces(), buf)
