@@ -26,6 +26,8 @@ pub mod minimq;
 #[cfg(feature = "ota-verify")]
 mod ota_chunks;
 mod patch;
+#[cfg(feature = "provisioning")]
+pub mod provision;
 mod time;
 mod token;
 mod types;
