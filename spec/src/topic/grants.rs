@@ -33,6 +33,23 @@ pub struct Grant {
 /// How many grants [`grants`] returns: one per S-2.1 publish topic and two subscribe trees.
 pub const GRANTS_PER_THING: usize = 10;
 
+/// The filters of every device request the hub consumes ([`Topic::is_hub_request`]), for any
+/// thing: a hub on an external broker subscribes to them as one shared subscription group, so
+/// each request reaches exactly one hub instance.
+///
+/// [`Topic::is_hub_request`]: super::Topic::is_hub_request
+pub const HUB_REQUEST_FILTERS: [&str; 5] = [
+    "$iothub/things/+/shadows/name/+/get",
+    "$iothub/things/+/shadows/name/+/update",
+    "$iothub/things/+/methods/+/resp",
+    "$iothub/things/+/ntp/req",
+    "$iothub/things/+/ota/task/result",
+];
+
+/// The whole hub namespace as one filter: what the hub itself publishes and subscribes in on an
+/// external broker.
+pub const HUB_NAMESPACE_FILTER: &str = "$iothub/#";
+
 /// Publish patterns below `$iothub/things/{id}/` (S-2.1's publish list).
 const PUBLISH_BELOW_T: [&str; 7] = [
     "shadows/name/+/get",
@@ -171,6 +188,34 @@ mod tests {
         for filter in ["$iothub/things/t2/#", "$iothub/things/+/ntp/resp"] {
             assert!(!subs.iter().any(|p| p == filter), "{filter}");
             assert!(!may_subscribe("t1", filter, false), "{filter}");
+        }
+    }
+
+    #[test]
+    fn request_filters_match_requests_only() {
+        use crate::topic::Topic;
+        let topics = [
+            "$iothub/things/t1/shadows/name/default/get",
+            "$iothub/things/t1/shadows/name/default/update",
+            "$iothub/things/t1/shadows/name/default/update/delta",
+            "$iothub/things/t1/shadows/name/default/get/accepted",
+            "$iothub/things/t1/methods/reboot/resp",
+            "$iothub/things/t1/methods/reboot/req",
+            "$iothub/things/t1/ntp/req",
+            "$iothub/things/t1/ntp/resp",
+            "$iothub/things/t1/ota/task/result",
+            "$iothub/things/t1/ota/task",
+            "$iothub/things/t1/messages/property",
+            "$iothub/user/things/t1/ntp/req",
+        ];
+        for topic in topics {
+            let request = Topic::parse(topic).is_ok_and(|t| t.is_hub_request());
+            let matching = HUB_REQUEST_FILTERS
+                .iter()
+                .filter(|f| filter_matches(f, topic))
+                .count();
+            assert_eq!(matching, usize::from(request), "{topic}");
+            assert!(filter_matches(HUB_NAMESPACE_FILTER, topic), "{topic}");
         }
     }
 
