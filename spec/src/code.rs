@@ -401,3 +401,72 @@ mod tests {
         assert!(serde_json_core::from_str::<OtaStatus>("\"Done\"").is_err());
     }
 }
+
+/// The state of one thing inside a fleet job (S-12, D-52).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JobThingState {
+    /// Waiting for the job's start time or its rate.
+    #[serde(rename = "queued")]
+    Queued,
+    /// The thing was offline when its turn came; it is sent again when it connects.
+    #[serde(rename = "offline")]
+    Offline,
+    /// The operation is being performed.
+    #[serde(rename = "running")]
+    Running,
+    /// The operation succeeded (a method answered a code below 300).
+    #[serde(rename = "succeeded")]
+    Succeeded,
+    /// The operation failed; the code is the device's (methods) or the hub's.
+    #[serde(rename = "failed")]
+    Failed,
+    /// No answer in time after the last attempt, or still offline at the job's end.
+    #[serde(rename = "timed-out")]
+    TimedOut,
+    /// The job was canceled before the thing ended.
+    #[serde(rename = "canceled")]
+    Canceled,
+}
+
+impl JobThingState {
+    /// Every state.
+    pub const ALL: [JobThingState; 7] = [
+        JobThingState::Queued,
+        JobThingState::Offline,
+        JobThingState::Running,
+        JobThingState::Succeeded,
+        JobThingState::Failed,
+        JobThingState::TimedOut,
+        JobThingState::Canceled,
+    ];
+
+    /// The state a string names, `None` for any other string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The REST and stored string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobThingState::Queued => "queued",
+            JobThingState::Offline => "offline",
+            JobThingState::Running => "running",
+            JobThingState::Succeeded => "succeeded",
+            JobThingState::Failed => "failed",
+            JobThingState::TimedOut => "timed-out",
+            JobThingState::Canceled => "canceled",
+        }
+    }
+
+    /// Whether the thing has ended in its job.
+    pub const fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobThingState::Succeeded
+                | JobThingState::Failed
+                | JobThingState::TimedOut
+                | JobThingState::Canceled
+        )
+    }
+}
