@@ -165,10 +165,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("admin token (development): {}", hub.admin_token);
     }
     // One machine-readable line, for scripts and tests that start the hub on port 0.
-    let ready = iothub_launch::ReadyLine {
-        mqtt: hub.mqtt_addr,
-        http: hub.http_addr,
-    };
+    let ready = iothub_launch::ReadyLine::new(hub.mqtt_addr, hub.http_addr);
     println!("{ready}");
     tracing::info!(mqtt = %hub.mqtt_addr, http = %hub.http_addr, "iothub ready");
     shutdown_signal().await;

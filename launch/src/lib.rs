@@ -1,7 +1,9 @@
 //! Runs the reference hub `iothub` as a child process.
 //!
 //! The hub announces that it is serving by printing one line on stdout,
-//! `iothub ready mqtt=ADDR http=ADDR` ([`ReadyLine`]), after both listeners are bound; with
+//! `iothub ready mqtt=ADDR http=ADDR` ([`ReadyLine`]), after both listeners are bound (followed by
+//! `mqtts=ADDR`, `ws=ADDR`, `wss=ADDR` for the TLS and WebSocket MQTT listeners it serves, and the
+//! word `https` when the REST API is served over TLS); with
 //! `127.0.0.1:0` the line is the only way to learn the ports. The hub binary writes that line with
 //! [`ReadyLine`]'s `Display`, and everything that starts a hub (the conformance suite's
 //! `--spawn-hub`, the simulator's embedded hub, the integration tests of the hub, the SDK and the
@@ -30,10 +32,30 @@ pub struct ReadyLine {
     pub mqtt: SocketAddr,
     /// Where the HTTP (REST) listener is bound.
     pub http: SocketAddr,
+    /// Where MQTT over TLS listens, if it does.
+    pub mqtts: Option<SocketAddr>,
+    /// Where MQTT over WebSocket (`/mqtt`) listens, if it does.
+    pub mqtt_ws: Option<SocketAddr>,
+    /// Where MQTT over secure WebSocket (`/mqtt`) listens, if it does.
+    pub mqtt_wss: Option<SocketAddr>,
+    /// Whether `http` serves HTTPS.
+    pub https: bool,
 }
 
 impl ReadyLine {
     const PREFIX: &'static str = "iothub ready ";
+
+    /// A hub with plain MQTT and HTTP only.
+    pub fn new(mqtt: SocketAddr, http: SocketAddr) -> ReadyLine {
+        ReadyLine {
+            mqtt,
+            http,
+            mqtts: None,
+            mqtt_ws: None,
+            mqtt_wss: None,
+            https: false,
+        }
+    }
 
     /// Parses `iothub ready mqtt=ADDR http=ADDR` (surrounding whitespace allowed); `None` for any
     /// other line.
@@ -41,23 +63,49 @@ impl ReadyLine {
         let rest = line.trim().strip_prefix(Self::PREFIX)?;
         let mut mqtt = None;
         let mut http = None;
+        let (mut mqtts, mut mqtt_ws, mut mqtt_wss, mut https) = (None, None, None, false);
         for word in rest.split_whitespace() {
             if let Some(a) = word.strip_prefix("mqtt=") {
                 mqtt = Some(a.parse().ok()?);
             } else if let Some(a) = word.strip_prefix("http=") {
                 http = Some(a.parse().ok()?);
+            } else if let Some(a) = word.strip_prefix("mqtts=") {
+                mqtts = Some(a.parse().ok()?);
+            } else if let Some(a) = word.strip_prefix("ws=") {
+                mqtt_ws = Some(a.parse().ok()?);
+            } else if let Some(a) = word.strip_prefix("wss=") {
+                mqtt_wss = Some(a.parse().ok()?);
+            } else if word == "https" {
+                https = true;
             }
         }
         Some(ReadyLine {
             mqtt: mqtt?,
             http: http?,
+            mqtts,
+            mqtt_ws,
+            mqtt_wss,
+            https,
         })
     }
 }
 
 impl fmt::Display for ReadyLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}mqtt={} http={}", Self::PREFIX, self.mqtt, self.http)
+        write!(f, "{}mqtt={} http={}", Self::PREFIX, self.mqtt, self.http)?;
+        for (key, addr) in [
+            ("mqtts", self.mqtts),
+            ("ws", self.mqtt_ws),
+            ("wss", self.mqtt_wss),
+        ] {
+            if let Some(addr) = addr {
+                write!(f, " {key}={addr}")?;
+            }
+        }
+        if self.https {
+            f.write_str(" https")?;
+        }
+        Ok(())
     }
 }
 
@@ -341,15 +389,28 @@ mod tests {
 
     #[test]
     fn the_ready_line_round_trips() {
-        let line = ReadyLine {
-            mqtt: "127.0.0.1:41883".parse().unwrap(),
-            http: "[::1]:49000".parse().unwrap(),
-        };
+        let line = ReadyLine::new(
+            "127.0.0.1:41883".parse().unwrap(),
+            "[::1]:49000".parse().unwrap(),
+        );
         assert_eq!(
             line.to_string(),
             "iothub ready mqtt=127.0.0.1:41883 http=[::1]:49000"
         );
         assert_eq!(ReadyLine::parse(&format!("  {line}\n")), Some(line));
+        let secure = ReadyLine {
+            mqtts: Some("127.0.0.1:8883".parse().unwrap()),
+            mqtt_ws: Some("127.0.0.1:8080".parse().unwrap()),
+            mqtt_wss: Some("127.0.0.1:8443".parse().unwrap()),
+            https: true,
+            ..line
+        };
+        assert_eq!(
+            secure.to_string(),
+            "iothub ready mqtt=127.0.0.1:41883 http=[::1]:49000 mqtts=127.0.0.1:8883 \
+             ws=127.0.0.1:8080 wss=127.0.0.1:8443 https"
+        );
+        assert_eq!(ReadyLine::parse(&secure.to_string()), Some(secure));
     }
 
     #[test]

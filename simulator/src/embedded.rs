@@ -287,10 +287,7 @@ pub async fn serve_child(args: ChildArgs) -> anyhow::Result<()> {
     let data_dir = args.config.data_dir.clone();
     let hub = iothub_hub::start(args.config).await?;
     // The same line as the `iothub` binary prints; the parent waits for it.
-    let ready = ReadyLine {
-        mqtt: hub.mqtt_addr,
-        http: hub.http_addr,
-    };
+    let ready = ReadyLine::new(hub.mqtt_addr, hub.http_addr);
     println!("{ready}");
     let reason = stop_reason().await?;
     tracing::debug!(?reason, "embedded hub shutting down");
