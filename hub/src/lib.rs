@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod ntp;
 pub mod ota;
 pub mod presence;
+pub mod provision;
 pub mod query;
 pub mod router;
 pub mod shadow;
@@ -154,14 +155,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let http_refusals =
         guard::refusals::RefusalLog::counted("HTTP connections", "http", metrics.clone());
     let refusal_reporter = mqtt_refusals.clone().spawn_reporter(REFUSAL_LOG_EVERY);
-    let events = Arc::new(edge::HubEvents::new(
-        authenticator,
-        presence.clone(),
-        router_handle,
-        ota.clone(),
+    let provisioner = provision::Provisioner::new(
+        store.clone(),
+        bus.clone(),
+        things::Things::new(
+            store.clone(),
+            bus.clone(),
+            shadows.clone(),
+            credentials.clone(),
+            metrics.clone(),
+        ),
+        credentials.clone(),
+        limits,
         metrics.clone(),
-        mqtt_refusals.clone(),
-    ));
+    );
+    let events = Arc::new(
+        edge::HubEvents::new(
+            authenticator,
+            presence.clone(),
+            router_handle,
+            ota.clone(),
+            metrics.clone(),
+            mqtt_refusals.clone(),
+        )
+        .with_provisioner(provisioner.clone()),
+    );
     let broker = prepared
         .start(
             &BrokerConfig {
@@ -202,6 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         metrics,
     )
     .with_ota(ota.clone())
+    .with_provisioner(provisioner)
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)

@@ -28,6 +28,16 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Shadow error codes that get their own `code` label (S-3.8); any other code is counted as
 /// `code="other"`.
+/// The `outcome` labels of `iothub_provisioning_requests_total` (D-46).
+pub const PROVISIONING_OUTCOMES: [&str; 6] = [
+    "accepted",
+    "bad_request",
+    "forbidden",
+    "conflict",
+    "busy",
+    "unavailable",
+];
+
 const SHADOW_CODES: [u16; 10] = [400, 403, 404, 409, 413, 415, 429, 500, 503, 504];
 
 /// What the console's metrics page plots ([`Metrics::chart_sample`]); the page turns counters
@@ -60,6 +70,8 @@ pub struct Metrics {
     group_commit_writes: AtomicU64,
     method_invocations: AtomicU64,
     lifecycle_events: AtomicU64,
+    /// Per [`PROVISIONING_OUTCOMES`].
+    provisioning_requests: [AtomicU64; PROVISIONING_OUTCOMES.len()],
     /// Index 0 = 1xx … 4 = 5xx.
     rest_requests: [AtomicU64; 5],
     /// 1 while storage writes succeed (starts healthy).
@@ -90,6 +102,7 @@ impl Default for Metrics {
             group_commit_writes: AtomicU64::default(),
             method_invocations: AtomicU64::default(),
             lifecycle_events: AtomicU64::default(),
+            provisioning_requests: Default::default(),
             rest_requests: Default::default(),
             store_unhealthy: AtomicI64::default(),
             store_write_failures: AtomicU64::default(),
@@ -169,6 +182,14 @@ impl Metrics {
     /// A lifecycle event (S-8.3) was published.
     pub fn inc_lifecycle_event(&self) {
         self.lifecycle_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A provisioning request (S-10) ended with `outcome`, one of [`PROVISIONING_OUTCOMES`]
+    /// (anything else is not counted).
+    pub fn inc_provisioning_request(&self, outcome: &str) {
+        if let Some(i) = PROVISIONING_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.provisioning_requests[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A REST request was answered with HTTP `status`.
@@ -311,6 +332,22 @@ impl Metrics {
             "Thing lifecycle events published (S-8.3).",
             get(&self.lifecycle_events),
         );
+        header(
+            &mut out,
+            "iothub_provisioning_requests_total",
+            "Provisioning requests over MQTT (S-10), by outcome (D-46).",
+            "counter",
+        );
+        for (outcome, n) in PROVISIONING_OUTCOMES
+            .iter()
+            .zip(&self.provisioning_requests)
+        {
+            let _ = writeln!(
+                out,
+                "iothub_provisioning_requests_total{{outcome=\"{outcome}\"}} {}",
+                get(n)
+            );
+        }
         gauge(
             &mut out,
             "iothub_store_healthy",

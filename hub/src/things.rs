@@ -31,7 +31,8 @@ use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
 pub mod merge_patch;
 mod validate;
 
-use validate::{check_page, check_tags, prepare};
+use validate::{check_page, prepare};
+pub(crate) use validate::{check_tags, generate_id};
 
 /// Most things in one `POST /things/batch` (S-9.2).
 pub const MAX_BATCH: usize = iothub_spec::limits::MAX_BATCH_CREATE;
@@ -275,6 +276,18 @@ impl Things {
     /// is what lets a freshly provisioned fleet connect at thousands per second (issue 6) instead
     /// of at the ~600/s two cores can verify; after a restart the cache is empty and the first
     /// connect of each thing verifies against the stored hash.
+    /// After a provisioning committed (S-10.4): the cached secret is replaced; a thing that got
+    /// a new secret loses its live connection, whose old secret no longer works (D-44); and the
+    /// lifecycle event `provision` is published.
+    pub async fn provisioned(&self, thing: &str, password: &str, rekeyed: bool) {
+        self.inner.credentials.forget(thing);
+        if rekeyed {
+            self.inner.bus.disconnect(thing).await;
+        }
+        self.remember_issued(thing, password);
+        self.lifecycle(thing, LifecycleOp::Provision).await;
+    }
+
     fn remember_issued(&self, thing: &str, password: &str) {
         self.inner.credentials.remember(thing, password.as_bytes());
     }

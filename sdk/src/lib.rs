@@ -8,6 +8,7 @@ mod method;
 mod ntp;
 mod options;
 mod ota;
+mod provision;
 mod shadow;
 mod synced;
 mod thing;
@@ -27,6 +28,7 @@ pub use options::{Backoff, Protocol, ThingOptions, max_document_bytes};
 #[cfg(feature = "ota-download")]
 pub use ota::{DownloadError, DownloadOptions, Downloaded};
 pub use ota::{Ota, OtaTask};
+pub use provision::{ProvisionOptions, Provisioned, provision};
 pub use shadow::{Delta, Document, Shadow, ShadowUpdate};
 pub use synced::{Applied, SyncedState, merge_json};
 pub use thing::{ConnectionState, Thing, UserMessage};

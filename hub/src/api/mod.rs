@@ -25,6 +25,7 @@
 //! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
 
 pub mod docs;
+pub mod enrollments;
 pub mod error;
 pub mod methods;
 pub mod observe;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub basic_auth: bool,
     /// The web console's sessions and live events (`crate::console`).
     pub console: crate::console::Console,
+    /// Provisioning (S-10); `None` answers the enrollment routes with 503.
+    pub provisioner: Option<crate::provision::Provisioner>,
 }
 
 impl AppState {
@@ -106,7 +109,14 @@ impl AppState {
             ota: None,
             basic_auth: false,
             console: crate::console::Console::default(),
+            provisioner: None,
         }
+    }
+
+    /// Serves the enrollment routes (S-10, D-46) with `provisioner`.
+    pub fn with_provisioner(mut self, provisioner: crate::provision::Provisioner) -> AppState {
+        self.provisioner = Some(provisioner);
+        self
     }
 
     /// Serves the OTA job routes (S-9.6) with `ota`.
@@ -169,6 +179,16 @@ pub fn router(state: AppState) -> Router {
             post(ota::cancel_task),
         )
         .route("/limits", get(system::limits))
+        .route(
+            "/enrollments",
+            post(enrollments::create).get(enrollments::list),
+        )
+        .route(
+            "/enrollments/{id}",
+            get(enrollments::get_one)
+                .patch(enrollments::patch)
+                .delete(enrollments::delete),
+        )
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 

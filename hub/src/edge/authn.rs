@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iothub_spec::ids::CLAIM_USER_PREFIX;
 use tokio::sync::Semaphore;
 
 use crate::auth::{CredentialCache, constant_time_eq, verify_password};
@@ -97,28 +98,60 @@ impl Authenticator {
             }
         };
         let (phc, enabled) = record;
-        let valid = if self.cache.check(thing, secret) {
-            true
-        } else {
-            let Ok(_queued) = self.verify_queue.try_acquire() else {
-                return CredentialCheck::Busy;
-            };
-            let Ok(_slot) = self.verify_slots.acquire().await else {
-                return CredentialCheck::Unavailable;
-            };
-            let secret_owned = secret.to_vec();
-            let ok = tokio::task::spawn_blocking(move || verify_password(&secret_owned, &phc))
-                .await
-                .unwrap_or(false);
-            if ok {
-                self.cache.remember(thing, secret);
-            }
-            ok
+        let valid = match self.verify(thing, secret, phc).await {
+            Ok(valid) => valid,
+            Err(refused) => return refused,
         };
         match (valid, enabled) {
             (false, _) => CredentialCheck::Invalid,
             (true, false) => CredentialCheck::Disabled,
             (true, true) => CredentialCheck::Valid,
         }
+    }
+
+    /// Checks a claim connection's secret against its enrollment's claim secret (S-10.1). A
+    /// disabled, expired or used-up enrollment still lets the device in: it learns why from
+    /// the `rejected` reply (S-10.5), which a refused CONNECT could not tell it.
+    pub async fn check_claim(&self, enrollment: &str, secret: &[u8]) -> CredentialCheck {
+        let Some(store) = self.store.enrollments() else {
+            return CredentialCheck::Unavailable;
+        };
+        let phc = match store.enrollment(enrollment).await {
+            Ok(Some((_, phc))) => phc,
+            Ok(None) => return CredentialCheck::Invalid,
+            Err(e) => {
+                tracing::warn!(%enrollment, error = %e, "enrollments unavailable during CONNECT");
+                return CredentialCheck::Unavailable;
+            }
+        };
+        // Cached under `$claim/{enrollment}`, a key no thing id can take.
+        let key = format!("{CLAIM_USER_PREFIX}{enrollment}");
+        match self.verify(&key, secret, phc).await {
+            Ok(true) => CredentialCheck::Valid,
+            Ok(false) => CredentialCheck::Invalid,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Whether `secret` matches `phc`, from the cache under `key` or by the slow hash (bounded
+    /// by the verification slots and queue; `Err` when they refuse).
+    async fn verify(&self, key: &str, secret: &[u8], phc: String) -> Result<bool, CredentialCheck> {
+        if self.cache.check(key, secret) {
+            return Ok(true);
+        }
+        let Ok(_queued) = self.verify_queue.try_acquire() else {
+            return Err(CredentialCheck::Busy);
+        };
+        let Ok(_slot) = self.verify_slots.acquire().await else {
+            return Err(CredentialCheck::Unavailable);
+        };
+        let secret_owned = secret.to_vec();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&secret_owned, &phc))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.cache.remember(key, secret);
+        }
+        Ok(ok)
     }
 }

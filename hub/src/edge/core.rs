@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use iothub_spec::ids::is_service_user;
+use iothub_spec::ids::{is_claim_user, is_service_user};
 use iothub_spec::topic::acl::may_set_will;
+use iothub_spec::topic::provision::Claim;
 use iothub_spec::topic::{Topic, filter_matches};
 
 use super::authn::{Authenticator, CredentialCheck};
@@ -15,6 +16,7 @@ use crate::guard::refusals::RefusalLog;
 use crate::metrics::Metrics;
 use crate::ota::OtaService;
 use crate::presence::Presence;
+use crate::provision::Provisioner;
 use crate::router::{Inbound, RouterHandle};
 
 /// The hub's [`Events`]: authentication with failure backoff, presence, OTA readiness and the
@@ -26,6 +28,7 @@ pub struct HubEvents {
     ota: OtaService,
     metrics: Arc<Metrics>,
     refusals: Arc<RefusalLog>,
+    provisioner: Option<Provisioner>,
 }
 
 impl HubEvents {
@@ -45,6 +48,39 @@ impl HubEvents {
             ota,
             metrics,
             refusals,
+            provisioner: None,
+        }
+    }
+
+    /// Serves provisioning requests of claim connections (S-10) with `provisioner`; without
+    /// one, claim connections are refused at CONNECT.
+    pub fn with_provisioner(mut self, provisioner: Provisioner) -> HubEvents {
+        self.provisioner = Some(provisioner);
+        self
+    }
+
+    /// S-10.1, D-43: client identifier = user name = `$claim/{enrollment}/{serial}`, password =
+    /// the enrollment's claim secret, no Will.
+    async fn check_claim(&self, connect: &Connect<'_>) -> (Admission, Blame) {
+        let username = connect.client.username;
+        let claim = Claim::parse(username).filter(|_| self.provisioner.is_some());
+        let Some(claim) = claim.filter(|_| connect.client.client_id == username) else {
+            return (Admission::BadCredentials, Blame::Client);
+        };
+        if connect.will_topic.is_some() {
+            return (Admission::NotAuthorized, Blame::Client);
+        }
+        match self
+            .authenticator
+            .check_claim(claim.enrollment, connect.password)
+            .await
+        {
+            CredentialCheck::Valid => (Admission::Allow, Blame::None),
+            CredentialCheck::Invalid | CredentialCheck::Disabled => {
+                (Admission::BadCredentials, Blame::Client)
+            }
+            CredentialCheck::Unavailable => (Admission::NotAuthorized, Blame::Hub),
+            CredentialCheck::Busy => (Admission::NotAuthorized, Blame::Busy),
         }
     }
 
@@ -54,6 +90,9 @@ impl HubEvents {
         let username = connect.client.username;
         if !connect.has_username {
             return (Admission::BadCredentials, Blame::Client);
+        }
+        if is_claim_user(username) {
+            return self.check_claim(connect).await;
         }
         if is_service_user(username) {
             return match self
@@ -117,13 +156,14 @@ impl Events for HubEvents {
     }
 
     async fn connected(&self, client: &Client<'_>, replaced: bool) {
-        if !is_service_user(client.username) {
+        // Claim connections are no things: no presence (S-10.3).
+        if !is_service_user(client.username) && !is_claim_user(client.username) {
             self.presence.connected(client, replaced).await;
         }
     }
 
     async fn disconnected(&self, client: &Client<'_>, reason: &str, current: bool) {
-        if !is_service_user(client.username) {
+        if !is_service_user(client.username) && !is_claim_user(client.username) {
             self.presence.disconnected(client, reason, current).await;
         }
     }
@@ -132,7 +172,7 @@ impl Events for HubEvents {
     /// only now can a task published to it arrive.
     async fn subscribed(&self, client: &Client<'_>, filter: &str) {
         let thing = client.username;
-        if is_service_user(thing) {
+        if is_service_user(thing) || is_claim_user(thing) {
             return;
         }
         let ota_topic = Topic::OtaTask { thing }.to_string();
@@ -143,6 +183,13 @@ impl Events for HubEvents {
 
     async fn publish_in(&self, message: PublishIn<'_>) {
         self.metrics.inc_mqtt_messages_in();
+        // A claim connection's only allowed publish is its provisioning request (S-10.3).
+        if is_claim_user(message.sender) {
+            if let Some(provisioner) = &self.provisioner {
+                provisioner.request(message.sender, message.topic, message.payload.clone());
+            }
+            return;
+        }
         // Only requests reach the router; telemetry, Wills and user topics are plain MQTT.
         let Some(thing) = Topic::parse(message.topic)
             .ok()

@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `enrollments`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -28,6 +28,8 @@ pub enum Writer {
     Presence,
     /// OTA jobs and tasks (S-7.3).
     Ota,
+    /// Enrollments and provisioning (S-10).
+    Enrollments,
     /// The store's own check that writes work again.
     Probe,
 }
@@ -40,6 +42,7 @@ impl Writer {
             Writer::Things => "things",
             Writer::Presence => "presence",
             Writer::Ota => "ota",
+            Writer::Enrollments => "enrollments",
             Writer::Probe => "probe",
         }
     }

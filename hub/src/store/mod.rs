@@ -26,6 +26,7 @@
 //! `iothub_store_healthy` metric); it recovers by itself when writes succeed again.
 
 pub mod commit;
+pub mod enroll;
 pub mod fault;
 pub mod health;
 pub mod ota;
@@ -223,6 +224,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The OTA job storage of this store (S-7.3), `None` when it has none (test doubles).
     fn ota(&self) -> Option<&dyn ota::OtaStore> {
+        None
+    }
+
+    /// The enrollments of this store (S-10), `None` when it has none (test doubles).
+    fn enrollments(&self) -> Option<&dyn enroll::EnrollmentStore> {
         None
     }
 }

@@ -44,7 +44,7 @@ pub(super) fn prepare(req: &CreateThing) -> Result<(String, String, SecretOrigin
     Ok((id, password, origin))
 }
 
-pub(super) fn check_tags(tags: &Map<String, Value>) -> Result<(), ThingsError> {
+pub(crate) fn check_tags(tags: &Map<String, Value>) -> Result<(), ThingsError> {
     fn depth(v: &Value) -> usize {
         match v {
             Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
@@ -70,7 +70,7 @@ pub(super) fn check_tags(tags: &Map<String, Value>) -> Result<(), ThingsError> {
 }
 
 /// A random thingId matching S-1.1 (`[0-9a-z]`, [`GENERATED_ID_LEN`] characters, ~103 bits).
-fn generate_id() -> String {
+pub(crate) fn generate_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::thread_rng();

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 #[path = "../support/postgres.rs"]
 mod postgres_server;
 
+mod enroll;
 mod health;
 mod ota;
 mod query;
@@ -147,4 +148,7 @@ suite!(
     health::closed_store_is_unavailable,
     race::two_handles_never_accept_one_version_twice,
     race::two_handles_race_tag_replacements,
+    enroll::enrollments_round_trip,
+    enroll::provisioning_counts_uses_and_rekeys,
+    enroll::failed_provisioning_leaves_nothing,
 );

@@ -64,7 +64,7 @@ fn tags_json(tags: &Map<String, Value>) -> Result<String, StoreError> {
 impl PgStore {
     /// Creates the things of `ts` that do not exist yet, in one statement; per entry `Some` with
     /// the record, or `None` when the id was taken (before, or by an earlier entry of `ts`).
-    async fn insert_things(
+    pub(super) async fn insert_things(
         tx: &mut WriteTx<'_>,
         ts: &[NewThing],
         now: u64,
@@ -456,6 +456,10 @@ impl Store for PgStore {
     }
 
     fn ota(&self) -> Option<&dyn crate::store::ota::OtaStore> {
+        Some(self)
+    }
+
+    fn enrollments(&self) -> Option<&dyn crate::store::enroll::EnrollmentStore> {
         Some(self)
     }
 

@@ -68,7 +68,7 @@ impl SqliteStore {
     ///
     /// `ON CONFLICT DO NOTHING` instead of catching a unique violation: on PostgreSQL an error
     /// would abort the whole batch transaction.
-    async fn insert_thing(
+    pub(super) async fn insert_thing(
         tx: &mut WriteTx<'_>,
         t: &NewThing,
         now: u64,
@@ -569,6 +569,10 @@ impl Store for SqliteStore {
     }
 
     fn ota(&self) -> Option<&dyn crate::store::ota::OtaStore> {
+        Some(self)
+    }
+
+    fn enrollments(&self) -> Option<&dyn crate::store::enroll::EnrollmentStore> {
         Some(self)
     }
 
