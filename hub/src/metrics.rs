@@ -74,6 +74,8 @@ pub struct Metrics {
     method_round_trip_seconds: Histogram,
     /// By route template (axum's `MatchedPath`): bounded by the router's table.
     http_request_seconds: DashMap<String, Histogram>,
+    /// Configuration → counts of its things (S-11.2). Bounded by `MAX_CONFIGURATIONS`.
+    configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,7 @@ impl Default for Metrics {
             method_round_trip_seconds: Histogram::new(ROUND_TRIP_SECONDS),
             http_request_seconds: DashMap::new(),
             connections_refused: Mutex::default(),
+            configuration_things: Mutex::default(),
         }
     }
 }
@@ -235,6 +238,17 @@ impl Metrics {
         }
     }
 
+    /// Replaces the per-configuration counts (after each configuration sweep).
+    pub fn set_configuration_things(
+        &self,
+        counts: &BTreeMap<String, crate::configurations::Counts>,
+    ) {
+        *self
+            .configuration_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts.clone();
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -356,6 +370,32 @@ impl Metrics {
                 i + 1,
                 get(n)
             );
+        }
+        header(
+            &mut out,
+            "iothub_configuration_things",
+            "Things of each configuration by status: targeted, applied, succeeded, failed, pending.",
+            "gauge",
+        );
+        let configurations = self
+            .configuration_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, n) in configurations {
+            let name = escape_label(&name);
+            for (status, v) in [
+                ("targeted", n.targeted),
+                ("applied", n.applied),
+                ("succeeded", n.succeeded),
+                ("failed", n.failed),
+                ("pending", n.pending),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "iothub_configuration_things{{configuration=\"{name}\",status=\"{status}\"}} {v}"
+                );
+            }
         }
         header(
             &mut out,

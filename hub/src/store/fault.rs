@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `probe`, `configurations` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -30,6 +30,8 @@ pub enum Writer {
     Ota,
     /// The store's own check that writes work again.
     Probe,
+    /// Configurations and what they applied (S-11).
+    Configurations,
 }
 
 impl Writer {
@@ -41,6 +43,7 @@ impl Writer {
             Writer::Presence => "presence",
             Writer::Ota => "ota",
             Writer::Probe => "probe",
+            Writer::Configurations => "configurations",
         }
     }
 }

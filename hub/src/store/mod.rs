@@ -26,6 +26,7 @@
 //! `iothub_store_healthy` metric); it recovers by itself when writes succeed again.
 
 pub mod commit;
+pub mod configurations;
 pub mod fault;
 pub mod health;
 pub mod ota;
@@ -223,6 +224,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The OTA job storage of this store (S-7.3), `None` when it has none (test doubles).
     fn ota(&self) -> Option<&dyn ota::OtaStore> {
+        None
+    }
+
+    /// The configuration storage of this store (S-11), `None` when it has none (test doubles).
+    fn configurations(&self) -> Option<&dyn configurations::ConfigurationStore> {
         None
     }
 }
