@@ -480,6 +480,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renders_configuration_counts_per_status() {
+        let m = Metrics::new();
+        let counts = crate::configurations::Counts {
+            targeted: 5,
+            applied: 4,
+            succeeded: 3,
+            failed: 1,
+            pending: 0,
+        };
+        m.set_configuration_things(&BTreeMap::from([("c1".to_owned(), counts)]));
+        let text = m.render();
+        for (status, v) in [
+            ("targeted", 5),
+            ("applied", 4),
+            ("succeeded", 3),
+            ("failed", 1),
+            ("pending", 0),
+        ] {
+            let line = format!(
+                "iothub_configuration_things{{configuration=\"c1\",status=\"{status}\"}} {v}"
+            );
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
+        m.set_configuration_things(&BTreeMap::new());
+        assert!(!m.render().contains("configuration=\"c1\""));
+    }
+
+    #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
         m.inc_connected();

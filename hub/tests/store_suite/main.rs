@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 #[path = "../support/postgres.rs"]
 mod postgres_server;
 
+mod configurations;
 mod health;
 mod ota;
 mod query;
@@ -147,4 +148,6 @@ suite!(
     health::closed_store_is_unavailable,
     race::two_handles_never_accept_one_version_twice,
     race::two_handles_race_tag_replacements,
+    configurations::configurations_and_records_round_trip,
+    configurations::failed_configuration_writes_store_nothing,
 );
