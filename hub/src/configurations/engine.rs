@@ -279,7 +279,7 @@ impl Engine {
                     tracing::debug!(%thing, %message, "configuration not applied yet; retrying");
                     continue;
                 }
-                Err((code, message)) if code == ErrorCode::NotFound => {
+                Err((ErrorCode::NotFound, message)) => {
                     tracing::debug!(%thing, %message, "thing gone while applying a configuration");
                 }
                 Err((_, message)) => {

@@ -57,11 +57,14 @@ mod tests {
         let p = plan(&[&low, &high]);
         assert_eq!(
             p["z-high"],
-            json!({"interval": 15}).as_object().cloned().unwrap()
+            json!({"interval": 15})
+                .as_object()
+                .cloned()
+                .expect("object")
         );
         assert_eq!(
             p["a-low"],
-            json!({"mode": "eco"}).as_object().cloned().unwrap()
+            json!({"mode": "eco"}).as_object().cloned().expect("object")
         );
     }
 
