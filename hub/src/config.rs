@@ -143,6 +143,17 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_MAX_SUBSCRIPTIONS", default_value_t = Limits::DEFAULT.max_subscriptions)]
     pub max_subscriptions: u32,
 
+    /// Most things per second that configurations (S-11) are applied to.
+    #[arg(long, env = "IOTHUB_CONFIGURATION_RATE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub configuration_rate: u32,
+
+    /// Milliseconds between two sweeps of the configurations when nothing wakes them (a sweep
+    /// also refreshes the success counts).
+    #[arg(long, env = "IOTHUB_CONFIGURATION_SWEEP_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub configuration_sweep_ms: u64,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod configurations;
 pub mod console;
 pub mod edge;
 pub mod guard;
@@ -67,6 +68,8 @@ pub struct RunningHub {
     refusal_reporter: JoinHandle<()>,
     ota: ota::OtaService,
     ota_task: ota::OtaTask,
+    configurations_stop: tokio::sync::oneshot::Sender<()>,
+    configurations_task: JoinHandle<()>,
     shadows: shadow::service::ShadowService,
     store: store::SharedStore,
 }
@@ -210,6 +213,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         credentials.clone(),
         metrics.clone(),
     );
+    let configurations = configurations::Configurations::new(store.clone(), things.changes());
+    let (configurations_stop, configurations_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = configurations::engine::Engine::new(
+        store.clone(),
+        shadows.clone(),
+        configurations.clone(),
+        metrics.clone(),
+        configurations::engine::EngineConfig {
+            rate: config.configuration_rate,
+            sweep: std::time::Duration::from_millis(config.configuration_sweep_ms),
+        },
+    );
+    let configurations_task = tokio::spawn(engine.run(async move {
+        let _ = configurations_stop_rx.await;
+    }));
     let state = api::AppState::new(
         store.clone(),
         shadows.clone(),
@@ -221,6 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     )
     .with_ota(ota.clone())
     .with_provisioner(provisioner)
+    .with_configurations(configurations)
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -258,6 +277,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         refusal_reporter,
         ota,
         ota_task,
+        configurations_stop,
+        configurations_task,
         shadows,
         store,
     })
@@ -278,6 +299,8 @@ impl RunningHub {
         }
         self.ota.stop().await;
         self.ota_task.join().await;
+        let _ = self.configurations_stop.send(());
+        let _ = self.configurations_task.await;
         self.shadows.shutdown().await;
         self.refusal_reporter.abort();
         self.presence.abort();

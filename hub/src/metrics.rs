@@ -86,6 +86,8 @@ pub struct Metrics {
     method_round_trip_seconds: Histogram,
     /// By route template (axum's `MatchedPath`): bounded by the router's table.
     http_request_seconds: DashMap<String, Histogram>,
+    /// Configuration → counts of its things (S-11.2). Bounded by `MAX_CONFIGURATIONS`.
+    configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Default for Metrics {
             method_round_trip_seconds: Histogram::new(ROUND_TRIP_SECONDS),
             http_request_seconds: DashMap::new(),
             connections_refused: Mutex::default(),
+            configuration_things: Mutex::default(),
         }
     }
 }
@@ -256,6 +259,17 @@ impl Metrics {
         }
     }
 
+    /// Replaces the per-configuration counts (after each configuration sweep).
+    pub fn set_configuration_things(
+        &self,
+        counts: &BTreeMap<String, crate::configurations::Counts>,
+    ) {
+        *self
+            .configuration_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts.clone();
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -396,6 +410,32 @@ impl Metrics {
         }
         header(
             &mut out,
+            "iothub_configuration_things",
+            "Things of each configuration by status: targeted, applied, succeeded, failed, pending.",
+            "gauge",
+        );
+        let configurations = self
+            .configuration_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (name, n) in configurations {
+            let name = escape_label(&name);
+            for (status, v) in [
+                ("targeted", n.targeted),
+                ("applied", n.applied),
+                ("succeeded", n.succeeded),
+                ("failed", n.failed),
+                ("pending", n.pending),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "iothub_configuration_things{{configuration=\"{name}\",status=\"{status}\"}} {v}"
+                );
+            }
+        }
+        header(
+            &mut out,
             "iothub_shadow_update_duration_seconds",
             "MQTT shadow updates from arrival to update/accepted (stored durably), in seconds.",
             "histogram",
@@ -475,6 +515,34 @@ fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_configuration_counts_per_status() {
+        let m = Metrics::new();
+        let counts = crate::configurations::Counts {
+            targeted: 5,
+            applied: 4,
+            succeeded: 3,
+            failed: 1,
+            pending: 0,
+        };
+        m.set_configuration_things(&BTreeMap::from([("c1".to_owned(), counts)]));
+        let text = m.render();
+        for (status, v) in [
+            ("targeted", 5),
+            ("applied", 4),
+            ("succeeded", 3),
+            ("failed", 1),
+            ("pending", 0),
+        ] {
+            let line = format!(
+                "iothub_configuration_things{{configuration=\"c1\",status=\"{status}\"}} {v}"
+            );
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
+        m.set_configuration_things(&BTreeMap::new());
+        assert!(!m.render().contains("configuration=\"c1\""));
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -169,6 +169,8 @@ struct Inner {
     shadows: ShadowService,
     credentials: Arc<CredentialCache>,
     metrics: Arc<Metrics>,
+    /// Told when a thing is created or its tags change (the configuration engine listens).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl Things {
@@ -188,8 +190,15 @@ impl Things {
                 shadows,
                 credentials,
                 metrics,
+                changes: Arc::default(),
             }),
         }
+    }
+
+    /// Notified when a thing is created or re-tagged: what may change which things a
+    /// configuration targets (S-11.2).
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.changes.clone()
     }
 
     /// Creates one thing (`POST /things`). Publishes `create` (S-8.3).
@@ -412,7 +421,10 @@ impl Things {
                 .replace_tags(id, &tags, current.tags_version)
                 .await
             {
-                Ok(version) => return Ok(Tags { tags, version }),
+                Ok(version) => {
+                    self.inner.changes.notify_one();
+                    return Ok(Tags { tags, version });
+                }
                 Err(StoreError::VersionConflict) if version.is_none() => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -460,6 +472,9 @@ impl Things {
     }
 
     async fn lifecycle(&self, thing: &str, op: LifecycleOp) {
+        if matches!(op, LifecycleOp::Create) {
+            self.inner.changes.notify_one();
+        }
         let event = LifecycleEvent {
             thing_id: thing,
             op,

@@ -31,6 +31,10 @@ pub const OTA_PROGRESS_MAX: u8 = 100;
 /// Most retained messages the hub keeps on one thing's `$iothub/user/things/{thingId}/…` topics
 /// (S-2.4); a retained PUBLISH that would add one more is refused (MQTT 5 PUBACK 0x97).
 pub const MAX_RETAINED_PER_THING: usize = 16;
+/// Most configurations (desired-state patches by query) one hub holds (S-11.1).
+pub const MAX_CONFIGURATIONS: usize = 100;
+/// Largest `desired` patch of one configuration, in bytes of its JSON text (S-11.1).
+pub const MAX_CONFIGURATION_DESIRED: usize = 8192;
 
 /// The configurable per-hub limits of S-3.9.
 ///

@@ -24,6 +24,7 @@
 //! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
 //! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
 
+pub mod configurations;
 pub mod docs;
 pub mod enrollments;
 pub mod error;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// OTA jobs (S-9.6); `None` answers their routes with 503.
     pub ota: Option<crate::ota::OtaService>,
+    /// Configurations (S-11); `None` answers their routes with 503.
+    pub configurations: Option<crate::configurations::Configurations>,
     /// `--tio-compat`: HTTP Basic auth with the admin token as password is accepted too.
     pub basic_auth: bool,
     /// The web console's sessions and live events (`crate::console`).
@@ -107,6 +110,7 @@ impl AppState {
             admin_token: admin_token.into(),
             metrics,
             ota: None,
+            configurations: None,
             basic_auth: false,
             console: crate::console::Console::default(),
             provisioner: None,
@@ -122,6 +126,15 @@ impl AppState {
     /// Serves the OTA job routes (S-9.6) with `ota`.
     pub fn with_ota(mut self, ota: crate::ota::OtaService) -> AppState {
         self.ota = Some(ota);
+        self
+    }
+
+    /// Serves the configuration routes (S-11) with `configurations`.
+    pub fn with_configurations(
+        mut self,
+        configurations: crate::configurations::Configurations,
+    ) -> AppState {
+        self.configurations = Some(configurations);
         self
     }
 
@@ -188,6 +201,20 @@ pub fn router(state: AppState) -> Router {
             get(enrollments::get_one)
                 .patch(enrollments::patch)
                 .delete(enrollments::delete),
+        )
+        .route(
+            "/configurations",
+            get(configurations::list).post(configurations::create),
+        )
+        .route(
+            "/configurations/{name}",
+            get(configurations::get)
+                .put(configurations::replace)
+                .delete(configurations::delete),
+        )
+        .route(
+            "/things/{id}/configurations",
+            get(configurations::thing_records),
         )
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));

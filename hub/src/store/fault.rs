@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `enrollments`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `enrollments`, `configurations`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -32,6 +32,8 @@ pub enum Writer {
     Enrollments,
     /// The store's own check that writes work again.
     Probe,
+    /// Configurations and what they applied (S-11).
+    Configurations,
 }
 
 impl Writer {
@@ -44,6 +46,7 @@ impl Writer {
             Writer::Ota => "ota",
             Writer::Enrollments => "enrollments",
             Writer::Probe => "probe",
+            Writer::Configurations => "configurations",
         }
     }
 }

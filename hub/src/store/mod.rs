@@ -26,6 +26,7 @@
 //! `iothub_store_healthy` metric); it recovers by itself when writes succeed again.
 
 pub mod commit;
+pub mod configurations;
 pub mod enroll;
 pub mod fault;
 pub mod health;
@@ -229,6 +230,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The enrollments of this store (S-10), `None` when it has none (test doubles).
     fn enrollments(&self) -> Option<&dyn enroll::EnrollmentStore> {
+        None
+    }
+
+    /// The configuration storage of this store (S-11), `None` when it has none (test doubles).
+    fn configurations(&self) -> Option<&dyn configurations::ConfigurationStore> {
         None
     }
 }

@@ -40,6 +40,7 @@ use super::health::StoreHealth;
 use super::{StoreError, from_db, to_db};
 
 mod batch;
+mod configurations;
 mod enroll;
 mod ota;
 pub mod query;

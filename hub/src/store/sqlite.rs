@@ -34,6 +34,7 @@ use super::wal;
 
 use super::{StoreError, from_db, to_db};
 
+pub(crate) mod configurations;
 mod enroll;
 mod ota;
 pub mod query;

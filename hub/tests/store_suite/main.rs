@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 #[path = "../support/postgres.rs"]
 mod postgres_server;
 
+mod configurations;
 mod enroll;
 mod health;
 mod ota;
@@ -151,4 +152,6 @@ suite!(
     enroll::enrollments_round_trip,
     enroll::provisioning_counts_uses_and_rekeys,
     enroll::failed_provisioning_leaves_nothing,
+    configurations::configurations_and_records_round_trip,
+    configurations::failed_configuration_writes_store_nothing,
 );

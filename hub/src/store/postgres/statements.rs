@@ -463,6 +463,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn configurations(&self) -> Option<&dyn crate::store::configurations::ConfigurationStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }

@@ -576,6 +576,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn configurations(&self) -> Option<&dyn crate::store::configurations::ConfigurationStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }
