@@ -47,8 +47,20 @@ async fn provision(
 ) -> (bool, Value) {
     let accepted = topic(enrollment, serial, "accepted");
     let rejected = topic(enrollment, serial, "rejected");
-    assert_eq!(client.subscribe(&accepted).await.unwrap(), 1);
-    assert_eq!(client.subscribe(&rejected).await.unwrap(), 1);
+    assert_eq!(
+        client
+            .subscribe(&accepted)
+            .await
+            .expect("provisioning test step"),
+        1
+    );
+    assert_eq!(
+        client
+            .subscribe(&rejected)
+            .await
+            .expect("provisioning test step"),
+        1
+    );
     client
         .publish_json(&topic(enrollment, serial, "request"), &req)
         .await;
@@ -98,16 +110,16 @@ async fn provisions_then_reports_shadow(proto: Proto) {
     assert!(
         body["settings"]["limits"]["maxRequestPayload"]
             .as_u64()
-            .unwrap()
+            .expect("provisioning test step")
             > 0
     );
-    let password = body["password"].as_str().unwrap();
+    let password = body["password"].as_str().expect("provisioning test step");
 
     // The new credentials work like any thing's (S-1.2): report shadow state.
     let mut dev = hub.connect_thing(proto, "dev-AA-01", password).await;
     dev.subscribe("$iothub/things/dev-AA-01/shadows/name/default/update/+")
         .await
-        .unwrap();
+        .expect("provisioning test step");
     let (accepted, reply) = dev
         .update(
             "dev-AA-01",
@@ -189,7 +201,11 @@ async fn claims_can_do_nothing_but_provision() {
         "$iothub/provision/e1/s1/+",
         "$iothub/provision/e1/s1/request",
     ] {
-        assert_eq!(c.subscribe(filter).await.unwrap(), 0x87, "{filter}");
+        assert_eq!(
+            c.subscribe(filter).await.expect("provisioning test step"),
+            0x87,
+            "{filter}"
+        );
     }
     for t in [
         "$iothub/things/other/shadows/name/default/update",
@@ -198,7 +214,13 @@ async fn claims_can_do_nothing_but_provision() {
         "$iothub/provision/e1/s1/accepted",
         "plain/topic",
     ] {
-        assert_eq!(c.publish(t, b"{}".to_vec()).await.unwrap(), 0x87, "{t}");
+        assert_eq!(
+            c.publish(t, b"{}".to_vec())
+                .await
+                .expect("provisioning test step"),
+            0x87,
+            "{t}"
+        );
     }
     // Still allowed: its own request, answered.
     let (ok, body) = provision(&mut c, "e1", "s1", json!({"clientToken": "t"})).await;
@@ -307,20 +329,26 @@ async fn a_reused_serial_keeps_its_thing_and_loses_its_old_secret() {
     events
         .subscribe("$iothub/events/things/+/lifecycle")
         .await
-        .unwrap();
+        .expect("provisioning test step");
 
     let (ok, first) =
         provision_once(&hub, "e1", "SN-7", &secret, json!({"clientToken": "a"})).await;
     assert!(ok, "{first}");
-    let thing = first["thingId"].as_str().unwrap().to_owned();
-    let old = first["password"].as_str().unwrap().to_owned();
+    let thing = first["thingId"]
+        .as_str()
+        .expect("provisioning test step")
+        .to_owned();
+    let old = first["password"]
+        .as_str()
+        .expect("provisioning test step")
+        .to_owned();
     let mut live = hub.connect_thing(Proto::V5, &thing, &old).await;
 
     let (ok, second) =
         provision_once(&hub, "e1", "SN-7", &secret, json!({"clientToken": "b"})).await;
     assert!(ok, "{second}");
     assert_eq!(second["thingId"], thing.as_str(), "same thing");
-    let new = second["password"].as_str().unwrap();
+    let new = second["password"].as_str().expect("provisioning test step");
     assert_ne!(new, old);
 
     // The old secret's connection is closed and the old secret refused; the new one works.

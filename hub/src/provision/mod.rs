@@ -366,7 +366,8 @@ mod tests {
 
     #[test]
     fn tags_carry_serial_and_attributes() {
-        let tags = template_tags(&enrollment(), "s1", Some(serde_json::json!({"m": 1}))).unwrap();
+        let tags = template_tags(&enrollment(), "s1", Some(serde_json::json!({"m": 1})))
+            .expect("a valid template");
         assert_eq!(tags[field::SERIAL], "s1");
         assert_eq!(tags[field::ATTRIBUTES]["m"], 1);
         let deep = (0..20).fold(serde_json::json!(1), |v, _| serde_json::json!({ "a": v }));
