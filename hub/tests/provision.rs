@@ -4,12 +4,15 @@
 //! enrollments are refused with their codes; a serial provisioned again keeps its thing and its
 //! old secret stops working; a failed store write is a 503 with nothing half-created.
 //!
-//! Topics, user names and bodies are written from docs/spec.md S-10 by hand.
+//! Topics and user names come from the spec crate's builders; bodies are written from
+//! docs/spec.md S-10 by hand.
 
 mod support;
 
 use std::path::Path;
 
+use iothub_spec::topic::Filter;
+use iothub_spec::topic::provision::{Claim, ProvisionKind};
 use serde_json::{Value, json};
 use support::*;
 
@@ -21,12 +24,16 @@ async fn enroll(hub: &Hub, body: Value) -> String {
     secret.to_owned()
 }
 
-fn claim_user(enrollment: &str, serial: &str) -> String {
-    format!("$claim/{enrollment}/{serial}")
+fn claim_of<'a>(enrollment: &'a str, serial: &'a str) -> Claim<'a> {
+    Claim::parse_parts(enrollment, serial).expect("a valid enrollment id and serial")
 }
 
-fn topic(enrollment: &str, serial: &str, tail: &str) -> String {
-    format!("$iothub/provision/{enrollment}/{serial}/{tail}")
+fn claim_user(enrollment: &str, serial: &str) -> String {
+    claim_of(enrollment, serial).to_string()
+}
+
+fn topic(enrollment: &str, serial: &str, kind: ProvisionKind) -> String {
+    claim_of(enrollment, serial).topic(kind).to_string()
 }
 
 /// Connects as the claim `$claim/{enrollment}/{serial}`.
@@ -45,8 +52,8 @@ async fn provision(
     serial: &str,
     req: Value,
 ) -> (bool, Value) {
-    let accepted = topic(enrollment, serial, "accepted");
-    let rejected = topic(enrollment, serial, "rejected");
+    let accepted = topic(enrollment, serial, ProvisionKind::Accepted);
+    let rejected = topic(enrollment, serial, ProvisionKind::Rejected);
     assert_eq!(
         client
             .subscribe(&accepted)
@@ -62,7 +69,7 @@ async fn provision(
         1
     );
     client
-        .publish_json(&topic(enrollment, serial, "request"), &req)
+        .publish_json(&topic(enrollment, serial, ProvisionKind::Request), &req)
         .await;
     let msg = client
         .wait_message(STEP, |m| m.topic == accepted || m.topic == rejected)
@@ -93,7 +100,8 @@ async fn provisions_then_reports_shadow(proto: Proto) {
     let hub = Hub::start();
     let secret = enroll(
         &hub,
-        json!({"enrollmentId": "factory", "template": {"tags": {"site": "b1"}},
+        json!({"enrollmentId": "factory",
+               "template": {"tags": {"site": "b1"}, "desired": {"interval": 15}},
                "idRule": {"kind": "prefix", "value": "dev-"}}),
     )
     .await;
@@ -117,7 +125,11 @@ async fn provisions_then_reports_shadow(proto: Proto) {
 
     // The new credentials work like any thing's (S-1.2): report shadow state.
     let mut dev = hub.connect_thing(proto, "dev-AA-01", password).await;
-    dev.subscribe("$iothub/things/dev-AA-01/shadows/name/default/update/+")
+    let replies = Filter::ShadowUpdateReplies {
+        thing: "dev-AA-01",
+        shadow: "default",
+    };
+    dev.subscribe(&replies.to_string())
         .await
         .expect("provisioning test step");
     let (accepted, reply) = dev
@@ -131,6 +143,10 @@ async fn provisions_then_reports_shadow(proto: Proto) {
     let (status, shadow) = hub.rest_shadow("dev-AA-01", "default").await;
     assert_eq!(status, 200);
     assert_eq!(shadow["state"]["reported"]["temp"], 21);
+    // The template's desired state was the shadow's first version (S-10.4).
+    assert_eq!(shadow["state"]["desired"]["interval"], 15, "{shadow}");
+    assert_eq!(shadow["version"], 2, "{shadow}");
+    assert_eq!(shadow["state"]["delta"]["interval"], 15, "{shadow}");
 
     // The thing carries the template's tags, its serial and attributes.
     let (_, thing) = hub.rest_thing("dev-AA-01").await;
@@ -187,7 +203,7 @@ async fn claims_can_do_nothing_but_provision() {
         &user,
         &secret,
         true,
-        Some((&topic("e1", "s1", "request"), b"{}")),
+        Some((&topic("e1", "s1", ProvisionKind::Request), b"{}")),
     )
     .await;
     assert!(will.is_err());

@@ -28,6 +28,7 @@ use crate::auth::{self, CredentialCache, SecretOrigin};
 use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
+use crate::shadow::{SectionPatch, Shadow, UpdateRequest, apply_update};
 use crate::store::enroll::{EnrollmentRecord, ProvisionOutcome, Provisioning};
 use crate::store::{NewThing, SharedStore, StoreError};
 use crate::things::Things;
@@ -187,6 +188,7 @@ impl Provisioner {
             .ok_or(Refusal::new(ErrorCode::BadRequest, msg::ID_RULE))?,
         };
         let tags = template_tags(&enrollment, serial, attributes)?;
+        let initial_shadow = initial_shadow(&enrollment, &self.inner.limits, now)?;
         let password = auth::generate_secret();
         let secret = password.clone();
         let password_hash = tokio::task::spawn_blocking(move || {
@@ -208,6 +210,7 @@ impl Provisioner {
                 serial,
                 thing: &thing,
                 now,
+                initial_shadow: initial_shadow.as_deref(),
             })
             .await?;
         let (thing_id, rekeyed) = match outcome {
@@ -327,6 +330,34 @@ fn template_tags(
     }
     crate::things::check_tags(&tags).map_err(|_| BAD_REQUEST)?;
     Ok(tags)
+}
+
+/// The storage body of the new thing's `default` shadow: the template's desired state written
+/// as a first update would write it (version 1, metadata timestamps `now`); `None` without one.
+fn initial_shadow(
+    e: &EnrollmentRecord,
+    limits: &Limits,
+    now: u64,
+) -> Result<Option<String>, Refusal> {
+    let Some(desired) = e.template.desired.as_ref().filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let req = UpdateRequest {
+        state: serde_json::json!({ field::DESIRED: desired }),
+        desired: Some(SectionPatch::Merge(desired.clone())),
+        reported: None,
+        client_token: None,
+        version: None,
+    };
+    match apply_update(&Shadow::default(), &req, limits, now) {
+        Ok(shadow) => Ok(Some(shadow.to_body())),
+        Err(err) => {
+            // The enrollment's own template is at fault, not the device: say so in the log.
+            tracing::warn!(enrollment = %e.enrollment_id, error = %err.message,
+                "provisioning: the template's desired state cannot be written");
+            Err(Refusal::new(ErrorCode::Internal, msg::UNAVAILABLE))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -100,6 +100,9 @@ pub struct Provisioning<'a> {
     pub thing: &'a NewThing,
     /// Now, ms: the creation time, and the expiry check.
     pub now: u64,
+    /// The storage body of the new thing's `default` shadow at version 1 (the template's
+    /// initial desired state, S-10.4), written in the same transaction; unused for a known serial.
+    pub initial_shadow: Option<&'a str>,
 }
 
 /// What [`EnrollmentStore::provision`] did.
@@ -191,6 +194,9 @@ pub(crate) mod sql {
     pub const RECORD_SERIAL: &str = "INSERT INTO enrollment_serials \
          (enrollment_id, serial, thing_id, provisioned_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (enrollment_id, serial) DO UPDATE SET thing_id = $3, provisioned_at = $4";
+    /// The new thing's first shadow (`thing_id`, `name`, `body`, `updated_at`).
+    pub const INITIAL_SHADOW: &str = "INSERT INTO shadows (thing_id, name, version, body, updated_at) \
+         VALUES ($1, $2, 1, $3, $4)";
 }
 
 /// JSON text of a stored column.

@@ -31,7 +31,46 @@ fn provisioning<'a>(
         serial,
         thing,
         now,
+        initial_shadow: None,
     }
+}
+
+/// A `default` shadow body as the hub writes it for a template's desired state.
+const INITIAL_BODY: &str = r#"{"state":{"desired":{"interval":15}},"metadata":{"desired":{"interval":{"timestamp":100}}}}"#;
+
+pub async fn provisioning_writes_the_initial_shadow(f: Fixture) {
+    let store = f.store.enrollments().unwrap();
+    store
+        .create_enrollment(&enrollment("e1", None), "$hash")
+        .await
+        .unwrap();
+    let thing = new_thing("p-s");
+    let first = Provisioning {
+        initial_shadow: Some(INITIAL_BODY),
+        ..provisioning("ss", &thing, 100)
+    };
+    assert_eq!(
+        store.provision(&first).await.unwrap(),
+        ProvisionOutcome::Created("p-s".into())
+    );
+    let shadow = f.store.get_shadow("p-s", "default").await.unwrap().unwrap();
+    assert_eq!((shadow.version, shadow.updated_at), (1, 100));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&shadow.body).unwrap(),
+        serde_json::from_str::<serde_json::Value>(INITIAL_BODY).unwrap()
+    );
+
+    // Re-provisioning the serial keeps the shadow as the thing has made it since.
+    let again = Provisioning {
+        initial_shadow: Some(r#"{"state":{"desired":{"other":1}}}"#),
+        ..provisioning("ss", &thing, 200)
+    };
+    assert_eq!(
+        store.provision(&again).await.unwrap(),
+        ProvisionOutcome::Rekeyed("p-s".into())
+    );
+    let kept = f.store.get_shadow("p-s", "default").await.unwrap().unwrap();
+    assert_eq!((kept.version, kept.body), (1, shadow.body));
 }
 
 pub async fn enrollments_round_trip(f: Fixture) {
@@ -211,18 +250,30 @@ pub async fn failed_provisioning_leaves_nothing(f: Fixture) {
         "enrollments statement 2",
         "enrollments statement 3",
         "enrollments statement 4",
+        "enrollments statement 5",
         "enrollments commit",
     ] {
         f.faults.set(rule);
-        let result = store
-            .provision(&provisioning("s1", &new_thing("p-1"), 100))
-            .await;
+        let thing = new_thing("p-1");
+        let with_shadow = Provisioning {
+            initial_shadow: Some(INITIAL_BODY),
+            ..provisioning("s1", &thing, 100)
+        };
+        let result = store.provision(&with_shadow).await;
         assert!(
             matches!(result, Err(StoreError::Unavailable(_))),
             "{rule}: {result:?}"
         );
         f.faults.set("");
         assert!(f.store.get_thing("p-1").await.unwrap().is_none(), "{rule}");
+        assert!(
+            f.store
+                .get_shadow("p-1", "default")
+                .await
+                .unwrap()
+                .is_none(),
+            "{rule}"
+        );
         assert_eq!(
             store.serial_thing("e1", "s1").await.unwrap(),
             None,

@@ -152,6 +152,7 @@ suite!(
     enroll::enrollments_round_trip,
     enroll::provisioning_counts_uses_and_rekeys,
     enroll::failed_provisioning_leaves_nothing,
+    enroll::provisioning_writes_the_initial_shadow,
     configurations::configurations_and_records_round_trip,
     configurations::failed_configuration_writes_store_nothing,
 );

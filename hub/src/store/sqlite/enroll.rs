@@ -182,6 +182,15 @@ impl EnrollmentStore for SqliteStore {
                 tx.rollback().await?;
                 return Ok(ProvisionOutcome::IdTaken);
             }
+            if let Some(body) = p.initial_shadow {
+                sqlx::query(sql::INITIAL_SHADOW)
+                    .bind(&p.thing.thing_id)
+                    .bind(iothub_spec::ids::DEFAULT_SHADOW)
+                    .bind(body)
+                    .bind(to_db(p.now))
+                    .execute(tx.conn()?)
+                    .await?;
+            }
             sqlx::query(sql::RECORD_SERIAL)
                 .bind(p.enrollment_id)
                 .bind(p.serial)
