@@ -49,13 +49,18 @@ async fn counts(hub: &Hub, name: &str) -> Value {
 }
 
 /// Polls until `check` holds on the configuration's counts; panics with the last counts.
-async fn wait_counts(hub: &Hub, name: &str, within: Duration, check: impl Fn(&Value) -> bool) {
+async fn wait_counts(
+    hub: &Hub,
+    name: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
     let started = Instant::now();
     while started.elapsed() < within {
         last = counts(hub, name).await;
         if check(&last) {
-            return;
+            return last;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -505,15 +510,19 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// BENCHMARKS.md: a configuration rolled out to 10,000 things at the default rate; prints the
-/// time until all are applied and the hub's CPU time meanwhile. Run with
-/// `cargo test -p iothub-hub --release --test configurations -- --ignored --nocapture`.
+/// A configuration rolled out to a whole fleet at the default rate: every thing ends applied;
+/// prints the time until all are applied and the hub's CPU time meanwhile. CI runs it over 1,000
+/// things; BENCHMARKS.md's 10,000-thing figure comes from
+/// `IOTHUB_BENCH_THINGS=10000 cargo test --workspace --test configurations rollout_to_a_fleet -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: 10,000 things"]
-async fn bench_rollout_to_10000_things() {
+async fn rollout_to_a_fleet_applies_everywhere() {
+    let count: usize = std::env::var("IOTHUB_BENCH_THINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let hub = Hub::start();
     let run = unique("bench");
-    let things: Vec<(String, Value)> = (0..10_000)
+    let things: Vec<(String, Value)> = (0..count)
         .map(|i| (format!("{run}-{i:05}"), json!({"fleet": "bench"})))
         .collect();
     create_things(&hub, &things).await;
@@ -525,14 +534,15 @@ async fn bench_rollout_to_10000_things() {
         "desired": {"telemetryInterval": 15, "mode": "eco"}}),
     )
     .await;
-    wait_counts(&hub, "bench", Duration::from_secs(600), |c| {
-        c["applied"] == 10_000
+    let counts = wait_counts(&hub, "bench", Duration::from_secs(600), |c| {
+        c["applied"] == count
     })
     .await;
+    assert_eq!(counts["targeted"], count, "{counts}");
     let took = started.elapsed();
     let used = cpu_seconds(hub.pid()) - cpu;
     println!(
-        "rollout to 10000 things: all applied after {:.2} s, hub CPU {used:.2} s ({:.0}% of one core)",
+        "rollout to {count} things: all applied after {:.2} s, hub CPU {used:.2} s ({:.0}% of one core)",
         took.as_secs_f64(),
         100.0 * used / took.as_secs_f64()
     );
