@@ -3,6 +3,7 @@
 use crate::case::Case;
 
 pub mod s1;
+pub mod s10;
 pub mod s2;
 pub mod s2_mqtt5;
 pub mod s3;
@@ -26,6 +27,7 @@ pub fn all() -> Vec<Case> {
     v.extend(s7::cases());
     v.extend(s8::cases());
     v.extend(s9::cases());
+    v.extend(s10::cases());
     v
 }
 
@@ -38,7 +40,7 @@ mod tests {
         let all = super::all();
         let ids: BTreeSet<_> = all.iter().map(|c| c.id.clone()).collect();
         assert_eq!(ids.len(), all.len(), "duplicate case ids");
-        for n in 1..=9 {
+        for n in 1..=10 {
             let p = format!("S-{n}");
             assert!(
                 all.iter().any(|c| c.selected(std::slice::from_ref(&p))),
