@@ -94,6 +94,16 @@ pub fn merge(parts: &[Report]) -> Result<Report, MergeError> {
         add_kinds(&mut m.ota_task_states, &r.ota_task_states);
         add_kinds(&mut m.ota_job_errors, &r.ota_job_errors);
         m.business_skipped += r.business_skipped;
+        let (mp, rp) = (&mut m.provisioning, &r.provisioning);
+        mp.things += rp.things;
+        mp.attempts += rp.attempts;
+        mp.accepted += rp.accepted;
+        add_kinds(&mut mp.rejected, &rp.rejected);
+        add_kinds(&mut mp.errors, &rp.errors);
+        mp.retries += rp.retries;
+        add_kinds(&mut mp.failed, &rp.failed);
+        mp.first_reports += rp.first_reports;
+        add_kinds(&mut mp.first_report_errors, &rp.first_report_errors);
         add_kinds(&mut m.connect_errors, &r.connect_errors);
         add_kinds(&mut m.protocol_errors, &r.protocol_errors);
         add_kinds(&mut m.ignored, &r.ignored);
