@@ -5,7 +5,8 @@
 //! and reports; afterwards the hub's registry holds exactly those 50 things, tagged by the
 //! enrollment, and the report's provisioning counts add up. A second run on the same hub, where
 //! one thing's id is already taken, shows that a final refusal is counted by reason and makes
-//! the run unclean instead of passing silently.
+//! the run unclean instead of passing silently; and things whose claim connections cannot get
+//! through retry until their deadline, then give up, each attempt and each thing counted.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -70,16 +71,29 @@ fn rest(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u1
     (status, json)
 }
 
-/// Runs `iothub-sim run` against `hub` with `args`; returns its exit code, JSON report and
-/// output.
+/// Runs `iothub-sim run --keep` against `hub` with `args`; returns its exit code, JSON report
+/// and output.
 fn sim(hub: &HubProcess, dir: &Path, name: &str, args: &[&str]) -> (Option<i32>, Value, String) {
     let ready = hub.ready();
+    let mut all = vec!["--keep"];
+    all.extend_from_slice(args);
+    sim_at(ready.mqtt, ready.http, dir, name, &all)
+}
+
+/// Runs `iothub-sim run --first-boot` with MQTT at `mqtt` and the REST API at `api`.
+fn sim_at(
+    mqtt: SocketAddr,
+    api: SocketAddr,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> (Option<i32>, Value, String) {
     let report_path = dir.join(format!("{name}.json"));
     let output = Command::new(env!("CARGO_BIN_EXE_iothub-sim"))
         .arg("run")
-        .args(["--mqtt", &ready.mqtt.to_string()])
-        .args(["--api", &ready.http.to_string()])
-        .args(["--token", TOKEN, "--keep", "--first-boot", "--no-progress"])
+        .args(["--mqtt", &mqtt.to_string()])
+        .args(["--api", &api.to_string()])
+        .args(["--token", TOKEN, "--first-boot", "--no-progress"])
         .args(args)
         .arg("--report-json")
         .arg(&report_path)
@@ -251,4 +265,60 @@ fn every_thing_provisions_itself_and_the_registry_holds_exactly_them() {
         out.contains("gave up {\"rejected 409: thing id taken\": 1}"),
         "{out}"
     );
+}
+
+#[test]
+fn unreachable_claims_are_retried_until_the_deadline_then_counted_as_failed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hub = spawn_hub(dir.path());
+    let api = hub.ready().http;
+    // MQTT on a loopback port nobody listens on: every claim CONNECT is refused by the kernel,
+    // a transport failure, so retried.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let scenario = dir.path().join("deadline.toml");
+    std::fs::write(
+        &scenario,
+        "duration_s = 1.0\n\
+         [population]\ncount = 5\nid_pattern = \"dl-{i:02}\"\nfirst_boot = true\n\
+         enrollment = \"fb-deadline\"\nprovision_deadline_s = 2.0\n\
+         [profile]\nreconnect_backoff_ms = 100\nmax_reconnect_backoff_ms = 400\n",
+    )
+    .expect("write the scenario");
+    let scenario = scenario.to_str().expect("utf-8 path");
+    let (code, report, out) = sim_at(
+        closed,
+        api,
+        dir.path(),
+        "deadline",
+        &["--scenario", scenario],
+    );
+    assert_eq!(code, Some(1), "the run is not clean: {out}");
+    let p = |k: &str| count(&report, &format!("/provisioning/{k}"));
+    assert_eq!((p("things"), p("accepted")), (5, 0), "{out}");
+    // Every attempt failed in transport; all but each thing's first were retries; every thing
+    // gave up at its deadline, naming the last failure.
+    assert_eq!(sum(&report, "/provisioning/errors"), p("attempts"), "{out}");
+    assert_eq!(p("retries"), p("attempts") - 5, "{out}");
+    assert!(
+        p("retries") >= 5,
+        "at least one retry per thing in 2 s: {out}"
+    );
+    let failed = report
+        .pointer("/provisioning/failed")
+        .and_then(Value::as_object)
+        .expect("failed");
+    assert_eq!(failed.len(), 1, "{out}");
+    let (reason, n) = failed.iter().next().expect("one reason");
+    assert!(
+        reason.starts_with("deadline passed (last: tcp connect: ConnectionRefused"),
+        "{reason}"
+    );
+    assert_eq!(n.as_u64(), Some(5), "{out}");
+    assert_eq!(count(&report, "/connect_failures"), 5, "{out}");
+    assert!(out.contains("gave up {\"deadline passed"), "{out}");
+    // Without --keep the run removes its enrollment.
+    let (status, _) = rest(api, "GET", "/enrollments/fb-deadline", None);
+    assert_eq!(status, 404);
 }

@@ -56,7 +56,7 @@ enum Stage {
 impl Stage {
     fn waiting_for(self) -> &'static str {
         match self {
-            Stage::Connect => "tcp connect",
+            Stage::Connect => "before tcp connected",
             Stage::ConnAck => "before connack",
             Stage::SubAck => "before suback",
             Stage::Answer => "before the answer",
@@ -155,7 +155,10 @@ impl Thing {
                     return None;
                 }
                 Err(e) => {
-                    let kind = format!("{} ({})", e.kind(), stage.waiting_for());
+                    let kind = match stage {
+                        Stage::Connect => e.kind(),
+                        _ => format!("{} ({})", e.kind(), stage.waiting_for()),
+                    };
                     stats.provision_errors.add(kind.clone());
                     if !retryable_error(&e) {
                         stats.provision_failed.add(kind);
