@@ -40,6 +40,24 @@ pub struct Slot {
     pub pending_since_us: AtomicU64,
 }
 
+/// What every thing of a first-boot run starts with: the enrollment and its claim secret.
+#[derive(Clone)]
+pub struct ClaimCredential {
+    /// The enrollment's id.
+    pub enrollment: String,
+    /// Its claim secret (shown once by the hub).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ClaimCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the claim secret.
+        f.debug_struct("ClaimCredential")
+            .field("enrollment", &self.enrollment)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the virtual things share.
 #[derive(Debug)]
 pub struct Fleet {
@@ -62,6 +80,9 @@ pub struct Fleet {
     /// more cheaply than chosen ones (see the hub's `auth` module), which matters for connect
     /// storms.
     pub secrets: Vec<Box<str>>,
+    /// The enrollment's claim credential in a first-boot run (S-10), set before the things start;
+    /// `None` when the run created the things over REST.
+    pub claim: Option<ClaimCredential>,
     /// The shard this process runs (the whole fleet by default).
     pub shard: Shard,
     /// Index in the whole fleet of this shard's first thing: thing `i` here is thing
@@ -90,6 +111,7 @@ impl Fleet {
             epoch: Instant::now(),
             phase,
             secrets: Vec::new(),
+            claim: None,
             shard: Shard::default(),
             first: 0,
         }
@@ -98,6 +120,11 @@ impl Fleet {
     /// The id of thing `i`.
     pub fn thing_id(&self, i: usize) -> String {
         self.scenario.thing_id(self.global(i))
+    }
+
+    /// The serial thing `i` provisions with on first boot.
+    pub fn serial(&self, i: usize) -> String {
+        self.scenario.serial(self.global(i))
     }
 
     /// The index in the whole fleet of this shard's thing `i`.

@@ -106,6 +106,15 @@ struct RunArgs {
     /// Prefix of the generated thing ids (shorthand for --id-pattern PREFIX-{i:06}).
     #[arg(long, conflicts_with = "id_pattern")]
     id_prefix: Option<String>,
+    /// Provision on first boot (S-10): create one enrollment instead of the things; each thing
+    /// starts with only the claim credential, provisions itself over MQTT (429/503 retried with
+    /// backoff and jitter), then connects as the thing it got. The report adds the provisioning
+    /// counts and the claim->accepted and claim->first report latencies.
+    #[arg(long)]
+    first_boot: bool,
+    /// The first-boot run's enrollment id (default sim-first-boot; a shard appends -I).
+    #[arg(long, value_name = "ID")]
+    enrollment: Option<String>,
     /// MQTT address of an external hub: HOST:PORT or mqtt://HOST:PORT. Without it, the
     /// reference hub is started as a child process.
     #[arg(long, requires_all = ["api", "token"], value_parser = parse_mqtt)]
@@ -116,7 +125,8 @@ struct RunArgs {
     /// Admin token of the external hub.
     #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Keep the things on an external hub after the run (they are deleted by default).
+    /// Keep the things (and a first-boot run's enrollment) on an external hub after the run
+    /// (they are deleted by default).
     #[arg(long)]
     keep: bool,
     #[command(flatten)]
@@ -287,6 +297,12 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(p) = &args.id_prefix {
         s.population.id_pattern = format!("{p}-{{i:06}}");
+    }
+    if args.first_boot {
+        s.population.first_boot = true;
+    }
+    if let Some(e) = &args.enrollment {
+        s.population.enrollment = e.clone();
     }
     s.thresholds.extend(args.thresholds.iter().cloned());
     s.validate()?;

@@ -315,6 +315,26 @@ fn fleet_metrics(w: &mut Writer, fleet: &Fleet) {
             "Business ticks skipped (concurrency bound or no free thing).",
             s.business_skipped.get(),
         ),
+        (
+            "iothub_sim_provision_attempts_total",
+            "First boot: claim connections attempted, retries included.",
+            s.provision_attempts.get(),
+        ),
+        (
+            "iothub_sim_provisioned_total",
+            "First boot: things provisioned.",
+            s.provision_accepted.get(),
+        ),
+        (
+            "iothub_sim_provision_retries_total",
+            "First boot: attempts made again after a retryable outcome.",
+            s.provision_retries.get(),
+        ),
+        (
+            "iothub_sim_first_reports_total",
+            "First boot: first reports accepted.",
+            s.first_reports.get(),
+        ),
     ];
     for (name, help, v) in counters {
         w.counter(name, help, v);
@@ -373,6 +393,24 @@ fn fleet_metrics(w: &mut Writer, fleet: &Fleet) {
             "OTA job errors, by kind.",
             "kind",
             &s.ota_job_errors,
+        ),
+        (
+            "iothub_sim_provision_rejected_total",
+            "First boot: provisioning answers `rejected`, by code (429 and 503 are retried).",
+            "code",
+            &s.provision_rejected,
+        ),
+        (
+            "iothub_sim_provision_errors_total",
+            "First boot: claim connections that ended without an answer, by kind.",
+            "kind",
+            &s.provision_errors,
+        ),
+        (
+            "iothub_sim_provision_failed_total",
+            "First boot: things that gave up provisioning, by reason.",
+            "reason",
+            &s.provision_failed,
         ),
     ];
     for (name, help, label, k) in kinds {

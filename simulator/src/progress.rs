@@ -54,7 +54,8 @@ impl Mode {
     }
 }
 
-/// The status text: phase and times, connected, accepted/s, live update p99, errors.
+/// The status text: phase and times, provisioned while a first-boot fleet ramps, connected,
+/// accepted/s, live update p99, errors.
 /// `label` prefixes it (the shard of a worker).
 pub fn status(fleet: &Fleet, began: Instant, label: &str) -> String {
     let mut s = String::new();
@@ -77,6 +78,16 @@ pub fn status(fleet: &Fleet, began: Instant, label: &str) -> String {
         Phase::Stop => s.push_str("stopping"),
     }
     let st = &fleet.stats;
+    if fleet.claim.is_some() && *fleet.phase.borrow() == Phase::Ramp {
+        // First boot: how far provisioning is, and how hard the hub pushes back.
+        let _ = write!(
+            s,
+            " | prov {}/{} ({} retries)",
+            st.provision_accepted.get(),
+            fleet.slots.len(),
+            st.provision_retries.get()
+        );
+    }
     let _ = write!(s, " | conn {}/{}", st.connected.get(), fleet.slots.len());
     let point = series::latest(fleet);
     let accepted = point.as_ref().map_or(0, |p| p.accepted);

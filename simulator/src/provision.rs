@@ -1,5 +1,6 @@
 //! The hub's REST API as the simulator uses it: creating and deleting the run's things
-//! (S-9.2), and the business side's desired changes (S-9.3) and method calls (S-9.5).
+//! (S-9.2) or, in a first-boot run, its enrollment (D-46), and the business side's desired
+//! changes (S-9.3) and method calls (S-9.5).
 
 use std::time::Duration;
 
@@ -116,6 +117,48 @@ impl Api {
             }
         }
         Ok(secrets)
+    }
+
+    /// Creates the enrollment `id` of a first-boot run (D-46) and returns its claim secret
+    /// (shown this once). Its id rule is `prefix` with `prefix` (the things ask for their ids)
+    /// and its template tags every thing with `tags` (the hub adds `serial` and `enrollment`).
+    pub async fn create_enrollment(
+        &self,
+        id: &str,
+        prefix: &str,
+        tags: Value,
+    ) -> anyhow::Result<String> {
+        let body = json!({
+            "enrollmentId": id,
+            "template": { (field::TAGS): tags },
+            "idRule": { "kind": "prefix", "value": prefix },
+        });
+        let answer = self
+            .send(self.http.post(self.url("/api/v1/enrollments")).json(&body))
+            .await
+            .with_context(|| {
+                format!("creating enrollment {id} (delete it, or choose population.enrollment)")
+            })?;
+        answer
+            .pointer("/data/claimSecret")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("enrollment {id} created without a claim secret"))
+    }
+
+    /// Deletes the enrollment `id` (its things stay, D-46); a missing one is fine.
+    pub async fn delete_enrollment(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(self.url(&format!("/api/v1/enrollments/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        if !(status.is_success() || status == reqwest::StatusCode::NOT_FOUND) {
+            bail!("deleting enrollment {id} failed: {status}");
+        }
+        Ok(())
     }
 
     /// Deletes the run's things; missing ones are fine.

@@ -1,4 +1,5 @@
-//! One run: provision the things, ramp them up, measure, stop, report.
+//! One run: create the things (or, on first boot, their enrollment), ramp them up, measure,
+//! stop, report.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::fleet::{Fleet, Phase};
+use crate::fleet::{ClaimCredential, Fleet, Phase};
 use crate::metrics::Exporter;
 use crate::provision::Api;
 use crate::report::Report;
@@ -18,6 +20,10 @@ use crate::resources::{self, ProcessUsage, Readings, Resources, Sample};
 use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::{business, progress, series, thing};
+
+/// The tag a first-boot run's enrollment puts on every thing it provisions (its value: the
+/// enrollment's id), besides the hub's own `serial` and `enrollment` tags (S-10.4).
+pub const SIMULATOR_TAG: &str = "simulator";
 
 /// Longest wait, after the measured period, for desired changes still converging.
 const CONVERGE_GRACE: Duration = Duration::from_secs(10);
@@ -113,13 +119,22 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
     let (mut sim, mut hub) = (Readings::default(), Readings::default());
     (sim.before, hub.before) = sample_processes(options.hub_pid);
 
-    eprintln!(
-        "{label}{}provisioning {count} things ...",
-        if label.is_empty() { "" } else { ": " }
-    );
-    let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
-    let secrets = api.create_things(&ids).await?;
-    drop(ids);
+    let colon = if label.is_empty() { "" } else { ": " };
+    let (secrets, claim) = if fleet.scenario.population.first_boot {
+        let enrollment = enrollment_id(&fleet.scenario, options.shard);
+        eprintln!(
+            "{label}{colon}creating enrollment {enrollment} for {count} first-boot things ..."
+        );
+        let tags = json!({ SIMULATOR_TAG: enrollment });
+        let secret = api
+            .create_enrollment(&enrollment, fleet.scenario.id_prefix(), tags)
+            .await?;
+        (Vec::new(), Some(ClaimCredential { enrollment, secret }))
+    } else {
+        eprintln!("{label}{colon}provisioning {count} things ...");
+        let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
+        (api.create_things(&ids).await?, None)
+    };
 
     let ramp_began = Instant::now();
     // Re-base the connect schedule on now (provisioning took a while); no thing runs yet.
@@ -127,6 +142,7 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
         Some(f) => {
             f.epoch = ramp_began;
             f.secrets = secrets;
+            f.claim = claim;
         }
         None => bail!("the fleet is shared before its things start"),
     }
@@ -211,6 +227,20 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
     if !options.keep {
         let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
         api.delete_things(&ids).await?;
+        if let Some(claim) = &fleet.claim {
+            api.delete_enrollment(&claim.enrollment).await?;
+        }
     }
     Ok(report)
+}
+
+/// The enrollment of a first-boot run: `population.enrollment`, with `-{I}` for shard I of a
+/// split run (each shard creates its own, on the same hub).
+pub fn enrollment_id(scenario: &Scenario, shard: Shard) -> String {
+    let base = &scenario.population.enrollment;
+    if shard.is_whole() {
+        base.clone()
+    } else {
+        format!("{base}-{}", shard.index)
+    }
 }

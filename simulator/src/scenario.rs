@@ -45,6 +45,16 @@ pub struct Population {
     /// Things per loopback source address (127.0.0.x) when the hub is on loopback: one address
     /// has ~28k ephemeral ports, so large fleets spread over several.
     pub things_per_source_address: usize,
+    /// Provision on first boot (S-10): instead of creating the things over REST, the run creates
+    /// one enrollment and every thing starts with only its claim credential, provisions itself
+    /// over MQTT (serial `SN` + its index), then connects as the thing it got.
+    pub first_boot: bool,
+    /// The id of the run's enrollment (the thing id rule, S-1.1); a shard appends `-{I}`.
+    pub enrollment: String,
+    /// How long a first-booting thing keeps retrying (429, 503, transport errors, with backoff
+    /// and jitter) before it gives up and is counted as failed, seconds from its first claim
+    /// CONNECT.
+    pub provision_deadline_s: f64,
 }
 
 /// The connect ramp.
@@ -156,6 +166,9 @@ impl Default for Population {
             id_pattern: "sim-{i:06}".to_owned(),
             mqtt5_share: 0.0,
             things_per_source_address: 5000,
+            first_boot: false,
+            enrollment: "sim-first-boot".to_owned(),
+            provision_deadline_s: 60.0,
         }
     }
 }
@@ -307,12 +320,39 @@ impl Scenario {
                 "id_pattern gives an invalid thing id {id:?} (S-1.1)"
             );
         }
+        if self.population.first_boot {
+            // A shard's enrollment id carries `-{I}` (up to 5 more bytes).
+            let longest = format!("{}-65535", self.population.enrollment);
+            anyhow::ensure!(
+                iothub_spec::ids::is_valid_thing_id(&self.population.enrollment)
+                    && iothub_spec::ids::is_valid_thing_id(&longest),
+                "population.enrollment must be a valid id (S-1.1) of at most 58 bytes"
+            );
+            let d = self.population.provision_deadline_s;
+            anyhow::ensure!(
+                d.is_finite() && d > 0.0,
+                "population.provision_deadline_s must be positive"
+            );
+        }
         Ok(())
     }
 
     /// The id of thing `i`.
     pub fn thing_id(&self, i: usize) -> String {
         expand_pattern(&self.population.id_pattern, i)
+    }
+
+    /// The serial thing `i` provisions with on first boot (S-10.1): `SN` and its index, unique
+    /// in the fleet and a valid serial whatever the id pattern.
+    pub fn serial(&self, i: usize) -> String {
+        format!("SN{i:08}")
+    }
+
+    /// The literal start of the id pattern (before its first `{i`): the enrollment's `prefix`
+    /// id rule (D-44), so that the hub accepts exactly the ids the things ask for.
+    pub fn id_prefix(&self) -> &str {
+        let p = &self.population.id_pattern;
+        p.find("{i").map_or(p.as_str(), |at| &p[..at])
     }
 }
 
@@ -366,6 +406,7 @@ mod tests {
             "churn.toml",
             "ota-rollout.toml",
             "plain-mqtt.toml",
+            "first-boot.toml",
         ] {
             example(name)
                 .validate()
@@ -397,5 +438,25 @@ mod tests {
         let mut s = Scenario::default();
         s.profile.telemetry_qos = 2;
         assert!(s.validate().is_err());
+        let mut s = Scenario::default();
+        s.population.first_boot = true;
+        s.population.enrollment = "no spaces".into();
+        assert!(s.validate().is_err());
+        s.population.enrollment = "e".repeat(60);
+        assert!(s.validate().is_err(), "no room for a shard's suffix");
+        s.population.enrollment = "boot".into();
+        s.population.provision_deadline_s = 0.0;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn first_boot_serials_and_id_prefix() {
+        let mut s = Scenario::default();
+        assert_eq!(s.serial(42), "SN00000042");
+        assert_eq!(s.id_prefix(), "sim-");
+        s.population.id_pattern = "{i}".into();
+        assert_eq!(s.id_prefix(), "");
+        s.population.id_pattern = "fixed".into();
+        assert_eq!(s.id_prefix(), "fixed");
     }
 }

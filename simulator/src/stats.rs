@@ -186,6 +186,22 @@ pub struct Stats {
     pub rest_call_errors: Kinds,
     /// Business: ticks skipped because `business.concurrency` requests were in flight.
     pub business_skipped: Counter,
+    /// First boot: claim connections attempted (every retry included).
+    pub provision_attempts: Counter,
+    /// First boot: things provisioned (`accepted` received).
+    pub provision_accepted: Counter,
+    /// First boot: `rejected` answers by code (429 and 503 are retried).
+    pub provision_rejected: Kinds,
+    /// First boot: attempts that ended without an answer (connect, handshake, timeout), by kind.
+    pub provision_errors: Kinds,
+    /// First boot: attempts made again after a retryable outcome.
+    pub provision_retries: Counter,
+    /// First boot: things that gave up (a final refusal, or the deadline), by reason.
+    pub provision_failed: Kinds,
+    /// First boot: first reports accepted (one per provisioned thing).
+    pub first_reports: Counter,
+    /// First boot: first reports that failed (rejected, unanswered), by kind.
+    pub first_report_errors: Kinds,
     /// Connect + subscribe time (TCP connect to the last SUBACK).
     pub connect: Latency,
     /// Update publish to `update/accepted`.
@@ -202,6 +218,10 @@ pub struct Stats {
     pub resync: Latency,
     /// OTA job creation (REST) to every task ended.
     pub ota_job: Latency,
+    /// First boot: the first claim CONNECT to `accepted` (retries and their backoff included).
+    pub provision: Latency,
+    /// First boot: the first claim CONNECT to the thing's first accepted shadow update.
+    pub first_report: Latency,
     /// Things still to finish (for the end of the run).
     pub running: Counter,
     /// Set when the measured period has begun.
@@ -213,9 +233,12 @@ pub struct Stats {
 impl Stats {
     /// Errors so far, as the progress line and the time series count them: protocol errors,
     /// rejected and unanswered updates, failed connection attempts, REST errors of the business
-    /// side.
+    /// side, things that gave up provisioning and failed first reports (429 and 503 answers to
+    /// a provisioning are back-pressure, retried, not errors).
     pub fn errors(&self) -> u64 {
-        self.protocol_errors.total()
+        self.provision_failed.total()
+            + self.first_report_errors.total()
+            + self.protocol_errors.total()
             + self.updates_rejected.total()
             + self.updates_timed_out.get()
             + self.connect_errors.total()
@@ -231,7 +254,7 @@ impl Stats {
 
     /// Every latency histogram with its interaction id (`snake_case`, as the metrics endpoint
     /// labels it): one list, so an interaction added here is exported everywhere.
-    pub fn latencies(&self) -> [(&'static str, &Latency); 8] {
+    pub fn latencies(&self) -> [(&'static str, &Latency); 10] {
         [
             ("connect", &self.connect),
             ("update_to_accepted", &self.update),
@@ -241,6 +264,8 @@ impl Stats {
             ("ntp_rtt", &self.ntp_rtt),
             ("ota_job", &self.ota_job),
             ("lost_to_resync", &self.resync),
+            ("provision", &self.provision),
+            ("first_report", &self.first_report),
         ]
     }
 }

@@ -3,7 +3,7 @@
 //! A threshold is `METRIC[.STAT] OP VALUE[UNIT]`, given with `--threshold` (repeatable) or in the
 //! scenario's `thresholds` list. Latency metrics are the report's interactions (`connect`,
 //! `update`, `telemetry_ack`, `convergence`, `method_rtt`, `ntp_rtt`, `ota_job`,
-//! `lost_to_resync`) with a statistic (`p50`, `p90`, `p99`, `p999`, `max`, `mean`, `count`) and
+//! `lost_to_resync`, and on first boot `provision`, `first_report`) with a statistic (`p50`, `p90`, `p99`, `p999`, `max`, `mean`, `count`) and
 //! a value in `us`, `ms` (the default) or `s`; counters (see [`COUNTERS`]) take a plain number.
 //! Every threshold is checked on the final (merged) report and listed in it; one that fails
 //! makes the exit status [`EXIT_THRESHOLDS`]. A latency threshold on an interaction without a
@@ -42,7 +42,7 @@ pub enum ThresholdError {
 
 /// Latency interactions: the name in a threshold and the report's field
 /// ([`Report::latency_fields`]).
-const LATENCIES: [(&str, &str); 8] = [
+const LATENCIES: [(&str, &str); 10] = [
     ("connect", "connect"),
     ("update", "update_to_accepted"),
     ("telemetry_ack", "telemetry_ack"),
@@ -51,10 +51,12 @@ const LATENCIES: [(&str, &str); 8] = [
     ("ntp_rtt", "ntp_rtt"),
     ("ota_job", "ota_job"),
     ("lost_to_resync", "lost_to_resync"),
+    ("provision", "provision"),
+    ("first_report", "first_report"),
 ];
 
 /// Counter metrics a threshold can name.
-pub const COUNTERS: [&str; 12] = [
+pub const COUNTERS: [&str; 16] = [
     "errors",
     "connected",
     "connect_failures",
@@ -67,6 +69,10 @@ pub const COUNTERS: [&str; 12] = [
     "unconverged",
     "lost",
     "reconnects",
+    "provisioned",
+    "provision_rejected",
+    "provision_retries",
+    "provision_failures",
 ];
 
 fn latency_names() -> String {
@@ -265,6 +271,10 @@ fn counter(r: &Report, name: &str) -> f64 {
         "unconverged" => r.unconverged,
         "lost" => r.lost,
         "reconnects" => r.reconnects,
+        "provisioned" => r.provisioning.accepted,
+        "provision_rejected" => r.provisioning.rejected.values().sum(),
+        "provision_retries" => r.provisioning.retries,
+        "provision_failures" => r.provisioning.failed.values().sum(),
         _ => 0,
     };
     n as f64
@@ -301,6 +311,10 @@ mod tests {
         let t = Threshold::parse("accepted_per_sec >= 4500").expect("parses");
         assert_eq!((t.op, t.value), (Op::Ge, 4500.0));
         assert_eq!(Threshold::parse("lost!=3").map(|t| t.op), Ok(Op::Ne));
+        let t = Threshold::parse("provision_failures==0").expect("parses");
+        assert_eq!(t.metric, Metric::Counter(15));
+        let t = Threshold::parse("first_report.p99<2s").expect("parses");
+        assert_eq!((t.metric, t.value), (Metric::Latency(9, Stat::P99), 2000.0));
     }
 
     #[test]

@@ -286,6 +286,13 @@ svg.chart{display:block;margin:8px 0 20px;border:1px solid #ddd}code{background:
         r.duration_s,
         r.errors()
     );
+    if r.provisioning.things > 0 {
+        let _ = write!(
+            s,
+            "<p>Provisioning: {}.</p>",
+            escape(&r.provisioning_line())
+        );
+    }
     if !r.thresholds.is_empty() {
         s.push_str(
             "<h2>Thresholds</h2><table><tr><th>threshold</th><th>actual</th><th>verdict</th></tr>",

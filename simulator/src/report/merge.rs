@@ -94,6 +94,16 @@ pub fn merge(parts: &[Report]) -> Result<Report, MergeError> {
         add_kinds(&mut m.ota_task_states, &r.ota_task_states);
         add_kinds(&mut m.ota_job_errors, &r.ota_job_errors);
         m.business_skipped += r.business_skipped;
+        let (mp, rp) = (&mut m.provisioning, &r.provisioning);
+        mp.things += rp.things;
+        mp.attempts += rp.attempts;
+        mp.accepted += rp.accepted;
+        add_kinds(&mut mp.rejected, &rp.rejected);
+        add_kinds(&mut mp.errors, &rp.errors);
+        mp.retries += rp.retries;
+        add_kinds(&mut mp.failed, &rp.failed);
+        mp.first_reports += rp.first_reports;
+        add_kinds(&mut mp.first_report_errors, &rp.first_report_errors);
         add_kinds(&mut m.connect_errors, &r.connect_errors);
         add_kinds(&mut m.protocol_errors, &r.protocol_errors);
         add_kinds(&mut m.ignored, &r.ignored);
@@ -240,6 +250,47 @@ mod tests {
         assert_eq!(merged.protocol_errors["x"], 3);
         let order: Vec<usize> = merged.shards.iter().map(|p| p.shard.index).collect();
         assert_eq!(order, [0, 1, 2]);
+    }
+
+    #[test]
+    fn first_boot_figures_add_up_and_old_reports_still_merge() {
+        let parts: Vec<Report> = (0..3)
+            .map(|i| {
+                let mut r = shard_report(i, &[1000]);
+                r.scenario.population.first_boot = true;
+                let p = &mut r.provisioning;
+                p.things = 10;
+                p.attempts = 12 + i as u64;
+                p.accepted = 10;
+                p.rejected.insert("429".into(), 2 + i as u64);
+                p.retries = 2 + i as u64;
+                p.first_reports = 10;
+                r.histograms.insert("provision".into(), vec![[5_000, 10]]);
+                r
+            })
+            .collect();
+        let merged = merge(&parts).expect("merges");
+        let p = &merged.provisioning;
+        assert_eq!((p.things, p.attempts, p.accepted), (30, 39, 30));
+        assert_eq!((p.rejected["429"], p.retries, p.first_reports), (9, 9, 30));
+        assert_eq!(merged.latency.provision.count, 30);
+        assert_eq!(merged.latency.first_report.count, 0);
+
+        // A report of a simulator before first boot: no `provisioning`, no such latencies.
+        let mut old = serde_json::to_value(shard_report(0, &[1000])).expect("serialises");
+        let object = old.as_object_mut().expect("object");
+        object.remove("provisioning");
+        for name in ["provision", "first_report"] {
+            object["latency"]
+                .as_object_mut()
+                .expect("latency object")
+                .remove(name);
+        }
+        let old: Report = serde_json::from_value(old).expect("an old report still parses");
+        assert_eq!(old.provisioning, super::super::Provisioning::default());
+        assert_eq!(old.latency.provision.count, 0);
+        let new = shard_report(1, &[1000]);
+        assert_eq!(merge(&[old, new]).expect("merges").provisioning.things, 0);
     }
 
     #[test]

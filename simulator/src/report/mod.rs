@@ -88,8 +88,8 @@ pub struct ShardPart {
     pub simulator: Option<ProcessUsage>,
 }
 
-/// Percentiles of one interaction, in milliseconds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Percentiles of one interaction, in milliseconds (all 0 without samples).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -142,6 +142,13 @@ pub struct Latencies {
     pub ota_job: Percentiles,
     /// Connection lost (not churned) to the shadow resynced after the reconnect.
     pub lost_to_resync: Percentiles,
+    /// First boot: the first claim CONNECT to `accepted` (retries included). Absent from the
+    /// reports of simulators before it.
+    #[serde(default)]
+    pub provision: Percentiles,
+    /// First boot: the first claim CONNECT to the thing's first accepted shadow update.
+    #[serde(default)]
+    pub first_report: Percentiles,
 }
 
 impl Latencies {
@@ -158,8 +165,35 @@ impl Latencies {
             ntp_rtt: p("ntp_rtt"),
             ota_job: p("ota_job"),
             lost_to_resync: p("lost_to_resync"),
+            provision: p("provision"),
+            first_report: p("first_report"),
         }
     }
+}
+
+/// Provisioning on first boot (S-10): what the claim connections of a first-boot run gave.
+/// In a clean run `accepted == things`, `attempts == accepted + Σ rejected + Σ errors`,
+/// `retries == attempts - things` and `first_reports == accepted`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provisioning {
+    /// Things that started with only the claim credential (0: the things were created over REST).
+    pub things: u64,
+    /// Claim connections attempted, retries included.
+    pub attempts: u64,
+    /// Things provisioned.
+    pub accepted: u64,
+    /// `rejected` answers by code (429 and 503 are retried).
+    pub rejected: BTreeMap<String, u64>,
+    /// Attempts that ended without an answer, by kind (retried unless final).
+    pub errors: BTreeMap<String, u64>,
+    /// Attempts made again after a retryable outcome.
+    pub retries: u64,
+    /// Things that gave up, by reason (they are also `connect_failures`).
+    pub failed: BTreeMap<String, u64>,
+    /// First reports accepted.
+    pub first_reports: u64,
+    /// Provisioned things whose first report failed, by kind.
+    pub first_report_errors: BTreeMap<String, u64>,
 }
 
 /// Everything a run measured.
@@ -243,6 +277,10 @@ pub struct Report {
     pub ota_job_errors: BTreeMap<String, u64>,
     /// Business ticks skipped (concurrency bound reached or no free connected thing).
     pub business_skipped: u64,
+    /// Provisioning on first boot (all zero in a run that created its things over REST; absent
+    /// from the reports of simulators before it).
+    #[serde(default)]
+    pub provisioning: Provisioning,
     /// Failed connection attempts and lost connections, by kind.
     pub connect_errors: BTreeMap<String, u64>,
     /// Protocol errors by kind (never expected).
@@ -327,6 +365,21 @@ impl Report {
             ota_task_states: s.ota_task_states.snapshot(),
             ota_job_errors: s.ota_job_errors.snapshot(),
             business_skipped: s.business_skipped.get(),
+            provisioning: Provisioning {
+                things: if fleet.scenario.population.first_boot {
+                    things as u64
+                } else {
+                    0
+                },
+                attempts: s.provision_attempts.get(),
+                accepted: s.provision_accepted.get(),
+                rejected: s.provision_rejected.snapshot(),
+                errors: s.provision_errors.snapshot(),
+                retries: s.provision_retries.get(),
+                failed: s.provision_failed.snapshot(),
+                first_reports: s.first_reports.get(),
+                first_report_errors: s.first_report_errors.snapshot(),
+            },
             connect_errors: s.connect_errors.snapshot(),
             protocol_errors: s.protocol_errors.snapshot(),
             ignored: s.ignored.snapshot(),
@@ -353,12 +406,15 @@ impl Report {
     }
 
     /// Errors of every kind that [`Report::is_clean`] refuses (the `errors` threshold): things
-    /// that never connected, protocol errors, rejected, unanswered and reordered updates, REST
-    /// errors, unconverged desired changes, NTP timeouts, OTA job errors; without churn also
-    /// lost connections, aborted updates, failed method calls and unacknowledged telemetry.
+    /// that never connected (a thing that gave up provisioning is one), protocol errors,
+    /// rejected, unanswered and reordered updates, failed first reports, REST errors,
+    /// unconverged desired changes, NTP timeouts, OTA job errors; without churn also lost
+    /// connections, aborted updates, failed method calls and unacknowledged telemetry. The 429
+    /// and 503 answers of provisioning are the hub's back-pressure, retried: not errors.
     pub fn errors(&self) -> u64 {
         let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
         let mut n = self.connect_failures
+            + sum(&self.provisioning.first_report_errors)
             + sum(&self.protocol_errors)
             + sum(&self.rejected)
             + self.unanswered
@@ -379,7 +435,8 @@ impl Report {
         self.thresholds.iter().all(|c| c.passed)
     }
 
-    /// Whether the run met its contract: every thing connected; every update accepted, in order;
+    /// Whether the run met its contract: every thing provisioned (on first boot), connected and
+    /// its first report accepted; every update accepted, in order;
     /// every desired change converged; every method call answered by the device; every NTP
     /// exchange answered; every QoS 1 telemetry message acknowledged; no protocol error. With
     /// churn, requests cut by a dropped connection (and method calls meeting an offline thing)
@@ -387,6 +444,8 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         let cut_ok = self.churn;
         self.connect_failures == 0
+            && self.provisioning.failed.is_empty()
+            && self.provisioning.first_report_errors.is_empty()
             && self.protocol_errors.is_empty()
             && self.rejected.is_empty()
             && self.unanswered == 0
@@ -404,7 +463,7 @@ impl Report {
     }
 
     /// The latency rows with their JSON (and CSV, metrics) names.
-    pub fn latency_fields(&self) -> [(&'static str, &Percentiles); 8] {
+    pub fn latency_fields(&self) -> [(&'static str, &Percentiles); 10] {
         let l = &self.latency;
         [
             ("connect", &l.connect),
@@ -415,11 +474,13 @@ impl Report {
             ("ntp_rtt", &l.ntp_rtt),
             ("ota_job", &l.ota_job),
             ("lost_to_resync", &l.lost_to_resync),
+            ("provision", &l.provision),
+            ("first_report", &l.first_report),
         ]
     }
 
     /// The latency rows with their table names.
-    pub fn rows(&self) -> [(&'static str, &Percentiles); 8] {
+    pub fn rows(&self) -> [(&'static str, &Percentiles); 10] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
@@ -430,6 +491,8 @@ impl Report {
             ("ntp round trip", &l.ntp_rtt),
             ("ota job", &l.ota_job),
             ("lost->resynced", &l.lost_to_resync),
+            ("claim->accepted", &l.provision),
+            ("claim->first report", &l.first_report),
         ]
     }
 }

@@ -46,6 +46,9 @@ impl Report {
                 self.lost
             ),
         );
+        if self.provisioning.things > 0 {
+            line("provisioning", self.provisioning_line());
+        }
         line(
             "updates",
             format!(
@@ -132,6 +135,24 @@ impl Report {
         s
     }
 
+    /// The first-boot figures in one line (the table's and the HTML page's).
+    pub fn provisioning_line(&self) -> String {
+        let p = &self.provisioning;
+        format!(
+            "{} first-boot things: {} provisioned in {} attempts ({} retries), rejected {:?}, \
+             errors {:?}, gave up {:?}; {} first reports, failed {:?}",
+            p.things,
+            p.accepted,
+            p.attempts,
+            p.retries,
+            p.rejected,
+            p.errors,
+            p.failed,
+            p.first_reports,
+            p.first_report_errors
+        )
+    }
+
     /// The scenario in one line: things, duration, rates.
     pub fn scenario_line(&self) -> String {
         let sc = &self.scenario;
@@ -139,7 +160,14 @@ impl Report {
             "{} things ({}), {:.0} s measured, {} updates/s per thing of {} B, ramp {}/s, \
              desired {}/s, methods {}/s, churn {}/s, mqtt5 {:.0}%, seed {}",
             sc.population.count,
-            sc.population.id_pattern,
+            if sc.population.first_boot {
+                format!(
+                    "{}, first boot under {}",
+                    sc.population.id_pattern, sc.population.enrollment
+                )
+            } else {
+                sc.population.id_pattern.clone()
+            },
             sc.duration_s,
             sc.profile.reported_changes_per_s,
             sc.profile.reported_bytes,
@@ -194,6 +222,19 @@ impl Report {
             ("telemetry_unacked", self.telemetry_unacked),
             ("ota_jobs", self.ota_jobs),
             ("ota_jobs_ended", self.ota_jobs_ended),
+            ("provision_things", self.provisioning.things),
+            ("provision_attempts", self.provisioning.attempts),
+            ("provisioned", self.provisioning.accepted),
+            (
+                "provision_rejected",
+                self.provisioning.rejected.values().sum(),
+            ),
+            ("provision_retries", self.provisioning.retries),
+            (
+                "provision_failures",
+                self.provisioning.failed.values().sum(),
+            ),
+            ("first_reports", self.provisioning.first_reports),
             ("protocol_errors", self.protocol_errors.values().sum()),
             ("errors", self.errors()),
         ];

@@ -12,8 +12,8 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
 use super::{
-    Answer, Core, End, InFlight, LoadReport, PendingAnswer, Setpoint, Telemetry, Thing, dev_now,
-    next_tick, padding,
+    Answer, Boot, Core, End, InFlight, LoadReport, PendingAnswer, Setpoint, Telemetry, Thing,
+    dev_now, next_tick, padding,
 };
 use crate::fleet::Phase;
 use crate::scenario::Profile;
@@ -21,6 +21,9 @@ use crate::scenario::Profile;
 impl Thing {
     pub(super) fn on_event(&mut self, device: &mut Core<'_>, ev: Event<'_>) {
         let now = Instant::now();
+        if self.on_boot_answer(device, &ev, now) {
+            return;
+        }
         match ev {
             Event::Accepted {
                 request, version, ..
@@ -124,6 +127,69 @@ impl Thing {
             }
             _ => {}
         }
+    }
+
+    /// Sends a first-boot thing's first report on its first connection (again on the next one
+    /// when a lost connection took its answer).
+    pub(super) fn send_boot_report(&mut self, device: &mut Core<'_>) {
+        let Some(boot) = self.boot.as_mut() else {
+            return;
+        };
+        if boot.report.is_some() {
+            return;
+        }
+        let body = LoadReport {
+            temp: 20,
+            seq: 0,
+            pad: "",
+        };
+        match device.report(dev_now(&self.fleet), ShadowId::FIRST, &body) {
+            Ok(id) => boot.report = Some(id),
+            Err(e) => {
+                self.boot = None;
+                self.stats().first_report_errors.add(format!("update: {e}"));
+            }
+        }
+    }
+
+    /// The answer to the first report, if `ev` is it: times it from the first claim CONNECT.
+    fn on_boot_answer(&mut self, device: &Core<'_>, ev: &Event<'_>, now: Instant) -> bool {
+        let Some(boot) = self.boot else {
+            return false;
+        };
+        let Some(id) = boot.report else {
+            return false;
+        };
+        match ev {
+            Event::Accepted {
+                request, version, ..
+            } if *request == id => {
+                self.boot = None;
+                self.last_version = Some((*version).max(self.last_version.unwrap_or(0)));
+                self.stats().first_reports.inc();
+                self.stats().first_report.record(now - boot.began);
+            }
+            Event::Rejected { request, code, .. } if *request == id => {
+                self.boot = None;
+                self.stats()
+                    .first_report_errors
+                    .add(format!("rejected {code}"));
+            }
+            Event::TimedOut { request } if *request == id => {
+                if device.is_connected() {
+                    self.boot = None;
+                    self.stats().first_report_errors.add("unanswered");
+                } else {
+                    // Lost with its connection: sent again after the reconnect.
+                    self.boot = Some(Boot {
+                        report: None,
+                        ..boot
+                    });
+                }
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// The next report of the OTA task in progress: `ota_steps` times `ongoing`, then the final
@@ -370,7 +436,8 @@ impl Thing {
                 && self.ota.is_none()
                 && self.answers.is_empty()
                 && self.apply.is_none()
-                && self.ntp.is_none();
+                && self.ntp.is_none()
+                && self.boot.is_none_or(|b| b.report.is_none());
             if idle || now >= by {
                 for _ in 0..self.in_flight.len() {
                     self.fleet.stats.updates_timed_out.inc();

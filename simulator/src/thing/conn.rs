@@ -87,7 +87,7 @@ impl Thing {
         result
     }
 
-    async fn tcp(&mut self) -> Result<TcpStream, ConnectError> {
+    pub(super) async fn tcp(&mut self) -> Result<TcpStream, ConnectError> {
         let addr = self.fleet.mqtt;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -114,7 +114,10 @@ impl Thing {
     }
 
     /// Reads until one whole packet is decoded (handshake only).
-    async fn next_packet(&mut self, stream: &mut TcpStream) -> Result<Incoming, ConnectError> {
+    pub(super) async fn next_packet(
+        &mut self,
+        stream: &mut TcpStream,
+    ) -> Result<Incoming, ConnectError> {
         loop {
             match self.codec.read(&mut self.rbuf) {
                 Ok(Some(p)) => return Ok(p),

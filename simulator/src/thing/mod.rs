@@ -24,6 +24,7 @@ use crate::mqtt::{Codec, Version};
 
 mod behaviour;
 mod conn;
+mod first_boot;
 mod session;
 
 /// The device core as a virtual thing sizes it: the classic shadow only, the hub's 10 requests
@@ -112,6 +113,16 @@ enum Read {
     WouldBlock,
 }
 
+/// The first report of a first-boot thing: sent right after its first connect, timed from its
+/// first claim CONNECT to its `accepted`.
+#[derive(Debug, Clone, Copy)]
+struct Boot {
+    /// The first claim CONNECT.
+    began: Instant,
+    /// The report in flight (`None`: to send on the next connect).
+    report: Option<RequestId>,
+}
+
 /// How a connection ended.
 enum End {
     /// The run is over.
@@ -174,6 +185,8 @@ struct Thing {
     ota_drop: bool,
     /// A delta to report back: (when, setpoint).
     apply: Option<(Instant, u64)>,
+    /// A first-boot thing's first report, until it is answered.
+    boot: Option<Boot>,
     last_version: Option<u64>,
     seq: u64,
     next_report: Option<Instant>,
@@ -189,31 +202,10 @@ struct Thing {
 
 /// Runs thing `index` of `fleet` until the run stops.
 pub async fn run(fleet: Arc<Fleet>, index: usize) {
-    let thing_id = fleet.thing_id(index);
-    let secret = fleet.secret(index);
-    let profile = &fleet.scenario.profile;
-    let tx_len = iothub_sdk_nostd::MIN_TX_BUFFER
-        + 2 * profile.reported_bytes.max(profile.telemetry_bytes)
-        + 512;
-    let mut tx = vec![0u8; tx_len].into_boxed_slice();
-    let mut config = Config::new(&thing_id, SHADOWS);
-    config.methods = fleet.methods;
-    config.request_timeout_ms = profile.request_timeout_ms;
     let mut rng = SmallRng::seed_from_u64(
         fleet.scenario.seed ^ (fleet.global(index) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
-    config.token_seed = rng.r#gen();
-    let mut device = match Core::new(config, &mut tx[..]) {
-        Ok(d) => d,
-        Err(e) => {
-            fleet
-                .stats
-                .connect_errors
-                .add(format!("device config: {e}"));
-            fleet.stats.first_done.inc();
-            return;
-        }
-    };
+    let token_seed = rng.r#gen();
     let version = if fleet.uses_mqtt5(index) {
         Version::V5
     } else {
@@ -235,6 +227,7 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
         ota_drop: false,
         lost_at: None,
         apply: None,
+        boot: None,
         last_version: None,
         seq: 0,
         next_report: None,
@@ -249,6 +242,57 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
     };
     let mut phase = fleet.phase.clone();
     let mut at = fleet.epoch + fleet.connect_offset(index);
+    let (thing_id, secret) = match &fleet.claim {
+        None => (fleet.thing_id(index), fleet.secret(index)),
+        Some(claim) => {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = wait_stop(&mut phase) => {
+                    fleet.stats.provision_failed.add("run stopped");
+                    fleet.stats.first_done.inc();
+                    fleet.stats.running.dec();
+                    return;
+                }
+            }
+            // Boxed: the claim exchange's state stays out of the thing's future.
+            match Box::pin(thing.first_boot(claim, &mut phase)).await {
+                Some(p) => {
+                    thing.boot = Some(Boot {
+                        began: p.began,
+                        report: None,
+                    });
+                    at = Instant::now();
+                    (p.thing_id, p.password)
+                }
+                None => {
+                    fleet.stats.first_done.inc();
+                    fleet.stats.running.dec();
+                    return;
+                }
+            }
+        }
+    };
+    let profile = &fleet.scenario.profile;
+    let tx_len = iothub_sdk_nostd::MIN_TX_BUFFER
+        + 2 * profile.reported_bytes.max(profile.telemetry_bytes)
+        + 512;
+    let mut tx = vec![0u8; tx_len].into_boxed_slice();
+    let mut config = Config::new(&thing_id, SHADOWS);
+    config.methods = fleet.methods;
+    config.request_timeout_ms = profile.request_timeout_ms;
+    config.token_seed = token_seed;
+    let mut device = match Core::new(config, &mut tx[..]) {
+        Ok(d) => d,
+        Err(e) => {
+            fleet
+                .stats
+                .connect_errors
+                .add(format!("device config: {e}"));
+            fleet.stats.first_done.inc();
+            fleet.stats.running.dec();
+            return;
+        }
+    };
     let mut attempt: u32 = 0;
     let mut ever = false;
     loop {
@@ -295,6 +339,14 @@ pub async fn run(fleet: Arc<Fleet>, index: usize) {
     }
     if !ever && attempt < FIRST_ATTEMPTS {
         fleet.stats.first_done.inc();
+    }
+    if thing.boot.is_some() {
+        // Provisioned, but its first report never got an answer (never connected, or the run
+        // ended first): counted, so that every provisioned thing has an outcome.
+        fleet
+            .stats
+            .first_report_errors
+            .add("no answer before the run ended");
     }
     fleet.stats.running.dec();
 }

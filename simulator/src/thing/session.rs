@@ -136,6 +136,7 @@ impl Thing {
         self.stats().connected.inc();
         self.next_churn = None;
         self.arm(*phase.borrow());
+        self.send_boot_report(device);
         let keep_alive = Duration::from_secs(u64::from(self.fleet.scenario.profile.keep_alive_s));
         loop {
             // Everything due now.
