@@ -14,8 +14,10 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// The CA's common name: the same every time, so a reused CA key issues certificates whose
-/// issuer matches the `ca.pem` written the first time.
+/// The start of the CA's common name; the rest is derived from the CA's key, so that a reused
+/// CA key issues certificates whose issuer matches the `ca.pem` written the first time, and
+/// two development CAs never share a name (a client trusting one would otherwise report the
+/// other's certificates as badly signed instead of from an unknown issuer).
 const CA_NAME: &str = "iothub development CA";
 
 /// Arguments of `iothub dev-certs`.
@@ -81,7 +83,7 @@ pub fn run(args: &DevCertsArgs) -> Result<Vec<PathBuf>, DevCertsError> {
         KeyPair::from_pem(&read(&ca_key)?).map_err(cert_err(format!("{}", ca_key.display())))?
     } else {
         let key = KeyPair::generate().map_err(cert_err("CA key"))?;
-        let cert = ca_params()
+        let cert = ca_params(&key)
             .self_signed(&key)
             .map_err(cert_err("CA certificate"))?;
         write(&ca_pem, &cert.pem(), false, &mut written)?;
@@ -89,7 +91,7 @@ pub fn run(args: &DevCertsArgs) -> Result<Vec<PathBuf>, DevCertsError> {
         key
     };
     // The issuer as rcgen needs it: same name and key as ca.pem, so what it signs chains to it.
-    let ca = ca_params()
+    let ca = ca_params(&ca_key_pair)
         .self_signed(&ca_key_pair)
         .map_err(cert_err("CA certificate"))?;
 
@@ -144,9 +146,14 @@ pub fn run(args: &DevCertsArgs) -> Result<Vec<PathBuf>, DevCertsError> {
     Ok(written)
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.public_key_der());
+    let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{CA_NAME} {tag}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
