@@ -289,6 +289,76 @@ async fn https_serves_the_rest_api_and_nothing_in_plain_text() {
     assert!(r.is_err(), "{r:?}");
 }
 
+/// A TLS connection to `addr` as `localhost`, trusting the CA of `certs`.
+async fn tls_connect(
+    certs: &Path,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake with the dev certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_hold_their_pending_slot_until_connack_and_obey_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &[]);
+    let hub = tls_hub(
+        certs.path(),
+        &[
+            "--max-pending-connects-per-addr",
+            "1",
+            "--handshake-timeout",
+            "5",
+        ],
+    );
+    let mqtts = hub.ready().mqtts.expect("mqtts");
+
+    // TLS done, no CONNECT yet: the connection still holds the address's one pending slot
+    // (S-2.9; the admission ticket goes with the TLS stream, vendor/README.md) ...
+    let mut idle = tls_connect(certs.path(), mqtts).await;
+    let mut second = TcpStream::connect(mqtts).await.expect("tcp");
+    let mut byte = [0u8; 1];
+    // Closed at accept: well before the 5 s handshake timeout would close an admitted one.
+    let refused = tokio::time::timeout(Duration::from_secs(2), second.read(&mut byte))
+        .await
+        .expect("the second connection is closed at accept, not left waiting");
+    assert!(matches!(refused, Ok(0) | Err(_)), "{refused:?}");
+
+    // ... until the handshake timeout closes it.
+    let closed = tokio::time::timeout(STEP, idle.read(&mut byte))
+        .await
+        .expect("closed by the handshake timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // Then the slot is free again: a thing connects over TLS.
+    let id = unique("slot");
+    let secret = hub.create_thing(&id).await;
+    let thing = Thing::connect(mqtts_options(
+        &hub,
+        &id,
+        &secret,
+        &read(certs.path().join("ca.pem")),
+    ))
+    .await
+    .expect("connect once the slot is free");
+    thing.close().await;
+}
+
 /// An MQTT client over WebSocket, as a browser library would be: packets in binary frames.
 struct WsMqtt<S> {
     ws: WebSocketStream<S>,
@@ -431,22 +501,7 @@ async fn a_websocket_client_reports_and_receives_a_delta_through_mqtt_path() {
 
     // The same over WSS, with the dev CA.
     let wss_addr = ready.mqtt_wss.expect("wss listener");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(certs.path().join("ca.pem")).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(wss_addr).await.expect("tcp");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake with the dev certificate");
+    let tls = tls_connect(certs.path(), wss_addr).await;
     let mut client = WsMqtt::open(tls, &format!("wss://localhost:{}/mqtt", wss_addr.port())).await;
     client.connect(&id, &secret).await;
     client
