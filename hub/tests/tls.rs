@@ -509,3 +509,46 @@ async fn a_websocket_client_reports_and_receives_a_delta_through_mqtt_path() {
         .await;
     assert_eq!(client.packet().await.kind, 9, "SUBACK");
 }
+
+#[test]
+fn a_tls_listener_without_usable_files_stops_the_hub_with_an_error_naming_the_cause() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &[]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_iothub"))
+            .args(["--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run iothub");
+        assert!(!out.status.success(), "{extra:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("iothub ready"));
+        stderr
+    };
+    let key = arg(certs.path().join("server.key"));
+    let cert = arg(certs.path().join("server.pem"));
+    let e = run(&["--wss-addr", "127.0.0.1:0", "--tls-cert", &cert]);
+    assert!(
+        e.contains("--wss-addr needs --tls-cert and --tls-key"),
+        "{e}"
+    );
+    let missing = arg(certs.path().join("absent.pem"));
+    let e = run(&["--https", "--tls-cert", &missing, "--tls-key", &key]);
+    assert!(e.contains("cannot read") && e.contains("absent.pem"), "{e}");
+    // The CA's key is not the server certificate's.
+    let ca_key = arg(certs.path().join("ca.key"));
+    let e = run(&[
+        "--mqtts-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &ca_key,
+    ]);
+    assert!(e.contains("does not fit the certificate"), "{e}");
+}
