@@ -63,10 +63,12 @@ enum Command {
     },
     /// Print the man page (roff): `iothub man | man -l -`.
     Man,
-    /// Write a development CA, a server certificate and per-thing client certificates, for
-    /// TLS in one command: `iothub dev-certs --out certs --name localhost --thing t1`, then
-    /// `iothub --mqtts-addr 0.0.0.0:8883 --tls-cert certs/server.pem --tls-key
-    /// certs/server.key`. Not for production.
+    /// Write a development CA, server and per-thing client certificates (TLS in one command).
+    ///
+    /// `iothub dev-certs --out certs --name localhost --thing t1`, then `iothub --mqtts-addr
+    /// 0.0.0.0:8883 --tls-cert certs/server.pem --tls-key certs/server.key` (add
+    /// `--tls-client-ca certs/ca.pem` to require the things' certificates). A CA already in
+    /// --out is reused. Not for production: the CA key lies beside the certificates.
     DevCerts(cli::dev_certs::DevCertsArgs),
 }
 
