@@ -16,6 +16,42 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_HTTP_ADDR", default_value = "0.0.0.0:9000")]
     pub http_addr: SocketAddr,
 
+    /// Serve the REST API on --http-addr over HTTPS (TLS with --tls-cert and --tls-key)
+    /// instead of plain HTTP.
+    #[arg(long, env = "IOTHUB_HTTPS")]
+    pub https: bool,
+
+    /// Address of MQTT over TLS (usually 0.0.0.0:8883), served beside the plain MQTT listener;
+    /// needs --tls-cert and --tls-key. Off when not set.
+    #[arg(long, env = "IOTHUB_MQTTS_ADDR")]
+    pub mqtts_addr: Option<SocketAddr>,
+
+    /// Address of MQTT over WebSocket for browsers (e.g. 0.0.0.0:8083): path `/mqtt`,
+    /// subprotocol `mqtt`. Off when not set.
+    #[arg(long, env = "IOTHUB_WS_ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+
+    /// Address of MQTT over secure WebSocket (e.g. 0.0.0.0:8084): path `/mqtt`, subprotocol
+    /// `mqtt`; needs --tls-cert and --tls-key. Off when not set.
+    #[arg(long, env = "IOTHUB_WSS_ADDR")]
+    pub wss_addr: Option<SocketAddr>,
+
+    /// The server certificate chain (PEM, leaf first) of the TLS listeners (--mqtts-addr,
+    /// --wss-addr, --https). Read again, with the key, on SIGHUP: new connections get the new
+    /// certificate, open ones keep theirs. `iothub dev-certs` makes one for development.
+    #[arg(long, env = "IOTHUB_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "IOTHUB_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM): when set, MQTT clients of the TLS listeners (--mqtts-addr,
+    /// --wss-addr) must present a certificate signed by one of them, in addition to their
+    /// credentials. Not used by HTTPS.
+    #[arg(long, env = "IOTHUB_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Directory for the embedded SQLite database (`iothub.db`), created if missing.
     #[arg(long, env = "IOTHUB_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -181,6 +217,29 @@ impl Config {
             max_in_flight: self.max_in_flight,
             max_named_shadows: self.max_named_shadows,
             max_subscriptions: self.max_subscriptions,
+        }
+    }
+
+    /// The TLS files, when a TLS listener is asked for; an error names the flag that needs
+    /// them. `None`: no TLS listener.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        let wanted = [
+            (self.mqtts_addr.is_some(), "--mqtts-addr"),
+            (self.wss_addr.is_some(), "--wss-addr"),
+            (self.https, "--https"),
+        ]
+        .into_iter()
+        .find_map(|(on, flag)| on.then_some(flag));
+        let Some(listener) = wanted else {
+            return Ok(None);
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            _ => Err(crate::tls::TlsError::NotConfigured { listener }),
         }
     }
 

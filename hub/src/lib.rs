@@ -33,6 +33,7 @@ pub mod shadow;
 pub mod shard;
 pub mod store;
 pub mod things;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,6 +56,10 @@ pub struct RunningHub {
     pub mqtt_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// Where every MQTT listener listens (TLS and WebSocket ones when configured).
+    pub mqtt_addrs: broker::BrokerAddrs,
+    /// Whether `http_addr` serves HTTPS.
+    pub https: bool,
     /// The admin bearer token in force.
     pub admin_token: String,
     broker: EmbeddedBroker,
@@ -66,6 +71,8 @@ pub struct RunningHub {
     /// Told when the hub stops, so closing every connection writes no presence per thing.
     live: presence::Presence,
     refusal_reporter: JoinHandle<()>,
+    /// Reloads the TLS certificate on SIGHUP, when TLS is served.
+    tls_reloader: Option<JoinHandle<()>>,
     ota: ota::OtaService,
     ota_task: ota::OtaTask,
     configurations_stop: tokio::sync::oneshot::Sender<()>,
@@ -86,6 +93,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Starts every part of the hub and returns once both listeners accept connections.
 pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let limits = config.limits();
+    // Before anything is opened: a TLS listener without usable files is a start-up error.
+    let tls = config
+        .tls_files()?
+        .map(tls::HubTls::load)
+        .transpose()
+        .context("TLS")?;
     let url = config.database_url();
     let store = store::open(&url)
         .await
@@ -195,6 +208,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
                 max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
                     .unwrap_or(usize::MAX),
                 max_subscriptions: limits.max_subscriptions as usize,
+                mqtts_addr: config.mqtts_addr,
+                ws_addr: config.ws_addr,
+                wss_addr: config.wss_addr,
+                tls: tls.as_ref().map(|t| t.mqtt.clone()),
             },
             events,
             mqtt_refusals,
@@ -256,16 +273,31 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         max_connections_per_addr: usize::try_from(config.max_http_connections_per_addr)
             .unwrap_or(usize::MAX),
     };
+    let https = match (&tls, config.https) {
+        (Some(tls), true) => Some(tokio_rustls::TlsAcceptor::from(tls.https.clone())),
+        _ => None,
+    };
+    let serves_https = https.is_some();
+    let tls_reloader = tls.map(|tls| tokio::spawn(tls_reload_on_sighup(tls)));
     let http = tokio::spawn(async move {
-        api::serve::serve(listener, app, http_config, http_refusals, async move {
-            let _ = http_stop_rx.await;
-        })
+        api::serve::serve(
+            listener,
+            https,
+            app,
+            http_config,
+            http_refusals,
+            async move {
+                let _ = http_stop_rx.await;
+            },
+        )
         .await;
     });
 
     Ok(RunningHub {
         mqtt_addr: broker.local_addr(),
         http_addr,
+        mqtt_addrs: broker.addrs(),
+        https: serves_https,
         admin_token,
         broker,
         http,
@@ -275,6 +307,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         presence: presence_task,
         live: presence.clone(),
         refusal_reporter,
+        tls_reloader,
         ota,
         ota_task,
         configurations_stop,
@@ -303,6 +336,9 @@ impl RunningHub {
         let _ = self.configurations_task.await;
         self.shadows.shutdown().await;
         self.refusal_reporter.abort();
+        if let Some(reloader) = self.tls_reloader {
+            reloader.abort();
+        }
         self.presence.abort();
         let _ = self.presence.await;
         // Instead of one write per connection closed above (see `Presence::begin_shutdown`).
@@ -310,5 +346,34 @@ impl RunningHub {
             tracing::warn!(error = %e, "cannot record the things as disconnected at shutdown");
         }
         self.store.close().await;
+    }
+}
+
+/// Reads the TLS certificate and key again on each SIGHUP (D-68). New handshakes get the new
+/// ones; connections already open keep theirs. A reload that fails keeps the old certificate.
+async fn tls_reload_on_sighup(tls: tls::HubTls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS certificates will not be reloaded");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificate stays in use");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+        std::future::pending::<()>().await;
     }
 }

@@ -63,6 +63,13 @@ enum Command {
     },
     /// Print the man page (roff): `iothub man | man -l -`.
     Man,
+    /// Write a development CA, server and per-thing client certificates (TLS in one command).
+    ///
+    /// `iothub dev-certs --out certs --name localhost --thing t1`, then `iothub --mqtts-addr
+    /// 0.0.0.0:8883 --tls-cert certs/server.pem --tls-key certs/server.key` (add
+    /// `--tls-client-ca certs/ca.pem` to require the things' certificates). A CA already in
+    /// --out is reused. Not for production: the CA key lies beside the certificates.
+    DevCerts(cli::dev_certs::DevCertsArgs),
 }
 
 #[derive(Subcommand)]
@@ -117,6 +124,17 @@ fn main() -> ExitCode {
                 Err(e) => fail(&anyhow::Error::from(e)),
             };
         }
+        Some(Command::DevCerts(args)) => {
+            return match cli::dev_certs::run(&args) {
+                Ok(written) => {
+                    for path in written {
+                        println!("{}", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&anyhow::Error::from(e)),
+            };
+        }
         Some(Command::Things(args)) => admin_runtime(admin::things(args)),
         Some(Command::Shadow(args)) => admin_runtime(admin::shadow(args)),
         Some(Command::Method(args)) => admin_runtime(admin::method(args)),
@@ -165,9 +183,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("admin token (development): {}", hub.admin_token);
     }
     // One machine-readable line, for scripts and tests that start the hub on port 0.
-    let ready = iothub_launch::ReadyLine::new(hub.mqtt_addr, hub.http_addr);
+    let mut ready = iothub_launch::ReadyLine::new(hub.mqtt_addr, hub.http_addr);
+    ready.mqtts = hub.mqtt_addrs.mqtts;
+    ready.mqtt_ws = hub.mqtt_addrs.ws;
+    ready.mqtt_wss = hub.mqtt_addrs.wss;
+    ready.https = hub.https;
     println!("{ready}");
-    tracing::info!(mqtt = %hub.mqtt_addr, http = %hub.http_addr, "iothub ready");
+    tracing::info!(mqtt = %hub.mqtt_addr, http = %hub.http_addr, mqtts = ?ready.mqtts,
+        ws = ?ready.mqtt_ws, wss = ?ready.mqtt_wss, https = ready.https, "iothub ready");
     shutdown_signal().await;
     tracing::info!("signal received; shutting down gracefully");
     hub.shutdown().await;

@@ -165,6 +165,10 @@ impl BrokerUnderTest for Embedded {
             max_pending: 64,
             max_pending_per_addr: 64,
             max_subscriptions: 16,
+            mqtts_addr: None,
+            ws_addr: None,
+            wss_addr: None,
+            tls: None,
         };
         let broker = prepared
             .start(

@@ -16,6 +16,7 @@
 mod admission;
 mod fitter;
 mod hooks;
+mod listeners;
 mod oversize;
 mod retain;
 mod router;
@@ -38,6 +39,8 @@ use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use rmqtt::types::{From, Id, Publish};
 use tokio::task::JoinHandle;
+
+pub use listeners::BrokerAddrs;
 
 use crate::bus::Bus;
 use crate::edge::Events;
@@ -76,6 +79,14 @@ pub struct BrokerConfig {
     pub max_pending_per_addr: usize,
     /// Topic filters a thing may hold subscribed at once.
     pub max_subscriptions: usize,
+    /// MQTT over TLS listens here, if set (needs `tls`).
+    pub mqtts_addr: Option<SocketAddr>,
+    /// MQTT over WebSocket (`/mqtt`) listens here, if set.
+    pub ws_addr: Option<SocketAddr>,
+    /// MQTT over secure WebSocket (`/mqtt`) listens here, if set (needs `tls`).
+    pub wss_addr: Option<SocketAddr>,
+    /// The TLS configuration of the TLS and WSS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The current connection of each connected client id: is-connected for the [`Bus`], and which
@@ -111,7 +122,7 @@ impl PreparedBroker {
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     scx: ServerContext,
-    local_addr: SocketAddr,
+    addrs: BrokerAddrs,
     task: JoinHandle<()>,
 }
 
@@ -170,9 +181,7 @@ impl EmbeddedBroker {
             .await;
         register.start().await;
 
-        let listener = Builder::new()
-            .name("external/tcp")
-            .laddr(config.addr)
+        let base = Builder::new()
             .nodelay(true)
             .allow_anonymous(false)
             .allow_zero_keepalive(true)
@@ -194,33 +203,38 @@ impl EmbeddedBroker {
             // so a method request or OTA task queued for an offline session would vanish after
             // 5 minutes. MQTT 5 §3.3.2.3.3: without the property a message does not expire;
             // one that carries it is still honoured.
-            .message_expiry_interval(Duration::ZERO)
-            .bind()
-            .map_err(|e| anyhow::anyhow!("cannot listen for MQTT on {}: {e}", config.addr))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| anyhow::anyhow!("MQTT listener has no address: {e}"))?;
-        let listener = listener
-            .tcp()
-            .map_err(|e| anyhow::anyhow!("MQTT listener: {e}"))?;
-        let server = MqttServer::new(scx.clone())
-            .listener_by_id(listener, local_addr.port())
-            .build();
+            .message_expiry_interval(Duration::ZERO);
+        let (bound, addrs) = listeners::bind(
+            &base,
+            &listeners::Wanted {
+                mqtt: config.addr,
+                mqtts: config.mqtts_addr,
+                ws: config.ws_addr,
+                wss: config.wss_addr,
+                tls: config.tls.as_ref(),
+            },
+        )?;
+        let mut server = MqttServer::new(scx.clone());
+        for (listener, id) in bound {
+            server = server.listener_by_id(listener, id);
+        }
+        let server = server.build();
         let task = tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!(error = %e, "MQTT server stopped");
             }
         });
-        Ok(EmbeddedBroker {
-            scx,
-            local_addr,
-            task,
-        })
+        Ok(EmbeddedBroker { scx, addrs, task })
     }
 
-    /// The address the listener is bound to.
+    /// The address the plain MQTT listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.mqtt
+    }
+
+    /// Where every listener is bound.
+    pub fn addrs(&self) -> BrokerAddrs {
+        self.addrs
     }
 
     /// Stops accepting connections and drops the live ones.

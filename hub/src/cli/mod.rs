@@ -5,5 +5,6 @@
 pub mod admin;
 pub mod client;
 pub mod config_file;
+pub mod dev_certs;
 pub mod exit;
 pub mod output;

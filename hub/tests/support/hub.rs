@@ -117,6 +117,11 @@ impl Hub {
         &self.dir
     }
 
+    /// The ready line the running hub printed (its TLS and WebSocket listeners too).
+    pub fn ready(&self) -> iothub_launch::ReadyLine {
+        self.process.as_ref().expect("hub is running").ready()
+    }
+
     /// The process id of the running hub.
     pub fn pid(&self) -> u32 {
         self.process.as_ref().expect("hub is running").pid()

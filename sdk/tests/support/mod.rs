@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use iothub_launch::{HubCommand, HubProcess};
+use iothub_launch::{HubCommand, HubProcess, ReadyLine};
 use iothub_sdk::{Backoff, ThingOptions};
 use serde_json::{Value, json};
 
@@ -38,12 +38,16 @@ pub struct Hub {
     dir: tempfile::TempDir,
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// Every listener the hub announced (its TLS listener with `start_with`).
+    pub ready: ReadyLine,
+    extra: Vec<String>,
     http_client: reqwest::Client,
 }
 
-fn spawn(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr, SocketAddr) {
+fn spawn(dir: &Path, mqtt: &str, http: &str, extra: &[String]) -> (HubProcess, ReadyLine) {
     let bin = iothub_launch::hub_binary().expect("iothub binary");
     let process = HubCommand::new(bin)
+        .args(extra)
         .args(["--mqtt-addr", mqtt, "--http-addr", http, "--data-dir"])
         .arg(dir.join("data"))
         .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
@@ -59,19 +63,27 @@ fn spawn(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr, SocketA
             panic!("hub did not start: {e}\n{log}")
         });
     let ready = process.ready();
-    (process, ready.mqtt, ready.http)
+    (process, ready)
 }
 
 impl Hub {
     /// Starts a hub on free loopback ports.
     pub fn start() -> Hub {
+        Hub::start_with(&[])
+    }
+
+    /// Starts a hub on free loopback ports with extra flags (e.g. its TLS listener).
+    pub fn start_with(extra: &[&str]) -> Hub {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (process, mqtt, http) = spawn(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (process, ready) = spawn(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &extra);
         Hub {
             process: Some(process),
             dir,
-            mqtt,
-            http,
+            mqtt: ready.mqtt,
+            http: ready.http,
+            ready,
+            extra,
             http_client: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(60))
@@ -100,12 +112,13 @@ impl Hub {
     /// Starts the hub again on the same data directory and the same ports.
     pub fn start_again(&mut self) {
         self.kill();
-        let (process, mqtt, http) = spawn(
+        let (process, ready) = spawn(
             self.dir.path(),
             &self.mqtt.to_string(),
             &self.http.to_string(),
+            &self.extra,
         );
-        assert_eq!((mqtt, http), (self.mqtt, self.http));
+        assert_eq!((ready.mqtt, ready.http), (self.mqtt, self.http));
         self.process = Some(process);
     }
 

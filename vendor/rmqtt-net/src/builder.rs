@@ -53,12 +53,8 @@ use quinn::{crypto::rustls::QuicServerConfig, IdleTimeout};
 #[cfg(feature = "tls")]
 use rmqtt_codec::cert::CertInfo;
 use rmqtt_codec::types::QoS;
-#[cfg(not(target_os = "windows"))]
 #[cfg(feature = "tls")]
-use rustls::crypto::aws_lc_rs as provider;
-#[cfg(feature = "tls")]
-#[cfg(target_os = "windows")]
-use rustls::crypto::ring as provider;
+use rustls::crypto::ring as provider; // iothub patch: ring on every platform
 #[cfg(feature = "tls")]
 use rustls::pki_types::CertificateDer;
 #[cfg(feature = "tls")]
@@ -177,6 +173,10 @@ pub struct Builder {
     pub max_connect_size: u32,
     /// iothub patch: admission of each accepted TCP connection (None = admit all).
     pub admission: Option<crate::AdmissionRef>,
+    /// iothub patch: a ready TLS configuration (the hub's, with a certificate resolver it can
+    /// reload); when set, `tls_cert`, `tls_key` and the client CA settings are not read.
+    #[cfg(feature = "tls")]
+    pub tls_server_config: Option<Arc<ServerConfig>>,
 }
 
 impl Default for Builder {
@@ -250,6 +250,8 @@ impl Builder {
 
             max_connect_size: 0, // iothub patch
             admission: None,     // iothub patch
+            #[cfg(feature = "tls")]
+            tls_server_config: None, // iothub patch
         }
     }
 
@@ -503,6 +505,13 @@ impl Builder {
         self // iothub patch
     } // iothub patch
 
+    /// iothub patch: uses this TLS configuration instead of building one from files.
+    #[cfg(feature = "tls")]
+    pub fn tls_server_config(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls_server_config = Some(config); // iothub patch
+        self // iothub patch
+    } // iothub patch
+
     /// Sets idle timeout (QUIC)
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
@@ -719,8 +728,11 @@ impl Listener {
             ListenerType::TCP => {}
         }
 
-        let tls_config = self.cfg.build_tls_config()?;
-        let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+        let tls_config = match &self.cfg.tls_server_config { // iothub patch
+            Some(config) => config.clone(), // iothub patch
+            None => Arc::new(self.cfg.build_tls_config()?), // iothub patch
+        }; // iothub patch
+        let acceptor = TlsAcceptor::from(tls_config); // iothub patch
         self.tls_acceptor = Some(acceptor);
         self.typ = ListenerType::TLS;
         Ok(self)
@@ -898,7 +910,7 @@ where
             self.cfg.collect_cert_info,
         );
 
-        Ok(Dispatcher::new(tls_s, self.remote_addr, cert_info, self.cfg))
+        Ok(Dispatcher::new(tls_s, self.remote_addr, cert_info, self.cfg).with_ticket(self.ticket)) // iothub patch
     }
 
     #[cfg(feature = "ws")]
@@ -913,7 +925,8 @@ where
             .await
         {
             Ok(Ok(ws_stream)) => {
-                Ok(Dispatcher::new(WsStream::new(ws_stream), self.remote_addr, None, self.cfg.clone()))
+                Ok(Dispatcher::new(WsStream::new(ws_stream), self.remote_addr, None, self.cfg.clone()) // iothub patch
+                    .with_ticket(self.ticket)) // iothub patch
             }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(crate::MqttError::ReadTimeout.into()),
@@ -946,7 +959,8 @@ where
 
         match tokio::time::timeout(self.cfg.handshake_timeout, accept_hdr_async(tls_s, on_handshake)).await {
             Ok(Ok(ws_stream)) => {
-                Ok(Dispatcher::new(WsStream::new(ws_stream), self.remote_addr, cert_info, self.cfg.clone()))
+                Ok(Dispatcher::new(WsStream::new(ws_stream), self.remote_addr, cert_info, self.cfg.clone()) // iothub patch
+                    .with_ticket(self.ticket)) // iothub patch
             }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(crate::MqttError::ReadTimeout.into()),
@@ -990,6 +1004,12 @@ where
 /// Validates WebSocket handshake requests for MQTT protocol
 fn on_handshake(req: &Request, mut response: Response) -> std::result::Result<Response, ErrorResponse> {
     const PROTOCOL_ERROR: &str = "Missing required 'Sec-WebSocket-Protocol: mqtt' header";
+    // iothub patch: MQTT is served on the path /mqtt only; anything else is 404 Not Found.
+    if req.uri().path() != "/mqtt" { // iothub patch
+        let mut not_found = ErrorResponse::new(Some("MQTT over WebSocket is served on /mqtt".into())); // iothub patch
+        *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND; // iothub patch
+        return Err(not_found); // iothub patch
+    } // iothub patch
     let mqtt_protocol = req
         .headers()
         .get("Sec-WebSocket-Protocol")

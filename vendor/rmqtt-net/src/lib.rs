@@ -54,13 +54,7 @@ pub use error::MqttError;
 #[cfg(feature = "tls")]
 pub use rustls;
 
-/// AWS-LC based TLS provider (non-Windows platforms)
-#[cfg(not(target_os = "windows"))]
-#[cfg(feature = "tls")]
-pub use rustls::crypto::aws_lc_rs as tls_provider;
-
-/// Ring-based TLS provider (Windows platforms)
-#[cfg(target_os = "windows")]
+/// Ring-based TLS provider (iothub patch: ring on every platform)
 #[cfg(feature = "tls")]
 pub use rustls::crypto::ring as tls_provider;
 

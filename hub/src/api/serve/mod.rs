@@ -17,7 +17,11 @@
 //!   a cap is answered 503 at once and closed: queueing it (in the listen backlog) would make
 //!   every client, `/healthz` included, wait behind whoever holds the slots (issue 14);
 //! - accept errors (such as running out of file descriptors) back off with jitter instead of
-//!   spinning.
+//!   spinning;
+//! - with `--https` (D-70) each connection's TLS handshake runs in the connection's own task
+//!   and must end within the header timeout, so a slow handshake holds neither the accept loop
+//!   nor more than its own slot; a connection over a cap is closed without the 503 (the answer
+//!   would have to be encrypted, and the handshake is the work the cap avoids).
 //!
 //! Handlers that wait on purpose (a direct method call waits for the device up to its
 //! `timeout`) are not limited here: only reading from the client is.
@@ -35,6 +39,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -67,6 +72,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// (for up to 10 s). Connections refused at accept are counted in `refusals`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Router,
     config: HttpServerConfig,
     refusals: Arc<RefusalLog>,
@@ -115,16 +121,48 @@ pub async fn serve(
             Ok(slot) => slot,
             Err(e) => {
                 refusals.record(Some(peer.ip()), e.label());
-                refuse(&stream);
+                if tls.is_none() {
+                    refuse(&stream);
+                }
                 continue;
             }
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set on an HTTP connection");
         }
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-        tokio::spawn(serve_one(connection, peer, slot));
+        match &tls {
+            None => {
+                let connection =
+                    graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+                tokio::spawn(serve_one(connection, peer, slot));
+            }
+            Some(acceptor) => {
+                let (acceptor, http, service) = (acceptor.clone(), http.clone(), service.clone());
+                let watcher = graceful.watcher();
+                let handshake_limit = config.header_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        handshake_limit,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "HTTPS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    serve_one(connection, peer, slot).await;
+                });
+            }
+        }
     }
 
     reporter.abort();
