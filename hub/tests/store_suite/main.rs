@@ -21,6 +21,7 @@ mod postgres_server;
 mod configurations;
 mod enroll;
 mod health;
+mod jobs;
 mod ota;
 mod query;
 mod race;
@@ -154,4 +155,6 @@ suite!(
     enroll::failed_provisioning_leaves_nothing,
     configurations::configurations_and_records_round_trip,
     configurations::failed_configuration_writes_store_nothing,
+    jobs::jobs_and_things_round_trip,
+    jobs::failed_job_writes_store_nothing,
 );
