@@ -141,13 +141,13 @@ pub trait JobStore: Send + Sync {
     /// The job's things that are `queued` or `in_progress`, in job order.
     async fn open_job_things(&self, job_id: &str) -> Result<Vec<JobThingRecord>, StoreError>;
 
-    /// Updates thing records and ends jobs (`(job, status, ended_at)`) in ONE transaction. A
-    /// record already final (e.g. canceled meanwhile) is left as it is: the answer says, per
-    /// record, whether it was written. A job already ended is left as it is.
+    /// Updates thing records and job statuses (`(job, status, ended_at)`: a start or an end) in
+    /// ONE transaction. A record already final (e.g. canceled meanwhile) is left as it is: the
+    /// answer says, per record, whether it was written. A job already ended is left as it is.
     async fn write_job_things(
         &self,
         things: &[JobThingRecord],
-        ended: &[(String, JobStatus, u64)],
+        jobs: &[(String, JobStatus, Option<u64>)],
     ) -> Result<Vec<bool>, StoreError>;
 
     /// Cancels a job that has not ended and its `queued` things, in ONE transaction; `false`
@@ -303,11 +303,15 @@ pub(crate) fn update_thing<'q, DB: Db>(t: &JobThingRecord) -> Query<'q, DB> {
     q
 }
 
-/// The `UPDATE` that ends a job.
-pub(crate) fn end_job<'q, DB: Db>(job_id: &str, status: JobStatus, at: u64) -> Query<'q, DB> {
+/// The `UPDATE` of a job's status (a start, or an end at `at`).
+pub(crate) fn end_job<'q, DB: Db>(
+    job_id: &str,
+    status: JobStatus,
+    at: Option<u64>,
+) -> Query<'q, DB> {
     let q = DB::text(sqlx::query(sql::END_JOB), Some(job_id.to_owned()));
     let q = DB::text(q, Some(status.as_str().to_owned()));
-    DB::int(q, db(at))
+    DB::int(q, at.and_then(db))
 }
 
 /// A query of `text` with text arguments, then integer arguments.

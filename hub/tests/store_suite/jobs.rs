@@ -138,14 +138,14 @@ pub async fn jobs_and_things_round_trip(f: Fixture) {
     assert_eq!(canceled, 1201);
 
     // Ending a job that ended already changes nothing.
-    db.write_job_things(&[], &[("j1".into(), JobStatus::Completed, 900)])
+    db.write_job_things(&[], &[("j1".into(), JobStatus::Completed, Some(900))])
         .await
         .unwrap();
     assert_eq!(
         db.job("j1").await.unwrap().unwrap().status,
         JobStatus::Canceled
     );
-    db.write_job_things(&[], &[("j2".into(), JobStatus::Completed, 700)])
+    db.write_job_things(&[], &[("j2".into(), JobStatus::Completed, Some(700))])
         .await
         .unwrap();
     assert!(db.open_jobs().await.unwrap().is_empty());
@@ -183,7 +183,7 @@ pub async fn failed_job_writes_store_nothing(f: Fixture) {
     let err = db
         .write_job_things(
             &[done("j", "t0000", JobThingState::Succeeded)],
-            &[("j".into(), JobStatus::Completed, 50)],
+            &[("j".into(), JobStatus::Completed, Some(50))],
         )
         .await;
     assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");

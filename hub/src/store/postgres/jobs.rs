@@ -180,9 +180,9 @@ impl JobStore for PgStore {
     async fn write_job_things(
         &self,
         things: &[JobThingRecord],
-        ended: &[(String, JobStatus, u64)],
+        jobs: &[(String, JobStatus, Option<u64>)],
     ) -> Result<Vec<bool>, StoreError> {
-        if things.is_empty() && ended.is_empty() {
+        if things.is_empty() && jobs.is_empty() {
             return Ok(Vec::new());
         }
         self.writing(|| async move {
@@ -192,7 +192,7 @@ impl JobStore for PgStore {
                 let done = update_thing::<P>(t).execute(tx.conn()?).await?;
                 written.push(done.rows_affected() > 0);
             }
-            for (job, status, at) in ended {
+            for (job, status, at) in jobs {
                 end_job::<P>(job, *status, *at).execute(tx.conn()?).await?;
             }
             tx.commit().await?;
@@ -204,7 +204,7 @@ impl JobStore for PgStore {
     async fn cancel_job(&self, job_id: &str, at: u64) -> Result<bool, StoreError> {
         self.writing(|| async move {
             let mut tx = self.begin_write(Writer::Jobs).await?;
-            let done = end_job::<P>(job_id, JobStatus::Canceled, at)
+            let done = end_job::<P>(job_id, JobStatus::Canceled, Some(at))
                 .execute(tx.conn()?)
                 .await?;
             if done.rows_affected() == 0 {
