@@ -3,8 +3,9 @@
 //! Per job the engine holds the things still to reach, in job order, and paces sends with the
 //! OTA rate ([`crate::ota::rate::Rate`], D-52). A thing's record becomes `in_progress` durably
 //! (one transaction per loop turn, all jobs together) before its operation starts; outcomes come
-//! back over a channel and are stored at the next turn. A method's thing that is offline waits
-//! aside and is looked at every [`OFFLINE_POLL`] (D-54). After a restart the open jobs are
+//! back over a channel and are stored at the next turn. A method's thing that is offline (or
+//! not yet subscribed to its method topic) waits aside and is looked at every
+//! [`OFFLINE_POLL`] (D-54). After a restart the open jobs are
 //! loaded again, and a record left `in_progress` is sent again while retries remain (D-55).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -238,22 +239,25 @@ impl Engine {
                 }
             }
             if !r.offline.is_empty() {
-                let (mut back, still): (Vec<_>, Vec<_>) = r
-                    .offline
-                    .drain(..)
-                    .partition(|t| self.exec.is_connected(&t.thing_id));
+                let mut back = Vec::new();
+                let mut still = Vec::new();
+                for t in r.offline.drain(..) {
+                    if self.exec.is_ready(&r.job.operation, &t.thing_id).await {
+                        back.push(t);
+                    } else {
+                        still.push(t);
+                    }
+                }
                 r.offline = still;
-                back.sort_by_key(|t| t.seq);
                 for t in back.into_iter().rev() {
                     r.pending.push_front(t);
                 }
             }
-            let needs_connection = Executor::needs_connection(&r.job.operation);
             while self.inflight < MAX_INFLIGHT && r.rate.may_send(now) {
                 let Some(mut t) = r.pending.pop_front() else {
                     break;
                 };
-                if needs_connection && !self.exec.is_connected(&t.thing_id) {
+                if !self.exec.is_ready(&r.job.operation, &t.thing_id).await {
                     if r.checked.insert(t.thing_id.clone()) {
                         unchecked.push((id.clone(), t.thing_id.clone()));
                     }

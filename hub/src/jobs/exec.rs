@@ -8,6 +8,8 @@ use iothub_spec::limits::MAX_JOB_PAYLOAD;
 use iothub_spec::payload::{ShadowState, UpdateRequest};
 use serde_json::{Map, Value};
 
+use iothub_spec::topic::Topic;
+
 use crate::bus::Bus;
 use crate::method::{MethodError, Methods};
 use crate::shadow::ShadowService;
@@ -62,14 +64,26 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Whether `op` needs the thing connected (D-54): methods only.
-    pub fn needs_connection(op: &Operation) -> bool {
-        matches!(op, Operation::Method { .. })
-    }
-
-    /// Whether the thing has a live connection.
-    pub fn is_connected(&self, thing: &str) -> bool {
-        self.bus.is_connected(thing)
+    /// Whether `op` can be sent to `thing` now (D-54): for a method, the thing is connected
+    /// and subscribed to the method's request topic (a call published between its CONNACK and
+    /// its SUBSCRIBE would be lost); anything else always.
+    pub async fn is_ready(&self, op: &Operation, thing: &str) -> bool {
+        match op {
+            Operation::Method { name, .. } => {
+                self.bus.is_connected(thing)
+                    && self
+                        .bus
+                        .has_subscribers(
+                            &Topic::MethodRequest {
+                                thing,
+                                method: name,
+                            }
+                            .to_string(),
+                        )
+                        .await
+            }
+            _ => true,
+        }
     }
 
     /// One attempt of `op` on `thing`.
