@@ -190,6 +190,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub configuration_sweep_ms: u64,
 
+    /// Hours a fleet job (S-12) stays readable after it ended, with its per-thing results;
+    /// then it is deleted (checked once a minute).
+    #[arg(long, env = "IOTHUB_JOB_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub job_retention_hours: u64,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

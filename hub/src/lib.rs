@@ -20,6 +20,7 @@ pub mod configurations;
 pub mod console;
 pub mod edge;
 pub mod guard;
+pub mod jobs;
 pub mod logging;
 pub mod method;
 pub mod metrics;
@@ -77,6 +78,8 @@ pub struct RunningHub {
     ota_task: ota::OtaTask,
     configurations_stop: tokio::sync::oneshot::Sender<()>,
     configurations_task: JoinHandle<()>,
+    jobs_stop: tokio::sync::oneshot::Sender<()>,
+    jobs_task: JoinHandle<()>,
     shadows: shadow::service::ShadowService,
     store: store::SharedStore,
 }
@@ -245,6 +248,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let configurations_task = tokio::spawn(engine.run(async move {
         let _ = configurations_stop_rx.await;
     }));
+    let jobs = jobs::Jobs::new(store.clone());
+    let (jobs_stop, jobs_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let jobs_engine = jobs::engine::Engine::new(
+        store.clone(),
+        jobs::exec::Executor {
+            methods: methods.clone(),
+            shadows: shadows.clone(),
+            things: things.clone(),
+            bus: bus.clone(),
+        },
+        jobs.clone(),
+        metrics.clone(),
+        jobs::engine::EngineConfig {
+            retention: std::time::Duration::from_secs(config.job_retention_hours * 3600),
+        },
+    );
+    let jobs_task = tokio::spawn(jobs_engine.run(async move {
+        let _ = jobs_stop_rx.await;
+    }));
     let state = api::AppState::new(
         store.clone(),
         shadows.clone(),
@@ -257,6 +279,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_ota(ota.clone())
     .with_provisioner(provisioner)
     .with_configurations(configurations)
+    .with_jobs(jobs)
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -312,6 +335,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         ota_task,
         configurations_stop,
         configurations_task,
+        jobs_stop,
+        jobs_task,
         shadows,
         store,
     })
@@ -334,6 +359,8 @@ impl RunningHub {
         self.ota_task.join().await;
         let _ = self.configurations_stop.send(());
         let _ = self.configurations_task.await;
+        let _ = self.jobs_stop.send(());
+        let _ = self.jobs_task.await;
         self.shadows.shutdown().await;
         self.refusal_reporter.abort();
         if let Some(reloader) = self.tls_reloader {

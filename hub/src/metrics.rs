@@ -88,6 +88,8 @@ pub struct Metrics {
     http_request_seconds: DashMap<String, Histogram>,
     /// Configuration → counts of its things (S-11.2). Bounded by `MAX_CONFIGURATIONS`.
     configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
+    /// Job → things per state (S-12.3), for the jobs that have not ended.
+    job_things: Mutex<BTreeMap<String, Vec<(iothub_spec::code::JobThingState, u64)>>>,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,7 @@ impl Default for Metrics {
             http_request_seconds: DashMap::new(),
             connections_refused: Mutex::default(),
             configuration_things: Mutex::default(),
+            job_things: Mutex::default(),
         }
     }
 }
@@ -268,6 +271,17 @@ impl Metrics {
             .configuration_things
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = counts.clone();
+    }
+
+    /// Replaces the per-job counts (by the jobs engine, for the jobs that have not ended).
+    pub fn set_job_things(
+        &self,
+        counts: BTreeMap<String, Vec<(iothub_spec::code::JobThingState, u64)>>,
+    ) {
+        *self
+            .job_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts;
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -431,6 +445,31 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "iothub_configuration_things{{configuration=\"{name}\",status=\"{status}\"}} {v}"
+                );
+            }
+        }
+        header(
+            &mut out,
+            "iothub_jobs_things",
+            "Things of each job not yet ended, by state: queued, in_progress, succeeded, failed, timed_out, canceled.",
+            "gauge",
+        );
+        let jobs = self
+            .job_things
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (job, counts) in jobs {
+            let job = escape_label(&job);
+            for state in iothub_spec::code::JobThingState::ALL {
+                let v = counts
+                    .iter()
+                    .find(|(s, _)| *s == state)
+                    .map_or(0, |(_, n)| *n);
+                let _ = writeln!(
+                    out,
+                    "iothub_jobs_things{{job=\"{job}\",status=\"{}\"}} {v}",
+                    state.as_str()
                 );
             }
         }

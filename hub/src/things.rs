@@ -386,6 +386,17 @@ impl Things {
         .await
     }
 
+    /// Replaces every tag (a fleet job's `tags` operation with `replace`, S-12.1), retried over
+    /// concurrent updates.
+    pub async fn replace_tags(
+        &self,
+        id: &str,
+        tags: Map<String, Value>,
+    ) -> Result<Tags, ThingsError> {
+        self.edit_tags(id, None, |current| *current = tags.clone())
+            .await
+    }
+
     /// Applies an RFC 7386 JSON merge-patch to the tags (`PATCH /things/{id}/tags`, D-42): a
     /// deep merge where `null` deletes. `version` is a precondition as in [`Things::update_tags`].
     pub async fn merge_tags(

@@ -277,6 +277,103 @@ impl From<OtaStatus> for OtaTaskState {
     }
 }
 
+/// The state of one thing inside a fleet job (S-12.3), as stored and shown by the REST API:
+/// `"queued"`, `"in_progress"`, `"succeeded"`, `"failed"`, `"timed_out"`, `"canceled"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobThingState {
+    /// Not reached yet: waiting for the start time, the rate, a retry or the thing to connect.
+    Queued,
+    /// The operation was sent (a method call awaits its answer).
+    InProgress,
+    /// The operation took effect (a method answered with a 2xx code).
+    Succeeded,
+    /// The operation was refused: the device's method code, or the hub's refusal.
+    Failed,
+    /// No answer within the timeout on the last attempt, or not reached before the job's end.
+    TimedOut,
+    /// The job was canceled before the thing was reached.
+    Canceled,
+}
+
+impl JobThingState {
+    /// Every state, in lifecycle order (S-12.3).
+    pub const ALL: [JobThingState; 6] = [
+        JobThingState::Queued,
+        JobThingState::InProgress,
+        JobThingState::Succeeded,
+        JobThingState::Failed,
+        JobThingState::TimedOut,
+        JobThingState::Canceled,
+    ];
+
+    /// The state a wire string names, `None` for any other string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The wire string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobThingState::Queued => "queued",
+            JobThingState::InProgress => "in_progress",
+            JobThingState::Succeeded => "succeeded",
+            JobThingState::Failed => "failed",
+            JobThingState::TimedOut => "timed_out",
+            JobThingState::Canceled => "canceled",
+        }
+    }
+
+    /// Whether the thing is done with (succeeded, failed, timed out or canceled).
+    pub const fn is_final(self) -> bool {
+        !matches!(self, JobThingState::Queued | JobThingState::InProgress)
+    }
+}
+
+/// The status of a fleet job (S-12.2): `"scheduled"`, `"running"`, `"completed"`, `"canceled"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for its start time.
+    Scheduled,
+    /// Reaching its things.
+    Running,
+    /// Every thing is in a final state.
+    Completed,
+    /// Canceled: things not yet reached are `canceled`.
+    Canceled,
+}
+
+impl JobStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [JobStatus; 4] = [
+        JobStatus::Scheduled,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Canceled,
+    ];
+
+    /// The status a wire string names, `None` for any other string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The wire string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Scheduled => "scheduled",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    /// Whether the job has ended.
+    pub const fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Canceled)
+    }
+}
+
 /// The `eventType` of a presence event (S-8.1): `"connected"` or `"disconnected"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -335,6 +432,19 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = serde_json_core::to_slice(v, &mut buf).unwrap();
         heapless::String::try_from(core::str::from_utf8(&buf[..n]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn job_states_round_trip() {
+        for s in JobThingState::ALL {
+            assert_eq!(JobThingState::parse(s.as_str()), Some(s));
+            assert_eq!(ser(&s).as_str().trim_matches('"'), s.as_str());
+        }
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobThingState::parse("timed-out"), None);
+        assert!(JobThingState::TimedOut.is_final() && !JobThingState::InProgress.is_final());
     }
 
     #[test]

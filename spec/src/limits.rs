@@ -35,6 +35,13 @@ pub const MAX_RETAINED_PER_THING: usize = 16;
 pub const MAX_CONFIGURATIONS: usize = 100;
 /// Largest `desired` patch of one configuration, in bytes of its JSON text (S-11.1).
 pub const MAX_CONFIGURATION_DESIRED: usize = 8192;
+/// Most things one fleet job targets (S-12.1), whether listed or matched by a query.
+pub const MAX_JOB_TARGETS: usize = 100_000;
+/// Largest operation body of one fleet job (method payload, desired patch or tags), in bytes of
+/// its JSON text (S-12.1); also the largest method response a job keeps per thing (S-12.3).
+pub const MAX_JOB_PAYLOAD: usize = 8192;
+/// Most retries of one thing in a fleet job, after its first attempt (S-12.2).
+pub const MAX_JOB_RETRIES: u32 = 10;
 
 /// The configurable per-hub limits of S-3.9.
 ///

@@ -28,6 +28,7 @@ pub mod configurations;
 pub mod docs;
 pub mod enrollments;
 pub mod error;
+pub mod jobs;
 pub mod methods;
 pub mod observe;
 pub mod ota;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub ota: Option<crate::ota::OtaService>,
     /// Configurations (S-11); `None` answers their routes with 503.
     pub configurations: Option<crate::configurations::Configurations>,
+    /// Fleet jobs (S-12); `None` answers their routes with 503.
+    pub jobs: Option<crate::jobs::Jobs>,
     /// `--tio-compat`: HTTP Basic auth with the admin token as password is accepted too.
     pub basic_auth: bool,
     /// The web console's sessions and live events (`crate::console`).
@@ -111,6 +114,7 @@ impl AppState {
             metrics,
             ota: None,
             configurations: None,
+            jobs: None,
             basic_auth: false,
             console: crate::console::Console::default(),
             provisioner: None,
@@ -135,6 +139,12 @@ impl AppState {
         configurations: crate::configurations::Configurations,
     ) -> AppState {
         self.configurations = Some(configurations);
+        self
+    }
+
+    /// Serves the fleet job routes (S-12) with `jobs`.
+    pub fn with_jobs(mut self, jobs: crate::jobs::Jobs) -> AppState {
+        self.jobs = Some(jobs);
         self
     }
 
@@ -216,6 +226,11 @@ pub fn router(state: AppState) -> Router {
             "/things/{id}/configurations",
             get(configurations::thing_records),
         )
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get_job))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/things", get(jobs::list_things))
+        .route("/jobs/{id}/things/{thing}", get(jobs::get_thing))
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 

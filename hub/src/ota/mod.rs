@@ -15,7 +15,7 @@
 
 mod engine;
 pub mod machine;
-mod rate;
+pub(crate) mod rate;
 mod wire;
 
 use std::collections::HashSet;

@@ -11,7 +11,7 @@ const MINUTE_MS: u64 = 60_000;
 
 /// Pacing state of one job.
 #[derive(Debug, Clone)]
-pub(super) struct Rate {
+pub(crate) struct Rate {
     per_minute: usize,
     interval_us: u64,
     /// Earliest time of the next send, µs.
@@ -22,7 +22,7 @@ pub(super) struct Rate {
 
 impl Rate {
     /// At most `per_minute` sends per minute (at least 1).
-    pub(super) fn new(per_minute: u32) -> Rate {
+    pub(crate) fn new(per_minute: u32) -> Rate {
         let per_minute = per_minute.max(1);
         Rate {
             per_minute: per_minute as usize,
@@ -33,7 +33,7 @@ impl Rate {
     }
 
     /// Whether a send may happen at `now`.
-    pub(super) fn may_send(&mut self, now: u64) -> bool {
+    pub(crate) fn may_send(&mut self, now: u64) -> bool {
         while self.window.front().is_some_and(|t| *t + MINUTE_MS <= now) {
             self.window.pop_front();
         }
@@ -41,7 +41,7 @@ impl Rate {
     }
 
     /// Records a send at `now` (after [`Rate::may_send`] said yes).
-    pub(super) fn sent(&mut self, now: u64) {
+    pub(crate) fn sent(&mut self, now: u64) {
         let now_us = now.saturating_mul(1000);
         if self.next_us + self.interval_us < now_us {
             self.next_us = now_us;
@@ -51,7 +51,7 @@ impl Rate {
     }
 
     /// When the next send may happen, ms (not before `now`).
-    pub(super) fn next_at(&self, now: u64) -> u64 {
+    pub(crate) fn next_at(&self, now: u64) -> u64 {
         if self.window.len() >= self.per_minute {
             self.window.front().map_or(now, |t| t + MINUTE_MS).max(now)
         } else {

@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `enrollments`, `configurations`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `enrollments`, `configurations`, `jobs`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -34,6 +34,8 @@ pub enum Writer {
     Probe,
     /// Configurations and what they applied (S-11).
     Configurations,
+    /// Fleet jobs and their per-thing outcomes (S-12).
+    Jobs,
 }
 
 impl Writer {
@@ -47,6 +49,7 @@ impl Writer {
             Writer::Enrollments => "enrollments",
             Writer::Probe => "probe",
             Writer::Configurations => "configurations",
+            Writer::Jobs => "jobs",
         }
     }
 }

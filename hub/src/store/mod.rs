@@ -30,6 +30,7 @@ pub mod configurations;
 pub mod enroll;
 pub mod fault;
 pub mod health;
+pub mod jobs;
 pub mod ota;
 pub mod postgres;
 pub mod sqlite;
@@ -235,6 +236,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The configuration storage of this store (S-11), `None` when it has none (test doubles).
     fn configurations(&self) -> Option<&dyn configurations::ConfigurationStore> {
+        None
+    }
+
+    /// The fleet job storage of this store (S-12), `None` when it has none (test doubles).
+    fn jobs(&self) -> Option<&dyn jobs::JobStore> {
         None
     }
 }

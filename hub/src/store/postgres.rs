@@ -42,6 +42,7 @@ use super::{StoreError, from_db, to_db};
 mod batch;
 mod configurations;
 mod enroll;
+mod jobs;
 mod ota;
 pub mod query;
 mod statements;

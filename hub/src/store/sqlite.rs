@@ -36,6 +36,7 @@ use super::{StoreError, from_db, to_db};
 
 pub(crate) mod configurations;
 mod enroll;
+mod jobs;
 mod ota;
 pub mod query;
 mod statements;

@@ -21,6 +21,7 @@ mod postgres_server;
 mod configurations;
 mod enroll;
 mod health;
+mod jobs;
 mod ota;
 mod query;
 mod race;
@@ -155,4 +156,6 @@ suite!(
     enroll::provisioning_writes_the_initial_shadow,
     configurations::configurations_and_records_round_trip,
     configurations::failed_configuration_writes_store_nothing,
+    jobs::jobs_and_things_round_trip,
+    jobs::failed_job_writes_store_nothing,
 );

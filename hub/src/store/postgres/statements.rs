@@ -467,6 +467,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn jobs(&self) -> Option<&dyn crate::store::jobs::JobStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }

@@ -580,6 +580,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn jobs(&self) -> Option<&dyn crate::store::jobs::JobStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }
