@@ -78,7 +78,7 @@ pub struct RunningHub {
 /// The broker the hub runs on, made before the services (they need its bus) and started after.
 enum Prepared {
     Embedded(broker::PreparedBroker),
-    External(external::Prepared),
+    External(Box<external::Prepared>),
 }
 
 /// The broker the hub runs on: its own, or an external one it joined (D-60).
@@ -137,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             Some(external) => {
                 let prepared = external::Prepared::new(external)?;
                 let bus = prepared.bus();
-                (Prepared::External(prepared), bus)
+                (Prepared::External(Box::new(prepared)), bus)
             }
             None => {
                 let prepared = EmbeddedBroker::prepare().await;
