@@ -368,7 +368,8 @@ impl Things {
     pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, ThingsError> {
         let before = self.get(id).await?;
         let thing = self.inner.store.set_enabled(id, enabled).await?;
-        self.tell_broker(id, ThingChange::Enabled(enabled)).await?;
+        // The registry changed: everything local follows even when the broker does not.
+        let broker = self.tell_broker(id, ThingChange::Enabled(enabled)).await;
         if !enabled {
             self.inner.credentials.forget(id);
             self.kick(id).await;
@@ -381,7 +382,7 @@ impl Things {
             };
             self.lifecycle(id, op).await;
         }
-        Ok(thing)
+        broker.map(|()| thing)
     }
 
     /// Deletes a thing and its shadows (`DELETE /things/{id}`), closes its live connection and
@@ -391,12 +392,13 @@ impl Things {
             return Err(ThingsError::NotFound);
         }
         self.inner.store.delete_thing(id).await?;
-        self.tell_broker(id, ThingChange::Deleted).await?;
+        // The registry changed: everything local follows even when the broker does not.
+        let broker = self.tell_broker(id, ThingChange::Deleted).await;
         self.inner.credentials.forget(id);
         self.inner.shadows.forget_thing(id);
         self.kick(id).await;
         self.lifecycle(id, LifecycleOp::Delete).await;
-        Ok(())
+        broker
     }
 
     /// Applies a tags patch (`PUT /things/{id}/tags`): each key of `patch` replaces that tag,

@@ -444,4 +444,9 @@ async fn registry_writes_fail_with_503_while_the_broker_is_down() {
         .patch(&format!("/things/{id}"), json!({"enabled": false}))
         .await;
     assert_eq!(status, 503, "disable without a broker: {body}");
+    let (_, thing) = hub.rest_thing(&id).await;
+    assert_eq!(
+        thing["enabled"], false,
+        "the registry keeps the change for reconciliation"
+    );
 }
