@@ -1,10 +1,48 @@
 //! How services publish to things and service users without knowing which broker carries it:
 //! the operations-out half of the broker boundary ([`crate::edge`] has the whole contract).
 //!
-//! The embedded rmqtt broker implements [`Bus`]; an external broker can implement it later.
+//! The embedded rmqtt broker implements [`Bus`]; so does the external Mosquitto mode
+//! ([`crate::external`]), which also holds each thing's credentials and ACLs in the broker and so
+//! needs to hear of registry changes ([`Bus::thing_changed`]).
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+/// A registry change that a broker holding its own accounts must follow (D-61). Its `Debug`
+/// never shows the secret.
+#[derive(Clone, Copy)]
+pub enum ThingChange<'a> {
+    /// The thing was created with this secret (in clear; never log it).
+    Created {
+        /// The thing's secret.
+        password: &'a str,
+    },
+    /// The thing was enabled (`true`) or disabled (`false`).
+    Enabled(bool),
+    /// The thing was deleted.
+    Deleted,
+}
+
+impl std::fmt::Debug for ThingChange<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThingChange::Created { .. } => f.write_str("Created"),
+            ThingChange::Enabled(on) => write!(f, "Enabled({on})"),
+            ThingChange::Deleted => f.write_str("Deleted"),
+        }
+    }
+}
+
+/// Why a broker could not apply a [`ThingChange`].
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker did not answer in time or the connection to it is down.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error.
+    #[error("broker refused: {0}")]
+    Refused(String),
+}
 
 /// The hub's way out to MQTT clients.
 #[async_trait]
@@ -19,5 +57,11 @@ pub trait Bus: Send + Sync + 'static {
     /// can be skipped. When unsure, say `true`.
     async fn has_subscribers(&self, _topic: &str) -> bool {
         true
+    }
+    /// Applies a registry change to a broker that keeps its own accounts (the external
+    /// Mosquitto's dynamic-security plugin, D-61). The embedded broker asks the registry at
+    /// every CONNECT and has nothing to do. `Ok` once the broker has applied it.
+    async fn thing_changed(&self, _thing: &str, _change: ThingChange<'_>) -> Result<(), BusError> {
+        Ok(())
     }
 }

@@ -196,6 +196,29 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub job_retention_hours: u64,
 
+    /// Run on an external MQTT broker instead of the embedded one, as `mqtt://HOST:PORT`: a
+    /// Mosquitto 2.0 with its dynamic-security plugin (docs/running-at-scale.md, "The hub on
+    /// Mosquitto"). Devices connect to that broker; the hub joins it as an MQTT 5 client, keeps
+    /// one account per thing there, and opens no MQTT listener of its own (--mqtt-addr is
+    /// unused). One hub per broker. Default: the embedded broker.
+    #[arg(long, env = "IOTHUB_BROKER")]
+    pub broker: Option<String>,
+
+    /// The hub's user name (and client identifier) on the --broker: a dynamic-security client
+    /// whose role allows `$iothub/#`, `$CONTROL/dynamic-security/#` and the `$SYS/broker/log`
+    /// topics.
+    #[arg(long, env = "IOTHUB_BROKER_USERNAME", default_value = "$hub")]
+    pub broker_username: String,
+
+    /// The hub's password on the --broker (or --broker-password-file).
+    #[arg(long, env = "IOTHUB_BROKER_PASSWORD", hide_env_values = true)]
+    pub broker_password: Option<String>,
+
+    /// A file holding the hub's password on the --broker (a trailing newline is ignored);
+    /// keeps the password out of the process list.
+    #[arg(long, env = "IOTHUB_BROKER_PASSWORD_FILE")]
+    pub broker_password_file: Option<PathBuf>,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -19,6 +19,7 @@ pub mod config;
 pub mod configurations;
 pub mod console;
 pub mod edge;
+pub mod external;
 pub mod guard;
 pub mod jobs;
 pub mod logging;
@@ -63,7 +64,7 @@ pub struct RunningHub {
     pub https: bool,
     /// The admin bearer token in force.
     pub admin_token: String,
-    broker: EmbeddedBroker,
+    broker: BrokerSide,
     http: JoinHandle<()>,
     http_stop: tokio::sync::oneshot::Sender<()>,
     router_stops: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -82,6 +83,47 @@ pub struct RunningHub {
     jobs_task: JoinHandle<()>,
     shadows: shadow::service::ShadowService,
     store: store::SharedStore,
+}
+
+/// The broker the hub runs on, made before the services (they need its bus) and started after.
+enum Prepared {
+    Embedded(broker::PreparedBroker),
+    External(Box<external::Prepared>),
+}
+
+/// The broker the hub runs on: its own, or an external one it joined (D-60).
+enum BrokerSide {
+    Embedded(EmbeddedBroker),
+    External(external::ExternalBroker),
+}
+
+impl BrokerSide {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            BrokerSide::Embedded(b) => b.local_addr(),
+            BrokerSide::External(b) => b.local_addr(),
+        }
+    }
+
+    /// Where every listener is bound; on an external broker the hub runs none of its own.
+    fn addrs(&self) -> broker::BrokerAddrs {
+        match self {
+            BrokerSide::Embedded(b) => b.addrs(),
+            BrokerSide::External(b) => broker::BrokerAddrs {
+                mqtt: b.local_addr(),
+                mqtts: None,
+                ws: None,
+                wss: None,
+            },
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            BrokerSide::Embedded(b) => b.stop().await,
+            BrokerSide::External(b) => b.stop().await,
+        }
+    }
 }
 
 /// Serves until `shutdown` completes, then shuts down gracefully.
@@ -118,9 +160,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(metrics.clone()),
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
-    let prepared = EmbeddedBroker::prepare().await;
+    // Either the embedded broker or an external one (D-60); the services see only the bus.
+    let (prepared, inner_bus): (Prepared, Arc<dyn Bus>) =
+        match external::ExternalConfig::from_config(&config)? {
+            Some(external) => {
+                anyhow::ensure!(
+                    config.mqtts_addr.is_none()
+                        && config.ws_addr.is_none()
+                        && config.wss_addr.is_none(),
+                    "--mqtts-addr, --ws-addr and --wss-addr are listeners of the embedded broker; \
+                     with --broker, devices connect to that broker, so set its TLS and WebSocket \
+                     listeners up there"
+                );
+                let prepared = external::Prepared::new(external)?;
+                let bus = prepared.bus();
+                (Prepared::External(Box::new(prepared)), bus)
+            }
+            None => {
+                let prepared = EmbeddedBroker::prepare().await;
+                let bus = Arc::new(prepared.bus(metrics.clone()));
+                (Prepared::Embedded(prepared), bus)
+            }
+        };
     // The console sees what the hub publishes about things through a tee on the bus.
-    let (bus, console_events) = console::TeeBus::wrap(Arc::new(prepared.bus(metrics.clone())));
+    let (bus, console_events) = console::TeeBus::wrap(inner_bus);
     let bus: Arc<dyn Bus> = bus;
     let shards = config
         .dispatch_shards
@@ -199,28 +262,33 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         )
         .with_provisioner(provisioner.clone()),
     );
-    let broker = prepared
-        .start(
-            &BrokerConfig {
-                addr: config.mqtt_addr,
-                max_connections: budget.mqtt_connections,
-                max_packet_size: 1024 * 1024,
-                handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
-                max_connect_size: config.max_connect_size,
-                max_pending: budget.mqtt_pending,
-                max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
-                    .unwrap_or(usize::MAX),
-                max_subscriptions: limits.max_subscriptions as usize,
-                mqtts_addr: config.mqtts_addr,
-                ws_addr: config.ws_addr,
-                wss_addr: config.wss_addr,
-                tls: tls.as_ref().map(|t| t.mqtt.clone()),
-            },
-            events,
-            mqtt_refusals,
-            metrics.clone(),
-        )
-        .await?;
+    let broker = match prepared {
+        Prepared::External(prepared) => BrokerSide::External(prepared.start(events, store.clone())),
+        Prepared::Embedded(prepared) => BrokerSide::Embedded(
+            prepared
+                .start(
+                    &BrokerConfig {
+                        addr: config.mqtt_addr,
+                        max_connections: budget.mqtt_connections,
+                        max_packet_size: 1024 * 1024,
+                        handshake_timeout: std::time::Duration::from_secs(config.handshake_timeout),
+                        max_connect_size: config.max_connect_size,
+                        max_pending: budget.mqtt_pending,
+                        max_pending_per_addr: usize::try_from(config.max_pending_connects_per_addr)
+                            .unwrap_or(usize::MAX),
+                        max_subscriptions: limits.max_subscriptions as usize,
+                        mqtts_addr: config.mqtts_addr,
+                        ws_addr: config.ws_addr,
+                        wss_addr: config.wss_addr,
+                        tls: tls.as_ref().map(|t| t.mqtt.clone()),
+                    },
+                    events,
+                    mqtt_refusals,
+                    metrics.clone(),
+                )
+                .await?,
+        ),
+    };
 
     let admin_token = config
         .admin_token

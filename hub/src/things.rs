@@ -22,7 +22,7 @@ use iothub_spec::topic::Topic;
 use serde_json::{Map, Value};
 
 use crate::auth::{self, CredentialCache, SecretOrigin};
-use crate::bus::Bus;
+use crate::bus::{Bus, ThingChange};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::shadow::ShadowService;
@@ -212,6 +212,7 @@ impl Things {
             enabled: true,
         };
         let thing = self.inner.store.create_thing(&new, now_ms()).await?;
+        self.admit_on_broker(&thing.thing_id, &password).await?;
         self.remember_issued(&thing.thing_id, &password);
         self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
         Ok(CreatedThing { thing, password })
@@ -262,11 +263,14 @@ impl Things {
         };
         for ((i, _, password, _), outcome) in pending.into_iter().zip(stored) {
             let r = match outcome {
-                Ok(thing) => {
-                    self.remember_issued(&thing.thing_id, &password);
-                    self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
-                    Ok(CreatedThing { thing, password })
-                }
+                Ok(thing) => match self.admit_on_broker(&thing.thing_id, &password).await {
+                    Ok(()) => {
+                        self.remember_issued(&thing.thing_id, &password);
+                        self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
+                        Ok(CreatedThing { thing, password })
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(ThingsError::from(e)),
             };
             if let Some(slot) = results.get_mut(i) {
@@ -295,6 +299,35 @@ impl Things {
         }
         self.remember_issued(thing, password);
         self.lifecycle(thing, LifecycleOp::Provision).await;
+    }
+
+    /// Gives a new thing its account on a broker that keeps its own (D-61). When the broker
+    /// cannot, the thing is removed from the registry again and the caller told: a thing that
+    /// exists but cannot connect would be acknowledged without being usable.
+    async fn admit_on_broker(&self, thing: &str, password: &str) -> Result<(), ThingsError> {
+        let change = ThingChange::Created { password };
+        let Err(e) = self.inner.bus.thing_changed(thing, change).await else {
+            return Ok(());
+        };
+        tracing::warn!(%thing, error = %e, "the broker did not take the new thing; not created");
+        if let Err(undo) = self.inner.store.delete_thing(thing).await {
+            tracing::error!(%thing, error = %undo, "cannot remove the thing the broker refused; start-up reconciliation will");
+        }
+        Err(ThingsError::Unavailable)
+    }
+
+    /// Applies an enable, disable or delete already written to the registry to a broker that
+    /// keeps its own accounts. A failure is the caller's 503; the registry stays as written and
+    /// the broker follows it at the next start-up reconciliation (D-61).
+    async fn tell_broker(&self, thing: &str, change: ThingChange<'_>) -> Result<(), ThingsError> {
+        self.inner
+            .bus
+            .thing_changed(thing, change)
+            .await
+            .map_err(|e| {
+                tracing::warn!(%thing, ?change, error = %e, "the broker did not follow a registry change");
+                ThingsError::Unavailable
+            })
     }
 
     fn remember_issued(&self, thing: &str, password: &str) {
@@ -335,6 +368,8 @@ impl Things {
     pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<ThingRecord, ThingsError> {
         let before = self.get(id).await?;
         let thing = self.inner.store.set_enabled(id, enabled).await?;
+        // The registry changed: everything local follows even when the broker does not.
+        let broker = self.tell_broker(id, ThingChange::Enabled(enabled)).await;
         if !enabled {
             self.inner.credentials.forget(id);
             self.kick(id).await;
@@ -347,7 +382,7 @@ impl Things {
             };
             self.lifecycle(id, op).await;
         }
-        Ok(thing)
+        broker.map(|()| thing)
     }
 
     /// Deletes a thing and its shadows (`DELETE /things/{id}`), closes its live connection and
@@ -357,11 +392,13 @@ impl Things {
             return Err(ThingsError::NotFound);
         }
         self.inner.store.delete_thing(id).await?;
+        // The registry changed: everything local follows even when the broker does not.
+        let broker = self.tell_broker(id, ThingChange::Deleted).await;
         self.inner.credentials.forget(id);
         self.inner.shadows.forget_thing(id);
         self.kick(id).await;
         self.lifecycle(id, LifecycleOp::Delete).await;
-        Ok(())
+        broker
     }
 
     /// Applies a tags patch (`PUT /things/{id}/tags`): each key of `patch` replaces that tag,

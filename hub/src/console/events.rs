@@ -172,6 +172,14 @@ impl Bus for TeeBus {
         self.inner.disconnect(client_id).await;
     }
 
+    async fn thing_changed(
+        &self,
+        thing: &str,
+        change: crate::bus::ThingChange<'_>,
+    ) -> Result<(), crate::bus::BusError> {
+        self.inner.thing_changed(thing, change).await
+    }
+
     fn is_connected(&self, client_id: &str) -> bool {
         self.inner.is_connected(client_id)
     }

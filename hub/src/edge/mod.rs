@@ -26,15 +26,14 @@
 //! The embedded rmqtt broker ([`crate::broker`]) is one implementation; [`HubEvents`] is the
 //! core's side.
 //!
-//! How an external broker (issue 23, the hub as a privileged MQTT 5 client) maps onto it:
-//! `authenticate` answers the broker's HTTP authentication hook (EMQX, VerneMQ) or, for
-//! Mosquitto's dynamic-security plugin, decides what the hub provisions; the publish/subscribe
-//! decisions of its HTTP authorization hook or its per-thing roles come from the same
-//! [`iothub_spec::topic::acl`] functions; `publish_in` is fed from shared subscriptions to the
-//! request topics ([`iothub_spec::topic::Topic::is_hub_request`]), whose sender is the topic's
-//! thing (the broker's allow-list already holds a thing to its own topics); `connected` and
-//! `disconnected` come from the broker's client events; the [`Bus`](crate::bus::Bus) publishes
-//! through the hub's own connection and keeps is-connected from those events.
+//! How an external broker maps onto it ([`crate::external`], Mosquitto 2.0, D-60..D-66):
+//! Mosquitto authenticates and authorizes with the per-thing accounts the hub keeps in its
+//! dynamic-security plugin (the [`iothub_spec::topic::grants`] patterns), so `authenticate` is
+//! not asked; `publish_in` is fed from the hub's subscriptions to the request topics, whose
+//! sender is the topic's thing (the broker's allow-list already held it to its own topics);
+//! `connected`, `disconnected` and `subscribed` come from the broker's log lines; the
+//! [`Bus`](crate::bus::Bus) publishes through the hub's own connection and keeps is-connected
+//! from those lines.
 
 pub mod authn;
 mod core;

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 mod hub;
 mod mqtt;
+pub mod mosquitto;
 pub mod postgres;
 pub mod streams;
 
