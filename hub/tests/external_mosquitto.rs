@@ -9,13 +9,6 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use support::mosquitto::Mosquitto;
 use support::{Client, ConnectError, Hub, Proto, QUIET, STEP, eventually, thing_topic, unique};
