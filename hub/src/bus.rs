@@ -53,6 +53,19 @@ pub trait Bus: Send + Sync + 'static {
     async fn disconnect(&self, client_id: &str);
     /// Whether `client_id` has a live connection now.
     fn is_connected(&self, client_id: &str) -> bool;
+    /// Names the live connection of `client_id` now, if the broker can tell its connections
+    /// apart: a later connection with the same client id gets another value. Lets a delayed
+    /// close spare the connection that replaced the one it was meant for.
+    fn connection(&self, _client_id: &str) -> Option<u64> {
+        None
+    }
+    /// Closes the connection of `client_id` named `connection` by [`Bus::connection`], and only
+    /// if it is still the live one.
+    async fn disconnect_connection(&self, client_id: &str, connection: u64) {
+        if self.connection(client_id) == Some(connection) {
+            self.disconnect(client_id).await;
+        }
+    }
     /// Whether any subscription matches `topic`, so that a costly payload nobody would receive
     /// can be skipped. When unsure, say `true`.
     async fn has_subscribers(&self, _topic: &str) -> bool {

@@ -10,6 +10,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use iothub_spec::topic::Filter;
 use iothub_spec::topic::provision::{Claim, ProvisionKind};
@@ -387,6 +388,37 @@ async fn a_reused_serial_keeps_its_thing_and_loses_its_old_secret() {
     }
     let (_, e) = hub.get("/enrollments/e1").await;
     assert_eq!(e["data"]["uses"], 1, "re-provisioning uses nothing up");
+}
+
+/// A device that connects again before the hub closed its answered claim connection keeps the
+/// new connection: the delayed close (D-43) is for the connection that got the reply only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_close_after_a_reply_spares_a_newer_connection() {
+    let hub = Hub::start();
+    let secret = enroll(&hub, json!({"enrollmentId": "e1"})).await;
+    let accepted = topic("e1", "SN-9", ProvisionKind::Accepted);
+    let mut first = claim(&hub, Proto::V5, "e1", "SN-9", &secret).await;
+    assert_eq!(first.subscribe(&accepted).await.expect("subscribe"), 1);
+    first
+        .publish_json(
+            &topic("e1", "SN-9", ProvisionKind::Request),
+            &json!({"clientToken": "a"}),
+        )
+        .await;
+    first
+        .wait_message(STEP, |m| m.topic == accepted)
+        .await
+        .expect("the first connection's reply");
+
+    // At once, well inside the hub's 500 ms: the same claim again, as a retrying device would.
+    let mut second = claim(&hub, Proto::V5, "e1", "SN-9", &secret).await;
+    assert!(
+        !second.is_disconnected(Duration::from_secs(2)).await,
+        "the close meant for the answered connection closed its successor"
+    );
+    // The newer connection is served and then closed after its own reply.
+    let (ok, body) = provision(&mut second, "e1", "SN-9", json!({"clientToken": "b"})).await;
+    assert!(ok, "{body}");
 }
 
 fn set_rules(path: &Path, rules: &str) {

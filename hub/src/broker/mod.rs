@@ -357,6 +357,16 @@ impl Bus for RmqttBus {
         self.live.contains_key(client_id)
     }
 
+    fn connection(&self, client_id: &str) -> Option<u64> {
+        use std::hash::{Hash as _, Hasher as _};
+        // rmqtt's Id hashes its addresses and creation time: two connections differ. The
+        // default hasher has fixed keys, so one connection always gets the same value.
+        let live = self.live.get(client_id)?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        live.hash(&mut hasher);
+        Some(hasher.finish())
+    }
+
     async fn has_subscribers(&self, topic: &str) -> bool {
         self.scx
             .extends

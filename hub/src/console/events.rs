@@ -184,6 +184,16 @@ impl Bus for TeeBus {
         self.inner.is_connected(client_id)
     }
 
+    fn connection(&self, client_id: &str) -> Option<u64> {
+        self.inner.connection(client_id)
+    }
+
+    async fn disconnect_connection(&self, client_id: &str, connection: u64) {
+        self.inner
+            .disconnect_connection(client_id, connection)
+            .await;
+    }
+
     async fn has_subscribers(&self, topic: &str) -> bool {
         // Shadow documents are built only for listeners; an open console page is one.
         if self.tx.receiver_count() > 0

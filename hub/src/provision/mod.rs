@@ -135,6 +135,8 @@ impl Provisioner {
         }
         let (enrollment, serial) = (t.enrollment.to_owned(), t.serial.to_owned());
         let sender = sender.to_owned();
+        // The request comes from the live connection of `sender`; only that one is closed.
+        let connection = self.inner.bus.connection(&sender);
         let permit = Arc::clone(&self.inner.slots).try_acquire_owned();
         let this = self.clone();
         tokio::spawn(async move {
@@ -148,7 +150,16 @@ impl Provisioner {
             this.answer(&enrollment, &serial, token.as_deref(), result)
                 .await;
             tokio::time::sleep(CLOSE_AFTER).await;
-            this.inner.bus.disconnect(&sender).await;
+            // A device that retried sooner is on a new connection by now: that one stays.
+            match connection {
+                Some(connection) => {
+                    this.inner
+                        .bus
+                        .disconnect_connection(&sender, connection)
+                        .await
+                }
+                None => this.inner.bus.disconnect(&sender).await,
+            }
         });
     }
 
