@@ -459,7 +459,9 @@ async fn tls_reload_on_sighup(tls: tls::HubTls) {
         };
         while hangups.recv().await.is_some() {
             match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Ok(()) => tracing::info!(
+                    "SIGHUP: TLS certificate and key reloaded (and the client CA, if set)"
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificate stays in use");
                 }

@@ -1,20 +1,25 @@
 //! TLS for the hub's listeners (D-67, D-68): the certificate and key files, read at start-up and
 //! again on SIGHUP, behind one rustls configuration per use (MQTT, HTTPS).
 //!
-//! Reloading swaps the [`CertifiedKey`] a [`ReloadableCert`] hands to each new handshake; a
-//! connection already established keeps the session it negotiated, so nothing is dropped. A
-//! reload that fails (a missing file, a key that does not match) keeps the certificate in use
+//! Reloading swaps the [`CertifiedKey`] a [`ReloadableCert`] hands to each new handshake, and
+//! the client CA a [`ReloadableVerifier`] checks client certificates against; a connection
+//! already established keeps the session it negotiated, so nothing is dropped. A reload that
+//! fails (a missing file, a key that does not match, an unreadable CA) keeps all of them in use
 //! and reports why. rustls' `ring` provider everywhere, as in the rest of the workspace.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 /// Why the TLS files could not be used; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +109,104 @@ impl ResolvesServerCert for ReloadableCert {
     }
 }
 
-/// The TLS configurations of the hub's listeners, sharing one reloadable certificate.
+/// The client CA new handshakes verify client certificates against (D-71); replaced by
+/// [`HubTls::reload`].
+#[derive(Debug)]
+pub struct ReloadableVerifier {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ReloadableVerifier {
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        match self.current.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, verifier: Arc<dyn ClientCertVerifier>) {
+        match self.current.write() {
+            Ok(mut v) => *v = verifier,
+            Err(poisoned) => *poisoned.into_inner() = verifier,
+        }
+    }
+}
+
+impl ClientCertVerifier for ReloadableVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.get().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.get().client_auth_mandatory()
+    }
+
+    /// None: the hints would borrow from a verifier a reload may drop. They only help a client
+    /// holding several certificates choose; a device has one and sends it anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
+}
+
+/// A verifier requiring client certificates that chain to the CA certificates in `path`.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in read_certs(path)? {
+        roots.add(ca).map_err(|e| TlsError::ClientCa {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| TlsError::ClientCa {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// The TLS configurations of the hub's listeners, sharing one reloadable certificate and,
+/// when client certificates are required, one reloadable client CA.
 #[derive(Debug, Clone)]
 pub struct HubTls {
     files: TlsFiles,
     cert: Arc<ReloadableCert>,
+    client_ca: Option<Arc<ReloadableVerifier>>,
     /// For MQTT over TLS and WSS: asks for a client certificate when a client CA is set.
     pub mqtt: Arc<ServerConfig>,
     /// For HTTPS: no client certificate (the REST API authenticates with its token), ALPN
@@ -127,23 +225,15 @@ impl HubTls {
             current: RwLock::new(Arc::new(certified_key(&files)?)),
         });
         let provider = provider();
-        let verifier = match &files.client_ca {
+        let client_ca = match &files.client_ca {
+            None => None,
+            Some(path) => Some(Arc::new(ReloadableVerifier {
+                current: RwLock::new(client_verifier(path, provider.clone())?),
+            })),
+        };
+        let verifier: Arc<dyn ClientCertVerifier> = match &client_ca {
             None => WebPkiClientVerifier::no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for ca in read_certs(path)? {
-                    roots.add(ca).map_err(|e| TlsError::ClientCa {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                }
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::ClientCa {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?
-            }
+            Some(reloadable) => reloadable.clone(),
         };
         let versions = |provider: Arc<CryptoProvider>| {
             ServerConfig::builder_with_provider(provider)
@@ -160,18 +250,29 @@ impl HubTls {
         Ok(HubTls {
             files,
             cert,
+            client_ca,
             mqtt: Arc::new(mqtt),
             https: Arc::new(https),
         })
     }
 
-    /// Reads the certificate and key files again; new handshakes get them, established
-    /// connections keep theirs. On error the certificate in use stays.
+    /// Reads the certificate, key and client CA files again; new handshakes get them,
+    /// established connections keep theirs. On error everything in use stays: all files are
+    /// read before anything is swapped.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = Arc::new(certified_key(&self.files)?);
+        let client_ca = match (&self.files.client_ca, &self.client_ca) {
+            (Some(path), Some(reloadable)) => {
+                Some((reloadable, client_verifier(path, provider())?))
+            }
+            _ => None,
+        };
         match self.cert.current.write() {
             Ok(mut current) => *current = key,
             Err(poisoned) => *poisoned.into_inner() = key,
+        }
+        if let Some((reloadable, verifier)) = client_ca {
+            reloadable.set(verifier);
         }
         Ok(())
     }

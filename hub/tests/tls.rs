@@ -238,6 +238,63 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
     thing.close().await;
 }
 
+/// `--tls-client-ca` is read again on SIGHUP too (D-68): after the file names another CA, that
+/// CA's client certificates are let in and the old CA's are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_ca() {
+    let id = unique("ca-reload");
+    let (a, b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    dev_certs(a.path(), &[&id]);
+    dev_certs(b.path(), &[&id]);
+    let live = tempfile::tempdir().expect("tempdir");
+    let client_ca = live.path().join("client-ca.pem");
+    std::fs::copy(a.path().join("ca.pem"), &client_ca).expect("copy");
+    let hub = tls_hub(a.path(), &["--tls-client-ca", &arg(client_ca.clone())]);
+    let secret = hub.create_thing(&id).await;
+    let server_ca = read(a.path().join("ca.pem"));
+    let with_cert_of = |dir: &Path| {
+        mqtts_options(&hub, &id, &secret, &server_ca)
+            .tls_client_cert_pem(
+                &read(dir.join(format!("thing-{id}.pem"))),
+                &read(dir.join(format!("thing-{id}.key"))),
+            )
+            .expect("client cert")
+    };
+    let thing = Thing::connect(with_cert_of(a.path()))
+        .await
+        .expect("CA A's certificate before the reload");
+    thing.close().await;
+
+    std::fs::copy(b.path().join("ca.pem"), &client_ca).expect("copy");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(hub.pid()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+
+    // The reload is asynchronous: bounded wait for CA B's certificate to be let in.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        match Thing::connect(with_cert_of(b.path())).await {
+            Ok(t) => {
+                t.close().await;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "CA B never accepted: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let r = tokio::time::timeout(STEP, Thing::connect(with_cert_of(a.path())))
+        .await
+        .expect("connect must end by itself");
+    assert!(matches!(r, Err(Error::Tls(_))), "CA A still let in: {r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_the_rest_api_and_nothing_in_plain_text() {
     let certs = tempfile::tempdir().expect("tempdir");
