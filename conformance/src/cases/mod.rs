@@ -4,6 +4,8 @@ use crate::case::Case;
 
 pub mod s1;
 pub mod s10;
+pub mod s11;
+pub mod s12;
 pub mod s2;
 pub mod s2_mqtt5;
 pub mod s3;
@@ -28,6 +30,8 @@ pub fn all() -> Vec<Case> {
     v.extend(s8::cases());
     v.extend(s9::cases());
     v.extend(s10::cases());
+    v.extend(s11::cases());
+    v.extend(s12::cases());
     v
 }
 
@@ -40,7 +44,7 @@ mod tests {
         let all = super::all();
         let ids: BTreeSet<_> = all.iter().map(|c| c.id.clone()).collect();
         assert_eq!(ids.len(), all.len(), "duplicate case ids");
-        for n in 1..=10 {
+        for n in 1..=12 {
             let p = format!("S-{n}");
             assert!(
                 all.iter().any(|c| c.selected(std::slice::from_ref(&p))),

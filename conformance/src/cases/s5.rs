@@ -114,7 +114,7 @@ fn spawn_call(
     tokio::spawn(async move { call(&ctx, &id, &m, body, secs).await })
 }
 
-async fn method_device(ctx: &Ctx, proto: Proto) -> anyhow::Result<Device> {
+pub(crate) async fn method_device(ctx: &Ctx, proto: Proto) -> anyhow::Result<Device> {
     let t = ctx.create_thing().await?;
     let req = format!(
         "{}",
@@ -127,7 +127,7 @@ async fn method_device(ctx: &Ctx, proto: Proto) -> anyhow::Result<Device> {
     ctx.connect(&t, proto, vec![req]).await
 }
 
-async fn next_request(d: &mut Device, method: &str) -> anyhow::Result<(Msg, String)> {
+pub(crate) async fn next_request(d: &mut Device, method: &str) -> anyhow::Result<(Msg, String)> {
     let t = Topic::MethodRequest {
         thing: &d.thing.id,
         method,
@@ -151,7 +151,7 @@ async fn next_request(d: &mut Device, method: &str) -> anyhow::Result<(Msg, Stri
     Ok((m, tok))
 }
 
-async fn respond(d: &Device, method: &str, body: Value) -> anyhow::Result<()> {
+pub(crate) async fn respond(d: &Device, method: &str, body: Value) -> anyhow::Result<()> {
     let t = Topic::MethodResponse {
         thing: &d.thing.id,
         method,
