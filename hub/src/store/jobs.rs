@@ -2,7 +2,7 @@
 //!
 //! The jobs engine ([`crate::jobs`]) is the only writer of per-thing outcomes; the REST API reads
 //! counts and pages straight from here, so what it shows is what survives a restart. Both
-//! backends run the statements of [`sql`] unchanged (standard SQL, `$N` placeholders) through
+//! backends run the statements of its `sql` module unchanged (standard SQL, `$N` placeholders) through
 //! the generic helpers at the end of this file; `sqlite/jobs.rs` and `postgres/jobs.rs` only
 //! open their transactions and connections around them.
 
