@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::case::Case;
 use crate::ctx::{Ctx, Reply, Thing};
 use crate::ensure;
-use crate::mqtt::{ConnectOpts, Conn, Proto, STEP};
+use crate::mqtt::{Conn, ConnectOpts, Proto, STEP};
 
 /// The S-10 cases.
 pub fn cases() -> Vec<Case> {
@@ -113,8 +113,7 @@ impl Enrollment {
     ) -> anyhow::Result<Conn> {
         let user = self.claim(serial)?.to_string();
         Conn::connect(
-            &ctx.mqtt_host,
-            ctx.mqtt_port,
+            &ctx.mqtt,
             proto,
             ConnectOpts {
                 client_id: user.clone(),
@@ -189,8 +188,7 @@ impl Answer {
             Answer::Accepted(b) => b,
             Answer::Rejected(b) => bail!("S-10.4 provisioning was rejected: {b}"),
         };
-        let (Some(id), Some(secret)) = (body["thingId"].as_str(), body["password"].as_str())
-        else {
+        let (Some(id), Some(secret)) = (body["thingId"].as_str(), body["password"].as_str()) else {
             bail!("S-10.3 accepted without thingId and password: {body}");
         };
         ensure!(
@@ -341,6 +339,10 @@ async fn refusals_and_reprovisioning(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     if ctx.connect(&first, p, vec![]).await.is_ok() {
         bail!("S-10.4 the secret of the first provisioning still connects");
     }
-    ctx.connect(&again, p, vec![]).await?.conn.disconnect().await;
+    ctx.connect(&again, p, vec![])
+        .await?
+        .conn
+        .disconnect()
+        .await;
     e.remove(&ctx).await
 }
