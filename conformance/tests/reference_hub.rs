@@ -130,3 +130,51 @@ fn reference_hub_matches_expected_results_over_tls() {
         "--tls-server-name=localhost".to_owned(),
     ]);
 }
+
+/// A hub whose certificate the CA file does not vouch for, and a hub that wants a client
+/// certificate the suite lacks: the preflight stops each with one line and exit status 2.
+#[test]
+fn tls_refusals_stop_the_run_in_the_preflight() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    make_certs(certs.path());
+    let other = tempfile::tempdir().expect("temp dir");
+    make_certs(other.path());
+    let file =
+        |dir: &Path, name: &str| dir.join(name).to_str().expect("utf-8 temp path").to_owned();
+    let hub_args = [
+        "--hub-arg=--mqtts-addr=127.0.0.1:0".to_owned(),
+        format!("--hub-arg=--tls-cert={}", file(certs.path(), "server.pem")),
+        format!("--hub-arg=--tls-key={}", file(certs.path(), "server.key")),
+        format!("--hub-arg=--tls-client-ca={}", file(certs.path(), "ca.pem")),
+        "--tls-server-name=localhost".to_owned(),
+        "--tls".to_owned(),
+        "--only=S-1.1".to_owned(),
+    ];
+    let run = |ca: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_iothub-conformance"))
+            .args(["hub", "--spawn-hub"])
+            .arg(hub_binary())
+            .args(&hub_args)
+            .arg(format!("--ca-file={ca}"))
+            .output()
+            .expect("running iothub-conformance");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(out.stdout.is_empty(), "no case ran: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        stderr
+    };
+    let stderr = run(file(other.path(), "ca.pem"));
+    assert!(
+        stderr.contains("fails the TLS handshake") && stderr.contains("invalid peer certificate"),
+        "{stderr}"
+    );
+    // TLS 1.3 finishes the client's side of the handshake before the hub checks the client
+    // certificate, so the refusal shows when the CONNACK is awaited.
+    let stderr = run(file(certs.path(), "ca.pem"));
+    assert!(
+        stderr.contains("iothub-conformance: preflight: the hub's MQTT address mqtts://")
+            && stderr.contains("CertificateRequired"),
+        "{stderr}"
+    );
+}
