@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 mod hub;
-mod mqtt;
 pub mod mosquitto;
+mod mqtt;
 pub mod postgres;
 pub mod streams;
 

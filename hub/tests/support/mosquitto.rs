@@ -142,4 +142,3 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
-
