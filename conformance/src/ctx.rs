@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use crate::api::Api;
 use crate::mqtt::{Conn, ConnectOpts, Msg, Proto, STEP};
-use crate::spawn::SpawnedHub;
-use std::path::PathBuf;
+use crate::net::{MqttTarget, TlsClient};
+use crate::spawn::{SpawnSpec, SpawnedHub};
+use std::sync::Arc;
 
 /// A thing created for a case.
 #[derive(Debug, Clone)]
@@ -26,19 +27,17 @@ pub struct Thing {
 
 /// The hub under test and shared helpers.
 pub struct Ctx {
-    /// MQTT host.
-    pub mqtt_host: String,
-    /// MQTT port.
-    pub mqtt_port: u16,
+    /// The hub's MQTT address, and whether connections to it go over TLS.
+    pub mqtt: MqttTarget,
     /// REST client (admin token).
     pub api: Api,
     /// `(username, secret)` of a service user, when one was given.
     pub service: Option<(String, String)>,
     /// The limits the hub reports at `GET /api/v1/limits`.
     pub limits: Limits,
-    /// The hub binary, when the suite was asked to spawn one (lets cases start and crash
-    /// their own instance).
-    pub hub_bin: Option<PathBuf>,
+    /// How the suite spawned the hub, when it did (lets cases start and crash their own
+    /// instance, set up the same way).
+    pub spawn: Option<SpawnSpec>,
     run: String,
     counter: AtomicU32,
 }
@@ -79,13 +78,15 @@ impl Reply {
 
 impl Ctx {
     /// Builds the context and reads the limits from `GET /api/v1/limits` (falls back to the
-    /// S-3.9 defaults when the hub does not answer them; the S-9.7 case reports that).
+    /// S-3.9 defaults when the hub does not answer them; the S-9.7 case reports that). MQTT
+    /// connections go over TLS when `tls` is given.
     pub async fn new(
         mqtt: &str,
         api: &str,
         token: &str,
         service: Option<(String, String)>,
-        hub_bin: Option<PathBuf>,
+        spawn: Option<SpawnSpec>,
+        tls: Option<Arc<TlsClient>>,
     ) -> anyhow::Result<Ctx> {
         let (host, port) = parse_mqtt(mqtt)?;
         let api = Api::new(&iothub_launch::addr::http_base(api)?, token)?;
@@ -100,12 +101,11 @@ impl Ctx {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         Ok(Ctx {
-            mqtt_host: host,
-            mqtt_port: port,
+            mqtt: MqttTarget::new(host, port, tls),
             api,
             service,
             limits,
-            hub_bin,
+            spawn,
             run: format!("cf{:x}", t % 0xFF_FFFF),
             counter: AtomicU32::new(0),
         })
@@ -192,8 +192,7 @@ impl Ctx {
         // The SUBACKs of `pre_subscribe` are awaited before returning.
         let n = pre_subscribe.len();
         let mut conn = Conn::connect(
-            &self.mqtt_host,
-            self.mqtt_port,
+            &self.mqtt,
             proto,
             ConnectOpts {
                 client_id: thing.id.clone(),
@@ -234,8 +233,7 @@ impl Ctx {
             return crate::case::skip("needs a service user (--service-user '$name:secret')");
         };
         Conn::connect(
-            &self.mqtt_host,
-            self.mqtt_port,
+            &self.mqtt,
             proto,
             ConnectOpts {
                 client_id: format!("{user}-{}", self.fresh_id()),
@@ -397,14 +395,16 @@ impl Device {
     }
 }
 
-/// Builds a context for a hub the suite spawned.
-pub async fn for_spawned(hub: &SpawnedHub, bin: Option<PathBuf>) -> anyhow::Result<Ctx> {
+/// Builds a context for a hub the suite spawned (over TLS when it was spawned for TLS);
+/// `spawn` is kept for cases that start their own instance.
+pub async fn for_spawned(hub: &SpawnedHub, spawn: Option<SpawnSpec>) -> anyhow::Result<Ctx> {
     Ctx::new(
         &hub.mqtt,
         &format!("http://{}", hub.http),
         &hub.token,
         Some(hub.service.clone()),
-        bin,
+        spawn,
+        hub.tls().cloned(),
     )
     .await
 }

@@ -17,6 +17,7 @@
 //! | [`cases`] | every case, one module per clause (`s1` .. `s9`) |
 //! | [`check`] | pure checking functions (unit-tested with fabricated observations) |
 //! | [`mqtt`], [`raw`] | device connections (rumqttc) and hand-written packets for malformed input |
+//! | [`net`] | where MQTT connections go: plain TCP or TLS (`--tls`), opened in one place |
 //! | [`api`] | the REST client, checking the S-9.1 envelope |
 //! | [`ctx`] | the hub under test and helpers to create and connect things |
 //! | [`spawn`] | `--spawn-hub` |
@@ -39,6 +40,7 @@ pub mod device;
 pub mod html;
 pub mod junit;
 pub mod mqtt;
+pub mod net;
 pub mod preflight;
 pub mod raw;
 pub mod report;

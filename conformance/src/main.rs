@@ -10,8 +10,9 @@ use iothub_conformance::case::{Case, Outcome};
 use iothub_conformance::cases;
 use iothub_conformance::ctx::Ctx;
 use iothub_conformance::device::DeviceCtx;
+use iothub_conformance::net::{TlsClient, TlsOptions, TlsSetupError};
 use iothub_conformance::report::{self, CaseResult};
-use iothub_conformance::spawn::SpawnedHub;
+use iothub_conformance::spawn::{SpawnSpec, SpawnedHub};
 
 #[derive(Parser)]
 #[command(version, about = "Conformance suite for iothub hubs (docs/spec.md)")]
@@ -67,6 +68,17 @@ enum Cmd {
         /// token and service user (instead of --mqtt/--api/--token).
         #[arg(long)]
         spawn_hub: Option<PathBuf>,
+        /// With --spawn-hub: one more argument for the spawned hub (repeatable), e.g.
+        /// `--hub-arg=--mqtts-addr=127.0.0.1:0` for --tls.
+        #[arg(
+            long,
+            requires = "spawn_hub",
+            allow_hyphen_values = true,
+            value_name = "ARG"
+        )]
+        hub_arg: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         report: Format,
@@ -161,6 +173,44 @@ fn list_side<C>(all: &[Case<C>]) {
     println!("  {} cases over {} clauses", all.len(), clauses.len());
 }
 
+/// MQTT over TLS (`hub --tls`).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Open every MQTT connection over TLS to --mqtt (with --spawn-hub: to the hub's MQTT over
+    /// TLS listener), checking the hub's certificate against --ca-file. REST stays as --api
+    /// says.
+    #[arg(long, requires = "ca_file")]
+    tls: bool,
+    /// PEM file with the CA certificate(s) the hub's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) to present, for hubs that require mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// The name the hub's certificate must carry (default: the host of the MQTT address).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS client for `--tls`, `None` without it.
+    fn client(&self) -> Result<Option<Arc<TlsClient>>, TlsSetupError> {
+        let Some(ca_file) = self.ca_file.clone().filter(|_| self.tls) else {
+            return Ok(None);
+        };
+        let opts = TlsOptions {
+            ca_file,
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        TlsClient::new(&opts).map(|c| Some(Arc::new(c)))
+    }
+}
+
 /// Report files of a run.
 #[derive(clap::Args)]
 struct ReportFiles {
@@ -173,7 +223,7 @@ struct ReportFiles {
     html: Option<PathBuf>,
 }
 
-/// Exit status when the preflight stops the run.
+/// Exit status when the preflight (or unusable `--tls` input) stops the run.
 const EXIT_PREFLIGHT: i32 = 2;
 /// Exit status of a run interrupted by SIGINT or SIGTERM (128 + SIGINT).
 const EXIT_INTERRUPTED: i32 = 130;
@@ -360,6 +410,8 @@ async fn main() -> anyhow::Result<()> {
             only,
             skip,
             spawn_hub,
+            hub_arg,
+            tls,
             report: format,
             expect,
             write_expected,
@@ -380,11 +432,23 @@ async fn main() -> anyhow::Result<()> {
                 implementation,
             };
             let spawned = spawn_hub.is_some();
+            let tls = match tls.client() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("iothub-conformance: --tls: {e}");
+                    std::process::exit(EXIT_PREFLIGHT);
+                }
+            };
             let mut _hub = None;
             let ctx = match spawn_hub {
                 Some(bin) => {
-                    let hub = SpawnedHub::start(&bin).await?;
-                    let ctx = iothub_conformance::ctx::for_spawned(&hub, Some(bin)).await?;
+                    let spec = SpawnSpec {
+                        bin,
+                        args: hub_arg,
+                        tls: tls.clone(),
+                    };
+                    let hub = SpawnedHub::start_spec(&spec).await?;
+                    let ctx = iothub_conformance::ctx::for_spawned(&hub, Some(spec)).await?;
                     _hub = Some(hub);
                     ctx
                 }
@@ -404,26 +468,28 @@ async fn main() -> anyhow::Result<()> {
                         token.as_deref().unwrap_or_default(),
                         service,
                         None,
+                        tls,
                     )
                     .await?
                 }
             };
             let ctx = Arc::new(ctx);
-            let pre =
-                match iothub_conformance::preflight::hub(&ctx.mqtt_host, ctx.mqtt_port, &ctx.api)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("iothub-conformance: preflight: {e}");
-                        std::process::exit(EXIT_PREFLIGHT);
-                    }
-                };
+            let pre = match iothub_conformance::preflight::hub(&ctx.mqtt, &ctx.api).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("iothub-conformance: preflight: {e}");
+                    std::process::exit(EXIT_PREFLIGHT);
+                }
+            };
             o.target = format!(
-                "hub {} at mqtt={}:{} api={} (run id {})",
+                "hub {} at mqtt={}:{}{} api={} (run id {})",
                 pre.hub_version.as_deref().unwrap_or("(version not stated)"),
-                ctx.mqtt_host,
-                ctx.mqtt_port,
+                ctx.mqtt.host,
+                ctx.mqtt.port,
+                match ctx.mqtt.tls() {
+                    Some(t) => format!(" over TLS (CA {})", t.ca_file().display()),
+                    None => String::new(),
+                },
                 ctx.api.base(),
                 ctx.run_id()
             );

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
+use crate::net::MqttTarget;
 use crate::transcript::{self, Dir, Transcript};
 
 /// The MQTT protocol version a connection speaks.
@@ -221,10 +222,10 @@ fn v5_puback_code(c: &p5::PubAckReason) -> u8 {
 const MAX_PACKET: usize = 1024 * 1024;
 
 impl Conn {
-    /// Connects to `host:port` and waits (at most [`STEP`]) for the CONNACK.
+    /// Connects to `to` (over TLS when it says so) and waits (at most [`STEP`]) for the
+    /// CONNACK.
     pub async fn connect(
-        host: &str,
-        port: u16,
+        to: &MqttTarget,
         proto: Proto,
         opts: ConnectOpts,
     ) -> Result<Conn, ConnectError> {
@@ -252,7 +253,8 @@ impl Conn {
         });
         let (client, task) = match proto {
             Proto::V311 => {
-                let mut o = rumqttc::MqttOptions::new(&opts.client_id, host, port);
+                let mut o = rumqttc::MqttOptions::new(&opts.client_id, &to.host, to.port);
+                o.set_transport(to.rumqttc_transport());
                 o.set_credentials(&opts.username, &opts.password)
                     .set_keep_alive(Duration::from_secs(30))
                     .set_clean_session(true)
@@ -278,7 +280,8 @@ impl Conn {
                 )
             }
             Proto::V5 => {
-                let mut o = rumqttc::v5::MqttOptions::new(&opts.client_id, host, port);
+                let mut o = rumqttc::v5::MqttOptions::new(&opts.client_id, &to.host, to.port);
+                o.set_transport(to.rumqttc_transport());
                 o.set_credentials(&opts.username, &opts.password)
                     .set_keep_alive(Duration::from_secs(30))
                     .set_clean_start(true)

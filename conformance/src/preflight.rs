@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::mqtt::{Conn, ConnectError, ConnectOpts, Proto};
+use crate::net::MqttTarget;
 
 /// Time limit of each preflight step.
 const STEP: Duration = Duration::from_secs(5);
@@ -28,6 +29,10 @@ pub enum PreflightError {
     /// No MQTT server at the MQTT address.
     #[error("the hub's MQTT address {0} does not answer a CONNECT: {1}")]
     MqttUnreachable(String, String),
+    /// `--tls`: the TLS handshake fails (no TLS listener there, a certificate the CA file does
+    /// not vouch for, a client certificate the hub refuses, ..).
+    #[error("the hub's MQTT address {0} fails the TLS handshake: {1}")]
+    TlsHandshake(String, String),
 }
 
 /// What the preflight learned.
@@ -37,8 +42,8 @@ pub struct Preflight {
     pub hub_version: Option<String>,
 }
 
-/// Checks the hub at `mqtt_host:mqtt_port` and `api`.
-pub async fn hub(mqtt_host: &str, mqtt_port: u16, api: &Api) -> Result<Preflight, PreflightError> {
+/// Checks the hub at `mqtt` and `api`.
+pub async fn hub(mqtt: &MqttTarget, api: &Api) -> Result<Preflight, PreflightError> {
     let base = api.base().to_owned();
     // Reachable at all (no token: the document is public).
     let doc = api
@@ -61,7 +66,21 @@ pub async fn hub(mqtt_host: &str, mqtt_port: u16, api: &Api) -> Result<Preflight
     }
     // An MQTT server answers a CONNECT with unknown credentials by a CONNACK refusal (S-1.3);
     // an accepted one would do as well. Only no CONNACK at all fails.
-    let addr = format!("{mqtt_host}:{mqtt_port}");
+    let addr = mqtt.url();
+    if mqtt.tls().is_some() {
+        // rumqttc reports a failed handshake as a connect error among others; a handshake of
+        // its own names the cause.
+        match tokio::time::timeout(STEP, mqtt.open()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(PreflightError::TlsHandshake(addr, format!("{e:#}"))),
+            Err(_) => {
+                return Err(PreflightError::TlsHandshake(
+                    addr,
+                    "no handshake within 5 s".into(),
+                ));
+            }
+        }
+    }
     let opts = ConnectOpts {
         client_id: format!("cf-preflight-{}", crate::ctx::rand_u32()),
         username: "cf-preflight".into(),
@@ -69,7 +88,7 @@ pub async fn hub(mqtt_host: &str, mqtt_port: u16, api: &Api) -> Result<Preflight
         will: None,
         pre_subscribe: Vec::new(),
     };
-    match tokio::time::timeout(STEP, Conn::connect(mqtt_host, mqtt_port, Proto::V311, opts)).await {
+    match tokio::time::timeout(STEP, Conn::connect(mqtt, Proto::V311, opts)).await {
         Ok(Ok(conn)) => drop(conn),
         Ok(Err(ConnectError::Refused(_))) => {}
         Ok(Err(ConnectError::Other(e))) => return Err(PreflightError::MqttUnreachable(addr, e)),

@@ -3,7 +3,8 @@
 //! by address deletes every thing it created, also when interrupted with SIGINT mid-run; the
 //! JUnit file validates against the JUnit XML schema (`tests/fixtures/junit.xsd`, python3
 //! `xmlschema`, installed by scripts/test when missing) and the HTML page lists the clauses;
-//! every binary answers `--help` without its environment.
+//! every binary answers `--help` without its environment; unusable `--tls` input stops the run
+//! with one line and exit status 2, before any connection.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -82,6 +83,81 @@ fn preflight_stops_an_unreachable_hub_with_one_line() {
     );
     assert!(out.stdout.is_empty(), "no case ran");
     assert!(began.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn unusable_tls_input_stops_the_run_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("writing the file");
+    let missing = dir.path().join("missing.pem");
+    // Nothing is contacted: the addresses may as well be unreachable.
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(SUITE)
+            .args(["hub", "--mqtt", "127.0.0.1:1", "--api", "127.0.0.1:1"])
+            .args(["--token", "t", "--tls"])
+            .args(extra)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(out.stdout.is_empty(), "no case ran");
+        stderr
+    };
+    let ca = std::ffi::OsStr::new("--ca-file");
+    let stderr = run(&[ca, missing.as_os_str()]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("iothub-conformance: --tls: reading the CA file ")
+            && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+    let stderr = run(&[ca, garbage.as_os_str()]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("garbage.pem holds no PEM certificate"),
+        "{stderr}"
+    );
+    // A good CA file, then a client key that is none, then a server name that is none.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let good = dir.path().join("ca.pem");
+    std::fs::write(&good, params.self_signed(&key).expect("CA").pem()).expect("writing the CA");
+    let stderr = run(&[
+        ca,
+        good.as_os_str(),
+        std::ffi::OsStr::new("--client-cert"),
+        good.as_os_str(),
+        std::ffi::OsStr::new("--client-key"),
+        garbage.as_os_str(),
+    ]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("garbage.pem holds no PEM private key"),
+        "{stderr}"
+    );
+    let stderr = run(&[
+        ca,
+        good.as_os_str(),
+        std::ffi::OsStr::new("--tls-server-name"),
+        std::ffi::OsStr::new("not a name"),
+    ]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("\"not a name\" is not a valid TLS server name"),
+        "{stderr}"
+    );
+    // clap's own refusals: --tls needs --ca-file, a client certificate needs its key.
+    let stderr = run(&[]);
+    assert!(stderr.contains("--ca-file"), "{stderr}");
+    let stderr = run(&[
+        ca,
+        garbage.as_os_str(),
+        std::ffi::OsStr::new("--client-cert"),
+        garbage.as_os_str(),
+    ]);
+    assert!(stderr.contains("--client-key"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

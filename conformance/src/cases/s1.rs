@@ -98,8 +98,7 @@ async fn raw_connect(
     pw: &str,
 ) -> Result<Conn, ConnectError> {
     Conn::connect(
-        &ctx.mqtt_host,
-        ctx.mqtt_port,
+        &ctx.mqtt,
         p,
         ConnectOpts {
             client_id: client_id.into(),

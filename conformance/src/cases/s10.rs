@@ -113,8 +113,7 @@ impl Enrollment {
     ) -> anyhow::Result<Conn> {
         let user = self.claim(serial)?.to_string();
         Conn::connect(
-            &ctx.mqtt_host,
-            ctx.mqtt_port,
+            &ctx.mqtt,
             proto,
             ConnectOpts {
                 client_id: user.clone(),

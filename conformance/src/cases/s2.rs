@@ -136,8 +136,7 @@ async fn acl_publish(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
         };
         if malformed {
             let opts = raw::ConnectOpts::new(&who.id, &who.id, &who.secret).proto(p);
-            let (mut raw, _) =
-                Raw::connect_ok((ctx.mqtt_host.as_str(), ctx.mqtt_port), &opts).await?;
+            let (mut raw, _) = Raw::connect_ok(&ctx.mqtt, &opts).await?;
             match raw
                 .publish_acked(&topic, payload.as_bytes(), false, &[])
                 .await
@@ -196,8 +195,7 @@ async fn acl_subscribe(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
         let malformed = !is_valid_filter(&filter) || filter.is_empty();
         let got = if malformed {
             let opts = raw::ConnectOpts::new(&th.a.id, &th.a.id, &th.a.secret).proto(p);
-            let (mut raw, _) =
-                Raw::connect_ok((ctx.mqtt_host.as_str(), ctx.mqtt_port), &opts).await?;
+            let (mut raw, _) = Raw::connect_ok(&ctx.mqtt, &opts).await?;
             let r = raw.subscribe_raw(&filter, 1).await;
             // The raw connection took the session over; reconnect the rumqttc one.
             drop(raw);
@@ -451,8 +449,7 @@ async fn will_forwarded(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     .to_string();
     let mut s = ctx.observer(std::slice::from_ref(&will)).await?;
     let c = Conn::connect(
-        &ctx.mqtt_host,
-        ctx.mqtt_port,
+        &ctx.mqtt,
         Proto::V311,
         ConnectOpts {
             client_id: t.id.clone(),

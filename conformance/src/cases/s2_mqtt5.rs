@@ -91,7 +91,7 @@ async fn service_publish(ctx: &Ctx, topic: &str, payload: &[u8]) -> anyhow::Resu
 
 async fn session_kept(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let addr = &ctx.mqtt;
     let topic = user_topic(&t.id, "queued");
     let opts = ConnectOpts::new(&t.id, &t.id, &t.secret).session_expiry(3600);
     let (mut c, ack) = Raw::connect_ok(addr, &opts).await?;
@@ -121,7 +121,7 @@ async fn session_kept(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 
 async fn session_zero(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let addr = &ctx.mqtt;
     let topic = user_topic(&t.id, "queued");
     let opts = ConnectOpts::new(&t.id, &t.id, &t.secret)
         .clean_start(false)
@@ -149,7 +149,7 @@ async fn session_zero(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 async fn retained_user_topic(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
     let topic = user_topic(&t.id, "config");
-    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let addr = &ctx.mqtt;
     for p in Proto::BOTH {
         let opts = ConnectOpts::new(&t.id, &t.id, &t.secret).proto(p);
         let (mut c, _) = Raw::connect_ok(addr, &opts).await?;
@@ -179,7 +179,7 @@ async fn retained_user_topic(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 
 async fn retained_cap(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let addr = &ctx.mqtt;
     let (mut c, _) = Raw::connect_ok(addr, &ConnectOpts::new(&t.id, &t.id, &t.secret)).await?;
     for i in 0..MAX_RETAINED_PER_THING {
         let topic = user_topic(&t.id, &format!("k{i}"));
@@ -201,7 +201,7 @@ async fn retained_cap(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 async fn topic_alias_refused(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
     let topic = user_topic(&t.id, "a");
-    let addr = (ctx.mqtt_host.as_str(), ctx.mqtt_port);
+    let addr = &ctx.mqtt;
     for alias in [1u32, 0] {
         let (mut c, _) = Raw::connect_ok(addr, &ConnectOpts::new(&t.id, &t.id, &t.secret)).await?;
         let got = c

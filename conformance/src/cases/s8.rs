@@ -199,11 +199,12 @@ async fn lifecycle(ctx: Arc<Ctx>) -> anyhow::Result<()> {
 }
 
 async fn restart(ctx: Arc<Ctx>) -> anyhow::Result<()> {
-    let Some(bin) = &ctx.hub_bin else {
+    let Some(spec) = &ctx.spawn else {
         return skip("needs --spawn-hub (the suite must be able to kill and restart a hub)");
     };
-    // A hub instance of its own, so the crash does not disturb the other cases.
-    let mut hub = SpawnedHub::start(bin).await?;
+    // A hub instance of its own, so the crash does not disturb the other cases; spawned like
+    // the hub under test, so with --tls it restarts over TLS too.
+    let mut hub = SpawnedHub::start_spec(spec).await?;
     let c1 = for_spawned(&hub, None).await?;
     let mut d = c1.shadow_device(Proto::V5).await?;
     let id = d.thing.id.clone();

@@ -5,8 +5,8 @@
 //! codes for the S-2 session, retain and alias cases. The hub's own MQTT 5 protocol tests
 //! (`hub/tests/mqtt5/`) use it too, so the wire code exists once.
 //!
-//! [`codec`] encodes and decodes packets; [`Raw`] moves them over one TCP connection, every
-//! wait bounded by [`STEP`] or the caller's limit.
+//! [`codec`] encodes and decodes packets; [`Raw`] moves them over one connection (TCP, or TLS
+//! when the [`MqttTarget`] says so), every wait bounded by [`STEP`] or the caller's limit.
 
 pub mod codec;
 
@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::time::timeout;
 
 use crate::mqtt::Proto;
+use crate::net::{Io, MqttTarget};
 use crate::transcript::{self, Dir, Transcript};
 
 pub use codec::{ConnAck, ConnectOpts, Packet, Props, Publish, Value, prop};
@@ -50,7 +50,7 @@ impl RawReply {
 
 /// One raw MQTT connection.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     proto: Proto,
     next_id: u16,
     /// The transcript of the case that opened it, and this connection's name in it.
@@ -59,14 +59,12 @@ pub struct Raw {
 
 impl Raw {
     /// Sends CONNECT and returns the connection with the CONNACK, whatever its reason code;
-    /// an error when the TCP connection fails or no CONNACK comes.
+    /// an error when the connection (TCP, TLS handshake) fails or no CONNACK comes.
     pub async fn connect(
-        addr: impl ToSocketAddrs,
+        to: impl Into<MqttTarget>,
         opts: &ConnectOpts<'_>,
     ) -> anyhow::Result<(Raw, ConnAck)> {
-        let stream = timeout(STEP, TcpStream::connect(addr))
-            .await
-            .context("TCP connect timed out")??;
+        let stream = to.into().open().await?;
         let mut raw = Raw {
             stream,
             proto: opts.proto,
@@ -87,10 +85,10 @@ impl Raw {
 
     /// Like [`Raw::connect`], and an error when the CONNACK refuses.
     pub async fn connect_ok(
-        addr: impl ToSocketAddrs,
+        to: impl Into<MqttTarget>,
         opts: &ConnectOpts<'_>,
     ) -> anyhow::Result<(Raw, ConnAck)> {
-        let (raw, ack) = Raw::connect(addr, opts).await?;
+        let (raw, ack) = Raw::connect(to, opts).await?;
         if ack.reason != 0 {
             bail!("CONNACK refused: {ack:?}");
         }
