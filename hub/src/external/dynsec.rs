@@ -5,7 +5,7 @@
 //! Commands are JSON on `$CONTROL/dynamic-security/v1`; Mosquitto answers on `.../response`,
 //! to the sending connection only, one entry per command in order, echoing `correlationData`.
 //! Everything here is the pure part (command documents, the reconciliation plan); the
-//! connection that carries them is [`super::Control`].
+//! connection that carries them is the parent module's `Control`.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,7 +1,7 @@
 //! The loop that runs fleet jobs (S-12.2, D-52..D-56).
 //!
 //! Per job the engine holds the things still to reach, in job order, and paces sends with the
-//! OTA rate ([`crate::ota::rate::Rate`], D-52). A thing's record becomes `in_progress` durably
+//! OTA rate (`ota::rate::Rate`, D-52). A thing's record becomes `in_progress` durably
 //! (one transaction per loop turn, all jobs together) before its operation starts; outcomes come
 //! back over a channel and are stored at the next turn. A method's thing that is offline (or
 //! not yet subscribed to its method topic) waits aside and is looked at every
