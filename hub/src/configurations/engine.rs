@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iothub_spec::code::ErrorCode;
-use iothub_spec::payload::{ShadowState, UpdateRequest};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
@@ -317,19 +316,8 @@ impl Engine {
         if patch.is_empty() {
             return Ok(());
         }
-        let request = UpdateRequest {
-            state: ShadowState::<&Map<String, Value>, (), ()> {
-                desired: Some(patch),
-                reported: None,
-                delta: None,
-            },
-            client_token: None,
-            version: None,
-        };
-        let body =
-            serde_json::to_vec(&request).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         self.shadows
-            .update_desired(thing, SHADOW, &body)
+            .patch_desired(thing, SHADOW, patch)
             .await
             .map(|_| ())
             .map_err(|e| (e.code, e.message))

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::MAX_JOB_PAYLOAD;
-use iothub_spec::payload::{ShadowState, UpdateRequest};
 use serde_json::{Map, Value};
 
 use iothub_spec::topic::Topic;
@@ -144,20 +143,7 @@ impl Executor {
 
     /// Merges `patch` into the shadow's desired state through the shadow pipeline (D-36).
     async fn desired(&self, thing: &str, shadow: &str, patch: &Map<String, Value>) -> Outcome {
-        let request = UpdateRequest {
-            state: ShadowState::<&Map<String, Value>, (), ()> {
-                desired: Some(patch),
-                reported: None,
-                delta: None,
-            },
-            client_token: None,
-            version: None,
-        };
-        let body = match serde_json::to_vec(&request) {
-            Ok(b) => b,
-            Err(e) => return refused(ErrorCode::Internal.as_u16(), e.to_string()),
-        };
-        match self.shadows.update_desired(thing, shadow, &body).await {
+        match self.shadows.patch_desired(thing, shadow, patch).await {
             Ok(_) => ok(),
             Err(e) => refused(e.code.as_u16(), e.message),
         }

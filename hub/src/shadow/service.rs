@@ -48,6 +48,7 @@ use tokio::time::Instant;
 
 use iothub_spec::code::ErrorCode;
 use iothub_spec::limits::Limits;
+use iothub_spec::payload::{ShadowState, UpdateRequest};
 
 use crate::bus::Bus;
 use crate::metrics::Metrics;
@@ -272,6 +273,29 @@ impl ShadowService {
             to: ReplyTo::Rest(tx),
         };
         self.rest_call(thing, job, rx).await
+    }
+
+    /// Merges `patch` into the shadow's `state.desired` as [`ShadowService::update_desired`]
+    /// does (D-36): the hub's own fleet writers (configurations, jobs) go through the same
+    /// pipeline as a REST write, without a client token or version.
+    pub async fn patch_desired(
+        &self,
+        thing: &str,
+        shadow: &str,
+        patch: &serde_json::Map<String, Value>,
+    ) -> Result<Value, ShadowError> {
+        let request = UpdateRequest {
+            state: ShadowState::<&serde_json::Map<String, Value>, (), ()> {
+                desired: Some(patch),
+                reported: None,
+                delta: None,
+            },
+            client_token: None,
+            version: None,
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| ShadowError::new(ErrorCode::Internal, e.to_string()))?;
+        self.update_desired(thing, shadow, &body).await
     }
 
     /// REST `DELETE /things/{id}/shadows/{name}` (S-9.3): removes the shadow after every earlier
