@@ -17,30 +17,6 @@ use support::*;
 /// Generous bound for a whole rollout on a loaded 2-core CI machine.
 const ROLLOUT: Duration = Duration::from_secs(60);
 
-/// Creates things with the given tags in batches of 1000; returns id → secret.
-async fn create_things(hub: &Hub, things: &[(String, Value)]) -> BTreeMap<String, String> {
-    let mut secrets = BTreeMap::new();
-    for chunk in things.chunks(1000) {
-        let items: Vec<Value> = chunk
-            .iter()
-            .map(|(id, tags)| json!({"thingId": id, "tags": tags}))
-            .collect();
-        let (status, body) = hub.post("/things/batch", json!({ "things": items })).await;
-        assert_eq!(status, 200, "{body}");
-        for item in body["data"].as_array().expect("batch results") {
-            assert_eq!(item["code"], 201, "{item}");
-            secrets.insert(
-                item["thingId"].as_str().expect("thingId").to_owned(),
-                item["data"]["password"]
-                    .as_str()
-                    .expect("password")
-                    .to_owned(),
-            );
-        }
-    }
-    secrets
-}
-
 /// The counts of a configuration.
 async fn counts(hub: &Hub, name: &str) -> Value {
     let (status, body) = hub.get(&format!("/configurations/{name}")).await;
@@ -131,7 +107,7 @@ async fn s11_rollout_reaches_exactly_the_matching_things() {
             )
         })
         .collect();
-    let secrets = create_things(&hub, &things).await;
+    let secrets = hub.create_tagged_things(&things).await;
 
     let (status, body) = hub
         .post(
@@ -292,7 +268,7 @@ async fn d48_overlaps_resolve_by_priority_then_name() {
             (format!("{run}-{i:02}"), json!({"site": "s1", "tier": tier}))
         })
         .collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     create_config(
         &hub,
         json!({"name": "base", "targetCondition": "tags.site = 's1'",
@@ -401,7 +377,7 @@ async fn d50_sigkill_mid_rollout_loses_nothing() {
     let things: Vec<(String, Value)> = (0..1000)
         .map(|i| (format!("{run}-{i:04}"), json!({"fleet": "k"})))
         .collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     create_config(
         &hub,
         json!({"name": "rollout", "targetCondition": "tags.fleet = 'k'",
@@ -448,7 +424,7 @@ async fn d50_store_faults_are_reported_and_recovered() {
     let things: Vec<(String, Value)> = (0..10)
         .map(|i| (format!("{run}-{i}"), json!({"f": 1})))
         .collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     let body = json!({"name": "faulty", "targetCondition": "tags.f = 1", "desired": {"x": 1}});
 
     std::fs::write(&rules, "configurations commit").expect("rules");
@@ -525,7 +501,7 @@ async fn rollout_to_a_fleet_applies_everywhere() {
     let things: Vec<(String, Value)> = (0..count)
         .map(|i| (format!("{run}-{i:05}"), json!({"fleet": "bench"})))
         .collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     let cpu = cpu_seconds(hub.pid());
     let started = Instant::now();
     create_config(

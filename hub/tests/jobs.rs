@@ -20,30 +20,6 @@ use support::*;
 /// Generous bound for a job to end on a loaded 2-core machine, beyond its nominal duration.
 const SLACK: Duration = Duration::from_secs(60);
 
-/// Creates things with the given tags in batches of 1000; returns id → secret.
-async fn create_things(hub: &Hub, things: &[(String, Value)]) -> BTreeMap<String, String> {
-    let mut secrets = BTreeMap::new();
-    for chunk in things.chunks(1000) {
-        let items: Vec<Value> = chunk
-            .iter()
-            .map(|(id, tags)| json!({"thingId": id, "tags": tags}))
-            .collect();
-        let (status, body) = hub.post("/things/batch", json!({ "things": items })).await;
-        assert_eq!(status, 200, "{body}");
-        for item in body["data"].as_array().expect("batch results") {
-            assert_eq!(item["code"], 201, "{item}");
-            secrets.insert(
-                item["thingId"].as_str().expect("thingId").to_owned(),
-                item["data"]["password"]
-                    .as_str()
-                    .expect("password")
-                    .to_owned(),
-            );
-        }
-    }
-    secrets
-}
-
 /// How a simulated thing answers method calls.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Device {
@@ -156,7 +132,7 @@ async fn must_show_method_job_over_1000_things_with_10_percent_offline() {
     let things: Vec<(String, Value)> = (0..1000)
         .map(|i| (format!("{run}-{i:04}"), json!({"fleet": run})))
         .collect();
-    let secrets = create_things(&hub, &things).await;
+    let secrets = hub.create_tagged_things(&things).await;
     // i % 10 == 0: offline until half-way (they answer 200 then); i % 25 == 1: answers 409;
     // i % 50 == 7: never answers.
     let device = |i: usize| match i {
@@ -303,7 +279,7 @@ async fn desired_and_tags_operations() {
     let things: Vec<(String, Value)> = (0..20)
         .map(|i| (format!("{run}-{i:02}"), json!({"fleet": run, "keep": i})))
         .collect();
-    let secrets = create_things(&hub, &things).await;
+    let secrets = hub.create_tagged_things(&things).await;
     let first = &things[0].0;
     let mut device = hub.connect_thing(Proto::V5, first, &secrets[first]).await;
     device
@@ -419,7 +395,7 @@ async fn scheduled_start_retries_and_cancel() {
     let hub = Hub::start();
     let run = unique("sc");
     let things: Vec<(String, Value)> = (0..10).map(|i| (format!("{run}-{i}"), json!({}))).collect();
-    let secrets = create_things(&hub, &things).await;
+    let secrets = hub.create_tagged_things(&things).await;
     // Thing 0 answers, thing 1 never does, the rest stay offline.
     spawn_devices(
         &hub,
@@ -515,7 +491,7 @@ async fn sigkill_mid_job_loses_nothing() {
     let things: Vec<(String, Value)> = (0..300)
         .map(|i| (format!("{run}-{i:03}"), json!({})))
         .collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     let ids: Vec<&String> = things.iter().map(|(id, _)| id).collect();
     // 300 things at 1,200/min take 15 s.
     let (status, body) = hub
@@ -562,7 +538,7 @@ async fn store_faults_are_reported_and_recovered() {
     );
     let run = unique("jf");
     let things: Vec<(String, Value)> = (0..10).map(|i| (format!("{run}-{i}"), json!({}))).collect();
-    create_things(&hub, &things).await;
+    hub.create_tagged_things(&things).await;
     let ids: Vec<&String> = things.iter().map(|(id, _)| id).collect();
     let body = |start_at: u64| {
         json!({"jobId": run, "things": ids, "startAt": start_at, "maxPerMinute": 60000,
