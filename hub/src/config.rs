@@ -200,11 +200,19 @@ pub struct Config {
     /// Mosquitto 2.0 with its dynamic-security plugin (docs/running-at-scale.md, "The hub on
     /// Mosquitto"). Devices connect to that broker; the hub joins it as an MQTT 5 client, keeps
     /// one account per thing there, and opens no MQTT listener of its own (--mqtt-addr is
-    /// unused). One hub per broker. Default: the embedded broker.
+    /// unused). Several hubs may share one broker when they share one PostgreSQL database:
+    /// they split the things between them (docs/running-at-scale.md, "Several hub
+    /// instances"). Default: the embedded broker.
     #[arg(long, env = "IOTHUB_BROKER")]
     pub broker: Option<String>,
 
-    /// The hub's user name (and client identifier) on the --broker: a dynamic-security client
+    /// This hub instance's name among the instances sharing a --broker and a database; also
+    /// the tail of its client identifier on the broker (`USERNAME/INSTANCE`). Give each instance
+    /// a stable one, so the broker keeps its session across restarts. Default: `hub-PID-RANDOM`.
+    #[arg(long, env = "IOTHUB_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
+    /// The hub's user name on the --broker: a dynamic-security client
     /// whose role allows `$iothub/#`, `$CONTROL/dynamic-security/#` and the `$SYS/broker/log`
     /// topics.
     #[arg(long, env = "IOTHUB_BROKER_USERNAME", default_value = "$hub")]
@@ -294,6 +302,19 @@ fn parse_service_user(s: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), secret.to_owned()))
 }
 
+/// `--instance-id`: 1 to 64 letters, digits, `-`, `_` or `.` (it goes into an MQTT client
+/// identifier and into log lines).
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 64 of A-Z a-z 0-9 - _ .".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +326,10 @@ mod tests {
             Ok(("$app".into(), "s3".into()))
         );
         assert!(parse_service_user("app:s3").is_err());
+        assert_eq!(parse_instance_id("hub-a.1_x"), Ok("hub-a.1_x".into()));
+        for bad in ["", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(parse_instance_id(bad).is_err(), "{bad:?}");
+        }
         assert!(parse_service_user("$app").is_err());
         assert!(parse_service_user("$app:").is_err());
     }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod configurations;
 pub mod console;
@@ -77,10 +78,14 @@ pub struct RunningHub {
     tls_reloader: Option<JoinHandle<()>>,
     ota: ota::OtaService,
     ota_task: ota::OtaTask,
-    configurations_stop: tokio::sync::oneshot::Sender<()>,
+    /// Stops the fleet engines (configurations, jobs).
+    engines_stop: tokio::sync::watch::Sender<bool>,
     configurations_task: JoinHandle<()>,
-    jobs_stop: tokio::sync::oneshot::Sender<()>,
     jobs_task: JoinHandle<()>,
+    /// This instance's partition leases, when it is one of several (D-73).
+    member_stop: tokio::sync::oneshot::Sender<()>,
+    member_task: Option<JoinHandle<()>>,
+    multi_instance: bool,
     shadows: shadow::service::ShadowService,
     store: store::SharedStore,
 }
@@ -148,10 +153,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let store = store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
-    store
-        .mark_all_disconnected(clock::now_ms())
-        .await
-        .context("cannot reset presence in the registry")?;
+    let external_config = external::ExternalConfig::from_config(&config)?;
+    // Several instances share a broker and a database by leasing partitions of the things
+    // (D-73); with the embedded broker every device is this instance's own.
+    let member = match &external_config {
+        Some(external) => cluster::Member::join(store.clone(), external.instance.clone()).await?,
+        None => None,
+    };
+    let ownership = member
+        .as_ref()
+        .map_or_else(cluster::Ownership::everything, cluster::Member::ownership);
+    // Presence in the registry is reset by the first instance only: the others' things are
+    // connected.
+    if member.as_ref().is_none_or(cluster::Member::alone) {
+        store
+            .mark_all_disconnected(clock::now_ms())
+            .await
+            .context("cannot reset presence in the registry")?;
+    }
     let metrics = metrics::Metrics::new();
     let committer = store::commit::GroupCommitter::spawn_with_metrics(
         store.clone(),
@@ -161,27 +180,26 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     // Either the embedded broker or an external one (D-60); the services see only the bus.
-    let (prepared, inner_bus): (Prepared, Arc<dyn Bus>) =
-        match external::ExternalConfig::from_config(&config)? {
-            Some(external) => {
-                anyhow::ensure!(
-                    config.mqtts_addr.is_none()
-                        && config.ws_addr.is_none()
-                        && config.wss_addr.is_none(),
-                    "--mqtts-addr, --ws-addr and --wss-addr are listeners of the embedded broker; \
+    let (prepared, inner_bus): (Prepared, Arc<dyn Bus>) = match external_config {
+        Some(external) => {
+            anyhow::ensure!(
+                config.mqtts_addr.is_none()
+                    && config.ws_addr.is_none()
+                    && config.wss_addr.is_none(),
+                "--mqtts-addr, --ws-addr and --wss-addr are listeners of the embedded broker; \
                      with --broker, devices connect to that broker, so set its TLS and WebSocket \
                      listeners up there"
-                );
-                let prepared = external::Prepared::new(external)?;
-                let bus = prepared.bus();
-                (Prepared::External(Box::new(prepared)), bus)
-            }
-            None => {
-                let prepared = EmbeddedBroker::prepare().await;
-                let bus = Arc::new(prepared.bus(metrics.clone()));
-                (Prepared::Embedded(prepared), bus)
-            }
-        };
+            );
+            let prepared = external::Prepared::new(external)?;
+            let bus = prepared.bus();
+            (Prepared::External(Box::new(prepared)), bus)
+        }
+        None => {
+            let prepared = EmbeddedBroker::prepare().await;
+            let bus = Arc::new(prepared.bus(metrics.clone()));
+            (Prepared::Embedded(prepared), bus)
+        }
+    };
     // The console sees what the hub publishes about things through a tee on the bus.
     let (bus, console_events) = console::TeeBus::wrap(inner_bus);
     let bus: Arc<dyn Bus> = bus;
@@ -190,7 +208,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         .map_or_else(shard::default_shards, usize::from)
         .max(1);
     tracing::info!(shards, "dispatching device requests");
-    let shadows = shadow::service::ShadowService::spawn_sharded(
+    let shadows = shadow::service::ShadowService::spawn_for(
         shards,
         store.clone(),
         committer,
@@ -202,9 +220,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             shadow::DeviceUpdates::Spec
         },
         Some(metrics.clone()),
+        ownership.clone(),
     );
     let methods = method::Methods::new(bus.clone());
-    let (ota, ota_task) = ota::OtaService::spawn(store.clone(), bus.clone());
+    let (ota, ota_task) = ota::OtaService::spawn_led(store.clone(), bus.clone(), ownership.clone());
     let credentials = Arc::new(auth::CredentialCache::new(100_000));
 
     let (router_handle, router_queues) = router::channel(shards);
@@ -263,7 +282,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         .with_provisioner(provisioner.clone()),
     );
     let broker = match prepared {
-        Prepared::External(prepared) => BrokerSide::External(prepared.start(events, store.clone())),
+        Prepared::External(prepared) => {
+            BrokerSide::External(prepared.start(events, store.clone(), ownership.clone()))
+        }
         Prepared::Embedded(prepared) => BrokerSide::Embedded(
             prepared
                 .start(
@@ -302,39 +323,60 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         metrics.clone(),
     );
     let configurations = configurations::Configurations::new(store.clone(), things.changes());
-    let (configurations_stop, configurations_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let engine = configurations::engine::Engine::new(
-        store.clone(),
-        shadows.clone(),
-        configurations.clone(),
-        metrics.clone(),
-        configurations::engine::EngineConfig {
+    // The fleet engines run on the leader instance only (D-73), a new one per leadership.
+    let (engines_stop, engines_stop_rx) = tokio::sync::watch::channel(false);
+    let configurations_task = tokio::spawn({
+        let (store, shadows, configurations, metrics) = (
+            store.clone(),
+            shadows.clone(),
+            configurations.clone(),
+            metrics.clone(),
+        );
+        let engine_config = configurations::engine::EngineConfig {
             rate: config.configuration_rate,
             sweep: std::time::Duration::from_millis(config.configuration_sweep_ms),
-        },
-    );
-    let configurations_task = tokio::spawn(engine.run(async move {
-        let _ = configurations_stop_rx.await;
-    }));
+        };
+        cluster::while_leader(ownership.clone(), engines_stop_rx.clone(), move |stop| {
+            configurations::engine::Engine::new(
+                store.clone(),
+                shadows.clone(),
+                configurations.clone(),
+                metrics.clone(),
+                engine_config,
+            )
+            .run(stop)
+        })
+    });
     let jobs = jobs::Jobs::new(store.clone());
-    let (jobs_stop, jobs_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let jobs_engine = jobs::engine::Engine::new(
-        store.clone(),
-        jobs::exec::Executor {
+    let jobs_task = tokio::spawn({
+        let executor = jobs::exec::Executor {
             methods: methods.clone(),
             shadows: shadows.clone(),
             things: things.clone(),
             bus: bus.clone(),
-        },
-        jobs.clone(),
-        metrics.clone(),
-        jobs::engine::EngineConfig {
+        };
+        let (store, jobs, metrics) = (store.clone(), jobs.clone(), metrics.clone());
+        let engine_config = jobs::engine::EngineConfig {
             retention: std::time::Duration::from_secs(config.job_retention_hours * 3600),
-        },
-    );
-    let jobs_task = tokio::spawn(jobs_engine.run(async move {
-        let _ = jobs_stop_rx.await;
-    }));
+        };
+        cluster::while_leader(ownership.clone(), engines_stop_rx, move |stop| {
+            jobs::engine::Engine::new(
+                store.clone(),
+                executor.clone(),
+                jobs.clone(),
+                metrics.clone(),
+                engine_config,
+            )
+            .run(stop)
+        })
+    });
+    let (member_stop, member_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let multi_instance = member.is_some();
+    let member_task = member.map(|member| {
+        tokio::spawn(member.run(async move {
+            let _ = member_stop_rx.await;
+        }))
+    });
     let state = api::AppState::new(
         store.clone(),
         shadows.clone(),
@@ -348,6 +390,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_provisioner(provisioner)
     .with_configurations(configurations)
     .with_jobs(jobs)
+    .with_ownership(ownership.clone())
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -401,10 +444,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         tls_reloader,
         ota,
         ota_task,
-        configurations_stop,
+        engines_stop,
         configurations_task,
-        jobs_stop,
         jobs_task,
+        member_stop,
+        member_task,
+        multi_instance,
         shadows,
         store,
     })
@@ -425,9 +470,8 @@ impl RunningHub {
         }
         self.ota.stop().await;
         self.ota_task.join().await;
-        let _ = self.configurations_stop.send(());
+        let _ = self.engines_stop.send(true);
         let _ = self.configurations_task.await;
-        let _ = self.jobs_stop.send(());
         let _ = self.jobs_task.await;
         self.shadows.shutdown().await;
         self.refusal_reporter.abort();
@@ -436,8 +480,16 @@ impl RunningHub {
         }
         self.presence.abort();
         let _ = self.presence.await;
+        // The other instances take this one's partitions at their next round.
+        let _ = self.member_stop.send(());
+        if let Some(task) = self.member_task {
+            let _ = task.await;
+        }
         // Instead of one write per connection closed above (see `Presence::begin_shutdown`).
-        if let Err(e) = self.store.mark_all_disconnected(clock::now_ms()).await {
+        // With several instances the things stay connected to the broker: nothing to record.
+        if !self.multi_instance
+            && let Err(e) = self.store.mark_all_disconnected(clock::now_ms()).await
+        {
             tracing::warn!(error = %e, "cannot record the things as disconnected at shutdown");
         }
         self.store.close().await;

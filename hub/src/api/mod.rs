@@ -91,6 +91,8 @@ pub struct AppState {
     pub console: crate::console::Console,
     /// Provisioning (S-10); `None` answers the enrollment routes with 503.
     pub provisioner: Option<crate::provision::Provisioner>,
+    /// The partitions of things this instance handles (D-73), shown by `/healthz`.
+    pub ownership: Arc<crate::cluster::Ownership>,
 }
 
 impl AppState {
@@ -118,7 +120,14 @@ impl AppState {
             basic_auth: false,
             console: crate::console::Console::default(),
             provisioner: None,
+            ownership: crate::cluster::Ownership::everything(),
         }
+    }
+
+    /// Shows the partitions of `ownership` on `/healthz` (one of several instances, D-73).
+    pub fn with_ownership(mut self, ownership: Arc<crate::cluster::Ownership>) -> AppState {
+        self.ownership = ownership;
+        self
     }
 
     /// Serves the enrollment routes (S-10, D-46) with `provisioner`.

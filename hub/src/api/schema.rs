@@ -319,6 +319,12 @@ pub struct Health {
     pub failing_since: Option<u64>,
     /// Write transactions that failed since the hub started.
     pub write_failures: u64,
+    /// How many of the 64 partitions of things this instance handles: all of them with one
+    /// instance, a share with several on one broker and database (D-73).
+    pub partitions: u32,
+    /// Whether this instance runs the fleet engines (configurations, jobs, OTA rollouts): the
+    /// only instance, or the one holding partition 0 (D-73).
+    pub leader: bool,
 }
 
 impl Health {
@@ -329,6 +335,8 @@ impl Health {
             reason: report.reason.clone(),
             failing_since: report.failing_since,
             write_failures: report.write_failures,
+            partitions: 64,
+            leader: true,
         }
     }
 }

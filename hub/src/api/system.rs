@@ -19,18 +19,23 @@ use super::schema::{self, Envelope, Health};
     ))]
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let report = state.store.health();
+    let from_report = |status: &str, report: &crate::store::health::HealthReport| Health {
+        partitions: state.ownership.held(),
+        leader: state.ownership.is_leader(),
+        ..Health::from_report(status, report)
+    };
     if !report.healthy {
         let reason = report.reason.clone().unwrap_or_default();
         return envelope(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("storage unavailable: writes are failing: {reason}"),
-            Health::from_report("unavailable", &report),
+            from_report("unavailable", &report),
         );
     }
     match state.store.list_things(0, 1, None).await {
-        Ok(_) => ok(Health::from_report("ok", &report)),
+        Ok(_) => ok(from_report("ok", &report)),
         Err(e) => {
-            let mut health = Health::from_report("unavailable", &report);
+            let mut health = from_report("unavailable", &report);
             health.reason = Some(e.to_string());
             envelope(
                 StatusCode::SERVICE_UNAVAILABLE,

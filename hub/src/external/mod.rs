@@ -38,6 +38,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, BusError, ThingChange};
+use crate::cluster::Ownership;
 use crate::edge::{Client, Events, PublishIn};
 use crate::store::SharedStore;
 
@@ -67,8 +68,11 @@ pub struct ExternalConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// The hub's user name (also its client identifier).
+    /// The hub's user name.
     pub username: String,
+    /// This instance's name among the hubs on the broker (D-73); its client identifier is
+    /// `username/instance`.
+    pub instance: String,
     /// Its password.
     pub password: String,
 }
@@ -127,6 +131,10 @@ impl ExternalConfig {
             host,
             port,
             username: config.broker_username.clone(),
+            instance: config
+                .instance_id
+                .clone()
+                .unwrap_or_else(crate::cluster::default_instance_id),
             password,
         }))
     }
@@ -138,6 +146,8 @@ struct Control {
     /// Whether the hub's subscriptions (the answers' topic among them) are in place.
     ready: watch::Receiver<bool>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    /// Prefix of this instance's correlation data: every hub on the broker sees every answer.
+    prefix: String,
     next: AtomicU64,
     slots: Semaphore,
 }
@@ -156,7 +166,11 @@ impl Control {
             .await
             .map_err(|_| timeout("connection to the broker"))?
             .map_err(|_| BusError::Unavailable("stopped".into()))?;
-        let id = format!("iothub-{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
         for command in &mut commands {
             if let Some(map) = command.as_object_mut() {
                 map.insert("correlationData".into(), Value::from(id.as_str()));
@@ -315,8 +329,8 @@ impl Prepared {
             .with_context(|| format!("cannot resolve the broker {}:{}", config.host, config.port))?
             .next()
             .with_context(|| format!("no address for the broker {}", config.host))?;
-        let mut options =
-            MqttOptions::new(config.username.clone(), config.host.clone(), config.port);
+        let client_id = format!("{}/{}", config.username, config.instance);
+        let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
         options
             .set_credentials(config.username.clone(), config.password.clone())
             .set_keep_alive(Duration::from_secs(30))
@@ -329,6 +343,7 @@ impl Prepared {
             client: client.clone(),
             ready: ready_rx,
             waiting: Mutex::default(),
+            prefix: format!("iothub-{}", config.instance),
             next: AtomicU64::new(0),
             slots: Semaphore::new(CONTROL_IN_FLIGHT),
         });
@@ -351,12 +366,18 @@ impl Prepared {
         self.bus.clone()
     }
 
-    /// Connects, feeds `events` from then on, and reconciles the broker's accounts with the
-    /// registry in `store` in the background.
-    pub fn start(self, events: Arc<dyn Events>, store: SharedStore) -> ExternalBroker {
+    /// Connects, feeds `events` from then on with what concerns the things of `ownership`
+    /// (D-73), and reconciles the broker's accounts with the registry in `store` in the
+    /// background.
+    pub fn start(
+        self,
+        events: Arc<dyn Events>,
+        store: SharedStore,
+        ownership: Arc<Ownership>,
+    ) -> ExternalBroker {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let bus = self.bus.clone();
-        tracing::info!(broker = %format!("{}:{}", self.config.host, self.config.port), user = %self.config.username, "joining the external broker");
+        tracing::info!(broker = %format!("{}:{}", self.config.host, self.config.port), user = %self.config.username, instance = %self.config.instance, "joining the external broker");
         let driver = tokio::spawn(drive(
             self.eventloop,
             bus.client.clone(),
@@ -364,7 +385,7 @@ impl Prepared {
             self.ready,
             inbound_tx,
         ));
-        let feeder = tokio::spawn(feed(inbound_rx, events, bus.connected.clone()));
+        let feeder = tokio::spawn(feed(inbound_rx, events, bus.connected.clone(), ownership));
         let control = bus.control.clone();
         let reconciler = tokio::spawn(async move {
             if let Err(e) = reconcile(&control, &store).await {
@@ -463,8 +484,16 @@ async fn drive(
 }
 
 /// Feeds the core in arrival order: log lines become connects, disconnects and subscriptions;
-/// request topics become [`Events::publish_in`] from the topic's thing.
-async fn feed(mut inbound: mpsc::Receiver<Publish>, events: Arc<dyn Events>, connected: Connected) {
+/// request topics become [`Events::publish_in`] from the topic's thing. With several instances
+/// (D-73) each takes the requests and presence of its own things, every method response (the
+/// call may be waiting here), and, on the leader, OTA results and subscriptions; every instance
+/// keeps the whole list of connected clients.
+async fn feed(
+    mut inbound: mpsc::Receiver<Publish>,
+    events: Arc<dyn Events>,
+    connected: Connected,
+    ownership: Arc<Ownership>,
+) {
     while let Some(publish) = inbound.recv().await {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             continue;
@@ -475,17 +504,24 @@ async fn feed(mut inbound: mpsc::Receiver<Publish>, events: Arc<dyn Events>, con
             };
             let subscribe = topic.ends_with("/subscribe");
             if let Some(event) = log::parse(line, subscribe) {
-                on_log(event, events.as_ref(), &connected).await;
+                on_log(event, events.as_ref(), &connected, &ownership).await;
             }
             continue;
         }
-        let Some(thing) = Topic::parse(topic)
-            .ok()
-            .filter(Topic::is_hub_request)
-            .map(|t| t.thing().to_owned())
-        else {
+        let Some(parsed) = Topic::parse(topic).ok().filter(Topic::is_hub_request) else {
             continue;
         };
+        let thing = parsed.thing().to_owned();
+        let ours = match parsed {
+            // The call may be waiting on this instance; an unknown token is dropped.
+            Topic::MethodResponse { .. } => true,
+            // OTA rollouts run on the leader only.
+            Topic::OtaTaskResult { .. } => ownership.is_leader(),
+            _ => ownership.owns(&thing),
+        };
+        if !ours {
+            continue;
+        }
         events
             .publish_in(PublishIn {
                 sender: &thing,
@@ -497,7 +533,12 @@ async fn feed(mut inbound: mpsc::Receiver<Publish>, events: Arc<dyn Events>, con
     }
 }
 
-async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Connected) {
+async fn on_log(
+    event: log::LogEvent<'_>,
+    events: &dyn Events,
+    connected: &Connected,
+    ownership: &Ownership,
+) {
     match event {
         log::LogEvent::Connected {
             client_id,
@@ -509,6 +550,9 @@ async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Conne
             let replaced = lock(connected)
                 .insert(client_id.to_owned(), username.to_owned())
                 .is_some();
+            if !ownership.owns(client_id) {
+                return;
+            }
             let client = Client {
                 client_id,
                 username,
@@ -520,6 +564,9 @@ async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Conne
             let Some(username) = lock(connected).remove(client_id) else {
                 return;
             };
+            if !ownership.owns(client_id) {
+                return;
+            }
             let client = Client {
                 client_id,
                 username: &username,
@@ -531,6 +578,10 @@ async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Conne
             let Some(username) = lock(connected).get(client_id).cloned() else {
                 return;
             };
+            // A subscription only makes a thing ready for the OTA rollouts, which the leader runs.
+            if !ownership.is_leader() {
+                return;
+            }
             let client = Client {
                 client_id,
                 username: &username,

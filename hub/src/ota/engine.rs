@@ -25,6 +25,7 @@ use super::machine;
 use super::rate::Rate;
 use crate::bus::Bus;
 use crate::clock::now_ms;
+use crate::cluster::Ownership;
 use crate::store::SharedStore;
 use crate::store::ota::{OtaJobSettings, OtaJobStatus, OtaTaskRecord, OtaTaskWrite, OtaTemplate};
 
@@ -110,7 +111,16 @@ struct Engine {
 }
 
 /// Runs the engine until [`Cmd::Stop`] or until every sender is gone.
-pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Receiver<Cmd>) {
+///
+/// With several hub instances (D-73) only the leader runs rollouts: elsewhere the engine holds
+/// nothing and answers as while reloading; when this instance becomes the leader it loads the
+/// running jobs from the store.
+pub(super) async fn run(
+    store: SharedStore,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::Receiver<Cmd>,
+    leader: Arc<Ownership>,
+) {
     let mut engine = Engine {
         store,
         bus,
@@ -123,7 +133,15 @@ pub(super) async fn run(store: SharedStore, bus: Arc<dyn Bus>, mut rx: mpsc::Rec
     let mut last_sweep = now_ms();
     let mut turn = Turn::default();
     loop {
-        if engine.stale {
+        if !leader.is_leader() {
+            if !engine.stale {
+                tracing::info!("not the leader instance: OTA rollouts stop here");
+            }
+            engine.jobs.clear();
+            engine.by_thing.clear();
+            engine.deadlines.clear();
+            engine.stale = true;
+        } else if engine.stale {
             engine.reload(now_ms(), &mut turn).await;
         }
         let now = now_ms();

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::bus::Bus;
+use crate::cluster::Ownership;
 use crate::query::ThingQuery;
 use crate::store::ota::{
     NewOtaJob, OtaJobRecord, OtaJobSettings, OtaJobStatus, OtaStore, OtaTaskRecord, OtaTemplate,
@@ -211,6 +212,7 @@ fn settings(req: &CreateJob) -> Result<OtaJobSettings, OtaError> {
 pub struct OtaService {
     tx: mpsc::Sender<Cmd>,
     store: SharedStore,
+    leader: Arc<Ownership>,
 }
 
 /// The engine task, to await at shutdown (after [`OtaService::stop`]).
@@ -226,9 +228,32 @@ impl OtaTask {
 impl OtaService {
     /// Starts the engine; it resumes every running job of `store` first.
     pub fn spawn(store: SharedStore, bus: Arc<dyn Bus>) -> (OtaService, OtaTask) {
+        Self::spawn_led(store, bus, Ownership::everything())
+    }
+
+    /// [`OtaService::spawn`] for one of several instances (D-73): rollouts run while this
+    /// instance is the leader, and job commands on another instance are refused with 503.
+    pub fn spawn_led(
+        store: SharedStore,
+        bus: Arc<dyn Bus>,
+        leader: Arc<Ownership>,
+    ) -> (OtaService, OtaTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(engine::run(store.clone(), bus, rx));
-        (OtaService { tx, store }, OtaTask(handle))
+        let handle = tokio::spawn(engine::run(store.clone(), bus, rx, leader.clone()));
+        (OtaService { tx, store, leader }, OtaTask(handle))
+    }
+
+    /// OTA job commands change rollouts, which only the leader runs (D-73).
+    fn on_leader(&self) -> Result<(), OtaError> {
+        if self.leader.is_leader() {
+            Ok(())
+        } else {
+            Err(OtaError::Unavailable(
+                "OTA jobs are created and canceled on the leader hub instance (D-73); \
+                 this one is not it"
+                    .into(),
+            ))
+        }
     }
 
     fn ota_store(&self) -> Result<&dyn OtaStore, OtaError> {
@@ -293,6 +318,7 @@ impl OtaService {
 
     /// Creates a job (S-9.6) and starts its rollout; returns it with its counts.
     pub async fn create(&self, req: CreateJob, now: u64) -> Result<OtaJobRecord, OtaError> {
+        self.on_leader()?;
         validate_template(&req.template)?;
         let settings = settings(&req)?;
         let (things, target_query) = self.resolve(&req.targets).await?;
@@ -387,6 +413,7 @@ impl OtaService {
 
     /// Cancels a running job: its open tasks become `canceled`. 409 when it has ended.
     pub async fn cancel(&self, job_id: &str) -> Result<OtaJobRecord, OtaError> {
+        self.on_leader()?;
         self.job(job_id).await?;
         self.ask(|reply| Cmd::Cancel {
             job_id: job_id.to_owned(),
@@ -403,6 +430,7 @@ impl OtaService {
         job_id: &str,
         thing_id: &str,
     ) -> Result<(OtaTaskRecord, Vec<OtaTransition>), OtaError> {
+        self.on_leader()?;
         self.task(job_id, thing_id).await?;
         self.ask(|reply| Cmd::Cancel {
             job_id: job_id.to_owned(),

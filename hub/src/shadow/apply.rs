@@ -5,6 +5,7 @@
 //! durability; the outcome travels on to the reply task in the same order.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,6 +14,7 @@ use iothub_spec::ids::DEFAULT_SHADOW;
 use iothub_spec::limits::Limits;
 
 use crate::clock::now_ms;
+use crate::cluster::Ownership;
 use crate::store::commit::GroupCommitter;
 use crate::store::{ShadowWrite, SharedStore, StoreError};
 
@@ -32,6 +34,8 @@ struct Entry {
     pending: u32,
     /// Last use, for LRU eviction.
     used: u64,
+    /// [`Ownership::epoch`] when loaded.
+    epoch: u64,
 }
 
 /// thing → shadow name → entry, at most `capacity` entries plus those with pending writes.
@@ -130,6 +134,9 @@ pub(super) struct Applier {
     cache: Cache,
     replies: mpsc::Sender<Reply>,
     next_generation: u64,
+    /// Which things this instance handles (D-73): the cache is trusted only for those, and only
+    /// since they were last taken; another instance may have written the others.
+    ownership: Arc<Ownership>,
 }
 
 impl Applier {
@@ -140,6 +147,7 @@ impl Applier {
         limits: Limits,
         cache_capacity: usize,
         replies: mpsc::Sender<Reply>,
+        ownership: Arc<Ownership>,
     ) -> Applier {
         Applier {
             store,
@@ -148,6 +156,7 @@ impl Applier {
             cache: Cache::new(cache_capacity),
             replies,
             next_generation: 1,
+            ownership,
         }
     }
 }
@@ -349,6 +358,15 @@ impl Applier {
 
     /// The cache entry of `key`, loading it from the store on a miss.
     async fn load(&mut self, key: &Key) -> Result<&mut Entry, ShadowError> {
+        let epoch = self.ownership.epoch();
+        let trusted = self.ownership.owns(&key.thing);
+        if self
+            .cache
+            .get_mut(key)
+            .is_some_and(|e| e.pending == 0 && (!trusted || e.epoch != epoch))
+        {
+            self.cache.remove(key);
+        }
         if self.cache.get_mut(key).is_none() {
             let stored = self
                 .store
@@ -371,6 +389,7 @@ impl Applier {
                     generation,
                     pending: 0,
                     used: 0,
+                    epoch,
                 },
             );
         }
@@ -397,6 +416,7 @@ mod tests {
             generation: 1,
             pending,
             used: 0,
+            epoch: 0,
         }
     }
 

@@ -51,6 +51,7 @@ use iothub_spec::limits::Limits;
 use iothub_spec::payload::{ShadowState, UpdateRequest};
 
 use crate::bus::Bus;
+use crate::cluster::Ownership;
 use crate::metrics::Metrics;
 use crate::shard::shard_of;
 use crate::store::SharedStore;
@@ -137,6 +138,31 @@ impl ShadowService {
         device_updates: DeviceUpdates,
         metrics: Option<Arc<Metrics>>,
     ) -> ShadowService {
+        Self::spawn_for(
+            shards,
+            store,
+            committer,
+            bus,
+            limits,
+            device_updates,
+            metrics,
+            Ownership::everything(),
+        )
+    }
+
+    /// [`ShadowService::spawn_sharded`] for an instance that handles only the things of
+    /// `ownership` (D-73): shadows of other things are read from the store for each request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_for(
+        shards: usize,
+        store: SharedStore,
+        committer: GroupCommitter,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+        device_updates: DeviceUpdates,
+        metrics: Option<Arc<Metrics>>,
+        ownership: Arc<Ownership>,
+    ) -> ShadowService {
         let n = shards.max(1);
         let mut tasks = Vec::with_capacity(n);
         let shards = (0..n)
@@ -151,6 +177,7 @@ impl ShadowService {
                     limits,
                     CACHE_CAPACITY.div_ceil(n),
                     reply_tx,
+                    ownership.clone(),
                 );
                 let replier = Replier::new(
                     bus.clone(),

@@ -31,6 +31,7 @@ pub mod enroll;
 pub mod fault;
 pub mod health;
 pub mod jobs;
+pub mod lease;
 pub mod ota;
 pub mod postgres;
 pub mod sqlite;
@@ -236,6 +237,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The configuration storage of this store (S-11), `None` when it has none (test doubles).
     fn configurations(&self) -> Option<&dyn configurations::ConfigurationStore> {
+        None
+    }
+
+    /// Partition leases for several hub instances (D-73); `None`: this store serves one hub.
+    fn leases(&self) -> Option<&dyn lease::LeaseStore> {
         None
     }
 

@@ -43,6 +43,7 @@ mod batch;
 mod configurations;
 mod enroll;
 mod jobs;
+mod lease;
 mod ota;
 pub mod query;
 mod statements;

@@ -22,6 +22,7 @@ mod configurations;
 mod enroll;
 mod health;
 mod jobs;
+mod leases;
 mod ota;
 mod query;
 mod race;
@@ -158,4 +159,5 @@ suite!(
     configurations::failed_configuration_writes_store_nothing,
     jobs::jobs_and_things_round_trip,
     jobs::failed_job_writes_store_nothing,
+    leases::partitions_are_leased_to_one_instance_at_a_time,
 );

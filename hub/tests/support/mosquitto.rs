@@ -121,16 +121,25 @@ impl Mosquitto {
 
     /// A hub joined to this broker.
     pub fn hub(&self) -> Hub {
+        self.hub_with(&[])
+    }
+
+    /// A hub joined to this broker, with `extra` flags (a shared `--database-url` and an
+    /// `--instance-id` make it one of several instances, D-73).
+    pub fn hub_with(&self, extra: &[&str]) -> Hub {
         let pw_file: PathBuf = self.dir.path().join("hub-password");
         fs::write(&pw_file, format!("{HUB_PW}\n")).expect("password file");
-        let hub = Hub::start_args(&[
+        let url = self.url();
+        let mut args = vec![
             "--broker",
-            &self.url(),
+            &url,
             "--broker-username",
             HUB_USER,
             "--broker-password-file",
             pw_file.to_str().expect("utf-8 path"),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let hub = Hub::start_args(&args);
         assert_eq!(hub.mqtt, self.addr, "devices are sent to the broker");
         hub
     }

@@ -471,6 +471,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn leases(&self) -> Option<&dyn crate::store::lease::LeaseStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }
