@@ -227,6 +227,14 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_BROKER_PASSWORD_FILE")]
     pub broker_password_file: Option<PathBuf>,
 
+    /// Bearer token a broker presents to the hub's HTTP authentication and authorization routes,
+    /// `POST /api/v1/broker/authn` and `/api/v1/broker/authz` (EMQX 5's HTTP authenticator and
+    /// authorizer; docs/running-at-scale.md, "The hub behind EMQX"). Off when not set: the
+    /// routes do not exist (404).
+    #[arg(long, env = "IOTHUB_BROKER_AUTH_TOKEN", hide_env_values = true,
+          value_parser = parse_token)]
+    pub broker_auth_token: Option<String>,
+
     /// Log line format on stderr: `text` for people, `json` (one object per line, span fields
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -289,6 +297,19 @@ impl Config {
     }
 }
 
+/// A bearer token: not empty, and visible ASCII only, since it travels in an HTTP header
+/// (whose value the hub trims, and cannot read with other bytes), so any other token could
+/// never match.
+fn parse_token(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the token is empty".to_owned());
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be visible ASCII characters, without spaces".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_service_user(s: &str) -> Result<(String, String), String> {
     let (name, secret) = s
         .split_once(':')
@@ -332,5 +353,14 @@ mod tests {
         }
         assert!(parse_service_user("$app").is_err());
         assert!(parse_service_user("$app:").is_err());
+    }
+
+    #[test]
+    fn tokens_fit_in_a_header() {
+        assert_eq!(parse_token("s3cr3t-_.~"), Ok("s3cr3t-_.~".into()));
+        assert!(parse_token("").is_err());
+        assert!(parse_token("two words").is_err());
+        assert!(parse_token("trailing\n").is_err());
+        assert!(parse_token("caf\u{e9}").is_err());
     }
 }

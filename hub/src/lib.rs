@@ -281,6 +281,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         )
         .with_provisioner(provisioner.clone()),
     );
+    // A broker's HTTP authenticator asks the same CONNECT decision the embedded one does (D-57).
+    let broker_auth = config
+        .broker_auth_token
+        .clone()
+        .map(|token| api::broker_auth::BrokerAuth::new(token, events.clone()));
     let broker = match prepared {
         Prepared::External(prepared) => {
             BrokerSide::External(prepared.start(events, store.clone(), ownership.clone()))
@@ -393,6 +398,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_ownership(ownership.clone())
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
+    let state = match broker_auth {
+        Some(auth) => state.with_broker_auth(auth),
+        None => state,
+    };
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;

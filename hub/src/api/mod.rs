@@ -3,19 +3,23 @@
 //!
 //! Every body is the S-9.1 envelope `{"code","message","data"}` with `code` equal to the HTTP
 //! status, errors included: bad JSON and wrong field types (400), missing or wrong bearer token
-//! (401), unknown routes (404), wrong HTTP method (405), bodies over the limit (413). The one
-//! exception is `/metrics`, which speaks the Prometheus text format.
+//! (401), unknown routes (404), wrong HTTP method (405), bodies over the limit (413). The
+//! exceptions are `/metrics`, which speaks the Prometheus text format, and the answers of
+//! [`broker_auth`] (200 in EMQX 5's own format; its errors are enveloped).
 //!
 //! Every `/api/v1` route, `limits` included, needs `Authorization: Bearer <admin token>`. Open
 //! (no token): `/healthz` and `/metrics` (probes and scrapers carry no token), and the API's
 //! description, `GET /api/v1/openapi.json` and Swagger UI at `/api/docs` ([`docs`]): they
 //! describe the API and disclose nothing. With `--tio-compat` the admin routes also accept
 //! HTTP Basic auth whose password is the admin token (tio's clients send Basic auth; see
-//! `docs/tio-compatibility.md`).
+//! `docs/tio-compatibility.md`). The broker's routes, `/api/v1/broker/authn` and `/authz`
+//! ([`broker_auth`], D-57), take their own token, `--broker-auth-token`, and exist only when it
+//! is set.
 //!
 //! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
-//! [`tio`] (the routes and names tio's clients use, as aliases).
+//! [`tio`] (the routes and names tio's clients use, as aliases), [`broker_auth`] (a broker's
+//! HTTP authentication and authorization).
 //!
 //! # Decisions
 //! Where S-9 is silent, the routes follow docs/spec.md D-6 (the envelope and the API's own
@@ -24,6 +28,7 @@
 //! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
 //! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
 
+pub mod broker_auth;
 pub mod configurations;
 pub mod docs;
 pub mod enrollments;
@@ -93,6 +98,8 @@ pub struct AppState {
     pub provisioner: Option<crate::provision::Provisioner>,
     /// The partitions of things this instance handles (D-73), shown by `/healthz`.
     pub ownership: Arc<crate::cluster::Ownership>,
+    /// The broker's HTTP authentication and authorization (D-57); `None`: no such routes.
+    pub broker_auth: Option<broker_auth::BrokerAuth>,
 }
 
 impl AppState {
@@ -121,12 +128,19 @@ impl AppState {
             console: crate::console::Console::default(),
             provisioner: None,
             ownership: crate::cluster::Ownership::everything(),
+            broker_auth: None,
         }
     }
 
     /// Shows the partitions of `ownership` on `/healthz` (one of several instances, D-73).
     pub fn with_ownership(mut self, ownership: Arc<crate::cluster::Ownership>) -> AppState {
         self.ownership = ownership;
+        self
+    }
+
+    /// Serves `POST /api/v1/broker/authn` and `/authz` (D-57) with `auth`.
+    pub fn with_broker_auth(mut self, auth: broker_auth::BrokerAuth) -> AppState {
+        self.broker_auth = Some(auth);
         self
     }
 
@@ -243,14 +257,19 @@ pub fn router(state: AppState) -> Router {
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
-    Router::new()
+    let mut app = Router::new()
         .nest("/api/v1", v1)
         .route("/api/v1/openapi.json", get(system::openapi))
         .merge(docs::routes())
         .merge(crate::console::routes())
         .route("/healthz", get(system::healthz))
-        .route("/metrics", get(system::metrics))
-        .fallback(not_found)
+        .route("/metrics", get(system::metrics));
+    // Without their token the broker's routes do not exist: 404 like any unknown path. Merged
+    // before the layers below, which wrap only the routes present when they are added.
+    if let Some(auth) = state.broker_auth.clone() {
+        app = app.merge(broker_auth::routes(auth));
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
@@ -289,6 +308,9 @@ async fn require_admin(State(state): State<AppState>, req: Request, next: Next) 
     }
 }
 
+/// Whether `headers` carry `token` as a bearer token (or, when `basic`, as a Basic password),
+/// compared in constant time; an empty `token` admits no one. Also checks the broker's token
+/// ([`broker_auth`], never Basic).
 fn admin_ok(headers: &HeaderMap, token: &str, basic: bool) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)

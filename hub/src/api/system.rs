@@ -83,7 +83,7 @@ pub async fn openapi() -> Result<Response, ApiError> {
 /// The OpenAPI description of the REST API, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query, direct methods and OTA jobs (protocol clause S-9). Every body is the envelope {\"code\",\"message\",\"data\"}. The routes tagged `tio` are aliases for clients written for tio (docs/tio-compatibility.md)."),
+    info(title = "iothub REST API", description = "Thing registry, shadows, tags, query, direct methods and OTA jobs (protocol clause S-9). Every body is the envelope {\"code\",\"message\",\"data\"}. The routes tagged `tio` are aliases for clients written for tio (docs/tio-compatibility.md). The routes tagged `broker` are called by an MQTT broker (EMQX 5's HTTP authentication and authorization), with their own token, and answer in that broker's format (docs/spec.md D-57)."),
     servers((url = "/", description = "The hub serving this document")),
     paths(
         super::things::create,
@@ -124,6 +124,8 @@ pub async fn openapi() -> Result<Response, ApiError> {
         super::jobs::get_thing,
         super::tio::query_shadows,
         super::tio::put_shadow_tags,
+        super::broker_auth::authn,
+        super::broker_auth::authz,
         healthz,
         metrics,
         limits,
@@ -166,12 +168,19 @@ pub async fn openapi() -> Result<Response, ApiError> {
         super::enrollments::EnrollmentView,
         super::enrollments::TemplateBody,
         super::enrollments::IdRuleBody,
+        super::broker_auth::AuthnRequest,
+        super::broker_auth::AuthzRequest,
+        super::broker_auth::Action,
+        super::broker_auth::Verdict,
+        super::broker_auth::AuthnResponse,
+        super::broker_auth::AuthzResponse,
     )),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
 
-/// Declares the `bearer` security scheme the routes refer to.
+/// Declares the security schemes the routes refer to: `bearer` (the admin token) and `broker`
+/// (`--broker-auth-token`, D-57).
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -179,6 +188,10 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "broker",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }

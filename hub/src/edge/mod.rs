@@ -34,6 +34,10 @@
 //! `connected`, `disconnected` and `subscribed` come from the broker's log lines; the
 //! [`Bus`](crate::bus::Bus) publishes through the hub's own connection and keeps is-connected
 //! from those lines.
+//!
+//! A broker that asks an HTTP service instead (EMQX 5, D-57) reaches the core through the REST
+//! server ([`crate::api::broker_auth`]): its authentication request becomes a [`Connect`] for
+//! [`Events::authenticate`], its authorization request goes to [`iothub_spec::topic::acl`].
 
 pub mod authn;
 mod core;
@@ -69,7 +73,9 @@ pub struct Connect<'a> {
     pub will_topic: Option<&'a str>,
     /// Whether the broker's unauthenticated-connection slots are crowded (half of them held). A
     /// delayed refusal holds such a slot for the whole delay, so a refusal then goes out at once
-    /// (issue 14); a broker without such slots says `false`.
+    /// (issue 14); a broker without such slots says `false`. A broker that waits for the answer
+    /// over a few shared connections (EMQX's HTTP authenticator, D-57) says `true`: a held-back
+    /// refusal would hold one of them and slow every other CONNECT.
     pub crowded: bool,
 }
 

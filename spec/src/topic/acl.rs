@@ -44,6 +44,31 @@ pub fn may_subscribe(username: &str, filter: &str, shared: bool) -> bool {
     !shared && thing_may_subscribe(filter, username)
 }
 
+/// The first level of a shared subscription's filter, `$share/{group}/{filter}` (MQTT 5 §4.8.2).
+pub const SHARED_PREFIX: &str = "$share/";
+
+/// Splits a SUBSCRIBE filter as the client sent it into the filter proper and whether it asked
+/// for a shared subscription, for [`may_subscribe`]: `$share/{group}/{filter}` is
+/// `({filter}, true)`, any other filter is `(filter, false)`.
+///
+/// A broker that strips the prefix itself (rmqtt) passes the stripped filter and its own flag
+/// instead. A `$share/` filter without a group, with a wildcard in the group or without a
+/// filter is malformed (MQTT 5 §4.8.2) and comes back whole, marked shared: no `$share/...`
+/// filter is in the hub's namespace, so [`may_subscribe`] refuses it for everyone.
+pub fn split_shared(filter: &str) -> (&str, bool) {
+    let Some(rest) = filter.strip_prefix(SHARED_PREFIX) else {
+        return (filter, false);
+    };
+    match rest.split_once('/') {
+        Some((group, inner))
+            if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() =>
+        {
+            (inner, true)
+        }
+        _ => (filter, true),
+    }
+}
+
 /// Whether a CONNECT from `username` may carry a Will on `will_topic` (D-33): a broker publishes
 /// a Will without asking the publish allow-list, so a thing's Will must already be on it
 /// (`T/messages/will/#` or its other own topics). Service users are trusted back ends; a claim
@@ -147,6 +172,36 @@ mod tests {
             "$iothub/provision/e1/s1/accepted",
             false
         ));
+    }
+
+    #[test]
+    fn shared_filters_split_into_group_filter_and_flag() {
+        assert_eq!(
+            split_shared("$share/g/$iothub/things/t1/#"),
+            ("$iothub/things/t1/#", true)
+        );
+        assert_eq!(
+            split_shared("$iothub/things/t1/#"),
+            ("$iothub/things/t1/#", false)
+        );
+        // Malformed: whole and shared, so refused to everyone.
+        for bad in [
+            "$share/",
+            "$share//$iothub/x",
+            "$share/g",
+            "$share/g/",
+            "$share/+/$iothub/x",
+        ] {
+            assert_eq!(split_shared(bad), (bad, true), "{bad}");
+            let (filter, shared) = split_shared(bad);
+            assert!(!may_subscribe("$backend", filter, shared), "{bad}");
+            assert!(!may_subscribe("t1", filter, shared), "{bad}");
+        }
+        // What the split feeds into: a service user's shared group, a thing's refused one (D-35).
+        let (filter, shared) = split_shared("$share/g/$iothub/things/+/messages/property");
+        assert!(may_subscribe("$backend", filter, shared));
+        let (filter, shared) = split_shared("$share/g/$iothub/things/t1/#");
+        assert!(!may_subscribe("t1", filter, shared));
     }
 
     #[test]
