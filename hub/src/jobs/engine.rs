@@ -34,6 +34,9 @@ const IDLE: Duration = Duration::from_secs(1);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// How often ended jobs past their retention are deleted (D-56).
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often the open jobs are read again from the store without a wake-up: a job created or
+/// canceled through another hub instance (D-73) wakes only that instance.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Settings of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -116,8 +119,13 @@ impl Engine {
         let mut loaded = false;
         let mut last_metrics = Instant::now();
         let mut last_retention: Option<Instant> = None;
+        let mut last_load = Instant::now();
         loop {
+            if last_load.elapsed() >= RELOAD_EVERY {
+                loaded = false;
+            }
             if !loaded {
+                last_load = Instant::now();
                 loaded = match self.load().await {
                     Ok(()) => true,
                     Err(e) => {
