@@ -68,6 +68,14 @@ pub struct Config {
     #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// A REST token with a scope, as `SCOPE:TOKEN` (D-58); repeat the flag or separate with
+    /// commas. `registry`: create and delete things, nothing else (for an external registry
+    /// that keeps the hub in step); `read-only`: every read, no write; `admin`: everything, as
+    /// --admin-token. Tokens are 16 to 256 visible ASCII characters.
+    #[arg(long = "api-token", env = "IOTHUB_API_TOKENS", value_delimiter = ',',
+          value_parser = crate::api::scopes::parse_scoped_token, hide_env_values = true)]
+    pub api_tokens: Vec<(crate::api::scopes::Scope, String)>,
+
     /// A service user as `$name:secret` (S-1.5); repeat the flag or separate with commas.
     /// Service users may publish and subscribe on any `$iothub/...` topic.
     #[arg(long = "service-user", env = "IOTHUB_SERVICE_USERS", value_delimiter = ',',

@@ -396,6 +396,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_configurations(configurations)
     .with_jobs(jobs)
     .with_ownership(ownership.clone())
+    .with_scoped_tokens(&config.api_tokens)
     .with_basic_auth(config.tio_compat)
     .with_console_events(console_events);
     let state = match broker_auth {

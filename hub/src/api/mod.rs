@@ -39,6 +39,7 @@ pub mod observe;
 pub mod ota;
 pub mod query;
 pub mod schema;
+pub mod scopes;
 pub mod serve;
 pub mod shadows;
 pub mod system;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The admin bearer token.
     pub admin_token: Arc<str>,
+    /// Tokens with a narrower scope (D-58), `--api-token`.
+    pub scoped_tokens: Arc<[(scopes::Scope, Arc<str>)]>,
     /// Hub metrics.
     pub metrics: Arc<Metrics>,
     /// OTA jobs (S-9.6); `None` answers their routes with 503.
@@ -120,6 +123,7 @@ impl AppState {
             things,
             limits,
             admin_token: admin_token.into(),
+            scoped_tokens: Arc::from([]),
             metrics,
             ota: None,
             configurations: None,
@@ -130,6 +134,15 @@ impl AppState {
             ownership: crate::cluster::Ownership::everything(),
             broker_auth: None,
         }
+    }
+
+    /// Accepts `tokens`, each for its scope's routes only (D-58).
+    pub fn with_scoped_tokens(mut self, tokens: &[(scopes::Scope, String)]) -> AppState {
+        self.scoped_tokens = tokens
+            .iter()
+            .map(|(scope, token)| (*scope, Arc::from(token.as_str())))
+            .collect();
+        self
     }
 
     /// Shows the partitions of `ownership` on `/healthz` (one of several instances, D-73).
@@ -255,7 +268,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/things", get(jobs::list_things))
         .route("/jobs/{id}/things/{thing}", get(jobs::get_thing))
         .merge(tio::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let mut app = Router::new()
         .nest("/api/v1", v1)
@@ -292,11 +305,21 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Checks `Authorization: Bearer <token>` (or, with `--tio-compat`, `Basic`) against the admin
-/// token in constant time.
-async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if admin_ok(req.headers(), &state.admin_token, state.basic_auth) {
-        next.run(req).await
+/// token and the scoped tokens in constant time: 401 for no known token, 403 for a token whose
+/// scope does not cover the route (D-58).
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let scope = if admin_ok(req.headers(), &state.admin_token, state.basic_auth) {
+        Some(scopes::Scope::Admin)
     } else {
+        // Every token is compared, so the time taken does not tell which one came close.
+        state
+            .scoped_tokens
+            .iter()
+            .filter(|(_, token)| admin_ok(req.headers(), token, false))
+            .map(|(scope, _)| *scope)
+            .fold(None, |found, scope| found.or(Some(scope)))
+    };
+    let Some(scope) = scope else {
         let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
             .into_response();
         // Never a Basic challenge: it would make browsers prompt and then cache the secret.
@@ -304,7 +327,21 @@ async fn require_admin(State(state): State<AppState>, req: Request, next: Next) 
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        resp
+        return resp;
+    };
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    if scopes::allows(scope, req.method(), &route) {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("a {} token may not {} {route}", scope.name(), req.method()),
+        )
+        .into_response()
     }
 }
 
