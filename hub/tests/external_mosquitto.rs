@@ -10,7 +10,7 @@
 mod support;
 
 use serde_json::json;
-use support::mosquitto::Mosquitto;
+use support::mosquitto::{HubOnBroker as _, Mosquitto};
 use support::{Client, ConnectError, Hub, Proto, QUIET, STEP, eventually, thing_topic, unique};
 
 /// Creates a thing over REST and waits until Mosquitto lets it in (its account is applied
