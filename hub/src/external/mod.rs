@@ -230,14 +230,24 @@ impl Control {
     }
 }
 
-/// Who is connected, as read from the broker's log: client identifier → user name.
-type Connected = Arc<Mutex<HashMap<String, String>>>;
+/// Who is connected, as read from the broker's log: client identifier → user name and the
+/// address its connect line named (the disconnect lines name none, S-8.1 wants it on both).
+type Connected = Arc<Mutex<HashMap<String, (String, Option<SocketAddr>)>>>;
+
+/// How far the feeder has got: messages the driver handed it, and messages it has handled.
+/// [`Bus::presence_caught_up`] waits for the second to reach the first.
+#[derive(Default)]
+struct Progress {
+    received: AtomicU64,
+    handled: watch::Sender<u64>,
+}
 
 /// The [`Bus`] over the hub's connection to the external broker.
 pub struct ExternalBus {
     client: AsyncClient,
     control: Arc<Control>,
     connected: Connected,
+    progress: Arc<Progress>,
 }
 
 #[async_trait]
@@ -263,6 +273,20 @@ impl Bus for ExternalBus {
 
     fn is_connected(&self, client_id: &str) -> bool {
         lock(&self.connected).contains_key(client_id)
+    }
+
+    /// A dynamic-security round trip is the barrier: Mosquitto answers the command after the
+    /// log lines it queued for the hub before it, and the driver hands those lines to the
+    /// feeder before it reads the answer; then the feeder has to handle them.
+    async fn presence_caught_up(&self) {
+        let probe = json!({"command": "getDefaultACLAccess"});
+        if let Err(e) = self.control.call(vec![probe]).await {
+            tracing::debug!(error = %e, "presence barrier through the broker failed");
+            return;
+        }
+        let target = self.progress.received.load(Ordering::Acquire);
+        let mut handled = self.progress.handled.subscribe();
+        let _ = tokio::time::timeout(DEADLINE, handled.wait_for(|n| *n >= target)).await;
     }
 
     async fn thing_changed(&self, thing: &str, change: ThingChange<'_>) -> Result<(), BusError> {
@@ -336,6 +360,7 @@ impl Prepared {
             client,
             control,
             connected: Connected::default(),
+            progress: Arc::default(),
         });
         Ok(Prepared {
             config,
@@ -363,8 +388,14 @@ impl Prepared {
             bus.control.clone(),
             self.ready,
             inbound_tx,
+            bus.progress.clone(),
         ));
-        let feeder = tokio::spawn(feed(inbound_rx, events, bus.connected.clone()));
+        let feeder = tokio::spawn(feed(
+            inbound_rx,
+            events,
+            bus.connected.clone(),
+            bus.progress.clone(),
+        ));
         let control = bus.control.clone();
         let reconciler = tokio::spawn(async move {
             if let Err(e) = reconcile(&control, &store).await {
@@ -405,6 +436,7 @@ async fn drive(
     control: Arc<Control>,
     ready: watch::Sender<bool>,
     inbound: mpsc::Sender<Publish>,
+    progress: Arc<Progress>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -447,6 +479,8 @@ async fn drive(
                     control.deliver(&publish.payload);
                 } else if inbound.send(publish).await.is_err() {
                     return;
+                } else {
+                    progress.received.fetch_add(1, Ordering::Release);
                 }
             }
             Ok(_) => {}
@@ -464,37 +498,48 @@ async fn drive(
 
 /// Feeds the core in arrival order: log lines become connects, disconnects and subscriptions;
 /// request topics become [`Events::publish_in`] from the topic's thing.
-async fn feed(mut inbound: mpsc::Receiver<Publish>, events: Arc<dyn Events>, connected: Connected) {
+async fn feed(
+    mut inbound: mpsc::Receiver<Publish>,
+    events: Arc<dyn Events>,
+    connected: Connected,
+    progress: Arc<Progress>,
+) {
     while let Some(publish) = inbound.recv().await {
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            continue;
-        };
-        if topic.starts_with("$SYS/") {
-            let Ok(line) = std::str::from_utf8(&publish.payload) else {
-                continue;
-            };
-            let subscribe = topic.ends_with("/subscribe");
-            if let Some(event) = log::parse(line, subscribe) {
-                on_log(event, events.as_ref(), &connected).await;
-            }
-            continue;
-        }
-        let Some(thing) = Topic::parse(topic)
-            .ok()
-            .filter(Topic::is_hub_request)
-            .map(|t| t.thing().to_owned())
-        else {
-            continue;
-        };
-        events
-            .publish_in(PublishIn {
-                sender: &thing,
-                topic,
-                payload: &publish.payload,
-                received_at: crate::clock::now_ms(),
-            })
-            .await;
+        handle(&publish, events.as_ref(), &connected).await;
+        progress.handled.send_modify(|n| *n += 1);
     }
+}
+
+/// One message from the broker: a log line, or a device request for the core.
+async fn handle(publish: &Publish, events: &dyn Events, connected: &Connected) {
+    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+        return;
+    };
+    if topic.starts_with("$SYS/") {
+        let Ok(line) = std::str::from_utf8(&publish.payload) else {
+            return;
+        };
+        let subscribe = topic.ends_with("/subscribe");
+        if let Some(event) = log::parse(line, subscribe) {
+            on_log(event, events, connected).await;
+        }
+        return;
+    }
+    let Some(thing) = Topic::parse(topic)
+        .ok()
+        .filter(Topic::is_hub_request)
+        .map(|t| t.thing().to_owned())
+    else {
+        return;
+    };
+    events
+        .publish_in(PublishIn {
+            sender: &thing,
+            topic,
+            payload: &publish.payload,
+            received_at: crate::clock::now_ms(),
+        })
+        .await;
 }
 
 async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Connected) {
@@ -506,35 +551,36 @@ async fn on_log(event: log::LogEvent<'_>, events: &dyn Events, connected: &Conne
         } => {
             // Mosquitto logs no line for the connection a takeover closes: a second connect of a
             // connected identifier is that takeover (S-1.4).
+            let remote_addr = addr.parse().ok();
             let replaced = lock(connected)
-                .insert(client_id.to_owned(), username.to_owned())
+                .insert(client_id.to_owned(), (username.to_owned(), remote_addr))
                 .is_some();
             let client = Client {
                 client_id,
                 username,
-                remote_addr: addr.parse().ok(),
+                remote_addr,
             };
             events.connected(&client, replaced).await;
         }
         log::LogEvent::Disconnected { client_id, reason } => {
-            let Some(username) = lock(connected).remove(client_id) else {
+            let Some((username, remote_addr)) = lock(connected).remove(client_id) else {
                 return;
             };
             let client = Client {
                 client_id,
                 username: &username,
-                remote_addr: None,
+                remote_addr,
             };
             events.disconnected(&client, reason, true).await;
         }
         log::LogEvent::Subscribed { client_id, filter } => {
-            let Some(username) = lock(connected).get(client_id).cloned() else {
+            let Some((username, remote_addr)) = lock(connected).get(client_id).cloned() else {
                 return;
             };
             let client = Client {
                 client_id,
                 username: &username,
-                remote_addr: None,
+                remote_addr,
             };
             events.subscribed(&client, filter).await;
         }
