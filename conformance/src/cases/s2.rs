@@ -370,8 +370,16 @@ async fn responses_qos(ctx: Arc<Ctx>, p: Proto) -> anyhow::Result<()> {
 
 async fn presence_retained(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let t = ctx.create_thing().await?;
-    let _d = ctx.connect(&t, Proto::V311, vec![]).await?;
     let topic = Topic::Presence { thing: &t.id }.to_string();
+    // The event may follow the CONNACK (a hub on an external broker learns of connects from the
+    // broker's log, D-63): a first subscriber sees it published, then a later one must get it
+    // retained.
+    let mut first = ctx.observer(std::slice::from_ref(&topic)).await?;
+    let _d = ctx.connect(&t, Proto::V311, vec![]).await?;
+    first
+        .recv_on(&topic, STEP)
+        .await
+        .with_context(|| format!("S-8.1 no presence event on {topic} after the connect"))?;
     let mut s = ctx.service(Proto::V311).await?;
     s.subscribe_ok(&topic).await?;
     let m = s
