@@ -14,7 +14,7 @@
 //! drains the hub's stdout for the whole life of the process keeps the hub from ever blocking on a
 //! full pipe. Async callers run [`HubCommand::spawn`] on a blocking thread.
 //!
-//! With the feature `test-servers`, [`postgres`] and [`mosquitto`] start the servers a hub in
+//! With the feature `test-servers`, the modules `postgres` and `mosquitto` start the servers a hub in
 //! external mode runs on (PostgreSQL, Mosquitto 2.0 with dynamic security), for tests.
 
 pub mod addr;
