@@ -35,14 +35,15 @@ impl ExternalHub {
     }
 }
 
-/// Starts `count` hub instances on `broker`, all on the database `database_url` and with the
-/// same admin token, each with its own HTTP port and data directory. D-60 supports one per
-/// broker today; the suite's devices only ever see the broker, so more instances change
-/// nothing here but this number.
-fn spawn_hubs(broker: &Mosquitto, database_url: &str, count: usize) -> Vec<ExternalHub> {
+/// Starts one hub instance on `broker` per entry of `instances` (that instance's own extra
+/// flags), all on the database `database_url` and with the same admin token, each with its own
+/// HTTP port and data directory. D-60 supports one per broker today; the suite's devices only
+/// ever see the broker, so more instances change nothing here but this list.
+fn spawn_hubs(broker: &Mosquitto, database_url: &str, instances: &[&[&str]]) -> Vec<ExternalHub> {
     let bin = iothub_launch::hub_binary().expect("the iothub binary");
-    (0..count)
-        .map(|_| {
+    instances
+        .iter()
+        .map(|extra| {
             let dir = tempfile::Builder::new()
                 .prefix("iothub-external-")
                 .tempdir()
@@ -53,6 +54,7 @@ fn spawn_hubs(broker: &Mosquitto, database_url: &str, count: usize) -> Vec<Exter
                 .arg(dir.path())
                 .args(["--admin-token", ADMIN_TOKEN, "--database-url", database_url])
                 .args(broker.hub_args())
+                .args(extra.iter())
                 .stderr_to(dir.path().join("hub.log"))
                 .ready_timeout(Duration::from_secs(60));
             let process = cmd.spawn().unwrap_or_else(|e| {
@@ -87,7 +89,7 @@ fn hub_side_suite_through_mosquitto_matches_expected_results() {
     let database_url = pg.fresh_database();
     let broker = Mosquitto::start();
     broker.add_service_account(SERVICE_USER, SERVICE_SECRET);
-    let hubs = spawn_hubs(&broker, &database_url, 1);
+    let hubs = spawn_hubs(&broker, &database_url, &[&[]]);
 
     let expected = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("expected/mosquitto.json");
     let began = Instant::now();
