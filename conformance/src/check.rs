@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use iothub_spec::payload::field;
 use serde_json::{Map, Value};
 
+use crate::external::Denials;
 use crate::mqtt::Proto;
 
 /// JSON equality as the vectors define it: objects regardless of key order, numbers numerically
@@ -250,8 +251,11 @@ pub enum SubOutcome {
 }
 
 /// Judges a SUBSCRIBE against S-2.1/S-2.2. `malformed` filters (not valid MQTT) may also be
-/// refused by closing the connection or, in MQTT 5, with 0x8F (topic filter invalid).
+/// refused by closing the connection or, in MQTT 5, with 0x8F (topic filter invalid). With
+/// [`Denials::Broker`] any refusal (a failure code, a closed connection) is the broker's own
+/// (D-59); a grant is still a failure.
 pub fn judge_subscribe(
+    denials: Denials,
     allowed: bool,
     malformed: bool,
     proto: Proto,
@@ -264,6 +268,12 @@ pub fn judge_subscribe(
     match (allowed, got) {
         (true, SubOutcome::Codes(c)) if c.len() == 1 && c[0] <= 2 => Ok(()),
         (true, other) => Err(format!("allowed filter not granted: {other:?}")),
+        (false, SubOutcome::Codes(c))
+            if denials == Denials::Broker && !c.is_empty() && c.iter().all(|x| *x >= 0x80) =>
+        {
+            Ok(())
+        }
+        (false, SubOutcome::Closed) if denials == Denials::Broker => Ok(()),
         (false, SubOutcome::Codes(c)) if c.len() == 1 && c[0] == deny => Ok(()),
         (false, SubOutcome::Codes(c))
             if malformed && c.len() == 1 && (c[0] == 0x80 || c[0] == 0x8F) =>
@@ -292,8 +302,10 @@ pub struct PubOutcome {
 /// Judges a QoS 1 PUBLISH against S-2.1/S-2.2: a denied one is never delivered, gets PUBACK
 /// 0x87 in MQTT 5 and closes the connection in 3.1.1; an allowed one is acknowledged (0x00 or
 /// 0x10 no matching subscribers) and keeps the connection. `malformed` topic names (wildcards)
-/// may also close the connection in MQTT 5.
+/// may also close the connection in MQTT 5. With [`Denials::Broker`] a denied one may get any
+/// PUBACK or close the connection, the broker's own way (D-59), and is still never delivered.
 pub fn judge_publish(
+    denials: Denials,
     allowed: bool,
     malformed: bool,
     proto: Proto,
@@ -312,6 +324,12 @@ pub fn judge_publish(
     }
     if got.delivered {
         return Err("forbidden PUBLISH was DELIVERED to a subscriber".into());
+    }
+    if denials == Denials::Broker {
+        return match (got.ack, got.closed) {
+            (None, false) => Err("forbidden PUBLISH got no PUBACK and kept the connection".into()),
+            _ => Ok(()),
+        };
     }
     match proto {
         Proto::V311 if got.closed => Ok(()),
@@ -439,14 +457,51 @@ mod tests {
 
     #[test]
     fn granted_forbidden_subscribe_is_flagged() {
-        let e =
-            judge_subscribe(false, false, Proto::V311, &SubOutcome::Codes(vec![1])).unwrap_err();
+        let e = judge_subscribe(
+            Denials::Hub,
+            false,
+            false,
+            Proto::V311,
+            &SubOutcome::Codes(vec![1]),
+        )
+        .unwrap_err();
         assert!(e.contains("GRANTED"));
-        assert!(judge_subscribe(false, false, Proto::V5, &SubOutcome::Codes(vec![0x80])).is_err());
-        assert!(judge_subscribe(false, false, Proto::V5, &SubOutcome::Codes(vec![0x87])).is_ok());
-        assert!(judge_subscribe(false, false, Proto::V311, &SubOutcome::Closed).is_err());
-        assert!(judge_subscribe(false, true, Proto::V311, &SubOutcome::Closed).is_ok());
-        assert!(judge_subscribe(true, false, Proto::V5, &SubOutcome::Codes(vec![0x87])).is_err());
+        assert!(
+            judge_subscribe(
+                Denials::Hub,
+                false,
+                false,
+                Proto::V5,
+                &SubOutcome::Codes(vec![0x80])
+            )
+            .is_err()
+        );
+        assert!(
+            judge_subscribe(
+                Denials::Hub,
+                false,
+                false,
+                Proto::V5,
+                &SubOutcome::Codes(vec![0x87])
+            )
+            .is_ok()
+        );
+        assert!(
+            judge_subscribe(Denials::Hub, false, false, Proto::V311, &SubOutcome::Closed).is_err()
+        );
+        assert!(
+            judge_subscribe(Denials::Hub, false, true, Proto::V311, &SubOutcome::Closed).is_ok()
+        );
+        assert!(
+            judge_subscribe(
+                Denials::Hub,
+                true,
+                false,
+                Proto::V5,
+                &SubOutcome::Codes(vec![0x87])
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -457,7 +512,7 @@ mod tests {
             delivered: true,
         };
         assert!(
-            judge_publish(false, false, Proto::V5, &delivered)
+            judge_publish(Denials::Hub, false, false, Proto::V5, &delivered)
                 .unwrap_err()
                 .contains("DELIVERED")
         );
@@ -466,22 +521,52 @@ mod tests {
             closed: false,
             delivered: false,
         };
-        assert!(judge_publish(false, false, Proto::V5, &acked).is_err());
-        assert!(judge_publish(false, false, Proto::V311, &acked).is_err());
+        assert!(judge_publish(Denials::Hub, false, false, Proto::V5, &acked).is_err());
+        assert!(judge_publish(Denials::Hub, false, false, Proto::V311, &acked).is_err());
         let closed = PubOutcome {
             ack: None,
             closed: true,
             delivered: false,
         };
-        assert!(judge_publish(false, false, Proto::V311, &closed).is_ok());
-        assert!(judge_publish(true, false, Proto::V311, &closed).is_err());
+        assert!(judge_publish(Denials::Hub, false, false, Proto::V311, &closed).is_ok());
+        assert!(judge_publish(Denials::Hub, true, false, Proto::V311, &closed).is_err());
         let refused = PubOutcome {
             ack: Some(0x87),
             closed: false,
             delivered: false,
         };
-        assert!(judge_publish(true, false, Proto::V5, &refused).is_err());
-        assert!(judge_publish(false, false, Proto::V5, &refused).is_ok());
+        assert!(judge_publish(Denials::Hub, true, false, Proto::V5, &refused).is_err());
+        assert!(judge_publish(Denials::Hub, false, false, Proto::V5, &refused).is_ok());
+    }
+
+    /// D-59: a broker the hub does not run refuses in its own way, but never delivers a denied
+    /// PUBLISH, never grants a denied SUBSCRIBE and never leaves one unanswered.
+    #[test]
+    fn a_brokers_own_denials_pass_and_leaks_still_fail() {
+        let b = Denials::Broker;
+        let acked = PubOutcome {
+            ack: Some(0),
+            closed: false,
+            delivered: false,
+        };
+        assert!(judge_publish(b, false, false, Proto::V311, &acked).is_ok());
+        assert!(judge_publish(b, false, false, Proto::V5, &acked).is_ok());
+        let delivered = PubOutcome {
+            delivered: true,
+            ..acked.clone()
+        };
+        assert!(judge_publish(b, false, false, Proto::V5, &delivered).is_err());
+        let silent = PubOutcome { ack: None, ..acked };
+        assert!(judge_publish(b, false, false, Proto::V5, &silent).is_err());
+        for codes in [vec![0x80], vec![0x87], vec![0x8F]] {
+            assert!(judge_subscribe(b, false, false, Proto::V5, &SubOutcome::Codes(codes)).is_ok());
+        }
+        assert!(judge_subscribe(b, false, false, Proto::V311, &SubOutcome::Closed).is_ok());
+        assert!(judge_subscribe(b, false, false, Proto::V5, &SubOutcome::Codes(vec![1])).is_err());
+        assert!(judge_subscribe(b, false, false, Proto::V5, &SubOutcome::Silent).is_err());
+        assert!(
+            judge_subscribe(b, true, false, Proto::V5, &SubOutcome::Codes(vec![0x87])).is_err()
+        );
     }
 
     #[test]

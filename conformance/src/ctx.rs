@@ -11,6 +11,7 @@ use iothub_spec::topic::{Filter, Topic};
 use serde_json::{Value, json};
 
 use crate::api::Api;
+use crate::external::Denials;
 use crate::mqtt::{Conn, ConnectOpts, Msg, Proto, STEP};
 use crate::net::{MqttTarget, TlsClient};
 use crate::spawn::{SpawnSpec, SpawnedHub};
@@ -38,6 +39,9 @@ pub struct Ctx {
     /// How the suite spawned the hub, when it did (lets cases start and crash their own
     /// instance, set up the same way).
     pub spawn: Option<SpawnSpec>,
+    /// Who refuses what the allow-list denies: the hub's own broker, or (`--external-broker`)
+    /// a broker the hub does not run (D-59).
+    pub denials: Denials,
     run: String,
     counter: AtomicU32,
 }
@@ -106,6 +110,7 @@ impl Ctx {
             service,
             limits,
             spawn,
+            denials: Denials::Hub,
             run: format!("cf{:x}", t % 0xFF_FFFF),
             counter: AtomicU32::new(0),
         })

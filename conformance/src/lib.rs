@@ -25,6 +25,7 @@
 //! | [`transcript`] | the messages a case exchanged, shown with its failure |
 //! | [`junit`], [`html`] | the JUnit XML (`--junit`) and HTML (`--html`) reports |
 //! | [`preflight`] | the hub side's checks before any case (addresses, token, version) |
+//! | [`external`] | `--external-broker`: a hub on a broker it does not run (D-59..D-66) |
 //! | [`vectors`] | the golden vectors, compiled in |
 //! | [`device`] | the device side: scripted hub, device cases, judges |
 //! | [`shim`] | shared code of the device shims (environment, break proxy) |
@@ -37,6 +38,7 @@ pub mod cases;
 pub mod check;
 pub mod ctx;
 pub mod device;
+pub mod external;
 pub mod html;
 pub mod junit;
 pub mod mqtt;

@@ -71,6 +71,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn has_subscribers(&self, _topic: &str) -> bool {
         true
     }
+    /// Returns once the hub has taken in every connect, disconnect and subscription the broker
+    /// had reported before this call, so that [`Bus::is_connected`] is at least as new as the
+    /// call. The embedded broker reports them before it answers the client: nothing to wait
+    /// for. An external broker reports them in its log (D-63), some milliseconds after its
+    /// CONNACK; a thing that was just told it is connected must not be called offline (S-5.3).
+    async fn presence_caught_up(&self) {}
     /// Applies a registry change to a broker that keeps its own accounts (the external
     /// Mosquitto's dynamic-security plugin, D-61). The embedded broker asks the registry at
     /// every CONNECT and has nothing to do. `Ok` once the broker has applied it.

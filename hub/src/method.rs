@@ -151,6 +151,7 @@ impl Methods {
     async fn wait_connected(&self, thing: &str, topic: &str, connect_timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + connect_timeout;
         let mut grace_ends = None;
+        let mut caught_up = false;
         loop {
             let now = tokio::time::Instant::now();
             if self.bus.is_connected(thing) {
@@ -159,7 +160,13 @@ impl Methods {
                     return true;
                 }
             } else if now >= deadline {
-                return false;
+                // Offline only if still so once the broker's earlier reports are in (D-63).
+                if caught_up {
+                    return false;
+                }
+                self.bus.presence_caught_up().await;
+                caught_up = true;
+                continue;
             }
             tokio::time::sleep(CONNECT_POLL).await;
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use support::mosquitto::Mosquitto;
+use support::mosquitto::{HubOnBroker, Mosquitto};
 use support::{Hub, STEP, eventually, postgres, unique};
 
 const THINGS: usize = 200;

@@ -10,7 +10,7 @@
 mod support;
 
 use serde_json::json;
-use support::mosquitto::Mosquitto;
+use support::mosquitto::{HubOnBroker as _, Mosquitto};
 use support::{Client, ConnectError, Hub, Proto, QUIET, STEP, eventually, thing_topic, unique};
 
 /// Creates a thing over REST and waits until Mosquitto lets it in (its account is applied
@@ -101,6 +101,72 @@ async fn sdk_shadow_delta_method_and_presence_through_mosquitto() {
         "presence offline: {}",
         hub.stderr()
     );
+}
+
+/// Presence comes from Mosquitto's log, some milliseconds after the CONNACK (D-63). A method
+/// called right after the CONNACK (connectTimeout 0) still reaches the thing instead of a 409
+/// (S-5.3), and both presence events carry the connection's address (S-8.1), which only the
+/// connect line names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_connect_reaches_the_thing_and_presence_names_its_address() {
+    let m = Mosquitto::start();
+    m.add_service_account("$watcher", "watcher-secret");
+    let hub = m.hub();
+    let mut watcher = Client::connect(
+        Proto::V5,
+        m.addr,
+        "$watcher-1",
+        "$watcher",
+        "watcher-secret",
+    )
+    .await
+    .expect("the operator's account connects");
+    for _ in 0..3 {
+        let (id, secret) = new_thing(&hub, "ext-call").await;
+        let events = format!("$iothub/events/things/{id}/presence");
+        assert!(watcher.subscribe(&events).await.expect("suback") < 0x80);
+        let mut device = connect(&m, &id, &secret).await.expect("connects");
+        let requests = format!("{}/methods/+/req", thing_topic(&id));
+        assert!(device.subscribe(&requests).await.expect("suback") < 0x80);
+        let call = {
+            let path = format!("/things/{id}/methods/ping");
+            let hub = &hub;
+            async move { hub.post(&path, json!({"timeout": 5})).await }
+        };
+        let request_topic = format!("{}/methods/ping/req", thing_topic(&id));
+        let answer = async {
+            let request = device
+                .wait_message(STEP, |m| m.topic == request_topic)
+                .await?
+                .json();
+            let response = json!({"clientToken": request["clientToken"], "code": 200});
+            device
+                .publish_json(
+                    &format!("{}/methods/ping/resp", thing_topic(&id)),
+                    &response,
+                )
+                .await;
+            Some(())
+        };
+        let ((status, body), answered) = tokio::join!(call, answer);
+        assert_eq!(
+            (status, answered),
+            (200, Some(())),
+            "{body}\n{}",
+            hub.stderr()
+        );
+        device.disconnect().await;
+        for event in ["connected", "disconnected"] {
+            let presence = watcher
+                .expect_json(&events, STEP, |v| v["eventType"] == event)
+                .await;
+            let addr = presence["remoteAddr"].as_str().unwrap_or_default();
+            assert!(
+                addr.parse::<std::net::SocketAddr>().is_ok(),
+                "{event} event without ip:port: {presence}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

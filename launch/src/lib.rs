@@ -13,8 +13,15 @@
 //! Blocking (`std::process`): it is used from tests and from start-up code, and a thread that
 //! drains the hub's stdout for the whole life of the process keeps the hub from ever blocking on a
 //! full pipe. Async callers run [`HubCommand::spawn`] on a blocking thread.
+//!
+//! With the feature `test-servers`, the modules `postgres` and `mosquitto` start the servers a hub in
+//! external mode runs on (PostgreSQL, Mosquitto 2.0 with dynamic security), for tests.
 
 pub mod addr;
+#[cfg(feature = "test-servers")]
+pub mod mosquitto;
+#[cfg(feature = "test-servers")]
+pub mod postgres;
 
 use std::ffi::OsString;
 use std::fmt;

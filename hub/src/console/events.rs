@@ -184,6 +184,10 @@ impl Bus for TeeBus {
         self.inner.is_connected(client_id)
     }
 
+    async fn presence_caught_up(&self) {
+        self.inner.presence_caught_up().await;
+    }
+
     fn connection(&self, client_id: &str) -> Option<u64> {
         self.inner.connection(client_id)
     }

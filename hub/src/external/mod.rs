@@ -244,14 +244,24 @@ impl Control {
     }
 }
 
-/// Who is connected, as read from the broker's log: client identifier → user name.
-type Connected = Arc<Mutex<HashMap<String, String>>>;
+/// Who is connected, as read from the broker's log: client identifier → user name and the
+/// address its connect line named (the disconnect lines name none, S-8.1 wants it on both).
+type Connected = Arc<Mutex<HashMap<String, (String, Option<SocketAddr>)>>>;
+
+/// How far the feeder has got: messages the driver handed it, and messages it has handled.
+/// [`Bus::presence_caught_up`] waits for the second to reach the first.
+#[derive(Default)]
+struct Progress {
+    received: AtomicU64,
+    handled: watch::Sender<u64>,
+}
 
 /// The [`Bus`] over the hub's connection to the external broker.
 pub struct ExternalBus {
     client: AsyncClient,
     control: Arc<Control>,
     connected: Connected,
+    progress: Arc<Progress>,
 }
 
 #[async_trait]
@@ -277,6 +287,20 @@ impl Bus for ExternalBus {
 
     fn is_connected(&self, client_id: &str) -> bool {
         lock(&self.connected).contains_key(client_id)
+    }
+
+    /// A dynamic-security round trip is the barrier: Mosquitto answers the command after the
+    /// log lines it queued for the hub before it, and the driver hands those lines to the
+    /// feeder before it reads the answer; then the feeder has to handle them.
+    async fn presence_caught_up(&self) {
+        let probe = json!({"command": "getDefaultACLAccess"});
+        if let Err(e) = self.control.call(vec![probe]).await {
+            tracing::debug!(error = %e, "presence barrier through the broker failed");
+            return;
+        }
+        let target = self.progress.received.load(Ordering::Acquire);
+        let mut handled = self.progress.handled.subscribe();
+        let _ = tokio::time::timeout(DEADLINE, handled.wait_for(|n| *n >= target)).await;
     }
 
     async fn thing_changed(&self, thing: &str, change: ThingChange<'_>) -> Result<(), BusError> {
@@ -351,6 +375,7 @@ impl Prepared {
             client,
             control,
             connected: Connected::default(),
+            progress: Arc::default(),
         });
         Ok(Prepared {
             config,
@@ -384,8 +409,15 @@ impl Prepared {
             bus.control.clone(),
             self.ready,
             inbound_tx,
+            bus.progress.clone(),
         ));
-        let feeder = tokio::spawn(feed(inbound_rx, events, bus.connected.clone(), ownership));
+        let feeder = tokio::spawn(feed(
+            inbound_rx,
+            events,
+            bus.connected.clone(),
+            bus.progress.clone(),
+            ownership,
+        ));
         let control = bus.control.clone();
         let reconciler = tokio::spawn(async move {
             if let Err(e) = reconcile(&control, &store).await {
@@ -426,6 +458,7 @@ async fn drive(
     control: Arc<Control>,
     ready: watch::Sender<bool>,
     inbound: mpsc::Sender<Publish>,
+    progress: Arc<Progress>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -468,6 +501,8 @@ async fn drive(
                     control.deliver(&publish.payload);
                 } else if inbound.send(publish).await.is_err() {
                     return;
+                } else {
+                    progress.received.fetch_add(1, Ordering::Release);
                 }
             }
             Ok(_) => {}
@@ -492,45 +527,57 @@ async fn feed(
     mut inbound: mpsc::Receiver<Publish>,
     events: Arc<dyn Events>,
     connected: Connected,
+    progress: Arc<Progress>,
     ownership: Arc<Ownership>,
 ) {
     while let Some(publish) = inbound.recv().await {
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            continue;
-        };
-        if topic.starts_with("$SYS/") {
-            let Ok(line) = std::str::from_utf8(&publish.payload) else {
-                continue;
-            };
-            let subscribe = topic.ends_with("/subscribe");
-            if let Some(event) = log::parse(line, subscribe) {
-                on_log(event, events.as_ref(), &connected, &ownership).await;
-            }
-            continue;
-        }
-        let Some(parsed) = Topic::parse(topic).ok().filter(Topic::is_hub_request) else {
-            continue;
-        };
-        let thing = parsed.thing().to_owned();
-        let ours = match parsed {
-            // The call may be waiting on this instance; an unknown token is dropped.
-            Topic::MethodResponse { .. } => true,
-            // OTA rollouts run on the leader only.
-            Topic::OtaTaskResult { .. } => ownership.is_leader(),
-            _ => ownership.owns(&thing),
-        };
-        if !ours {
-            continue;
-        }
-        events
-            .publish_in(PublishIn {
-                sender: &thing,
-                topic,
-                payload: &publish.payload,
-                received_at: crate::clock::now_ms(),
-            })
-            .await;
+        handle(&publish, events.as_ref(), &connected, &ownership).await;
+        progress.handled.send_modify(|n| *n += 1);
     }
+}
+
+/// One message from the broker: a log line, or a device request for the core.
+async fn handle(
+    publish: &Publish,
+    events: &dyn Events,
+    connected: &Connected,
+    ownership: &Ownership,
+) {
+    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+        return;
+    };
+    if topic.starts_with("$SYS/") {
+        let Ok(line) = std::str::from_utf8(&publish.payload) else {
+            return;
+        };
+        let subscribe = topic.ends_with("/subscribe");
+        if let Some(event) = log::parse(line, subscribe) {
+            on_log(event, events, connected, ownership).await;
+        }
+        return;
+    }
+    let Some(parsed) = Topic::parse(topic).ok().filter(Topic::is_hub_request) else {
+        return;
+    };
+    let thing = parsed.thing().to_owned();
+    let ours = match parsed {
+        // The call may be waiting on this instance; an unknown token is dropped.
+        Topic::MethodResponse { .. } => true,
+        // OTA rollouts run on the leader only.
+        Topic::OtaTaskResult { .. } => ownership.is_leader(),
+        _ => ownership.owns(&thing),
+    };
+    if !ours {
+        return;
+    }
+    events
+        .publish_in(PublishIn {
+            sender: &thing,
+            topic,
+            payload: &publish.payload,
+            received_at: crate::clock::now_ms(),
+        })
+        .await;
 }
 
 async fn on_log(
@@ -547,8 +594,9 @@ async fn on_log(
         } => {
             // Mosquitto logs no line for the connection a takeover closes: a second connect of a
             // connected identifier is that takeover (S-1.4).
+            let remote_addr = addr.parse().ok();
             let replaced = lock(connected)
-                .insert(client_id.to_owned(), username.to_owned())
+                .insert(client_id.to_owned(), (username.to_owned(), remote_addr))
                 .is_some();
             if !ownership.owns(client_id) {
                 return;
@@ -556,12 +604,12 @@ async fn on_log(
             let client = Client {
                 client_id,
                 username,
-                remote_addr: addr.parse().ok(),
+                remote_addr,
             };
             events.connected(&client, replaced).await;
         }
         log::LogEvent::Disconnected { client_id, reason } => {
-            let Some(username) = lock(connected).remove(client_id) else {
+            let Some((username, remote_addr)) = lock(connected).remove(client_id) else {
                 return;
             };
             if !ownership.owns(client_id) {
@@ -570,12 +618,12 @@ async fn on_log(
             let client = Client {
                 client_id,
                 username: &username,
-                remote_addr: None,
+                remote_addr,
             };
             events.disconnected(&client, reason, true).await;
         }
         log::LogEvent::Subscribed { client_id, filter } => {
-            let Some(username) = lock(connected).get(client_id).cloned() else {
+            let Some((username, remote_addr)) = lock(connected).get(client_id).cloned() else {
                 return;
             };
             // A subscription only makes a thing ready for the OTA rollouts, which the leader runs.
@@ -585,7 +633,7 @@ async fn on_log(
             let client = Client {
                 client_id,
                 username: &username,
-                remote_addr: None,
+                remote_addr,
             };
             events.subscribed(&client, filter).await;
         }

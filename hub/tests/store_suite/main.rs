@@ -3,7 +3,7 @@
 //! `postgres::<case>`). A backend is correct when it passes all of them; a new backend adds one
 //! line to [`suite!`].
 //!
-//! PostgreSQL is real: one server per test binary (`support/postgres.rs`), a fresh database per
+//! PostgreSQL is real: one server per test binary (`iothub_launch::postgres`), a fresh database per
 //! test. SQLite gets a fresh file per test.
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
@@ -15,8 +15,7 @@ use iothub_hub::store::sqlite::SqliteStore;
 use iothub_hub::store::{NewThing, ShadowWrite, SharedStore};
 use serde_json::{Map, Value};
 
-#[path = "../support/postgres.rs"]
-mod postgres_server;
+use iothub_launch::postgres as postgres_server;
 
 mod configurations;
 mod enroll;

@@ -9,6 +9,9 @@
 //!
 //! The binaries are looked up in `/usr/lib/postgresql/<version>/bin` (Debian's layout; the
 //! `postgresql` package is installed by `scripts/test` when `initdb` is missing), then in `PATH`.
+//!
+//! The hub's tests and the conformance suite's run through Mosquitto share it (feature
+//! `test-servers`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -34,7 +37,7 @@ pub struct PgServer {
     as_postgres: bool,
 }
 
-/// The server shared by the tests of this binary, started on first use.
+/// The server shared by the tests of this process, started on first use.
 pub fn shared() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER.get_or_init(PgServer::start_new)
