@@ -34,7 +34,7 @@ impl std::fmt::Debug for ThingChange<'_> {
 }
 
 /// Why a broker could not apply a [`ThingChange`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The broker did not answer in time or the connection to it is down.
     #[error("broker unavailable: {0}")]
@@ -82,5 +82,18 @@ pub trait Bus: Send + Sync + 'static {
     /// every CONNECT and has nothing to do. `Ok` once the broker has applied it.
     async fn thing_changed(&self, _thing: &str, _change: ThingChange<'_>) -> Result<(), BusError> {
         Ok(())
+    }
+    /// [`Bus::thing_changed`] with [`ThingChange::Created`] for each `(thing, password)` of a
+    /// batch, one result per thing in order. A broker that can take many accounts in one
+    /// request overrides it (Mosquitto writes its whole account file once per request).
+    async fn things_created(&self, things: &[(&str, &str)]) -> Vec<Result<(), BusError>> {
+        let mut results = Vec::with_capacity(things.len());
+        for (thing, password) in things {
+            results.push(
+                self.thing_changed(thing, ThingChange::Created { password })
+                    .await,
+            );
+        }
+        results
     }
 }

@@ -180,6 +180,13 @@ impl Bus for TeeBus {
         self.inner.thing_changed(thing, change).await
     }
 
+    async fn things_created(
+        &self,
+        things: &[(&str, &str)],
+    ) -> Vec<Result<(), crate::bus::BusError>> {
+        self.inner.things_created(things).await
+    }
+
     fn is_connected(&self, client_id: &str) -> bool {
         self.inner.is_connected(client_id)
     }
