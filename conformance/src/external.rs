@@ -120,9 +120,9 @@ pub const NOT_APPLICABLE: &[(&str, &str)] = &[
     ),
     (
         "s8_restart_durable_and_disconnected",
-        "D-60: the case starts a second hub of its own, and a second hub on the same broker is \
-         not supported (its start-up reconciliation, D-62, would also remove the accounts of \
-         the first hub's things)",
+        "D-62: the case starts a second hub of its own, on a database of its own; that hub's \
+         start-up reconciliation would remove the broker accounts of the things of the hub under \
+         test (hubs share a broker only with a shared database, D-73)",
     ),
     (
         "s10_provision_then_connect_v311",
