@@ -54,6 +54,7 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\n\
                  allow_anonymous false\n\
+                 set_tcp_nodelay true\n\
                  persistence false\n\
                  plugin {DYNSEC_PLUGIN}\n\
                  plugin_opt_config_file {}\n\
