@@ -118,16 +118,17 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "{:<22}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}",
             "interaction (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         for (name, p) in self.rows() {
             let _ = write!(s, "{:<22}{:>9}", name, p.count);
             for v in [p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms] {
                 if p.count == 0 {
-                    let _ = write!(s, "{EMPTY:>9}");
+                    let _ = write!(s, "{EMPTY:>10}");
                 } else {
-                    let _ = write!(s, "{v:>9.2}");
+                    // Up to 600,000.00 ms (the histograms' bound): always a space between.
+                    let _ = write!(s, "{v:>10.2}");
                 }
             }
             s.push('\n');
