@@ -5,7 +5,8 @@
 //! no change outstanding and is measured until that thing's reported `setpoint` equals N and its
 //! update is accepted (desired → delta → reported convergence, S-3.6); the thing side records the
 //! sample. A method call is measured from the REST request to the REST reply (S-9.5). An OTA job
-//! is measured from its creation until every task has ended (S-9.6).
+//! is measured from its creation until every task has ended (S-9.6). The fleet operations, a
+//! configuration rollout and a method job over the whole fleet, run once ([`fleet_ops`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::fleet::Fleet;
+use crate::fleet_ops;
 use crate::provision::Api;
 
 /// Picks tried to find a thing that is free for a new request.
@@ -30,7 +32,8 @@ struct Desired {
     setpoint: u64,
 }
 
-/// Runs the business load from `start` until `end`, then waits for its calls to finish.
+/// Runs the business load from `start` until `end`, then waits for its calls (and fleet
+/// operations) to finish.
 pub async fn run(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant) {
     let b = &fleet.scenario.business;
     let permits = Arc::new(Semaphore::new(b.concurrency));
@@ -55,6 +58,12 @@ pub async fn run(fleet: Arc<Fleet>, api: Arc<Api>, start: Instant, end: Instant)
     }
     if b.ota_job_interval_s > 0.0 {
         tasks.spawn(ota_loop(fleet.clone(), api.clone(), start, end));
+    }
+    if b.configuration_rollout {
+        tasks.spawn(fleet_ops::rollout(fleet.clone(), api.clone(), start));
+    }
+    if b.method_job {
+        tasks.spawn(fleet_ops::method_job(fleet.clone(), api.clone(), start));
     }
     while tasks.join_next().await.is_some() {}
 }

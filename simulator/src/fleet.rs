@@ -38,6 +38,8 @@ pub struct Slot {
     pub pending_setpoint: AtomicU64,
     /// When that desired change was sent, µs since [`Fleet::epoch`].
     pub pending_since_us: AtomicU64,
+    /// Whether the thing has reported the configuration rollout's value (counted once).
+    pub rollout_converged: AtomicBool,
 }
 
 /// What every thing of a first-boot run starts with: the enrollment and its claim secret.
@@ -88,6 +90,11 @@ pub struct Fleet {
     /// Index in the whole fleet of this shard's first thing: thing `i` here is thing
     /// `first + i` of the scenario (its id, its seed, its protocol version).
     pub first: usize,
+    /// The hub's process when it runs on this machine: the fleet operations report its CPU.
+    pub hub_pid: Option<u32>,
+    /// When the configuration rollout's configuration was created, µs since [`Fleet::epoch`]
+    /// (0: no rollout under way; reports of its value before then are not counted).
+    pub rollout_began_us: AtomicU64,
 }
 
 impl Fleet {
@@ -114,6 +121,8 @@ impl Fleet {
             claim: None,
             shard: Shard::default(),
             first: 0,
+            hub_pid: None,
+            rollout_began_us: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +144,26 @@ impl Fleet {
     /// The seed of the business side's choices (one per shard).
     pub fn business_seed(&self, salt: u64) -> u64 {
         self.shard.seed(self.scenario.seed) ^ salt
+    }
+
+    /// The value of the `simulator` tag on this shard's things (see
+    /// [`crate::scenario::Population::tag`]); a first-boot run's is its enrollment's id.
+    pub fn tag(&self) -> String {
+        if self.scenario.population.first_boot {
+            crate::run::enrollment_id(&self.scenario, self.shard)
+        } else {
+            self.shard_name(&self.scenario.population.tag)
+        }
+    }
+
+    /// `base` for a whole run, `base-{I}` for shard I of a split one: the names of what each
+    /// shard creates on the one hub.
+    pub fn shard_name(&self, base: &str) -> String {
+        if self.shard.is_whole() {
+            base.to_owned()
+        } else {
+            format!("{base}-{}", self.shard.index)
+        }
     }
 
     /// The secret of thing `i` (empty before provisioning).
@@ -184,5 +213,20 @@ impl Fleet {
             .compare_exchange(setpoint, 0, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
         Some(Duration::from_micros(self.now_us().saturating_sub(since)))
+    }
+
+    /// Marks thing `i` converged to the configuration rollout if `value` is the rollout's, a
+    /// rollout is under way and the thing had not converged yet; returns the time since the
+    /// configuration was created.
+    pub fn rollout_converge(&self, i: usize, value: u64) -> Option<Duration> {
+        let began = self.rollout_began_us.load(Ordering::Acquire);
+        if began == 0 || value != self.scenario.business.configuration_value {
+            return None;
+        }
+        let slot = self.slots.get(i)?;
+        if slot.rollout_converged.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Duration::from_micros(self.now_us().saturating_sub(began)))
     }
 }

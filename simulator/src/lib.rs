@@ -5,7 +5,8 @@
 //! it subscribes and gets its shadow after each connect, reports state, applies deltas after a
 //! configurable delay and reports them back, answers direct methods with configurable latency
 //! and failure rate, syncs time with NTP, reconnects with jittered backoff and can be made to
-//! churn. The business side changes desired state and calls methods through the REST API. A run
+//! churn. The business side changes desired state and calls methods through the REST API, and
+//! can roll out a configuration and run a method job over the whole fleet ([`fleet_ops`]). A run
 //! is described by a seeded TOML [`scenario::Scenario`]; the [`report::Report`] gives
 //! HdrHistogram percentiles per interaction and counts of errors by kind.
 //!
@@ -19,6 +20,7 @@
 pub mod business;
 pub mod embedded;
 pub mod fleet;
+pub mod fleet_ops;
 pub mod metrics;
 pub mod mqtt;
 pub mod progress;

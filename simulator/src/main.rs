@@ -88,6 +88,19 @@ struct RunArgs {
     /// Business side: things per OTA job.
     #[arg(long)]
     ota_job_things: Option<usize>,
+    /// Business side: roll out one configuration (S-11) to the whole fleet when the measured
+    /// period begins (desired telemetryInterval, targeting the things' `simulator` tag) and
+    /// measure each thing's convergence and the hub's times to all applied and all succeeded.
+    #[arg(long)]
+    configuration_rollout: bool,
+    /// Business side: run one method job (S-12) over the whole fleet when the measured period
+    /// begins (the scenario's business.method) and measure its duration and each thing's
+    /// latency from the job's start to `succeeded`.
+    #[arg(long)]
+    method_job: bool,
+    /// Business side: the method job's maxPerMinute (1 to 60000).
+    #[arg(long, value_name = "N")]
+    method_job_per_minute: Option<u32>,
     /// Connection drops per second over the fleet.
     #[arg(long)]
     churn_per_sec: Option<f64>,
@@ -279,6 +292,15 @@ fn scenario(args: &RunArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(n) = args.ota_job_things {
         s.business.ota_job_things = n;
+    }
+    if args.configuration_rollout {
+        s.business.configuration_rollout = true;
+    }
+    if args.method_job {
+        s.business.method_job = true;
+    }
+    if let Some(n) = args.method_job_per_minute {
+        s.business.method_job_per_minute = n;
     }
     if let Some(r) = args.churn_per_sec {
         s.profile.churn_per_s = r;

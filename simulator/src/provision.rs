@@ -1,7 +1,9 @@
 //! The hub's REST API as the simulator uses it: creating and deleting the run's things
 //! (S-9.2) or, in a first-boot run, its enrollment (D-46), and the business side's desired
-//! changes (S-9.3) and method calls (S-9.5).
+//! changes (S-9.3), method calls (S-9.5), OTA jobs (S-9.6), configurations (S-11) and fleet
+//! jobs (S-12).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -79,12 +81,20 @@ impl Api {
         doc.pointer("/info/version")?.as_str().map(str::to_owned)
     }
 
-    /// Creates the things `ids` with batch requests of at most [`MAX_BATCH_CREATE`], letting the
-    /// hub generate their secrets, and returns the secrets in the order of `ids`.
-    pub async fn create_things(&self, ids: &[String]) -> anyhow::Result<Vec<Box<str>>> {
+    /// Creates the things `ids`, each with `tags`, with batch requests of at most
+    /// [`MAX_BATCH_CREATE`], letting the hub generate their secrets, and returns the secrets in
+    /// the order of `ids`.
+    pub async fn create_things(
+        &self,
+        ids: &[String],
+        tags: &Value,
+    ) -> anyhow::Result<Vec<Box<str>>> {
         let mut secrets = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_BATCH_CREATE) {
-            let items: Vec<Value> = chunk.iter().map(|id| json!({ "thingId": id })).collect();
+            let items: Vec<Value> = chunk
+                .iter()
+                .map(|id| json!({ "thingId": id, (field::TAGS): tags }))
+                .collect();
             let body = self
                 .send(
                     self.http
@@ -304,6 +314,106 @@ impl Api {
         Ok(Some(counts))
     }
 
+    /// Creates a configuration (S-11.1) from its JSON `body`.
+    pub async fn create_configuration(&self, body: &Value) -> Result<(), CallError> {
+        self.call(
+            self.http
+                .post(self.url("/api/v1/configurations"))
+                .json(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The counts of configuration `name` (S-11.2) by status: `targeted`, `applied`,
+    /// `succeeded`, `failed`, `pending`.
+    pub async fn configuration_counts(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, u64>, CallError> {
+        let v = self
+            .call(
+                self.http
+                    .get(self.url(&format!("/api/v1/configurations/{name}"))),
+            )
+            .await?;
+        let counts = v
+            .pointer("/data/counts")
+            .and_then(Value::as_object)
+            .ok_or(CallError::Transport("body"))?;
+        Ok(counts
+            .iter()
+            .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+            .collect())
+    }
+
+    /// Deletes configuration `name`; a missing one is fine.
+    pub async fn delete_configuration(&self, name: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(self.url(&format!("/api/v1/configurations/{name}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        if !(status.is_success() || status == reqwest::StatusCode::NOT_FOUND) {
+            bail!("deleting configuration {name} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Creates a fleet job (S-12.1) from its JSON `body`; returns the job with its counts.
+    pub async fn create_job(&self, body: &Value) -> Result<FleetJob, CallError> {
+        let v = self
+            .call(self.http.post(self.url("/api/v1/jobs")).json(body))
+            .await?;
+        data_of(v)
+    }
+
+    /// Fleet job `id` with its counts.
+    pub async fn job(&self, id: &str) -> Result<FleetJob, CallError> {
+        let v = self
+            .call(self.http.get(self.url(&format!("/api/v1/jobs/{id}"))))
+            .await?;
+        data_of(v)
+    }
+
+    /// Cancels fleet job `id` (S-12.2); one that has ended already (409) is fine.
+    pub async fn cancel_job(&self, id: &str) -> Result<(), CallError> {
+        match self
+            .call(
+                self.http
+                    .post(self.url(&format!("/api/v1/jobs/{id}/cancel"))),
+            )
+            .await
+        {
+            Ok(_) | Err(CallError::Status(409)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Page `page_index` (from 0, of `page_size` up to 1,000, D-26) of fleet job `id`'s
+    /// per-thing records (S-12.3), with the total number of records.
+    pub async fn job_things(
+        &self,
+        id: &str,
+        page_index: u64,
+        page_size: u64,
+    ) -> Result<(u64, Vec<JobThing>), CallError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            total: u64,
+            content: Vec<JobThing>,
+        }
+        let v = self
+            .call(self.http.get(self.url(&format!(
+                "/api/v1/jobs/{id}/things?pageIndex={page_index}&pageSize={page_size}"
+            ))))
+            .await?;
+        let page: Page = data_of(v)?;
+        Ok((page.total, page.content))
+    }
+
     /// A request with the token; the JSON body of a 2xx answer.
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
         let response = request
@@ -342,6 +452,54 @@ impl Api {
         }
         Ok(body)
     }
+}
+
+/// A fleet job as the REST API shows it (S-12.1), the fields the simulator reads.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetJob {
+    /// Its id.
+    pub job_id: String,
+    /// `scheduled`, `running`, `completed` or `canceled`.
+    pub status: String,
+    /// Number of targeted things.
+    pub things: u64,
+    /// Things per state (S-12.3).
+    pub counts: BTreeMap<String, u64>,
+    /// When it starts (or started), ms since the Unix epoch.
+    pub start_at: u64,
+    /// When it was created, ms.
+    pub created_at: u64,
+    /// When it ended, ms.
+    pub ended_at: Option<u64>,
+}
+
+impl FleetJob {
+    /// Whether the job has ended (completed or canceled).
+    pub fn ended(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "canceled")
+    }
+}
+
+/// One thing's record in a fleet job (S-12.3), the fields the simulator reads.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobThing {
+    /// `queued`, `in_progress`, `succeeded`, `failed`, `timed_out` or `canceled`.
+    pub status: String,
+    /// First attempt, ms since the Unix epoch.
+    pub started_at: Option<u64>,
+    /// Reached its final state, ms.
+    pub ended_at: Option<u64>,
+}
+
+/// The `data` of an S-9.1 envelope as `T`.
+fn data_of<T: serde::de::DeserializeOwned>(mut v: Value) -> Result<T, CallError> {
+    let data = v
+        .get_mut(field::DATA)
+        .map(Value::take)
+        .ok_or(CallError::Transport("body"))?;
+    serde_json::from_value(data).map_err(|_| CallError::Transport("body"))
 }
 
 /// Batch replies list one result per item; count the ones that are not 2xx.

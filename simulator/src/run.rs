@@ -21,8 +21,9 @@ use crate::scenario::Scenario;
 use crate::shard::Shard;
 use crate::{business, progress, series, thing};
 
-/// The tag a first-boot run's enrollment puts on every thing it provisions (its value: the
-/// enrollment's id), besides the hub's own `serial` and `enrollment` tags (S-10.4).
+/// The tag on every thing of a run: its value is `population.tag` (with `-{I}` in shard I) on
+/// things created over REST; a first-boot run's enrollment puts the enrollment's id there,
+/// besides the hub's own `serial` and `enrollment` tags (S-10.4). Fleet operations target it.
 pub const SIMULATOR_TAG: &str = "simulator";
 
 /// Longest wait, after the measured period, for desired changes still converging.
@@ -102,6 +103,7 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
     let mut fleet = Fleet::new(scenario, target.mqtt, phase_rx);
     fleet.shard = options.shard;
     fleet.first = first;
+    fleet.hub_pid = options.hub_pid;
     let mut fleet = Arc::new(fleet);
     let label = if options.shard.is_whole() {
         String::new()
@@ -133,7 +135,8 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
     } else {
         eprintln!("{label}{colon}provisioning {count} things ...");
         let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
-        (api.create_things(&ids).await?, None)
+        let tags = json!({ SIMULATOR_TAG: fleet.tag() });
+        (api.create_things(&ids, &tags).await?, None)
     };
 
     let ramp_began = Instant::now();
@@ -225,6 +228,10 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
         part.simulator.clone_from(&report.resources.simulator);
     }
     if !options.keep {
+        if fleet.scenario.business.configuration_rollout {
+            let name = fleet.shard_name(&fleet.scenario.business.configuration_name);
+            api.delete_configuration(&name).await?;
+        }
         let ids: Vec<String> = (0..count).map(|i| fleet.thing_id(i)).collect();
         api.delete_things(&ids).await?;
         if let Some(claim) = &fleet.claim {

@@ -55,6 +55,10 @@ pub struct Population {
     /// and jitter) before it gives up and is counted as failed, seconds from its first claim
     /// CONNECT.
     pub provision_deadline_s: f64,
+    /// The value of the `simulator` tag on every thing the run creates over REST (a shard
+    /// appends `-{I}`): the fleet's target for a configuration rollout and a method job. A
+    /// first-boot run's things carry the enrollment's id there instead.
+    pub tag: String,
 }
 
 /// The connect ramp.
@@ -143,6 +147,28 @@ pub struct Business {
     pub ota_job_things: usize,
     /// The job's `maxPerMinute` (S-9.6).
     pub ota_max_per_minute: u32,
+    /// Roll out one configuration (S-11) to the whole fleet when the measured period begins:
+    /// desired `{"telemetryInterval": configuration_value}`, targeting the fleet's `simulator`
+    /// tag, succeeding on `state.reported.telemetryInterval = configuration_value`. Measured per
+    /// thing from the configuration's creation until the thing's report of the value is accepted;
+    /// the hub's counts are polled until every thing has succeeded.
+    pub configuration_rollout: bool,
+    /// The configuration's name (S-11.1; a shard appends `-{I}`).
+    pub configuration_name: String,
+    /// The `telemetryInterval` the rollout sets (things report it back; their telemetry does
+    /// not change).
+    pub configuration_value: u64,
+    /// Run one method job (S-12) over the whole fleet when the measured period begins: method
+    /// `method` with `method_timeout_s`, targeting the fleet's `simulator` tag by query. Measured
+    /// from the job's creation until it completed, and per thing from the job's start until the
+    /// thing's record ended `succeeded`, from the per-thing records read back over REST.
+    pub method_job: bool,
+    /// The method job's `maxPerMinute` (S-12.1, 1 to 60,000).
+    pub method_job_per_minute: u32,
+    /// Longest wait for a configuration rollout to converge, or for a method job to complete
+    /// beyond its pacing (things / `method_job_per_minute`), seconds; past it the run counts an
+    /// error (and cancels the job).
+    pub fleet_timeout_s: f64,
 }
 
 impl Default for Scenario {
@@ -169,6 +195,7 @@ impl Default for Population {
             first_boot: false,
             enrollment: "sim-first-boot".to_owned(),
             provision_deadline_s: 60.0,
+            tag: "sim".to_owned(),
         }
     }
 }
@@ -222,6 +249,12 @@ impl Default for Business {
             ota_job_interval_s: 0.0,
             ota_job_things: 100,
             ota_max_per_minute: 60_000,
+            configuration_rollout: false,
+            configuration_name: "sim-rollout".to_owned(),
+            configuration_value: 15,
+            method_job: false,
+            method_job_per_minute: 6000,
+            fleet_timeout_s: 300.0,
         }
     }
 }
@@ -281,6 +314,27 @@ impl Scenario {
             self.business.ota_job_things > 0 && self.business.ota_max_per_minute > 0,
             "business.ota_job_things and business.ota_max_per_minute must be >= 1"
         );
+        let b = &self.business;
+        anyhow::ensure!(
+            (1..=60_000).contains(&b.method_job_per_minute),
+            "business.method_job_per_minute must be 1 to 60000 (S-12.1)"
+        );
+        anyhow::ensure!(
+            b.fleet_timeout_s.is_finite() && b.fleet_timeout_s > 0.0,
+            "business.fleet_timeout_s must be positive"
+        );
+        // Room for a shard's `-{I}` (up to 6 more bytes) in the id rule of S-1.1 (D-47).
+        for (what, id) in [
+            ("business.configuration_name", &b.configuration_name),
+            ("population.tag", &self.population.tag),
+        ] {
+            let longest = format!("{id}-65535");
+            anyhow::ensure!(
+                iothub_spec::ids::is_valid_thing_id(id)
+                    && iothub_spec::ids::is_valid_thing_id(&longest),
+                "{what} must be 1 to 58 characters of [0-9A-Za-z_-]"
+            );
+        }
         for rate in [
             p.reported_changes_per_s,
             p.telemetry_interval_s,
@@ -407,6 +461,7 @@ mod tests {
             "ota-rollout.toml",
             "plain-mqtt.toml",
             "first-boot.toml",
+            "fleet-ops.toml",
         ] {
             example(name)
                 .validate()
@@ -446,6 +501,21 @@ mod tests {
         assert!(s.validate().is_err(), "no room for a shard's suffix");
         s.population.enrollment = "boot".into();
         s.population.provision_deadline_s = 0.0;
+        assert!(s.validate().is_err());
+        let mut s = Scenario::default();
+        s.business.method_job_per_minute = 60_001;
+        assert!(s.validate().is_err());
+        let mut s = Scenario::default();
+        s.business.configuration_name = "c".repeat(59);
+        assert!(s.validate().is_err(), "no room for a shard's suffix");
+        let mut s = Scenario::default();
+        s.population.tag = "it's".into();
+        assert!(
+            s.validate().is_err(),
+            "the tag goes into a query between quotes"
+        );
+        let mut s = Scenario::default();
+        s.business.fleet_timeout_s = 0.0;
         assert!(s.validate().is_err());
     }
 

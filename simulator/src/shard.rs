@@ -110,6 +110,9 @@ impl Shard {
         s.business.ota_job_things =
             ((s.business.ota_job_things as f64 * share).round() as usize).clamp(1, range.len());
         s.business.concurrency = ((s.business.concurrency as f64 * share).ceil() as usize).max(1);
+        // Each shard runs its own method job over its own things, at its share of the rate.
+        s.business.method_job_per_minute =
+            ((f64::from(s.business.method_job_per_minute) * share).round() as u32).max(1);
         Ok((s, range.start))
     }
 

@@ -184,6 +184,14 @@ pub struct Stats {
     pub rest_call_device_codes: Kinds,
     /// Business: method calls that failed at the REST level (504, 409, transport), by kind.
     pub rest_call_errors: Kinds,
+    /// Business: things whose report of the configuration rollout's value was accepted.
+    pub rollout_converged: Counter,
+    /// Business: configuration rollout errors (REST, not converged in time), by kind.
+    pub rollout_errors: Kinds,
+    /// Business: method job errors (REST, not completed in time, counts not adding up), by kind.
+    pub method_job_errors: Kinds,
+    /// Business: what the fleet operations found (filled in when each ends).
+    pub fleet_ops: Mutex<crate::fleet_ops::FleetOps>,
     /// Business: ticks skipped because `business.concurrency` requests were in flight.
     pub business_skipped: Counter,
     /// First boot: claim connections attempted (every retry included).
@@ -222,6 +230,15 @@ pub struct Stats {
     pub provision: Latency,
     /// First boot: the first claim CONNECT to the thing's first accepted shadow update.
     pub first_report: Latency,
+    /// Configuration rollout: the configuration's creation to the thing's report of its value
+    /// accepted (one sample per thing).
+    pub rollout: Latency,
+    /// Method job: the job's start to the thing's record ended `succeeded` (hub timestamps, one
+    /// sample per thing).
+    pub job_thing: Latency,
+    /// Method job: a thing's first attempt to its record's end, for calls the device answered
+    /// (`succeeded` or `failed`; hub timestamps).
+    pub job_call: Latency,
     /// Things still to finish (for the end of the run).
     pub running: Counter,
     /// Set when the measured period has begun.
@@ -233,8 +250,8 @@ pub struct Stats {
 impl Stats {
     /// Errors so far, as the progress line and the time series count them: protocol errors,
     /// rejected and unanswered updates, failed connection attempts, REST errors of the business
-    /// side, things that gave up provisioning and failed first reports (429 and 503 answers to
-    /// a provisioning are back-pressure, retried, not errors).
+    /// side (fleet operations too), things that gave up provisioning and failed first reports
+    /// (429 and 503 answers to a provisioning are back-pressure, retried, not errors).
     pub fn errors(&self) -> u64 {
         self.provision_failed.total()
             + self.first_report_errors.total()
@@ -245,6 +262,8 @@ impl Stats {
             + self.desired_errors.total()
             + self.rest_call_errors.total()
             + self.ota_job_errors.total()
+            + self.rollout_errors.total()
+            + self.method_job_errors.total()
     }
 
     /// Connections made so far (first ones and reconnects).
@@ -254,7 +273,7 @@ impl Stats {
 
     /// Every latency histogram with its interaction id (`snake_case`, as the metrics endpoint
     /// labels it): one list, so an interaction added here is exported everywhere.
-    pub fn latencies(&self) -> [(&'static str, &Latency); 10] {
+    pub fn latencies(&self) -> [(&'static str, &Latency); 13] {
         [
             ("connect", &self.connect),
             ("update_to_accepted", &self.update),
@@ -266,6 +285,9 @@ impl Stats {
             ("lost_to_resync", &self.resync),
             ("provision", &self.provision),
             ("first_report", &self.first_report),
+            ("rollout", &self.rollout),
+            ("job_thing", &self.job_thing),
+            ("job_call", &self.job_call),
         ]
     }
 }

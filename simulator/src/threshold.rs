@@ -3,8 +3,10 @@
 //! A threshold is `METRIC[.STAT] OP VALUE[UNIT]`, given with `--threshold` (repeatable) or in the
 //! scenario's `thresholds` list. Latency metrics are the report's interactions (`connect`,
 //! `update`, `telemetry_ack`, `convergence`, `method_rtt`, `ntp_rtt`, `ota_job`,
-//! `lost_to_resync`, and on first boot `provision`, `first_report`) with a statistic (`p50`, `p90`, `p99`, `p999`, `max`, `mean`, `count`) and
-//! a value in `us`, `ms` (the default) or `s`; counters (see [`COUNTERS`]) take a plain number.
+//! `lost_to_resync`, on first boot `provision`, `first_report`, and of the fleet operations
+//! `rollout`, `job_thing`, `job_call`) with a statistic (`p50`, `p90`, `p99`, `p999`, `max`,
+//! `mean`, `count`) and a value in `us`, `ms` (the default) or `s`; counters (see [`COUNTERS`])
+//! take a plain number.
 //! Every threshold is checked on the final (merged) report and listed in it; one that fails
 //! makes the exit status [`EXIT_THRESHOLDS`]. A latency threshold on an interaction without a
 //! single sample fails: a criterion that measured nothing has not been met.
@@ -42,7 +44,7 @@ pub enum ThresholdError {
 
 /// Latency interactions: the name in a threshold and the report's field
 /// ([`Report::latency_fields`]).
-const LATENCIES: [(&str, &str); 10] = [
+const LATENCIES: [(&str, &str); 13] = [
     ("connect", "connect"),
     ("update", "update_to_accepted"),
     ("telemetry_ack", "telemetry_ack"),
@@ -53,6 +55,9 @@ const LATENCIES: [(&str, &str); 10] = [
     ("lost_to_resync", "lost_to_resync"),
     ("provision", "provision"),
     ("first_report", "first_report"),
+    ("rollout", "rollout"),
+    ("job_thing", "job_thing"),
+    ("job_call", "job_call"),
 ];
 
 /// Counter metrics a threshold can name.

@@ -208,9 +208,20 @@ fn charts(r: &Report) -> Vec<String> {
             over_time("p99", &|p| p.update_p99_ms),
         ],
     );
-    // Percentile curves of the busiest interactions, from the recorded buckets.
+    // Percentile curves of the busiest interactions, from the recorded buckets: the first four
+    // with samples (one colour each, and room for their legend).
     let mut curves = Vec::new();
-    for name in ["update_to_accepted", "connect", "convergence", "method_rtt"] {
+    for name in [
+        "update_to_accepted",
+        "connect",
+        "convergence",
+        "method_rtt",
+        "rollout",
+        "job_thing",
+    ] {
+        if curves.len() == COLOURS.len() {
+            break;
+        }
         let Some(b) = r.histograms.get(name) else {
             continue;
         };
@@ -249,6 +260,102 @@ fn charts(r: &Report) -> Vec<String> {
         ],
     );
     vec![throughput, latency, distribution, connects]
+}
+
+/// The fleet operations section: one table each for the configuration rollout and the method
+/// job, when the run had them.
+fn fleet_ops(s: &mut String, r: &Report) {
+    if r.rollout.is_none() && r.method_job.is_none() {
+        return;
+    }
+    s.push_str("<h2>Fleet operations</h2>");
+    let secs = |v: Option<f64>| v.map_or(EMPTY.to_owned(), |v| format!("{v:.1} s"));
+    let ms = |p: &super::Percentiles, v: f64| {
+        if p.count == 0 {
+            EMPTY.to_owned()
+        } else {
+            format!("{v:.0} ms")
+        }
+    };
+    let table = |s: &mut String, id: &str, rows: &[(&str, String)]| {
+        let _ = write!(
+            s,
+            r#"<table id="{id}"><tr><th>figure</th><th>value</th></tr>"#
+        );
+        for (name, value) in rows {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                escape(name),
+                escape(value)
+            );
+        }
+        s.push_str("</table>");
+    };
+    if let Some(c) = &r.rollout {
+        let l = &r.latency.rollout;
+        let _ = write!(
+            s,
+            "<h3>Configuration rollout <code>{}</code>: {}={}</h3>",
+            escape(&c.configuration),
+            crate::fleet_ops::ROLLOUT_KEY,
+            c.value
+        );
+        table(
+            s,
+            "rollout",
+            &[
+                ("things", c.things.to_string()),
+                ("converged (reported)", c.converged.to_string()),
+                ("all applied (hub counts)", secs(c.all_applied_s)),
+                ("all succeeded (hub counts)", secs(c.all_succeeded_s)),
+                ("created->reported p50", ms(l, l.p50_ms)),
+                ("created->reported p99", ms(l, l.p99_ms)),
+                ("created->reported max", ms(l, l.max_ms)),
+                ("hub counts at the end", format!("{:?}", c.counts)),
+                (
+                    "hub cpu",
+                    format!("{} over {:.1} s", secs(c.hub_cpu_s), c.elapsed_s),
+                ),
+                ("errors", format!("{:?}", c.errors)),
+            ],
+        );
+    }
+    if let Some(j) = &r.method_job {
+        let l = &r.latency.job_thing;
+        let _ = write!(
+            s,
+            "<h3>Method job <code>{}</code>: {} at {}/min</h3>",
+            escape(&j.job_id),
+            escape(&j.method),
+            j.max_per_minute
+        );
+        table(
+            s,
+            "method-job",
+            &[
+                ("things", j.things.to_string()),
+                ("status", j.status.clone()),
+                ("created->ended", secs(j.duration_s)),
+                ("pacing alone", secs(Some(j.nominal_s))),
+                (
+                    "achieved per minute",
+                    j.achieved_per_minute
+                        .map_or(EMPTY.to_owned(), |v| format!("{v:.0}")),
+                ),
+                ("counts", format!("{:?}", j.counts)),
+                ("per-thing records", j.records.to_string()),
+                ("start->succeeded p50", ms(l, l.p50_ms)),
+                ("start->succeeded p99", ms(l, l.p99_ms)),
+                ("start->succeeded max", ms(l, l.max_ms)),
+                (
+                    "hub cpu",
+                    format!("{} over {:.1} s", secs(j.hub_cpu_s), j.elapsed_s),
+                ),
+                ("errors", format!("{:?}", j.errors)),
+            ],
+        );
+    }
 }
 
 /// The page.
@@ -293,6 +400,7 @@ svg.chart{display:block;margin:8px 0 20px;border:1px solid #ddd}code{background:
             escape(&r.provisioning_line())
         );
     }
+    fleet_ops(&mut s, r);
     if !r.thresholds.is_empty() {
         s.push_str(
             "<h2>Thresholds</h2><table><tr><th>threshold</th><th>actual</th><th>verdict</th></tr>",

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 
 use super::{Latencies, Report, buckets, histogram_of};
+use crate::fleet_ops::{MethodJob, Rollout};
 use crate::resources::{ProcessUsage, Resources};
 use crate::series;
 
@@ -104,6 +105,8 @@ pub fn merge(parts: &[Report]) -> Result<Report, MergeError> {
         add_kinds(&mut mp.failed, &rp.failed);
         mp.first_reports += rp.first_reports;
         add_kinds(&mut mp.first_report_errors, &rp.first_report_errors);
+        m.rollout = merge_rollout(m.rollout.take(), r.rollout.as_ref());
+        m.method_job = merge_method_job(m.method_job.take(), r.method_job.as_ref());
         add_kinds(&mut m.connect_errors, &r.connect_errors);
         add_kinds(&mut m.protocol_errors, &r.protocol_errors);
         add_kinds(&mut m.ignored, &r.ignored);
@@ -149,6 +152,65 @@ pub fn merge(parts: &[Report]) -> Result<Report, MergeError> {
     // Thresholds are checked again on the merged figures by the caller.
     m.thresholds.clear();
     Ok(m)
+}
+
+/// The later of two times, `None` when either is (the whole fleet reached it only when every
+/// shard did).
+fn later(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a?.max(b?))
+}
+
+/// The hub's CPU over shards' overlapping spans of one hub process: the largest reading.
+fn largest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The rollouts of two sets of shards (each shard rolls out its own configuration to its own
+/// things): things and counts added, times the latest.
+fn merge_rollout(a: Option<Rollout>, b: Option<&Rollout>) -> Option<Rollout> {
+    let (mut a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (a, b) => return a.or_else(|| b.cloned()),
+    };
+    a.things += b.things;
+    a.converged += b.converged;
+    a.all_applied_s = later(a.all_applied_s, b.all_applied_s);
+    a.all_succeeded_s = later(a.all_succeeded_s, b.all_succeeded_s);
+    add_kinds(&mut a.counts, &b.counts);
+    a.elapsed_s = a.elapsed_s.max(b.elapsed_s);
+    a.hub_cpu_s = largest(a.hub_cpu_s, b.hub_cpu_s);
+    add_kinds(&mut a.errors, &b.errors);
+    Some(a)
+}
+
+/// The method jobs of two sets of shards (each shard runs its own job over its own things, at
+/// its share of the rate): things, counts, records and rates added, times the latest.
+fn merge_method_job(a: Option<MethodJob>, b: Option<&MethodJob>) -> Option<MethodJob> {
+    let (mut a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (a, b) => return a.or_else(|| b.cloned()),
+    };
+    a.max_per_minute += b.max_per_minute;
+    a.things += b.things;
+    if b.status != "completed" {
+        // One shard's job did not complete: the whole did not either.
+        a.status.clone_from(&b.status);
+    }
+    a.duration_s = later(a.duration_s, b.duration_s);
+    a.nominal_s = a.nominal_s.max(b.nominal_s);
+    a.achieved_per_minute = a
+        .achieved_per_minute
+        .zip(b.achieved_per_minute)
+        .map(|(x, y)| x + y);
+    add_kinds(&mut a.counts, &b.counts);
+    a.records += b.records;
+    a.elapsed_s = a.elapsed_s.max(b.elapsed_s);
+    a.hub_cpu_s = largest(a.hub_cpu_s, b.hub_cpu_s);
+    add_kinds(&mut a.errors, &b.errors);
+    Some(a)
 }
 
 /// The parts ordered by their (first) shard index.
@@ -291,6 +353,63 @@ mod tests {
         assert_eq!(old.latency.provision.count, 0);
         let new = shard_report(1, &[1000]);
         assert_eq!(merge(&[old, new]).expect("merges").provisioning.things, 0);
+    }
+
+    #[test]
+    fn fleet_operations_add_up_across_shards() {
+        let parts: Vec<Report> = (0..3u64)
+            .map(|i| {
+                let mut r = shard_report(i as usize, &[1000]);
+                r.rollout = Some(Rollout {
+                    configuration: format!("sim-rollout-{i}"),
+                    value: 15,
+                    things: 10,
+                    converged: 10,
+                    all_applied_s: Some(1.0 + i as f64),
+                    all_succeeded_s: (i != 1).then_some(2.0 + i as f64),
+                    counts: [("targeted".to_owned(), 10), ("succeeded".to_owned(), 10)].into(),
+                    elapsed_s: 3.0,
+                    hub_cpu_s: Some(0.5 * i as f64),
+                    errors: BTreeMap::new(),
+                });
+                r.method_job = Some(MethodJob {
+                    job_id: format!("j{i}"),
+                    method: "echo".into(),
+                    max_per_minute: 2000,
+                    things: 10,
+                    status: "completed".into(),
+                    duration_s: Some(1.0 + i as f64),
+                    nominal_s: 0.3,
+                    achieved_per_minute: Some(1900.0),
+                    counts: [("succeeded".to_owned(), 9), ("failed".to_owned(), 1)].into(),
+                    records: 10,
+                    ..MethodJob::default()
+                });
+                r
+            })
+            .collect();
+        let merged = merge(&parts).expect("merges");
+        let r = merged.rollout.as_ref().expect("rollout");
+        assert_eq!((r.things, r.converged, r.counts["targeted"]), (30, 30, 30));
+        assert_eq!(r.all_applied_s, Some(3.0));
+        assert_eq!(r.all_succeeded_s, None, "shard 1 never saw all succeeded");
+        assert_eq!(r.hub_cpu_s, Some(1.0));
+        let j = merged.method_job.as_ref().expect("method job");
+        assert_eq!((j.things, j.records, j.max_per_minute), (30, 30, 6000));
+        assert_eq!((j.count("succeeded"), j.count("failed")), (27, 3));
+        assert_eq!(
+            (j.duration_s, j.achieved_per_minute),
+            (Some(3.0), Some(5700.0))
+        );
+        assert!(merged.errors() > 0, "the shards' protocol errors");
+
+        // Reports of simulators before fleet operations have neither.
+        let mut old = serde_json::to_value(shard_report(0, &[1000])).expect("serialises");
+        let object = old.as_object_mut().expect("object");
+        object.remove("rollout");
+        object.remove("method_job");
+        let old: Report = serde_json::from_value(old).expect("an old report still parses");
+        assert_eq!((old.rollout, old.method_job), (None, None));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::Fleet;
+use crate::fleet_ops::{MethodJob, Rollout};
 use crate::resources::{ProcessUsage, Resources};
 use crate::scenario::Scenario;
 use crate::series::Point;
@@ -149,6 +150,16 @@ pub struct Latencies {
     /// First boot: the first claim CONNECT to the thing's first accepted shadow update.
     #[serde(default)]
     pub first_report: Percentiles,
+    /// Configuration rollout: its creation to the thing's report of the value accepted. Absent
+    /// from the reports of simulators before fleet operations (as are the two below).
+    #[serde(default)]
+    pub rollout: Percentiles,
+    /// Method job: the job's start to the thing's record `succeeded` (hub timestamps).
+    #[serde(default)]
+    pub job_thing: Percentiles,
+    /// Method job: a thing's first attempt to its record's end, answered calls only.
+    #[serde(default)]
+    pub job_call: Percentiles,
 }
 
 impl Latencies {
@@ -167,6 +178,9 @@ impl Latencies {
             lost_to_resync: p("lost_to_resync"),
             provision: p("provision"),
             first_report: p("first_report"),
+            rollout: p("rollout"),
+            job_thing: p("job_thing"),
+            job_call: p("job_call"),
         }
     }
 }
@@ -281,6 +295,13 @@ pub struct Report {
     /// from the reports of simulators before it).
     #[serde(default)]
     pub provisioning: Provisioning,
+    /// The configuration rollout (`None` when not part of the scenario; absent from the reports
+    /// of simulators before it).
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// The method job (as `rollout`).
+    #[serde(default)]
+    pub method_job: Option<MethodJob>,
     /// Failed connection attempts and lost connections, by kind.
     pub connect_errors: BTreeMap<String, u64>,
     /// Protocol errors by kind (never expected).
@@ -325,6 +346,7 @@ impl Report {
             .iter()
             .filter(|slot| slot.pending_setpoint.load(Ordering::Relaxed) != 0)
             .count() as u64;
+        let ops = s.fleet_ops.lock().map(|o| o.clone()).unwrap_or_default();
         Report {
             things,
             connected,
@@ -380,6 +402,15 @@ impl Report {
                 first_reports: s.first_reports.get(),
                 first_report_errors: s.first_report_errors.snapshot(),
             },
+            rollout: ops.rollout.map(|mut r| {
+                r.converged = s.rollout_converged.get();
+                r.errors = s.rollout_errors.snapshot();
+                r
+            }),
+            method_job: ops.method_job.map(|mut j| {
+                j.errors = s.method_job_errors.snapshot();
+                j
+            }),
             connect_errors: s.connect_errors.snapshot(),
             protocol_errors: s.protocol_errors.snapshot(),
             ignored: s.ignored.snapshot(),
@@ -408,9 +439,12 @@ impl Report {
     /// Errors of every kind that [`Report::is_clean`] refuses (the `errors` threshold): things
     /// that never connected (a thing that gave up provisioning is one), protocol errors,
     /// rejected, unanswered and reordered updates, failed first reports, REST errors,
-    /// unconverged desired changes, NTP timeouts, OTA job errors; without churn also lost
-    /// connections, aborted updates, failed method calls and unacknowledged telemetry. The 429
-    /// and 503 answers of provisioning are the hub's back-pressure, retried: not errors.
+    /// unconverged desired changes, NTP timeouts, OTA job errors, fleet operation errors and
+    /// things a rollout did not converge; without churn also lost connections, aborted updates,
+    /// failed method calls, unacknowledged telemetry and method job things `timed_out` or
+    /// `canceled`. The 429 and 503 answers of provisioning are the hub's back-pressure, retried:
+    /// not errors; a method job's `failed` things are the device's answer (as a method call's
+    /// device codes are).
     pub fn errors(&self) -> u64 {
         let sum = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
         let mut n = self.connect_failures
@@ -424,8 +458,17 @@ impl Report {
             + self.ntp_timed_out
             + sum(&self.ota_job_errors)
             + (self.ota_jobs - self.ota_jobs_ended.min(self.ota_jobs));
+        if let Some(r) = &self.rollout {
+            n += r.unconverged() + sum(&r.errors);
+        }
+        if let Some(j) = &self.method_job {
+            n += sum(&j.errors);
+        }
         if !self.churn {
             n += self.lost + self.aborted + sum(&self.method_errors) + self.telemetry_unacked;
+            if let Some(j) = &self.method_job {
+                n += j.count("timed_out") + j.count("canceled");
+            }
         }
         n
     }
@@ -438,12 +481,25 @@ impl Report {
     /// Whether the run met its contract: every thing provisioned (on first boot), connected and
     /// its first report accepted; every update accepted, in order;
     /// every desired change converged; every method call answered by the device; every NTP
-    /// exchange answered; every QoS 1 telemetry message acknowledged; no protocol error. With
-    /// churn, requests cut by a dropped connection (and method calls meeting an offline thing)
-    /// are allowed.
+    /// exchange answered; every QoS 1 telemetry message acknowledged; no protocol error; a
+    /// rollout converged on every thing, a method job completed with every thing answered and
+    /// its counts adding up (both without errors). With churn, requests cut by a dropped
+    /// connection (and method calls meeting an offline thing, method job calls timing out) are
+    /// allowed.
     pub fn is_clean(&self) -> bool {
         let cut_ok = self.churn;
-        self.connect_failures == 0
+        let rollout_ok = self
+            .rollout
+            .as_ref()
+            .is_none_or(|r| r.errors.is_empty() && r.unconverged() == 0);
+        let job_ok = self.method_job.as_ref().is_none_or(|j| {
+            j.errors.is_empty()
+                && j.status == "completed"
+                && (cut_ok || j.count("timed_out") + j.count("canceled") == 0)
+        });
+        rollout_ok
+            && job_ok
+            && self.connect_failures == 0
             && self.provisioning.failed.is_empty()
             && self.provisioning.first_report_errors.is_empty()
             && self.protocol_errors.is_empty()
@@ -463,7 +519,7 @@ impl Report {
     }
 
     /// The latency rows with their JSON (and CSV, metrics) names.
-    pub fn latency_fields(&self) -> [(&'static str, &Percentiles); 10] {
+    pub fn latency_fields(&self) -> [(&'static str, &Percentiles); 13] {
         let l = &self.latency;
         [
             ("connect", &l.connect),
@@ -476,11 +532,14 @@ impl Report {
             ("lost_to_resync", &l.lost_to_resync),
             ("provision", &l.provision),
             ("first_report", &l.first_report),
+            ("rollout", &l.rollout),
+            ("job_thing", &l.job_thing),
+            ("job_call", &l.job_call),
         ]
     }
 
     /// The latency rows with their table names.
-    pub fn rows(&self) -> [(&'static str, &Percentiles); 10] {
+    pub fn rows(&self) -> [(&'static str, &Percentiles); 13] {
         let l = &self.latency;
         [
             ("connect+subscribe", &l.connect),
@@ -493,6 +552,9 @@ impl Report {
             ("lost->resynced", &l.lost_to_resync),
             ("claim->accepted", &l.provision),
             ("claim->first report", &l.first_report),
+            ("rollout->reported", &l.rollout),
+            ("job start->succeeded", &l.job_thing),
+            ("job call", &l.job_call),
         ]
     }
 }

@@ -104,6 +104,12 @@ impl Report {
                 self.ota_job_errors
             ),
         );
+        if self.rollout.is_some() {
+            line("rollout", self.rollout_line());
+        }
+        if self.method_job.is_some() {
+            line("method job", self.method_job_line());
+        }
         line("connect errors", format!("{:?}", self.connect_errors));
         line("protocol errors", format!("{:?}", self.protocol_errors));
         line("ignored", format!("{:?}", self.ignored));
@@ -112,16 +118,17 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "{:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "{:<22}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}",
             "interaction (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         for (name, p) in self.rows() {
             let _ = write!(s, "{:<22}{:>9}", name, p.count);
             for v in [p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms] {
                 if p.count == 0 {
-                    let _ = write!(s, "{EMPTY:>9}");
+                    let _ = write!(s, "{EMPTY:>10}");
                 } else {
-                    let _ = write!(s, "{v:>9.2}");
+                    // Up to 600,000.00 ms (the histograms' bound): always a space between.
+                    let _ = write!(s, "{v:>10.2}");
                 }
             }
             s.push('\n');
@@ -153,12 +160,85 @@ impl Report {
         )
     }
 
-    /// The scenario in one line: things, duration, rates.
+    /// The configuration rollout in one line (the table's and the HTML page's; empty without
+    /// one): things converged, times to all applied and succeeded, the hub's counts and CPU.
+    pub fn rollout_line(&self) -> String {
+        let Some(r) = &self.rollout else {
+            return String::new();
+        };
+        let l = &self.latency.rollout;
+        format!(
+            "{} {}={}: {} of {} things converged (p50 {} / p99 {} / max {}), all applied in {}, \
+             all succeeded in {}; hub counts {:?}; hub cpu {} over {:.1} s; errors {:?}",
+            r.configuration,
+            crate::fleet_ops::ROLLOUT_KEY,
+            r.value,
+            r.converged,
+            r.things,
+            ms_or_empty(l.count, l.p50_ms),
+            ms_or_empty(l.count, l.p99_ms),
+            ms_or_empty(l.count, l.max_ms),
+            secs_or_empty(r.all_applied_s),
+            secs_or_empty(r.all_succeeded_s),
+            r.counts,
+            secs_or_empty(r.hub_cpu_s),
+            r.elapsed_s,
+            r.errors
+        )
+    }
+
+    /// The method job in one line (the table's and the HTML page's; empty without one): its
+    /// duration, pacing, counts and per-thing latency.
+    pub fn method_job_line(&self) -> String {
+        let Some(j) = &self.method_job else {
+            return String::new();
+        };
+        let l = &self.latency.job_thing;
+        format!(
+            "{} ({}, {} things at {}/min): {}, created->ended {} (pacing alone {:.1} s, \
+             achieved {}/min); counts {:?}, {} records; start->succeeded p50 {} / p99 {} / max {}; \
+             hub cpu {} over {:.1} s; errors {:?}",
+            j.job_id,
+            j.method,
+            j.things,
+            j.max_per_minute,
+            if j.status.is_empty() {
+                EMPTY
+            } else {
+                &j.status
+            },
+            secs_or_empty(j.duration_s),
+            j.nominal_s,
+            j.achieved_per_minute
+                .map_or(EMPTY.to_owned(), |r| format!("{r:.0}")),
+            j.counts,
+            j.records,
+            ms_or_empty(l.count, l.p50_ms),
+            ms_or_empty(l.count, l.p99_ms),
+            ms_or_empty(l.count, l.max_ms),
+            secs_or_empty(j.hub_cpu_s),
+            j.elapsed_s,
+            j.errors
+        )
+    }
+
+    /// The scenario in one line: things, duration, rates, fleet operations.
     pub fn scenario_line(&self) -> String {
         let sc = &self.scenario;
+        let mut ops = String::new();
+        if sc.business.configuration_rollout {
+            ops.push_str(", configuration rollout");
+        }
+        if sc.business.method_job {
+            let _ = write!(
+                ops,
+                ", method job at {}/min",
+                sc.business.method_job_per_minute
+            );
+        }
         format!(
             "{} things ({}), {:.0} s measured, {} updates/s per thing of {} B, ramp {}/s, \
-             desired {}/s, methods {}/s, churn {}/s, mqtt5 {:.0}%, seed {}",
+             desired {}/s, methods {}/s, churn {}/s, mqtt5 {:.0}%, seed {}{ops}",
             sc.population.count,
             if sc.population.first_boot {
                 format!(
@@ -235,10 +315,53 @@ impl Report {
                 self.provisioning.failed.values().sum(),
             ),
             ("first_reports", self.provisioning.first_reports),
+            (
+                "rollout_things",
+                self.rollout.as_ref().map_or(0, |r| r.things),
+            ),
+            (
+                "rollout_converged",
+                self.rollout.as_ref().map_or(0, |r| r.converged),
+            ),
+            (
+                "method_job_things",
+                self.method_job.as_ref().map_or(0, |j| j.things),
+            ),
+            (
+                "method_job_succeeded",
+                self.method_job.as_ref().map_or(0, |j| j.count("succeeded")),
+            ),
+            (
+                "method_job_failed",
+                self.method_job.as_ref().map_or(0, |j| j.count("failed")),
+            ),
+            (
+                "method_job_timed_out",
+                self.method_job.as_ref().map_or(0, |j| j.count("timed_out")),
+            ),
             ("protocol_errors", self.protocol_errors.values().sum()),
             ("errors", self.errors()),
         ];
         for (name, v) in counters {
+            let _ = writeln!(s, "counter,{name},{v},,,,,,");
+        }
+        // Times of the fleet operations, seconds (empty when not reached or not run).
+        let seconds = [
+            (
+                "rollout_all_applied_s",
+                self.rollout.as_ref().and_then(|r| r.all_applied_s),
+            ),
+            (
+                "rollout_all_succeeded_s",
+                self.rollout.as_ref().and_then(|r| r.all_succeeded_s),
+            ),
+            (
+                "method_job_duration_s",
+                self.method_job.as_ref().and_then(|j| j.duration_s),
+            ),
+        ];
+        for (name, v) in seconds {
+            let v = v.map_or(String::new(), |v| format!("{v:.3}"));
             let _ = writeln!(s, "counter,{name},{v},,,,,,");
         }
         for (name, v) in self.resources.counters() {
@@ -246,4 +369,18 @@ impl Report {
         }
         s
     }
+}
+
+/// `v` ms with two decimals, or [`EMPTY`] without samples.
+fn ms_or_empty(count: u64, v: f64) -> String {
+    if count == 0 {
+        EMPTY.to_owned()
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// `v` seconds with one decimal, or [`EMPTY`].
+fn secs_or_empty(v: Option<f64>) -> String {
+    v.map_or(EMPTY.to_owned(), |s| format!("{s:.1} s"))
 }

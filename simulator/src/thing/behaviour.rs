@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
 use super::{
-    Answer, Boot, Core, End, InFlight, LoadReport, PendingAnswer, Setpoint, Telemetry, Thing,
+    Answer, Boot, Core, DesiredKeys, End, InFlight, LoadReport, PendingAnswer, Telemetry, Thing,
     dev_now, next_tick, padding,
 };
 use crate::fleet::Phase;
@@ -35,12 +35,7 @@ impl Thing {
                         self.stats().out_of_order.inc();
                     }
                     self.last_version = Some(version.max(self.last_version.unwrap_or(0)));
-                    if let Some(sp) = r.setpoint
-                        && let Some(d) = self.fleet.converge(self.index, sp)
-                    {
-                        self.stats().converged.inc();
-                        self.stats().convergence.record(d);
-                    }
+                    self.converged(r.applied);
                 }
             }
             Event::Rejected { request, code, .. } if self.take(request).is_some() => {
@@ -60,7 +55,7 @@ impl Thing {
             }
             Event::Delta(d) => {
                 self.stats().deltas.inc();
-                self.schedule_apply(d.state.parse::<Setpoint>().ok());
+                self.schedule_apply(d.state.parse::<DesiredKeys>().ok());
             }
             Event::Shadow(doc) => {
                 if doc.request.is_none()
@@ -70,17 +65,11 @@ impl Thing {
                 }
                 // An apply whose answer was lost with its connection may have been accepted:
                 // the document after the reconnect shows it.
-                if let Some(sp) = doc
-                    .reported
-                    .and_then(|r| r.parse::<Setpoint>().ok())
-                    .and_then(|r| r.setpoint)
-                    && let Some(d) = self.fleet.converge(self.index, sp)
-                {
-                    self.stats().converged.inc();
-                    self.stats().convergence.record(d);
+                if let Some(reported) = doc.reported.and_then(|r| r.parse::<DesiredKeys>().ok()) {
+                    self.converged(reported);
                 }
                 if let Some(delta) = doc.delta {
-                    self.schedule_apply(delta.parse::<Setpoint>().ok());
+                    self.schedule_apply(delta.parse::<DesiredKeys>().ok());
                 }
             }
             Event::MethodCall(call) => {
@@ -274,10 +263,35 @@ impl Thing {
         Some(self.in_flight.swap_remove(pos))
     }
 
-    fn schedule_apply(&mut self, state: Option<Setpoint>) {
-        if let Some(sp) = state.and_then(|s| s.setpoint) {
-            let delay = Duration::from_millis(self.fleet.scenario.profile.delta_apply_delay_ms);
-            self.apply = Some((Instant::now() + delay, sp));
+    /// Schedules the keys of a delta to be reported back after `delta_apply_delay_ms`; keys of
+    /// an apply still waiting are kept (and its time, which is earlier).
+    fn schedule_apply(&mut self, state: Option<DesiredKeys>) {
+        let Some(keys) = state.filter(|k| !k.is_empty()) else {
+            return;
+        };
+        self.apply = Some(match self.apply {
+            Some((due, pending)) => (due, pending.overlaid(keys)),
+            None => {
+                let delay = Duration::from_millis(self.fleet.scenario.profile.delta_apply_delay_ms);
+                (Instant::now() + delay, keys)
+            }
+        });
+    }
+
+    /// Counts what reported `keys` (accepted, or seen in the shadow document) converged: the
+    /// business side's desired change outstanding, the configuration rollout.
+    fn converged(&mut self, keys: DesiredKeys) {
+        if let Some(sp) = keys.setpoint
+            && let Some(d) = self.fleet.converge(self.index, sp)
+        {
+            self.stats().converged.inc();
+            self.stats().convergence.record(d);
+        }
+        if let Some(v) = keys.telemetry_interval
+            && let Some(d) = self.fleet.rollout_converge(self.index, v)
+        {
+            self.stats().rollout_converged.inc();
+            self.stats().rollout.record(d);
         }
     }
 
@@ -349,13 +363,13 @@ impl Thing {
                 self.answer(device, &a.method, &a.token, a.code);
             }
         }
-        if let Some((due, sp)) = self.apply
+        if let Some((due, keys)) = self.apply
             && due <= now
             && self.in_flight.len() < p.max_in_flight
         {
-            let r = device.report(t, ShadowId::FIRST, &Setpoint { setpoint: Some(sp) });
+            let r = device.report(t, ShadowId::FIRST, &keys);
             let retry = matches!(r, Err(iothub_sdk_nostd::Error::TooManyInFlight));
-            self.track(r, now, Some(sp));
+            self.track(r, now, keys);
             if !retry {
                 self.apply = None;
             }
@@ -380,7 +394,7 @@ impl Thing {
                     pad: padding(p.reported_bytes.saturating_sub(40)),
                 };
                 let r = device.report(t, ShadowId::FIRST, &body);
-                self.track(r, now, None);
+                self.track(r, now, DesiredKeys::default());
             }
         }
         if let Some((at, step)) = self.ota
@@ -454,14 +468,14 @@ impl Thing {
         &mut self,
         r: Result<RequestId, iothub_sdk_nostd::Error>,
         now: Instant,
-        setpoint: Option<u64>,
+        applied: DesiredKeys,
     ) -> bool {
         match r {
             Ok(id) => {
                 let _ = self.in_flight.push(InFlight {
                     id,
                     sent: now,
-                    setpoint,
+                    applied,
                 });
                 self.stats().updates_sent.inc();
                 true

@@ -61,11 +61,34 @@ struct LoadReport<'a> {
     pad: &'a str,
 }
 
-/// The desired key the business side changes, and what the thing reports to converge.
-#[derive(Serialize, Deserialize, Default)]
-struct Setpoint {
+/// The desired keys a thing applies and reports back: the business side's `setpoint` (desired
+/// changes) and a configuration rollout's `telemetryInterval`. A delta holds the keys that
+/// differ; the report carries the ones being applied.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+struct DesiredKeys {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     setpoint: Option<u64>,
+    #[serde(
+        default,
+        rename = "telemetryInterval",
+        skip_serializing_if = "Option::is_none"
+    )]
+    telemetry_interval: Option<u64>,
+}
+
+impl DesiredKeys {
+    /// Whether no key is set.
+    fn is_empty(&self) -> bool {
+        self.setpoint.is_none() && self.telemetry_interval.is_none()
+    }
+
+    /// `self` with the keys `newer` sets replaced.
+    fn overlaid(self, newer: DesiredKeys) -> DesiredKeys {
+        DesiredKeys {
+            setpoint: newer.setpoint.or(self.setpoint),
+            telemetry_interval: newer.telemetry_interval.or(self.telemetry_interval),
+        }
+    }
 }
 
 /// Telemetry: `{"seq":..,"pad":".."}`.
@@ -93,8 +116,8 @@ fn padding(len: usize) -> &'static str {
 struct InFlight {
     id: RequestId,
     sent: Instant,
-    /// The setpoint this update reports (a delta being applied), if any.
-    setpoint: Option<u64>,
+    /// The desired keys this update reports (a delta being applied), if any.
+    applied: DesiredKeys,
 }
 
 /// A method answer waiting for its latency to pass.
@@ -183,8 +206,8 @@ struct Thing {
     ota: Option<(Instant, u8)>,
     /// The OTA task in progress drops the connection after its first progress report.
     ota_drop: bool,
-    /// A delta to report back: (when, setpoint).
-    apply: Option<(Instant, u64)>,
+    /// A delta to report back: (when, the keys).
+    apply: Option<(Instant, DesiredKeys)>,
     /// A first-boot thing's first report, until it is answered.
     boot: Option<Boot>,
     last_version: Option<u64>,
