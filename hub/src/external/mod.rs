@@ -15,10 +15,12 @@
 //! every CONNACK), one feeds the core in order through a bounded queue, so a slow core holds
 //! Mosquitto back instead of growing memory.
 
+mod control;
 pub mod dynsec;
+mod feed;
 pub mod log;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,20 +29,21 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use iothub_spec::topic::Topic;
 use iothub_spec::topic::grants::HUB_REQUEST_FILTERS;
 use rand::Rng;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, BusError, ThingChange};
 use crate::cluster::Ownership;
-use crate::edge::{Client, Events, PublishIn};
+use crate::edge::Events;
 use crate::store::SharedStore;
+use control::{Control, reconcile};
+use feed::feed;
 
 /// Messages from Mosquitto waiting for the core; when full, the connection task waits.
 const INBOUND_QUEUE: usize = 1024;
@@ -139,110 +142,6 @@ impl ExternalConfig {
                 .unwrap_or_else(crate::cluster::default_instance_id),
             password,
         }))
-    }
-}
-
-/// The connection to dynamic-security: numbered command documents and their answers.
-struct Control {
-    client: AsyncClient,
-    /// Whether the hub's subscriptions (the answers' topic among them) are in place.
-    ready: watch::Receiver<bool>,
-    waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
-    /// Prefix of this instance's correlation data: every hub on the broker sees every answer.
-    prefix: String,
-    next: AtomicU64,
-    slots: Semaphore,
-}
-
-impl Control {
-    /// Sends `commands` as one document and returns one answer per command, in order.
-    async fn call(&self, mut commands: Vec<Value>) -> Result<Vec<Value>, BusError> {
-        let timeout = |what: &str| BusError::Unavailable(format!("no {what} within {DEADLINE:?}"));
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| BusError::Unavailable("stopped".into()))?;
-        let mut ready = self.ready.clone();
-        tokio::time::timeout(DEADLINE, ready.wait_for(|r| *r))
-            .await
-            .map_err(|_| timeout("connection to the broker"))?
-            .map_err(|_| BusError::Unavailable("stopped".into()))?;
-        let id = format!(
-            "{}-{}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
-        for command in &mut commands {
-            if let Some(map) = command.as_object_mut() {
-                map.insert("correlationData".into(), Value::from(id.as_str()));
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(id.clone(), tx);
-        let body = json!({ "commands": commands }).to_string();
-        let sent = tokio::time::timeout(
-            DEADLINE,
-            self.client
-                .publish(dynsec::CONTROL_TOPIC, QoS::AtLeastOnce, false, body),
-        )
-        .await;
-        let answer = match sent {
-            Ok(Ok(())) => tokio::time::timeout(DEADLINE, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            _ => None,
-        };
-        self.lock().remove(&id);
-        let answer = answer.ok_or_else(|| timeout("dynamic-security answer"))?;
-        let responses = answer
-            .get("responses")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if responses.len() != commands.len() {
-            return Err(BusError::Refused(format!(
-                "{} answers to {} commands",
-                responses.len(),
-                commands.len()
-            )));
-        }
-        Ok(responses)
-    }
-
-    /// Like [`Control::call`], failing unless every command [`dynsec::succeeded`].
-    async fn apply(&self, commands: Vec<Value>) -> Result<(), BusError> {
-        let answers = self.call(commands.clone()).await?;
-        for (command, answer) in commands.iter().zip(&answers) {
-            if !dynsec::succeeded(command, answer) {
-                return Err(BusError::Refused(format!(
-                    "{}: {}",
-                    command["command"].as_str().unwrap_or("?"),
-                    answer["error"].as_str().unwrap_or("?")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// An answer document arrived: hand it to the call that waits for it.
-    fn deliver(&self, payload: &[u8]) {
-        let Ok(answer) = serde_json::from_slice::<Value>(payload) else {
-            tracing::warn!("unreadable dynamic-security answer");
-            return;
-        };
-        let id = answer
-            .pointer("/responses/0/correlationData")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if let Some(tx) = self.lock().remove(id) {
-            let _ = tx.send(answer);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Value>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -565,212 +464,6 @@ async fn drive(
             }
         }
     }
-}
-
-/// Feeds the core in arrival order: log lines become connects, disconnects and subscriptions;
-/// request topics become [`Events::publish_in`] from the topic's thing. With several instances
-/// (D-73) each takes the requests and presence of its own things, every method response (the
-/// call may be waiting here), and, on the leader, OTA results and subscriptions; every instance
-/// keeps the whole list of connected clients.
-async fn feed(
-    mut inbound: mpsc::Receiver<Publish>,
-    events: Arc<dyn Events>,
-    connected: Connected,
-    progress: Arc<Progress>,
-    ownership: Arc<Ownership>,
-) {
-    while let Some(publish) = inbound.recv().await {
-        handle(&publish, events.as_ref(), &connected, &ownership).await;
-        progress.handled.send_modify(|n| *n += 1);
-    }
-}
-
-/// One message from the broker: a log line, or a device request for the core.
-async fn handle(
-    publish: &Publish,
-    events: &dyn Events,
-    connected: &Connected,
-    ownership: &Ownership,
-) {
-    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-        return;
-    };
-    if topic.starts_with("$SYS/") {
-        let Ok(line) = std::str::from_utf8(&publish.payload) else {
-            return;
-        };
-        let subscribe = topic.ends_with("/subscribe");
-        if let Some(event) = log::parse(line, subscribe) {
-            on_log(event, events, connected, ownership).await;
-        }
-        return;
-    }
-    let Some(parsed) = Topic::parse(topic).ok().filter(Topic::is_hub_request) else {
-        return;
-    };
-    let thing = parsed.thing().to_owned();
-    let ours = match parsed {
-        // The call may be waiting on this instance; an unknown token is dropped.
-        Topic::MethodResponse { .. } => true,
-        // OTA rollouts run on the leader only.
-        Topic::OtaTaskResult { .. } => ownership.is_leader(),
-        _ => ownership.owns(&thing),
-    };
-    if !ours {
-        return;
-    }
-    events
-        .publish_in(PublishIn {
-            sender: &thing,
-            topic,
-            payload: &publish.payload,
-            received_at: crate::clock::now_ms(),
-        })
-        .await;
-}
-
-async fn on_log(
-    event: log::LogEvent<'_>,
-    events: &dyn Events,
-    connected: &Connected,
-    ownership: &Ownership,
-) {
-    match event {
-        log::LogEvent::Connected {
-            client_id,
-            username,
-            addr,
-        } => {
-            // Mosquitto logs no line for the connection a takeover closes: a second connect of a
-            // connected identifier is that takeover (S-1.4).
-            let remote_addr = addr.parse().ok();
-            let replaced = lock(connected)
-                .insert(client_id.to_owned(), (username.to_owned(), remote_addr))
-                .is_some();
-            if !ownership.owns(client_id) {
-                return;
-            }
-            let client = Client {
-                client_id,
-                username,
-                remote_addr,
-            };
-            events.connected(&client, replaced).await;
-        }
-        log::LogEvent::Disconnected { client_id, reason } => {
-            let Some((username, remote_addr)) = lock(connected).remove(client_id) else {
-                return;
-            };
-            if !ownership.owns(client_id) {
-                return;
-            }
-            let client = Client {
-                client_id,
-                username: &username,
-                remote_addr,
-            };
-            events.disconnected(&client, reason, true).await;
-        }
-        log::LogEvent::Subscribed { client_id, filter } => {
-            let Some((username, remote_addr)) = lock(connected).get(client_id).cloned() else {
-                return;
-            };
-            // A subscription only makes a thing ready for the OTA rollouts, which the leader runs.
-            if !ownership.is_leader() {
-                return;
-            }
-            let client = Client {
-                client_id,
-                username: &username,
-                remote_addr,
-            };
-            events.subscribed(&client, filter).await;
-        }
-    }
-}
-
-/// Makes the broker's accounts follow the registry (D-62): reads the broker, then the registry,
-/// plans with [`dynsec::plan`], sends the commands in paced documents.
-async fn reconcile(control: &Control, store: &SharedStore) -> anyhow::Result<()> {
-    let mut clients = Vec::new();
-    let mut roles = HashSet::new();
-    loop {
-        let offset = clients.len();
-        let answers = control
-            .call(vec![
-                json!({"command": "listClients", "verbose": true, "count": 1000, "offset": offset}),
-            ])
-            .await?;
-        let (total, page) = answers
-            .first()
-            .and_then(dynsec::parse_clients)
-            .context("unreadable listClients answer")?;
-        let done = page.is_empty();
-        clients.extend(page);
-        if done || clients.len() as u64 >= total {
-            break;
-        }
-    }
-    loop {
-        let offset = roles.len();
-        let answers = control
-            .call(vec![
-                json!({"command": "listRoles", "verbose": false, "count": 1000, "offset": offset}),
-            ])
-            .await?;
-        let (total, page) = answers
-            .first()
-            .and_then(dynsec::parse_roles)
-            .context("unreadable listRoles answer")?;
-        let done = page.is_empty();
-        roles.extend(page);
-        if done || roles.len() as u64 >= total {
-            break;
-        }
-    }
-    // The registry is read after the broker: a thing created meanwhile then looks missing on
-    // the broker (its re-creation fails harmlessly, the account exists), never like a deleted
-    // thing whose account and role are removed under a live connection.
-    let mut registry = HashMap::new();
-    for page in 0.. {
-        let (total, things) = store
-            .list_things(page, 1000, None)
-            .await
-            .context("cannot read the registry")?;
-        let last = things.is_empty() || (page + 1) * 1000 >= total;
-        registry.extend(things.into_iter().map(|t| (t.thing_id, t.enabled)));
-        if last {
-            break;
-        }
-    }
-    let plan = dynsec::plan(&registry, &clients, &roles);
-    if !plan.foreign.is_empty() {
-        tracing::warn!(things = ?plan.foreign, "broker accounts named like things but not the hub's; left alone");
-    }
-    if !plan.without_secret.is_empty() {
-        tracing::warn!(count = plan.without_secret.len(), first = ?plan.without_secret.first(), "things had no broker account; created without a secret, they cannot connect until they get a new one");
-    }
-    for command in &plan.commands {
-        tracing::debug!(command = %command["command"], name = %command.get("username").or(command.get("rolename")).unwrap_or(&serde_json::Value::Null), "reconciling");
-    }
-    let mut failed = 0usize;
-    for batch in plan.commands.chunks(RECONCILE_BATCH) {
-        let answers = control.call(batch.to_vec()).await?;
-        failed += batch
-            .iter()
-            .zip(&answers)
-            .filter(|(c, a)| !dynsec::succeeded(c, a))
-            .count();
-        tokio::time::sleep(RECONCILE_PAUSE).await;
-    }
-    tracing::info!(
-        things = registry.len(),
-        accounts = clients.len(),
-        commands = plan.commands.len(),
-        failed,
-        "broker accounts reconciled with the registry"
-    );
-    Ok(())
 }
 
 #[cfg(test)]
