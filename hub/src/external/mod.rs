@@ -213,7 +213,7 @@ impl Bus for ExternalBus {
         self.control.apply(commands).await
     }
 
-    /// Up to [`ACCOUNTS_PER_DOCUMENT`] accounts per command document: Mosquitto writes its whole
+    /// Up to 100 accounts (`ACCOUNTS_PER_DOCUMENT`) per command document: Mosquitto writes its whole
     /// account file after each document, so one per thing made a batch of 1,000 things take
     /// about a minute.
     async fn things_created(&self, things: &[(&str, &str)]) -> Vec<Result<(), BusError>> {
