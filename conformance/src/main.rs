@@ -491,6 +491,8 @@ async fn main() -> anyhow::Result<()> {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("iothub-conformance: preflight: {e}");
+                    // `exit` runs no destructors: stop a spawned hub first, or it outlives us.
+                    drop(_hub.take());
                     std::process::exit(EXIT_PREFLIGHT);
                 }
             };
@@ -530,6 +532,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(r) => r?,
                 None => {
                     eprintln!("iothub-conformance: interrupted");
+                    drop(_hub.take());
                     std::process::exit(EXIT_INTERRUPTED);
                 }
             }
