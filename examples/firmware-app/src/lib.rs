@@ -12,6 +12,7 @@
 //! - runs OTA tasks: with feature `ota-download` and `ota::run_downloading` it downloads the
 //!   file and verifies it with the SDK's `OtaVerifier` (`done`, or `failed` 1400/1403/1404);
 //!   otherwise it simulates one, `ongoing` every tick (25 % steps), then `done`;
+//! - on first boot, with only a claim credential, provisions itself ([`first_boot`], S-10);
 //! - sends telemetry (`temperature` in tenths of °C, `heating`) every tick;
 //! - reports a message too large for its buffers (`Event::TooLarge`, or `Event::SyncLost` when
 //!   it is larger than minimq's receive buffer) as `too_large` in its reported state, until a
@@ -19,6 +20,7 @@
 //!   take that desired state).
 #![no_std]
 
+pub mod first_boot;
 #[cfg(feature = "ota-download")]
 pub mod ota;
 

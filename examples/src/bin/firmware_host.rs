@@ -30,9 +30,28 @@ struct Args {
     /// The thing id.
     #[arg(long, default_value = "thermostat-fw-1")]
     thing: String,
-    /// The thing's secret.
-    #[arg(long, env = "IOTHUB_THING_SECRET")]
-    secret: String,
+    /// The thing's secret (not needed with `--credentials`).
+    #[arg(
+        long,
+        env = "IOTHUB_THING_SECRET",
+        required_unless_present = "credentials"
+    )]
+    secret: Option<String>,
+    /// Where the device keeps its credentials (thing id and secret, one per line), like a
+    /// flash page on the board. When the file is missing, the device provisions itself with
+    /// `--enrollment`, `--serial` and `--claim-secret` (S-10) and writes it; `--thing` and
+    /// `--secret` are then ignored.
+    #[arg(long, requires_all = ["enrollment", "serial", "claim_secret"])]
+    credentials: Option<std::path::PathBuf>,
+    /// The enrollment of the factory claim (first boot).
+    #[arg(long)]
+    enrollment: Option<String>,
+    /// The device's serial number (first boot).
+    #[arg(long)]
+    serial: Option<String>,
+    /// The enrollment's claim secret (first boot).
+    #[arg(long, env = "IOTHUB_CLAIM_SECRET")]
+    claim_secret: Option<String>,
     /// Milliseconds between ticks (telemetry, OTA progress, retries).
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
@@ -131,12 +150,69 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or("info".into()),
         )
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(path) = args.credentials.clone() {
+        let (thing, secret) = credentials(&args, &path).await?;
+        args.thing = thing;
+        args.secret = Some(secret);
+    }
     if args.small_inbox {
         run::<SMALL_INBOX, SMALL_INBOX_RX>(args).await
     } else {
         run::<{ iothub_firmware_app::INBOX }, { iothub_firmware_app::RX }>(args).await
     }
+}
+
+/// The credentials kept in `path`, or, on first boot (no file), those the device gets by
+/// provisioning itself with its claim, written to `path` (whole or not at all: a temporary file
+/// renamed into place) before it connects as the new thing.
+async fn credentials(args: &Args, path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    use anyhow::Context as _;
+    use iothub_firmware_app::first_boot::{CREDENTIALS, Claim, first_boot};
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => {
+            let mut lines = text.lines();
+            if let (Some(thing), Some(secret)) = (lines.next(), lines.next()) {
+                println!("firmware_host credentials kept thing={thing}");
+                return Ok((thing.to_owned(), secret.to_owned()));
+            }
+            anyhow::bail!(
+                "{}: not a credentials file (thing id, secret)",
+                path.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    // clap makes these present together with --credentials.
+    let claim = Claim {
+        enrollment: args.enrollment.as_deref().unwrap_or_default(),
+        serial: args.serial.as_deref().unwrap_or_default(),
+        secret: args.claim_secret.as_deref().unwrap_or_default().as_bytes(),
+    };
+    let mut store = [0u8; CREDENTIALS];
+    let started = std::time::Instant::now();
+    let creds = first_boot(
+        &mut Tcp { addr: args.mqtt },
+        claim,
+        std::process::id(),
+        &mut store,
+    )
+    .await
+    .map_err(|f| anyhow::anyhow!("provisioning failed: {f:?}"))?;
+    println!(
+        "firmware_host provisioned thing={} in {} ms",
+        creds.thing_id,
+        started.elapsed().as_millis()
+    );
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, format!("{}\n{}\n", creds.thing_id, creds.password))
+        .await
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok((creds.thing_id.to_owned(), creds.password.to_owned()))
 }
 
 /// Runs the thermostat with an inbox of `INBOX` bytes and minimq's receive buffer of `RX`.
@@ -150,7 +226,8 @@ async fn run<const INBOX: usize, const RX: usize>(args: Args) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("device config: {e}"))?;
     let state: State<'_, NoopRawMutex, N_SHADOWS, IN_FLIGHT, QUEUE, INBOX> = State::new(device);
     let mut resources = Resources::<RX, TX, OUT>::new();
-    let mut mqtt = MqttConfig::new(&args.thing, args.secret.as_bytes());
+    let secret = args.secret.as_deref().unwrap_or_default();
+    let mut mqtt = MqttConfig::new(&args.thing, secret.as_bytes());
     mqtt.jitter_seed = seed;
     mqtt.backoff_max_ms = 5_000;
     let (client, runner) = Runner::new(&state, Tcp { addr: args.mqtt }, resources.buffers(), mqtt)

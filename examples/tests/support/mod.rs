@@ -19,7 +19,7 @@ pub const SVC: (&str, &str) = ("$svc", "svc-secret");
 pub const STEP: Duration = Duration::from_secs(20);
 
 /// Kills the child when dropped (a failed assertion must not leave processes behind).
-pub struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {

@@ -35,8 +35,15 @@
 //! nothing is read, and minimq's keepalive is not served either: an application that blocks for
 //! longer than the keepalive is disconnected (and reconnected) by the broker.
 //!
+//! ## First boot
+//!
+//! With feature `provisioning`, [`provision::provision`] runs one S-10 exchange with a claim
+//! credential on a connection of its own and copies the new thing's credentials into the
+//! caller's buffer.
 
 mod client;
+#[cfg(feature = "provisioning")]
+pub mod provision;
 mod runner;
 #[cfg(feature = "embassy-net")]
 mod tcp;
