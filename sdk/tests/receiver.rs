@@ -326,3 +326,149 @@ async fn things_and_wrong_secrets_cannot_receive() {
         .expect("a refused CONNECT ends the run");
     assert!(matches!(r, Err(ReceiverError::Refused(_))), "{r:?}");
 }
+
+/// A receiver outlives a hub restart: it reconnects with backoff, subscribes again and goes on
+/// handling what is published after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_reconnects_after_a_hub_restart() {
+    let mut hub = Hub::start();
+    let (id, opts) = hub.new_thing("restart").await;
+    let (writer, reader) = tokio::io::duplex(64 * 1024);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let collected = lines.clone();
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(reader).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let v: Value = serde_json::from_str(&line).expect("one JSON record");
+            collected.lock().unwrap().push(v);
+        }
+    });
+    let opts_r = ReceiverOptions::new("127.0.0.1", hub.mqtt.port(), SVC_USER, SVC_SECRET)
+        .expect("service user")
+        .streams([iothub_sdk::service::Stream::Telemetry])
+        .backoff(quick());
+    let receiver = Receiver::new(opts_r).handler(JsonLines::new(writer));
+    let mut subscribed = receiver.subscribed();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(receiver.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(STEP, subscribed.wait_for(|s| *s))
+        .await
+        .expect("subscribed")
+        .expect("subscribed");
+    let got = |lines: &Arc<Mutex<Vec<Value>>>| -> BTreeSet<(String, u64)> {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(telemetry_key)
+            .collect()
+    };
+
+    let thing = Thing::connect(opts.clone()).await.expect("connect");
+    thing
+        .send_telemetry(&json!({"seq": 1}))
+        .await
+        .expect("send");
+    eventually("the first message", || {
+        got(&lines).contains(&(id.clone(), 1))
+    })
+    .await;
+    thing.close().await;
+
+    // The receiver may be subscribed again before the thing is back, or only after its first
+    // messages (those are lost: a clean session): send until one arrives.
+    hub.start_again();
+    let thing = Thing::connect(opts).await.expect("connect after restart");
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut seq = 2;
+    while !got(&lines).iter().any(|(_, s)| *s >= 2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing received after the restart\n{}",
+            hub.log()
+        );
+        thing
+            .send_telemetry(&json!({"seq": seq}))
+            .await
+            .expect("send");
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(*subscribed.borrow(), "subscribed again");
+    thing.close().await;
+    let _ = stop.send(());
+    let stats = tokio::time::timeout(STEP, run)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("receiver");
+    assert!(stats.received >= 2, "{stats:?}");
+    assert_eq!(stats.handlers[0].failed, 0, "{stats:?}");
+}
+
+/// The HTTP forward on its own: a 400 fails at once, a 503 that stays is given up after the
+/// configured attempts, a closed port likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_forward_gives_up_on_refusals_and_after_its_attempts() {
+    use iothub_sdk::service::{Handler, HttpForwardError, Message};
+    let hits = Arc::new(Mutex::new(Vec::<u16>::new()));
+    async fn answer(
+        State(hits): State<Arc<Mutex<Vec<u16>>>>,
+        axum::extract::Path(status): axum::extract::Path<u16>,
+    ) -> StatusCode {
+        hits.lock().unwrap().push(status);
+        StatusCode::from_u16(status).expect("status")
+    }
+    let app = axum::Router::new()
+        .route("/{status}", axum::routing::post(answer))
+        .with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let topic = iothub_sdk::spec::topic::Topic::Property { thing: "t1" }.to_string();
+    let msg = Arc::new(
+        Message::from_publish(&topic, bytes_of(br#"{"seq":1}"#), false).expect("a fleet topic"),
+    );
+    let forward = |url: String| {
+        HttpForward::new(url)
+            .expect("client")
+            .attempts(3)
+            .backoff(quick())
+    };
+    let why = |r: Result<(), iothub_sdk::service::HandlerError>| -> HttpForwardError {
+        *r.expect_err("fails")
+            .downcast::<HttpForwardError>()
+            .expect("an HttpForwardError")
+    };
+
+    let e = why(forward(format!("{base}/400")).handle(msg.clone()).await);
+    assert!(
+        matches!(e, HttpForwardError::Refused { status: 400, .. }),
+        "{e}"
+    );
+    assert_eq!(*hits.lock().unwrap(), [400], "a 400 is not retried");
+
+    let e = why(forward(format!("{base}/503")).handle(msg.clone()).await);
+    assert!(
+        matches!(e, HttpForwardError::GaveUp { attempts: 3, .. }),
+        "{e}"
+    );
+    assert_eq!(*hits.lock().unwrap(), [400, 503, 503, 503]);
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let e = why(forward(format!("http://{closed}/x")).handle(msg).await);
+    assert!(
+        matches!(e, HttpForwardError::GaveUp { attempts: 3, .. }),
+        "{e}"
+    );
+}
+
+fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
+    bytes::Bytes::from_static(b)
+}
