@@ -49,7 +49,12 @@ struct Args {
     #[arg(long, env = "IOTHUB_SERVICE_USER", default_value = "$backend")]
     user: String,
     /// The service user's secret.
-    #[arg(long, env = "IOTHUB_SERVICE_SECRET", default_value = "backend-secret")]
+    #[arg(
+        long,
+        env = "IOTHUB_SERVICE_SECRET",
+        hide_env_values = true,
+        default_value = "backend-secret"
+    )]
     secret: String,
     /// Join this shared subscription group: receivers of one group split the messages.
     #[arg(long)]
