@@ -3,6 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use iothub_spec::payload::field;
 use iothub_spec::topic::{Topic, fleet};
 use serde_json::{Map, Value, json};
 
@@ -164,7 +165,8 @@ impl Message {
     /// value) or, for a payload that is not JSON, `payloadText` (UTF-8) or `payloadHex`.
     pub fn to_record(&self) -> Value {
         let mut m = Map::new();
-        m.insert("thingId".into(), json!(self.thing));
+        // The thing id under the contract's own field name; the other keys are this record's.
+        m.insert(field::THING_ID.into(), json!(self.thing));
         m.insert("kind".into(), json!(self.kind.name()));
         m.insert("topic".into(), json!(self.topic));
         m.insert("receivedAt".into(), json!(self.received_at_ms));
