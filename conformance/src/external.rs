@@ -119,6 +119,12 @@ pub const NOT_APPLICABLE: &[(&str, &str)] = &[
          its own (Mosquitto 2.0: max_topic_alias, 10 by default)",
     ),
     (
+        "s2_shared_subscription_service_users_v5",
+        "D-80: shared groups of service users are the embedded broker's; Mosquitto 2.0.11 refuses \
+         $share/{group}/$iothub/... under the service role of docs/running-at-scale.md, and does \
+         not deliver topics starting with $ to a group where a role grants it",
+    ),
+    (
         "s8_restart_durable_and_disconnected",
         "D-62: the case starts a second hub of its own, on a database of its own; that hub's \
          start-up reconciliation would remove the broker accounts of the things of the hub under \

@@ -9,6 +9,8 @@ mod ntp;
 mod options;
 mod ota;
 mod provision;
+#[cfg(feature = "service")]
+pub mod service;
 mod shadow;
 mod synced;
 mod thing;

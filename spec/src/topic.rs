@@ -31,6 +31,7 @@ use crate::limits::MAX_TOPIC_LEN;
 
 pub mod acl;
 mod filter;
+pub mod fleet;
 pub mod grants;
 mod parse;
 pub mod provision;

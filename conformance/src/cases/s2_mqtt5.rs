@@ -1,16 +1,18 @@
 //! S-2 rules that MQTT 5 clients see at the protocol level: session persistence decided by the
 //! Session Expiry Interval (MQTT 5 §3.1.2.11.2), retained messages on a thing's free topics and
 //! their per-thing cap, and Topic Alias misuse closing the connection with DISCONNECT 0x94
-//! (MQTT 5 §3.3.2.3.4; the hub offers no topic aliases).
+//! (MQTT 5 §3.3.2.3.4; the hub offers no topic aliases), and shared subscriptions (S-2.8,
+//! MQTT 5 §4.8.2): service users share a group, things are refused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use iothub_spec::limits::MAX_RETAINED_PER_THING;
-use iothub_spec::topic::Topic;
+use iothub_spec::topic::{Topic, fleet};
 
 use crate::case::Case;
+use crate::check::{self, SubOutcome};
 use crate::ctx::Ctx;
 use crate::ensure;
 use crate::mqtt::{Proto, STEP};
@@ -63,6 +65,18 @@ pub fn cases() -> Vec<Case> {
             &["S-2"],
             "Topic Alias 1 (maximum 0) and Topic Alias 0 each close the connection with DISCONNECT 0x94",
             topic_alias_refused,
+        ),
+        Case::new(
+            "s2_shared_subscription_service_users_v5",
+            &["S-2.8", "S-1.5"],
+            "two service users in one $share/{group}/ group are both granted; each QoS 1 message reaches exactly one of them; outside $iothub/ a shared filter is answered as the plain one",
+            shared_service_users,
+        ),
+        Case::new(
+            "s2_shared_subscription_refused_to_things",
+            &["S-2.8", "S-2.1"],
+            "a thing's $share/{group}/ SUBSCRIBE to its own filter is refused (0x87 / 0x80); the plain filter is still granted",
+            shared_refused_to_things,
         ),
     ]
 }
@@ -220,6 +234,107 @@ async fn topic_alias_refused(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         ensure!(
             got == RawReply::Disconnect(TOPIC_ALIAS_INVALID),
             "MQTT 5 §3.3.2.3.4: Topic Alias {alias} with Topic Alias Maximum 0: want DISCONNECT 0x94, got {got:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Messages a thing publishes to the shared group.
+const SHARED_MESSAGES: u64 = 10;
+
+async fn shared_service_users(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let topic = user_topic(&t.id, "shared");
+    // A group of this run's own, so that no other client is a member.
+    let group = format!("conformance{}", ctx.fresh_id().replace('-', ""));
+    let filter = fleet::shared(&group, &topic).context("S-2.8 a shared filter")?;
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let mut m = ctx.service(Proto::V5).await?;
+        let codes = m.subscribe(&filter).await?;
+        ensure!(
+            codes == [1],
+            "S-2.8 a service user's SUBSCRIBE {filter} was not granted QoS 1: SUBACK {codes:02x?}"
+        );
+        members.push(m);
+    }
+    // D-80: a shared filter gets the answer of its inner filter, also outside `$iothub/`.
+    let outside = format!("conformance/{}", ctx.fresh_id());
+    let plain = members[0].subscribe(&outside).await?;
+    let other = fleet::shared(&format!("{group}x"), &outside).context("a shared filter")?;
+    let shared = members[0].subscribe(&other).await?;
+    ensure!(
+        plain.iter().all(|c| *c <= 2) == shared.iter().all(|c| *c <= 2),
+        "S-2.8 (D-80) {other} answered unlike {outside}: SUBACK {shared:02x?}, plain {plain:02x?}"
+    );
+    let d = ctx.connect(&t, Proto::V5, vec![]).await?;
+    let mut d = d.conn;
+    for i in 0..SHARED_MESSAGES {
+        let ack = d
+            .publish_acked(&topic, format!("{{\"i\":{i}}}").as_bytes())
+            .await?;
+        ensure!(
+            matches!(ack, Some(0 | NO_MATCHING_SUBSCRIBERS)),
+            "S-2 the thing's QoS 1 publish {i} on {topic} not acknowledged: {ack:?}"
+        );
+    }
+    // Until every message arrived, then a little longer for a duplicate.
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); members.len()];
+    let collect = |members: &mut Vec<crate::mqtt::Conn>, got: &mut Vec<Vec<u64>>| {
+        for (m, g) in members.iter_mut().zip(got.iter_mut()) {
+            g.extend(
+                m.drain_publishes()
+                    .iter()
+                    .filter(|p| p.topic == topic)
+                    .filter_map(|p| p.json()["i"].as_u64()),
+            );
+        }
+    };
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        collect(&mut members, &mut got);
+        let n: usize = got.iter().map(Vec::len).sum();
+        if n as u64 >= SHARED_MESSAGES || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(QUIET).await;
+    collect(&mut members, &mut got);
+    let mut all: Vec<u64> = got.concat();
+    all.sort_unstable();
+    let want: Vec<u64> = (0..SHARED_MESSAGES).collect();
+    ensure!(
+        all == want,
+        "S-2.8 each message goes to exactly one member of the group: want {want:?} once each, the members got {:?} and {:?}",
+        got[0],
+        got[1]
+    );
+    Ok(())
+}
+
+async fn shared_refused_to_things(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let t = ctx.create_thing().await?;
+    let own = user_topic(&t.id, "shared");
+    let filter = fleet::shared("things", &own).context("S-2.8 a shared filter")?;
+    for p in Proto::BOTH {
+        let mut d = ctx.connect(&t, p, vec![]).await?;
+        let got = match d.conn.subscribe(&filter).await {
+            Ok(c) => SubOutcome::Codes(c),
+            Err(_) if d.conn.closed_reason().is_some() => {
+                d = ctx.connect(&t, p, vec![]).await?;
+                SubOutcome::Closed
+            }
+            Err(_) => SubOutcome::Silent,
+        };
+        if let Err(e) = check::judge_subscribe(ctx.denials, false, false, p, &got) {
+            anyhow::bail!("S-2.8 a thing's SUBSCRIBE {filter} ({}): {e}", p.tag());
+        }
+        let codes = d.conn.subscribe(&own).await?;
+        ensure!(
+            codes == [1],
+            "S-2.1 the thing's own filter {own} after the refused $share one ({}): SUBACK {codes:02x?}",
+            p.tag()
         );
     }
     Ok(())

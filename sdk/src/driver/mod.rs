@@ -133,7 +133,8 @@ enum Wake {
     ConnectDeadline,
 }
 
-fn random_unit() -> f64 {
+/// A number in `[0, 1)` for backoff jitter; not for anything that must be unpredictable.
+pub(crate) fn random_unit() -> f64 {
     let x = RandomState::new().hash_one(SystemTime::now());
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
