@@ -35,6 +35,7 @@ pub mod lease;
 pub mod ota;
 pub mod postgres;
 pub mod sqlite;
+pub mod sync;
 mod wal;
 
 use std::sync::Arc;
@@ -247,6 +248,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The fleet job storage of this store (S-12), `None` when it has none (test doubles).
     fn jobs(&self) -> Option<&dyn jobs::JobStore> {
+        None
+    }
+
+    /// The registry sync tasks and events of this store (S-13), `None` when it has none.
+    fn sync(&self) -> Option<&dyn sync::SyncStore> {
         None
     }
 }

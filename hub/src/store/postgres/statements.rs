@@ -471,6 +471,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn sync(&self) -> Option<&dyn crate::store::sync::SyncStore> {
+        Some(self)
+    }
+
     fn leases(&self) -> Option<&dyn crate::store::lease::LeaseStore> {
         Some(self)
     }

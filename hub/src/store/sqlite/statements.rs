@@ -584,6 +584,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn sync(&self) -> Option<&dyn crate::store::sync::SyncStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }
