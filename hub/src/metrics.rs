@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use iothub_spec::code::SyncEventKind;
 
 use histogram::{FAST_SECONDS, Histogram, HistogramSample, ROUND_TRIP_SECONDS};
 
@@ -90,6 +91,10 @@ pub struct Metrics {
     configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
     /// Job → things per state (S-12.3), for the jobs that have not ended.
     job_things: Mutex<BTreeMap<String, Vec<(iothub_spec::code::JobThingState, u64)>>>,
+    /// Registry sync events (S-13.5), per [`SyncEventKind::ALL`].
+    sync_events: [AtomicU64; SyncEventKind::ALL.len()],
+    /// Registry sync tasks not yet done (S-13.4); -1 until first counted.
+    sync_tasks_pending: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -116,6 +121,8 @@ impl Default for Metrics {
             connections_refused: Mutex::default(),
             configuration_things: Mutex::default(),
             job_things: Mutex::default(),
+            sync_events: Default::default(),
+            sync_tasks_pending: AtomicI64::new(-1),
         }
     }
 }
@@ -188,6 +195,19 @@ impl Metrics {
     /// A lifecycle event (S-8.3) was published.
     pub fn inc_lifecycle_event(&self) {
         self.lifecycle_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A registry sync event was recorded (S-13.5).
+    pub fn inc_sync_event(&self, kind: SyncEventKind) {
+        if let Some(i) = SyncEventKind::ALL.iter().position(|k| *k == kind) {
+            self.sync_events[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The registry sync tasks pending (S-13.4), as last counted.
+    pub fn set_sync_tasks_pending(&self, n: u64) {
+        self.sync_tasks_pending
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// A provisioning request (S-10) ended with `outcome`, one of [`PROVISIONING_OUTCOMES`]
@@ -472,6 +492,29 @@ impl Metrics {
                     state.as_str()
                 );
             }
+        }
+        header(
+            &mut out,
+            "iothub_registry_sync_events_total",
+            "Registry sync events recorded by this process (S-13.5), by kind.",
+            "counter",
+        );
+        for (kind, n) in SyncEventKind::ALL.iter().zip(&self.sync_events) {
+            let _ = writeln!(
+                out,
+                "iothub_registry_sync_events_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                get(n)
+            );
+        }
+        let pending = self.sync_tasks_pending.load(Ordering::Relaxed);
+        if pending >= 0 {
+            gauge(
+                &mut out,
+                "iothub_registry_sync_tasks_pending",
+                "Registry sync tasks waiting to reach the external registry (S-13.4).",
+                pending,
+            );
         }
         header(
             &mut out,

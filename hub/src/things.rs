@@ -203,16 +203,29 @@ impl Things {
 
     /// Creates one thing (`POST /things`). Publishes `create` (S-8.3).
     pub async fn create(&self, req: CreateThing) -> Result<CreatedThing, ThingsError> {
+        self.create_as(req, true).await
+    }
+
+    /// Creates one thing, enabled or not (the registry sync's template, S-13.3).
+    pub async fn create_as(
+        &self,
+        req: CreateThing,
+        enabled: bool,
+    ) -> Result<CreatedThing, ThingsError> {
         let (thing_id, password, origin) = prepare(&req)?;
         let hash = hash_blocking(password.clone(), origin).await?;
         let new = NewThing {
             thing_id,
             password_hash: hash,
             tags: req.tags,
-            enabled: true,
+            enabled,
         };
         let thing = self.inner.store.create_thing(&new, now_ms()).await?;
         self.admit_on_broker(&thing.thing_id, &password).await?;
+        if !enabled {
+            self.tell_broker(&thing.thing_id, ThingChange::Enabled(false))
+                .await?;
+        }
         self.remember_issued(&thing.thing_id, &password);
         self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
         Ok(CreatedThing { thing, password })
@@ -224,6 +237,15 @@ impl Things {
     pub async fn create_batch(
         &self,
         reqs: Vec<CreateThing>,
+    ) -> Result<Vec<Result<CreatedThing, ThingsError>>, ThingsError> {
+        self.create_batch_as(reqs, true).await
+    }
+
+    /// [`Things::create_batch`] with every thing enabled or not (the registry sync, S-13.3).
+    pub async fn create_batch_as(
+        &self,
+        reqs: Vec<CreateThing>,
+        enabled: bool,
     ) -> Result<Vec<Result<CreatedThing, ThingsError>>, ThingsError> {
         if reqs.len() > MAX_BATCH {
             return Err(ThingsError::BatchTooLarge);
@@ -253,7 +275,7 @@ impl Things {
                 thing_id: id.clone(),
                 password_hash: hash,
                 tags: tags.clone(),
-                enabled: true,
+                enabled,
             })
             .collect();
         let stored = if news.is_empty() {
@@ -276,6 +298,12 @@ impl Things {
             let r = match outcome {
                 Ok(thing) => match admitted.next().unwrap_or(Err(ThingsError::Unavailable)) {
                     Ok(()) => {
+                        if !enabled {
+                            // The registry refuses it at CONNECT anyway (S-1.3).
+                            let _ = self
+                                .tell_broker(&thing.thing_id, ThingChange::Enabled(false))
+                                .await;
+                        }
                         self.remember_issued(&thing.thing_id, &password);
                         self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
                         Ok(CreatedThing { thing, password })
