@@ -179,6 +179,13 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
     assert_eq!(desired, Some(json!({"rate": 60})), "{}", hub.stderr());
     let round = quiet_round(&hub).await;
     assert_eq!(round["externalDevices"], 150, "{round}");
+    let log = hub.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("registry sync round done")
+            && l.contains("created=150")
+            && l.contains("batched=true")),
+        "the first round took the batch path\n{log}"
+    );
 
     // Things created in the hub alone, devices dropped and added.
     for i in 0..3 {
@@ -286,7 +293,47 @@ async fn s13_3_soft_delete_disables_instead_of_deleting() {
     assert_eq!(count(&hub, "hub-deleted").await, 0);
     let (_, s0) = hub.call("GET", "/things/s-0", None).await;
     assert_eq!(s0["data"]["enabled"], false);
+
+    // The console's sync page shows the same events.
+    let page = console_page(&hub, "/console/sync").await;
+    assert!(page.contains("soft delete"), "{page}");
+    assert!(
+        page.contains("hub-disabled") && page.contains("s-2"),
+        "{page}"
+    );
     drop(registry);
+}
+
+/// A console page's HTML, signed in with the admin token.
+async fn console_page(hub: &Hub, path: &str) -> String {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = http
+        .post(format!("{}/console/login", hub.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(resp.status(), 303, "signed in");
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let resp = http
+        .get(format!("{}{path}", hub.base_url()))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET page");
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.text().await.expect("html")
 }
 
 /// The `[registry_sync.push]` section of the real-time tests.
@@ -302,12 +349,28 @@ fn push_config(url: &str, retry: &str) -> String {
 /// thing, and the registry ends with the hub's enabled things.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_4_tasks_survive_sigkill_and_finish_after_restart() {
+    tasks_survive_sigkill(None).await;
+}
+
+/// The same on PostgreSQL (its own trigger and queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_4_tasks_survive_sigkill_on_postgres() {
+    let url = tokio::task::spawn_blocking(|| postgres::shared().fresh_database())
+        .await
+        .expect("postgres");
+    tasks_survive_sigkill(Some(url)).await;
+}
+
+async fn tasks_survive_sigkill(database_url: Option<String>) {
     let data = Arc::new(Data::default());
     let mut registry = StandIn::down(data.clone()).await;
     let tmp = tempfile::tempdir().expect("tmp");
     let retry = "interval = \"200ms\"\nmax_interval = \"1s\"\nmax_attempts = 1000\n\
                  deadline = \"1h\"\n";
-    let flags = config_flags(tmp.path(), &push_config(&registry.url(), retry));
+    let mut flags = config_flags(tmp.path(), &push_config(&registry.url(), retry));
+    if let Some(url) = database_url {
+        flags.extend(["--database-url".to_owned(), url]);
+    }
     let mut hub = start(&tmp.path().join("data"), &flags);
     let items: Vec<Value> = (0..20)
         .map(|i| json!({"thingId": format!("p-{i:02}"), "tags": {"n": i}}))
@@ -430,6 +493,10 @@ async fn s13_4_the_deadline_gives_a_task_up() {
     assert_eq!(status["data"]["pendingTasks"], 0, "{status}");
     assert!(data.ids().is_empty());
     eprintln!("given up after {took:?} and {errors} retries");
+    // A graceful stop with the sync running exits 0.
+    let mut hub = hub;
+    let status = tokio::task::block_in_place(|| hub.terminate(Duration::from_secs(10)));
+    assert!(status.success(), "{status:?}\n{}", hub.stderr());
     drop(registry);
 }
 

@@ -110,6 +110,8 @@ impl Scheduler {
                     deleted = report.deleted,
                     disabled = report.disabled,
                     refused = report.refused,
+                    batched = report.batched,
+                    took_ms = report.took_ms,
                     "registry sync round done"
                 ),
             }
