@@ -463,6 +463,34 @@ impl Things {
         broker
     }
 
+    /// Deletes many things in one transaction (the registry sync's batch path, S-13.3), then
+    /// does for each what [`Things::delete`] does after its commit. Returns the ids deleted.
+    pub async fn delete_many(&self, ids: &[String]) -> Result<Vec<String>, ThingsError> {
+        let gone = self.inner.store.delete_things(ids).await?;
+        for id in &gone {
+            // The registry changed; a broker that does not follow catches up at start-up.
+            let _ = self.tell_broker(id, ThingChange::Deleted).await;
+            self.inner.credentials.forget(id);
+            self.inner.shadows.forget_thing(id);
+            self.kick(id).await;
+            self.lifecycle(id, LifecycleOp::Delete).await;
+        }
+        Ok(gone)
+    }
+
+    /// Disables many things in one transaction (S-13.3, soft delete), then does for each what
+    /// [`Things::set_enabled`] does after its commit. Returns the ids that were enabled.
+    pub async fn disable_many(&self, ids: &[String]) -> Result<Vec<String>, ThingsError> {
+        let changed = self.inner.store.disable_things(ids).await?;
+        for id in &changed {
+            let _ = self.tell_broker(id, ThingChange::Enabled(false)).await;
+            self.inner.credentials.forget(id);
+            self.kick(id).await;
+            self.lifecycle(id, LifecycleOp::Disable).await;
+        }
+        Ok(changed)
+    }
+
     /// Applies a tags patch (`PUT /things/{id}/tags`): each key of `patch` replaces that tag,
     /// `null` deletes it, other tags are untouched. With `version`, the update applies only if
     /// it is the current tags version ([`ThingsError::VersionConflict`] otherwise); without, it

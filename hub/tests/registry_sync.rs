@@ -129,9 +129,10 @@ fn devices(data: &Data, ids: impl IntoIterator<Item = String>) {
     }
 }
 
-/// S-13.3: the first round creates 150 things through the batch path from the template, later
-/// rounds delete what the registry dropped (and things created in the hub alone) and create
-/// what it added; refused devices become `template-check-failed`; events are filtered.
+/// S-13.3: the first round creates 150 things through the batch path from the template, a
+/// later round deletes, also through the batch path, the 120 the registry dropped and 3 created
+/// in the hub alone, and creates the 5 it added; refused devices become
+/// `template-check-failed`; events are filtered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_3_scheduled_sync_converges_both_ways() {
     let data = Arc::new(Data::default());
@@ -200,7 +201,7 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
     }
     {
         let mut d = data.devices.lock().expect("lock");
-        for i in 0..20 {
+        for i in 0..120 {
             d.remove(&format!("d-{i:03}"));
         }
     }
@@ -211,7 +212,14 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
     .await;
     assert!(converged.is_some(), "not converged\n{}", hub.stderr());
     quiet_round(&hub).await;
-    assert_eq!(thing_count(&hub, None).await, 135);
+    assert_eq!(thing_count(&hub, None).await, 35);
+    let log = hub.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("registry sync round done")
+            && l.contains("deleted=123")
+            && l.contains("batched=true")),
+        "the removals took the batch path\n{log}"
+    );
     assert_eq!(
         data.unauthorized.load(Ordering::SeqCst),
         0,
@@ -220,7 +228,7 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
 
     // Events, filtered.
     assert_eq!(count(&hub, "hub-created").await, 155);
-    assert_eq!(count(&hub, "hub-deleted").await, 23);
+    assert_eq!(count(&hub, "hub-deleted").await, 123);
     let mine = events(&hub, "thing=local-1").await;
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0]["kind"], "hub-deleted");
@@ -252,11 +260,12 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
         assert_eq!(body["code"], 400, "the envelope: {body}");
     }
     assert_eq!(metric(&hub, "hub-created").await, 155);
-    assert_eq!(metric(&hub, "hub-deleted").await, 23);
+    assert_eq!(metric(&hub, "hub-deleted").await, 123);
     drop(registry);
 }
 
-/// S-13.3 with `soft_delete`: a dropped device disables its thing, nothing is deleted.
+/// S-13.3 with `soft_delete`: a dropped device disables its thing, nothing is deleted (three
+/// at once, over a threshold of two: the batch path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s13_3_soft_delete_disables_instead_of_deleting() {
     let data = Arc::new(Data::default());
@@ -264,7 +273,8 @@ async fn s13_3_soft_delete_disables_instead_of_deleting() {
     let registry = StandIn::start(data.clone()).await;
     let tmp = tempfile::tempdir().expect("tmp");
     let config = format!(
-        "{}[registry_sync.schedule]\ninterval = \"300ms\"\nsoft_delete = true\n",
+        "{}[registry_sync.schedule]\ninterval = \"300ms\"\nsoft_delete = true\n\
+         batch_threshold = 2\n",
         config_head(&registry.url())
     );
     let flags = config_flags(tmp.path(), &config);

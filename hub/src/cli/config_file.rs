@@ -159,7 +159,7 @@ const SYNC_EXAMPLE: &str = r#"
 # [registry_sync.schedule]                # (a) the external registry is master
 # interval = "5m"
 # soft_delete = false                     # true: disable the extra things instead of deleting
-# batch_threshold = 100                   # more creations than this go through the batch path
+# batch_threshold = 100                   # more creations (removals) than this: batch path
 # [registry_sync.schedule.template]
 # enabled = true
 # tags = { source = "lns" }

@@ -173,6 +173,11 @@ pub(crate) mod sql {
     /// `$1` keep.
     pub const PRUNE_COUNT: &str = "DELETE FROM registry_sync_events WHERE id <= \
         (SELECT MAX(id) FROM registry_sync_events) - $1";
+    /// `$1` thing id; returns it when it existed.
+    pub const DELETE_THING: &str = "DELETE FROM things WHERE thing_id = $1 RETURNING thing_id";
+    /// `$1` thing id; returns it when it was enabled.
+    pub const DISABLE_THING: &str = "UPDATE things SET enabled = FALSE \
+        WHERE thing_id = $1 AND enabled = TRUE RETURNING thing_id";
     /// The columns of an event row.
     pub const EVENT_COLS: &str = "id, at, kind, thing_id, attempt, detail";
 }

@@ -70,8 +70,8 @@ pub struct ScheduleConfig {
     /// Disable the things the external registry no longer has instead of deleting them.
     #[serde(default)]
     pub soft_delete: bool,
-    /// More things to create than this in one round go through the batch path: one
-    /// transaction per [`crate::things::MAX_BATCH`] things.
+    /// More things to create (or to remove) than this in one round go through the batch path:
+    /// one transaction per [`crate::things::MAX_BATCH`] things.
     #[serde(default = "defaults::batch_threshold")]
     pub batch_threshold: usize,
     /// What a thing created from an external device starts with.

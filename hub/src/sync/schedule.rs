@@ -45,7 +45,7 @@ pub struct RoundReport {
     pub disabled: u64,
     /// Devices that could not become things (`template-check-failed`).
     pub refused: u64,
-    /// Whether the creations went through the batch path.
+    /// Whether the creations or removals went through the batch path.
     pub batched: bool,
     /// Why the round stopped early, if it did.
     pub error: Option<String>,
@@ -159,24 +159,56 @@ impl Scheduler {
         report.hub_things = hub.len() as u64;
         let plan = plan(&devices, &hub, self.config.soft_delete);
         self.create(plan.create, report, events).await?;
-        for id in plan.remove {
-            let done = if self.config.soft_delete {
-                self.things.set_enabled(&id, false).await.map(|_| ())
+        self.remove(plan.remove, report, events).await
+    }
+
+    /// Deletes (or disables) the things of `ids`: one by one up to the threshold, in batches of
+    /// one transaction each above it.
+    async fn remove(
+        &self,
+        ids: Vec<String>,
+        report: &mut RoundReport,
+        events: &mut Vec<NewSyncEvent>,
+    ) -> Result<(), String> {
+        let soft = self.config.soft_delete;
+        let kind = if soft {
+            SyncEventKind::HubDisabled
+        } else {
+            SyncEventKind::HubDeleted
+        };
+        let mut note = |id: &str, report: &mut RoundReport| {
+            if soft {
+                report.disabled += 1;
             } else {
-                self.things.delete(&id).await
-            };
-            match done {
-                Ok(()) if self.config.soft_delete => {
-                    report.disabled += 1;
-                    events.push(event(SyncEventKind::HubDisabled, Some(&id), None, None));
+                report.deleted += 1;
+            }
+            events.push(event(kind, Some(id), None, None));
+        };
+        if ids.len() > self.config.batch_threshold {
+            report.batched = true;
+            for chunk in ids.chunks(MAX_BATCH) {
+                let changed = if soft {
+                    self.things.disable_many(chunk).await
+                } else {
+                    self.things.delete_many(chunk).await
+                };
+                for id in changed.map_err(|e| format!("removing a batch of things: {e}"))? {
+                    note(&id, report);
                 }
-                Ok(()) => {
-                    report.deleted += 1;
-                    events.push(event(SyncEventKind::HubDeleted, Some(&id), None, None));
+            }
+        } else {
+            for id in ids {
+                let result = if soft {
+                    self.things.set_enabled(&id, false).await.map(|_| ())
+                } else {
+                    self.things.delete(&id).await
+                };
+                match result {
+                    Ok(()) => note(&id, report),
+                    // Gone since the listing: nothing to do.
+                    Err(ThingsError::NotFound) => {}
+                    Err(e) => return Err(format!("removing {id}: {e}")),
                 }
-                // Gone since the listing: nothing to do.
-                Err(ThingsError::NotFound) => {}
-                Err(e) => return Err(format!("removing {id}: {e}")),
             }
         }
         Ok(())
@@ -201,7 +233,7 @@ impl Scheduler {
     }
 
     /// Creates the things of `devices` from the template: one by one up to the threshold, in
-    /// batches of one transaction each above it.
+    /// batches of one transaction each above it (the path of `POST /things/batch`).
     async fn create(
         &self,
         devices: Vec<Device>,
@@ -229,9 +261,10 @@ impl Scheduler {
                 tags,
             });
         }
-        report.batched = reqs.len() > self.config.batch_threshold;
+        let batched = reqs.len() > self.config.batch_threshold;
+        report.batched |= batched;
         let mut outcomes: Vec<(String, Result<(), ThingsError>)> = Vec::new();
-        if report.batched {
+        if batched {
             for chunk in reqs.chunks(MAX_BATCH) {
                 let ids: Vec<String> = chunk.iter().filter_map(|r| r.thing_id.clone()).collect();
                 let results = self

@@ -164,4 +164,5 @@ suite!(
     sync::retries_and_outcomes_are_durable,
     sync::failed_writes_leave_no_task,
     sync::events_filter_and_prune,
+    sync::batch_removals_write_their_tasks,
 );

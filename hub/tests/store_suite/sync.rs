@@ -265,3 +265,43 @@ pub async fn events_filter_and_prune(f: Fixture) {
     assert_eq!(left.len(), 15);
     assert_eq!(left[0].event.at, 1035);
 }
+
+/// The batch removals of the scheduled sync (S-13.3) change only what exists (or is enabled),
+/// in one transaction, and write a task per change like single ones (D-74).
+pub async fn batch_removals_write_their_tasks(f: Fixture) {
+    let store = &f.store;
+    for id in ["k1", "k2", "k3", "k4"] {
+        store.create_thing(&new_thing(id), 1).await.unwrap();
+    }
+    store.set_enabled("k4", false).await.unwrap();
+    sync(&f).set_push(true).await.unwrap();
+    let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let disabled = store
+        .disable_things(&ids(&["k1", "k4", "absent"]))
+        .await
+        .unwrap();
+    assert_eq!(disabled, ["k1"], "k4 was disabled already");
+    assert!(!store.get_thing("k1").await.unwrap().unwrap().enabled);
+    let deleted = store
+        .delete_things(&ids(&["k2", "k3", "absent"]))
+        .await
+        .unwrap();
+    assert_eq!(deleted, ["k2", "k3"]);
+    assert!(store.get_thing("k2").await.unwrap().is_none());
+    f.faults.set("things commit");
+    assert!(store.delete_things(&ids(&["k1"])).await.is_err());
+    f.faults.set("");
+    assert!(
+        store.get_thing("k1").await.unwrap().is_some(),
+        "nothing deleted"
+    );
+    let walked = all_tasks(&f).await;
+    assert_eq!(
+        ops(&walked),
+        [
+            ("k1".to_owned(), TaskOp::Delete),
+            ("k2".to_owned(), TaskOp::Delete),
+            ("k3".to_owned(), TaskOp::Delete),
+        ]
+    );
+}

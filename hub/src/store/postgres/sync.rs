@@ -12,6 +12,37 @@ use crate::store::{StoreError, from_db};
 
 type P = sqlx::Postgres;
 
+impl PgStore {
+    /// [`crate::store::Store::delete_things`] (`delete`) and `disable_things`: one statement
+    /// per id, one transaction; the ids the statement changed.
+    pub(super) async fn remove_things(
+        &self,
+        ids: &[String],
+        delete: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let text = if delete {
+            sql::DELETE_THING
+        } else {
+            sql::DISABLE_THING
+        };
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Things).await?;
+            let mut changed = Vec::new();
+            for id in ids {
+                let row = with_args::<P>(text, &[id], &[])
+                    .fetch_optional(tx.conn()?)
+                    .await?;
+                if row.is_some() {
+                    changed.push(id.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl SyncStore for PgStore {
     async fn set_push(&self, on: bool) -> Result<(), StoreError> {
