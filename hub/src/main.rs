@@ -24,7 +24,9 @@ use cli::exit::{self, Outcome};
 #[command(name = "iothub", version, about, long_about)]
 struct Cli {
     /// A TOML file with settings of `serve` (keys are the flags' names with underscores, e.g.
-    /// `mqtt_addr`); environment variables and flags override it.
+    /// `mqtt_addr`); environment variables and flags override it. Its `[registry_sync]`
+    /// section, which has no flags, syncs the things with an external registry (docs/spec.md
+    /// S-13; hub/README.md).
     #[arg(long, global = true, env = config_file::CONFIG_ENV, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]

@@ -77,7 +77,7 @@ pub struct Listing {
     /// Valid devices by id.
     pub devices: BTreeMap<String, Device>,
     /// `(what identifies the entry, why it was refused)`.
-    pub refused: Vec<(Option<String>, String)>,
+    pub refused: Vec<Refused>,
 }
 
 /// One page of `GET /devices`.
@@ -141,10 +141,9 @@ impl Client {
             if status != StatusCode::OK {
                 return Err(status_error(status, &body));
             }
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| ClientError::Invalid(format!("device page: {e}")))?;
-            for entry in page.devices {
-                match check_device(entry) {
+            let (entries, next) = parse_page(&body)?;
+            for entry in entries {
+                match entry {
                     Ok(device) => {
                         listing.devices.insert(device.id.clone(), device);
                     }
@@ -157,12 +156,8 @@ impl Client {
                     )));
                 }
             }
-            match page.next {
+            match next {
                 None => return Ok(listing),
-                Some(next) if next.is_empty() => return Ok(listing),
-                Some(next) if next.len() > MAX_CURSOR => {
-                    return Err(ClientError::Invalid("cursor too long".into()));
-                }
                 Some(next) => {
                     if !seen_cursors.insert(next.clone()) {
                         return Err(ClientError::Invalid(format!("cursor {next:?} repeated")));
@@ -251,8 +246,29 @@ fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
+/// A refused entry of a page: what identifies it, and why.
+pub type Refused = (Option<String>, String);
+
+/// A parsed page: each entry as a device or refused, and the next cursor (`None` at the end).
+pub type ParsedPage = (Vec<Result<Device, Refused>>, Option<String>);
+
+/// One page of `GET /devices`. Any body is accepted without panicking; one that is not a page
+/// is an error.
+pub fn parse_page(body: &[u8]) -> Result<ParsedPage, ClientError> {
+    let page: Page = serde_json::from_slice(body)
+        .map_err(|e| ClientError::Invalid(format!("device page: {e}")))?;
+    let next = match page.next {
+        Some(next) if next.len() > MAX_CURSOR => {
+            return Err(ClientError::Invalid("cursor too long".into()));
+        }
+        Some(next) if !next.is_empty() => Some(next),
+        _ => None,
+    };
+    Ok((page.devices.into_iter().map(check_device).collect(), next))
+}
+
 /// A listed entry as a [`Device`], or what identifies it and why it was refused.
-fn check_device(entry: Value) -> Result<Device, (Option<String>, String)> {
+fn check_device(entry: Value) -> Result<Device, Refused> {
     let id = entry.get("id").and_then(Value::as_str).map(str::to_owned);
     let device: Device =
         serde_json::from_value(entry).map_err(|e| (id.clone(), format!("not a device: {e}")))?;
@@ -302,5 +318,47 @@ mod tests {
             check_device(json!({"name": "x"})).map_err(|e| e.0),
             Err(None)
         );
+    }
+
+    #[test]
+    fn pages_end_and_go_on() {
+        let (entries, next) =
+            parse_page(br#"{"devices":[{"id":"a"},{"id":"b c"}],"next":"2"}"#).expect("a page");
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].is_ok() && entries[1].is_err());
+        assert_eq!(next.as_deref(), Some("2"));
+        for end in [
+            r#"{"devices":[]}"#,
+            r#"{"devices":[],"next":null}"#,
+            r#"{"devices":[],"next":""}"#,
+        ] {
+            assert_eq!(parse_page(end.as_bytes()).map(|p| p.1), Ok(None), "{end}");
+        }
+        let long = format!(
+            r#"{{"devices":[],"next":"{}"}}"#,
+            "x".repeat(MAX_CURSOR + 1)
+        );
+        assert!(parse_page(long.as_bytes()).is_err());
+        assert!(parse_page(b"[]").is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the external registry answers, parsing never panics.
+        #[test]
+        fn any_body_parses_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_page(&body);
+        }
+
+        /// A device is kept exactly when its id is a valid thingId.
+        #[test]
+        fn devices_are_kept_by_their_ids(ids in proptest::collection::vec("[ -~]{0,70}", 0..20)) {
+            let devices: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+            let body = serde_json::to_vec(&json!({"devices": devices})).expect("json");
+            let (entries, next) = parse_page(&body).expect("a page");
+            proptest::prop_assert!(next.is_none());
+            for (id, entry) in ids.iter().zip(entries) {
+                proptest::prop_assert_eq!(entry.is_ok(), is_valid_thing_id(id));
+            }
+        }
     }
 }
