@@ -247,6 +247,11 @@ pub struct Config {
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Registry sync with an external registry (S-13): the `[registry_sync]` section of the
+    /// config file, which has no flags (it is a structure). `None`: no sync.
+    #[arg(skip)]
+    pub registry_sync: Option<crate::sync::SyncConfig>,
 }
 
 /// How log lines are written (`--log-format`).

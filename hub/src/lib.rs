@@ -35,6 +35,7 @@ pub mod router;
 pub mod shadow;
 pub mod shard;
 pub mod store;
+pub mod sync;
 pub mod things;
 pub mod tls;
 
@@ -82,6 +83,8 @@ pub struct RunningHub {
     engines_stop: tokio::sync::watch::Sender<bool>,
     configurations_task: JoinHandle<()>,
     jobs_task: JoinHandle<()>,
+    /// Registry sync (S-13), when configured.
+    sync_task: Option<JoinHandle<()>>,
     /// This instance's partition leases, when it is one of several (D-73).
     member_stop: tokio::sync::oneshot::Sender<()>,
     member_task: Option<JoinHandle<()>>,
@@ -153,6 +156,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     let store = store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
+    // Before any listener: from here on every registry change gets its sync task (S-13.4).
+    sync::set_push_mode(&store, config.registry_sync.as_ref()).await?;
     let external_config = external::ExternalConfig::from_config(&config)?;
     // Several instances share a broker and a database by leasing partitions of the things
     // (D-73); with the embedded broker every device is this instance's own.
@@ -364,7 +369,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         let engine_config = jobs::engine::EngineConfig {
             retention: std::time::Duration::from_secs(config.job_retention_hours * 3600),
         };
-        cluster::while_leader(ownership.clone(), engines_stop_rx, move |stop| {
+        cluster::while_leader(ownership.clone(), engines_stop_rx.clone(), move |stop| {
             jobs::engine::Engine::new(
                 store.clone(),
                 executor.clone(),
@@ -374,6 +379,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             )
             .run(stop)
         })
+    });
+    // Registry sync (S-13) runs on the leader instance only (D-76), like the fleet engines.
+    let registry_sync = sync::prepare(
+        config.registry_sync.as_ref(),
+        sync::Services {
+            store: store.clone(),
+            things: things.clone(),
+            shadows: shadows.clone(),
+            metrics: metrics.clone(),
+        },
+    )?;
+    let sync_handle = registry_sync.as_ref().map(sync::Prepared::handle);
+    let sync_task = registry_sync.map(|prepared| {
+        tokio::spawn(cluster::while_leader(
+            ownership.clone(),
+            engines_stop_rx.clone(),
+            move |stop| prepared.clone().run(stop),
+        ))
     });
     let (member_stop, member_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let multi_instance = member.is_some();
@@ -395,6 +418,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_provisioner(provisioner)
     .with_configurations(configurations)
     .with_jobs(jobs)
+    .with_sync(sync_handle)
     .with_ownership(ownership.clone())
     .with_scoped_tokens(&config.api_tokens)
     .with_basic_auth(config.tio_compat)
@@ -457,6 +481,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         engines_stop,
         configurations_task,
         jobs_task,
+        sync_task,
         member_stop,
         member_task,
         multi_instance,
@@ -483,6 +508,9 @@ impl RunningHub {
         let _ = self.engines_stop.send(true);
         let _ = self.configurations_task.await;
         let _ = self.jobs_task.await;
+        if let Some(task) = self.sync_task {
+            let _ = task.await;
+        }
         self.shadows.shutdown().await;
         self.refusal_reporter.abort();
         if let Some(reloader) = self.tls_reloader {

@@ -24,7 +24,9 @@ use cli::exit::{self, Outcome};
 #[command(name = "iothub", version, about, long_about)]
 struct Cli {
     /// A TOML file with settings of `serve` (keys are the flags' names with underscores, e.g.
-    /// `mqtt_addr`); environment variables and flags override it.
+    /// `mqtt_addr`); environment variables and flags override it. Its `[registry_sync]`
+    /// section, which has no flags, syncs the things with an external registry (docs/spec.md
+    /// S-13; hub/README.md).
     #[arg(long, global = true, env = config_file::CONFIG_ENV, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -98,8 +100,15 @@ fn main() -> ExitCode {
     let matches = file.apply(Cli::command()).get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let admin_result = match cli.command {
-        Some(Command::Serve(config)) => return done(serve(*config)),
-        None => return done(serve(cli.serve)),
+        Some(Command::Serve(mut config)) => {
+            config.registry_sync = file.registry_sync.clone();
+            return done(serve(*config));
+        }
+        None => {
+            let mut config = cli.serve;
+            config.registry_sync = file.registry_sync.clone();
+            return done(serve(config));
+        }
         Some(Command::Config(ConfigCommand::Print(_))) => {
             let Some(sub) = matches
                 .subcommand_matches("config")

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use iothub_spec::code::SyncEventKind;
 
 use histogram::{FAST_SECONDS, Histogram, HistogramSample, ROUND_TRIP_SECONDS};
 
@@ -90,6 +91,10 @@ pub struct Metrics {
     configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
     /// Job → things per state (S-12.3), for the jobs that have not ended.
     job_things: Mutex<BTreeMap<String, Vec<(iothub_spec::code::JobThingState, u64)>>>,
+    /// Registry sync events (S-13.5), per [`SyncEventKind::ALL`].
+    sync_events: [AtomicU64; SyncEventKind::ALL.len()],
+    /// Registry sync tasks not yet done (S-13.4); -1 until first counted.
+    sync_tasks_pending: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -116,6 +121,8 @@ impl Default for Metrics {
             connections_refused: Mutex::default(),
             configuration_things: Mutex::default(),
             job_things: Mutex::default(),
+            sync_events: Default::default(),
+            sync_tasks_pending: AtomicI64::new(-1),
         }
     }
 }
@@ -188,6 +195,19 @@ impl Metrics {
     /// A lifecycle event (S-8.3) was published.
     pub fn inc_lifecycle_event(&self) {
         self.lifecycle_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A registry sync event was recorded (S-13.5).
+    pub fn inc_sync_event(&self, kind: SyncEventKind) {
+        if let Some(i) = SyncEventKind::ALL.iter().position(|k| *k == kind) {
+            self.sync_events[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The registry sync tasks pending (S-13.4), as last counted.
+    pub fn set_sync_tasks_pending(&self, n: u64) {
+        self.sync_tasks_pending
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// A provisioning request (S-10) ended with `outcome`, one of [`PROVISIONING_OUTCOMES`]
@@ -475,6 +495,29 @@ impl Metrics {
         }
         header(
             &mut out,
+            "iothub_registry_sync_events_total",
+            "Registry sync events recorded by this process (S-13.5), by kind.",
+            "counter",
+        );
+        for (kind, n) in SyncEventKind::ALL.iter().zip(&self.sync_events) {
+            let _ = writeln!(
+                out,
+                "iothub_registry_sync_events_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                get(n)
+            );
+        }
+        let pending = self.sync_tasks_pending.load(Ordering::Relaxed);
+        if pending >= 0 {
+            gauge(
+                &mut out,
+                "iothub_registry_sync_tasks_pending",
+                "Registry sync tasks waiting to reach the external registry (S-13.4).",
+                pending,
+            );
+        }
+        header(
+            &mut out,
             "iothub_shadow_update_duration_seconds",
             "MQTT shadow updates from arrival to update/accepted (stored durably), in seconds.",
             "histogram",
@@ -552,85 +595,4 @@ fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_configuration_counts_per_status() {
-        let m = Metrics::new();
-        let counts = crate::configurations::Counts {
-            targeted: 5,
-            applied: 4,
-            succeeded: 3,
-            failed: 1,
-            pending: 0,
-        };
-        m.set_configuration_things(&BTreeMap::from([("c1".to_owned(), counts)]));
-        let text = m.render();
-        for (status, v) in [
-            ("targeted", 5),
-            ("applied", 4),
-            ("succeeded", 3),
-            ("failed", 1),
-            ("pending", 0),
-        ] {
-            let line = format!(
-                "iothub_configuration_things{{configuration=\"c1\",status=\"{status}\"}} {v}"
-            );
-            assert!(text.lines().any(|l| l == line), "missing {line}");
-        }
-        m.set_configuration_things(&BTreeMap::new());
-        assert!(!m.render().contains("configuration=\"c1\""));
-    }
-
-    #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::new();
-        m.inc_connected();
-        m.inc_connected();
-        m.dec_connected();
-        m.inc_mqtt_messages_in();
-        m.inc_shadow_update_accepted();
-        m.inc_shadow_update_rejected(409);
-        m.inc_shadow_update_rejected(418);
-        m.inc_group_commit_batch(7);
-        m.inc_rest_request(200);
-        m.inc_rest_request(404);
-        m.inc_rest_request(404);
-        m.inc_rest_request(999);
-        m.inc_connection_refused("mqtt", "bad credentials");
-        m.inc_connection_refused("mqtt", "bad credentials");
-        m.inc_connection_refused("http", "per-address cap");
-        let text = m.render();
-        assert!(text.contains(
-            "iothub_connections_refused_total{listener=\"mqtt\",reason=\"bad_credentials\"} 2\n"
-        ));
-        assert!(text.contains(
-            "iothub_connections_refused_total{listener=\"http\",reason=\"per_address_cap\"} 1\n"
-        ));
-        assert!(text.contains("iothub_store_healthy 1\n"));
-        m.set_store_health(&crate::store::health::HealthReport {
-            healthy: false,
-            reason: Some("database or disk is full".into()),
-            failing_since: Some(1),
-            write_failures: 3,
-        });
-        let text = m.render();
-        assert!(text.contains("iothub_store_healthy 0\n"));
-        assert!(text.contains("iothub_store_write_failures_total 3\n"));
-        assert!(text.contains("iothub_connected_things 1\n"));
-        assert!(text.contains("iothub_mqtt_messages_in_total 1\n"));
-        assert!(text.contains("iothub_shadow_updates_rejected_total{code=\"409\"} 1\n"));
-        assert!(text.contains("iothub_shadow_updates_rejected_total{code=\"other\"} 1\n"));
-        assert!(text.contains("iothub_group_commit_writes_total 7\n"));
-        assert!(text.contains("iothub_rest_requests_total{class=\"4xx\"} 2\n"));
-        assert!(text.contains("iothub_rest_requests_total{class=\"5xx\"} 1\n"));
-        // Every sample line is `name{labels} value` or a comment.
-        for line in text.lines() {
-            assert!(
-                line.starts_with("# ") || line.split(' ').count() == 2,
-                "{line}"
-            );
-        }
-    }
-}
+mod tests;

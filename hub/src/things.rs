@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::shadow::ShadowService;
 use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
 
+mod batch;
 pub mod merge_patch;
 mod validate;
 
@@ -203,96 +204,32 @@ impl Things {
 
     /// Creates one thing (`POST /things`). Publishes `create` (S-8.3).
     pub async fn create(&self, req: CreateThing) -> Result<CreatedThing, ThingsError> {
+        self.create_as(req, true).await
+    }
+
+    /// Creates one thing, enabled or not (the registry sync's template, S-13.3).
+    pub async fn create_as(
+        &self,
+        req: CreateThing,
+        enabled: bool,
+    ) -> Result<CreatedThing, ThingsError> {
         let (thing_id, password, origin) = prepare(&req)?;
         let hash = hash_blocking(password.clone(), origin).await?;
         let new = NewThing {
             thing_id,
             password_hash: hash,
             tags: req.tags,
-            enabled: true,
+            enabled,
         };
         let thing = self.inner.store.create_thing(&new, now_ms()).await?;
         self.admit_on_broker(&thing.thing_id, &password).await?;
+        if !enabled {
+            self.tell_broker(&thing.thing_id, ThingChange::Enabled(false))
+                .await?;
+        }
         self.remember_issued(&thing.thing_id, &password);
         self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
         Ok(CreatedThing { thing, password })
-    }
-
-    /// Creates up to [`MAX_BATCH`] things in one transaction (`POST /things/batch`), with one
-    /// result per item, in order: an invalid or duplicate item (also a repeat within the batch)
-    /// fails alone. The outer error means nothing was created.
-    pub async fn create_batch(
-        &self,
-        reqs: Vec<CreateThing>,
-    ) -> Result<Vec<Result<CreatedThing, ThingsError>>, ThingsError> {
-        if reqs.len() > MAX_BATCH {
-            return Err(ThingsError::BatchTooLarge);
-        }
-        // Validate and detect repeats within the batch (the first occurrence wins).
-        let mut seen = std::collections::HashSet::new();
-        let mut results: Vec<Option<Result<CreatedThing, ThingsError>>> = Vec::new();
-        let mut pending: Vec<(usize, String, String, Map<String, Value>)> = Vec::new();
-        let mut origins = Vec::new();
-        for (i, req) in reqs.into_iter().enumerate() {
-            match prepare(&req) {
-                Ok((id, password, origin)) if seen.insert(id.clone()) => {
-                    results.push(None);
-                    pending.push((i, id, password, req.tags));
-                    origins.push(origin);
-                }
-                Ok(_) => results.push(Some(Err(ThingsError::AlreadyExists))),
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        let secrets = pending.iter().map(|p| p.2.clone()).zip(origins).collect();
-        let hashes = hash_many(secrets).await?;
-        let news: Vec<NewThing> = pending
-            .iter()
-            .zip(hashes)
-            .map(|((_, id, _, tags), hash)| NewThing {
-                thing_id: id.clone(),
-                password_hash: hash,
-                tags: tags.clone(),
-                enabled: true,
-            })
-            .collect();
-        let stored = if news.is_empty() {
-            Vec::new()
-        } else {
-            self.inner.store.create_things(&news, now_ms()).await?
-        };
-        let created: Vec<(&str, &str)> = pending
-            .iter()
-            .zip(&stored)
-            .filter_map(|((_, _, password, _), outcome)| {
-                outcome
-                    .as_ref()
-                    .ok()
-                    .map(|t| (t.thing_id.as_str(), password.as_str()))
-            })
-            .collect();
-        let mut admitted = self.admit_many_on_broker(&created).await.into_iter();
-        for ((i, _, password, _), outcome) in pending.into_iter().zip(stored) {
-            let r = match outcome {
-                Ok(thing) => match admitted.next().unwrap_or(Err(ThingsError::Unavailable)) {
-                    Ok(()) => {
-                        self.remember_issued(&thing.thing_id, &password);
-                        self.lifecycle(&thing.thing_id, LifecycleOp::Create).await;
-                        Ok(CreatedThing { thing, password })
-                    }
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(ThingsError::from(e)),
-            };
-            if let Some(slot) = results.get_mut(i) {
-                *slot = Some(r);
-            }
-        }
-        Ok(results
-            .into_iter()
-            // A slot left empty means the store answered fewer results than writes.
-            .map(|r| r.unwrap_or(Err(ThingsError::Unavailable)))
-            .collect())
     }
 
     /// Puts a new thing's secret in the credential cache, as a verified CONNECT would: the hub
@@ -325,29 +262,6 @@ impl Things {
             tracing::error!(%thing, error = %undo, "cannot remove the thing the broker refused; start-up reconciliation will");
         }
         Err(ThingsError::Unavailable)
-    }
-
-    /// [`Things::admit_on_broker`] for a batch, in as few broker requests as it takes; one
-    /// result per thing, in order.
-    async fn admit_many_on_broker(&self, things: &[(&str, &str)]) -> Vec<Result<(), ThingsError>> {
-        let outcomes = self.inner.bus.things_created(things).await;
-        let mut results = Vec::with_capacity(things.len());
-        for (i, (thing, _)) in things.iter().enumerate() {
-            let Some(Err(e)) = outcomes.get(i) else {
-                results.push(if i < outcomes.len() {
-                    Ok(())
-                } else {
-                    Err(ThingsError::Unavailable)
-                });
-                continue;
-            };
-            tracing::warn!(%thing, error = %e, "the broker did not take the new thing; not created");
-            if let Err(undo) = self.inner.store.delete_thing(thing).await {
-                tracing::error!(%thing, error = %undo, "cannot remove the thing the broker refused; start-up reconciliation will");
-            }
-            results.push(Err(ThingsError::Unavailable));
-        }
-        results
     }
 
     /// Applies an enable, disable or delete already written to the registry to a broker that

@@ -181,3 +181,37 @@ fn the_example_file_is_current_and_loads() {
         "{text}"
     );
 }
+
+/// S-13.2: the `[registry_sync]` section is read and checked with the file, and `config print`
+/// shows it with the header values masked.
+#[test]
+fn the_registry_sync_section_is_checked_and_masked() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let good = write(
+        tmp.path(),
+        "sync.toml",
+        "max_named_shadows = 3\n[registry_sync]\nurl = \"http://127.0.0.1:1/registry\"\n\
+         [registry_sync.auth.create]\nname = \"X-Api-Key\"\nvalue = \"header-s3cret\"\n\
+         [registry_sync.push]\ninterval = \"2s\"\n",
+    );
+    let out = iothub(&["config", "print", "--config", &good], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("header-s3cret"), "{text}");
+    let printed: toml::Table = text.parse().expect("TOML");
+    let sync = printed["registry_sync"].as_table().expect("the section");
+    assert_eq!(sync["push"]["interval"].as_str(), Some("2s"));
+    assert_eq!(sync["auth"]["create"]["value"].as_str(), Some("****"));
+    let bad = write(
+        tmp.path(),
+        "bad.toml",
+        "[registry_sync]\nurl = \"http://x/\"\n[registry_sync.push]\nretries = 3\n",
+    );
+    let out = iothub(&["config", "print", "--config", &bad], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retries"));
+}

@@ -424,6 +424,72 @@ impl LifecycleOp {
     }
 }
 
+/// The kind of a registry sync event (S-13.5), as stored and listed by
+/// `GET /api/v1/sync/events`: what the hub did to the external registry (`external-*`) or to
+/// itself because of it (`hub-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncEventKind {
+    /// A thing was created in the external registry.
+    ExternalCreated,
+    /// Creating a thing in the external registry failed; the task will be retried.
+    ExternalCreateError,
+    /// Creating a thing in the external registry was given up (attempts, deadline or refusal).
+    ExternalCreateFailed,
+    /// A thing was deleted from the external registry.
+    ExternalDeleted,
+    /// Deleting a thing from the external registry failed; the task will be retried.
+    ExternalDeleteError,
+    /// Deleting a thing from the external registry was given up.
+    ExternalDeleteFailed,
+    /// The scheduled sync created a thing in the hub.
+    HubCreated,
+    /// The scheduled sync deleted a thing from the hub.
+    HubDeleted,
+    /// The scheduled sync disabled a thing of the hub (soft delete).
+    HubDisabled,
+    /// An external device could not become a thing: its id, its tags with the template's, or
+    /// the template's desired state was refused.
+    TemplateCheckFailed,
+}
+
+impl SyncEventKind {
+    /// Every kind, in the order of S-13.5.
+    pub const ALL: [SyncEventKind; 10] = [
+        SyncEventKind::ExternalCreated,
+        SyncEventKind::ExternalCreateError,
+        SyncEventKind::ExternalCreateFailed,
+        SyncEventKind::ExternalDeleted,
+        SyncEventKind::ExternalDeleteError,
+        SyncEventKind::ExternalDeleteFailed,
+        SyncEventKind::HubCreated,
+        SyncEventKind::HubDeleted,
+        SyncEventKind::HubDisabled,
+        SyncEventKind::TemplateCheckFailed,
+    ];
+
+    /// The kind a wire string names, `None` for any other string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The wire string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SyncEventKind::ExternalCreated => "external-created",
+            SyncEventKind::ExternalCreateError => "external-create-error",
+            SyncEventKind::ExternalCreateFailed => "external-create-failed",
+            SyncEventKind::ExternalDeleted => "external-deleted",
+            SyncEventKind::ExternalDeleteError => "external-delete-error",
+            SyncEventKind::ExternalDeleteFailed => "external-delete-failed",
+            SyncEventKind::HubCreated => "hub-created",
+            SyncEventKind::HubDeleted => "hub-deleted",
+            SyncEventKind::HubDisabled => "hub-disabled",
+            SyncEventKind::TemplateCheckFailed => "template-check-failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +498,23 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = serde_json_core::to_slice(v, &mut buf).unwrap();
         heapless::String::try_from(core::str::from_utf8(&buf[..n]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sync_event_kinds_round_trip() {
+        for k in SyncEventKind::ALL {
+            assert_eq!(SyncEventKind::parse(k.as_str()), Some(k));
+            assert_eq!(ser(&k).as_str(), &*alloc_free_quote(k.as_str()));
+        }
+        assert_eq!(SyncEventKind::parse("hub_created"), None);
+    }
+
+    fn alloc_free_quote(s: &str) -> heapless::String<64> {
+        let mut out = heapless::String::new();
+        let _ = out.push('"');
+        let _ = out.push_str(s);
+        let _ = out.push('"');
+        out
     }
 
     #[test]

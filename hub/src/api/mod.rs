@@ -19,7 +19,7 @@
 //! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
 //! [`tio`] (the routes and names tio's clients use, as aliases), [`broker_auth`] (a broker's
-//! HTTP authentication and authorization).
+//! HTTP authentication and authorization), [`sync`] (registry sync, S-13).
 //!
 //! # Decisions
 //! Where S-9 is silent, the routes follow docs/spec.md D-6 (the envelope and the API's own
@@ -42,6 +42,7 @@ pub mod schema;
 pub mod scopes;
 pub mod serve;
 pub mod shadows;
+pub mod sync;
 pub mod system;
 pub mod things;
 pub mod tio;
@@ -103,6 +104,8 @@ pub struct AppState {
     pub ownership: Arc<crate::cluster::Ownership>,
     /// The broker's HTTP authentication and authorization (D-57); `None`: no such routes.
     pub broker_auth: Option<broker_auth::BrokerAuth>,
+    /// Registry sync (S-13), when configured (`GET /sync` shows it).
+    pub sync: Option<crate::sync::SyncHandle>,
 }
 
 impl AppState {
@@ -133,7 +136,14 @@ impl AppState {
             provisioner: None,
             ownership: crate::cluster::Ownership::everything(),
             broker_auth: None,
+            sync: None,
         }
+    }
+
+    /// Shows the registry sync `sync` (S-13) on `GET /api/v1/sync`.
+    pub fn with_sync(mut self, sync: Option<crate::sync::SyncHandle>) -> AppState {
+        self.sync = sync;
+        self
     }
 
     /// Accepts `tokens`, each for its scope's routes only (D-58).
@@ -267,6 +277,8 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/things", get(jobs::list_things))
         .route("/jobs/{id}/things/{thing}", get(jobs::get_thing))
+        .route("/sync", get(sync::status))
+        .route("/sync/events", get(sync::events))
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 

@@ -15,6 +15,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command};
 use iothub_hub::Config;
 
+/// The one section of the file: registry sync (S-13), which is a structure, not flags.
+pub const SYNC_SECTION: &str = "registry_sync";
+
 /// The environment variable naming the config file (the `--config` flag wins).
 pub const CONFIG_ENV: &str = "IOTHUB_CONFIG";
 
@@ -24,6 +27,8 @@ pub struct FileSettings {
     /// The file they came from.
     pub path: Option<PathBuf>,
     values: BTreeMap<String, Vec<String>>,
+    /// The `[registry_sync]` section (S-13), checked; it has no flags.
+    pub registry_sync: Option<iothub_hub::sync::SyncConfig>,
 }
 
 /// The argument ids of [`Config`] (the file's keys), in declaration order.
@@ -74,7 +79,15 @@ impl FileSettings {
         let table: toml::Table = text.parse().context("not valid TOML")?;
         let keys = config_keys();
         let mut values = BTreeMap::new();
+        let mut registry_sync = None;
         for (key, value) in table {
+            if key == SYNC_SECTION {
+                let toml::Value::Table(section) = value else {
+                    bail!("{SYNC_SECTION:?} must be a section: [{SYNC_SECTION}]");
+                };
+                registry_sync = Some(iothub_hub::sync::SyncConfig::from_toml(section)?);
+                continue;
+            }
             let Some(arg) = keys.iter().find(|a| a.get_id().as_str() == key) else {
                 let known: Vec<&str> = keys.iter().map(|a| a.get_id().as_str()).collect();
                 bail!("unknown key {key:?} (known keys: {})", known.join(", "));
@@ -93,7 +106,11 @@ impl FileSettings {
             };
             values.insert(key, list);
         }
-        Ok(FileSettings { path: None, values })
+        Ok(FileSettings {
+            path: None,
+            values,
+            registry_sync,
+        })
     }
 
     /// Whether the file set `key`.
@@ -124,6 +141,39 @@ impl FileSettings {
         cmd
     }
 }
+
+/// The commented `[registry_sync]` section of [`render_example`] (docs/spec.md S-13.2).
+const SYNC_EXAMPLE: &str = r#"
+# Registry sync with an external registry (docs/spec.md S-13), off unless this section is set.
+# The external registry speaks the HTTP contract of S-13.3 (an adapter in front of a network
+# server). Durations are written as 500ms, 30s, 5m, 1day. At least one of
+# [registry_sync.schedule] and [registry_sync.push] must be set.
+# [registry_sync]
+# url = "http://127.0.0.1:8080/registry"  # GET and POST {url}/devices, DELETE {url}/devices/{id}
+# timeout = "10s"                         # per HTTP call, connection included
+# page_size = 500                         # devices per page of the list, 1 to 1000
+# max_devices = 1000000                   # more in one listing fails the round
+# [registry_sync.auth.list]               # one header per operation: list, create, delete
+# name = "Authorization"
+# value = "Bearer ..."
+# [registry_sync.schedule]                # (a) the external registry is master
+# interval = "5m"
+# soft_delete = false                     # true: disable the extra things instead of deleting
+# batch_threshold = 100                   # more creations (removals) than this: batch path
+# [registry_sync.schedule.template]
+# enabled = true
+# tags = { source = "lns" }
+# desired = { reportInterval = 60 }
+# [registry_sync.push]                    # (b) the hub is master: durable tasks, retried
+# interval = "5m"                         # first retry delay, doubled per attempt, with jitter
+# max_interval = "30m"
+# max_attempts = 100
+# deadline = "1day"                       # from the change to giving up
+# poll = "1s"                             # how often the task queue is looked at
+# [registry_sync.events]                  # retention of GET /api/v1/sync/events
+# keep = 100000
+# max_age = "7days"
+"#;
 
 /// Whether a setting takes a list (a repeatable flag or one with a value delimiter).
 fn takes_many(arg: &clap::Arg) -> bool {
@@ -234,6 +284,10 @@ pub fn render_effective(matches: &ArgMatches, file: &FileSettings) -> String {
             }
         }
     }
+    match &file.registry_sync {
+        Some(sync) => out.push_str(&sync.render_masked()),
+        None => out.push_str("# [registry_sync] is not set\n"),
+    }
     out
 }
 
@@ -283,6 +337,7 @@ pub fn render_example() -> String {
             }
         }
     }
+    out.push_str(SYNC_EXAMPLE);
     // Trailing spaces of empty comment lines would trip editors and `git diff --check`.
     out.lines()
         .map(|l| l.trim_end().to_owned() + "\n")
@@ -306,6 +361,12 @@ mod tests {
         let err = FileSettings::parse("mqtt_addr = [\"a\", \"b\"]").expect_err("not a list");
         assert!(err.to_string().contains("mqtt_addr"), "{err}");
         assert!(FileSettings::parse("[section]\nx = 1").is_err());
+        assert!(FileSettings::parse("registry_sync = 1").is_err());
+        let sync = FileSettings::parse(
+            "[registry_sync]\nurl = \"http://x/\"\n[registry_sync.push]\ninterval = \"1s\"\n",
+        )
+        .expect("a sync section");
+        assert!(sync.registry_sync.is_some_and(|s| s.push.is_some()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod login;
 pub mod metrics;
 pub mod ota;
 pub mod session;
+pub mod sync;
 pub mod thing;
 pub mod things;
 
@@ -68,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/ota/jobs/{id}", get(ota::job_page))
         .route("/console/ota/jobs/{id}/cancel", post(ota::cancel))
         .route("/console/metrics", get(metrics::page))
+        .route("/console/sync", get(sync::page))
         .route("/console/metrics/sample", get(metrics::sample))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
@@ -118,6 +120,7 @@ pub(crate) fn layout(
                             a href="/" { "Things" }
                             a href="/console/ota" { "OTA jobs" }
                             a href="/console/metrics" { "Metrics" }
+                            a href="/console/sync" { "Sync" }
                             form.inline method="post" action="/console/logout" {
                                 (s.csrf_field())
                                 button #sign-out type="submit" { "Sign out" }

@@ -35,6 +35,7 @@ pub mod lease;
 pub mod ota;
 pub mod postgres;
 pub mod sqlite;
+pub mod sync;
 mod wal;
 
 use std::sync::Arc;
@@ -179,6 +180,36 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a thing and, by cascade, its shadows. [`StoreError::NotFound`] if absent.
     async fn delete_thing(&self, id: &str) -> Result<(), StoreError>;
 
+    /// Deletes many things in ONE transaction (the registry sync's batch path, S-13.3) and
+    /// returns the ids that existed. The default deletes them one by one (test doubles).
+    async fn delete_things(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut gone = Vec::new();
+        for id in ids {
+            match self.delete_thing(id).await {
+                Ok(()) => gone.push(id.clone()),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Disables many things in ONE transaction (S-13.3, soft delete) and returns the ids that
+    /// were enabled. The default disables them one by one (test doubles).
+    async fn disable_things(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut changed = Vec::new();
+        for id in ids {
+            match self.get_thing(id).await? {
+                Some(t) if t.enabled => {
+                    self.set_enabled(id, false).await?;
+                    changed.push(id.clone());
+                }
+                _ => {}
+            }
+        }
+        Ok(changed)
+    }
+
     /// Replaces all tags if the current tags version equals `expected_version` (CAS) and returns
     /// the new version. [`StoreError::NotFound`] or [`StoreError::VersionConflict`] otherwise.
     async fn replace_tags(
@@ -247,6 +278,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The fleet job storage of this store (S-12), `None` when it has none (test doubles).
     fn jobs(&self) -> Option<&dyn jobs::JobStore> {
+        None
+    }
+
+    /// The registry sync tasks and events of this store (S-13), `None` when it has none.
+    fn sync(&self) -> Option<&dyn sync::SyncStore> {
         None
     }
 }

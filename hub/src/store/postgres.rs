@@ -47,6 +47,7 @@ mod lease;
 mod ota;
 pub mod query;
 mod statements;
+mod sync;
 mod write;
 
 /// Largest page [`Store::list_things`](super::Store::list_things) returns.

@@ -40,6 +40,7 @@ mod jobs;
 mod ota;
 pub mod query;
 mod statements;
+mod sync;
 mod write;
 
 /// Largest page [`Store::list_things`](super::Store::list_things) returns.

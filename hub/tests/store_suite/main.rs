@@ -26,6 +26,7 @@ mod ota;
 mod query;
 mod race;
 mod shadows;
+mod sync;
 mod things;
 
 /// The store implementations under test.
@@ -159,4 +160,9 @@ suite!(
     jobs::jobs_and_things_round_trip,
     jobs::failed_job_writes_store_nothing,
     leases::partitions_are_leased_to_one_instance_at_a_time,
+    sync::tasks_follow_registry_changes,
+    sync::retries_and_outcomes_are_durable,
+    sync::failed_writes_leave_no_task,
+    sync::events_filter_and_prune,
+    sync::batch_removals_write_their_tasks,
 );

@@ -14,6 +14,7 @@ use serde_json::Value;
 mod hub;
 pub mod mosquitto;
 mod mqtt;
+pub mod registry;
 // Shared with the conformance suite (feature `test-servers`); only some test binaries use it.
 #[allow(unused_imports)]
 pub use iothub_launch::postgres;

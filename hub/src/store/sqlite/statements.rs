@@ -412,6 +412,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_things(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.remove_things(ids, true).await
+    }
+
+    async fn disable_things(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.remove_things(ids, false).await
+    }
+
     async fn delete_thing(&self, id: &str) -> Result<(), StoreError> {
         self.writing(async {
             let mut tx = self.begin_write(Writer::Things).await?;
@@ -581,6 +589,10 @@ impl Store for SqliteStore {
     }
 
     fn jobs(&self) -> Option<&dyn crate::store::jobs::JobStore> {
+        Some(self)
+    }
+
+    fn sync(&self) -> Option<&dyn crate::store::sync::SyncStore> {
         Some(self)
     }
 
