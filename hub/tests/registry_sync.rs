@@ -37,6 +37,7 @@ async fn s13_3_scheduled_sync_converges_both_ways() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = format!(
         "{}[registry_sync.schedule]\ninterval = \"300ms\"\nbatch_threshold = 10\n\
+         max_removal_percent = 90\n\
          [registry_sync.schedule.template]\ntags = {{ source = \"lns\", model = \"unknown\" }}\n\
          desired = {{ rate = 60 }}\n",
         config_head(&registry.url())
@@ -221,6 +222,54 @@ async fn s13_3_soft_delete_disables_instead_of_deleting() {
         page.contains("hub-disabled") && page.contains("s-2"),
         "{page}"
     );
+    drop(registry);
+}
+
+/// S-13.3: a list that would remove more than `max_removal_percent` (default 50) of the hub's
+/// things removes none, and the round says why; a smaller change goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_3_an_emptied_list_does_not_wipe_the_registry() {
+    let data = Arc::new(Data::default());
+    devices(&data, (0..10).map(|i| format!("g-{i}")));
+    let registry = StandIn::start(data.clone()).await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = format!(
+        "{}[registry_sync.schedule]\ninterval = \"300ms\"\n",
+        config_head(&registry.url())
+    );
+    let flags = config_flags(tmp.path(), &config);
+    let hub = start(&tmp.path().join("data"), &flags);
+    eventually(CONVERGE, || async {
+        (thing_count(&hub, None).await == 10).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("10 things not created\n{}", hub.stderr()));
+
+    // The adapter answers an empty list: the round refuses, every thing stays.
+    data.devices.lock().expect("lock").clear();
+    let since = now_ms();
+    let error = eventually(CONVERGE, || async {
+        let (_, status) = hub.call("GET", "/sync", None).await;
+        let r = &status["data"]["lastRound"];
+        let fresh = r["startedAt"].as_u64().is_some_and(|t| t >= since);
+        fresh
+            .then(|| r["error"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no refused round\n{}", hub.stderr()));
+    assert!(error.contains("refused to remove 10 of 10"), "{error}");
+    assert_eq!(thing_count(&hub, None).await, 10, "nothing deleted");
+    assert_eq!(count(&hub, "hub-deleted").await, 0);
+
+    // Half of them gone from the list (not more than 50 %): removed.
+    devices(&data, (5..10).map(|i| format!("g-{i}")));
+    eventually(CONVERGE, || async {
+        (thing_count(&hub, None).await == 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("5 things not deleted\n{}", hub.stderr()));
+    assert_eq!(count(&hub, "hub-deleted").await, 5);
     drop(registry);
 }
 

@@ -160,6 +160,7 @@ const SYNC_EXAMPLE: &str = r#"
 # interval = "5m"
 # soft_delete = false                     # true: disable the extra things instead of deleting
 # batch_threshold = 100                   # more creations (removals) than this: batch path
+# max_removal_percent = 50                # removing more of the hub's things in a round: none removed
 # [registry_sync.schedule.template]
 # enabled = true
 # tags = { source = "lns" }

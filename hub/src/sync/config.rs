@@ -74,6 +74,11 @@ pub struct ScheduleConfig {
     /// one transaction per [`crate::things::MAX_BATCH`] things.
     #[serde(default = "defaults::batch_threshold")]
     pub batch_threshold: usize,
+    /// A round that would remove more than this percentage of the hub's things removes none
+    /// (and says so in its report and the log): an adapter answering an empty or truncated
+    /// list must not wipe the registry. 100 turns the guard off.
+    #[serde(default = "defaults::max_removal_percent")]
+    pub max_removal_percent: u8,
     /// What a thing created from an external device starts with.
     #[serde(default)]
     pub template: Template,
@@ -172,6 +177,9 @@ mod defaults {
     pub fn batch_threshold() -> usize {
         100
     }
+    pub fn max_removal_percent() -> u8 {
+        50
+    }
     pub fn yes() -> bool {
         true
     }
@@ -256,6 +264,9 @@ impl SyncConfig {
             if s.interval.is_zero() {
                 return bad("schedule.interval must be above 0".into());
             }
+            if !(1..=100).contains(&s.max_removal_percent) {
+                return bad("schedule.max_removal_percent must be 1 to 100".into());
+            }
             crate::things::check_tags(&s.template.tags)
                 .map_err(|e| ConfigError::Invalid(format!("schedule.template.tags: {e}")))?;
         }
@@ -308,6 +319,7 @@ impl SyncConfig {
                     "interval": dur(s.interval),
                     "soft_delete": s.soft_delete,
                     "batch_threshold": s.batch_threshold,
+                    "max_removal_percent": s.max_removal_percent,
                     "template": template,
                 }),
             );
@@ -367,6 +379,7 @@ mod tests {
         assert_eq!(p.deadline, Duration::from_secs(86_400));
         let s = c.schedule.expect("schedule");
         assert!(!s.soft_delete && s.template.enabled);
+        assert_eq!(s.max_removal_percent, 50);
         assert_eq!(c.events.keep, 100_000);
     }
 
@@ -377,6 +390,10 @@ mod tests {
             ("url = \"https://x/\"\n[push]\n", "http://"),
             ("url = \"http://x/\"\n[push]\ninterval = \"soon\"\n", "soon"),
             ("url = \"http://x/\"\n[push]\nretries = 3\n", "retries"),
+            (
+                "url = \"http://x/\"\n[schedule]\nmax_removal_percent = 0\n",
+                "max_removal_percent",
+            ),
             (
                 "url = \"http://x/\"\n[push]\ninterval = \"1h\"\nmax_interval = \"1m\"\n",
                 "max_interval",

@@ -60,6 +60,17 @@ pub struct Plan {
     pub remove: Vec<String>,
 }
 
+/// Why removing `remove` of `hub` things is refused: more than `max_percent` of them.
+fn too_many_removals(remove: usize, hub: usize, max_percent: u8) -> Option<String> {
+    let over = remove.saturating_mul(100) > hub.saturating_mul(usize::from(max_percent));
+    (max_percent < 100 && over).then(|| {
+        format!(
+            "refused to remove {remove} of {hub} things, more than max_removal_percent = \
+             {max_percent} %; check the external registry's list, or raise the limit"
+        )
+    })
+}
+
 /// The diff of `external` against `hub` (thing id → enabled). With `soft_delete`, things
 /// already disabled are left alone.
 pub fn plan(external: &BTreeMap<String, Device>, hub: &BTreeMap<String, bool>, soft: bool) -> Plan {
@@ -159,6 +170,14 @@ impl Scheduler {
         report.hub_things = hub.len() as u64;
         let plan = plan(&devices, &hub, self.config.soft_delete);
         self.create(plan.create, report, events).await?;
+        if let Some(why) = too_many_removals(
+            plan.remove.len(),
+            hub.len(),
+            self.config.max_removal_percent,
+        ) {
+            tracing::warn!("registry sync: {why}");
+            return Err(why);
+        }
         self.remove(plan.remove, report, events).await
     }
 
@@ -341,6 +360,19 @@ mod tests {
             id: id.into(),
             tags: Map::new(),
         }
+    }
+
+    #[test]
+    fn removing_more_than_the_percentage_is_refused() {
+        assert_eq!(super::too_many_removals(5, 10, 50), None, "exactly half");
+        let why = super::too_many_removals(6, 10, 50).expect("refused");
+        assert!(why.contains("6 of 10"), "{why}");
+        assert!(
+            super::too_many_removals(10, 10, 99).is_some(),
+            "an empty list"
+        );
+        assert_eq!(super::too_many_removals(10, 10, 100), None, "guard off");
+        assert_eq!(super::too_many_removals(0, 0, 50), None);
     }
 
     #[test]
