@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `enrollments`, `configurations`, `jobs`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `enrollments`, `configurations`, `jobs`, `routes`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -36,6 +36,8 @@ pub enum Writer {
     Configurations,
     /// Fleet jobs and their per-thing outcomes (S-12).
     Jobs,
+    /// Routes: their outboxes, dead letters and message history (S-14).
+    Routes,
 }
 
 impl Writer {
@@ -50,6 +52,7 @@ impl Writer {
             Writer::Probe => "probe",
             Writer::Configurations => "configurations",
             Writer::Jobs => "jobs",
+            Writer::Routes => "routes",
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod lease;
 pub mod ota;
 pub mod postgres;
+pub mod routes;
 pub mod sqlite;
 mod wal;
 
@@ -247,6 +248,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The fleet job storage of this store (S-12), `None` when it has none (test doubles).
     fn jobs(&self) -> Option<&dyn jobs::JobStore> {
+        None
+    }
+
+    /// The route outboxes, dead letters and message history of this store (S-14), `None` when
+    /// it has none (test doubles).
+    fn routes(&self) -> Option<&dyn routes::RouteStore> {
         None
     }
 }

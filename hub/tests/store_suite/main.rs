@@ -25,6 +25,7 @@ mod leases;
 mod ota;
 mod query;
 mod race;
+mod routes;
 mod shadows;
 mod things;
 
@@ -159,4 +160,6 @@ suite!(
     jobs::jobs_and_things_round_trip,
     jobs::failed_job_writes_store_nothing,
     leases::partitions_are_leased_to_one_instance_at_a_time,
+    routes::outbox_dead_letters_and_history_round_trip,
+    routes::failed_outbox_writes_store_nothing,
 );
