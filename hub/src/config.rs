@@ -247,6 +247,12 @@ pub struct Config {
     /// included) for log collectors. Colours only when stderr is a terminal.
     #[arg(long, env = "IOTHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Routes declared in the config file's `[[routes]]` tables (S-14.1); no flag. Written over
+    /// the stored routes of the same id at start-up; a file route no longer in the file is
+    /// deleted.
+    #[arg(skip)]
+    pub routes: Vec<crate::routes::RouteSpec>,
 }
 
 /// How log lines are written (`--log-format`).

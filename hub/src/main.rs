@@ -98,8 +98,15 @@ fn main() -> ExitCode {
     let matches = file.apply(Cli::command()).get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let admin_result = match cli.command {
-        Some(Command::Serve(config)) => return done(serve(*config)),
-        None => return done(serve(cli.serve)),
+        Some(Command::Serve(mut config)) => {
+            config.routes = file.routes.clone();
+            return done(serve(*config));
+        }
+        None => {
+            let mut config = cli.serve;
+            config.routes = file.routes.clone();
+            return done(serve(config));
+        }
         Some(Command::Config(ConfigCommand::Print(_))) => {
             let Some(sub) = matches
                 .subcommand_matches("config")

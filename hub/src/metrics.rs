@@ -11,6 +11,9 @@
 
 pub mod histogram;
 pub mod process;
+mod routes;
+
+pub use routes::RouteCounters;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -90,6 +93,8 @@ pub struct Metrics {
     configuration_things: Mutex<BTreeMap<String, crate::configurations::Counts>>,
     /// Job → things per state (S-12.3), for the jobs that have not ended.
     job_things: Mutex<BTreeMap<String, Vec<(iothub_spec::code::JobThingState, u64)>>>,
+    /// Route → its counters (S-14.5). Bounded by `routes::config::MAX_ROUTES`.
+    routes: DashMap<String, Arc<RouteCounters>>,
 }
 
 impl Default for Metrics {
@@ -116,6 +121,7 @@ impl Default for Metrics {
             connections_refused: Mutex::default(),
             configuration_things: Mutex::default(),
             job_things: Mutex::default(),
+            routes: DashMap::new(),
         }
     }
 }
@@ -282,6 +288,16 @@ impl Metrics {
             .job_things
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = counts;
+    }
+
+    /// The counters of route `id`, created at zero on first use.
+    pub fn route(&self, id: &str) -> Arc<RouteCounters> {
+        self.routes.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Forgets route `id`'s counters (the route was deleted).
+    pub fn remove_route(&self, id: &str) {
+        self.routes.remove(id);
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -523,6 +539,7 @@ impl Metrics {
                 "release"
             },
         );
+        routes::render(&self.routes, &mut out);
         process::render(&mut out);
         out
     }

@@ -24,7 +24,12 @@ pub struct FileSettings {
     /// The file they came from.
     pub path: Option<PathBuf>,
     values: BTreeMap<String, Vec<String>>,
+    /// The `[[routes]]` tables (S-14.1), validated.
+    pub routes: Vec<iothub_hub::routes::RouteSpec>,
 }
+
+/// The key of the `[[routes]]` tables: not a flag, so not among [`config_keys`].
+pub const ROUTES_KEY: &str = "routes";
 
 /// The argument ids of [`Config`] (the file's keys), in declaration order.
 pub fn config_keys() -> Vec<clap::Arg> {
@@ -74,7 +79,12 @@ impl FileSettings {
         let table: toml::Table = text.parse().context("not valid TOML")?;
         let keys = config_keys();
         let mut values = BTreeMap::new();
+        let mut routes = Vec::new();
         for (key, value) in table {
+            if key == ROUTES_KEY {
+                routes = parse_routes(value)?;
+                continue;
+            }
             let Some(arg) = keys.iter().find(|a| a.get_id().as_str() == key) else {
                 let known: Vec<&str> = keys.iter().map(|a| a.get_id().as_str()).collect();
                 bail!("unknown key {key:?} (known keys: {})", known.join(", "));
@@ -93,7 +103,11 @@ impl FileSettings {
             };
             values.insert(key, list);
         }
-        Ok(FileSettings { path: None, values })
+        Ok(FileSettings {
+            path: None,
+            values,
+            routes,
+        })
     }
 
     /// Whether the file set `key`.
@@ -123,6 +137,29 @@ impl FileSettings {
         }
         cmd
     }
+}
+
+/// `[[routes]]`: an array of tables, each a route (S-14.1), every one valid and no id twice.
+fn parse_routes(value: toml::Value) -> anyhow::Result<Vec<iothub_hub::routes::RouteSpec>> {
+    let toml::Value::Array(items) = value else {
+        bail!("{ROUTES_KEY:?} must be [[routes]] tables");
+    };
+    let mut routes: Vec<iothub_hub::routes::RouteSpec> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let spec: iothub_hub::routes::RouteSpec = item
+            .try_into()
+            .with_context(|| format!("route {} of [[routes]]", i + 1))?;
+        spec.validate()
+            .with_context(|| format!("route {:?} of [[routes]]", spec.id))?;
+        if routes.iter().any(|r| r.id == spec.id) {
+            bail!("route {:?} is declared twice in [[routes]]", spec.id);
+        }
+        routes.push(spec);
+    }
+    if routes.len() > iothub_hub::routes::config::MAX_ROUTES {
+        bail!("at most {} routes", iothub_hub::routes::config::MAX_ROUTES);
+    }
+    Ok(routes)
 }
 
 /// Whether a setting takes a list (a repeatable flag or one with a value delimiter).
@@ -234,8 +271,28 @@ pub fn render_effective(matches: &ArgMatches, file: &FileSettings) -> String {
             }
         }
     }
+    // Routes are tables, shown by id (their secrets stay out): `GET /api/v1/routes` has the rest.
+    for route in &file.routes {
+        let _ = writeln!(out, "# [[routes]] id = {:?}  # file", route.id);
+    }
     out
 }
+
+/// The `[[routes]]` part of the example file (docs/routes.md has the rest).
+const ROUTES_EXAMPLE: &str = "
+# Routes to other systems (docs/spec.md S-14, docs/routes.md): none by default. A route declared
+# here is written over the stored route of the same id at every start; one removed from here is
+# deleted with its outbox. For example:
+# [[routes]]
+# id = \"to-backend\"
+# sources = [\"telemetry\", \"shadow\"]
+# outbox_max = 100000
+# when_full = \"drop-oldest\"
+# [routes.sink]
+# type = \"webhook\"
+# url = \"https://backend.example.com/iothub\"
+# secret = \"a long random string\"
+";
 
 /// A commented config file with every setting at its default, generated from the flags' help
 /// (`hub/iothub.example.toml` is this text; a test keeps them equal).
@@ -283,6 +340,7 @@ pub fn render_example() -> String {
             }
         }
     }
+    out.push_str(ROUTES_EXAMPLE);
     // Trailing spaces of empty comment lines would trip editors and `git diff --check`.
     out.lines()
         .map(|l| l.trim_end().to_owned() + "\n")
