@@ -108,6 +108,36 @@ pub enum Sink {
     },
     /// JSON lines on the hub's standard output.
     Stdout {},
+    /// QoS 1 publishes to another MQTT broker (a bridge).
+    #[serde(rename_all = "camelCase")]
+    Mqtt {
+        /// `mqtt://host[:port]` or `mqtts://host[:port]` (TLS).
+        url: String,
+        /// Client identifier (default `iothub-route-{id}`).
+        #[serde(default, skip_serializing_if = "Option::is_none", alias = "client_id")]
+        client_id: Option<String>,
+        /// User name on the broker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// Password on the broker; answers show it as `****`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        /// Put before each message's topic (default none).
+        #[serde(default, alias = "topic_prefix")]
+        topic_prefix: String,
+        /// CA certificates (PEM) for `mqtts://`; the system's roots without it.
+        #[serde(default, skip_serializing_if = "Option::is_none", alias = "ca_file")]
+        ca_file: Option<String>,
+        /// Client certificate chain (PEM) for `mqtts://`, with `keyFile`.
+        #[serde(default, skip_serializing_if = "Option::is_none", alias = "cert_file")]
+        cert_file: Option<String>,
+        /// Its private key (PEM).
+        #[serde(default, skip_serializing_if = "Option::is_none", alias = "key_file")]
+        key_file: Option<String>,
+        /// Milliseconds a batch may take until every PUBACK, 100 to 60,000 (default 5,000).
+        #[serde(default = "default_timeout", alias = "timeout_ms")]
+        timeout_ms: u64,
+    },
     /// The hub's own message history, `GET /api/v1/things/{id}/messages`.
     #[serde(rename_all = "camelCase")]
     History {
@@ -223,6 +253,9 @@ pub enum SpecError {
     /// The file path is empty.
     #[error("file path is empty")]
     BadPath,
+    /// The bridge's broker URL is not mqtt(s), or its TLS files are incomplete.
+    #[error("mqtt sink: {0}")]
+    BadBroker(&'static str),
 }
 
 fn range<T: PartialOrd>(v: T, lo: T, hi: T, name: &'static str) -> Result<(), SpecError> {
@@ -241,7 +274,7 @@ const OWN_HEADERS: [&str; 4] = [
 ];
 
 impl RouteSpec {
-    /// Checks every field; the parsed query, if any, for [`super::filter`].
+    /// Checks every field; returns the parsed query, if any (the route's thing filter).
     pub fn validate(&self) -> Result<Option<ThingQuery>, SpecError> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
@@ -313,6 +346,29 @@ impl RouteSpec {
                 range(*keep, 1, 100, "keep")?;
             }
             Sink::Stdout {} => {}
+            Sink::Mqtt {
+                url,
+                topic_prefix,
+                cert_file,
+                key_file,
+                timeout_ms,
+                ..
+            } => {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|_| SpecError::BadBroker("url must be mqtt://host or mqtts://host"))?;
+                if !matches!(parsed.scheme(), "mqtt" | "mqtts") || parsed.host().is_none() {
+                    return Err(SpecError::BadBroker(
+                        "url must be mqtt://host or mqtts://host",
+                    ));
+                }
+                if topic_prefix.contains(['+', '#', '\0']) {
+                    return Err(SpecError::BadBroker("topicPrefix must not hold wildcards"));
+                }
+                if cert_file.is_some() != key_file.is_some() {
+                    return Err(SpecError::BadBroker("certFile and keyFile go together"));
+                }
+                range(*timeout_ms, 100, 60_000, "timeoutMs")?;
+            }
             Sink::History {
                 max_age_s,
                 max_per_thing,
@@ -326,32 +382,36 @@ impl RouteSpec {
         Ok(query)
     }
 
-    /// The spec as the API shows it: the webhook secret replaced by `****`.
+    /// The sink's secret (a webhook's key, a bridge's password), if any.
+    fn secret_mut(&mut self) -> Option<&mut String> {
+        match &mut self.sink {
+            Sink::Webhook { secret, .. } => secret.as_mut(),
+            Sink::Mqtt { password, .. } => password.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// The spec as the API shows it: the webhook secret or bridge password replaced by `****`.
     pub fn redacted(&self) -> RouteSpec {
         let mut spec = self.clone();
-        if let Sink::Webhook {
-            secret: Some(secret),
-            ..
-        } = &mut spec.sink
-        {
+        if let Some(secret) = spec.secret_mut() {
             *secret = REDACTED.to_owned();
         }
         spec
     }
 
     /// Keeps `previous`'s secret when this spec's secret is the redacted placeholder (an update
-    /// that sent back what a GET showed).
+    /// that sent back what a GET showed) and the sink is of the same type.
     pub fn keep_secret_of(&mut self, previous: &RouteSpec) {
-        if let (
-            Sink::Webhook {
-                secret: Some(new), ..
-            },
-            Sink::Webhook { secret: old, .. },
-        ) = (&mut self.sink, &previous.sink)
+        let same_type =
+            std::mem::discriminant(&self.sink) == std::mem::discriminant(&previous.sink);
+        let old = previous.clone().secret_mut().cloned();
+        if let Some(new) = self.secret_mut()
             && new == REDACTED
+            && same_type
             && let Some(old) = old
         {
-            *new = old.clone();
+            *new = old;
         }
     }
 }

@@ -27,6 +27,7 @@ pub(super) enum Target {
     Webhook(super::webhook::Webhook),
     File(super::file::JsonLines),
     History(super::history::HistorySink),
+    Mqtt(Box<super::bridge::Bridge>),
 }
 
 impl Target {
@@ -39,6 +40,7 @@ impl Target {
                 keep,
             } => Target::File(super::file::JsonLines::file(path, *max_bytes, *keep)),
             Sink::Stdout {} => Target::File(super::file::JsonLines::stdout()),
+            Sink::Mqtt { .. } => Target::Mqtt(Box::new(super::bridge::Bridge::new(&running.spec)?)),
             Sink::History {
                 max_age_s,
                 max_per_thing,
@@ -55,6 +57,7 @@ impl Target {
             Target::Webhook(w) => w.deliver(route, batch).await,
             Target::File(f) => f.deliver(route, batch).await,
             Target::History(h) => h.deliver(batch).await,
+            Target::Mqtt(b) => b.deliver(batch).await,
         }
     }
 

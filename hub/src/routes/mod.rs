@@ -6,16 +6,17 @@
 //!   so a QoS 1 message is acknowledged only once it is committed in every matching route's
 //!   outbox (D-78);
 //! - from the hub itself (shadow documents, lifecycle and presence events), through
-//!   [`tap::RoutesBus`], which offers what the hub publishes before publishing it.
+//!   `tap::RoutesBus`, which offers what the hub publishes before publishing it.
 //!
-//! [`outbox`] commits offers in groups and applies the full-outbox policy; [`deliver`] runs one
-//! task per route that reads its outbox in order and hands batches to its sink ([`webhook`],
-//! [`file`], [`history`]), retrying with backoff and jitter, then dead-lettering.
+//! `outbox` commits offers in groups and applies the full-outbox policy; `deliver` runs one
+//! task per route that reads its outbox in order and hands batches to its sink (`webhook`,
+//! `file`, `history`, `bridge`), retrying with backoff and jitter, then dead-lettering.
 //!
 //! Filters: a topic filter, matched here, and an S-9.4 query over the thing, evaluated by the
 //! store with the REST query's own rules (D-32) and cached per (route, thing) for
 //! [`QUERY_TTL`] (D-77).
 
+mod bridge;
 pub mod config;
 mod deliver;
 mod file;
@@ -90,6 +91,9 @@ pub(crate) struct Running {
     pub spec: RouteSpec,
     query: Option<ThingQuery>,
     pub paused: AtomicBool,
+    /// Deleted: offers that matched it before are no longer written for it (its outbox rows
+    /// would have no route).
+    pub deleted: AtomicBool,
     pub from_file: bool,
     pub counters: Arc<RouteCounters>,
     /// Wakes the delivery task: new messages, resume, replay.
@@ -262,6 +266,7 @@ impl Routes {
             spec,
             query,
             paused: AtomicBool::new(paused),
+            deleted: AtomicBool::new(false),
             from_file,
             wake: Notify::new(),
             stop,
@@ -455,7 +460,11 @@ impl Routes {
     pub async fn delete(&self, id: &str) -> Result<(), RouteError> {
         let _change = self.inner.changes.lock().await;
         let route = self.find(id)?;
-        self.route_store()?.delete_route(id).await?;
+        route.deleted.store(true, Ordering::Relaxed);
+        if let Err(e) = self.route_store()?.delete_route(id).await {
+            route.deleted.store(false, Ordering::Relaxed);
+            return Err(e.into());
+        }
         let _ = route.stop.send(true);
         route.wake.notify_one();
         self.swap(|table| table.retain(|r| r.spec.id != id));

@@ -76,7 +76,16 @@ async fn commit(store: &SharedStore, offers: Vec<Offer>) {
     let mut accepted = Vec::with_capacity(offers.len());
     let mut appends: BTreeMap<String, Append> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for offer in offers {
+    for mut offer in offers {
+        // A route deleted since the offer matched it takes nothing (an insert would fail the
+        // whole transaction on its missing route).
+        offer
+            .routes
+            .retain(|route| !route.deleted.load(Ordering::Relaxed));
+        if offer.routes.is_empty() {
+            let _ = offer.answer.send(Acceptance::Accepted);
+            continue;
+        }
         // A route whose outbox is full and refuses makes the whole message refused: it is in
         // no outbox, and the device is told so (all or nothing, so a retry adds no duplicate
         // to the other routes).

@@ -7,7 +7,7 @@
 //! `drop-oldest` policy dropped it, counted). Sequence numbers grow in commit order, so each
 //! route reads its outbox in the order the messages were accepted.
 //!
-//! Both stores run the same statements ([`sql`]): `$n` placeholders read the same in SQLite and
+//! Both stores run the same statements (`sql`): `$n` placeholders read the same in SQLite and
 //! PostgreSQL.
 
 use super::StoreError;

@@ -11,12 +11,14 @@
 //! - [`outbox`]: full outboxes, dead letters, an injected store fault;
 //! - [`history`]: the history sink and a query filter;
 //! - [`sources`]: hub sources to a file, route management;
+//! - [`bridge`]: the MQTT bridge sink, plain and over mutual TLS;
 //! - [`bench`]: the throughput figure (ignored).
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod bench;
+mod bridge;
 mod delivery;
 mod history;
 mod outbox;
