@@ -74,7 +74,8 @@ pub struct DeadLetter {
 pub struct Append {
     /// The route.
     pub route_id: String,
-    /// Oldest messages of the route to delete first (the `drop-oldest` policy of a full outbox).
+    /// Oldest messages of the route to delete after appending (the `drop-oldest` policy of a
+    /// full outbox).
     pub drop_oldest: u64,
     /// The messages, in order.
     pub messages: Vec<NewMessage>,
@@ -90,8 +91,9 @@ pub trait RouteStore: Send + Sync {
     /// Deletes a route with its outbox and dead letters. [`StoreError::NotFound`] if absent.
     async fn delete_route(&self, route_id: &str) -> Result<(), StoreError>;
 
-    /// In ONE transaction: for each entry, deletes its `drop_oldest` oldest outbox messages,
-    /// then appends its messages. Returns how many messages each entry's drop deleted.
+    /// In ONE transaction: for each entry, appends its messages, then deletes the route's
+    /// `drop_oldest` oldest outbox messages (which may be some just appended, when one batch
+    /// alone overflows the outbox). Returns how many messages each entry's drop deleted.
     async fn enqueue(&self, appends: &[Append]) -> Result<Vec<u64>, StoreError>;
     /// The oldest `limit` messages of a route's outbox, in order.
     async fn outbox(&self, route_id: &str, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;

@@ -104,6 +104,20 @@ pub async fn outbox_dead_letters_and_history_round_trip(f: Fixture) {
     rs.delete_route("a").await.unwrap();
     assert_eq!(rs.delete_route("a").await, Err(StoreError::NotFound));
     assert_eq!(rs.outbox_depths().await.unwrap(), vec![("b".into(), 1)]);
+    // One batch alone past the bound: the drop takes the oldest, just appended ones included.
+    let dropped = rs
+        .enqueue(&[append("b", 3, (0..4).map(|n| msg("t3", n)).collect())])
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![3]);
+    let left: Vec<u8> = rs
+        .outbox("b", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message.payload[4])
+        .collect();
+    assert_eq!(left, vec![2, 3]);
 
     let history: Vec<NewMessage> = (0..6)
         .map(|n| msg("t1", n))

@@ -78,16 +78,6 @@ impl RouteStore for SqliteStore {
             let mut tx = self.begin_write(Writer::Routes).await?;
             let mut dropped = Vec::with_capacity(appends.len());
             for append in appends {
-                let mut n = 0;
-                if append.drop_oldest > 0 {
-                    n = sqlx::query(sql::DROP_OLDEST)
-                        .bind(&append.route_id)
-                        .bind(to_db(append.drop_oldest))
-                        .execute(tx.conn()?)
-                        .await?
-                        .rows_affected();
-                }
-                dropped.push(n);
                 for m in &append.messages {
                     sqlx::query(sql::APPEND)
                         .bind(&append.route_id)
@@ -99,6 +89,16 @@ impl RouteStore for SqliteStore {
                         .execute(tx.conn()?)
                         .await?;
                 }
+                let mut n = 0;
+                if append.drop_oldest > 0 {
+                    n = sqlx::query(sql::DROP_OLDEST)
+                        .bind(&append.route_id)
+                        .bind(to_db(append.drop_oldest))
+                        .execute(tx.conn()?)
+                        .await?
+                        .rows_affected();
+                }
+                dropped.push(n);
             }
             tx.commit().await?;
             Ok(dropped)
