@@ -252,6 +252,11 @@ pub struct Config {
     /// config file, which has no flags (it is a structure). `None`: no sync.
     #[arg(skip)]
     pub registry_sync: Option<crate::sync::SyncConfig>,
+    /// Routes declared in the config file's `[[routes]]` tables (S-14.1); no flag. Written over
+    /// the stored routes of the same id at start-up; a file route no longer in the file is
+    /// deleted.
+    #[arg(skip)]
+    pub routes: Vec<crate::routes::RouteSpec>,
 }
 
 /// How log lines are written (`--log-format`).

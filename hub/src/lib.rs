@@ -32,6 +32,7 @@ pub mod presence;
 pub mod provision;
 pub mod query;
 pub mod router;
+pub mod routes;
 pub mod shadow;
 pub mod shard;
 pub mod store;
@@ -90,6 +91,7 @@ pub struct RunningHub {
     member_task: Option<JoinHandle<()>>,
     multi_instance: bool,
     shadows: shadow::service::ShadowService,
+    routes: routes::Routes,
     store: store::SharedStore,
 }
 
@@ -184,6 +186,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         Some(metrics.clone()),
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
+    // Routes to other systems (S-14): their outboxes are in the store; delivery starts now.
+    let routes = routes::Routes::start(store.clone(), metrics.clone(), &config.routes)
+        .await
+        .context("routes")?;
     // Either the embedded broker or an external one (D-60); the services see only the bus.
     let (prepared, inner_bus): (Prepared, Arc<dyn Bus>) = match external_config {
         Some(external) => {
@@ -207,7 +213,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     };
     // The console sees what the hub publishes about things through a tee on the bus.
     let (bus, console_events) = console::TeeBus::wrap(inner_bus);
-    let bus: Arc<dyn Bus> = bus;
+    // What the hub publishes about things (shadow documents, events) is offered to the routes.
+    let bus: Arc<dyn Bus> = routes::RoutesBus::wrap(bus, routes.clone());
     let shards = config
         .dispatch_shards
         .map_or_else(shard::default_shards, usize::from)
@@ -284,7 +291,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
             metrics.clone(),
             mqtt_refusals.clone(),
         )
-        .with_provisioner(provisioner.clone()),
+        .with_provisioner(provisioner.clone())
+        .with_routes(routes.clone(), matches!(prepared, Prepared::Embedded(_))),
     );
     // A broker's HTTP authenticator asks the same CONNECT decision the embedded one does (D-57).
     let broker_auth = config
@@ -419,6 +427,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     .with_configurations(configurations)
     .with_jobs(jobs)
     .with_sync(sync_handle)
+    .with_routes(routes.clone())
     .with_ownership(ownership.clone())
     .with_scoped_tokens(&config.api_tokens)
     .with_basic_auth(config.tio_compat)
@@ -486,6 +495,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
         member_task,
         multi_instance,
         shadows,
+        routes,
         store,
     })
 }
@@ -512,6 +522,8 @@ impl RunningHub {
             let _ = task.await;
         }
         self.shadows.shutdown().await;
+        // What is not delivered yet stays in the outboxes for the next start.
+        self.routes.stop();
         self.refusal_reporter.abort();
         if let Some(reloader) = self.tls_reloader {
             reloader.abort();

@@ -102,11 +102,13 @@ fn main() -> ExitCode {
     let admin_result = match cli.command {
         Some(Command::Serve(mut config)) => {
             config.registry_sync = file.registry_sync.clone();
+            config.routes = file.routes.clone();
             return done(serve(*config));
         }
         None => {
             let mut config = cli.serve;
             config.registry_sync = file.registry_sync.clone();
+            config.routes = file.routes.clone();
             return done(serve(config));
         }
         Some(Command::Config(ConfigCommand::Print(_))) => {

@@ -11,6 +11,9 @@
 
 pub mod histogram;
 pub mod process;
+mod routes;
+
+pub use routes::RouteCounters;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -95,6 +98,8 @@ pub struct Metrics {
     sync_events: [AtomicU64; SyncEventKind::ALL.len()],
     /// Registry sync tasks not yet done (S-13.4); -1 until first counted.
     sync_tasks_pending: AtomicI64,
+    /// Route → its counters (S-14.5). Bounded by `routes::config::MAX_ROUTES`.
+    routes: DashMap<String, Arc<RouteCounters>>,
 }
 
 impl Default for Metrics {
@@ -123,6 +128,7 @@ impl Default for Metrics {
             job_things: Mutex::default(),
             sync_events: Default::default(),
             sync_tasks_pending: AtomicI64::new(-1),
+            routes: DashMap::new(),
         }
     }
 }
@@ -302,6 +308,16 @@ impl Metrics {
             .job_things
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = counts;
+    }
+
+    /// The counters of route `id`, created at zero on first use.
+    pub fn route(&self, id: &str) -> Arc<RouteCounters> {
+        self.routes.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Forgets route `id`'s counters (the route was deleted).
+    pub fn remove_route(&self, id: &str) {
+        self.routes.remove(id);
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -566,6 +582,7 @@ impl Metrics {
                 "release"
             },
         );
+        routes::render(&self.routes, &mut out);
         process::render(&mut out);
         out
     }

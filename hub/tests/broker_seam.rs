@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use iothub_hub::broker::{BrokerConfig, EmbeddedBroker};
 use iothub_hub::bus::Bus;
-use iothub_hub::edge::{Admission, Client as EdgeClient, Connect, Events, PublishIn};
+use iothub_hub::edge::{Acceptance, Admission, Client as EdgeClient, Connect, Events, PublishIn};
 use iothub_hub::guard::refusals::RefusalLog;
 use iothub_hub::metrics::Metrics;
 use support::{Client, ConnectError, Proto};
@@ -97,12 +97,13 @@ impl Events for Recorder {
             filter: filter.to_owned(),
         });
     }
-    async fn publish_in(&self, message: PublishIn<'_>) {
+    async fn publish_in(&self, message: PublishIn<'_>) -> Acceptance {
         self.push(Event::Publish {
             sender: message.sender.to_owned(),
             topic: message.topic.to_owned(),
             payload: message.payload.to_vec(),
         });
+        Acceptance::Accepted
     }
 }
 

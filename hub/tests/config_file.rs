@@ -215,3 +215,69 @@ fn the_registry_sync_section_is_checked_and_masked() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("retries"));
 }
+
+/// S-14.1: `[[routes]]` tables start their routes (shown by the API as from the file); an
+/// invalid one stops the hub at start-up with its id named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_tables_declare_routes() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let file = write(
+        tmp.path(),
+        "iothub.toml",
+        &format!(
+            "mqtt_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             admin_token = \"from-the-file\"\n\n\
+             [[routes]]\nid = \"hist\"\nsources = [\"telemetry\"]\noutbox_max = 50\n\
+             when_full = \"refuse\"\n[routes.sink]\ntype = \"history\"\nmax_per_thing = 7\n\n\
+             [[routes]]\nid = \"hook\"\nsources = [\"shadow\"]\n[routes.sink]\n\
+             type = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"route-secret\"\n",
+            data.display().to_string()
+        ),
+    );
+    let mut cmd = HubCommand::new(BIN);
+    cmd.without_env_prefix("IOTHUB_")
+        .args(["serve", "--config", &file])
+        .stderr_to(tmp.path().join("stderr.log"))
+        .ready_timeout(Duration::from_secs(30));
+    let mut hub = tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .expect("join")
+        .expect("hub starts with routes in the config file");
+    let http = hub.ready().http;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let body: Value = client
+        .get(format!("http://{http}/api/v1/routes"))
+        .bearer_auth("from-the-file")
+        .send()
+        .await
+        .expect("GET /routes")
+        .json()
+        .await
+        .expect("JSON");
+    let routes = body["data"].as_array().expect("routes");
+    assert_eq!(routes.len(), 2, "{body}");
+    assert_eq!(routes[0]["route"]["id"], "hist");
+    assert_eq!(routes[0]["fromFile"], true);
+    assert_eq!(routes[0]["route"]["outboxMax"], 50);
+    assert_eq!(routes[0]["route"]["whenFull"], "refuse");
+    assert_eq!(routes[0]["route"]["sink"]["maxPerThing"], 7);
+    assert_eq!(routes[1]["route"]["sink"]["secret"], "****", "{body}");
+    hub.terminate(Duration::from_secs(15)).expect("hub stops");
+
+    let bad = write(
+        tmp.path(),
+        "bad.toml",
+        "[[routes]]\nid = \"bad\"\nsources = []\n[routes.sink]\ntype = \"stdout\"\n",
+    );
+    let out = iothub(&["config", "print", "--config", &bad], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"bad\"") && err.contains("at least one source"),
+        "{err}"
+    );
+}

@@ -38,6 +38,7 @@ pub mod methods;
 pub mod observe;
 pub mod ota;
 pub mod query;
+pub mod routes;
 pub mod schema;
 pub mod scopes;
 pub mod serve;
@@ -94,6 +95,8 @@ pub struct AppState {
     pub configurations: Option<crate::configurations::Configurations>,
     /// Fleet jobs (S-12); `None` answers their routes with 503.
     pub jobs: Option<crate::jobs::Jobs>,
+    /// Routes to other systems (S-14); `None` answers their API with 503.
+    pub routes: Option<crate::routes::Routes>,
     /// `--tio-compat`: HTTP Basic auth with the admin token as password is accepted too.
     pub basic_auth: bool,
     /// The web console's sessions and live events (`crate::console`).
@@ -131,6 +134,7 @@ impl AppState {
             ota: None,
             configurations: None,
             jobs: None,
+            routes: None,
             basic_auth: false,
             console: crate::console::Console::default(),
             provisioner: None,
@@ -185,6 +189,12 @@ impl AppState {
         configurations: crate::configurations::Configurations,
     ) -> AppState {
         self.configurations = Some(configurations);
+        self
+    }
+
+    /// Serves the routes' API (S-14) and message history with `routes`.
+    pub fn with_routes(mut self, routes: crate::routes::Routes) -> AppState {
+        self.routes = Some(routes);
         self
     }
 
@@ -279,6 +289,18 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/things/{thing}", get(jobs::get_thing))
         .route("/sync", get(sync::status))
         .route("/sync/events", get(sync::events))
+        .route("/routes", post(routes::create).get(routes::list))
+        .route(
+            "/routes/{id}",
+            get(routes::get_route)
+                .put(routes::replace)
+                .delete(routes::delete),
+        )
+        .route("/routes/{id}/pause", post(routes::pause))
+        .route("/routes/{id}/resume", post(routes::resume))
+        .route("/routes/{id}/dead-letters", get(routes::dead_letters))
+        .route("/routes/{id}/dead-letters/replay", post(routes::replay))
+        .route("/things/{id}/messages", get(routes::history))
         .merge(tio::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 

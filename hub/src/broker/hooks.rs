@@ -21,7 +21,7 @@ use rmqtt::types::{
 
 use super::Live;
 use crate::clock::now_ms;
-use crate::edge::{Admission, Client, Connect, Events, PublishIn};
+use crate::edge::{Acceptance, Admission, Client, Connect, Events, PublishIn};
 use crate::guard::limiter::ConnLimiter;
 
 /// Registers once per hook type; all share one [`HubHooks`].
@@ -197,7 +197,10 @@ impl HubHooks {
                 !mqtt5,
             ));
         }
-        self.events
+        // The PUBACK waits for this answer (rmqtt sends it after this hook returns), so a
+        // message is acknowledged only once the routes' outboxes hold it (S-14.3, D-78).
+        let verdict = self
+            .events
             .publish_in(PublishIn {
                 sender,
                 topic,
@@ -205,7 +208,17 @@ impl HubHooks {
                 received_at,
             })
             .await;
-        PublishAclResult::allow()
+        let reason = match verdict {
+            Acceptance::Accepted => return PublishAclResult::allow(),
+            Acceptance::QuotaExceeded => PublishAckReason::QuotaExceeded,
+            Acceptance::Unavailable => PublishAckReason::UnspecifiedError,
+        };
+        tracing::debug!(%sender, %topic, ?verdict, "publish refused by the routes");
+        let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
+        // MQTT 5 answers the reason in the PUBACK (a QoS 0 message is just not forwarded);
+        // MQTT 3.1.1 has no negative PUBACK: the connection closes, and the client, which
+        // still holds the message, sends it again after reconnecting.
+        PublishAclResult(PublishResult::reason_code(reason, None, !mqtt5))
     }
 }
 

@@ -29,7 +29,12 @@ pub struct FileSettings {
     values: BTreeMap<String, Vec<String>>,
     /// The `[registry_sync]` section (S-13), checked; it has no flags.
     pub registry_sync: Option<iothub_hub::sync::SyncConfig>,
+    /// The `[[routes]]` tables (S-14.1), validated.
+    pub routes: Vec<iothub_hub::routes::RouteSpec>,
 }
+
+/// The key of the `[[routes]]` tables: not a flag, so not among [`config_keys`].
+pub const ROUTES_KEY: &str = "routes";
 
 /// The argument ids of [`Config`] (the file's keys), in declaration order.
 pub fn config_keys() -> Vec<clap::Arg> {
@@ -80,12 +85,17 @@ impl FileSettings {
         let keys = config_keys();
         let mut values = BTreeMap::new();
         let mut registry_sync = None;
+        let mut routes = Vec::new();
         for (key, value) in table {
             if key == SYNC_SECTION {
                 let toml::Value::Table(section) = value else {
                     bail!("{SYNC_SECTION:?} must be a section: [{SYNC_SECTION}]");
                 };
                 registry_sync = Some(iothub_hub::sync::SyncConfig::from_toml(section)?);
+                continue;
+            }
+            if key == ROUTES_KEY {
+                routes = parse_routes(value)?;
                 continue;
             }
             let Some(arg) = keys.iter().find(|a| a.get_id().as_str() == key) else {
@@ -110,6 +120,7 @@ impl FileSettings {
             path: None,
             values,
             registry_sync,
+            routes,
         })
     }
 
@@ -175,6 +186,29 @@ const SYNC_EXAMPLE: &str = r#"
 # keep = 100000
 # max_age = "7days"
 "#;
+
+/// `[[routes]]`: an array of tables, each a route (S-14.1), every one valid and no id twice.
+fn parse_routes(value: toml::Value) -> anyhow::Result<Vec<iothub_hub::routes::RouteSpec>> {
+    let toml::Value::Array(items) = value else {
+        bail!("{ROUTES_KEY:?} must be [[routes]] tables");
+    };
+    let mut routes: Vec<iothub_hub::routes::RouteSpec> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let spec: iothub_hub::routes::RouteSpec = item
+            .try_into()
+            .with_context(|| format!("route {} of [[routes]]", i + 1))?;
+        spec.validate()
+            .with_context(|| format!("route {:?} of [[routes]]", spec.id))?;
+        if routes.iter().any(|r| r.id == spec.id) {
+            bail!("route {:?} is declared twice in [[routes]]", spec.id);
+        }
+        routes.push(spec);
+    }
+    if routes.len() > iothub_hub::routes::config::MAX_ROUTES {
+        bail!("at most {} routes", iothub_hub::routes::config::MAX_ROUTES);
+    }
+    Ok(routes)
+}
 
 /// Whether a setting takes a list (a repeatable flag or one with a value delimiter).
 fn takes_many(arg: &clap::Arg) -> bool {
@@ -289,8 +323,28 @@ pub fn render_effective(matches: &ArgMatches, file: &FileSettings) -> String {
         Some(sync) => out.push_str(&sync.render_masked()),
         None => out.push_str("# [registry_sync] is not set\n"),
     }
+    // Routes are tables, shown by id (their secrets stay out): `GET /api/v1/routes` has the rest.
+    for route in &file.routes {
+        let _ = writeln!(out, "# [[routes]] id = {:?}  # file", route.id);
+    }
     out
 }
+
+/// The `[[routes]]` part of the example file (docs/routes.md has the rest).
+const ROUTES_EXAMPLE: &str = "
+# Routes to other systems (docs/spec.md S-14, docs/routes.md): none by default. A route declared
+# here is written over the stored route of the same id at every start; one removed from here is
+# deleted with its outbox. For example:
+# [[routes]]
+# id = \"to-backend\"
+# sources = [\"telemetry\", \"shadow\"]
+# outbox_max = 100000
+# when_full = \"drop-oldest\"
+# [routes.sink]
+# type = \"webhook\"
+# url = \"https://backend.example.com/iothub\"
+# secret = \"a long random string\"
+";
 
 /// A commented config file with every setting at its default, generated from the flags' help
 /// (`hub/iothub.example.toml` is this text; a test keeps them equal).
@@ -339,6 +393,7 @@ pub fn render_example() -> String {
         }
     }
     out.push_str(SYNC_EXAMPLE);
+    out.push_str(ROUTES_EXAMPLE);
     // Trailing spaces of empty comment lines would trip editors and `git diff --check`.
     out.lines()
         .map(|l| l.trim_end().to_owned() + "\n")

@@ -11,7 +11,7 @@ use iothub_spec::topic::provision::Claim;
 use iothub_spec::topic::{Topic, filter_matches};
 
 use super::authn::{Authenticator, CredentialCheck};
-use super::{Admission, Client, Connect, Events, PublishIn};
+use super::{Acceptance, Admission, Client, Connect, Events, PublishIn};
 use crate::guard::refusals::RefusalLog;
 use crate::metrics::Metrics;
 use crate::ota::OtaService;
@@ -29,6 +29,10 @@ pub struct HubEvents {
     metrics: Arc<Metrics>,
     refusals: Arc<RefusalLog>,
     provisioner: Option<Provisioner>,
+    routes: Option<crate::routes::Routes>,
+    /// Whether the broker holds the PUBACK back for [`Acceptance`] (the embedded one does;
+    /// an external one has acknowledged before the hub hears of the message, D-79).
+    gated: bool,
 }
 
 impl HubEvents {
@@ -49,7 +53,18 @@ impl HubEvents {
             metrics,
             refusals,
             provisioner: None,
+            routes: None,
+            gated: true,
         }
+    }
+
+    /// Offers devices' telemetry, application messages and results to `routes` before they are
+    /// acknowledged (S-14, D-78). `gated`: the broker acknowledges by the answer; when it does
+    /// not (D-79), a message the routes refused is still handled.
+    pub fn with_routes(mut self, routes: crate::routes::Routes, gated: bool) -> HubEvents {
+        self.routes = Some(routes);
+        self.gated = gated;
+        self
     }
 
     /// Serves provisioning requests of claim connections (S-10) with `provisioner`; without
@@ -181,22 +196,40 @@ impl Events for HubEvents {
         }
     }
 
-    async fn publish_in(&self, message: PublishIn<'_>) {
+    async fn publish_in(&self, message: PublishIn<'_>) -> Acceptance {
         self.metrics.inc_mqtt_messages_in();
         // A claim connection's only allowed publish is its provisioning request (S-10.3).
         if is_claim_user(message.sender) {
             if let Some(provisioner) = &self.provisioner {
                 provisioner.request(message.sender, message.topic, message.payload.clone());
             }
-            return;
+            return Acceptance::Accepted;
+        }
+        let parsed = Topic::parse(message.topic).ok();
+        // Into the routes' outboxes first: a message they cannot take is refused, and a
+        // refused request is not handled either (the device will send it again).
+        if let (Some(routes), Some(topic)) = (&self.routes, parsed)
+            && let Some(source) = route_source(&topic)
+        {
+            let verdict = routes
+                .offer(
+                    source,
+                    topic.thing(),
+                    message.topic,
+                    message.payload,
+                    message.received_at,
+                )
+                .await;
+            if verdict != Acceptance::Accepted {
+                if self.gated {
+                    return verdict;
+                }
+                tracing::warn!(topic = %message.topic, ?verdict, "message refused by the routes after the broker acknowledged it (D-79)");
+            }
         }
         // Only requests reach the router; telemetry, Wills and user topics are plain MQTT.
-        let Some(thing) = Topic::parse(message.topic)
-            .ok()
-            .filter(Topic::is_hub_request)
-            .map(|t| t.thing())
-        else {
-            return;
+        let Some(thing) = parsed.filter(Topic::is_hub_request).map(|t| t.thing()) else {
+            return Acceptance::Accepted;
         };
         // A request belongs to the thing its topic names (a service user may speak for any);
         // that thing's shard keeps its requests in order.
@@ -211,6 +244,19 @@ impl Events for HubEvents {
                 },
             )
             .await;
+        Acceptance::Accepted
+    }
+}
+
+/// The route source of a device's PUBLISH, if routes may take it (S-14.2).
+fn route_source(topic: &Topic<'_>) -> Option<crate::routes::Source> {
+    use crate::routes::Source;
+    match topic {
+        Topic::Property { .. } => Some(Source::Telemetry),
+        Topic::User { .. } => Some(Source::Messages),
+        Topic::OtaTaskResult { .. } => Some(Source::OtaResults),
+        Topic::MethodResponse { .. } => Some(Source::MethodResults),
+        _ => None,
     }
 }
 

@@ -104,6 +104,21 @@ pub struct PublishIn<'a> {
     pub received_at: u64,
 }
 
+/// The core's answer to a published message (S-14.3, D-78): whether the broker may acknowledge
+/// it (PUBACK success for QoS 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Taken (in every matching route's outbox, if any): acknowledge it.
+    Accepted,
+    /// A full route outbox with the `refuse` policy: MQTT 5 PUBACK 0x97 (Quota exceeded);
+    /// MQTT 3.1.1 cannot refuse a PUBLISH, so the connection is closed without a PUBACK.
+    QuotaExceeded,
+    /// The route outbox could not be written: MQTT 5 PUBACK 0x80 (Unspecified error); MQTT
+    /// 3.1.1: the connection is closed without a PUBACK. Either way the device still holds the
+    /// message and may send it again.
+    Unavailable,
+}
+
 /// Events from a broker into the hub's core. Every method may wait: a broker must hold the
 /// client back meanwhile (backpressure), never drop the event.
 #[async_trait]
@@ -119,6 +134,8 @@ pub trait Events: Send + Sync + 'static {
     /// The client holds a subscription to `filter` (from a SUBSCRIBE, or restored with its
     /// session).
     async fn subscribed(&self, client: &Client<'_>, filter: &str);
-    /// A client published a message the allow-list let through.
-    async fn publish_in(&self, message: PublishIn<'_>);
+    /// A client published a message the allow-list let through. A broker that can hold the
+    /// acknowledgement back answers the client by the returned [`Acceptance`] (the embedded
+    /// one does); one that cannot (an external broker, D-79) ignores it.
+    async fn publish_in(&self, message: PublishIn<'_>) -> Acceptance;
 }

@@ -10,7 +10,7 @@
 //!
 //! # Rules
 //! One rule per line, `<writer> <step>`: writer is `shadows`, `things`, `presence`, `ota`,
-//! `enrollments`, `configurations`, `jobs`, `sync`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
+//! `enrollments`, `configurations`, `jobs`, `sync`, `routes`, `probe` or `*`; step is `begin`, `statement N` (the N-th statement of the transaction,
 //! counted from one) or `commit`. `#` starts a comment. Example: `shadows statement 2`. A process reads its
 //! rules from the file named by `IOTHUB_FAULT_FILE` at every step, so a test changes them while
 //! the hub runs by rewriting the file (an absent or empty file injects nothing).
@@ -38,6 +38,8 @@ pub enum Writer {
     Jobs,
     /// Registry sync tasks and events (S-13).
     Sync,
+    /// Routes: their outboxes, dead letters and message history (S-14).
+    Routes,
 }
 
 impl Writer {
@@ -53,6 +55,7 @@ impl Writer {
             Writer::Configurations => "configurations",
             Writer::Jobs => "jobs",
             Writer::Sync => "sync",
+            Writer::Routes => "routes",
         }
     }
 }

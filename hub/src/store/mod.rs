@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod lease;
 pub mod ota;
 pub mod postgres;
+pub mod routes;
 pub mod sqlite;
 pub mod sync;
 mod wal;
@@ -283,6 +284,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The registry sync tasks and events of this store (S-13), `None` when it has none.
     fn sync(&self) -> Option<&dyn sync::SyncStore> {
+        None
+    }
+
+    /// The route outboxes, dead letters and message history of this store (S-14), `None` when
+    /// it has none (test doubles).
+    fn routes(&self) -> Option<&dyn routes::RouteStore> {
         None
     }
 }

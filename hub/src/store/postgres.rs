@@ -46,6 +46,7 @@ mod jobs;
 mod lease;
 mod ota;
 pub mod query;
+mod routes;
 mod statements;
 mod sync;
 mod write;

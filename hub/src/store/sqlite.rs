@@ -39,6 +39,7 @@ mod enroll;
 mod jobs;
 mod ota;
 pub mod query;
+mod routes;
 mod statements;
 mod sync;
 mod write;

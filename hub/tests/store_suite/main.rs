@@ -25,6 +25,7 @@ mod leases;
 mod ota;
 mod query;
 mod race;
+mod routes;
 mod shadows;
 mod sync;
 mod things;
@@ -165,4 +166,6 @@ suite!(
     sync::failed_writes_leave_no_task,
     sync::events_filter_and_prune,
     sync::batch_removals_write_their_tasks,
+    routes::outbox_dead_letters_and_history_round_trip,
+    routes::failed_outbox_writes_store_nothing,
 );

@@ -483,6 +483,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn routes(&self) -> Option<&dyn crate::store::routes::RouteStore> {
+        Some(self)
+    }
+
     fn leases(&self) -> Option<&dyn crate::store::lease::LeaseStore> {
         Some(self)
     }

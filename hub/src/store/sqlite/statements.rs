@@ -596,6 +596,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn routes(&self) -> Option<&dyn crate::store::routes::RouteStore> {
+        Some(self)
+    }
+
     fn health(&self) -> crate::store::health::HealthReport {
         self.health.report()
     }

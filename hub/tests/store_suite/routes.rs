@@ -1,0 +1,167 @@
+//! Routes (S-14): definitions, outboxes with drop-oldest, delivery, dead letters and replay, and
+//! the message history with its retention, the same on every backend; a failed outbox write
+//! stores nothing.
+
+use iothub_hub::store::StoreError;
+use iothub_hub::store::routes::{Append, NewMessage, StoredRoute};
+
+use crate::Fixture;
+
+fn route(id: &str) -> StoredRoute {
+    StoredRoute {
+        route_id: id.into(),
+        spec: format!(r#"{{"id":"{id}"}}"#),
+        paused: false,
+        from_file: true,
+        updated_at: 5,
+    }
+}
+
+fn msg(thing: &str, n: u64) -> NewMessage {
+    NewMessage {
+        thing_id: thing.into(),
+        source: "telemetry".into(),
+        topic: format!("$iothub/things/{thing}/messages/property"),
+        payload: vec![0, 159, 146, 150, n as u8],
+        received_at: 1000 + n,
+    }
+}
+
+fn append(route: &str, drop_oldest: u64, messages: Vec<NewMessage>) -> Append {
+    Append {
+        route_id: route.into(),
+        drop_oldest,
+        messages,
+    }
+}
+
+pub async fn outbox_dead_letters_and_history_round_trip(f: Fixture) {
+    let rs = f.store.routes().expect("route store");
+    rs.put_route(&route("b")).await.unwrap();
+    rs.put_route(&route("a")).await.unwrap();
+    let mut paused = route("a");
+    paused.paused = true;
+    rs.put_route(&paused).await.unwrap();
+    let all = rs.routes().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], paused);
+
+    let dropped = rs
+        .enqueue(&[
+            append("a", 0, (0..5).map(|n| msg("t1", n)).collect()),
+            append("b", 0, vec![msg("t2", 0)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![0, 0]);
+    // drop-oldest: two out, one in.
+    let dropped = rs
+        .enqueue(&[append("a", 2, vec![msg("t1", 5)])])
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![2]);
+    let mut depths = rs.outbox_depths().await.unwrap();
+    depths.sort();
+    assert_eq!(depths, vec![("a".into(), 4), ("b".into(), 1)]);
+    let head = rs.outbox("a", 3).await.unwrap();
+    let ns: Vec<u8> = head.iter().map(|m| m.message.payload[4]).collect();
+    assert_eq!(ns, vec![2, 3, 4], "oldest first, the dropped ones gone");
+    assert!(head.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(head[0].message, msg("t1", 2), "bytes round-trip");
+
+    assert_eq!(rs.delivered("a", head[1].seq).await.unwrap(), 2);
+    let moved = rs.dead_letter("a", u64::MAX, 3, "boom", 77).await.unwrap();
+    assert_eq!(moved, 2);
+    assert!(rs.outbox("a", 10).await.unwrap().is_empty());
+    let (total, letters) = rs.dead_letters("a", 0, 1).await.unwrap();
+    assert_eq!((total, letters.len()), (2, 1));
+    assert_eq!(
+        (
+            letters[0].attempts,
+            letters[0].error.as_str(),
+            letters[0].failed_at
+        ),
+        (3, "boom", 77)
+    );
+    assert_eq!(letters[0].stored.message, msg("t1", 4));
+    let (_, rest) = rs
+        .dead_letters("a", letters[0].stored.seq, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rs.replay_dead_letters("a", 1).await.unwrap(), 1);
+    assert_eq!(rs.replay_dead_letters("a", 10).await.unwrap(), 1);
+    assert_eq!(rs.replay_dead_letters("a", 10).await.unwrap(), 0);
+    let back: Vec<u8> = rs
+        .outbox("a", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message.payload[4])
+        .collect();
+    assert_eq!(back, vec![4, 5], "replayed in order");
+
+    rs.delete_route("a").await.unwrap();
+    assert_eq!(rs.delete_route("a").await, Err(StoreError::NotFound));
+    assert_eq!(rs.outbox_depths().await.unwrap(), vec![("b".into(), 1)]);
+    // One batch alone past the bound: the drop takes the oldest, just appended ones included.
+    let dropped = rs
+        .enqueue(&[append("b", 3, (0..4).map(|n| msg("t3", n)).collect())])
+        .await
+        .unwrap();
+    assert_eq!(dropped, vec![3]);
+    let left: Vec<u8> = rs
+        .outbox("b", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message.payload[4])
+        .collect();
+    assert_eq!(left, vec![2, 3]);
+
+    let history: Vec<NewMessage> = (0..6)
+        .map(|n| msg("t1", n))
+        .chain((0..2).map(|n| msg("t2", n)))
+        .collect();
+    rs.append_history(&history).await.unwrap();
+    let page = rs.history("t1", 1002, 1005, 10).await.unwrap();
+    let ns: Vec<u8> = page.iter().map(|m| m.message.payload[4]).collect();
+    assert_eq!(ns, vec![2, 3, 4]);
+    assert_eq!(
+        rs.history("t1", 0, u64::MAX >> 1, 2).await.unwrap().len(),
+        2
+    );
+    // Older than 1001 goes; then at most 3 per thing, the newest.
+    let gone = rs.prune_history(1001, Some(3)).await.unwrap();
+    assert_eq!(gone, 1 + 1 + 2);
+    let left: Vec<u8> = rs
+        .history("t1", 0, u64::MAX >> 1, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message.payload[4])
+        .collect();
+    assert_eq!(left, vec![3, 4, 5]);
+    assert_eq!(
+        rs.history("t2", 0, u64::MAX >> 1, 10).await.unwrap().len(),
+        1
+    );
+}
+
+pub async fn failed_outbox_writes_store_nothing(f: Fixture) {
+    let rs = f.store.routes().expect("route store");
+    rs.put_route(&route("a")).await.unwrap();
+    for rule in ["routes statement 2", "routes commit"] {
+        f.faults.set(rule);
+        let result = rs
+            .enqueue(&[append("a", 0, vec![msg("t1", 0), msg("t1", 1)])])
+            .await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{rule}");
+        f.faults.set("");
+        assert!(rs.outbox("a", 10).await.unwrap().is_empty(), "{rule}");
+    }
+    rs.enqueue(&[append("a", 0, vec![msg("t1", 0)])])
+        .await
+        .unwrap();
+    assert_eq!(rs.outbox("a", 10).await.unwrap().len(), 1);
+}
