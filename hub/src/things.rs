@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::shadow::ShadowService;
 use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
 
+mod certs;
 pub mod merge_patch;
 mod validate;
 
@@ -86,6 +87,12 @@ pub enum ThingsError {
     /// Hashing the secret failed (internal).
     #[error("password hashing failed")]
     Hash,
+    /// A certificate to register is not one PEM X.509 certificate (D-82).
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// This store keeps no certificates (test doubles).
+    #[error("certificates are not supported by this store")]
+    NoCertificates,
 }
 
 impl ThingsError {
@@ -96,10 +103,11 @@ impl ThingsError {
             | ThingsError::InvalidPassword
             | ThingsError::InvalidTags(_)
             | ThingsError::BatchTooLarge
-            | ThingsError::InvalidPaging(_) => 400,
+            | ThingsError::InvalidPaging(_)
+            | ThingsError::InvalidCertificate(_) => 400,
             ThingsError::NotFound => 404,
             ThingsError::AlreadyExists | ThingsError::VersionConflict => 409,
-            ThingsError::Unavailable => 503,
+            ThingsError::Unavailable | ThingsError::NoCertificates => 503,
             ThingsError::Hash => 500,
         }
     }
