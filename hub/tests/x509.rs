@@ -353,3 +353,37 @@ async fn registration_errors_use_the_envelope() {
     let one = &doc["paths"]["/api/v1/things/{id}/certificates/{fingerprint}"];
     assert!(one["delete"].is_object(), "{one}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_over_mqtt5_reports_with_its_certificate_and_an_empty_secret() {
+    let ca = Ca::new();
+    let (hub, _dir) = x509_hub(&ca);
+    let a = unique("x509-sdk");
+    hub.create_thing(&a).await;
+    let cert = ca.device(&a, false);
+    register(&hub, &a, &cert).await;
+
+    let port = hub.ready().mqtts.expect("the hub serves mqtts").port();
+    let opts = iothub_sdk::ThingOptions::new(&a, "", "127.0.0.1", port)
+        .protocol(iothub_sdk::Protocol::V5)
+        .request_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .tls_ca_pem(ca.cert.pem().as_bytes())
+        .expect("ca pem")
+        .tls_client_cert_pem(cert.cert.as_bytes(), cert.key.as_bytes())
+        .expect("client cert");
+    let thing = iothub_sdk::Thing::connect(opts)
+        .await
+        .expect("MQTT 5 connect with the certificate");
+    let state = json!({"fw": "1.2.3"});
+    let version = thing
+        .shadow("default")
+        .report(&state)
+        .await
+        .expect("report");
+    let (status, doc) = hub.rest_shadow(&a, "default").await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["state"]["reported"], state);
+    assert_eq!(doc["version"], version);
+    thing.close().await;
+}
