@@ -27,7 +27,8 @@
 //! errors), D-24 (OTA job shapes, in [`ota`]), D-25 (creating things, batches), D-26 (paging),
 //! D-27 (tags), D-28 (enabling and disabling), D-29 (method calls), D-30 (identifiers in paths),
 //! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
-//! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
+//! [`crate::query`]), D-36 (REST shadow writes), D-42 (tags merge-patch) and D-83 (a thing's
+//! client certificates, in [`certificates`]).
 
 pub mod broker_auth;
 pub mod certificates;
