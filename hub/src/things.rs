@@ -29,6 +29,7 @@ use crate::shadow::ShadowService;
 use crate::store::{NewThing, SharedStore, StoreError, ThingRecord};
 
 mod batch;
+mod certs;
 pub mod merge_patch;
 mod validate;
 
@@ -87,6 +88,12 @@ pub enum ThingsError {
     /// Hashing the secret failed (internal).
     #[error("password hashing failed")]
     Hash,
+    /// A certificate to register is not one PEM X.509 certificate (D-82).
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// This store keeps no certificates (test doubles).
+    #[error("certificates are not supported by this store")]
+    NoCertificates,
 }
 
 impl ThingsError {
@@ -97,10 +104,11 @@ impl ThingsError {
             | ThingsError::InvalidPassword
             | ThingsError::InvalidTags(_)
             | ThingsError::BatchTooLarge
-            | ThingsError::InvalidPaging(_) => 400,
+            | ThingsError::InvalidPaging(_)
+            | ThingsError::InvalidCertificate(_) => 400,
             ThingsError::NotFound => 404,
             ThingsError::AlreadyExists | ThingsError::VersionConflict => 409,
-            ThingsError::Unavailable => 503,
+            ThingsError::Unavailable | ThingsError::NoCertificates => 503,
             ThingsError::Hash => 500,
         }
     }

@@ -212,6 +212,8 @@ fn connect_of(req: &AuthnRequest) -> Connect<'_> {
         has_username: !req.username.is_empty(),
         password: req.password.as_bytes(),
         will_topic: None,
+        // EMQX does not forward the client certificate (D-82: no certificate identity there).
+        cert_sha256: None,
         crowded: true,
     }
 }

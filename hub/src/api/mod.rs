@@ -16,7 +16,8 @@
 //! ([`broker_auth`], D-57), take their own token, `--broker-auth-token`, and exist only when it
 //! is set.
 //!
-//! One file per resource: [`things`] (registry and tags), [`shadows`], [`query`], [`methods`],
+//! One file per resource: [`things`] (registry and tags), [`certificates`] (a thing's client
+//! certificates, D-82), [`shadows`], [`query`], [`methods`],
 //! [`ota`] (OTA jobs), [`system`] (health, metrics, limits, OpenAPI), [`docs`] (Swagger UI),
 //! [`tio`] (the routes and names tio's clients use, as aliases), [`broker_auth`] (a broker's
 //! HTTP authentication and authorization), [`sync`] (registry sync, S-13).
@@ -26,9 +27,11 @@
 //! errors), D-24 (OTA job shapes, in [`ota`]), D-25 (creating things, batches), D-26 (paging),
 //! D-27 (tags), D-28 (enabling and disabling), D-29 (method calls), D-30 (identifiers in paths),
 //! D-31 (the OpenAPI document and the open routes), D-32 (the query language, in
-//! [`crate::query`]), D-36 (REST shadow writes) and D-42 (tags merge-patch).
+//! [`crate::query`]), D-36 (REST shadow writes), D-42 (tags merge-patch) and D-83 (a thing's
+//! client certificates, in [`certificates`]).
 
 pub mod broker_auth;
+pub mod certificates;
 pub mod configurations;
 pub mod docs;
 pub mod enrollments;
@@ -55,7 +58,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use iothub_spec::limits::Limits;
 
 use crate::method::Methods;
@@ -248,6 +251,14 @@ pub fn router(state: AppState) -> Router {
             put(shadows::put_desired),
         )
         .route("/things/{id}/methods/{method}", post(methods::invoke))
+        .route(
+            "/things/{id}/certificates",
+            post(certificates::register).get(certificates::list),
+        )
+        .route(
+            "/things/{id}/certificates/{fingerprint}",
+            delete(certificates::revoke),
+        )
         .route("/ota/jobs", post(ota::create))
         .route("/ota/jobs/{id}", get(ota::get_job))
         .route("/ota/jobs/{id}/cancel", post(ota::cancel))

@@ -126,6 +126,7 @@ impl HubHooks {
             has_username: info.username().is_some(),
             password: info.password().map(|p| p.as_ref()).unwrap_or_default(),
             will_topic: will_topic(info),
+            cert_sha256: info.cert().and_then(|c| c.sha256),
             crowded: self.pending.crowded(),
         };
         match self.events.authenticate(&connect).await {

@@ -67,7 +67,10 @@ pub fn bind(
             let tls = wanted.tls.ok_or_else(|| {
                 anyhow::anyhow!("MQTT {transport:?} listener without TLS settings")
             })?;
-            builder = builder.tls_server_config(tls.clone());
+            // The client certificate's fingerprint goes with the CONNECT to the auth hook (D-82).
+            builder = builder
+                .tls_server_config(tls.clone())
+                .collect_cert_info(true);
         }
         let listener = builder.bind().map_err(|e| {
             anyhow::anyhow!("cannot listen for MQTT ({transport:?}) on {addr}: {e}")

@@ -109,6 +109,29 @@ impl Authenticator {
         }
     }
 
+    /// Checks a client certificate's SHA-256 fingerprint (D-82): [`CredentialCheck::Valid`] only
+    /// if it is registered on `thing` and the thing is enabled; a certificate registered on
+    /// another thing, or on none, is [`CredentialCheck::Invalid`]. The chain to the client CA
+    /// and the validity period were checked by the TLS handshake already.
+    pub async fn check_certificate(&self, thing: &str, sha256: &[u8; 32]) -> CredentialCheck {
+        let Some(store) = self.store.certificates() else {
+            return CredentialCheck::Invalid;
+        };
+        match store
+            .certificate_thing(&crate::store::certs::fingerprint_hex(sha256))
+            .await
+        {
+            Ok(Some((owner, _))) if owner != thing => CredentialCheck::Invalid,
+            Ok(Some((_, true))) => CredentialCheck::Valid,
+            Ok(Some((_, false))) => CredentialCheck::Disabled,
+            Ok(None) => CredentialCheck::Invalid,
+            Err(e) => {
+                tracing::warn!(%thing, error = %e, "certificates unavailable during CONNECT");
+                CredentialCheck::Unavailable
+            }
+        }
+    }
+
     /// Checks a claim connection's secret against its enrollment's claim secret (S-10.1). A
     /// disabled, expired or used-up enrollment still lets the device in: it learns why from
     /// the `rejected` reply (S-10.5), which a refused CONNECT could not tell it.

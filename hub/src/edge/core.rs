@@ -128,6 +128,16 @@ impl HubEvents {
             tracing::debug!(thing = %username, %will_topic, "refused: Will topic outside the allow-list");
             return (Admission::NotAuthorized, Blame::Client);
         }
+        // D-82: a client certificate registered on this thing authenticates it, whatever the
+        // password; any other certificate leaves the decision to the secret.
+        if let Some(sha256) = &connect.cert_sha256 {
+            match self.authenticator.check_certificate(username, sha256).await {
+                CredentialCheck::Valid => return (Admission::Allow, Blame::None),
+                CredentialCheck::Disabled => return (Admission::NotAuthorized, Blame::Client),
+                CredentialCheck::Unavailable => return (Admission::NotAuthorized, Blame::Hub),
+                CredentialCheck::Invalid | CredentialCheck::Busy => {}
+            }
+        }
         match self
             .authenticator
             .check_thing(username, connect.password)

@@ -71,6 +71,9 @@ pub struct Connect<'a> {
     pub password: &'a [u8],
     /// The topic of the CONNECT's Will, if it has one.
     pub will_topic: Option<&'a str>,
+    /// The SHA-256 fingerprint of the client certificate the connection presented during the
+    /// TLS handshake (already verified against `--tls-client-ca`), if any (D-82).
+    pub cert_sha256: Option<[u8; 32]>,
     /// Whether the broker's unauthenticated-connection slots are crowded (half of them held). A
     /// delayed refusal holds such a slot for the whole delay, so a refusal then goes out at once
     /// (issue 14); a broker without such slots says `false`. A broker that waits for the answer

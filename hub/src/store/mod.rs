@@ -25,6 +25,7 @@
 //! `sqlite/write.rs`). While writes fail, [`Store::health`] says so and why (`/healthz` 503, the
 //! `iothub_store_healthy` metric); it recovers by itself when writes succeed again.
 
+pub mod certs;
 pub mod commit;
 pub mod configurations;
 pub mod enroll;
@@ -259,6 +260,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The OTA job storage of this store (S-7.3), `None` when it has none (test doubles).
     fn ota(&self) -> Option<&dyn ota::OtaStore> {
+        None
+    }
+
+    /// The client certificates registered on things (D-82), `None` when it has none (test
+    /// doubles).
+    fn certificates(&self) -> Option<&dyn certs::CertificateStore> {
         None
     }
 

@@ -40,6 +40,7 @@ use super::health::StoreHealth;
 use super::{StoreError, from_db, to_db};
 
 mod batch;
+mod certs;
 mod configurations;
 mod enroll;
 mod jobs;

@@ -34,6 +34,7 @@ use super::wal;
 
 use super::{StoreError, from_db, to_db};
 
+mod certs;
 pub(crate) mod configurations;
 mod enroll;
 mod jobs;

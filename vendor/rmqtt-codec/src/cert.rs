@@ -18,6 +18,9 @@ pub struct CertInfo {
     pub serial: Option<String>,
     /// Organization
     pub organization: Option<String>,
+    /// SHA-256 of the leaf certificate's DER encoding (its fingerprint). // iothub patch
+    #[serde(default)] // iothub patch
+    pub sha256: Option<[u8; 32]>, // iothub patch
 }
 
 impl CertInfo {

@@ -44,7 +44,9 @@ where
 
         let serial = parsed.serial.to_str_radix(16);
 
-        Some(CertInfo { common_name, subject, serial: Some(serial), organization })
+        let sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(cert.as_ref()).into()); // iothub patch
+
+        Some(CertInfo { common_name, subject, serial: Some(serial), organization, sha256 }) // iothub patch
     }
 }
 

@@ -345,6 +345,11 @@ pub mod v3 {
                         }
                         if self.cfg.collect_cert_info {
                             connect.cert = self.cert_info.clone();
+                            // iothub patch: with a client certificate, a CONNECT without user
+                            // name stands for its client id (D-82).
+                            if self.cert_info.is_some() && connect.username.is_none() { // iothub patch
+                                connect.username = Some(connect.client_id.clone()); // iothub patch
+                            } // iothub patch
                         }
                     }
                     connect
@@ -614,6 +619,11 @@ pub mod v5 {
                         }
                         if self.cfg.collect_cert_info {
                             connect.cert = self.cert_info.clone();
+                            // iothub patch: with a client certificate, a CONNECT without user
+                            // name stands for its client id (D-82).
+                            if self.cert_info.is_some() && connect.username.is_none() { // iothub patch
+                                connect.username = Some(connect.client_id.clone()); // iothub patch
+                            } // iothub patch
                         }
                     }
                     connect

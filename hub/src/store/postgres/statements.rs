@@ -467,6 +467,10 @@ impl Store for PgStore {
         Some(self)
     }
 
+    fn certificates(&self) -> Option<&dyn crate::store::certs::CertificateStore> {
+        Some(self)
+    }
+
     fn enrollments(&self) -> Option<&dyn crate::store::enroll::EnrollmentStore> {
         Some(self)
     }

@@ -580,6 +580,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn certificates(&self) -> Option<&dyn crate::store::certs::CertificateStore> {
+        Some(self)
+    }
+
     fn enrollments(&self) -> Option<&dyn crate::store::enroll::EnrollmentStore> {
         Some(self)
     }
