@@ -67,6 +67,7 @@ pub struct Metrics {
     mqtt_messages_in: AtomicU64,
     mqtt_messages_out: AtomicU64,
     mqtt_oversized_dropped: AtomicU64,
+    mqtt_queue_full_dropped: AtomicU64,
     shadow_updates_accepted: AtomicU64,
     shadow_updates_rejected: [AtomicU64; SHADOW_CODES.len()],
     shadow_updates_rejected_other: AtomicU64,
@@ -109,6 +110,7 @@ impl Default for Metrics {
             mqtt_messages_in: AtomicU64::default(),
             mqtt_messages_out: AtomicU64::default(),
             mqtt_oversized_dropped: AtomicU64::default(),
+            mqtt_queue_full_dropped: AtomicU64::default(),
             shadow_updates_accepted: AtomicU64::default(),
             shadow_updates_rejected: Default::default(),
             shadow_updates_rejected_other: AtomicU64::default(),
@@ -169,6 +171,12 @@ impl Metrics {
     /// Size (D-40).
     pub fn inc_mqtt_oversized_dropped(&self) {
         self.mqtt_oversized_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery was dropped because the receiving session's message queue was full; returns
+    /// the count so far.
+    pub fn inc_mqtt_queue_full_dropped(&self) -> u64 {
+        self.mqtt_queue_full_dropped.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A shadow update was accepted (and durably stored).
@@ -347,6 +355,12 @@ impl Metrics {
             "iothub_mqtt_oversized_dropped_total",
             "Deliveries discarded as larger than the client's MQTT 5 Maximum Packet Size (D-40).",
             get(&self.mqtt_oversized_dropped),
+        );
+        counter(
+            &mut out,
+            "iothub_mqtt_queue_full_dropped_total",
+            "Deliveries dropped because the receiving session's message queue was full (D-84).",
+            get(&self.mqtt_queue_full_dropped),
         );
         counter(
             &mut out,

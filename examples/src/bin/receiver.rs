@@ -99,6 +99,15 @@ async fn main() -> anyhow::Result<()> {
             .attempts(args.http_attempts);
         receiver = receiver.handler(http);
     }
+    // One line per (re)subscription, so that an operator (or a test) sees the receiver ready.
+    let mut subscribed = receiver.subscribed();
+    tokio::spawn(async move {
+        while subscribed.changed().await.is_ok() {
+            if *subscribed.borrow_and_update() {
+                tracing::info!("subscribed");
+            }
+        }
+    });
     let stats = receiver
         .run(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -5,6 +5,9 @@
 //!   [`MAX_KEEP_ALIVE_SECS`], announced in CONNACK; a smaller request is kept and announced as
 //!   it is. MQTT 3.1.1 cannot announce a value, so its keep alive is taken as the client sent it
 //!   (a silently shortened one would disconnect a client that pings on its own schedule).
+//! - The message queue beyond the inflight window: a service user's holds
+//!   [`SERVICE_MQUEUE_LEN`](super::queue_full::SERVICE_MQUEUE_LEN) messages (D-84), a thing's
+//!   rmqtt's default.
 //! - Everything else (session expiry, message expiry, in-flight window, aliases) is rmqtt's
 //!   default fitter, fed by the listener settings in `mod.rs`.
 
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use iothub_spec::ids::is_service_user;
 use rmqtt::Result;
 use rmqtt::codec::types::{MQTT_LEVEL_5, Publish};
 use rmqtt::fitter::{DefaultFitter, Fitter, FitterManager};
@@ -28,9 +32,11 @@ pub struct HubFitterManager;
 impl FitterManager for HubFitterManager {
     fn create(&self, conn_info: Arc<ConnectInfo>, id: Id, cfg: ListenerConfig) -> FitterType {
         let mqtt5 = conn_info.proto_ver() == MQTT_LEVEL_5;
+        let service = is_service_user(id.username_ref());
         Arc::new(HubFitter {
             inner: DefaultFitter::new(conn_info, id, cfg),
             mqtt5,
+            service,
         })
     }
 }
@@ -39,6 +45,8 @@ impl FitterManager for HubFitterManager {
 struct HubFitter {
     inner: DefaultFitter,
     mqtt5: bool,
+    /// A service user: a back end taking a fleet's messages gets a long queue (D-84).
+    service: bool,
 }
 
 /// The keep alive the hub grants an MQTT 5 client that asked for `requested` seconds.
@@ -61,7 +69,11 @@ impl Fitter for HubFitter {
     }
 
     fn max_mqueue_len(&self) -> usize {
-        self.inner.max_mqueue_len()
+        if self.service {
+            super::queue_full::SERVICE_MQUEUE_LEN.max(self.inner.max_mqueue_len())
+        } else {
+            self.inner.max_mqueue_len()
+        }
     }
 
     fn mqueue_rate_limit(&self) -> (NonZeroU32, Duration) {

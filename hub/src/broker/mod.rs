@@ -18,6 +18,7 @@ mod fitter;
 mod hooks;
 mod listeners;
 mod oversize;
+mod queue_full;
 mod retain;
 mod router;
 mod shared;
@@ -155,6 +156,7 @@ impl EmbeddedBroker {
             config.max_pending_per_addr,
             refusals,
         );
+        let queue_full = queue_full::CountQueueFull::new(metrics.clone());
         let oversize = oversize::DropOversized::new(metrics);
         let handler = Arc::new(hooks::HubHooks::new(
             events,
@@ -178,6 +180,9 @@ impl EmbeddedBroker {
         }
         register
             .add(Type::MessageExpiryCheck, Box::new(oversize))
+            .await;
+        register
+            .add(Type::MessageDropped, Box::new(queue_full))
             .await;
         register.start().await;
 
