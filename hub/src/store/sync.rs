@@ -8,8 +8,8 @@
 //! task, or the task without the change. This trait only reads them and records what became of
 //! them.
 //!
-//! The statements are shared by both backends ([`sql`]); the row decoding goes through the
-//! jobs' [`Db`] helpers.
+//! The statements are shared by both backends (`sql`); the row decoding goes through the
+//! jobs' `Db` helpers.
 
 use iothub_spec::code::SyncEventKind;
 use serde_json::{Map, Value};
