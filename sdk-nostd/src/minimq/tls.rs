@@ -84,8 +84,7 @@ type Suite = Aes128GcmSha256;
 const HEADER: usize = 5;
 
 /// A byte stream that can be opened again in place, for [`TlsTransport`] to run TLS over: an
-/// `embassy-net` socket ([`TcpTransport`](super::TcpTransport) with feature `embassy-net`), or
-/// a host socket in tests.
+/// `embassy-net` socket (`TcpTransport`, feature `embassy-net`), or a host socket in tests.
 #[allow(async_fn_in_trait)] // embassy style: no Send bound wanted on single-core executors
 pub trait Reconnect: Read + Write {
     /// Why a connection could not be opened.
