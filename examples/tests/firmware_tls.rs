@@ -10,53 +10,17 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use iothub_launch::{HubCommand, HubProcess};
+use iothub_launch::HubProcess;
 use serde_json::json;
-use support::{ADMIN_TOKEN, Proc, Rest, SVC, device_log, spawn_device};
+use support::{Proc, Rest, dev_certs, device_log, path_arg as path, spawn_device, spawn_tls_hub};
 
-/// Runs `iothub dev-certs` into `dir` for `things`.
-fn dev_certs(dir: &Path, things: &[&str]) {
-    let mut cmd = std::process::Command::new(iothub_launch::hub_binary().expect("iothub binary"));
-    cmd.arg("dev-certs").arg("--out").arg(dir);
-    for t in things {
-        cmd.args(["--thing", t]);
-    }
-    let out = cmd.output().expect("run iothub dev-certs");
-    assert!(
-        out.status.success(),
-        "dev-certs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn path(p: PathBuf) -> String {
-    p.to_str().expect("utf-8 path").to_owned()
-}
-
-/// A hub with MQTT over TLS on an ephemeral port, its certificate from `certs`, requiring
-/// client certificates from the same CA when `client_ca`. Returns (hub, mqtts, http).
+/// A hub with MQTT over TLS; returns (hub, mqtts, http).
 fn tls_hub(dir: &Path, certs: &Path, client_ca: bool) -> (HubProcess, SocketAddr, SocketAddr) {
-    let mut cmd = HubCommand::new(iothub_launch::hub_binary().expect("iothub binary"));
-    cmd.args(["--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--mqtts-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--tls-cert", &path(certs.join("server.pem"))])
-        .args(["--tls-key", &path(certs.join("server.key"))])
-        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
-        .arg(format!("{}:{}", SVC.0, SVC.1));
-    if client_ca {
-        cmd.args(["--tls-client-ca", &path(certs.join("ca.pem"))]);
-    }
-    let hub = cmd
-        .env("RUST_LOG", "warn")
-        .stderr_to(dir.join("hub.log"))
-        .spawn()
-        .expect("start iothub");
-    let ready = hub.ready();
-    (hub, ready.mqtts.expect("the hub serves mqtts"), ready.http)
+    let h = spawn_tls_hub(dir, certs, client_ca);
+    (h.hub, h.mqtts, h.http)
 }
 
 /// The thermostat's checks: a desired change set applied and reported, the method answered.

@@ -56,8 +56,8 @@ pub use runner::{MqttConfig, Runner};
 pub use tcp::TcpTransport;
 #[cfg(feature = "tls")]
 pub use tls::{
-    ClientIdentity, Reconnect, TlsBuffers, TlsConfig, TlsConnectError, TlsResources,
-    TlsSetupError, TlsStream, TlsTransport,
+    ClientIdentity, Reconnect, TlsBuffers, TlsConfig, TlsConnectError, TlsResources, TlsSetupError,
+    TlsStream, TlsTransport,
 };
 
 use crate::spec::limits::MAX_TOPIC_LEN;

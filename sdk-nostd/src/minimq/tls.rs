@@ -15,7 +15,7 @@
 //!   secret (D-82). Without one it sends an empty certificate message, which a hub that
 //!   requires certificates refuses.
 //! - The RNG (ECDHE key, client random) is the caller's, a `rand_core` 0.6
-//!   [`CryptoRng`](rand_core::CryptoRng): seed it from the hardware's true RNG.
+//!   `CryptoRng`: seed it from the hardware's true RNG.
 //!
 //! ## Cancel safety
 //!
@@ -301,8 +301,11 @@ impl<'b, 'c, S: Reconnect, Rng: CryptoRng + RngCore> Transport for TlsTransport<
                 .map_err(TlsConnectError::Connect)?;
         }
         let shared: &RefCell<Stashes<'b, S>> = shared;
-        let mut tls =
-            TlsConnection::new(Delegate(shared), &mut read_record[..], &mut write_record[..]);
+        let mut tls = TlsConnection::new(
+            Delegate(shared),
+            &mut read_record[..],
+            &mut write_record[..],
+        );
         let tls_config = embedded_tls::TlsConfig::new().with_server_name(config.server_name);
         let provider = Provider {
             rng,
