@@ -17,6 +17,7 @@ the function it came from. Groups:
 Usage (from target/firmware/thumbv7em-none-eabihf/release):
 
     python3 ../../../../examples/firmware/attribute.py core-only
+    python3 ../../../../examples/firmware/attribute.py thermostat-fw --deps   # deps by crate
 
 Needs `llvm-nm`, `llvm-objdump`, `llvm-addr2line` and `llvm-size` on the PATH. A tool for
 BENCHMARKS.md; the attribution of inlined code is per instruction and approximate at the edges
@@ -56,13 +57,16 @@ def group(frames):
         if "/rustc/" in loc or func.startswith("core::") or func.startswith("<core::"):
             continue
         if "/.cargo/" in loc:
-            return "deps"
+            crate = re.search(r"/registry/src/[^/]+/([^/]+)-[0-9][^/]*/", loc)
+            return "deps:" + (crate.group(1) if crate else "?")
         return "iothub"
     return "core"
 
 
 def main():
-    elf = sys.argv[1] if len(sys.argv) > 1 else "core-only"
+    args = [a for a in sys.argv[1:] if a != "--deps"]
+    by_crate = "--deps" in sys.argv[1:]
+    elf = args[0] if args else "core-only"
     dis = run("llvm-objdump", "-d", "--no-show-raw-insn", "--section=.text", elf)
     addrs = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s", dis, re.M)]
     text = sections(elf)
@@ -76,14 +80,22 @@ def main():
     )
     blocks = re.split(r"^0x[0-9a-f]+\n", a2l, flags=re.M)[1:]
     totals = collections.Counter()
+    crates = collections.Counter()
     for size, block in zip(sizes, blocks):
         lines = block.strip().split("\n")
         frames = list(zip(lines[0::2], lines[1::2]))
-        totals[group(frames)] += size
+        name = group(frames)
+        if name.startswith("deps:"):
+            crates[name[5:]] += size
+            name = "deps"
+        totals[name] += size
     flash = text.get(".text", 0) + text.get(".rodata", 0)
     print(f"{elf}: .text {text.get('.text', 0)}, .rodata {text.get('.rodata', 0)}, flash {flash}")
     for name in ("iothub", "deps", "app-json", "core", "builtins"):
         print(f"  {name:9} {totals[name]:6}")
+    if by_crate:
+        for crate, size in crates.most_common():
+            print(f"    {crate:24} {size:6}")
     print(f"  {'rodata':9} {text.get('.rodata', 0):6}")
     print(f"  (instructions attributed: {sum(totals.values())} of {text.get('.text', 0)} bytes of .text)")
 

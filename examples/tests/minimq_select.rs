@@ -7,6 +7,11 @@
 //! service user; the application must see every delta exactly once and in order (the versions
 //! the REST answers named), answer every call from its handler (never the hub's timeout), and
 //! get every OTA task.
+//!
+//! The same again over TLS (`TlsTransport`, D-90) through a socket that hands out at most 7 bytes
+//! per read and yields before each: every TLS record arrives in many pieces, so the runner's
+//! `select`s (a wake-up, minimq's keepalive deadline) drop reads in the middle of records, many
+//! times; nothing may be lost or garbled.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -22,11 +27,15 @@ use std::time::{Duration, Instant};
 use embassy_futures::select::{Either, select};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embedded_io_adapters::tokio_1::FromTokio;
-use iothub_sdk_nostd::minimq::{Client, MqttConfig, Resources, Runner, State, Transport};
+use iothub_sdk_nostd::minimq::tls::READ_RECORD_HUB;
+use iothub_sdk_nostd::minimq::{
+    Client, MqttConfig, Reconnect, Resources, Runner, State, TlsConfig, TlsResources, TlsTransport,
+    Transport,
+};
 use iothub_sdk_nostd::spec::payload::{self, field};
 use iothub_sdk_nostd::{Config, Device, Event, Instant as DevInstant, OtaReport, QoS};
 use serde_json::json;
-use support::{Rest, STEP, ota, spawn_hub};
+use support::{Rest, STEP, dev_certs, ota, spawn_hub, spawn_tls_hub};
 
 /// Deltas sent; a method call every `CALL_EVERY` and an OTA task every `OTA_EVERY` of them.
 const DELTAS: u64 = 60;
@@ -103,6 +112,106 @@ impl Transport for Tcp {
     }
 }
 
+/// Bytes handed out per read by [`Dribble`].
+const DRIBBLE: usize = 7;
+
+/// A host socket for `TlsTransport` that hands out at most [`DRIBBLE`] bytes per read and
+/// yields before each read. It follows the TLS record headers in what it hands out and counts
+/// the reads dropped (cancelled) while a record was half delivered.
+struct Dribble {
+    addr: SocketAddr,
+    stream: Option<FromTokio<tokio::net::TcpStream>>,
+    /// A read is under way (set before its await, cleared after).
+    reading: bool,
+    /// Position in the server's byte stream: header bytes seen of the current record, and
+    /// bytes of its body still to come.
+    header: Vec<u8>,
+    body_left: usize,
+    cancelled_mid_record: Arc<AtomicU64>,
+}
+
+impl Dribble {
+    fn new(addr: SocketAddr, cancelled_mid_record: Arc<AtomicU64>) -> Self {
+        Dribble {
+            addr,
+            stream: None,
+            reading: false,
+            header: Vec::new(),
+            body_left: 0,
+            cancelled_mid_record,
+        }
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut FromTokio<tokio::net::TcpStream>> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+
+    /// Follows the record framing over `bytes`, handed out in order.
+    fn track(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.body_left > 0 {
+                self.body_left -= 1;
+            } else {
+                self.header.push(b);
+                if self.header.len() == 5 {
+                    self.body_left =
+                        usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                    self.header.clear();
+                }
+            }
+        }
+    }
+}
+
+impl embedded_io_async::ErrorType for Dribble {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for Dribble {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.reading && (self.body_left > 0 || !self.header.is_empty()) {
+            self.cancelled_mid_record.fetch_add(1, Ordering::Relaxed);
+        }
+        self.reading = true;
+        tokio::task::yield_now().await;
+        let n = buf.len().min(DRIBBLE);
+        let n = embedded_io_async::Read::read(self.stream()?, &mut buf[..n]).await?;
+        self.reading = false;
+        self.track(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl embedded_io_async::Write for Dribble {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        embedded_io_async::Write::write(self.stream()?, buf).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        embedded_io_async::Write::flush(self.stream()?).await
+    }
+}
+
+impl Reconnect for Dribble {
+    type ConnectError = std::io::Error;
+
+    async fn reconnect(&mut self) -> std::io::Result<()> {
+        self.stream = None;
+        (self.reading, self.body_left) = (false, 0);
+        self.header.clear();
+        self.stream = Some(Tcp(self.addr).connect().await?);
+        Ok(())
+    }
+}
+
+/// What the TLS run needs: the dev CA (DER) and the counter of [`Dribble`].
+struct TlsSetup {
+    ca_der: Vec<u8>,
+    cancelled_mid_record: Arc<AtomicU64>,
+}
+
 type AppDevice<'a> = Device<'a, SHADOWS, IN_FLIGHT, QUEUE>;
 
 /// The application's handlers: count, answer calls with the count, finish OTA tasks at once.
@@ -164,6 +273,7 @@ fn device(
     seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     cancelled: Arc<AtomicU64>,
+    tls: Option<TlsSetup>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,8 +290,28 @@ fn device(
         let mut resources = Resources::<4096, 8192, 2048>::new();
         let mut mqtt_config = MqttConfig::new(&thing, secret.as_bytes());
         mqtt_config.backoff_max_ms = 2_000;
+        let Some(tls) = tls else {
+            let (client, runner) =
+                Runner::new(&state, Tcp(mqtt), resources.buffers(), mqtt_config).unwrap();
+            select(runner.run(), app(client, &seen, &stop, &cancelled)).await;
+            return;
+        };
+        // The firmware's TLS sizes: whole records of the hub (D-91) in, 1 KiB records out.
+        let mut tls_buffers = TlsResources::<{ READ_RECORD_HUB }, 1024>::new();
+        let config = TlsConfig {
+            server_name: "localhost",
+            ca_der: &tls.ca_der,
+            client: None,
+        };
+        let transport = TlsTransport::new(
+            Dribble::new(mqtt, tls.cancelled_mid_record),
+            tls_buffers.buffers(),
+            config,
+            rand_core::OsRng,
+        )
+        .unwrap();
         let (client, runner) =
-            Runner::new(&state, Tcp(mqtt), resources.buffers(), mqtt_config).unwrap();
+            Runner::new(&state, transport, resources.buffers(), mqtt_config).unwrap();
         select(runner.run(), app(client, &seen, &stop, &cancelled)).await;
     });
 }
@@ -196,6 +326,34 @@ fn answered_by_handler(reply: &serde_json::Value, n: u64) {
 async fn no_delta_call_or_ota_task_is_lost_when_a_timer_wins_the_select() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_hub, mqtt, http) = spawn_hub(dir.path(), "127.0.0.1:0", "127.0.0.1:0");
+    race(mqtt, mqtt, http, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_nothing_is_lost_when_reads_are_dropped_in_the_middle_of_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    dev_certs(&certs, &[]);
+    let hub = spawn_tls_hub(dir.path(), &certs, false);
+    use rustls_pki_types::pem::PemObject as _;
+    let ca_der = rustls_pki_types::CertificateDer::from_pem_file(certs.join("ca.pem"))
+        .expect("dev CA")
+        .to_vec();
+    let cancelled_mid_record = Arc::new(AtomicU64::new(0));
+    let setup = TlsSetup {
+        ca_der,
+        cancelled_mid_record: cancelled_mid_record.clone(),
+    };
+    race(hub.mqtts, hub.mqtt, hub.http, Some(setup)).await;
+    // The stashes really were put to the test: reads dropped with a record half delivered.
+    let mid = cancelled_mid_record.load(Ordering::Relaxed);
+    assert!(mid > 0, "no read was dropped in the middle of a record");
+    eprintln!("reads dropped in the middle of a TLS record: {mid}");
+}
+
+/// The race of the module docs: the device on `device_mqtt` (TLS when `tls`), OTA tasks sent
+/// by the service user on the plain `mqtt`.
+async fn race(device_mqtt: SocketAddr, mqtt: SocketAddr, http: SocketAddr, tls: Option<TlsSetup>) {
     let rest = Rest::new(http);
     let thing = format!("fw-select-{}", std::process::id());
     let secret = rest.create_thing(&thing).await;
@@ -204,7 +362,7 @@ async fn no_delta_call_or_ota_task_is_lost_when_a_timer_wins_the_select() {
     let cancelled = Arc::new(AtomicU64::new(0));
     let dev = {
         let (thing, seen, stop, c) = (thing.clone(), seen.clone(), stop.clone(), cancelled.clone());
-        std::thread::spawn(move || device(mqtt, thing, secret, seen, stop, c))
+        std::thread::spawn(move || device(device_mqtt, thing, secret, seen, stop, c, tls))
     };
 
     // The first answered call shows the device connected and subscribed (deltas before that

@@ -214,6 +214,11 @@ pub struct HubTls {
     pub https: Arc<ServerConfig>,
 }
 
+/// The largest TLS record the MQTT listeners (TLS and secure WebSocket) send, header included,
+/// before encryption (D-91): a device decrypts a whole record at a time, so this bounds its
+/// receive buffer (4,113 bytes with AES-GCM's tag instead of 16,645).
+pub const MQTT_MAX_RECORD: usize = 4096;
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
@@ -240,9 +245,11 @@ impl HubTls {
                 .with_safe_default_protocol_versions()
                 .map_err(TlsError::Setup)
         };
-        let mqtt = versions(provider.clone())?
+        let mut mqtt = versions(provider.clone())?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(cert.clone());
+        // D-91: records small enough for a microcontroller's receive buffer.
+        mqtt.max_fragment_size = Some(MQTT_MAX_RECORD);
         let mut https = versions(provider)?
             .with_no_client_auth()
             .with_cert_resolver(cert.clone());

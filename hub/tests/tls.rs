@@ -609,3 +609,161 @@ fn a_tls_listener_without_usable_files_stops_the_hub_with_an_error_naming_the_ca
     ]);
     assert!(e.contains("does not fit the certificate"), "{e}");
 }
+
+/// A TCP stream that keeps a copy of everything it reads: the server's TLS records as sent.
+struct Recording {
+    inner: TcpStream,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let read = &buf.filled()[before..];
+            self.seen.lock().expect("lock").extend_from_slice(read);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The next whole MQTT packet read from `stream` (bytes after it stay in `buf`).
+async fn next_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Packet {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        if let Some(p) = Packet::parse_frame(buf, Proto::V5) {
+            let header = 1 + varint_len(p.body.len());
+            buf.drain(..header + p.body.len());
+            return p;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(STEP, stream.read(&mut chunk))
+            .await
+            .expect("a packet within STEP")
+            .expect("read");
+        assert!(n > 0, "the hub closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// D-91: a delta of 14,000 bytes reaches the device in records of at most 4,096 bytes before
+/// encryption (4,113 on the wire), so a microcontroller's receive buffer of
+/// `READ_RECORD_HUB` bytes holds any record the hub sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_tls_records_are_at_most_4096_bytes() {
+    use tokio::io::AsyncWriteExt as _;
+    let certs = tempfile::tempdir().expect("tempdir");
+    dev_certs(certs.path(), &[]);
+    let hub = tls_hub(certs.path(), &[]);
+    let id = unique("d91");
+    let secret = hub.create_thing(&id).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.path().join("ca.pem")).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tcp = TcpStream::connect(hub.ready().mqtts.expect("mqtts"))
+        .await
+        .expect("tcp");
+    let recording = Recording {
+        inner: tcp,
+        seen: seen.clone(),
+    };
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), recording)
+        .await
+        .expect("TLS handshake");
+
+    let mut buf = Vec::new();
+    tls.write_all(
+        &ConnectOpts::new(&id, &id, &secret)
+            .proto(Proto::V5)
+            .packet(),
+    )
+    .await
+    .expect("CONNECT");
+    let ack = next_packet(&mut tls, &mut buf)
+        .await
+        .connack()
+        .expect("CONNACK");
+    assert_eq!(ack.reason, 0, "{ack:?}");
+    let delta = shadow_topic(&id, "default", "update/delta");
+    tls.write_all(&codec::subscribe_packet(Proto::V5, 1, delta.as_bytes(), 1))
+        .await
+        .expect("SUBSCRIBE");
+    assert_eq!(next_packet(&mut tls, &mut buf).await.kind, 9, "SUBACK");
+
+    // Two writes (a REST request carries at most 8 KiB); the second delta holds both.
+    for key in ["a", "b"] {
+        let (status, body) = hub
+            .put(
+                &format!("/things/{id}/shadows/default/state/desired"),
+                json!({"state": {"desired": {key: "x".repeat(7_000)}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let publish = loop {
+        let p = next_packet(&mut tls, &mut buf).await;
+        if let Some(publish) = p
+            .publish()
+            .filter(|p| p.topic == delta && p.payload.len() > 12_000)
+        {
+            break publish;
+        }
+    };
+    assert!(publish.payload.len() > 14_000, "{}", publish.payload.len());
+
+    // Every record the hub sent, handshake included: header (5 bytes) and body.
+    let seen = seen.lock().expect("lock").clone();
+    let (mut at, mut sizes) = (0, Vec::new());
+    while at + 5 <= seen.len() {
+        let len = usize::from(u16::from_be_bytes([seen[at + 3], seen[at + 4]]));
+        sizes.push(5 + len);
+        at += 5 + len;
+    }
+    assert_eq!(at, seen.len(), "whole records");
+    // 4,096 bytes before encryption, header included, plus the content type and the tag.
+    let limit = iothub_hub::tls::MQTT_MAX_RECORD + 1 + 16;
+    assert_eq!(limit, 4_113);
+    assert!(sizes.iter().all(|&s| s <= limit), "{sizes:?}");
+    let full = sizes.iter().filter(|&&s| s == limit).count();
+    assert!(full >= 2, "the delta spans several full records: {sizes:?}");
+}

@@ -2,6 +2,10 @@
 //! the minimq adapter of `iothub-sdk-nostd`, and the application of `iothub-firmware-app` (the
 //! same code the `firmware_host` binary runs on Linux in the end-to-end test).
 //!
+//! With feature `tls` the MQTT connection runs over TLS 1.3 (the SDK's `TlsTransport` over the
+//! same socket; the CA, server name and optional client certificate are fixed at build time,
+//! see build.rs).
+//!
 //! Every buffer is a `StaticCell`; nothing is allocated. Board-specific parts are in `board`:
 //! the SysTick time driver and the network interface's frame channel (the board's Ethernet or
 //! Wi-Fi driver feeds it).
@@ -21,6 +25,14 @@ use iothub_firmware_app::{AppClient, AppResources, AppState, Thermostat, device_
 use iothub_sdk_nostd::Device;
 use iothub_sdk_nostd::minimq::{MqttConfig, Runner, TcpTransport};
 use static_cell::StaticCell;
+#[cfg(feature = "tls")]
+use {
+    iothub_sdk_nostd::minimq::tls::READ_RECORD_HUB,
+    iothub_sdk_nostd::minimq::{ClientIdentity, TlsConfig, TlsResources, TlsTransport},
+    rand_chacha::ChaCha20Rng,
+    rand_chacha::rand_core::SeedableRng as _,
+    static_cell::ConstStaticCell,
+};
 
 /// The thing's credentials and the hub's address, fixed at build time.
 const THING_ID: &str = match option_env!("IOTHUB_THING_ID") {
@@ -36,6 +48,25 @@ const HUB: (Ipv4Address, u16) = match option_env!("IOTHUB_HUB_ADDR") {
     Some(addr) => parse_hub_addr(addr.as_bytes()),
     None => (Ipv4Address::new(192, 168, 1, 10), 1883),
 };
+
+/// The hub's DNS name in its certificate (`IOTHUB_TLS_SERVER_NAME`).
+#[cfg(feature = "tls")]
+const TLS_SERVER_NAME: &str = match option_env!("IOTHUB_TLS_SERVER_NAME") {
+    Some(name) => name,
+    None => "localhost",
+};
+/// The CA certificate the hub's certificate must chain to (DER, from `IOTHUB_TLS_CA`).
+#[cfg(feature = "tls")]
+static TLS_CA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tls_ca.der"));
+/// The thing's client certificate and its key's scalar (`IOTHUB_TLS_CERT`, `IOTHUB_TLS_KEY`).
+#[cfg(all(feature = "tls", tls_client))]
+static TLS_CLIENT: (&[u8], &[u8; 32]) = (
+    include_bytes!(concat!(env!("OUT_DIR"), "/tls_client.der")),
+    include_bytes!(concat!(env!("OUT_DIR"), "/tls_client.key")),
+);
+/// TLS buffers: whole records of the reference hub in (D-91), records of 1 KiB out.
+#[cfg(feature = "tls")]
+type TlsBuffers = TlsResources<READ_RECORD_HUB, 1024>;
 
 /// Parses `a.b.c.d:port`; anything else stops the build (a panic in const evaluation).
 const fn parse_hub_addr(s: &[u8]) -> (Ipv4Address, u16) {
@@ -76,11 +107,15 @@ const fn parse_hub_addr(s: &[u8]) -> (Ipv4Address, u16) {
 /// The runner and the application run on the same (thread-mode) executor: no locking needed,
 /// and the application's closures never run with interrupts disabled.
 type Mutex = NoopRawMutex;
+#[cfg(not(feature = "tls"))]
+type MqttTransport = TcpTransport<'static>;
+#[cfg(feature = "tls")]
+type MqttTransport = TlsTransport<'static, 'static, TcpTransport<'static>, ChaCha20Rng>;
 type MqttRunner = Runner<
     'static,
     'static,
     'static,
-    TcpTransport<'static>,
+    MqttTransport,
     Mutex,
     { iothub_firmware_app::N_SHADOWS },
     { iothub_firmware_app::IN_FLIGHT },
@@ -135,6 +170,26 @@ async fn main(spawner: Spawner) {
     static SOCKET_TX: StaticCell<[u8; 1024]> = StaticCell::new();
     let socket = TcpSocket::new(stack, SOCKET_RX.init([0; 2048]), SOCKET_TX.init([0; 1024]));
     let transport = TcpTransport::new(socket, HUB.into());
+    #[cfg(feature = "tls")]
+    let transport = {
+        static TLS: ConstStaticCell<TlsBuffers> = ConstStaticCell::new(TlsBuffers::new());
+        // The TLS RNG (ECDHE keys, randoms). QEMU's mps2-an386 has no true RNG and the board's
+        // seed is 32 bits of timer values: fine for this demo, NOT for a product. A real board
+        // seeds ChaCha20 with 32 bytes from its TRNG (the STM32F429's RNG peripheral).
+        let rng = ChaCha20Rng::seed_from_u64(u64::from(seed) << 32 | u64::from(board::seed()));
+        let config = TlsConfig {
+            server_name: TLS_SERVER_NAME,
+            ca_der: TLS_CA,
+            client: client_identity(),
+        };
+        match TlsTransport::new(transport, TLS.take().buffers(), config, rng) {
+            Ok(tls) => tls,
+            // Buffers or build-time settings that cannot work: wait for a new image.
+            Err(_) => loop {
+                Timer::after_secs(3600).await;
+            },
+        }
+    };
 
     // The device core, the shared state and the runner's buffers.
     static QUEUE: StaticCell<[u8; iothub_firmware_app::QUEUE_BYTES]> = StaticCell::new();
@@ -162,6 +217,16 @@ async fn main(spawner: Spawner) {
     };
     spawner.spawn(mqtt_task(runner).expect("mqtt task"));
     spawner.spawn(app_task(client).expect("app task"));
+}
+
+/// The client certificate built in, if any.
+#[cfg(feature = "tls")]
+fn client_identity() -> Option<ClientIdentity<'static>> {
+    #[cfg(tls_client)]
+    let identity = ClientIdentity::new(TLS_CLIENT.0, TLS_CLIENT.1).ok();
+    #[cfg(not(tls_client))]
+    let identity = None;
+    identity
 }
 
 async fn wait_for_address(stack: Stack<'static>) {

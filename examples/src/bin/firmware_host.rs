@@ -7,6 +7,11 @@
 //! `--small-inbox` shrinks the adapter's inbox to 256 bytes (with a receive buffer for 4 KiB
 //! documents), so that a desired state of a few hundred bytes shows what a message too large
 //! for the device does: `Event::TooLarge`, reported by the thermostat as `too_large`.
+//!
+//! `--tls-ca` connects over TLS 1.3 instead (the hub's `--mqtts-addr`), through the SDK's
+//! `no_std` `TlsTransport` (embedded-tls, the firmware's code) over the tokio socket, trusting
+//! that CA for `--tls-server-name`; `--tls-cert` and `--tls-key` add the thing's client
+//! certificate (D-82: a registered one authenticates the thing whatever its secret).
 
 use std::net::SocketAddr;
 
@@ -59,6 +64,18 @@ struct Args {
     /// firmware's sizes: messages larger than 256 bytes become `Event::TooLarge`.
     #[arg(long)]
     small_inbox: bool,
+    /// Connect over TLS, trusting this CA certificate (PEM) for the hub's certificate.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The hub's DNS name in its certificate (with `--tls-ca`).
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
+    /// The thing's client certificate (PEM), with `--tls-key`.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's ECDSA P-256 key (PKCS#8 PEM, as `iothub dev-certs` writes).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// The inbox of `--small-inbox`.
@@ -82,6 +99,106 @@ impl Transport for Tcp {
         stream.set_nodelay(true)?;
         Ok(FromTokio::new(stream))
     }
+}
+
+/// The same, as a stream `TlsTransport` reconnects in place.
+struct TcpStreamSlot {
+    addr: SocketAddr,
+    stream: Option<FromTokio<TcpStream>>,
+}
+
+fn not_connected() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotConnected)
+}
+
+impl embedded_io_async::ErrorType for TcpStreamSlot {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for TcpStreamSlot {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let stream = self.stream.as_mut().ok_or_else(not_connected)?;
+        embedded_io_async::Read::read(stream, buf).await
+    }
+}
+
+impl embedded_io_async::Write for TcpStreamSlot {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let stream = self.stream.as_mut().ok_or_else(not_connected)?;
+        embedded_io_async::Write::write(stream, buf).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let stream = self.stream.as_mut().ok_or_else(not_connected)?;
+        embedded_io_async::Write::flush(stream).await
+    }
+}
+
+impl minimq::Reconnect for TcpStreamSlot {
+    type ConnectError = std::io::Error;
+
+    async fn reconnect(&mut self) -> std::io::Result<()> {
+        self.stream = None;
+        self.stream = Some(Tcp { addr: self.addr }.connect().await?);
+        Ok(())
+    }
+}
+
+/// Prints why a connection could not be opened (the runner only counts it).
+struct Logged<T>(T);
+
+impl<T: Transport> Transport for Logged<T>
+where
+    T::Error: std::fmt::Debug,
+{
+    type Io<'t>
+        = T::Io<'t>
+    where
+        Self: 't;
+    type Error = T::Error;
+
+    async fn connect(&mut self) -> Result<Self::Io<'_>, Self::Error> {
+        let result = self.0.connect().await;
+        if let Err(e) = &result {
+            tracing::warn!("firmware_host connect failed: {e:?}");
+        }
+        result
+    }
+}
+
+/// The CA, client certificate and key of the `--tls-*` flags, read and decoded.
+struct TlsFiles {
+    ca: Vec<u8>,
+    client: Option<(Vec<u8>, [u8; 32])>,
+}
+
+fn tls_files(args: &Args) -> anyhow::Result<Option<TlsFiles>> {
+    use anyhow::Context as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let cert = |path: &std::path::Path| {
+        CertificateDer::from_pem_file(path)
+            .map(|c| c.to_vec())
+            .with_context(|| format!("{}: a PEM certificate", path.display()))
+    };
+    let client = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let der = PrivatePkcs8KeyDer::from_pem_file(k)
+                .with_context(|| format!("{}: a PKCS#8 PEM key", k.display()))?;
+            let key = p256::SecretKey::from_pkcs8_der(der.secret_pkcs8_der())
+                .map_err(|e| anyhow::anyhow!("{}: not a P-256 key: {e}", k.display()))?;
+            Some((cert(c)?, key.to_bytes().into()))
+        }
+        _ => None,
+    };
+    Ok(Some(TlsFiles {
+        ca: cert(ca)?,
+        client,
+    }))
 }
 
 /// A minimal HTTP/1.0 GET client: the body of an `http://` URL with status 200.
@@ -146,6 +263,7 @@ impl FileSource for HttpSource {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or("info".into()),
         )
@@ -156,10 +274,47 @@ async fn main() -> anyhow::Result<()> {
         args.thing = thing;
         args.secret = Some(secret);
     }
+    let addr = args.mqtt;
+    let Some(files) = tls_files(&args)? else {
+        let tcp = Logged(Tcp { addr });
+        return if args.small_inbox {
+            run::<SMALL_INBOX, SMALL_INBOX_RX, _>(args, tcp).await
+        } else {
+            run::<{ iothub_firmware_app::INBOX }, { iothub_firmware_app::RX }, _>(args, tcp).await
+        };
+    };
+    // The firmware's sizes: records of the reference hub (D-91), 1 KiB outgoing records.
+    let mut buffers = minimq::TlsResources::<{ minimq::tls::READ_RECORD_HUB }, 1024>::new();
+    let client = match &files.client {
+        Some((cert, key)) => Some(
+            minimq::ClientIdentity::new(cert, key)
+                .map_err(|e| anyhow::anyhow!("client identity: {e}"))?,
+        ),
+        None => None,
+    };
+    let server_name = args.tls_server_name.clone();
+    let config = minimq::TlsConfig {
+        server_name: &server_name,
+        ca_der: &files.ca,
+        client,
+    };
+    let tls = minimq::TlsTransport::new(
+        TcpStreamSlot { addr, stream: None },
+        buffers.buffers(),
+        config,
+        rand_core::OsRng,
+    )
+    .map_err(|e| anyhow::anyhow!("tls setup: {e}"))?;
+    tracing::info!(
+        "firmware_host tls server_name={} client_certificate={}",
+        args.tls_server_name,
+        files.client.is_some()
+    );
     if args.small_inbox {
-        run::<SMALL_INBOX, SMALL_INBOX_RX>(args).await
+        run::<SMALL_INBOX, SMALL_INBOX_RX, _>(args, Logged(tls)).await
     } else {
-        run::<{ iothub_firmware_app::INBOX }, { iothub_firmware_app::RX }>(args).await
+        run::<{ iothub_firmware_app::INBOX }, { iothub_firmware_app::RX }, _>(args, Logged(tls))
+            .await
     }
 }
 
@@ -216,7 +371,10 @@ async fn credentials(args: &Args, path: &std::path::Path) -> anyhow::Result<(Str
 }
 
 /// Runs the thermostat with an inbox of `INBOX` bytes and minimq's receive buffer of `RX`.
-async fn run<const INBOX: usize, const RX: usize>(args: Args) -> anyhow::Result<()> {
+async fn run<const INBOX: usize, const RX: usize, T: Transport>(
+    args: Args,
+    transport: T,
+) -> anyhow::Result<()> {
     let seed = std::process::id();
 
     // On the microcontroller these are `StaticCell`s; here the runner and the application are
@@ -230,7 +388,7 @@ async fn run<const INBOX: usize, const RX: usize>(args: Args) -> anyhow::Result<
     let mut mqtt = MqttConfig::new(&args.thing, secret.as_bytes());
     mqtt.jitter_seed = seed;
     mqtt.backoff_max_ms = 5_000;
-    let (client, runner) = Runner::new(&state, Tcp { addr: args.mqtt }, resources.buffers(), mqtt)
+    let (client, runner) = Runner::new(&state, transport, resources.buffers(), mqtt)
         .map_err(|e| anyhow::anyhow!("mqtt config: {e}"))?;
 
     let mut thermostat = Thermostat::new(env!("CARGO_PKG_VERSION"), 1);

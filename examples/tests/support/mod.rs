@@ -43,6 +43,64 @@ pub fn spawn_hub(dir: &Path, mqtt: &str, http: &str) -> (HubProcess, SocketAddr,
     (hub, ready.mqtt, ready.http)
 }
 
+/// Runs `iothub dev-certs` into `dir` (server certificate for localhost and 127.0.0.1, a
+/// client certificate per thing of `things`).
+pub fn dev_certs(dir: &Path, things: &[&str]) {
+    let mut cmd = Command::new(iothub_launch::hub_binary().expect("iothub binary"));
+    cmd.arg("dev-certs").arg("--out").arg(dir);
+    for t in things {
+        cmd.args(["--thing", t]);
+    }
+    let out = cmd.output().expect("run iothub dev-certs");
+    assert!(
+        out.status.success(),
+        "dev-certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A path as a command-line argument.
+pub fn path_arg(p: std::path::PathBuf) -> String {
+    p.to_str().expect("utf-8 path").to_owned()
+}
+
+/// The addresses of a hub with MQTT over TLS.
+pub struct TlsHub {
+    pub hub: HubProcess,
+    pub mqtt: SocketAddr,
+    pub mqtts: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Starts `iothub` on `dir` with plain MQTT and MQTT over TLS on ephemeral ports, its
+/// certificate from `certs` (`dev_certs`), requiring client certificates from the same CA
+/// when `client_ca`.
+pub fn spawn_tls_hub(dir: &Path, certs: &Path, client_ca: bool) -> TlsHub {
+    let mut cmd = HubCommand::new(iothub_launch::hub_binary().expect("iothub binary"));
+    cmd.args(["--mqtt-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--mqtts-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--tls-cert", &path_arg(certs.join("server.pem"))])
+        .args(["--tls-key", &path_arg(certs.join("server.key"))])
+        .args(["--admin-token", ADMIN_TOKEN, "--service-user"])
+        .arg(format!("{}:{}", SVC.0, SVC.1));
+    if client_ca {
+        cmd.args(["--tls-client-ca", &path_arg(certs.join("ca.pem"))]);
+    }
+    let hub = cmd
+        .env("RUST_LOG", "warn")
+        .stderr_to(dir.join("hub.log"))
+        .spawn()
+        .expect("start iothub");
+    let ready = hub.ready();
+    TlsHub {
+        mqtt: ready.mqtt,
+        mqtts: ready.mqtts.expect("the hub serves mqtts"),
+        http: ready.http,
+        hub,
+    }
+}
+
 /// The business side: the hub's REST API as the admin.
 pub struct Rest {
     pub base: String,

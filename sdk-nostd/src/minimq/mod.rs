@@ -47,11 +47,18 @@ pub mod provision;
 mod runner;
 #[cfg(feature = "embassy-net")]
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{Client, State};
 pub use runner::{MqttConfig, Runner};
 #[cfg(feature = "embassy-net")]
 pub use tcp::TcpTransport;
+#[cfg(feature = "tls")]
+pub use tls::{
+    ClientIdentity, Reconnect, TlsBuffers, TlsConfig, TlsConnectError, TlsResources, TlsSetupError,
+    TlsStream, TlsTransport,
+};
 
 use crate::spec::limits::MAX_TOPIC_LEN;
 

@@ -35,6 +35,40 @@ impl<'s> Transport for TcpTransport<'s> {
     }
 }
 
+/// With feature `tls`, [`TlsTransport`](super::TlsTransport) runs TLS over the same socket:
+/// the transport is also a reconnectable byte stream.
+#[cfg(feature = "tls")]
+impl embedded_io_async::ErrorType for TcpTransport<'_> {
+    type Error = embassy_net::tcp::Error;
+}
+
+#[cfg(feature = "tls")]
+impl embedded_io_async::Read for TcpTransport<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        embedded_io_async::Read::read(&mut self.socket, buf).await
+    }
+}
+
+#[cfg(feature = "tls")]
+impl embedded_io_async::Write for TcpTransport<'_> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        embedded_io_async::Write::write(&mut self.socket, buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        embedded_io_async::Write::flush(&mut self.socket).await
+    }
+}
+
+#[cfg(feature = "tls")]
+impl super::Reconnect for TcpTransport<'_> {
+    type ConnectError = ConnectError;
+
+    async fn reconnect(&mut self) -> Result<(), ConnectError> {
+        Transport::connect(self).await.map(|_| ())
+    }
+}
+
 impl core::fmt::Debug for TcpTransport<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TcpTransport").finish_non_exhaustive()
