@@ -501,6 +501,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
 }
 
 impl RunningHub {
+    /// The machine-readable line that says where every listener is (printed by `iothub` and by
+    /// the simulator's embedded hub, parsed by `iothub-launch`).
+    pub fn ready_line(&self) -> iothub_launch::ReadyLine {
+        let mut ready = iothub_launch::ReadyLine::new(self.mqtt_addr, self.http_addr);
+        ready.mqtts = self.mqtt_addrs.mqtts;
+        ready.mqtt_ws = self.mqtt_addrs.ws;
+        ready.mqtt_wss = self.mqtt_addrs.wss;
+        ready.https = self.https;
+        ready
+    }
+
     /// Stops accepting, finishes in-flight updates, flushes storage, closes.
     pub async fn shutdown(self) {
         let _ = self.http_stop.send(());

@@ -194,11 +194,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("admin token (development): {}", hub.admin_token);
     }
     // One machine-readable line, for scripts and tests that start the hub on port 0.
-    let mut ready = iothub_launch::ReadyLine::new(hub.mqtt_addr, hub.http_addr);
-    ready.mqtts = hub.mqtt_addrs.mqtts;
-    ready.mqtt_ws = hub.mqtt_addrs.ws;
-    ready.mqtt_wss = hub.mqtt_addrs.wss;
-    ready.https = hub.https;
+    let ready = hub.ready_line();
     println!("{ready}");
     tracing::info!(mqtt = %hub.mqtt_addr, http = %hub.http_addr, mqtts = ?ready.mqtts,
         ws = ?ready.mqtt_ws, wss = ?ready.mqtt_wss, https = ready.https, "iothub ready");

@@ -98,6 +98,9 @@ pub struct ThingOptions {
     /// The roots given to [`ThingOptions::tls_ca_pem`], for a later client certificate.
     #[cfg(feature = "tls")]
     pub(crate) tls_roots: Option<rustls::RootCertStore>,
+    /// The WebSocket URL, when connecting over MQTT over WebSocket.
+    #[cfg(feature = "websocket")]
+    pub(crate) websocket: Option<String>,
 }
 
 impl std::fmt::Debug for ThingOptions {
@@ -146,6 +149,8 @@ impl ThingOptions {
             tls: None,
             #[cfg(feature = "tls")]
             tls_roots: None,
+            #[cfg(feature = "websocket")]
+            websocket: None,
         }
     }
 
@@ -339,6 +344,53 @@ impl ThingOptions {
         self
     }
 
+    /// Connect over MQTT over WebSocket (feature `websocket`, S-1.1) to `url`:
+    /// `ws://host[:port]/path`, or `wss://host[:port]/path` with the `tls` feature and a CA set
+    /// by [`ThingOptions::tls_ca_pem`] or [`ThingOptions::tls_config`] (a client certificate
+    /// works as over MQTT over TLS). The reference hub serves the path `/mqtt` (D-69). The
+    /// URL's host and port replace the ones given to [`ThingOptions::new`].
+    ///
+    /// Fails with [`crate::Error::InvalidArgument`] for a URL that is not `ws://` or `wss://`
+    /// with a host, a port that is not a number, or `wss://` without the `tls` feature.
+    /// [`crate::Thing::connect`] refuses `wss://` without TLS settings and `ws://` with them.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use iothub_sdk::ThingOptions;
+    /// let options = ThingOptions::new("thermostat-1", "its-secret", "hub.example.com", 0)
+    ///     .websocket("ws://hub.example.com:8080/mqtt")?;
+    /// # let _ = options;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "websocket")]
+    pub fn websocket(mut self, url: &str) -> Result<Self, crate::Error> {
+        let (host, port) = websocket_host_port(url)?;
+        self.host = host;
+        self.port = port;
+        self.websocket = Some(url.to_owned());
+        Ok(self)
+    }
+
+    /// Refuses combinations that cannot connect, before anything is started.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        #[cfg(feature = "websocket")]
+        if let Some(url) = &self.websocket {
+            let secure = url.starts_with("wss://");
+            if secure && !self.uses_tls() {
+                return Err(crate::Error::InvalidArgument(
+                    "wss:// needs tls_ca_pem or tls_config",
+                ));
+            }
+            if !secure && self.uses_tls() {
+                return Err(crate::Error::InvalidArgument(
+                    "TLS settings with a ws:// URL: use wss://",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the connection uses TLS.
     pub fn uses_tls(&self) -> bool {
         #[cfg(feature = "tls")]
@@ -355,6 +407,40 @@ impl ThingOptions {
     pub fn thing_id(&self) -> &str {
         &self.thing_id
     }
+}
+
+/// The host and port of a `ws://` or `wss://` URL (default ports 80 and 443).
+#[cfg(feature = "websocket")]
+fn websocket_host_port(url: &str) -> Result<(String, u16), crate::Error> {
+    const BAD: crate::Error = crate::Error::InvalidArgument(
+        "websocket URL must be ws://host[:port]/path or wss://host[:port]/path",
+    );
+    let (rest, default_port) = if let Some(rest) = url.strip_prefix("ws://") {
+        (rest, 80)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        if cfg!(not(feature = "tls")) {
+            return Err(crate::Error::InvalidArgument(
+                "wss:// needs the tls feature",
+            ));
+        }
+        (rest, 443)
+    } else {
+        return Err(BAD);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(BAD);
+    }
+    // `[::1]:8080`, `host:8080`, `host`.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().map_err(|_| BAD)?),
+        _ => (authority, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(BAD);
+    }
+    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]
@@ -382,5 +468,41 @@ mod tests {
         let o = ThingOptions::with_addr("t", "s", "[::1]:1").expect("addr");
         assert_eq!(o.host, "::1");
         assert!(ThingOptions::with_addr("t", "s", "nope").is_err());
+    }
+
+    #[cfg(feature = "websocket")]
+    #[test]
+    fn websocket_urls() {
+        let hp = |url| websocket_host_port(url).map_err(|e| e.to_string());
+        assert_eq!(
+            hp("ws://127.0.0.1:8080/mqtt"),
+            Ok(("127.0.0.1".into(), 8080))
+        );
+        assert_eq!(
+            hp("ws://hub.example.com/mqtt"),
+            Ok(("hub.example.com".into(), 80))
+        );
+        assert_eq!(hp("ws://[::1]:9/mqtt"), Ok(("::1".into(), 9)));
+        assert_eq!(hp("ws://[::1]/mqtt"), Ok(("::1".into(), 80)));
+        for bad in [
+            "http://h/mqtt",
+            "ws://",
+            "ws://:80/mqtt",
+            "ws://h:x/mqtt",
+            "ws://u@h/mqtt",
+            "h:80",
+        ] {
+            assert!(hp(bad).is_err(), "{bad}");
+        }
+        #[cfg(feature = "tls")]
+        assert_eq!(hp("wss://h/mqtt"), Ok(("h".into(), 443)));
+        #[cfg(not(feature = "tls"))]
+        assert!(hp("wss://h/mqtt").is_err());
+
+        let o = ThingOptions::new("t", "s", "x", 1)
+            .websocket("ws://127.0.0.1:8080/mqtt")
+            .expect("url");
+        assert_eq!((o.host.as_str(), o.port), ("127.0.0.1", 8080));
+        assert!(o.check().is_ok());
     }
 }

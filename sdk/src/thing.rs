@@ -102,6 +102,7 @@ impl Thing {
     /// certificate is not trusted; not retried), and with [`Error::Config`] for invalid options.
     /// Must be called inside a tokio runtime.
     pub async fn connect(options: ThingOptions) -> Result<Thing> {
+        options.check()?;
         let (cmd, rx) = mpsc::channel(COMMANDS);
         let (delta_tx, delta_rx) = (0..options.shadows.len())
             .map(|_| watch::channel(None))

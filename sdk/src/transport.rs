@@ -96,7 +96,7 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
     net.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
     match opts.protocol {
         Protocol::V5 => {
-            let mut o = v5::MqttOptions::new(&opts.thing_id, &opts.host, opts.port);
+            let mut o = v5::MqttOptions::new(&opts.thing_id, broker_addr(opts), opts.port);
             o.set_credentials(&opts.thing_id, &opts.secret)
                 .set_keep_alive(opts.keep_alive)
                 .set_clean_start(true)
@@ -105,35 +105,64 @@ pub(crate) fn new(opts: &ThingOptions) -> (Client, Loop) {
                 ))
                 .set_request_channel_capacity(CHANNEL)
                 .set_network_options(net);
-            #[cfg(feature = "tls")]
-            if let Some(tls) = opts.tls.clone() {
-                // TCP_NODELAY (above) is set on the socket before the TLS handshake.
-                o.set_transport(rumqttc::Transport::tls_with_config(
-                    rumqttc::TlsConfiguration::Rustls(tls),
-                ));
+            if let Some(transport) = transport(opts) {
+                o.set_transport(transport);
             }
             let (c, l) = v5::AsyncClient::new(o, CHANNEL);
             (Client::V5(c), Loop::V5(Box::new(l)))
         }
         _ => {
-            let mut o = rumqttc::MqttOptions::new(&opts.thing_id, &opts.host, opts.port);
+            let mut o = rumqttc::MqttOptions::new(&opts.thing_id, broker_addr(opts), opts.port);
             o.set_credentials(&opts.thing_id, &opts.secret)
                 .set_keep_alive(opts.keep_alive)
                 .set_clean_session(true)
                 .set_max_packet_size(opts.max_message_bytes, opts.max_message_bytes)
                 .set_request_channel_capacity(CHANNEL);
-            #[cfg(feature = "tls")]
-            if let Some(tls) = opts.tls.clone() {
-                // TCP_NODELAY (above) is set on the socket before the TLS handshake.
-                o.set_transport(rumqttc::Transport::tls_with_config(
-                    rumqttc::TlsConfiguration::Rustls(tls),
-                ));
+            if let Some(transport) = transport(opts) {
+                o.set_transport(transport);
             }
             let (c, mut l) = rumqttc::AsyncClient::new(o, CHANNEL);
             l.set_network_options(net);
             (Client::V4(c), Loop::V4(Box::new(l)))
         }
     }
+}
+
+/// What rumqttc connects to: the WebSocket URL when there is one (rumqttc takes host and port
+/// from it), else the host.
+fn broker_addr(opts: &ThingOptions) -> String {
+    #[cfg(feature = "websocket")]
+    if let Some(url) = &opts.websocket {
+        return url.clone();
+    }
+    opts.host.clone()
+}
+
+/// The transport when it is not plain TCP: TLS, WebSocket, or WebSocket over TLS (the
+/// combinations were checked by `ThingOptions::check`). TCP_NODELAY is set on the socket before
+/// any handshake.
+#[cfg_attr(
+    not(any(feature = "tls", feature = "websocket")),
+    allow(unused_variables, clippy::unnecessary_wraps)
+)]
+fn transport(opts: &ThingOptions) -> Option<rumqttc::Transport> {
+    #[cfg(feature = "websocket")]
+    if opts.websocket.is_some() {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = opts.tls.clone() {
+            return Some(rumqttc::Transport::wss_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
+        return Some(rumqttc::Transport::Ws);
+    }
+    #[cfg(feature = "tls")]
+    if let Some(tls) = opts.tls.clone() {
+        return Some(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
+    None
 }
 
 impl Client {

@@ -59,6 +59,8 @@ pub struct EmbeddedHub {
     pub mqtt_addr: SocketAddr,
     /// Where its HTTP API is.
     pub http_addr: SocketAddr,
+    /// Where its MQTT over TLS listener is, when it was started with one.
+    pub mqtts_addr: Option<SocketAddr>,
     /// Its admin token.
     pub admin_token: String,
     pid: u32,
@@ -111,8 +113,8 @@ impl EmbeddedHub {
             .take()
             .context("no stdout from the embedded hub")
             .and_then(|out| wait_ready(out, &mut child));
-        let (mqtt_addr, http_addr) = match ready {
-            Ok(addrs) => addrs,
+        let ready = match ready {
+            Ok(ready) => ready,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -120,8 +122,9 @@ impl EmbeddedHub {
             }
         };
         Ok(EmbeddedHub {
-            mqtt_addr,
-            http_addr,
+            mqtt_addr: ready.mqtt,
+            http_addr: ready.http,
+            mqtts_addr: ready.mqtts,
             admin_token,
             pid,
             data_dir: data.path().to_path_buf(),
@@ -223,10 +226,7 @@ fn terminate(_child: &mut Child, parent_alive: &mut Option<ChildStdin>) {
 
 /// Reads the child's stdout until the ready line (within [`READY_TIMEOUT`]), then keeps
 /// draining it on a thread so the child never blocks on a full pipe.
-fn wait_ready(
-    out: std::process::ChildStdout,
-    child: &mut Child,
-) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+fn wait_ready(out: std::process::ChildStdout, child: &mut Child) -> anyhow::Result<ReadyLine> {
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::Builder::new()
         .name("hub-stdout".into())
@@ -242,7 +242,7 @@ fn wait_ready(
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 if let Some(ready) = ReadyLine::parse(&line) {
-                    return Ok((ready.mqtt, ready.http));
+                    return Ok(ready);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -287,8 +287,7 @@ pub async fn serve_child(args: ChildArgs) -> anyhow::Result<()> {
     let data_dir = args.config.data_dir.clone();
     let hub = iothub_hub::start(args.config).await?;
     // The same line as the `iothub` binary prints; the parent waits for it.
-    let ready = ReadyLine::new(hub.mqtt_addr, hub.http_addr);
-    println!("{ready}");
+    println!("{}", hub.ready_line());
     let reason = stop_reason().await?;
     tracing::debug!(?reason, "embedded hub shutting down");
     hub.shutdown().await;

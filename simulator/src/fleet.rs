@@ -95,6 +95,8 @@ pub struct Fleet {
     /// When the configuration rollout's configuration was created, µs since [`Fleet::epoch`]
     /// (0: no rollout under way; reports of its value before then are not counted).
     pub rollout_began_us: AtomicU64,
+    /// TLS for the things' connections (`--tls`); plain TCP without it.
+    pub tls: Option<crate::thing::link::TlsClient>,
 }
 
 impl Fleet {
@@ -123,6 +125,7 @@ impl Fleet {
             first: 0,
             hub_pid: None,
             rollout_began_us: AtomicU64::new(0),
+            tls: None,
         }
     }
 

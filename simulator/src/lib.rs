@@ -18,6 +18,7 @@
 //! ([`report::merge`]); [`threshold`]s decide whether a run passed.
 
 pub mod business;
+pub mod dev_certs;
 pub mod embedded;
 pub mod fleet;
 pub mod fleet_ops;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use iothub_sim::embedded::{self, ChildArgs, EmbeddedHub};
 use iothub_sim::progress::Mode;
 use iothub_sim::report::Report;
-use iothub_sim::run::{Options, Target, run};
+use iothub_sim::run::{Options, Target, TlsTarget, run};
 use iothub_sim::scenario::Scenario;
 use iothub_sim::shard::Shard;
 use iothub_sim::threshold::{self, EXIT_THRESHOLDS};
@@ -138,6 +138,18 @@ struct RunArgs {
     /// Admin token of the external hub.
     #[arg(long, env = "IOTHUB_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Connect the things over MQTT over TLS (a full handshake each, no session resumption).
+    /// Without --mqtt the simulator makes a CA and a server certificate for the run and starts
+    /// the embedded hub with a TLS listener; with --mqtt (then the hub's TLS port) give
+    /// --tls-ca.
+    #[arg(long)]
+    tls: bool,
+    /// The CA (PEM file) that signed the external hub's certificate; implies --tls.
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    tls_ca: Option<PathBuf>,
+    /// The name the external hub's certificate must carry (default: the --mqtt host).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Keep the things (and a first-boot run's enrollment) on an external hub after the run
     /// (they are deleted by default).
     #[arg(long)]
@@ -357,17 +369,44 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Handlers first: a signal from now on ends the run in order instead of killing the process
     // (the hub child would stop by itself then, but the simulator's clean-up would not run).
     let mut interrupted = std::pin::pin!(interrupted()?);
+    if args.tls && args.mqtt.is_some() && args.tls_ca.is_none() {
+        anyhow::bail!("--tls with --mqtt needs --tls-ca: the CA that signed the hub's certificate");
+    }
+    // The embedded hub's certificates for a TLS run, kept until the run ends.
+    let certs_dir = match args.tls && args.mqtt.is_none() {
+        true => Some(
+            tempfile::Builder::new()
+                .prefix("iothub-sim-tls-")
+                .tempdir()
+                .context("cannot create a temporary directory")?,
+        ),
+        false => None,
+    };
+    let embedded_ca = match &certs_dir {
+        Some(dir) => Some(iothub_sim::dev_certs::write(dir.path())?),
+        None => None,
+    };
     let embedded = match &args.mqtt {
         Some(_) => None,
         None => {
-            let hub_args = embedded_hub_args(&scenario, &args.hub_args);
+            let mut hub_args = embedded_hub_args(&scenario, &args.hub_args);
+            if let Some(certs) = &embedded_ca {
+                hub_args.extend([
+                    "--mqtts-addr=127.0.0.1:0".to_owned(),
+                    format!("--tls-cert={}", certs.cert.display()),
+                    format!("--tls-key={}", certs.key.display()),
+                ]);
+            }
             let hub = tokio::task::spawn_blocking(move || EmbeddedHub::start(&hub_args))
                 .await
                 .context("the embedded hub's start panicked")??;
             eprintln!(
-                "embedded hub: pid={} mqtt={} http={} data_dir={}",
+                "embedded hub: pid={} mqtt={}{} http={} data_dir={}",
                 hub.pid(),
                 hub.mqtt_addr,
+                hub.mqtts_addr
+                    .map(|a| format!(" mqtts={a}"))
+                    .unwrap_or_default(),
                 hub.http_addr,
                 hub.data_dir().display()
             );
@@ -375,7 +414,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let outcome = tokio::select! {
-        r = drive(&args, scenario, embedded.as_ref()) => r.map(Some),
+        r = drive(&args, scenario, embedded.as_ref(), embedded_ca.as_ref().map(|c| c.ca.as_path())) => r.map(Some),
         () = &mut interrupted => Ok(None),
     };
     if let Ok(None) = outcome {
@@ -441,12 +480,22 @@ async fn drive(
     args: &RunArgs,
     scenario: Scenario,
     embedded: Option<&EmbeddedHub>,
+    embedded_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<Verdict> {
     let target = match embedded {
         Some(hub) => Target {
-            mqtt: hub.mqtt_addr,
+            mqtt: match embedded_ca {
+                Some(_) => hub
+                    .mqtts_addr
+                    .context("the embedded hub announced no TLS listener")?,
+                None => hub.mqtt_addr,
+            },
             api: format!("http://{}", hub.http_addr),
             token: hub.admin_token.clone(),
+            tls: embedded_ca.map(|ca| TlsTarget {
+                ca_file: ca.to_path_buf(),
+                server_name: "127.0.0.1".to_owned(),
+            }),
         },
         None => {
             let mqtt = args.mqtt.as_deref().unwrap_or_default();
@@ -459,6 +508,15 @@ async fn drive(
                 mqtt: addr,
                 api: args.api.clone().unwrap_or_default(),
                 token: args.token.clone().unwrap_or_default(),
+                tls: args.tls_ca.as_ref().map(|ca| TlsTarget {
+                    ca_file: ca.clone(),
+                    server_name: args.tls_server_name.clone().unwrap_or_else(|| {
+                        let host = mqtt.rsplit_once(':').map_or(mqtt, |(host, _)| host);
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned()
+                    }),
+                }),
             }
         }
     };

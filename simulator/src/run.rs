@@ -38,6 +38,17 @@ pub struct Target {
     pub api: String,
     /// Admin token.
     pub token: String,
+    /// TLS to the MQTT address (`--tls`), when the run uses it.
+    pub tls: Option<TlsTarget>,
+}
+
+/// How the things reach the hub's MQTT over TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    /// PEM file with the CA that signed the hub's certificate (workers read it again).
+    pub ca_file: std::path::PathBuf,
+    /// The name the hub's certificate must carry.
+    pub server_name: String,
 }
 
 /// How to run, besides the scenario.
@@ -101,6 +112,11 @@ pub async fn run(whole: Scenario, target: Target, options: Options) -> anyhow::R
     let settle = Duration::from_secs_f64(scenario.ramp.settle_s);
     let max_wait = Duration::from_secs_f64(scenario.ramp.max_wait_s);
     let mut fleet = Fleet::new(scenario, target.mqtt, phase_rx);
+    if let Some(tls) = &target.tls {
+        let ca = std::fs::read(&tls.ca_file)
+            .with_context(|| format!("cannot read {}", tls.ca_file.display()))?;
+        fleet.tls = Some(crate::thing::link::TlsClient::new(&ca, &tls.server_name)?);
+    }
     fleet.shard = options.shard;
     fleet.first = first;
     fleet.hub_pid = options.hub_pid;

@@ -101,6 +101,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         if plan.keep {
             cmd.arg("--keep");
         }
+        if let Some(tls) = &plan.target.tls {
+            cmd.arg("--tls-ca")
+                .arg(&tls.ca_file)
+                .arg("--tls-server-name")
+                .arg(&tls.server_name);
+        }
         if let Some(pid) = plan.hub_pid {
             cmd.arg("--hub-pid").arg(pid.to_string());
         }

@@ -1,14 +1,15 @@
-//! The connection of a virtual thing: TCP connect from its source address, the MQTT handshake
-//! up to the last SUBACK, and non-blocking reads and writes with small buffers.
+//! The connection of a virtual thing: TCP connect from its source address (and the TLS
+//! handshake in a TLS run), the MQTT handshake up to the last SUBACK, and reads and writes with
+//! small buffers.
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
+use super::link::Link;
 use super::{
-    ConnectError, Core, HANDSHAKE_TIMEOUT, KEEP_BUFFER, READ_CHUNK, Read, TCP_TIMEOUT, Thing,
-    WRITE_TIMEOUT, dev_now, wait_stop,
+    ConnectError, Core, HANDSHAKE_TIMEOUT, KEEP_BUFFER, TCP_TIMEOUT, Thing, WRITE_TIMEOUT, dev_now,
+    wait_stop,
 };
 use crate::fleet::Phase;
 use crate::mqtt::Incoming;
@@ -22,10 +23,10 @@ impl Thing {
         thing_id: &str,
         secret: &str,
         phase: &mut tokio::sync::watch::Receiver<Phase>,
-    ) -> Result<TcpStream, ConnectError> {
+    ) -> Result<Link, ConnectError> {
         let began = Instant::now();
         let handshake = async {
-            let mut stream = self.tcp().await?;
+            let mut stream = self.open().await?;
             self.wbuf.clear();
             let keep_alive = self.fleet.scenario.profile.keep_alive_s;
             self.codec
@@ -87,7 +88,8 @@ impl Thing {
         result
     }
 
-    pub(super) async fn tcp(&mut self) -> Result<TcpStream, ConnectError> {
+    /// TCP connect, then the TLS handshake when the run uses TLS.
+    pub(super) async fn open(&mut self) -> Result<Link, ConnectError> {
         let addr = self.fleet.mqtt;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -107,16 +109,27 @@ impl Thing {
         stream
             .set_nodelay(true)
             .map_err(|e| ConnectError::Tcp(e.kind()))?;
+        let link = match &self.fleet.tls {
+            None => Link::Plain(stream),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(tls_error)?;
+                Link::Tls(Box::new(stream))
+            }
+        };
         let now = Instant::now();
         self.last_read = now;
         self.last_write = now;
-        Ok(stream)
+        Ok(link)
     }
 
     /// Reads until one whole packet is decoded (handshake only).
     pub(super) async fn next_packet(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Link,
     ) -> Result<Incoming, ConnectError> {
         loop {
             match self.codec.read(&mut self.rbuf) {
@@ -127,39 +140,10 @@ impl Thing {
                     return Err(ConnectError::Protocol);
                 }
             }
-            match self.read_some(stream).await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return Err(ConnectError::Closed),
+            match stream.read_into(&mut self.rbuf).await {
+                Ok(n) if n > 0 => self.last_read = Instant::now(),
+                Ok(_) | Err(_) => return Err(ConnectError::Closed),
             }
-        }
-    }
-
-    /// Waits for the socket to be readable, then reads what is there; false at end of stream.
-    async fn read_some(&mut self, stream: &mut TcpStream) -> std::io::Result<bool> {
-        loop {
-            stream.readable().await?;
-            match self.try_read(stream)? {
-                Read::Data => return Ok(true),
-                Read::Eof => return Ok(false),
-                Read::WouldBlock => {}
-            }
-        }
-    }
-
-    /// One non-blocking read into the read buffer (allocated only now: an idle thing holds none).
-    pub(super) fn try_read(&mut self, stream: &TcpStream) -> std::io::Result<Read> {
-        self.rbuf.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => Ok(Read::Eof),
-            Ok(_) => {
-                self.last_read = Instant::now();
-                Ok(Read::Data)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.release_rbuf();
-                Ok(Read::WouldBlock)
-            }
-            Err(e) => Err(e),
         }
     }
 
@@ -171,7 +155,7 @@ impl Thing {
     }
 
     /// Writes everything encoded so far.
-    pub(super) async fn write(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    pub(super) async fn write(&mut self, stream: &mut Link) -> std::io::Result<()> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -185,5 +169,17 @@ impl Thing {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
+    }
+}
+
+/// A failed TLS handshake: rustls' reason (an untrusted certificate, a wrong name: retrying
+/// does not help), or the connection closed under it (as for plain MQTT).
+fn tls_error(e: std::io::Error) -> ConnectError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+    {
+        Some(tls) => ConnectError::Tls(tls.to_string()),
+        None => ConnectError::Closed,
     }
 }

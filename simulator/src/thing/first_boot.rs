@@ -17,9 +17,9 @@ use std::time::Duration;
 use iothub_sdk_nostd::provision::{ProvisionReply, Provisioning};
 use iothub_sdk_nostd::spec::code::ErrorCode;
 use iothub_sdk_nostd::{Instant as DevInstant, QoS};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::link::Link;
 use super::{ConnectError, HANDSHAKE_TIMEOUT, Thing, wait_stop};
 use crate::fleet::{ClaimCredential, Phase};
 use crate::mqtt::Incoming;
@@ -82,7 +82,10 @@ fn retryable_error(e: &ConnectError) -> bool {
     match e {
         // 3.1.1: 3 server unavailable; 5: 0x88 server unavailable, 0x89 busy, 0x97 quota.
         ConnectError::Refused(code) => matches!(code, 3 | 0x88 | 0x89 | 0x97),
-        ConnectError::SubscribeRefused | ConnectError::Protocol | ConnectError::Stopped => false,
+        ConnectError::SubscribeRefused
+        | ConnectError::Protocol
+        | ConnectError::Tls(_)
+        | ConnectError::Stopped => false,
         ConnectError::Tcp(_)
         | ConnectError::TcpTimeout
         | ConnectError::Timeout
@@ -201,7 +204,7 @@ impl Thing {
             .map_err(|_| ConnectError::Protocol)?;
         let mut user = [0u8; NAME_BUF];
         let user = p.username(&mut user).map_err(|_| ConnectError::Protocol)?;
-        let mut stream = self.tcp().await?;
+        let mut stream = self.open().await?;
         *stage = Stage::ConnAck;
         self.wbuf.clear();
         let keep_alive = self.fleet.scenario.profile.keep_alive_s;
@@ -294,7 +297,7 @@ impl Thing {
     }
 
     /// Writes what is encoded; a failed write ends the attempt as a closed connection.
-    async fn send(&mut self, stream: &mut TcpStream) -> Result<(), ConnectError> {
+    async fn send(&mut self, stream: &mut Link) -> Result<(), ConnectError> {
         self.write(stream).await.map_err(|_| ConnectError::Closed)
     }
 }

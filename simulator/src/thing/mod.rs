@@ -25,6 +25,7 @@ use crate::mqtt::{Codec, Version};
 mod behaviour;
 mod conn;
 mod first_boot;
+pub mod link;
 mod session;
 
 /// The device core as a virtual thing sizes it: the classic shadow only, the hub's 10 requests
@@ -129,13 +130,6 @@ struct PendingAnswer {
     code: u16,
 }
 
-/// What a non-blocking read gave.
-enum Read {
-    Data,
-    Eof,
-    WouldBlock,
-}
-
 /// The first report of a first-boot thing: sent right after its first connect, timed from its
 /// first claim CONNECT to its `accepted`.
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +157,9 @@ enum ConnectError {
     Tcp(std::io::ErrorKind),
     #[error("tcp connect timeout")]
     TcpTimeout,
+    /// The TLS handshake failed for a reason of TLS (not the network's).
+    #[error("tls handshake: {0}")]
+    Tls(String),
     #[error("connack refused: code {0}")]
     Refused(u8),
     #[error("handshake timeout")]

@@ -7,12 +7,21 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use iothub_sdk_nostd::{Ignored, Transmit};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Core, DRAIN, End, Read, SCRATCH, Thing, dev_now};
+use super::link::Link;
+use super::{Core, DRAIN, End, SCRATCH, Thing, dev_now};
 use crate::fleet::Phase;
 use crate::mqtt::Incoming;
+
+/// What ended a session loop's wait.
+enum Woke {
+    /// A read: the bytes read, 0 at the end of the stream.
+    Read(std::io::Result<usize>),
+    Timer,
+    /// The run's phase changed (false: its sender is gone).
+    Phase(bool),
+}
 
 impl Thing {
     /// Drains the core: every transmit encoded into the write buffer, every event handled.
@@ -127,7 +136,7 @@ impl Thing {
     pub(super) async fn session(
         &mut self,
         device: &mut Core<'_>,
-        mut stream: TcpStream,
+        mut stream: Link,
         phase: &mut tokio::sync::watch::Receiver<Phase>,
     ) -> End {
         self.fleet.slots[self.index]
@@ -172,18 +181,25 @@ impl Thing {
                 return End::Lost;
             }
             let wake = self.next_wake(device, keep_alive);
-            tokio::select! {
-                r = stream.readable() => {
-                    if r.is_err() || !self.read_packets(device, &stream) {
+            // The read buffer is lent to the read for the wait (the other branches need `self`).
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            let woke = tokio::select! {
+                r = stream.read_into(&mut rbuf) => Woke::Read(r),
+                _ = tokio::time::sleep_until(wake) => Woke::Timer,
+                r = phase.changed() => Woke::Phase(r.is_ok()),
+            };
+            self.rbuf = rbuf;
+            match woke {
+                Woke::Read(r) => {
+                    if !self.read_packets(device, r) {
                         self.stats().lost.inc();
                         return End::Lost;
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {}
-                r = phase.changed() => {
-                    if r.is_err() {
-                        return End::Stopped;
-                    }
+                Woke::Timer => self.release_rbuf(),
+                Woke::Phase(false) => return End::Stopped,
+                Woke::Phase(true) => {
+                    self.release_rbuf();
                     let p = *phase.borrow();
                     self.arm(p);
                 }
@@ -191,12 +207,12 @@ impl Thing {
         }
     }
 
-    /// Reads what is there and handles every whole packet; false when the connection is over.
-    fn read_packets(&mut self, device: &mut Core<'_>, stream: &TcpStream) -> bool {
-        match self.try_read(stream) {
-            Ok(Read::Data) => {}
-            Ok(Read::WouldBlock) => return true,
-            Ok(Read::Eof) => {
+    /// Handles every whole packet after a read of `read` bytes; false when the connection is
+    /// over.
+    fn read_packets(&mut self, device: &mut Core<'_>, read: std::io::Result<usize>) -> bool {
+        match read {
+            Ok(n) if n > 0 => self.last_read = Instant::now(),
+            Ok(_) => {
                 self.stats()
                     .connect_errors
                     .add("connection lost: closed by the hub");
