@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use iothub_launch::postgres as postgres_server;
 
+mod certs;
 mod configurations;
 mod enroll;
 mod health;
@@ -168,4 +169,5 @@ suite!(
     sync::batch_removals_write_their_tasks,
     routes::outbox_dead_letters_and_history_round_trip,
     routes::failed_outbox_writes_store_nothing,
+    certs::register_look_up_revoke_and_cascade,
 );
