@@ -12,7 +12,7 @@ fn cert(thing: &str, n: u8) -> CertificateRecord {
         fingerprint: format!("{n:02x}").repeat(32),
         thing_id: thing.into(),
         pem: format!("-----BEGIN CERTIFICATE-----\n{n}\n-----END CERTIFICATE-----\n"),
-        common_name: (n % 2 == 0).then(|| thing.to_owned()),
+        common_name: n.is_multiple_of(2).then(|| thing.to_owned()),
         not_after: 4_000_000_000_000,
         created_at: 1_000 + u64::from(n),
     }
