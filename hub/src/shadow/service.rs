@@ -178,6 +178,7 @@ impl ShadowService {
                     CACHE_CAPACITY.div_ceil(n),
                     reply_tx,
                     ownership.clone(),
+                    feedback_tx.clone(),
                 );
                 let replier = Replier::new(
                     bus.clone(),
@@ -255,6 +256,7 @@ impl ShadowService {
                         op,
                         received,
                     },
+                    attempt: 0,
                 }),
         };
         match job {
@@ -298,6 +300,7 @@ impl ShadowService {
             key: Key::new(thing, shadow),
             req,
             to: ReplyTo::Rest(tx),
+            attempt: 0,
         };
         self.rest_call(thing, job, rx).await
     }

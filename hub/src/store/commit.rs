@@ -271,6 +271,7 @@ mod tests {
             new_version: expected + 1,
             body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
             updated_at: expected + 1,
+            expected_body: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub async fn two_handles_never_accept_one_version_twice(f: Fixture) {
                     new_version: v + 1,
                     body: body(who, v + 1),
                     updated_at: v + 1,
+                    expected_body: None,
                 };
                 let (ra, rb) = tokio::join!(a.write(w("a")), b.write(w("b")));
                 match (ra, rb) {
