@@ -451,16 +451,24 @@ impl Applier {
             steps
                 .iter()
                 .filter_map(|step| match step {
-                    Step::Updated { previous, current } => Some(ShadowWrite {
+                    Step::Updated { previous, current } => Some((previous, current)),
+                    _ => None,
+                })
+                .scan(None::<String>, |before, (previous, current)| {
+                    // Each write after the first is built on the one before: it names that
+                    // one's body, for a store that cannot hold the shadow (the default
+                    // `rewrite_shadow`).
+                    let body = current.to_body();
+                    let expected_body = before.replace(body.clone());
+                    Some(ShadowWrite {
                         thing_id: key.thing.clone(),
                         name: key.shadow.clone(),
                         expected_version: previous.version,
                         new_version: current.version,
-                        body: current.to_body(),
+                        body,
                         updated_at: now,
-                        expected_body: None,
-                    }),
-                    _ => None,
+                        expected_body,
+                    })
                 })
                 .collect()
         };
@@ -496,6 +504,8 @@ impl Applier {
         };
         let generation = self.next_generation;
         self.next_generation += 1;
+        let failed = results.iter().any(Result::is_err);
+        let written = results.len() as u32;
         let mut results = results.into_iter();
         // The shadow as stored after the last write that was; a get after a write that was not
         // is not answered with state that was never stored.
@@ -576,7 +586,21 @@ impl Applier {
                 }
             }
         }
-        if let Some(shadow) = latest {
+        if failed {
+            // The reply task reports on every write of this generation; until it has, what
+            // comes next for the shadow waits, behind the updates it hands back (in order).
+            self.stalls.insert(
+                key.clone(),
+                Stall {
+                    generation,
+                    outstanding: written,
+                    retries: VecDeque::new(),
+                    deferred: VecDeque::new(),
+                    attempt: 0,
+                    waiting: false,
+                },
+            );
+        } else if let Some(shadow) = latest {
             // The owner's cache now holds what is stored (D-85).
             self.cache.insert(
                 key,

@@ -128,13 +128,14 @@ impl Replier {
                                 .filter(|(g, _)| *g == generation)
                                 .map(|(_, why)| *why);
                             if e == StoreError::VersionConflict
-                                && lost != Some(Lost::Storage)
-                                && update.req.version.is_none()
+                                && (lost == Some(Lost::Conflict)
+                                    || (lost.is_none() && update.req.version.is_none()))
                             {
                                 // Another writer (another instance, D-73) stored the shadow
-                                // first, or this write was merged on one that lost: the writer
-                                // named no version, so it is applied again on the stored shadow
-                                // rather than refused (D-85).
+                                // first and the writer named no version, or this write was
+                                // merged on one that lost so (its `version` was checked against
+                                // that one): it is applied again on the stored shadow, where a
+                                // `version` is checked again, rather than refused (D-85).
                                 self.poisoned.insert(key.clone(), (generation, Lost::Conflict));
                                 if attempt + 1 < MAX_ATTEMPTS {
                                     let AcceptedUpdate { req, .. } = *update;
