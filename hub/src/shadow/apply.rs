@@ -601,16 +601,18 @@ impl Applier {
                 },
             );
         } else if let Some(shadow) = latest {
-            // The owner's cache now holds what is stored (D-85).
+            // The owner's cache now holds what is stored (D-85). The reply task still reports
+            // on each of the writes (durable already): they count as pending until it has.
+            let body = (written > 0 && self.ownership.shared()).then(|| shadow.to_body());
             self.cache.insert(
                 key,
                 Entry {
                     shadow,
                     generation,
-                    pending: 0,
+                    pending: written,
                     used: 0,
                     epoch: self.ownership.epoch(),
-                    body: None,
+                    body,
                 },
             );
         }
