@@ -249,7 +249,12 @@ async fn unversioned_writes_through_both_instances_are_all_accepted() {
     const PIPELINE: usize = 8;
     let m = Mosquitto::start();
     let db = postgres::shared().fresh_database();
-    let limits = ["--shadow-requests-per-sec", "10000", "--max-in-flight", "64"];
+    let limits = [
+        "--shadow-requests-per-sec",
+        "10000",
+        "--max-in-flight",
+        "64",
+    ];
     let with = |name: &'static str| {
         let mut args = vec!["--database-url", db.as_str(), "--instance-id", name];
         args.extend_from_slice(&limits);
@@ -344,12 +349,20 @@ async fn unversioned_writes_through_both_instances_are_all_accepted() {
         assert_eq!(doc["version"], json!(total), "{doc}");
         for r in 0..ROUNDS {
             for p in 0..PIPELINE {
-                assert_eq!(doc["state"]["reported"][format!("r{r}p{p}")], json!(p), "{doc}");
+                assert_eq!(
+                    doc["state"]["reported"][format!("r{r}p{p}")],
+                    json!(p),
+                    "{doc}"
+                );
             }
         }
         for w in 0..REST_WRITERS {
             for k in 0..ROUNDS * 2 {
-                assert_eq!(doc["state"]["desired"][format!("w{w}k{k}")], json!(k), "{doc}");
+                assert_eq!(
+                    doc["state"]["desired"][format!("w{w}k{k}")],
+                    json!(k),
+                    "{doc}"
+                );
             }
         }
     }

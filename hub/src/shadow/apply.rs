@@ -326,7 +326,7 @@ impl Applier {
                 key,
                 generation,
                 job,
-            } => self.lost(key, generation, Some(job)),
+            } => self.lost(key, generation, Some(*job)),
             Feedback::Resume(key) => {
                 if let Some(stall) = self.stalls.get_mut(&key) {
                     stall.waiting = false;
@@ -524,7 +524,10 @@ impl Applier {
                     let result = results.next().unwrap_or_else(|| {
                         Err(StoreError::Unavailable("write not attempted".into()))
                     });
-                    latest = result.is_ok().then(|| current.clone()).filter(|_| latest.is_some());
+                    latest = result
+                        .is_ok()
+                        .then(|| current.clone())
+                        .filter(|_| latest.is_some());
                     let (tx, durable) = oneshot::channel();
                     let _ = tx.send(result);
                     self.reply(Reply::Written {
@@ -717,12 +720,7 @@ impl Applier {
         }
     }
 
-    async fn get(
-        &mut self,
-        key: Key,
-        client_token: Option<String>,
-        to: ReplyTo,
-    ) -> Result<(), ()> {
+    async fn get(&mut self, key: Key, client_token: Option<String>, to: ReplyTo) -> Result<(), ()> {
         if self.ownership.shared() && self.cache.get_mut(&key).is_some_and(|e| e.pending == 0) {
             // Another instance may have written the shadow since it was cached (a REST write
             // through it, D-73): a get without writes of ours in flight reads the store (D-85).
@@ -830,7 +828,12 @@ impl Applier {
                 // With other instances, a cached copy without writes of ours in flight may be
                 // older than the store: a `version` is refused only against the stored shadow
                 // (S-3.4, D-85), and the cache is refreshed on the way.
-                Err(e) if e.code == ErrorCode::Conflict && shared && !reloaded && entry.pending == 0 => {
+                Err(e)
+                    if e.code == ErrorCode::Conflict
+                        && shared
+                        && !reloaded
+                        && entry.pending == 0 =>
+                {
                     self.cache.remove(key);
                     reloaded = true;
                     continue;

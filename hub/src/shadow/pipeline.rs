@@ -164,7 +164,7 @@ pub(super) enum Feedback {
     Retry {
         key: Key,
         generation: u64,
-        job: Job,
+        job: Box<Job>,
     },
     /// A stalled shadow's backoff is over (sent by the apply task's own timer).
     Resume(Key),

@@ -86,7 +86,11 @@ impl Replier {
                     };
                     match stored {
                         Ok(()) => {
-                            if self.poisoned.get(&key).is_some_and(|(g, _)| *g != generation) {
+                            if self
+                                .poisoned
+                                .get(&key)
+                                .is_some_and(|(g, _)| *g != generation)
+                            {
                                 self.poisoned.remove(&key);
                             }
                             let _ = self.feedback.send(Feedback::Durable {
@@ -136,7 +140,8 @@ impl Replier {
                                 // merged on one that lost so (its `version` was checked against
                                 // that one): it is applied again on the stored shadow, where a
                                 // `version` is checked again, rather than refused (D-85).
-                                self.poisoned.insert(key.clone(), (generation, Lost::Conflict));
+                                self.poisoned
+                                    .insert(key.clone(), (generation, Lost::Conflict));
                                 if attempt + 1 < MAX_ATTEMPTS {
                                     let AcceptedUpdate { req, .. } = *update;
                                     let job = Job::Update {
@@ -209,10 +214,7 @@ impl Replier {
                         .map(|(_, why)| *why);
                     match lost {
                         None => {
-                            let _ = self.feedback.send(Feedback::Durable {
-                                key,
-                                generation,
-                            });
+                            let _ = self.feedback.send(Feedback::Durable { key, generation });
                             self.answer(to, result).await;
                         }
                         Some(Lost::Conflict) => {
@@ -250,7 +252,7 @@ impl Replier {
             self.feedback.send(Feedback::Retry {
                 key,
                 generation,
-                job,
+                job: Box::new(job),
             })
             && let Some(Reply::Ready { result, to, .. }) = job.refuse(shutting_down())
         {

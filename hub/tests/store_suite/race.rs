@@ -119,7 +119,10 @@ pub async fn a_write_built_on_a_lost_one_does_not_land(f: Fixture) {
     };
     // The other instance stores version 1 first.
     assert_eq!(
-        other.write_shadows(&[ours(0, body("b", 1), None)]).await.unwrap(),
+        other
+            .write_shadows(&[ours(0, body("b", 1), None)])
+            .await
+            .unwrap(),
         [Ok(())]
     );
     // Ours: 0 → 1 (lost), then 1 → 2 built on it, in the same batch, then 2 → 3 in the next.
@@ -218,7 +221,13 @@ pub async fn rewrite_reads_and_writes_in_one_transaction(f: Fixture) {
             assert_eq!(read.version, 1);
             assert_eq!((stored.version, stored.body), (3, body("rewrite", 3)));
         }
-        (Ok(()), [Err(StoreError::VersionConflict), Err(StoreError::VersionConflict)]) => {
+        (
+            Ok(()),
+            [
+                Err(StoreError::VersionConflict),
+                Err(StoreError::VersionConflict),
+            ],
+        ) => {
             assert_eq!(f.kind, crate::Kind::Sqlite, "PostgreSQL holds the row");
             assert_eq!((stored.version, stored.body), (2, body("other", 2)));
         }

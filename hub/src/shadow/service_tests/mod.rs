@@ -204,7 +204,13 @@ async fn hub_with(limits: Limits) -> Hub {
 }
 
 async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub {
-    hub_owning(limits, shards, things, crate::cluster::Ownership::everything()).await
+    hub_owning(
+        limits,
+        shards,
+        things,
+        crate::cluster::Ownership::everything(),
+    )
+    .await
 }
 
 /// A hub whose store other instances write too (D-73): it handles every thing, but its cache
