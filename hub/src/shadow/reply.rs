@@ -143,6 +143,9 @@ impl Replier {
                                 self.poisoned
                                     .insert(key.clone(), (generation, Lost::Conflict));
                                 if attempt + 1 < MAX_ATTEMPTS {
+                                    if let Some(metrics) = &self.metrics {
+                                        metrics.inc_shadow_updates_retried();
+                                    }
                                     let AcceptedUpdate { req, .. } = *update;
                                     let job = Job::Update {
                                         key: key.clone(),
