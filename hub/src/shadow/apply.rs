@@ -8,11 +8,12 @@
 //! When a write fails, the cached copy is ahead of the store by a write that will never be
 //! stored, and every write merged on it since fails as well (the store compares the version, and
 //! with other instances the body too). The shadow is then *stalled*: the requests that arrive
-//! for it wait, in order, until every write merged on the lost copy has come back. Then the
-//! shadow is read from the store again, the unversioned updates (and the gets) that lost
-//! against another writer are applied again in their order, after a short jittered backoff that
-//! grows with the attempt, and the waiting requests follow. So a writer's own updates stay in
-//! order, and a retried update never lands after one sent later.
+//! for it wait, in order, until every write merged on the lost copy has come back. Then, after
+//! a short jittered backoff that grows with the attempt, the updates (and the gets) that lost
+//! against another writer are applied again in their order, in one store transaction that reads
+//! the shadow and holds it until its writes commit ([`Applier::rewrite`]), and the waiting
+//! requests follow on the refreshed cache. So a writer's own updates stay in order, a retried
+//! update never lands after one sent later, and it cannot lose twice against the same writer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
