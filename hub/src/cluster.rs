@@ -58,6 +58,9 @@ pub struct Ownership {
     /// Changes whenever partitions are taken: anything cached before about their things may
     /// have been changed by another instance since.
     epoch: AtomicU64,
+    /// Other instances may write the same store (leased partitions); `false` for
+    /// [`Ownership::everything`].
+    shared: bool,
 }
 
 impl Ownership {
@@ -67,6 +70,19 @@ impl Ownership {
             mask: AtomicU64::new(u64::MAX),
             valid_until: AtomicU64::new(u64::MAX),
             epoch: AtomicU64::new(0),
+            shared: false,
+        })
+    }
+
+    /// Every thing, as [`Ownership::everything`], but for a store that other writers share
+    /// (tests of what a cluster's instance does when another one writes a thing's shadow).
+    #[cfg(test)]
+    pub(crate) fn everything_shared() -> Arc<Ownership> {
+        Arc::new(Ownership {
+            mask: AtomicU64::new(u64::MAX),
+            valid_until: AtomicU64::new(u64::MAX),
+            epoch: AtomicU64::new(0),
+            shared: true,
         })
     }
 
@@ -76,6 +92,7 @@ impl Ownership {
             mask: AtomicU64::new(0),
             valid_until: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            shared: true,
         })
     }
 
@@ -98,6 +115,12 @@ impl Ownership {
     /// See [`Ownership::epoch`]'s field: compare a value read when something was cached.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether other hub instances may write the same store (D-73): then even the shadows of
+    /// this instance's own things can change under it.
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     /// How many partitions this instance holds now.

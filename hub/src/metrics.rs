@@ -68,6 +68,7 @@ pub struct Metrics {
     mqtt_messages_out: AtomicU64,
     mqtt_oversized_dropped: AtomicU64,
     mqtt_queue_full_dropped: AtomicU64,
+    shadow_updates_retried: AtomicU64,
     shadow_updates_accepted: AtomicU64,
     shadow_updates_rejected: [AtomicU64; SHADOW_CODES.len()],
     shadow_updates_rejected_other: AtomicU64,
@@ -111,6 +112,7 @@ impl Default for Metrics {
             mqtt_messages_out: AtomicU64::default(),
             mqtt_oversized_dropped: AtomicU64::default(),
             mqtt_queue_full_dropped: AtomicU64::default(),
+            shadow_updates_retried: AtomicU64::default(),
             shadow_updates_accepted: AtomicU64::default(),
             shadow_updates_rejected: Default::default(),
             shadow_updates_rejected_other: AtomicU64::default(),
@@ -177,6 +179,11 @@ impl Metrics {
     /// the count so far.
     pub fn inc_mqtt_queue_full_dropped(&self) -> u64 {
         self.mqtt_queue_full_dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A shadow update lost against another writer in the store and is applied again (D-85).
+    pub fn inc_shadow_updates_retried(&self) {
+        self.shadow_updates_retried.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A shadow update was accepted (and durably stored).
@@ -361,6 +368,12 @@ impl Metrics {
             "iothub_mqtt_queue_full_dropped_total",
             "Deliveries dropped because the receiving session's message queue was full (D-84).",
             get(&self.mqtt_queue_full_dropped),
+        );
+        counter(
+            &mut out,
+            "iothub_shadow_updates_retried_total",
+            "Shadow updates applied again after losing against another writer in the store (D-85).",
+            get(&self.shadow_updates_retried),
         );
         counter(
             &mut out,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::Row;
 use support::mosquitto::{HubOnBroker, Mosquitto};
-use support::{Hub, STEP, eventually, postgres, unique};
+use support::{Hub, Proto, STEP, eventually, postgres, unique};
 
 const THINGS: usize = 200;
 /// Time between one device's updates.
@@ -224,4 +224,169 @@ fn count_accepted(seen: &Mutex<BTreeMap<String, Seen>>) -> u64 {
 
 fn count_accepted_in(seen: &BTreeMap<String, Seen>) -> u64 {
     seen.values().map(|s| s.accepted.len() as u64).sum()
+}
+
+/// The partition of a thing as docs/spec.md D-73 defines it, written from the text: FNV-1a
+/// (64-bit) of the id's bytes, the high half XORed into the low half, modulo 64.
+fn partition_of(thing: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in thing.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ((h >> 32) ^ (h & 0xffff_ffff)) % 64
+}
+
+/// Issue 23 (D-73, D-85): unversioned writes of one shadow, some by the device over MQTT (handled
+/// by the instance owning the thing) and some over REST through the instance that does not own
+/// it, all at the same time. S-3.4 allows 409 only for a stale `version`; none is sent, so every
+/// write must be accepted, land in the document, and get a version of its own; each writer's
+/// versions increase in the order it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unversioned_writes_through_both_instances_are_all_accepted() {
+    const REST_WRITERS: usize = 6;
+    const ROUNDS: usize = 15;
+    const PIPELINE: usize = 8;
+    let m = Mosquitto::start();
+    let db = postgres::shared().fresh_database();
+    let limits = [
+        "--shadow-requests-per-sec",
+        "10000",
+        "--max-in-flight",
+        "64",
+    ];
+    let with = |name: &'static str| {
+        let mut args = vec!["--database-url", db.as_str(), "--instance-id", name];
+        args.extend_from_slice(&limits);
+        m.hub_with(&args)
+    };
+    let a = with("a");
+    let b = with("b");
+    let split = eventually(STEP, || async {
+        (partitions(&a).await.0 == 32 && partitions(&b).await.0 == 32).then_some(())
+    })
+    .await;
+    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+    // `a` keeps the lower half of the partitions (it gives back the highest first, D-73): a
+    // thing of the lower half is a's, and REST calls through `b` reach its non-owner.
+    let id = loop {
+        let id = unique("race");
+        if partition_of(&id) < 32 {
+            break id;
+        }
+    };
+    let secret = a.create_thing(&id).await;
+    let mut device = a.connect_thing(Proto::V311, &id, &secret).await;
+    let rc = device
+        .subscribe(&format!("{}/#", support::thing_topic(&id)))
+        .await
+        .expect("subscribe");
+    assert!(rc < 0x80);
+    let b = Arc::new(b);
+
+    // REST writers through b, each writing its own desired keys one after the other.
+    let mut rest = Vec::new();
+    for w in 0..REST_WRITERS {
+        let (b, id) = (b.clone(), id.clone());
+        rest.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for k in 0..ROUNDS * 2 {
+                let (status, body) = b
+                    .put(
+                        &format!("/things/{id}/shadows/default/state/desired"),
+                        json!({"state": {"desired": {format!("w{w}k{k}"): k}}}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "REST writer {w}, write {k}: {body}");
+                versions.push(body["data"]["version"].as_u64().expect("version"));
+            }
+            versions
+        }));
+    }
+    // The device pipelines its reports to the owner, a round at a time.
+    let update = support::shadow_topic(&id, "default", "update");
+    let mut device_versions = Vec::new();
+    for r in 0..ROUNDS {
+        for p in 0..PIPELINE {
+            let body = json!({"state": {"reported": {format!("r{r}p{p}"): p}},
+                "clientToken": format!("t{r}-{p}")});
+            device
+                .publish_nowait(&update, body.to_string())
+                .await
+                .expect("publish");
+        }
+        for p in 0..PIPELINE {
+            let (accepted, reply) = device
+                .shadow_reply(&id, "default", "update", &format!("t{r}-{p}"))
+                .await;
+            assert!(accepted, "device update {r}-{p} refused: {reply}");
+            device_versions.push(reply["version"].as_u64().expect("version"));
+        }
+    }
+    let mut all = device_versions.clone();
+    assert!(
+        device_versions.windows(2).all(|w| w[0] < w[1]),
+        "the device's versions do not increase: {device_versions:?}"
+    );
+    for (w, task) in rest.into_iter().enumerate() {
+        let versions = task.await.expect("REST writer");
+        assert!(
+            versions.windows(2).all(|v| v[0] < v[1]),
+            "REST writer {w}'s versions do not increase: {versions:?}"
+        );
+        all.extend(versions);
+    }
+    let total = all.len();
+    assert_eq!(total, ROUNDS * PIPELINE + REST_WRITERS * ROUNDS * 2);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), total, "a version was accepted twice");
+
+    // The writes did meet in the store: some lost and were applied again (D-85).
+    let mut retried = Vec::new();
+    for hub in [&a, &*b] {
+        let (status, _, text) = hub.get_text("/metrics").await;
+        assert_eq!(status, 200);
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("iothub_shadow_updates_retried_total "))
+            .expect("iothub_shadow_updates_retried_total")
+            .trim()
+            .parse()
+            .expect("a number");
+        retried.push(n);
+    }
+    eprintln!(
+        "{total} unversioned writes accepted; applied again: a {}, b {}",
+        retried[0], retried[1]
+    );
+    assert!(
+        retried.iter().sum::<f64>() > 0.0,
+        "no write lost against the other instance: the test does not exercise D-85"
+    );
+
+    // Both instances show every write, at the version that counts them all.
+    for hub in [&a, &*b] {
+        let (status, doc) = hub.rest_shadow(&id, "default").await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["version"], json!(total), "{doc}");
+        for r in 0..ROUNDS {
+            for p in 0..PIPELINE {
+                assert_eq!(
+                    doc["state"]["reported"][format!("r{r}p{p}")],
+                    json!(p),
+                    "{doc}"
+                );
+            }
+        }
+        for w in 0..REST_WRITERS {
+            for k in 0..ROUNDS * 2 {
+                assert_eq!(
+                    doc["state"]["desired"][format!("w{w}k{k}")],
+                    json!(k),
+                    "{doc}"
+                );
+            }
+        }
+    }
 }

@@ -57,6 +57,8 @@ pub(super) enum Job {
         key: Key,
         req: UpdateRequest,
         to: ReplyTo,
+        /// How many times it was applied already and lost against another writer (D-85).
+        attempt: u32,
     },
     Get {
         key: Key,
@@ -71,6 +73,40 @@ pub(super) enum Job {
     Forget(String),
     /// Stop after everything queued before it.
     Shutdown,
+}
+
+impl Job {
+    /// The shadow the job reads or writes, if it is about one.
+    pub(super) fn key(&self) -> Option<&Key> {
+        match self {
+            Job::Update { key, .. } | Job::Get { key, .. } | Job::Delete { key, .. } => Some(key),
+            Job::Forget(_) | Job::Shutdown => None,
+        }
+    }
+
+    /// Answers the job with `err` without running it (through `replies` for updates and gets,
+    /// so the answer keeps its place behind the earlier ones).
+    pub(super) fn refuse(self, err: ShadowError) -> Option<Reply> {
+        match self {
+            Job::Update { req, to, .. } => Some(Reply::Ready {
+                result: Err(err.with_client_token(req.client_token)),
+                depends: None,
+                to,
+            }),
+            Job::Get {
+                client_token, to, ..
+            } => Some(Reply::Ready {
+                result: Err(err.with_client_token(client_token)),
+                depends: None,
+                to,
+            }),
+            Job::Delete { done, .. } => {
+                let _ = done.send(Err(err));
+                None
+            }
+            Job::Forget(_) | Job::Shutdown => None,
+        }
+    }
 }
 
 /// Work for the reply task, in the apply task's order.
@@ -89,26 +125,49 @@ pub(super) enum Reply {
         key: Key,
         generation: u64,
         client_token: Option<String>,
+        /// [`Job::Update`]'s `attempt`.
+        attempt: u32,
         /// What the replies are built from, once durable: building them in the reply task keeps
         /// that work off the single apply task, and off writes that fail.
         update: Box<AcceptedUpdate>,
         to: ReplyTo,
     },
-    /// An answer that needs no storage: a get, or an error. `depends` names the cache generation
-    /// whose not-yet-durable writes the answer shows, if any.
+    /// An answer that needs no storage: a get, or an error. `depends` names the get whose
+    /// answer shows not-yet-durable writes, if any.
     Ready {
         result: Result<Value, ShadowError>,
-        depends: Option<(Key, u64)>,
+        depends: Option<Depends>,
         to: ReplyTo,
     },
     /// Resolved once every earlier reply is out (all earlier writes are durable or failed).
     Barrier(oneshot::Sender<()>),
 }
 
-/// What the reply task tells the apply task about a submitted write.
+/// A get answered from a cached shadow with writes that are not durable yet: the cache
+/// generation it showed, and what it takes to run the get again.
+pub(super) struct Depends {
+    pub key: Key,
+    pub generation: u64,
+    pub client_token: Option<String>,
+}
+
+/// What the reply task tells the apply task about a submitted write, or about a get that showed
+/// writes not yet durable ([`Depends`]); each of them is reported exactly once.
 pub(super) enum Feedback {
+    /// Stored (a get: what it showed was stored); answered.
     Durable { key: Key, generation: u64 },
+    /// Not stored; answered with an error.
     Failed { key: Key, generation: u64 },
+    /// Not stored because another writer changed the shadow first (an unversioned update, or a
+    /// get that showed such an update): not answered; run `job` again on the stored shadow
+    /// (docs/spec.md D-85).
+    Retry {
+        key: Key,
+        generation: u64,
+        job: Box<Job>,
+    },
+    /// A stalled shadow's backoff is over (sent by the apply task's own timer).
+    Resume(Key),
 }
 
 /// Per-thing admission of MQTT requests (S-3.9): a token bucket of `shadow_requests_per_sec`

@@ -19,10 +19,16 @@
 //! - **One reply task** receives, in the same FIFO order, every outcome: it awaits the write's
 //!   durability and only then publishes `update/accepted`, `update/delta` and `update/documents`
 //!   (S-3.5: accepted means durable). Gets travel the same FIFO, so a get never overtakes an earlier
-//!   update that is not durable yet. A failed write is answered 503 (409 for a CAS conflict) and
-//!   the apply task drops that shadow from its cache, so later requests reload it from the store;
-//!   writes merged on top of the lost version fail the store's CAS in turn. A get built on top of
-//!   a lost write is answered 503 instead of showing state that never became durable.
+//!   update that is not durable yet. A failed write is answered 503 and the apply task drops
+//!   that shadow from its cache, so later requests reload it from the store; writes merged on
+//!   top of the lost version fail the store's CAS in turn. A get built on top of a lost write is
+//!   answered 503 instead of showing state that never became durable.
+//! - **Conflicts** (another instance wrote the shadow, docs/spec.md D-85): a write that loses the
+//!   store's CAS is answered 409 only if its writer's `version` was stale; otherwise it goes back
+//!   to the apply task, which holds the shadow's later requests, applies the lost updates again
+//!   on the stored shadow in one transaction that holds it, then runs what waited (see
+//!   `apply.rs`). With other writers of the store, pipelined writes also name the body they were
+//!   merged on, and gets without writes in flight read the store (D-86).
 //! - **Limits** (S-3.9) on MQTT requests, checked before anything is queued: a token bucket of
 //!   `shadow_requests_per_sec` per thing (burst = one second's worth) and at most `max_in_flight`
 //!   unanswered requests per thing, both answered 429. REST calls are admin calls and skip both.
@@ -178,6 +184,7 @@ impl ShadowService {
                     CACHE_CAPACITY.div_ceil(n),
                     reply_tx,
                     ownership.clone(),
+                    feedback_tx.clone(),
                 );
                 let replier = Replier::new(
                     bus.clone(),
@@ -255,6 +262,7 @@ impl ShadowService {
                         op,
                         received,
                     },
+                    attempt: 0,
                 }),
         };
         match job {
@@ -298,6 +306,7 @@ impl ShadowService {
             key: Key::new(thing, shadow),
             req,
             to: ReplyTo::Rest(tx),
+            attempt: 0,
         };
         self.rest_call(thing, job, rx).await
     }

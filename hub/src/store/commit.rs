@@ -14,7 +14,9 @@
 //! The queue is strictly FIFO and batches are applied in order, so writes submitted in order are
 //! applied in order. A pipeline may therefore [`submit`](GroupCommitter::submit) version N+1
 //! (expecting N) before N is durable: if N commits, N+1 finds it; if N fails, N+1 fails its CAS
-//! too. Each write still gets its own result (a CAS conflict fails only that write).
+//! too (with other instances writing the store, N+1 also names N's body, so that it fails even
+//! when another instance stored a version N of its own: docs/spec.md D-85). Each write still
+//! gets its own result (a CAS conflict fails only that write).
 //!
 //! # Back-pressure
 //! The queue is bounded: when it is full, `submit`/`write` wait for room, which slows the
@@ -271,6 +273,7 @@ mod tests {
             new_version: expected + 1,
             body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
             updated_at: expected + 1,
+            expected_body: None,
         }
     }
 

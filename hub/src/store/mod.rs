@@ -116,6 +116,13 @@ pub struct StoredShadow {
     pub updated_at: u64,
 }
 
+/// What [`Store::rewrite_shadow`] makes of the shadow it read: the writes to store.
+pub type BuildWrites<'a> =
+    dyn for<'s> Fn(Option<&'s StoredShadow>) -> Vec<ShadowWrite> + Send + Sync + 'a;
+
+/// What [`Store::rewrite_shadow`] read, and the result of each write it made of it.
+pub type RewriteResult = (Option<StoredShadow>, Vec<Result<(), StoreError>>);
+
 /// One compare-and-swap write of a shadow, as produced by the shadow pipeline.
 #[derive(Debug, Clone)]
 pub struct ShadowWrite {
@@ -131,6 +138,12 @@ pub struct ShadowWrite {
     pub body: String,
     /// Time of the update, ms since the Unix epoch.
     pub updated_at: u64,
+    /// The body of the write this one was merged onto, when that write was not yet known to be
+    /// durable (a pipelined write, docs/spec.md D-85): the store then also requires the stored
+    /// body to be exactly this. Another instance may have stored a different document under
+    /// the same version number meanwhile; without this check the write would land on it and
+    /// erase it. A mismatch is a [`StoreError::VersionConflict`]. `None`: the version alone.
+    pub expected_body: Option<String>,
 }
 
 /// Durable storage of things and shadows. Every method is durable when it returns `Ok`.
@@ -247,6 +260,30 @@ pub trait Store: Send + Sync + 'static {
         &self,
         writes: &[ShadowWrite],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Reads one shadow and stores the writes `build` makes of it (as [`Store::write_shadows`]
+    /// would) in one transaction that holds the shadow from the read to the commit, so that no
+    /// other writer (another hub instance) can change it in between (docs/spec.md D-85).
+    /// Returns what was read and each write's result; the outer error means nothing was stored.
+    /// `build` may be called more than once (a transaction the server aborted runs again).
+    ///
+    /// The default reads, then writes with the usual compare-and-swap: enough for a store that
+    /// no other instance writes.
+    async fn rewrite_shadow(
+        &self,
+        thing: &str,
+        name: &str,
+        build: &BuildWrites<'_>,
+    ) -> Result<RewriteResult, StoreError> {
+        let current = self.get_shadow(thing, name).await?;
+        let writes = build(current.as_ref());
+        let results = if writes.is_empty() {
+            Vec::new()
+        } else {
+            self.write_shadows(&writes).await?
+        };
+        Ok((current, results))
+    }
 
     /// Flushes and closes the database (graceful shutdown). Later calls fail with
     /// [`StoreError::Unavailable`].

@@ -19,7 +19,10 @@
 //! `INSERT … ON CONFLICT DO NOTHING` for a first version). Under READ COMMITTED a second writer
 //! of the same row waits for the first one's row lock, then re-checks its `WHERE` against the
 //! committed row: it finds the version moved and updates nothing, which the caller gets as
-//! [`StoreError::VersionConflict`], never as a silent overwrite. A batch locks its existing rows
+//! [`StoreError::VersionConflict`], never as a silent overwrite (a write that names the body it
+//! was merged on also compares that, D-85). An update that lost so is applied again through
+//! [`Store::rewrite_shadow`](super::Store::rewrite_shadow), which reads the row `FOR UPDATE` and
+//! writes it in the same transaction, so it cannot lose twice. A batch locks its existing rows
 //! in key order first, so two instances' batches cannot deadlock on each other; a deadlock or a
 //! serialization failure the server reports anyway is retried (nothing of the failed attempt was
 //! committed).

@@ -107,6 +107,7 @@ pub fn write(thing: &str, name: &str, expected: u64) -> ShadowWrite {
         new_version: expected + 1,
         body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
         updated_at: 1000 + expected,
+        expected_body: None,
     }
 }
 
@@ -153,6 +154,8 @@ suite!(
     health::closed_store_is_unavailable,
     race::two_handles_never_accept_one_version_twice,
     race::two_handles_race_tag_replacements,
+    race::a_write_built_on_a_lost_one_does_not_land,
+    race::rewrite_reads_and_writes_in_one_transaction,
     enroll::enrollments_round_trip,
     enroll::provisioning_counts_uses_and_rekeys,
     enroll::failed_provisioning_leaves_nothing,

@@ -46,6 +46,7 @@ async fn mixed(f: &Fixture) {
         new_version: 1,
         body: json!({"state": {"reported": {"fw": fw}}}).to_string(),
         updated_at: 1,
+        expected_body: None,
     };
     let out = f
         .store

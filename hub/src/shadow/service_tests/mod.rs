@@ -27,6 +27,7 @@ use crate::store::{
     NewThing, ShadowWrite, SharedStore, Store, StoreError, StoredShadow, ThingRecord,
 };
 
+mod conflicts;
 mod shards;
 mod writers;
 
@@ -80,13 +81,15 @@ impl RecordingBus {
     }
 }
 
-/// The real store, with switches: hold `write_shadows` until permits are added, or fail the next
-/// `fail_next` calls of it as a whole transaction.
+/// The real store, with switches: hold `write_shadows` until permits are added, fail the next
+/// `fail_next` calls of it as a whole transaction, or answer every write of the next
+/// `conflict_next` calls with a version conflict (as if another instance had written first).
 struct Switchable {
     inner: SharedStore,
     hold: AtomicBool,
     permits: Semaphore,
     fail_next: AtomicUsize,
+    conflict_next: AtomicUsize,
 }
 
 #[async_trait]
@@ -170,6 +173,13 @@ impl Store for Switchable {
         if fail {
             return Err(StoreError::Unavailable("injected failure".into()));
         }
+        let conflict = self
+            .conflict_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if conflict {
+            return Ok(vec![Err(StoreError::VersionConflict); writes.len()]);
+        }
         self.inner.write_shadows(writes).await
     }
     async fn close(&self) {
@@ -194,6 +204,33 @@ async fn hub_with(limits: Limits) -> Hub {
 }
 
 async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub {
+    hub_owning(
+        limits,
+        shards,
+        things,
+        crate::cluster::Ownership::everything(),
+    )
+    .await
+}
+
+/// A hub whose store other instances write too (D-73): it handles every thing, but its cache
+/// may fall behind the store.
+async fn shared_hub() -> Hub {
+    let limits = Limits {
+        shadow_requests_per_sec: 10_000,
+        max_in_flight: 10_000,
+        ..Limits::default()
+    };
+    let ownership = crate::cluster::Ownership::everything_shared();
+    hub_owning(limits, SHARDS, &[THING, "t2"], ownership).await
+}
+
+async fn hub_owning(
+    limits: Limits,
+    shards: usize,
+    things: &[&str],
+    ownership: Arc<crate::cluster::Ownership>,
+) -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     let inner = crate::store::open(&url).await.unwrap();
@@ -216,11 +253,12 @@ async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub 
         hold: AtomicBool::new(false),
         permits: Semaphore::new(0),
         fail_next: AtomicUsize::new(0),
+        conflict_next: AtomicUsize::new(0),
     });
     let shared: SharedStore = store.clone();
     let committer = GroupCommitter::spawn(shared.clone(), 64, 256);
     let bus = Arc::new(RecordingBus::default());
-    let shadows = ShadowService::spawn_sharded(
+    let shadows = ShadowService::spawn_for(
         shards,
         shared,
         committer,
@@ -228,6 +266,7 @@ async fn hub_with_things(limits: Limits, shards: usize, things: &[&str]) -> Hub 
         limits,
         Default::default(),
         None,
+        ownership,
     );
     Hub {
         _dir: dir,

@@ -19,6 +19,7 @@ struct Columns<'a> {
     body: Vec<&'a str>,
     updated_at: Vec<i64>,
     expected: Vec<i64>,
+    expected_body: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -32,6 +33,7 @@ impl<'a> Columns<'a> {
             c.body.push(&w.body);
             c.updated_at.push(to_db(w.updated_at));
             c.expected.push(to_db(w.expected_version));
+            c.expected_body.push(w.expected_body.as_deref());
         }
         c
     }
@@ -143,8 +145,8 @@ async fn insert_shadows(
     Ok(written_keys(rows)?)
 }
 
-/// Moves the shadows at `rows` from their expected version to the new one (CAS); returns
-/// the keys written.
+/// Moves the shadows at `rows` from their expected version (and body, when the write names one,
+/// D-85) to the new one (CAS); returns the keys written.
 async fn update_shadows(
     tx: &mut WriteTx<'_>,
     writes: &[ShadowWrite],
@@ -157,8 +159,10 @@ async fn update_shadows(
     let rows = sqlx::query(
         "UPDATE shadows s SET version = v.version, body = v.body, updated_at = v.updated_at \
            FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], \
-                       $6::int8[]) AS v(thing_id, name, version, body, updated_at, expected) \
+                       $6::int8[], $7::text[]) \
+                AS v(thing_id, name, version, body, updated_at, expected, expected_body) \
           WHERE s.thing_id = v.thing_id AND s.name = v.name AND s.version = v.expected \
+            AND (v.expected_body IS NULL OR s.body = v.expected_body) \
          RETURNING s.thing_id, s.name",
     )
     .bind(&c.thing)
@@ -167,6 +171,7 @@ async fn update_shadows(
     .bind(&c.body)
     .bind(&c.updated_at)
     .bind(&c.expected)
+    .bind(&c.expected_body)
     .fetch_all(tx.conn()?)
     .await?;
     Ok(written_keys(rows)?)

@@ -13,7 +13,9 @@ use super::query::QueryParam;
 use super::write::{TxError, WriteTx};
 use super::{MAX_PAGE_SIZE, PgStore, deadline, from_db, to_db};
 use crate::store::fault::Writer;
-use crate::store::{NewThing, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord};
+use crate::store::{
+    BuildWrites, NewThing, RewriteResult, ShadowWrite, Store, StoreError, StoredShadow, ThingRecord,
+};
 
 /// Columns of [`ThingRecord`], in the order [`thing_from_row`] reads them.
 macro_rules! thing_cols {
@@ -459,6 +461,45 @@ impl Store for PgStore {
             let out = super::batch::apply_writes(&mut tx, writes).await?;
             tx.commit().await?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn rewrite_shadow(
+        &self,
+        thing: &str,
+        name: &str,
+        build: &BuildWrites<'_>,
+    ) -> Result<RewriteResult, StoreError> {
+        self.writing(|| async move {
+            let mut tx = self.begin_write(Writer::Shadows).await?;
+            // The row stays locked until the commit: another instance's write waits for it.
+            let row = sqlx::query(
+                "SELECT version, body, updated_at FROM shadows \
+                  WHERE thing_id = $1 AND name = $2 FOR UPDATE",
+            )
+            .bind(thing)
+            .bind(name)
+            .fetch_optional(tx.conn()?)
+            .await?;
+            let current = match row {
+                Some(row) => Some(StoredShadow {
+                    thing_id: thing.to_owned(),
+                    name: name.to_owned(),
+                    version: from_db(row.try_get(0)?),
+                    body: row.try_get(1)?,
+                    updated_at: from_db(row.try_get(2)?),
+                }),
+                None => None,
+            };
+            let writes = build(current.as_ref());
+            let out = if writes.is_empty() {
+                Vec::new()
+            } else {
+                super::batch::apply_writes(&mut tx, &writes).await?
+            };
+            tx.commit().await?;
+            Ok((current, out))
         })
         .await
     }

@@ -185,8 +185,9 @@ impl SqliteStore {
         Self::written_keys(query.fetch_all(tx.conn()?).await?)
     }
 
-    /// Moves the shadows at `rows` from their expected version to the new one (CAS); returns
-    /// the keys written. PostgreSQL: name the VALUES columns and cast the numbers.
+    /// Moves the shadows at `rows` from their expected version (and body, when the write names
+    /// one) to the new one (CAS); returns the keys written. PostgreSQL: name the VALUES columns
+    /// and cast the numbers.
     async fn update_shadows(
         tx: &mut WriteTx<'_>,
         writes: &[ShadowWrite],
@@ -200,8 +201,9 @@ impl SqliteStore {
              FROM (VALUES {}) AS v \
              WHERE shadows.thing_id = v.column1 AND shadows.name = v.column2 \
                AND shadows.version = v.column6 \
+               AND (v.column7 IS NULL OR shadows.body = v.column7) \
              RETURNING thing_id, name",
-            placeholders(rows.len(), 6)
+            placeholders(rows.len(), 7)
         );
         let mut query = sqlx::query(&sql);
         for &i in rows {
@@ -212,7 +214,8 @@ impl SqliteStore {
                 .bind(to_db(w.new_version))
                 .bind(&w.body)
                 .bind(to_db(w.updated_at))
-                .bind(to_db(w.expected_version));
+                .bind(to_db(w.expected_version))
+                .bind(w.expected_body.as_deref());
         }
         Self::written_keys(query.fetch_all(tx.conn()?).await?)
     }

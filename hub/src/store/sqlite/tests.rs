@@ -37,6 +37,7 @@ fn write(thing: &str, name: &str, expected: u64) -> ShadowWrite {
         new_version: expected + 1,
         body: format!(r#"{{"state":{{"reported":{{"v":{}}}}}}}"#, expected + 1),
         updated_at: 1000 + expected,
+        expected_body: None,
     }
 }
 
