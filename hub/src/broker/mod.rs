@@ -260,7 +260,7 @@ impl EmbeddedBroker {
         // the presence queue applies its back-pressure to a fixed number of kicks.
         let scx = &self.scx;
         futures::stream::iter(ids)
-            .for_each_concurrent(KICKS_IN_FLIGHT, |id| kick(scx, id))
+            .for_each_concurrent(KICKS_IN_FLIGHT, |id| kick(scx, id, Kick::Stopping))
             .await;
     }
 }
@@ -355,7 +355,7 @@ impl Bus for RmqttBus {
 
     async fn disconnect(&self, client_id: &str) {
         let id = Id::new(self.scx.node.id(), 0, None, None, client_id.into(), None);
-        kick(&self.scx, id).await;
+        kick(&self.scx, id, Kick::One).await;
     }
 
     fn is_connected(&self, client_id: &str) -> bool {
@@ -383,14 +383,28 @@ impl Bus for RmqttBus {
     }
 }
 
-async fn kick(scx: &ServerContext, id: Id) {
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kick {
+    /// One connection, on request (a thing disabled, deleted, revoked).
+    One,
+    /// Every connection, because the hub stops: many of them are closing by themselves at the
+    /// same moment (their clients see the hub go), and a kick that finds its session gone is
+    /// expected then, not worth a warning per connection.
+    Stopping,
+}
+
+async fn kick(scx: &ServerContext, id: Id, why: Kick) {
     let entry = scx.extends.shared().await.entry(id.clone());
-    match entry.try_lock().await {
-        Ok(mut locked) => {
-            if let Err(e) = locked.kick(true, true, true).await {
-                tracing::warn!(client = %id.client_id, error = %e, "kick failed");
-            }
-        }
-        Err(e) => tracing::warn!(client = %id.client_id, error = %e, "kick: session busy"),
+    let failed = match entry.try_lock().await {
+        Ok(mut locked) => match locked.kick(true, true, true).await {
+            Ok(_) => return,
+            Err(e) => format!("kick failed: {e}"),
+        },
+        Err(e) => format!("kick: session busy: {e}"),
+    };
+    match why {
+        Kick::One => tracing::warn!(client = %id.client_id, "{failed}"),
+        Kick::Stopping => tracing::debug!(client = %id.client_id, "{failed}"),
     }
 }
