@@ -12,7 +12,8 @@
 //! - [`outbox`]: full outboxes, dead letters, an injected store fault;
 //! - [`history`]: the history sink and a query filter;
 //! - [`sources`]: hub sources to a file, route management;
-//! - [`bridge`]: the MQTT bridge sink, plain and over mutual TLS;
+//! - [`bridge`]: the MQTT bridge sink, plain and over mutual TLS, and to a Mosquitto killed
+//!   mid-stream;
 //! - [`bench`]: the throughput figure (ignored).
 
 #[path = "../support/mod.rs"]
