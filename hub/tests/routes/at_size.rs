@@ -71,10 +71,7 @@ async fn hundred_things_through_a_twenty_second_receiver_outage() {
     assert!(refused.is_some(), "the receiver's port still accepts");
     tokio::time::sleep(DOWN_FOR.saturating_sub(down.elapsed())).await;
     let during = route_status(&hub, &route).await;
-    assert!(
-        receiver.refuses_connections().await,
-        "down the whole time"
-    );
+    assert!(receiver.refuses_connections().await, "down the whole time");
     receiver.restart().await;
     let outage = down.elapsed();
 
@@ -97,7 +94,11 @@ async fn hundred_things_through_a_twenty_second_receiver_outage() {
     });
     let drained = started.elapsed();
 
-    assert_eq!(receiver.bad_signatures(), 0, "every POST's signature checks");
+    assert_eq!(
+        receiver.bad_signatures(),
+        0,
+        "every POST's signature checks"
+    );
     let all = receiver.messages();
     let got = distinct(all.clone());
     let duplicates = all.len() - got.len();

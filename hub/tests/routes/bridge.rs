@@ -252,12 +252,7 @@ fn subscriber(port: u16) -> (Arc<Mutex<Taken>>, tokio::task::JoinHandle<()>) {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let thing = p
-                        .topic
-                        .split('/')
-                        .nth(3)
-                        .unwrap_or_default()
-                        .to_owned();
+                    let thing = p.topic.split('/').nth(3).unwrap_or_default().to_owned();
                     let n = serde_json::from_slice::<Value>(&p.payload)
                         .ok()
                         .and_then(|v| v["n"].as_u64());
@@ -345,13 +340,8 @@ async fn bridge_to_mosquitto_over_mutual_tls_survives_its_sigkill() {
         (s["outbox"] == 0 && s["delivered"].as_u64() >= Some(sent)).then_some(s)
     })
     .await;
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "not drained: {}\n{}",
-            taken_summary(&taken),
-            broker.log()
-        )
-    });
+    let status = status
+        .unwrap_or_else(|| panic!("not drained: {}\n{}", taken_summary(&taken), broker.log()));
     let expected: std::collections::BTreeSet<(String, u64)> = things
         .iter()
         .flat_map(|(t, _)| (0..BRIDGE_PER_THING).map(move |n| (t.clone(), n)))

@@ -19,8 +19,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod bench;
 mod at_size;
+mod bench;
 mod bridge;
 mod delivery;
 mod history;
