@@ -168,4 +168,5 @@ suite!(
     sync::batch_removals_write_their_tasks,
     routes::outbox_dead_letters_and_history_round_trip,
     routes::failed_outbox_writes_store_nothing,
+    routes::dead_letters_are_trimmed_by_age_and_count,
 );
