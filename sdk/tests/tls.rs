@@ -286,17 +286,18 @@ impl iothub_sdk::service::Handler for ToChannel {
     }
 }
 
-/// Runs a receiver with `opts` until `stop` fires; its messages come to the returned channel.
-fn run_receiver(
-    opts: iothub_sdk::service::ReceiverOptions,
-) -> (
-    tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
-    tokio::sync::watch::Receiver<bool>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<
+/// A receiver running in a task: its messages, its subscribed flag, its stop, its end.
+struct RunningReceiver {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    subscribed: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<
         Result<iothub_sdk::service::ReceiverStats, iothub_sdk::service::ReceiverError>,
     >,
-) {
+}
+
+/// Runs a receiver with `opts` until `stop` fires; its messages come to `rx`.
+fn run_receiver(opts: iothub_sdk::service::ReceiverOptions) -> RunningReceiver {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let receiver = iothub_sdk::service::Receiver::new(opts).handler(ToChannel(tx));
     let subscribed = receiver.subscribed();
@@ -304,7 +305,12 @@ fn run_receiver(
     let task = tokio::spawn(receiver.run(async move {
         let _ = stopped.await;
     }));
-    (rx, subscribed, stop, task)
+    RunningReceiver {
+        rx,
+        subscribed,
+        stop,
+        task,
+    }
 }
 
 /// The service receiver (`iothub_sdk::service`) over the hub's own MQTT over TLS listener:
@@ -335,7 +341,12 @@ async fn the_service_receiver_connects_over_tls() {
                 .expect("client cert");
         }
         assert!(opts.uses_tls());
-        let (mut rx, mut subscribed, stop, task) = run_receiver(opts);
+        let RunningReceiver {
+            mut rx,
+            mut subscribed,
+            stop,
+            task,
+        } = run_receiver(opts);
         tokio::time::timeout(STEP, subscribed.wait_for(|s| *s))
             .await
             .expect("subscribed over TLS in time")
@@ -374,8 +385,8 @@ async fn the_service_receiver_connects_over_tls() {
             .expect("service user")
             .tls_ca_pem(server.cert_pem.as_bytes())
             .expect("ca pem");
-            let (_rx, _subscribed, _stop, task) = run_receiver(opts);
-            let r = tokio::time::timeout(STEP, task)
+            let running = run_receiver(opts);
+            let r = tokio::time::timeout(STEP, running.task)
                 .await
                 .expect("the receiver must end by itself")
                 .expect("join");
@@ -401,8 +412,8 @@ async fn the_service_receiver_connects_over_tls() {
         .expect("service user")
         .tls_ca_pem(stranger.cert_pem.as_bytes())
         .expect("ca pem");
-        let (_rx, _subscribed, _stop, task) = run_receiver(opts);
-        let r = tokio::time::timeout(STEP, task)
+        let running = run_receiver(opts);
+        let r = tokio::time::timeout(STEP, running.task)
             .await
             .expect("the receiver must end by itself")
             .expect("join");
