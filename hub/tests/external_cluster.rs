@@ -390,3 +390,112 @@ async fn unversioned_writes_through_both_instances_are_all_accepted() {
         }
     }
 }
+
+/// D-89: on one Mosquitto, every instance gets a thing's method responses, and only the thing's
+/// owner puts them in the routes' outboxes: a method-results route shared by two instances gets
+/// each response once (one outbox row, one `seq`), whichever instance owns the thing and
+/// whichever one the call went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_put_a_method_response_in_the_routes_once() {
+    use axum::extract::State;
+    const THINGS_HERE: usize = 12;
+    let m = Mosquitto::start();
+    let db = postgres::shared().fresh_database();
+    let a = instance(&m, &db, "a");
+    let b = instance(&m, &db, "b");
+    let split = eventually(STEP, || async {
+        let (pa, _) = partitions(&a).await;
+        let (pb, _) = partitions(&b).await;
+        (pa == 32 && pb == 32).then_some(())
+    })
+    .await;
+    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+
+    // The receiver: every POSTed batch's messages.
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    async fn take(State(got): State<Arc<Mutex<Vec<Value>>>>, body: String) -> &'static str {
+        let batch: Value = serde_json::from_str(&body).expect("a JSON batch");
+        let messages = batch["messages"].as_array().cloned().unwrap_or_default();
+        got.lock().expect("lock").extend(messages);
+        "ok"
+    }
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(take))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    // The route as each instance knows it (a route lives in each instance's table, D-79).
+    let route = json!({"id": "results", "sources": ["method-results"],
+                       "sink": {"type": "webhook", "url": url}, "batchDelayMs": 0});
+    let (status, body) = a.post("/routes", route.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b.post("/routes", route).await;
+    assert_eq!(status, 201, "{body}");
+
+    let ids: Vec<(String, Value)> = (0..THINGS_HERE)
+        .map(|_| (unique("mr"), json!({})))
+        .collect();
+    let secrets = a.create_tagged_things(&ids).await;
+    let mut devices = Vec::new();
+    for (id, secret) in &secrets {
+        let options = iothub_sdk::ThingOptions::with_addr(id, secret, &m.addr.to_string())
+            .expect("options")
+            .on_method("ping", |req| async move { Ok(json!({ "pong": req.data })) })
+            .expect("method handler");
+        let thing = iothub_sdk::Thing::connect(options)
+            .await
+            .unwrap_or_else(|e| panic!("{id} connects: {e}\n{}", m.log()));
+        devices.push(thing);
+    }
+    // Calls through both instances, so that each takes calls for things it owns and for
+    // things the other owns.
+    for (i, (id, _)) in secrets.iter().enumerate() {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (status, body) = via
+            .post(
+                &format!("/things/{id}/methods/ping"),
+                json!({"data": i, "timeout": 5}),
+            )
+            .await;
+        assert_eq!(status, 200, "{id}: {body}");
+    }
+    let distinct = || {
+        let got = got.lock().expect("lock");
+        let seqs: std::collections::BTreeSet<u64> =
+            got.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        let things: std::collections::BTreeSet<String> = got
+            .iter()
+            .filter_map(|m| m["thingId"].as_str().map(str::to_owned))
+            .collect();
+        (seqs.len(), things.len(), got.len())
+    };
+    let all = eventually(STEP, || async {
+        let (_, things, _) = distinct();
+        (things == THINGS_HERE).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "{:?}", distinct());
+    // Whatever else would come (a second copy from the other instance) has had time to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (seqs, things, received) = distinct();
+    assert_eq!(
+        (seqs, things),
+        (THINGS_HERE, THINGS_HERE),
+        "one outbox row per response ({received} deliveries)"
+    );
+    let pool = sqlx::PgPool::connect(&db).await.expect("postgres");
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM route_outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "the outbox is drained");
+    for d in devices {
+        d.close().await;
+    }
+}

@@ -266,3 +266,165 @@ fn bad_pem_and_mismatched_keys_are_typed_errors() {
             .is_ok()
     );
 }
+
+/// A receiver handler that hands each message's thing and payload to a channel.
+struct ToChannel(tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>);
+
+impl iothub_sdk::service::Handler for ToChannel {
+    fn name(&self) -> &str {
+        "to-channel"
+    }
+
+    async fn handle(
+        &self,
+        msg: Arc<iothub_sdk::service::Message>,
+    ) -> Result<(), iothub_sdk::service::HandlerError> {
+        let _ = self
+            .0
+            .send((msg.thing.clone(), msg.json().unwrap_or_default()));
+        Ok(())
+    }
+}
+
+/// A receiver running in a task: its messages, its subscribed flag, its stop, its end.
+struct RunningReceiver {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    subscribed: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<
+        Result<iothub_sdk::service::ReceiverStats, iothub_sdk::service::ReceiverError>,
+    >,
+}
+
+/// Runs a receiver with `opts` until `stop` fires; its messages come to `rx`.
+fn run_receiver(opts: iothub_sdk::service::ReceiverOptions) -> RunningReceiver {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let receiver = iothub_sdk::service::Receiver::new(opts).handler(ToChannel(tx));
+    let subscribed = receiver.subscribed();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(receiver.run(async move {
+        let _ = stopped.await;
+    }));
+    RunningReceiver {
+        rx,
+        subscribed,
+        stop,
+        task,
+    }
+}
+
+/// The service receiver (`iothub_sdk::service`) over the hub's own MQTT over TLS listener:
+/// with the server's CA only, and with a client certificate when the hub asks for one; a
+/// receiver that does not trust the hub's certificate ends with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_receiver_connects_over_tls() {
+    use iothub_sdk::service::{ReceiverError, ReceiverOptions, Stream};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = self_signed(&["127.0.0.1", "localhost"]);
+    let client = self_signed(&["backend.example"]);
+    for client_ca in [None, Some(&client)] {
+        let hub = tls_hub(dir.path(), &server, client_ca);
+        let mqtts = hub.ready.mqtts.expect("mqtts");
+        let mut opts = ReceiverOptions::new(
+            "localhost",
+            mqtts.port(),
+            support::SVC_USER,
+            support::SVC_SECRET,
+        )
+        .expect("service user")
+        .streams([Stream::Telemetry])
+        .tls_ca_pem(server.cert_pem.as_bytes())
+        .expect("ca pem");
+        if client_ca.is_some() {
+            opts = opts
+                .tls_client_cert_pem(client.cert_pem.as_bytes(), client.key_pem.as_bytes())
+                .expect("client cert");
+        }
+        assert!(opts.uses_tls());
+        let RunningReceiver {
+            mut rx,
+            mut subscribed,
+            stop,
+            task,
+        } = run_receiver(opts);
+        tokio::time::timeout(STEP, subscribed.wait_for(|s| *s))
+            .await
+            .expect("subscribed over TLS in time")
+            .expect("receiver running");
+
+        // A thing on the hub's plain listener; its telemetry reaches the TLS receiver.
+        let (id, thing_opts) = hub.new_thing("rx-tls").await;
+        let thing = Thing::connect(thing_opts).await.expect("thing connects");
+        for n in 0..5 {
+            thing
+                .send_telemetry(&json!({ "n": n }))
+                .await
+                .expect("telemetry");
+        }
+        for n in 0..5 {
+            let (from, payload) = tokio::time::timeout(STEP, rx.recv())
+                .await
+                .expect("telemetry over TLS in time")
+                .expect("receiver running");
+            assert_eq!(from, id);
+            assert_eq!(payload, json!({ "n": n }), "in order");
+        }
+        thing.close().await;
+        let _ = stop.send(());
+        let stats = task.await.expect("join").expect("clean stop");
+        assert_eq!(stats.received, 5, "mutual TLS: {}", client_ca.is_some());
+
+        if client_ca.is_some() {
+            // Without a client certificate the hub refuses the receiver: a typed error.
+            let opts = ReceiverOptions::new(
+                "localhost",
+                mqtts.port(),
+                support::SVC_USER,
+                support::SVC_SECRET,
+            )
+            .expect("service user")
+            .tls_ca_pem(server.cert_pem.as_bytes())
+            .expect("ca pem");
+            let running = run_receiver(opts);
+            let r = tokio::time::timeout(STEP, running.task)
+                .await
+                .expect("the receiver must end by itself")
+                .expect("join");
+            assert!(
+                matches!(
+                    r,
+                    Err(ReceiverError::Tls(TlsError::Handshake(
+                        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)
+                    )))
+                ),
+                "{r:?}"
+            );
+        }
+
+        // Not trusting the hub's certificate: a typed error, not endless retries.
+        let stranger = self_signed(&["127.0.0.1", "localhost"]);
+        let opts = ReceiverOptions::new(
+            "localhost",
+            mqtts.port(),
+            support::SVC_USER,
+            support::SVC_SECRET,
+        )
+        .expect("service user")
+        .tls_ca_pem(stranger.cert_pem.as_bytes())
+        .expect("ca pem");
+        let running = run_receiver(opts);
+        let r = tokio::time::timeout(STEP, running.task)
+            .await
+            .expect("the receiver must end by itself")
+            .expect("join");
+        assert!(
+            matches!(
+                r,
+                Err(ReceiverError::Tls(TlsError::Handshake(
+                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                )))
+            ),
+            "{r:?}"
+        );
+    }
+}

@@ -71,6 +71,16 @@ struct Args {
     /// HTTP attempts per message (transport errors, 5xx, 408 and 429 are retried).
     #[arg(long, default_value_t = 5)]
     http_attempts: u32,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (`--mqtt` is then the
+    /// hub's MQTT over TLS listener, its host as the hub's certificate names it).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for a hub that asks for one; needs --tls-ca and --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -91,6 +101,15 @@ async fn main() -> anyhow::Result<()> {
         .streams(args.streams.iter().map(|s| Stream::from(*s)));
     if let Some(group) = &args.group {
         opts = opts.shared_group(group)?;
+    }
+    if let Some(ca) = &args.tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
+        opts = opts.tls_ca_pem(&pem)?;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let cert = std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
+        opts = opts.tls_client_cert_pem(&cert, &key)?;
     }
     let mut receiver = Receiver::new(opts).handler(JsonLines::stdout());
     if let Some(url) = &args.forward_http {

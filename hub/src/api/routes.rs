@@ -58,6 +58,9 @@ pub struct RouteView {
     pub refused: u64,
     /// Messages moved to the dead letters since the hub started.
     pub dead_lettered: u64,
+    /// Dead letters deleted for `deadLettersMax` or `deadLetterMaxAgeS` since the hub started
+    /// (D-88).
+    pub dead_letters_dropped: u64,
     /// The last delivery error, cleared by a success.
     pub last_error: Option<String>,
 }
@@ -75,6 +78,7 @@ impl From<RouteStatus> for RouteView {
             dropped: s.dropped,
             refused: s.refused,
             dead_lettered: s.dead_lettered,
+            dead_letters_dropped: s.dead_letters_dropped,
             last_error: s.last_error,
         }
     }

@@ -207,6 +207,7 @@ impl HubHooks {
                 topic,
                 payload: &publish.payload,
                 received_at,
+                route: true,
             })
             .await;
         let reason = match verdict {

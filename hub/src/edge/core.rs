@@ -218,7 +218,7 @@ impl Events for HubEvents {
         let parsed = Topic::parse(message.topic).ok();
         // Into the routes' outboxes first: a message they cannot take is refused, and a
         // refused request is not handled either (the device will send it again).
-        if let (Some(routes), Some(topic)) = (&self.routes, parsed)
+        if let (Some(routes), Some(topic), true) = (&self.routes, parsed, message.route)
             && let Some(source) = route_source(&topic)
         {
             let verdict = routes

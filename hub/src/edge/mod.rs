@@ -105,6 +105,10 @@ pub struct PublishIn<'a> {
     pub payload: &'a Bytes,
     /// When the broker received it (ms since the Unix epoch), for NTP's `serverRecvTime`.
     pub received_at: u64,
+    /// Offer it to the routes. False where another instance offers it: on an external broker
+    /// every instance gets a thing's method responses, and only the thing's owner puts them in
+    /// the routes' outboxes (D-89).
+    pub route: bool,
 }
 
 /// The core's answer to a published message (S-14.3, D-78): whether the broker may acknowledge

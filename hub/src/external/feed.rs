@@ -64,6 +64,12 @@ async fn handle(
     if !ours {
         return;
     }
+    // Every instance takes a method response (the call may wait on any of them); the routes
+    // get it from the thing's owner only, once (D-89). The other requests reach one instance.
+    let route = match parsed {
+        Topic::MethodResponse { .. } => ownership.owns(&thing),
+        _ => true,
+    };
     // Mosquitto acknowledged the device's PUBLISH before the hub saw it: the answer cannot
     // reach the device (D-79).
     let _ = events
@@ -72,6 +78,7 @@ async fn handle(
             topic,
             payload: &publish.payload,
             received_at: crate::clock::now_ms(),
+            route,
         })
         .await;
 }

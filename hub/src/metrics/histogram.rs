@@ -13,6 +13,13 @@ pub const ROUND_TRIP_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Buckets for a route's delivery latency, from the hub's acceptance of a message to the sink's
+/// confirmation (S-14.5): milliseconds on a healthy sink, minutes or hours through an outage.
+pub const ROUTE_DELIVERY_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0,
+];
+
 /// A copy of a histogram's buckets ([`Histogram::sample`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HistogramSample {

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use super::histogram::{Histogram, ROUTE_DELIVERY_SECONDS};
 use super::{escape_label, header};
 
 /// One route's counters (S-14.5), shared by the route's outbox writer and its delivery task,
 /// shown by `GET /api/v1/routes/{id}` and in `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteCounters {
     /// Messages in the outbox now.
     pub depth: AtomicU64,
@@ -28,6 +29,28 @@ pub struct RouteCounters {
     pub dead_lettered: AtomicU64,
     /// Messages refused because the outbox could not be written.
     pub store_failures: AtomicU64,
+    /// Dead letters deleted for the route's count or age bound (D-88).
+    pub dead_letters_dropped: AtomicU64,
+    /// Per delivered message: from its acceptance by the hub (`receivedAt`) to the sink's
+    /// confirmation (D-87).
+    pub delivery_seconds: Histogram,
+}
+
+impl Default for RouteCounters {
+    fn default() -> Self {
+        RouteCounters {
+            depth: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            dead_letters_dropped: AtomicU64::new(0),
+            delivery_seconds: Histogram::new(ROUTE_DELIVERY_SECONDS),
+        }
+    }
 }
 
 impl RouteCounters {
@@ -45,7 +68,7 @@ pub(super) fn render(routes: &DashMap<String, Arc<RouteCounters>>, out: &mut Str
     let mut ids: Vec<String> = routes.iter().map(|e| e.key().clone()).collect();
     ids.sort();
     type Get = fn(&RouteCounters) -> &AtomicU64;
-    let series: [(&str, &str, &str, Get); 8] = [
+    let series: [(&str, &str, &str, Get); 9] = [
         (
             "iothub_route_outbox_messages",
             "Messages waiting in a route's outbox.",
@@ -89,6 +112,12 @@ pub(super) fn render(routes: &DashMap<String, Arc<RouteCounters>>, out: &mut Str
             |c| &c.dead_lettered,
         ),
         (
+            "iothub_route_dead_letters_dropped_total",
+            "Dead letters deleted for a route's count or age bound.",
+            "counter",
+            |c| &c.dead_letters_dropped,
+        ),
+        (
             "iothub_route_store_failures_total",
             "Messages refused because the outbox could not be written.",
             "counter",
@@ -106,6 +135,19 @@ pub(super) fn render(routes: &DashMap<String, Arc<RouteCounters>>, out: &mut Str
                     get(&c).load(Ordering::Relaxed)
                 );
             }
+        }
+    }
+    let name = "iothub_route_delivery_seconds";
+    header(
+        out,
+        name,
+        "Per delivered message of a route: from the hub's acceptance to the sink's confirmation, in seconds.",
+        "histogram",
+    );
+    for id in &ids {
+        if let Some(c) = routes.get(id) {
+            let label = format!("route=\"{}\"", escape_label(id));
+            c.delivery_seconds.render(out, name, &label);
         }
     }
 }

@@ -189,6 +189,14 @@ pub struct RouteSpec {
     /// Longest pause between attempts, in ms, up to 3,600,000 (default 30,000).
     #[serde(default = "default_retry_max", alias = "retry_max_ms")]
     pub retry_max_ms: u64,
+    /// Most dead letters kept, 1 to 10,000,000 (default 100,000): the oldest beyond are
+    /// deleted, counted (D-88).
+    #[serde(default = "default_dead_max", alias = "dead_letters_max")]
+    pub dead_letters_max: u64,
+    /// Dead letters older than this many seconds are deleted, counted, 1 to 31,536,000
+    /// (default 604,800, a week; D-88).
+    #[serde(default = "default_dead_age", alias = "dead_letter_max_age_s")]
+    pub dead_letter_max_age_s: u64,
     /// Start paused (fill the outbox, deliver nothing).
     #[serde(default)]
     pub paused: bool,
@@ -223,6 +231,12 @@ fn default_retry_initial() -> u64 {
 }
 fn default_retry_max() -> u64 {
     30_000
+}
+fn default_dead_max() -> u64 {
+    100_000
+}
+fn default_dead_age() -> u64 {
+    7 * 24 * 3600
 }
 
 /// Why a route definition is refused (REST 400, a start-up error for the config file).
@@ -303,6 +317,13 @@ impl RouteSpec {
         range(self.max_attempts, 1, 1000, "maxAttempts")?;
         range(self.batch_max, 1, 1000, "batchMax")?;
         range(self.batch_delay_ms, 0, 60_000, "batchDelayMs")?;
+        range(self.dead_letters_max, 1, MAX_OUTBOX, "deadLettersMax")?;
+        range(
+            self.dead_letter_max_age_s,
+            1,
+            365 * 24 * 3600,
+            "deadLetterMaxAgeS",
+        )?;
         range(self.retry_initial_ms, 10, 60_000, "retryInitialMs")?;
         range(
             self.retry_max_ms,

@@ -19,6 +19,8 @@ use crate::store::routes::StoredMessage;
 
 /// Pause after a failed outbox read before reading again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often an idle route deletes dead letters past their age.
+const DEAD_TRIM_EVERY: Duration = Duration::from_secs(60);
 /// How often an idle task looks at its outbox anyway (a missed wake costs at most this).
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
@@ -89,8 +91,11 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
             return;
         }
     };
-    let Some(_) = store.routes() else { return };
+    let Some(rs) = store.routes() else { return };
+    // What an earlier run left beyond the bounds (they may have been lowered since).
+    trim_dead_letters(&route, rs).await;
     let mut failures: u32 = 0;
+    let mut last_trim = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -114,6 +119,10 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
         };
         if batch.is_empty() {
             target.tidy().await;
+            if last_trim.elapsed() >= DEAD_TRIM_EVERY {
+                last_trim = std::time::Instant::now();
+                trim_dead_letters(&route, rs).await;
+            }
             if wait(&route, &mut stop, IDLE_CHECK).await {
                 return;
             }
@@ -140,10 +149,18 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
         };
         match target.deliver(&id, &batch).await {
             Ok(()) => {
+                let confirmed = crate::clock::now_ms();
                 failures = 0;
                 route.set_error(None);
                 match rs.delivered(&id, last).await {
                     Ok(removed) => {
+                        for m in &batch {
+                            let waited = confirmed.saturating_sub(m.message.received_at);
+                            route
+                                .counters
+                                .delivery_seconds
+                                .observe(Duration::from_millis(waited));
+                        }
                         route
                             .counters
                             .delivered
@@ -174,6 +191,7 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
                                 .fetch_add(moved, Ordering::Relaxed);
                             route.counters.take(moved);
                             failures = 0;
+                            trim_dead_letters(&route, rs).await;
                         }
                         Err(se) => {
                             tracing::warn!(route = %id, error = %se, "cannot move a failed batch to the dead letters")
@@ -190,6 +208,29 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Deletes the route's dead letters beyond its count and age bounds (D-88), counted; a store
+/// error is logged and tried again at the next occasion.
+async fn trim_dead_letters(route: &Running, rs: &dyn crate::store::routes::RouteStore) {
+    let max_age_ms = route.spec.dead_letter_max_age_s.saturating_mul(1000);
+    let failed_before = crate::clock::now_ms().saturating_sub(max_age_ms);
+    match rs
+        .trim_dead_letters(&route.spec.id, route.spec.dead_letters_max, failed_before)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            route
+                .counters
+                .dead_letters_dropped
+                .fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(route = %route.spec.id, deleted = n, "dead letters beyond the route's bounds deleted");
+        }
+        Err(e) => {
+            tracing::warn!(route = %route.spec.id, error = %e, "cannot trim the dead letters")
         }
     }
 }

@@ -144,6 +144,8 @@ pub struct RouteStatus {
     pub refused: u64,
     /// Moved to dead letters.
     pub dead_lettered: u64,
+    /// Dead letters deleted for the count or age bound (D-88).
+    pub dead_letters_dropped: u64,
     /// The last delivery error, cleared by a success.
     pub last_error: Option<String>,
 }
@@ -388,6 +390,7 @@ impl Routes {
             dropped: get(&c.dropped),
             refused: get(&c.refused),
             dead_lettered: get(&c.dead_lettered),
+            dead_letters_dropped: get(&c.dead_letters_dropped),
             last_error: route
                 .last_error
                 .lock()

@@ -121,6 +121,14 @@ pub trait RouteStore: Send + Sync {
     /// Moves up to `limit` of a route's oldest dead letters back to the end of its outbox, in
     /// one transaction; returns how many moved.
     async fn replay_dead_letters(&self, route_id: &str, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes a route's dead letters that failed before `failed_before` (ms) and the oldest
+    /// beyond the newest `keep`, in one transaction; returns how many were deleted (D-88).
+    async fn trim_dead_letters(
+        &self,
+        route_id: &str,
+        keep: u64,
+        failed_before: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Appends messages to the history (`history` sinks).
     async fn append_history(&self, messages: &[NewMessage]) -> Result<(), StoreError>;
@@ -166,6 +174,12 @@ pub(crate) mod sql {
     pub const REPLAY_MOVE: &str = "INSERT INTO route_outbox (route_id, thing_id, source, topic, \
          payload, received_at) SELECT route_id, thing_id, source, topic, payload, received_at \
          FROM route_dead_letters WHERE route_id = $1 AND seq <= $2 ORDER BY seq";
+    pub const DEAD_TRIM_AGE: &str =
+        "DELETE FROM route_dead_letters WHERE route_id = $1 AND failed_at < $2";
+    /// A route's dead letters older than its newest `$3` (none when it has fewer).
+    pub const DEAD_TRIM_COUNT: &str = "DELETE FROM route_dead_letters WHERE route_id = $1 AND \
+         seq < (SELECT MIN(seq) FROM (SELECT seq FROM route_dead_letters WHERE route_id = $2 \
+         ORDER BY seq DESC LIMIT $3) AS newest)";
     pub const REPLAY_DELETE: &str =
         "DELETE FROM route_dead_letters WHERE route_id = $1 AND seq <= $2";
     pub const HISTORY_APPEND: &str = "INSERT INTO thing_messages (thing_id, source, topic, \

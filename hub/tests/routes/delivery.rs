@@ -86,6 +86,13 @@ async fn webhook_batches_are_signed_and_survive_an_outage() {
         )),
         "{metrics}"
     );
+    // D-87: every delivered message's latency, from acceptance to the receiver's 200.
+    assert!(
+        metrics.contains(&format!(
+            "iothub_route_delivery_seconds_count{{route=\"{route}\"}} 70"
+        )),
+        "{metrics}"
+    );
 }
 
 /// D-78: whatever was PUBACKed is in the outbox, on disk: after a SIGKILL and a restart it is

@@ -8,15 +8,18 @@
 //! while writing the outbox refuses the PUBACK.
 //!
 //! - [`delivery`]: signed batches, an outage, SIGKILL;
+//! - [`at_size`]: 100 things' QoS 1 streams through a 20 s receiver outage;
 //! - [`outbox`]: full outboxes, dead letters, an injected store fault;
 //! - [`history`]: the history sink and a query filter;
 //! - [`sources`]: hub sources to a file, route management;
-//! - [`bridge`]: the MQTT bridge sink, plain and over mutual TLS;
+//! - [`bridge`]: the MQTT bridge sink, plain and over mutual TLS, and to a Mosquitto killed
+//!   mid-stream;
 //! - [`bench`]: the throughput figure (ignored).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod at_size;
 mod bench;
 mod bridge;
 mod delivery;
@@ -25,7 +28,7 @@ mod outbox;
 mod sources;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     posts: Arc<Mutex<Vec<Post>>>,
     /// The status the receiver answers with.
     status: Arc<AtomicU16>,
+    /// POSTs refused (401) because their `X-Iothub-Signature` was missing or wrong.
+    bad_signatures: Arc<AtomicU64>,
 }
 
 /// An HTTP receiver on a fixed loopback port that can be stopped (listener closed) and started
@@ -64,11 +69,34 @@ pub(crate) struct Receiver {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// `sha256=<hex>` of `body` under [`SECRET`], computed here (not with the hub's code).
+pub(crate) fn expected_signature(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+/// The receiver's handler: checks the signature of every POST before anything else (a bad one
+/// is answered 401 and counted), then answers the configured status.
 pub(crate) async fn take(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let signed = headers
+        .get("x-iothub-signature")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected_signature(&body));
+    if !signed {
+        shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED;
+    }
     let status = StatusCode::from_u16(shared.status.load(Ordering::Relaxed))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_success() {
@@ -150,6 +178,16 @@ impl Receiver {
         self.shared.status.store(status, Ordering::Relaxed);
     }
 
+    /// POSTs refused for a missing or wrong signature.
+    pub(crate) fn bad_signatures(&self) -> u64 {
+        self.shared.bad_signatures.load(Ordering::Relaxed)
+    }
+
+    /// Whether a TCP connection to the receiver's port is refused now.
+    pub(crate) async fn refuses_connections(&self) -> bool {
+        tokio::net::TcpStream::connect(self.addr).await.is_err()
+    }
+
     pub(crate) fn posts(&self) -> Vec<Post> {
         self.shared.posts.lock().expect("posts").clone()
     }
@@ -165,15 +203,7 @@ impl Receiver {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).expect("key");
-            mac.update(&post.body);
-            let hex: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(signature, format!("sha256={hex}"), "bad signature");
+            assert_eq!(signature, expected_signature(&post.body), "bad signature");
             let batch: Value = serde_json::from_slice(&post.body).expect("batch is JSON");
             all.extend(
                 batch["messages"]

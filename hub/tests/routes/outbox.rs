@@ -1,5 +1,7 @@
 //! The outbox's bounds, dead letters and store faults (S-14.3, D-78).
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::*;
@@ -135,6 +137,57 @@ async fn failures_become_dead_letters_and_replay_delivers() {
     assert_eq!(body["data"]["replayed"], 3);
     let got = receiver.wait_distinct(3, SLACK).await;
     assert_eq!(ns_of(&got, &a), vec![0, 1, 2]);
+    let (_, body) = hub.get(&format!("/routes/{route}/dead-letters")).await;
+    assert_eq!(body["data"]["total"], 0, "{body}");
+}
+
+/// D-88: the dead letters are bounded by count (the oldest beyond deleted) and by age, and what
+/// is deleted is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_bounded_by_count_and_age() {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let hub = Hub::start();
+    let route = unique("deadmax");
+    let mut spec = webhook_route(
+        &route,
+        &receiver.url(),
+        json!({"maxAttempts": 1, "batchMax": 1, "batchDelayMs": 0, "retryInitialMs": 10,
+               "retryMaxMs": 20, "deadLettersMax": 4}),
+    );
+    create_route(&hub, spec.clone()).await;
+    let (a, _, mut ca) = hub.new_thing(Proto::V5, "dm").await;
+    publish_range(&mut ca, &telemetry(&a), 0..10).await;
+    let s = eventually(SLACK, || async {
+        let s = route_status(&hub, &route).await;
+        (s["deadLettered"] == 10).then_some(s)
+    })
+    .await
+    .expect("10 dead-lettered");
+    assert_eq!(s["deadLettersDropped"], 6, "{s}");
+    let (_, body) = hub.get(&format!("/routes/{route}/dead-letters")).await;
+    assert_eq!(body["data"]["total"], 4, "{body}");
+    let letters = body["data"]["content"].as_array().expect("content").clone();
+    assert_eq!(ns_of(&letters, &a), vec![6, 7, 8, 9], "the newest are kept");
+    let (_, _, metrics) = hub.get_text("/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "iothub_route_dead_letters_dropped_total{{route=\"{route}\"}} 6"
+        )),
+        "{metrics}"
+    );
+
+    // Age: a route that keeps dead letters one second trims the rest when it (re)starts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    spec["deadLetterMaxAgeS"] = json!(1);
+    let (status, body) = hub.put(&format!("/routes/{route}"), spec).await;
+    assert_eq!(status, 200, "{body}");
+    let s = eventually(SLACK, || async {
+        let s = route_status(&hub, &route).await;
+        (s["deadLettersDropped"] == 10).then_some(s)
+    })
+    .await;
+    assert!(s.is_some(), "{}", route_status(&hub, &route).await);
     let (_, body) = hub.get(&format!("/routes/{route}/dead-letters")).await;
     assert_eq!(body["data"]["total"], 0, "{body}");
 }

@@ -173,4 +173,5 @@ suite!(
     routes::outbox_dead_letters_and_history_round_trip,
     routes::failed_outbox_writes_store_nothing,
     certs::register_look_up_revoke_and_cascade,
+    routes::dead_letters_are_trimmed_by_age_and_count,
 );

@@ -165,3 +165,41 @@ pub async fn failed_outbox_writes_store_nothing(f: Fixture) {
         .unwrap();
     assert_eq!(rs.outbox("a", 10).await.unwrap().len(), 1);
 }
+
+/// D-88: dead letters trimmed by age (failed before a time) and by count (the newest kept),
+/// only the route's own, the number deleted returned.
+pub async fn dead_letters_are_trimmed_by_age_and_count(f: Fixture) {
+    let rs = f.store.routes().expect("route store");
+    rs.put_route(&route("a")).await.unwrap();
+    rs.put_route(&route("b")).await.unwrap();
+    // a: 3 letters failed at 100, then 4 at 200; b: 2 at 100.
+    rs.enqueue(&[append("a", 0, (0..3).map(|n| msg("t1", n)).collect())])
+        .await
+        .unwrap();
+    rs.dead_letter("a", u64::MAX, 1, "old", 100).await.unwrap();
+    rs.enqueue(&[append("a", 0, (3..7).map(|n| msg("t1", n)).collect())])
+        .await
+        .unwrap();
+    rs.dead_letter("a", u64::MAX, 1, "new", 200).await.unwrap();
+    rs.enqueue(&[append("b", 0, (0..2).map(|n| msg("t2", n)).collect())])
+        .await
+        .unwrap();
+    rs.dead_letter("b", u64::MAX, 1, "old", 100).await.unwrap();
+
+    // Nothing beyond either bound: nothing deleted.
+    assert_eq!(rs.trim_dead_letters("a", 10, 50).await.unwrap(), 0);
+    // Age: the three that failed before 150 go.
+    assert_eq!(rs.trim_dead_letters("a", 10, 150).await.unwrap(), 3);
+    // Count: the newest two of the four left stay.
+    assert_eq!(rs.trim_dead_letters("a", 2, 150).await.unwrap(), 2);
+    let (total, letters) = rs.dead_letters("a", 0, 10).await.unwrap();
+    assert_eq!(total, 2);
+    let ns: Vec<u8> = letters
+        .iter()
+        .map(|l| l.stored.message.payload[4])
+        .collect();
+    assert_eq!(ns, vec![5, 6], "the newest are kept");
+    assert_eq!(rs.trim_dead_letters("a", 2, 150).await.unwrap(), 0);
+    // The other route's letters were not touched.
+    assert_eq!(rs.dead_letters("b", 0, 10).await.unwrap().0, 2);
+}

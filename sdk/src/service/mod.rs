@@ -80,6 +80,13 @@ pub enum ReceiverError {
         /// The SUBACK reason.
         code: String,
     },
+    /// TLS could not be set up (PEM text without a usable certificate or key), or the first
+    /// TLS handshake failed for a reason retrying does not fix ([`crate::TlsError::Handshake`]:
+    /// the hub's certificate is not trusted or does not name the host, or the hub refused the
+    /// client certificate); later handshake failures are retried with backoff.
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::TlsError),
 }
 
 /// Where a [`Receiver`] connects, as whom, and to what.
@@ -96,6 +103,11 @@ pub struct ReceiverOptions {
     keep_alive: Duration,
     backoff: Backoff,
     max_message_bytes: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The roots given to [`ReceiverOptions::tls_ca_pem`], for a later client certificate.
+    #[cfg(feature = "tls")]
+    tls_roots: Option<rustls::RootCertStore>,
 }
 
 impl ReceiverOptions {
@@ -130,7 +142,73 @@ impl ReceiverOptions {
             keep_alive: Duration::from_secs(30),
             backoff: Backoff::default(),
             max_message_bytes: max_document_bytes(Limits::DEFAULT.max_state_bytes),
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_roots: None,
         })
+    }
+
+    /// Connect with TLS (feature `tls`) to the hub's MQTT over TLS listener (`--mqtts-addr`),
+    /// trusting exactly the CA certificates in `ca_pem` (PEM; the system roots are not used).
+    /// The hub's certificate must name the host given to [`ReceiverOptions::new`] (a DNS name
+    /// or an IP address SAN). Replaces any earlier TLS setting, client certificate included.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use iothub_sdk::service::ReceiverOptions;
+    /// let opts = ReceiverOptions::new("hub.example.com", 8883, "$backend", "secret")?
+    ///     .tls_ca_pem(&std::fs::read("ca.pem")?)?
+    ///     // Optional, when the hub asks for client certificates:
+    ///     .tls_client_cert_pem(&std::fs::read("backend.pem")?, &std::fs::read("backend.key")?)?;
+    /// # let _ = opts;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, ca_pem: &[u8]) -> Result<Self, ReceiverError> {
+        let roots = crate::tls::roots(ca_pem)?;
+        self.tls = Some(crate::tls::client_config(roots.clone(), None)?);
+        self.tls_roots = Some(roots);
+        Ok(self)
+    }
+
+    /// Also present a client certificate (mutual TLS, feature `tls`): `cert_chain_pem` holds
+    /// the certificate (then any intermediates), `key_pem` its private key. The service user
+    /// still logs in with its name and secret (S-1.5). Call after
+    /// [`ReceiverOptions::tls_ca_pem`].
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, ReceiverError> {
+        let roots = self.tls_roots.clone().ok_or(crate::TlsError::NoCa)?;
+        self.tls = Some(crate::tls::client_config(
+            roots,
+            Some((cert_chain_pem, key_pem)),
+        )?);
+        Ok(self)
+    }
+
+    /// Connect with TLS using a ready rustls configuration (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self.tls_roots = None;
+        self
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.tls.is_some()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
     }
 
     /// Joins shared subscription group `group` (`$share/{group}/{filter}`, S-2.8): the
@@ -328,6 +406,12 @@ async fn read(
         .set_max_packet_size(Some(
             u32::try_from(opts.max_message_bytes).unwrap_or(u32::MAX),
         ));
+    #[cfg(feature = "tls")]
+    if let Some(tls) = opts.tls.clone() {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, mut el) = AsyncClient::new(o, 64);
     let filters = opts.filters();
     let mut shutdown = std::pin::pin!(shutdown.fuse());
@@ -398,6 +482,10 @@ async fn read(
                 return Err(ReceiverError::Refused(format!("{code:?}")));
             }
             Err(e) => {
+                #[cfg(feature = "tls")]
+                if !ever_connected && let Some(tls) = permanent_tls_error(&e) {
+                    return Err(crate::TlsError::Handshake(tls).into());
+                }
                 subscribed.send_replace(false);
                 let delay = opts.backoff.delay(failures, random_unit());
                 failures = failures.saturating_add(1);
@@ -408,6 +496,20 @@ async fn read(
                 }
             }
         }
+    }
+}
+
+/// The TLS handshake failure inside a connection error that retrying does not fix, if any
+/// (rumqttc's v5 state error hides its cause from `source()`, so it is looked into here).
+#[cfg(feature = "tls")]
+fn permanent_tls_error(e: &ConnectionError) -> Option<rustls::Error> {
+    use rumqttc::v5::StateError;
+    use rumqttc::v5::mqttbytes::Error as MqttError;
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(MqttError::Io(io))) => {
+            crate::tls::permanent_handshake_error(io)
+        }
+        other => crate::tls::permanent_handshake_error(other),
     }
 }
 

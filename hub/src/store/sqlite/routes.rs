@@ -167,6 +167,33 @@ impl RouteStore for SqliteStore {
         .await
     }
 
+    async fn trim_dead_letters(
+        &self,
+        route_id: &str,
+        keep: u64,
+        failed_before: u64,
+    ) -> Result<u64, StoreError> {
+        self.writing(async {
+            let mut tx = self.begin_write(Writer::Routes).await?;
+            let old = sqlx::query(sql::DEAD_TRIM_AGE)
+                .bind(route_id)
+                .bind(to_db(failed_before))
+                .execute(tx.conn()?)
+                .await?
+                .rows_affected();
+            let beyond = sqlx::query(sql::DEAD_TRIM_COUNT)
+                .bind(route_id)
+                .bind(route_id)
+                .bind(to_db(keep))
+                .execute(tx.conn()?)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(old + beyond)
+        })
+        .await
+    }
+
     async fn dead_letters(
         &self,
         route_id: &str,
