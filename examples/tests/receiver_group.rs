@@ -77,7 +77,9 @@ async fn two_receiver_processes_split_ten_thousand_messages() {
     }
 
     let mut sent = BTreeSet::new();
-    let mut senders = Vec::new();
+    // Every thing connects before any sends: a CONNECT waiting behind a stream of thousands of
+    // messages on a loaded machine could miss the SDK's connect timeout.
+    let mut connected = Vec::new();
     for i in 0..THINGS {
         let id = format!("grp-{i}");
         let secret = rest.create_thing(&id).await;
@@ -90,6 +92,10 @@ async fn two_receiver_processes_split_ten_thousand_messages() {
         .await
         .expect("connect");
         sent.extend((0..PER_THING).map(|seq| (id.clone(), seq)));
+        connected.push(thing);
+    }
+    let mut senders = Vec::new();
+    for thing in connected {
         senders.push(tokio::spawn(async move {
             for seq in 0..PER_THING {
                 // A full transmit queue is the SDK's back pressure: wait and send again.
