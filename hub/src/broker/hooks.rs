@@ -30,7 +30,15 @@ pub(super) struct SharedHooks(pub Arc<HubHooks>);
 #[async_trait]
 impl Handler for SharedHooks {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        self.0.hook(param, acc).await
+        // The per-PUBLISH hook goes straight to its handler; the others (once per connection or
+        // SUBSCRIBE) through a boxed future of their own. async_trait boxes this future on every
+        // call, and it is as large as the largest state it may hold: inlining the connect and
+        // subscribe handlers made every PUBLISH allocate and copy their state too (issue 23).
+        if let Parameter::MessagePublishCheckAcl(session, publish) = param {
+            let result = self.0.publish_acl(session, publish).await;
+            return (false, Some(HookResult::PublishAclResult(result)));
+        }
+        Box::pin(self.0.hook(param, acc)).await
     }
 }
 
@@ -80,6 +88,7 @@ impl HubHooks {
                 let result = self.subscribe_acl(session, subscribe).await;
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
+            // Handled by `SharedHooks` before it gets here; kept for completeness.
             Parameter::MessagePublishCheckAcl(session, publish) => {
                 let result = self.publish_acl(session, publish).await;
                 (false, Some(HookResult::PublishAclResult(result)))
@@ -188,7 +197,8 @@ impl HubHooks {
                 !mqtt5,
             ));
         }
-        if publish.retain && self.retain_quota_reached(topic, publish).await {
+        // Boxed: only retained messages pay for the retained store's future.
+        if publish.retain && Box::pin(self.retain_quota_reached(topic, publish)).await {
             tracing::debug!(%sender, %topic, "retained publish over the per-thing quota");
             let mqtt5 = session.protocol().await.unwrap_or_default() == MQTT_LEVEL_5;
             // S-2.4: MQTT 5 answers PUBACK 0x97; MQTT 3.1.1 can only close, as for S-2.2.

@@ -302,6 +302,21 @@ impl Routes {
         if table.is_empty() {
             return Acceptance::Accepted;
         }
+        // Boxed: without routes (the common case, on every PUBLISH) the caller's future stays
+        // small instead of holding the store query's and the outbox's states (issue 23).
+        Box::pin(self.offer_to(table, source, thing, topic, payload, received_at)).await
+    }
+
+    /// [`Self::offer`] once there are routes.
+    async fn offer_to(
+        &self,
+        table: Arc<Vec<Arc<Running>>>,
+        source: Source,
+        thing: &str,
+        topic: &str,
+        payload: &Bytes,
+        received_at: u64,
+    ) -> Acceptance {
         let mut matched = Vec::new();
         for route in table.iter().filter(|r| r.wants(source, topic)) {
             match self.query_matches(route, thing).await {

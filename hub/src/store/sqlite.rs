@@ -22,6 +22,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -66,6 +67,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     checkpointer: SqlitePool,
+    /// Write transactions committed so far; the background checkpoint skips a tick in which
+    /// this did not move.
+    commits: Arc<AtomicU64>,
     health: Arc<StoreHealth>,
     faults: Option<Arc<Faults>>,
 }
@@ -150,11 +154,13 @@ impl SqliteStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(base.synchronous(SqliteSynchronous::Full))
             .await?;
-        tokio::spawn(checkpoint_loop(checkpointer.clone()));
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(checkpoint_loop(checkpointer.clone(), commits.clone()));
         let store = SqliteStore {
             writer,
             reader,
             checkpointer,
+            commits,
             health: Arc::default(),
             faults,
         };
@@ -220,22 +226,41 @@ async fn preallocate_wal(writer: &SqlitePool, db: &std::path::Path) {
 /// what keeps the file bounded (without it the WAL grew by ~2 MB/s under 5,000 updates/s). This
 /// loop does most of the copying beforehand, so the writer's checkpoints, which stall commits,
 /// find little left to copy.
-async fn checkpoint_loop(pool: SqlitePool) {
+///
+/// A tick with no commit since the previous checkpoint has nothing to copy and is skipped: the
+/// checkpoint is a round trip through sqlx's connection thread, and ten of them a second were
+/// most of an idle hub's CPU (issue 23). The first tick always checkpoints (the migrations
+/// commit outside [`SqliteStore::begin_write`]), and so does every tick after a checkpoint that
+/// could not copy the whole WAL (a reader's snapshot held frames back).
+async fn checkpoint_loop(pool: SqlitePool, commits: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut copied = None;
     loop {
         tick.tick().await;
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        // Read before the checkpoint: a commit that lands during it is copied by the next one.
+        let committed = commits.load(Ordering::Acquire);
+        if copied == Some(committed) {
+            continue;
+        }
+        // (busy, WAL frames, frames copied): only a complete copy lets the next idle tick skip.
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            if pool.is_closed() {
-                return;
+            Ok((busy, frames, done)) => {
+                copied = (busy == 0 && done >= frames).then_some(committed);
             }
-            tracing::debug!(error = %e, "background WAL checkpoint failed");
+            Err(e) => {
+                if pool.is_closed() {
+                    return;
+                }
+                copied = None;
+                tracing::debug!(error = %e, "background WAL checkpoint failed");
+            }
         }
     }
 }

@@ -89,6 +89,9 @@ impl WriteTx<'_> {
         self.inject(Step::Commit)?;
         sqlx::query("COMMIT").execute(&mut *self.conn).await?;
         self.committed = true;
+        self.store
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
