@@ -463,12 +463,17 @@ async fn read(
                 };
                 received += 1;
                 let msg = Arc::new(msg);
+                // The message was read (and will be acknowledged): every handler gets it, even
+                // when the shutdown comes while a full queue is being waited on.
                 for q in queues {
-                    tokio::select! {
-                        r = q.send(msg.clone()) => { let _ = r; }
-                        () = &mut shutdown, if stopping.is_none() => {
-                            let _ = client.try_disconnect();
-                            stopping = Some(tokio::time::Instant::now() + DISCONNECT_TIMEOUT);
+                    let mut send = std::pin::pin!(q.send(msg.clone()));
+                    loop {
+                        tokio::select! {
+                            r = &mut send => { let _ = r; break; }
+                            () = &mut shutdown, if stopping.is_none() => {
+                                let _ = client.try_disconnect();
+                                stopping = Some(tokio::time::Instant::now() + DISCONNECT_TIMEOUT);
+                            }
                         }
                     }
                 }
