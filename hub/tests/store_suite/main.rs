@@ -174,4 +174,5 @@ suite!(
     routes::failed_outbox_writes_store_nothing,
     certs::register_look_up_revoke_and_cascade,
     routes::dead_letters_are_trimmed_by_age_and_count,
+    routes::concurrent_enqueues_are_never_removed_unread,
 );

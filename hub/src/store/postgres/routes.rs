@@ -1,5 +1,12 @@
 //! [`RouteStore`] on PostgreSQL: the statements of `store/routes.rs`, every operation under the
 //! store's deadline, writes retried when the server aborted them for a transient reason.
+//!
+//! Outbox and dead-letter rows get their `seq` when inserted but become visible at commit, so
+//! two transactions (two instances enqueueing, or an enqueue and a replay) could make a lower
+//! `seq` visible after a higher one; a delivery that removes `seq <= last` would then remove
+//! the late row unsent, and readers would see a thing's messages out of order. Every
+//! transaction that inserts such rows therefore first takes [`SEQ_LOCK`], so `seq` order is
+//! commit order (D-92). SQLite has one writer and needs no lock.
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -11,6 +18,11 @@ use crate::store::routes::{
     Append, DeadLetter, NewMessage, RouteStore, StoredMessage, StoredRoute, limit, sql,
 };
 use crate::store::{StoreError, from_db, to_db};
+
+/// Key of the transaction-level advisory lock that orders inserts into `route_outbox` and
+/// `route_dead_letters` (`"ROUTESEQ"` in ASCII; sqlx's migration lock uses another key).
+const SEQ_LOCK: i64 = 0x524F_5554_4553_4551;
+const TAKE_SEQ_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 fn message(row: &PgRow) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
@@ -82,6 +94,10 @@ impl RouteStore for PgStore {
     async fn enqueue(&self, appends: &[Append]) -> Result<Vec<u64>, StoreError> {
         self.writing(|| async move {
             let mut tx = self.begin_write(Writer::Routes).await?;
+            sqlx::query(TAKE_SEQ_LOCK)
+                .bind(SEQ_LOCK)
+                .execute(tx.conn()?)
+                .await?;
             let mut dropped = Vec::with_capacity(appends.len());
             for append in appends {
                 for m in &append.messages {
@@ -161,6 +177,10 @@ impl RouteStore for PgStore {
     ) -> Result<u64, StoreError> {
         self.writing(|| async move {
             let mut tx = self.begin_write(Writer::Routes).await?;
+            sqlx::query(TAKE_SEQ_LOCK)
+                .bind(SEQ_LOCK)
+                .execute(tx.conn()?)
+                .await?;
             let moved = sqlx::query(sql::TO_DEAD)
                 .bind(route_id)
                 .bind(to_db(up_to))
@@ -244,6 +264,10 @@ impl RouteStore for PgStore {
     async fn replay_dead_letters(&self, route_id: &str, n: u32) -> Result<u64, StoreError> {
         self.writing(|| async move {
             let mut tx = self.begin_write(Writer::Routes).await?;
+            sqlx::query(TAKE_SEQ_LOCK)
+                .bind(SEQ_LOCK)
+                .execute(tx.conn()?)
+                .await?;
             let last: Option<i64> = sqlx::query(sql::REPLAY_LAST)
                 .bind(route_id)
                 .bind(limit(n))
