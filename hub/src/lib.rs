@@ -187,9 +187,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningHub> {
     );
     let (presence, presence_queue) = presence::Presence::new(metrics.clone());
     // Routes to other systems (S-14): their outboxes are in the store; delivery starts now.
-    let routes = routes::Routes::start(store.clone(), metrics.clone(), &config.routes)
-        .await
-        .context("routes")?;
+    let routes = routes::Routes::start(
+        store.clone(),
+        metrics.clone(),
+        &config.routes,
+        ownership.clone(),
+    )
+    .await
+    .context("routes")?;
     // Either the embedded broker or an external one (D-60); the services see only the bus.
     let (prepared, inner_bus): (Prepared, Arc<dyn Bus>) = match external_config {
         Some(external) => {

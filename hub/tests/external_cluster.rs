@@ -397,7 +397,6 @@ async fn unversioned_writes_through_both_instances_are_all_accepted() {
 /// whichever one the call went through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_put_a_method_response_in_the_routes_once() {
-    use axum::extract::State;
     const THINGS_HERE: usize = 12;
     let m = Mosquitto::start();
     let db = postgres::shared().fresh_database();
@@ -411,24 +410,7 @@ async fn two_instances_put_a_method_response_in_the_routes_once() {
     .await;
     assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
 
-    // The receiver: every POSTed batch's messages.
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    async fn take(State(got): State<Arc<Mutex<Vec<Value>>>>, body: String) -> &'static str {
-        let batch: Value = serde_json::from_str(&body).expect("a JSON batch");
-        let messages = batch["messages"].as_array().cloned().unwrap_or_default();
-        got.lock().expect("lock").extend(messages);
-        "ok"
-    }
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(take))
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (url, got) = webhook_receiver().await;
     // The route as each instance knows it (a route lives in each instance's table, D-79).
     let route = json!({"id": "results", "sources": ["method-results"],
                        "sink": {"type": "webhook", "url": url}, "batchDelayMs": 0});
@@ -498,4 +480,145 @@ async fn two_instances_put_a_method_response_in_the_routes_once() {
     for d in devices {
         d.close().await;
     }
+}
+
+/// A webhook receiver on a free loopback port: its URL, and every message of every batch POSTed
+/// to it, in arrival order.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::extract::State;
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    async fn take(State(got): State<Arc<Mutex<Vec<Value>>>>, body: String) -> &'static str {
+        let batch: Value = serde_json::from_str(&body).expect("a JSON batch");
+        let messages = batch["messages"].as_array().cloned().unwrap_or_default();
+        got.lock().expect("lock").extend(messages);
+        "ok"
+    }
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(take))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+/// D-92: a route created through one instance runs on the other within a follow round; its
+/// common outbox is delivered by one instance only, so the shadow documents of writes made
+/// through both instances (each puts its own in the outbox) arrive once each and in `seq`
+/// order; a pause and a delete through one instance reach the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_made_through_one_instance_is_delivered_once() {
+    const THINGS_HERE: usize = 10;
+    const WRITES: usize = 20;
+    let m = Mosquitto::start();
+    let db = postgres::shared().fresh_database();
+    let a = instance(&m, &db, "a");
+    let b = instance(&m, &db, "b");
+    let split = eventually(STEP, || async {
+        (partitions(&a).await.0 == 32 && partitions(&b).await.0 == 32).then_some(())
+    })
+    .await;
+    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+    let (url, got) = webhook_receiver().await;
+    let (status, body) = a
+        .post(
+            "/routes",
+            json!({"id": "docs", "sources": ["shadow"],
+                   "sink": {"type": "webhook", "url": url}, "batchDelayMs": 0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let followed = eventually(STEP, || async {
+        (b.get("/routes/docs").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(followed.is_some(), "b never ran the route\n{}", b.stderr());
+
+    let ids: Vec<(String, Value)> = (0..THINGS_HERE)
+        .map(|_| (unique("rd"), json!({})))
+        .collect();
+    a.create_tagged_things(&ids).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut writers = Vec::new();
+    for (i, (id, _)) in ids.iter().enumerate() {
+        let (a, b, id) = (a.clone(), b.clone(), id.clone());
+        writers.push(tokio::spawn(async move {
+            for k in 0..WRITES {
+                let via = if (i + k) % 2 == 0 { &a } else { &b };
+                let (status, body) = via
+                    .put(
+                        &format!("/things/{id}/shadows/default/state/desired"),
+                        json!({"state": {"desired": {"k": k}}}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{id} write {k}: {body}");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mine: std::collections::BTreeSet<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    let documents = || -> Vec<Value> {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| m["thingId"].as_str().is_some_and(|t| mine.contains(t)))
+            .cloned()
+            .collect()
+    };
+    let distinct = |docs: &[Value]| -> usize {
+        docs.iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let all = eventually(STEP, || async {
+        (distinct(&documents()) >= THINGS_HERE * WRITES).then_some(())
+    })
+    .await;
+    assert!(
+        all.is_some(),
+        "{} of {} documents",
+        distinct(&documents()),
+        THINGS_HERE * WRITES
+    );
+    // Whatever a second delivery would send has had time to come.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let docs = documents();
+    let seqs: Vec<u64> = docs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs.len(),
+        distinct(&docs),
+        "each document delivered once ({} deliveries of {} documents)",
+        seqs.len(),
+        distinct(&docs)
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in seq order: {seqs:?}"
+    );
+
+    let (status, body) = a.post("/routes/docs/pause", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let paused = eventually(STEP, || async {
+        (b.get("/routes/docs").await.1["data"]["paused"] == json!(true)).then_some(())
+    })
+    .await;
+    assert!(paused.is_some(), "{}", b.get("/routes/docs").await.1);
+    let (status, body) = a.delete("/routes/docs").await;
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let gone = eventually(STEP, || async {
+        (b.get("/routes/docs").await.0 == 404).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "b still runs the deleted route\n{}",
+        b.stderr()
+    );
 }

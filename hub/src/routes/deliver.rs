@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::Running;
 use super::config::Sink;
+use crate::cluster::Ownership;
 use crate::store::SharedStore;
 use crate::store::routes::StoredMessage;
 
@@ -23,6 +24,8 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 const DEAD_TRIM_EVERY: Duration = Duration::from_secs(60);
 /// How often an idle task looks at its outbox anyway (a missed wake costs at most this).
 const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// How often a task whose route another instance delivers looks whether it is its turn (D-92).
+const OWNER_CHECK: Duration = crate::cluster::ROUND;
 
 /// Where a batch goes.
 pub(super) enum Target {
@@ -80,8 +83,14 @@ pub(super) fn backoff(initial: u64, max: u64, failures: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
 }
 
-/// Runs until `stop` turns true.
-pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` turns true. Delivers only while this instance holds the partition of the
+/// route's id (D-92); with one instance, always.
+pub(super) async fn run(
+    route: Arc<Running>,
+    store: SharedStore,
+    ownership: Arc<Ownership>,
+    mut stop: watch::Receiver<bool>,
+) {
     let id = route.spec.id.clone();
     let mut target = match Target::new(&route, &store) {
         Ok(t) => t,
@@ -102,6 +111,12 @@ pub(super) async fn run(route: Arc<Running>, store: SharedStore, mut stop: watch
         }
         if route.paused.load(Ordering::Relaxed) {
             if wait(&route, &mut stop, IDLE_CHECK).await {
+                return;
+            }
+            continue;
+        }
+        if !ownership.owns(&id) {
+            if pause(&mut stop, OWNER_CHECK).await {
                 return;
             }
             continue;

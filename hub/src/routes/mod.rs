@@ -15,6 +15,11 @@
 //! Filters: a topic filter, matched here, and an S-9.4 query over the thing, evaluated by the
 //! store with the REST query's own rules (D-32) and cached per (route, thing) for
 //! [`QUERY_TTL`] (D-77).
+//!
+//! Several instances on one database (D-73, D-92): each follows the stored routes every
+//! [`FOLLOW_EVERY`], so a route created, changed, paused or deleted through one instance runs
+//! the same on all, and a route's delivery runs only on the instance that holds the partition
+//! of the route's id, so the common outbox is delivered once.
 
 mod bridge;
 pub mod config;
@@ -38,6 +43,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 pub use self::config::{RouteSpec, Source, SpecError};
 pub use self::tap::RoutesBus;
+use crate::cluster::Ownership;
 use crate::edge::Acceptance;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::query::{CmpOp, Field, Filter, Literal, ThingQuery};
@@ -48,6 +54,9 @@ use crate::store::{SharedStore, StoreError};
 pub const QUERY_TTL: Duration = Duration::from_secs(1);
 /// Most cached query verdicts; the cache is emptied when it would grow past this.
 const QUERY_CACHE: usize = 100_000;
+/// How often an instance that shares its database reads the stored routes (D-92), plus up to
+/// a fifth of it at random.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a route operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,16 +174,24 @@ struct Inner {
     changes: tokio::sync::Mutex<()>,
     writer: outbox::Writer,
     verdicts: DashMap<(String, String), (bool, Instant)>,
+    /// Which route ids' delivery runs here (D-92).
+    ownership: Arc<Ownership>,
+    /// Stops the task that follows the stored routes.
+    stop_follow: watch::Sender<bool>,
 }
 
 impl Routes {
     /// Loads the stored routes, writes the config file's `file_routes` over them (a file route
-    /// no longer in the file is deleted), and starts every route's delivery.
+    /// no longer in the file is deleted), and starts every route's delivery. With a store that
+    /// other instances share ([`Ownership::shared`]), also starts following the stored routes
+    /// (D-92).
     pub async fn start(
         store: SharedStore,
         metrics: Arc<Metrics>,
         file_routes: &[RouteSpec],
+        ownership: Arc<Ownership>,
     ) -> Result<Routes, RouteError> {
+        let (stop_follow, stop_follow_rx) = watch::channel(false);
         let routes = Routes {
             inner: Arc::new(Inner {
                 writer: outbox::Writer::spawn(store.clone()),
@@ -183,6 +200,8 @@ impl Routes {
                 table: RwLock::new(Arc::new(Vec::new())),
                 changes: tokio::sync::Mutex::new(()),
                 verdicts: DashMap::new(),
+                ownership,
+                stop_follow,
             }),
         };
         let Some(rs) = routes.inner.store.routes() else {
@@ -243,7 +262,109 @@ impl Routes {
             .table
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        if routes.inner.ownership.shared() {
+            tokio::spawn(routes.clone().follow(stop_follow_rx));
+        }
         Ok(routes)
+    }
+
+    /// Reads the stored routes every [`FOLLOW_EVERY`] until stopped (D-92).
+    async fn follow(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let fifth = (FOLLOW_EVERY / 5).as_millis() as u64;
+            let jitter =
+                Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 0..=fifth));
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_EVERY + jitter) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.follow_once().await {
+                tracing::warn!(error = %e, "cannot read the stored routes; trying again");
+            }
+        }
+    }
+
+    /// Brings this instance's table in step with the stored routes, which other instances
+    /// change: starts the routes it lacks, restarts those whose definition changed, applies
+    /// pause and resume, and stops those deleted.
+    async fn follow_once(&self) -> Result<(), RouteError> {
+        let rs = self.route_store()?;
+        // Under the lock, so that a change made here meanwhile is not undone by an older read.
+        let _change = self.inner.changes.lock().await;
+        let stored = rs.routes().await?;
+        let current = self.snapshot();
+        // What to start: (definition, paused, from file, the running route it replaces).
+        let mut changed: Vec<(RouteSpec, &StoredRoute, Option<Arc<Running>>)> = Vec::new();
+        for row in &stored {
+            let spec: RouteSpec = match serde_json::from_str(&row.spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(route = %row.route_id, error = %e, "stored route unreadable; skipped");
+                    continue;
+                }
+            };
+            let old = current.iter().find(|r| r.spec.id == row.route_id).cloned();
+            match &old {
+                Some(old) if old.spec == spec => {
+                    if old.paused.swap(row.paused, Ordering::Relaxed) != row.paused {
+                        tracing::info!(route = %row.route_id, paused = row.paused, "route paused or resumed through another instance");
+                        old.wake.notify_one();
+                    }
+                }
+                _ => changed.push((spec, row, old)),
+            }
+        }
+        let depths: BTreeMap<String, u64> = if changed.iter().any(|(_, _, old)| old.is_none()) {
+            rs.outbox_depths().await?.into_iter().collect()
+        } else {
+            BTreeMap::new()
+        };
+        let mut started: Vec<(Arc<Running>, Option<Arc<Running>>)> = Vec::new();
+        for (spec, row, old) in changed {
+            let running = match self.launch(spec, row.paused, row.from_file) {
+                Ok(running) => running,
+                Err(e) => {
+                    tracing::error!(route = %row.route_id, error = %e, "stored route invalid; skipped");
+                    continue;
+                }
+            };
+            let depth = match &old {
+                Some(old) => old.counters.depth.load(Ordering::Relaxed),
+                None => depths.get(&row.route_id).copied().unwrap_or(0),
+            };
+            running.counters.depth.store(depth, Ordering::Relaxed);
+            tracing::info!(route = %row.route_id, "route created or changed through another instance: started here");
+            started.push((running, old));
+        }
+        let gone: Vec<Arc<Running>> = current
+            .iter()
+            .filter(|r| !stored.iter().any(|row| row.route_id == r.spec.id))
+            .cloned()
+            .collect();
+        for route in &gone {
+            tracing::info!(route = %route.spec.id, "route deleted by another instance: stopped here");
+            route.deleted.store(true, Ordering::Relaxed);
+            let _ = route.stop.send(true);
+            route.wake.notify_one();
+            self.inner.metrics.remove_route(&route.spec.id);
+        }
+        for (_, old) in &started {
+            if let Some(old) = old {
+                let _ = old.stop.send(true);
+                old.wake.notify_one();
+                self.inner.verdicts.retain(|k, _| k.0 != old.spec.id);
+            }
+        }
+        if !started.is_empty() || !gone.is_empty() {
+            self.swap(|table| {
+                table.retain(|r| !gone.iter().any(|g| g.spec.id == r.spec.id));
+                for (running, _) in &started {
+                    table.retain(|r| r.spec.id != running.spec.id);
+                    table.push(running.clone());
+                }
+            });
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Running>>> {
@@ -277,6 +398,7 @@ impl Routes {
         tokio::spawn(deliver::run(
             running.clone(),
             self.inner.store.clone(),
+            self.inner.ownership.clone(),
             stop_rx,
         ));
         Ok(running)
@@ -550,6 +672,7 @@ impl Routes {
 
     /// Stops every delivery task (graceful shutdown; the outboxes stay for the next start).
     pub fn stop(&self) {
+        let _ = self.inner.stop_follow.send(true);
         for route in self.snapshot().iter() {
             let _ = route.stop.send(true);
             route.wake.notify_one();
