@@ -509,7 +509,8 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 /// D-92: a route created through one instance runs on the other within a follow round; its
 /// common outbox is delivered by one instance only, so the shadow documents of writes made
 /// through both instances (each puts its own in the outbox) arrive once each and in `seq`
-/// order; a pause and a delete through one instance reach the other.
+/// order, and both report the outbox drained; a pause and a delete through one instance reach
+/// the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_made_through_one_instance_is_delivered_once() {
     const THINGS_HERE: usize = 10;
@@ -601,6 +602,19 @@ async fn a_route_made_through_one_instance_is_delivered_once() {
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "in seq order: {seqs:?}"
+    );
+    // Both report the common outbox's depth, not their own count of what they added.
+    let drained = eventually(STEP, || async {
+        let (_, on_a) = a.get("/routes/docs").await;
+        let (_, on_b) = b.get("/routes/docs").await;
+        (on_a["data"]["outbox"] == json!(0) && on_b["data"]["outbox"] == json!(0)).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "a: {}\nb: {}",
+        a.get("/routes/docs").await.1,
+        b.get("/routes/docs").await.1
     );
 
     let (status, body) = a.post("/routes/docs/pause", json!({})).await;

@@ -24,6 +24,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 const DEAD_TRIM_EVERY: Duration = Duration::from_secs(60);
 /// How often an idle task looks at its outbox anyway (a missed wake costs at most this).
 const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// The same when other instances share the outbox (D-92): what they add wakes only them, so
+/// this bounds how late the delivering instance sees it.
+const SHARED_IDLE_CHECK: Duration = Duration::from_millis(500);
 /// How often a task whose route another instance delivers looks whether it is its turn (D-92).
 const OWNER_CHECK: Duration = crate::cluster::ROUND;
 
@@ -105,6 +108,11 @@ pub(super) async fn run(
     trim_dead_letters(&route, rs).await;
     let mut failures: u32 = 0;
     let mut last_trim = std::time::Instant::now();
+    let idle_check = if ownership.shared() {
+        SHARED_IDLE_CHECK
+    } else {
+        IDLE_CHECK
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -138,7 +146,7 @@ pub(super) async fn run(
                 last_trim = std::time::Instant::now();
                 trim_dead_letters(&route, rs).await;
             }
-            if wait(&route, &mut stop, IDLE_CHECK).await {
+            if wait(&route, &mut stop, idle_check).await {
                 return;
             }
             continue;

@@ -286,7 +286,7 @@ impl Routes {
 
     /// Brings this instance's table in step with the stored routes, which other instances
     /// change: starts the routes it lacks, restarts those whose definition changed, applies
-    /// pause and resume, and stops those deleted.
+    /// pause and resume, stops those deleted, and reads every outbox's depth.
     async fn follow_once(&self) -> Result<(), RouteError> {
         let rs = self.route_store()?;
         // Under the lock, so that a change made here meanwhile is not undone by an older read.
@@ -314,11 +314,13 @@ impl Routes {
                 _ => changed.push((spec, row, old)),
             }
         }
-        let depths: BTreeMap<String, u64> = if changed.iter().any(|(_, _, old)| old.is_none()) {
-            rs.outbox_depths().await?.into_iter().collect()
-        } else {
-            BTreeMap::new()
-        };
+        // The outboxes are common: this instance's own count of what it added and removed
+        // would drift by what the others did.
+        let depths: BTreeMap<String, u64> = rs.outbox_depths().await?.into_iter().collect();
+        for route in current.iter() {
+            let depth = depths.get(&route.spec.id).copied().unwrap_or(0);
+            route.counters.depth.store(depth, Ordering::Relaxed);
+        }
         let mut started: Vec<(Arc<Running>, Option<Arc<Running>>)> = Vec::new();
         for (spec, row, old) in changed {
             let running = match self.launch(spec, row.paused, row.from_file) {
@@ -328,10 +330,7 @@ impl Routes {
                     continue;
                 }
             };
-            let depth = match &old {
-                Some(old) => old.counters.depth.load(Ordering::Relaxed),
-                None => depths.get(&row.route_id).copied().unwrap_or(0),
-            };
+            let depth = depths.get(&row.route_id).copied().unwrap_or(0);
             running.counters.depth.store(depth, Ordering::Relaxed);
             tracing::info!(route = %row.route_id, "route created or changed through another instance: started here");
             started.push((running, old));
