@@ -38,6 +38,15 @@ async fn partitions(hub: &Hub) -> (u64, bool) {
     )
 }
 
+/// Waits until `a` and `b` hold half of the partitions each (D-73).
+async fn split_evenly(a: &Hub, b: &Hub) {
+    let split = eventually(STEP, || async {
+        (partitions(a).await.0 == 32 && partitions(b).await.0 == 32).then_some(())
+    })
+    .await;
+    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+}
+
 /// What one device saw: every accepted update as (value, version), and when the last came.
 #[derive(Default)]
 struct Seen {
@@ -262,11 +271,7 @@ async fn unversioned_writes_through_both_instances_are_all_accepted() {
     };
     let a = with("a");
     let b = with("b");
-    let split = eventually(STEP, || async {
-        (partitions(&a).await.0 == 32 && partitions(&b).await.0 == 32).then_some(())
-    })
-    .await;
-    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+    split_evenly(&a, &b).await;
     // `a` keeps the lower half of the partitions (it gives back the highest first, D-73): a
     // thing of the lower half is a's, and REST calls through `b` reach its non-owner.
     let id = loop {
@@ -402,13 +407,7 @@ async fn two_instances_put_a_method_response_in_the_routes_once() {
     let db = postgres::shared().fresh_database();
     let a = instance(&m, &db, "a");
     let b = instance(&m, &db, "b");
-    let split = eventually(STEP, || async {
-        let (pa, _) = partitions(&a).await;
-        let (pb, _) = partitions(&b).await;
-        (pa == 32 && pb == 32).then_some(())
-    })
-    .await;
-    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+    split_evenly(&a, &b).await;
 
     let (url, got) = webhook_receiver().await;
     // The route as each instance knows it (a route lives in each instance's table, D-79).
@@ -519,11 +518,7 @@ async fn a_route_made_through_one_instance_is_delivered_once() {
     let db = postgres::shared().fresh_database();
     let a = instance(&m, &db, "a");
     let b = instance(&m, &db, "b");
-    let split = eventually(STEP, || async {
-        (partitions(&a).await.0 == 32 && partitions(&b).await.0 == 32).then_some(())
-    })
-    .await;
-    assert!(split.is_some(), "{}\n{}", a.stderr(), b.stderr());
+    split_evenly(&a, &b).await;
     let (url, got) = webhook_receiver().await;
     let (status, body) = a
         .post(

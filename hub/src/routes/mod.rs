@@ -122,6 +122,12 @@ impl Running {
                 .is_none_or(|filter| filter_matches(filter, topic))
     }
 
+    /// Stops its delivery task (which finishes the batch it is sending, if any).
+    fn halt(&self) {
+        let _ = self.stop.send(true);
+        self.wake.notify_one();
+    }
+
     fn set_error(&self, error: Option<String>) {
         *self
             .last_error
@@ -293,7 +299,7 @@ impl Routes {
         let _change = self.inner.changes.lock().await;
         let stored = rs.routes().await?;
         let current = self.snapshot();
-        // What to start: (definition, paused, from file, the running route it replaces).
+        // What to start: (definition, its stored row, the running route it replaces).
         let mut changed: Vec<(RouteSpec, &StoredRoute, Option<Arc<Running>>)> = Vec::new();
         for row in &stored {
             let spec: RouteSpec = match serde_json::from_str(&row.spec) {
@@ -321,7 +327,6 @@ impl Routes {
             let depth = depths.get(&route.spec.id).copied().unwrap_or(0);
             route.counters.depth.store(depth, Ordering::Relaxed);
         }
-        let mut started: Vec<(Arc<Running>, Option<Arc<Running>>)> = Vec::new();
         for (spec, row, old) in changed {
             let running = match self.launch(spec, row.paused, row.from_file) {
                 Ok(running) => running,
@@ -333,37 +338,38 @@ impl Routes {
             let depth = depths.get(&row.route_id).copied().unwrap_or(0);
             running.counters.depth.store(depth, Ordering::Relaxed);
             tracing::info!(route = %row.route_id, "route created or changed through another instance: started here");
-            started.push((running, old));
+            self.install(&running, old.as_deref());
         }
-        let gone: Vec<Arc<Running>> = current
+        for route in current
             .iter()
             .filter(|r| !stored.iter().any(|row| row.route_id == r.spec.id))
-            .cloned()
-            .collect();
-        for route in &gone {
+        {
             tracing::info!(route = %route.spec.id, "route deleted by another instance: stopped here");
-            route.deleted.store(true, Ordering::Relaxed);
-            let _ = route.stop.send(true);
-            route.wake.notify_one();
-            self.inner.metrics.remove_route(&route.spec.id);
-        }
-        for (_, old) in &started {
-            if let Some(old) = old {
-                let _ = old.stop.send(true);
-                old.wake.notify_one();
-                self.inner.verdicts.retain(|k, _| k.0 != old.spec.id);
-            }
-        }
-        if !started.is_empty() || !gone.is_empty() {
-            self.swap(|table| {
-                table.retain(|r| !gone.iter().any(|g| g.spec.id == r.spec.id));
-                for (running, _) in &started {
-                    table.retain(|r| r.spec.id != running.spec.id);
-                    table.push(running.clone());
-                }
-            });
+            self.uninstall(route);
         }
         Ok(())
+    }
+
+    /// Puts `running` in the table in place of `old` (the route with its id, if any), stops
+    /// `old`'s delivery and forgets the query verdicts made for the old definition.
+    fn install(&self, running: &Arc<Running>, old: Option<&Running>) {
+        if let Some(old) = old {
+            old.halt();
+        }
+        self.swap(|table| {
+            table.retain(|r| r.spec.id != running.spec.id);
+            table.push(running.clone());
+        });
+        self.inner.verdicts.retain(|k, _| k.0 != running.spec.id);
+    }
+
+    /// Takes a deleted route out of the table: no offer is written for it any more, its
+    /// delivery stops and its metrics go.
+    fn uninstall(&self, route: &Running) {
+        route.deleted.store(true, Ordering::Relaxed);
+        route.halt();
+        self.swap(|table| table.retain(|r| r.spec.id != route.spec.id));
+        self.inner.metrics.remove_route(&route.spec.id);
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Running>>> {
@@ -580,18 +586,12 @@ impl Routes {
         .await?;
         let running = self.launch(spec, paused, existing.as_ref().is_some_and(|r| r.from_file))?;
         if let Some(old) = &existing {
-            let _ = old.stop.send(true);
-            old.wake.notify_one();
             running.counters.depth.store(
                 old.counters.depth.load(Ordering::Relaxed),
                 Ordering::Relaxed,
             );
         }
-        self.swap(|table| {
-            table.retain(|r| r.spec.id != running.spec.id);
-            table.push(running.clone());
-        });
-        self.inner.verdicts.retain(|k, _| k.0 != running.spec.id);
+        self.install(&running, existing.as_deref());
         Ok(Self::status_of(&running))
     }
 
@@ -604,10 +604,7 @@ impl Routes {
             route.deleted.store(false, Ordering::Relaxed);
             return Err(e.into());
         }
-        let _ = route.stop.send(true);
-        route.wake.notify_one();
-        self.swap(|table| table.retain(|r| r.spec.id != id));
-        self.inner.metrics.remove_route(id);
+        self.uninstall(&route);
         Ok(())
     }
 
@@ -673,8 +670,7 @@ impl Routes {
     pub fn stop(&self) {
         let _ = self.inner.stop_follow.send(true);
         for route in self.snapshot().iter() {
-            let _ = route.stop.send(true);
-            route.wake.notify_one();
+            route.halt();
         }
     }
 }

@@ -151,7 +151,8 @@ pub async fn outbox_dead_letters_and_history_round_trip(f: Fixture) {
 pub async fn failed_outbox_writes_store_nothing(f: Fixture) {
     let rs = f.store.routes().expect("route store");
     rs.put_route(&route("a")).await.unwrap();
-    for rule in ["routes statement 2", "routes commit"] {
+    // On PostgreSQL statement 1 is the outbox lock (D-92), on SQLite the first append.
+    for rule in ["routes statement 1", "routes statement 2", "routes commit"] {
         f.faults.set(rule);
         let result = rs
             .enqueue(&[append("a", 0, vec![msg("t1", 0), msg("t1", 1)])])
